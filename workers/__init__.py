@@ -1,1 +1,6 @@
-"""supervise.workers."""
+"""supervise.workers: what runs inside a worker process."""
+
+from supervise.workers.context import JobContext as JobContext
+from supervise.workers.service import Service as Service
+
+__all__ = ["JobContext", "Service"]

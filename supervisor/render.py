@@ -1,0 +1,49 @@
+"""Human-readable tables of what the control protocol returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def format_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def status_table(result: Mapping[str, Any]) -> str:
+    rows = []
+    for svc in result["services"]:
+        last_exit = svc.get("last_exit") or {}
+        error = (svc.get("last_error") or "").strip().splitlines()
+        rows.append(
+            [
+                svc["name"],
+                svc["state"],
+                str(svc["pid"] or "-"),
+                format_uptime(svc.get("uptime")),
+                str(svc["restarts"]),
+                last_exit.get("text", "-"),
+                (error[-1][:60] if error else ""),
+            ]
+        )
+    out = table(["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "LAST ERROR"], rows)
+    sup = result.get("supervisor") or {}
+    if sup and not sup.get("healthy", True):
+        out += "\n\nunhealthy: a critical service is FATAL"
+    return out

@@ -1,0 +1,622 @@
+"""`Supervisor`: the asyncio shell around the pure per-service state machines.
+
+It owns the event loop's share of the work: the control, worker and events
+sockets, the child processes, the timers and the orphan guard. It turns I/O into
+core events (`state.step`) and carries out the actions the core returns.
+Use it as `async with Supervisor(config) as sup: ...`, or run the daemon with
+`supervise start CONFIG`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import zmq
+import zmq.asyncio
+
+from supervise.protocol.codec import decode_worker_message, encode_worker_message
+from supervise.protocol.endpoints import ipc_path
+from supervise.protocol.errors import ProtocolError
+from supervise.supervisor import state as core
+from supervise.supervisor.clock import Clock, SystemClock
+from supervise.supervisor.commands import COMMANDS
+from supervise.supervisor.config import Config, ServiceConfig, load_config
+from supervise.supervisor.control import ControlServer
+from supervise.supervisor.errors import ServiceNotFound
+from supervise.supervisor.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.output import RotatingLog
+from supervise.supervisor.processes import SpawnRequest, Worker, describe_spawn_error, python_worker_argv, spawn
+from supervise.supervisor.restart import RestartPolicy
+
+log = logging.getLogger("supervise")
+
+VERSION = "0.1.0"
+_GUARD_GRACE_S = 1.0
+
+
+def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
+    """The part of a service's config the state machine decides with."""
+    return core.ServiceSpec(
+        restart=str(cfg.restart),
+        policy=RestartPolicy(
+            max_restarts=cfg.max_restarts,
+            window_ms=cfg.restart_window_ms,
+            backoff_ms=cfg.backoff_ms,
+            backoff_max_ms=cfg.backoff_max_ms,
+            stable_after_ms=cfg.stable_after_ms,
+        ),
+        python=cfg.is_python,
+        start_timeout_ms=cfg.start_timeout_ms,
+        heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+        stop_signal=int(cfg.stop_signal),
+        stop_timeout_ms=cfg.stop_timeout_ms,
+    )
+
+
+@dataclass
+class ServiceRuntime:
+    """The shell's side of one service: its config, core record, worker and timers."""
+
+    config: ServiceConfig
+    spec: core.ServiceSpec
+    record: core.Service = field(default_factory=core.Service)
+    worker: Worker | None = None
+    token: str = ""
+    worker_id: str = ""
+    log: RotatingLog | None = None
+    timers: dict[core.Timer, asyncio.TimerHandle] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Supervisor:
+    """Supervises the services of a `Config`; an async context manager.
+
+    Args:
+        config: a `Config` (see `load_config`) or a dict in the config file's shape.
+        clock: where the core's `now` comes from; tests may pass a `FakeClock`.
+        rng: randomness for backoff jitter.
+        handle_signals: install SIGTERM/SIGINT handlers that shut down (the daemon does;
+            an embedding program keeps its own unless it asks).
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any],
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        if not isinstance(config, Config):
+            from supervise.supervisor.config import parse_config
+
+            config = parse_config(config)
+        self.config = config
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._handle_signals = handle_signals
+        self._services: dict[str, ServiceRuntime] = {
+            name: ServiceRuntime(cfg, service_spec(cfg)) for name, cfg in config.services.items()
+        }
+        self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
+        self._feeding = False
+        self._changed = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._started_at = 0.0
+        self._lock = StateDirLock(config.supervisor.state_dir)
+        self._zctx: zmq.asyncio.Context | None = None
+        self._control_sock: zmq.asyncio.Socket | None = None
+        self._workers_sock: zmq.asyncio.Socket | None = None
+        self._events_sock: zmq.asyncio.Socket | None = None
+        self._control: ControlServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._guard_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event_seq = 0
+        self.bad_worker_messages = 0
+        self._instance = secrets.token_hex(8)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Self:
+        return cls(load_config(path), **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Take the state dir, bind the sockets, start the guard and every autostart service."""
+        self._loop = asyncio.get_running_loop()
+        self._started_at = time.monotonic()
+        sup = self.config.supervisor
+        prepare_state_dir(sup.state_dir)
+        self._lock.acquire()
+        try:
+            self._bind()
+            self._start_guard()
+        except BaseException:
+            self._unbind()
+            self._lock.release()
+            raise
+        assert self._control_sock is not None
+        self._control = ControlServer(self._control_sock, self._call)
+        self._tasks = [
+            asyncio.create_task(self._control.serve(), name="supervise-control"),
+            asyncio.create_task(self._serve_workers(), name="supervise-workers"),
+            asyncio.create_task(self._beat_workers(), name="supervise-heartbeats"),
+        ]
+        if self._handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "supervise %s started (pid %d), %d services, control at %s",
+            VERSION,
+            os.getpid(),
+            len(self._services),
+            sup.control_endpoint,
+        )
+        for name, svc in self._services.items():
+            if svc.config.autostart:
+                self._feed(name, core.StartRequested())
+
+    def request_shutdown(self) -> None:
+        """Ask `serve_forever` to return (the stop itself happens in `close`)."""
+        self._shutdown.set()
+
+    async def serve_forever(self) -> None:
+        """Run until `shutdown` is requested (control command or signal), then close."""
+        await self._shutdown.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop every worker (gracefully, then SIGKILL) and release sockets and the lock."""
+        if self._closed.is_set() or self._loop is None:
+            return
+        self._shutdown.set()
+        names = [n for n, s in self._services.items() if s.record.state in core.ALIVE | {core.ServiceState.BACKOFF}]
+        for name in names:
+            self._feed(name, core.StopRequested())
+        timeout_s = self.config.supervisor.shutdown_timeout_ms / 1000
+        if not await self._wait_until(lambda: not self._alive_workers(), timeout_s):
+            for svc in self._services.values():
+                if svc.worker is not None:
+                    log.warning("%s (pid %d) still running at shutdown_timeout; SIGKILL", svc.name, svc.worker.pid)
+                    svc.worker.signal_group(signal.SIGKILL)
+            await self._wait_until(lambda: not self._alive_workers(), 5.0)
+        if self._handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+        for task in self._tasks:
+            task.cancel()
+        if self._control is not None:
+            await self._control.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for svc in self._services.values():
+            for handle in svc.timers.values():
+                handle.cancel()
+            svc.timers.clear()
+            if svc.worker is not None:
+                svc.worker.output.close()
+            if svc.log is not None:
+                svc.log.close()
+        self._stop_guard()
+        self._unbind()
+        self._lock.release()
+        self._closed.set()
+        log.info("supervise stopped")
+
+    def _alive_workers(self) -> bool:
+        return any(s.worker is not None for s in self._services.values())
+
+    def _on_signal(self, sig: int) -> None:
+        if self._shutdown.is_set():
+            log.warning("second %s: killing every worker now", signal.Signals(sig).name)
+            for svc in self._services.values():
+                if svc.worker is not None:
+                    svc.worker.signal_group(signal.SIGKILL)
+            return
+        log.info("%s received: stopping every service", signal.Signals(sig).name)
+        self._shutdown.set()
+
+    # -- sockets ---------------------------------------------------------------
+
+    def _bind(self) -> None:
+        sup = self.config.supervisor
+        self._zctx = zmq.asyncio.Context()
+        self._control_sock = self._bound(zmq.ROUTER, sup.control_endpoint)
+        self._control_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint)
+        self._events_sock = self._bound(zmq.PUB, sup.events_endpoint)
+        self._events_sock.setsockopt(zmq.SNDHWM, 10_000)
+
+    def _bound(self, kind: int, endpoint: str) -> zmq.asyncio.Socket:
+        assert self._zctx is not None
+        sock = self._zctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        sock.bind(endpoint)
+        path = ipc_path(endpoint)
+        if path is not None:
+            os.chmod(path, 0o600)
+        return sock
+
+    def _unbind(self) -> None:
+        for sock in (self._control_sock, self._workers_sock, self._events_sock):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._zctx is not None:
+            self._zctx.term()
+            self._zctx = None
+        sup = self.config.supervisor
+        for endpoint in (sup.control_endpoint, sup.workers_endpoint, sup.events_endpoint):
+            path = ipc_path(endpoint)
+            if path is not None:
+                path.unlink(missing_ok=True)  # ours: we hold (held) the state dir's lock
+
+    # -- the orphan guard ------------------------------------------------------
+
+    def _start_guard(self) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            self._guard = subprocess.Popen(
+                [sys.executable, "-m", "supervise.supervisor.guard", str(_GUARD_GRACE_S)],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+        self._guard_fd = write_fd
+
+    def _tell_guard(self, line: str) -> None:
+        if self._guard_fd is not None:
+            try:
+                os.write(self._guard_fd, f"{line}\n".encode())
+            except OSError as e:
+                log.error("the orphan guard is gone (%s); workers would survive a crash of supervise", e)
+                os.close(self._guard_fd)
+                self._guard_fd = None
+
+    def _stop_guard(self) -> None:
+        self._tell_guard("bye")
+        if self._guard_fd is not None:
+            os.close(self._guard_fd)
+            self._guard_fd = None
+        if self._guard is not None:
+            try:
+                self._guard.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._guard.kill()
+                self._guard.wait()
+            self._guard = None
+
+    # -- the core loop ---------------------------------------------------------
+
+    def _feed(self, name: str, event: core.Event) -> None:
+        """Queue an event for a service's state machine and run the queue to empty.
+
+        Actions may produce events (a spawn yields `WorkerSpawned`); queuing them keeps
+        every step atomic instead of re-entering `step` from inside an action.
+        """
+        self._queue.append((name, event))
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._queue:
+                name, event = self._queue.popleft()
+                svc = self._services.get(name)
+                if svc is None:
+                    continue
+                now_ms = self._clock.monotonic_ms()
+                before = svc.record.state
+                svc.record, actions = core.step(svc.record, event, now_ms=now_ms, spec=svc.spec, rng=self._rng)
+                for action in actions:
+                    self._execute(svc, action, now_ms)
+                if svc.record.state is not before:
+                    self._notify()
+        finally:
+            self._feeding = False
+
+    def _execute(self, svc: ServiceRuntime, action: core.Action, now_ms: int) -> None:
+        match action:
+            case core.Spawn(incarnation):
+                self._spawn(svc, incarnation)
+            case core.SignalGroup(sig):
+                if svc.worker is not None:
+                    svc.worker.signal_group(sig)
+            case core.SendWorker(kind):
+                self._send_worker(svc, kind)
+            case core.ArmTimer(timer, at_ms):
+                self._arm(svc, timer, at_ms - now_ms)
+            case core.CancelTimer(timer):
+                handle = svc.timers.pop(timer, None)
+                if handle is not None:
+                    handle.cancel()
+            case core.Emit(kind, detail, message):
+                self._emit(svc.name, kind, detail, message)
+
+    def _arm(self, svc: ServiceRuntime, timer: core.Timer, delay_ms: int) -> None:
+        assert self._loop is not None
+        old = svc.timers.pop(timer, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            svc.timers.pop(timer, None)
+            self._feed(svc.name, core.TimerFired(timer))
+
+        svc.timers[timer] = self._loop.call_later(max(0, delay_ms) / 1000, fire)
+
+    def _spawn(self, svc: ServiceRuntime, incarnation: int) -> None:
+        assert self._loop is not None
+        cfg = self.config
+        svc.token = secrets.token_hex(16)
+        svc.worker_id = f"{svc.name}/{incarnation}"
+        if svc.log is None:
+            svc.log = RotatingLog(
+                cfg.supervisor.state_dir / "logs" / f"{svc.name}.log",
+                max_bytes=cfg.supervisor.log_max_bytes,
+                backups=cfg.supervisor.log_backups,
+            )
+        request = self._spawn_request(svc)
+        try:
+            worker = spawn(self._loop, request, svc.log, self._on_worker_exit)
+        except OSError as e:
+            self._queue.append((svc.name, core.SpawnFailed(describe_spawn_error(e, request.argv, request.cwd))))
+            return
+        svc.worker = worker
+        self._tell_guard(f"+{worker.pid}")
+        self._queue.append((svc.name, core.WorkerSpawned(worker.pid)))
+
+    def _spawn_request(self, svc: ServiceRuntime) -> SpawnRequest:
+        cfg = svc.config
+        sup = self.config.supervisor
+        env = dict(os.environ)
+        env.update(cfg.env)
+        supervisor_timeout_ms = max(cfg.heartbeat_timeout_ms, 3 * cfg.heartbeat_interval_ms, 5000)
+        env.update(
+            SUPERVISE_SERVICE=svc.name,
+            SUPERVISE_WORKER_ID=svc.worker_id,
+            SUPERVISE_WORKER_ENDPOINT=sup.workers_endpoint,
+            SUPERVISE_TOKEN=svc.token,
+            SUPERVISE_PPID=str(os.getpid()),
+            SUPERVISE_INSTANCE=self._instance,
+            SUPERVISE_HEARTBEAT_INTERVAL_MS=str(cfg.heartbeat_interval_ms),
+            SUPERVISE_SUPERVISOR_TIMEOUT_MS=str(supervisor_timeout_ms),
+        )
+        if cfg.target is not None:
+            env["SUPERVISE_TARGET"] = cfg.target
+            paths = [str(self.config.base_dir), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+            argv: list[str] = python_worker_argv()
+        else:
+            assert cfg.command is not None
+            argv = list(cfg.command)
+        return SpawnRequest(argv=argv, env=env, cwd=cfg.cwd, user=cfg.user, umask=cfg.umask)
+
+    def _on_worker_exit(self, worker: Worker, code: int | None, sig: int | None) -> None:
+        self._tell_guard(f"-{worker.pid}")
+        for svc in self._services.values():
+            if svc.worker is worker:
+                svc.worker = None
+                self._feed(svc.name, core.WorkerExited(code, sig))
+                return
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait for a state change that makes `predicate` true; False at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return predicate()
+        return True
+
+    # -- events ------------------------------------------------------------------
+
+    def _emit(self, service: str, kind: str, detail: Mapping[str, object], message: str) -> None:
+        self._event_seq += 1
+        if kind == "state":
+            log.info("%s: %s -> %s", service, detail.get("from"), detail.get("to"))
+        elif message:
+            level = logging.WARNING if kind in ("hung", "fatal", "killed", "spawn_failed", "start_timeout") else logging.INFO
+            log.log(level, "%s: %s", service, message)
+        if self._events_sock is None:
+            return
+        event = {"v": 1, "seq": self._event_seq, "ts": time.time(), "service": service, "kind": kind, **detail}
+        try:
+            from supervise.protocol.codec import pack
+
+            self._events_sock.send_multipart([f"{service}.{kind}".encode(), pack(event)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # PUB drops at its high-water mark; a slow subscriber never slows us
+
+    # -- the worker channel ------------------------------------------------------
+
+    async def _serve_workers(self) -> None:
+        sock = self._workers_sock
+        assert sock is not None
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError:
+                if sock.closed:
+                    return
+                raise
+            self._on_worker_message(frames)
+
+    def _on_worker_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.bad_worker_messages += 1
+            return
+        identity, body = frames
+        name, _, _ = identity.decode(errors="replace").rpartition("/")
+        svc = self._services.get(name)
+        try:
+            msg = decode_worker_message(body)
+        except ProtocolError:
+            self.bad_worker_messages += 1
+            return
+        # A message counts only from the current incarnation's identity with its token.
+        if svc is None or identity.decode(errors="replace") != svc.worker_id or msg.fields.get("token") != svc.token:
+            self.bad_worker_messages += 1
+            return
+        if msg.kind == "hello":
+            self._feed(name, core.HelloReceived())
+        elif msg.kind in ("heartbeat", "watchdog"):
+            self._feed(name, core.HeartbeatReceived())
+        elif msg.kind == "error":
+            text = msg.fields.get("traceback") or msg.fields.get("message")
+            self._feed(name, core.ErrorReported(str(text)))
+        elif msg.kind == "metrics":
+            svc.metrics = {"counters": msg.fields.get("counters", {}), "gauges": msg.fields.get("gauges", {})}
+
+    def _send_worker(self, svc: ServiceRuntime, kind: str) -> None:
+        if self._workers_sock is None or not svc.worker_id:
+            return
+        try:
+            self._workers_sock.send_multipart([svc.worker_id.encode(), encode_worker_message(kind)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # not connected (yet or any more): the signal path still works
+
+    async def _beat_workers(self) -> None:
+        """Heartbeat every Python worker, at the shortest interval any service asks for."""
+        intervals = [s.config.heartbeat_interval_ms for s in self._services.values()] or [2000]
+        period_s = min(intervals) / 1000
+        while True:
+            await asyncio.sleep(period_s)
+            for svc in self._services.values():
+                if svc.worker is not None and svc.config.is_python:
+                    self._send_worker(svc, "heartbeat")
+
+    # -- what the commands call -------------------------------------------------
+
+    async def _call(self, command: str, args: dict[str, object]) -> object:
+        return await COMMANDS[command].handler(self, args)
+
+    def ping(self) -> dict[str, object]:
+        return {"pid": os.getpid(), "version": VERSION, "uptime": time.monotonic() - self._started_at}
+
+    def service_names(self) -> list[str]:
+        return list(self._services)
+
+    def require(self, name: str) -> ServiceRuntime:
+        svc = self._services.get(name)
+        if svc is None:
+            raise ServiceNotFound(name, list(self._services))
+        return svc
+
+    def status(self, name: str | None = None) -> dict[str, object]:
+        """Every service's (or one's) state, pid, restarts, uptime, last exit and error."""
+        services = [self.require(name)] if name is not None else list(self._services.values())
+        now_ms = self._clock.monotonic_ms()
+        return {
+            "supervisor": {**self.ping(), "healthy": self.healthy()},
+            "services": [self._describe(svc, now_ms) for svc in services],
+        }
+
+    def healthy(self) -> bool:
+        """False when any critical service is FATAL."""
+        return not any(
+            s.config.critical and s.record.state is core.ServiceState.FATAL for s in self._services.values()
+        )
+
+    def _describe(self, svc: ServiceRuntime, now_ms: int) -> dict[str, object]:
+        r = svc.record
+        last_exit = None
+        if r.last_exit is not None:
+            last_exit = {
+                "cause": str(r.last_exit.cause),
+                "code": r.last_exit.code,
+                "signal": r.last_exit.signal,
+                "ago": (now_ms - r.last_exit.at_ms) / 1000,
+                "text": r.last_exit.describe(),
+            }
+        return {
+            "name": svc.name,
+            "state": str(r.state),
+            "pid": r.pid,
+            "kind": "python" if svc.config.is_python else "command",
+            "critical": svc.config.critical,
+            "origin": svc.config.origin,
+            "restarts": r.restarts,
+            "incarnation": r.incarnation,
+            "uptime": (now_ms - r.running_since_ms) / 1000 if r.running_since_ms is not None and r.pid else None,
+            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if r.last_heartbeat_ms is not None and r.pid else None,
+            "backoff_remaining": (r.backoff_until_ms - now_ms) / 1000 if r.backoff_until_ms is not None else None,
+            "last_exit": last_exit,
+            "last_error": r.last_error,
+            "metrics": svc.metrics,
+        }
+
+    async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:
+        """Apply start/stop/restart/pause/resume to services; with `wait`, until it is done."""
+        event: core.Event = {
+            "start": core.StartRequested(),
+            "stop": core.StopRequested(),
+            "restart": core.RestartRequested(),
+            "pause": core.PauseRequested(),
+            "resume": core.ResumeRequested(),
+        }[command]
+        before = {n: self._services[n].record.incarnation for n in names}
+        for name in names:
+            self._feed(name, event)
+        if wait:
+            timeout_s = max(
+                (self._wait_budget_ms(command, self._services[n].config) for n in names), default=0
+            ) / 1000
+            await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
+        return {"services": {n: str(self._services[n].record.state) for n in names}}
+
+    @staticmethod
+    def _wait_budget_ms(command: str, cfg: ServiceConfig) -> int:
+        stop_ms = cfg.stop_timeout_ms + 2000
+        start_ms = cfg.start_timeout_ms + 2000
+        return {"stop": stop_ms, "restart": stop_ms + start_ms, "start": start_ms}.get(command, 0)
+
+    def _settled(self, command: str, name: str, incarnation_before: int) -> bool:
+        r = self._services[name].record
+        S = core.ServiceState
+        if command == "stop":
+            return r.state not in core.ALIVE
+        if command in ("start", "restart"):
+            if command == "restart" and r.incarnation == incarnation_before and r.state in core.ALIVE:
+                return False
+            return r.state not in (S.STARTING, S.STOPPING)
+        return True

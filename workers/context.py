@@ -1,0 +1,90 @@
+"""The context a Python target runs with: cancellation, pause, heartbeats, metrics.
+
+`ctx.cancelled` becomes true when the supervisor asks the worker to stop (a stop
+message or SIGTERM); `ctx.wait(seconds)` sleeps but wakes at once on cancel and
+holds while the service is paused. A target that checks either stops gracefully.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+
+class JobContext:
+    """Handed to a target as its first argument (if it takes one)."""
+
+    def __init__(self, *, service: str, worker_id: str) -> None:
+        self.service = service
+        self.worker_id = worker_id
+        self._cancelled = threading.Event()
+        self._running = threading.Event()  # set while not paused
+        self._running.set()
+        self._lock = threading.Lock()
+        self._counters: dict[str, float] = {}
+        self._gauges: dict[str, float] = {}
+        self._metrics_dirty = False
+        self._last_watchdog = time.monotonic()
+
+    # -- cancellation and pause -------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the supervisor has asked this worker to stop."""
+        return self._cancelled.is_set()
+
+    @property
+    def paused(self) -> bool:
+        """True while the supervisor has paused this service."""
+        return not self._running.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, returning early on cancel; then hold while paused.
+
+        Returns:
+            True if the worker was cancelled (the target should return), else False.
+        """
+        if self._cancelled.wait(seconds):
+            return True
+        while not self._running.wait(0.1):
+            if self._cancelled.is_set():
+                return True
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._running.set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    # -- the service's own liveness and metrics ----------------------------
+
+    def heartbeat(self) -> None:
+        """Tell the supervisor the service's own code is alive (its watchdog)."""
+        with self._lock:
+            self._last_watchdog = time.monotonic()
+
+    def count(self, name: str, n: float = 1) -> None:
+        """Add `n` to the counter `name` (exported with the service's metrics)."""
+        with self._lock:
+            self._counters[name] = self._counters.get(name, 0) + n
+            self._metrics_dirty = True
+
+    def gauge(self, name: str, value: float) -> None:
+        """Set the gauge `name` to `value`."""
+        with self._lock:
+            self._gauges[name] = value
+            self._metrics_dirty = True
+
+    def take_metrics(self) -> tuple[Mapping[str, float], Mapping[str, float]] | None:
+        """The counters and gauges if they changed since the last call, else None."""
+        with self._lock:
+            if not self._metrics_dirty:
+                return None
+            self._metrics_dirty = False
+            return dict(self._counters), dict(self._gauges)

@@ -1,0 +1,64 @@
+"""Resolve a target string ("pkg.mod:func" or "pkg.mod:ServiceClass") and call it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+
+from supervise.protocol.errors import SuperviseError
+from supervise.workers.context import JobContext
+from supervise.workers.service import Service
+
+
+class TargetError(SuperviseError):
+    """A target string that does not name something callable."""
+
+
+def resolve_target(spec: str) -> Callable[..., object] | type[Service]:
+    """Import `module:attribute` and return the attribute.
+
+    Raises:
+        TargetError: with what was wrong and how to write it.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise TargetError(f'target "{spec}" must look like "package.module:function"')
+    module = importlib.import_module(module_name)
+    obj: object = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f'target "{spec}": module {module_name} has no attribute "{attr_path}"') from None
+    if isinstance(obj, type) and issubclass(obj, Service):
+        return obj
+    if not callable(obj):
+        raise TargetError(f'target "{spec}" is a {type(obj).__name__}, not a function or Service subclass')
+    return obj
+
+
+def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, kwargs: dict[str, object]) -> object:
+    """Run the target once in this thread; coroutine functions get their own event loop."""
+    if isinstance(target, type) and issubclass(target, Service):
+        service = target()
+        service.setup()
+        try:
+            return service.run(ctx)
+        finally:
+            service.teardown()
+    args = (ctx,) if _wants_context(target) else ()
+    result = target(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        return asyncio.run(result)
+    return result
+
+
+def _wants_context(func: Callable[..., object]) -> bool:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return bool(positional) and positional[0].default is inspect.Parameter.empty
