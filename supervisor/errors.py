@@ -9,14 +9,23 @@ from supervise.protocol.errors import SuperviseError
 
 @dataclass(frozen=True)
 class ConfigProblem:
-    """One thing wrong in a config: where (dotted key path, optional line) and what."""
+    """One thing wrong in a config: where (dotted key path, optional line and column) and what.
+
+    A problem with neither key nor line concerns the file as a whole ("cannot read
+    config /etc/supervise.toml: ...") and names it itself, so it renders alone.
+    """
 
     key: str
     problem: str
     line: int | None = None
+    column: int | None = None
 
     def render(self, source: str) -> str:
-        where = f"{source}:{self.line}" if self.line is not None else source
+        if not self.key and self.line is None:
+            return self.problem
+        where = source
+        if self.line is not None:
+            where += f":{self.line}" if self.column is None else f":{self.line}:{self.column}"
         return f"{where}: {self.key}: {self.problem}" if self.key else f"{where}: {self.problem}"
 
 
