@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     BAD_ARGS = "bad_args"  # a command's arguments are unknown, missing or mistyped
     NOT_FOUND = "not_found"  # no such service
     CONFLICT = "conflict"  # the service's state does not allow the command now
+    RATE_LIMITED = "rate_limited"  # too many requests from one client; slow down
+    FORBIDDEN = "forbidden"  # the client's key or role may not run this command
     INTERNAL = "internal"  # a bug in the supervisor; the traceback is in its log
 
 
@@ -42,7 +44,11 @@ class DecodeError(ProtocolError):
 
 
 class RemoteError(SuperviseError):
-    """The supervisor answered a request with `ok: false`."""
+    """The supervisor answered a request with `ok: false`.
+
+    `code` is normally an `ErrorCode` value; it stays a plain string so that a
+    client keeps working when a newer server sends a code it does not know.
+    """
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
@@ -51,12 +57,14 @@ class RemoteError(SuperviseError):
 
 
 class ClientTimeout(SuperviseError, TimeoutError):
-    """No reply arrived within the client's deadline."""
+    """No reply arrived within the client's deadline (on every attempt, if retried)."""
 
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, timeout_s: float, attempts: int = 1) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.attempts = attempts
+        tries = f" (tried {attempts} times)" if attempts > 1 else ""
         super().__init__(
-            f"no reply from supervisor at {endpoint} within {timeout_s:g} s; "
+            f"no reply from supervisor at {endpoint} within {timeout_s:g} s{tries}; "
             "is it running? Start it with 'supervise start CONFIG'"
         )
