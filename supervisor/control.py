@@ -12,20 +12,19 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from supervise.protocol.codec import decode_request, encode_error, encode_reply
+from supervise.protocol.codec import decode_request, encode_error, encode_reply, split_envelope
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
-from supervise.supervisor.commands import COMMANDS, unknown_command
+from supervise.supervisor.commands import COMMANDS, Command, unknown_command
+from supervise.supervisor.sockets import send_nowait
 from supervise.supervisor.errors import AlreadyRunning, ConfigError, InvalidTransition, ServiceNotFound
 
 log = logging.getLogger("supervise.control")
 
 MAX_IN_FLIGHT = 256
-REPLY_SEND_TIMEOUT_S = 1.0
 
 
 def error_code_for(error: SuperviseError) -> ErrorCode:
@@ -58,51 +57,56 @@ class ControlServer:
                 if self._sock.closed:
                     return
                 raise
-            task = asyncio.create_task(self._handle(frames, overloaded=len(self._tasks) >= MAX_IN_FLIGHT))
+            envelope, body = split_envelope(frames)
+            try:
+                request_id, command, args = self._parse(body)
+            except SuperviseError as e:
+                self._send(envelope, self._error_reply(e, None))
+                continue
+            if len(self._tasks) >= MAX_IN_FLIGHT:
+                self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
+                continue
+            task = asyncio.create_task(self._run(envelope, request_id, command, args))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, frames: list[bytes], *, overloaded: bool) -> None:
-        if overloaded:
-            reply = encode_error(None, ErrorCode.CONFLICT, "too many requests in flight; retry shortly")
-        else:
-            reply = await self.respond(frames[1:])
-        await self._send_reply(frames, reply)
-
-    async def respond(self, body: list[bytes]) -> bytes:
-        """The reply frame for a request's frames (without the routing identity)."""
-        if len(body) >= 2 and body[0] == b"":
-            body = body[1:]  # a REQ socket's empty delimiter
-        request_id: Any = None
+    def _parse(self, body: list[bytes]) -> tuple[str | int, Command, dict[str, object]]:
+        """Decode and validate a request; raises ProtocolError with the code to reply."""
+        request = decode_request(body)
+        command = COMMANDS.get(request.cmd)
         try:
-            request = decode_request(body)
-            request_id = request.id
-            command = COMMANDS.get(request.cmd)
             if command is None:
                 raise unknown_command(request.cmd)
-            args = command.validate(request.args)
-            return encode_reply(request_id, await self._call(command.name, args))
+            return request.id, command, command.validate(request.args)
+        except ProtocolError as e:
+            e.request_id = request.id
+            raise
+
+    async def _run(self, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
+        try:
+            reply = encode_reply(request_id, await self._call(command.name, args))
         except SuperviseError as e:
-            self.bad_requests += isinstance(e, ProtocolError)
-            if isinstance(e, ProtocolError) and e.request_id is not None:
-                request_id = e.request_id
-            message = e.message if isinstance(e, ProtocolError) else str(e)
-            return encode_error(request_id, error_code_for(e), message)
+            reply = self._error_reply(e, request_id)
         except Exception:
             ref = secrets.token_hex(3)
-            log.exception("internal error (ref %s) while handling a control request", ref)
-            return encode_error(request_id, ErrorCode.INTERNAL, f"internal error (ref {ref}); see supervise log")
+            log.exception("internal error (ref %s) in command %s", ref, command.name)
+            reply = encode_error(request_id, ErrorCode.INTERNAL, f"internal error (ref {ref}); see supervise log")
+        self._send(envelope, reply)
 
-    async def _send_reply(self, frames: list[bytes], reply: bytes) -> None:
-        envelope = frames[:1]
-        if len(frames) >= 3 and frames[1] == b"":
-            envelope = frames[:2]
-        try:
-            await asyncio.wait_for(self._sock.send_multipart([*envelope, reply]), REPLY_SEND_TIMEOUT_S)
-        except (zmq.ZMQError, TimeoutError) as e:
-            # The client is gone or not reading: drop the reply rather than block the loop.
+    def _error_reply(self, error: SuperviseError, request_id: str | int | None) -> bytes:
+        if isinstance(error, ProtocolError):
+            self.bad_requests += 1
+            if error.request_id is not None:
+                request_id = error.request_id
+            return encode_error(request_id, error.code, error.message)
+        return encode_error(request_id, error_code_for(error), str(error))
+
+    def _send(self, envelope: list[bytes], reply: bytes) -> None:
+        error = send_nowait(self._sock, [*envelope, reply])
+        if error is not None:
+            # The client is gone or not reading: drop the reply rather than wait for it.
             self.dropped_replies += 1
-            log.debug("dropped a control reply: %s", e)
+            log.debug("dropped a control reply: %s", error)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -28,7 +28,7 @@ from typing import Any, Self
 import zmq
 import zmq.asyncio
 
-from supervise.protocol.codec import decode_worker_message, encode_worker_message
+from supervise.protocol.codec import decode_worker_message, encode_worker_message, pack
 from supervise.protocol.endpoints import ipc_path
 from supervise.protocol.errors import ProtocolError
 from supervise.supervisor import state as core
@@ -41,6 +41,7 @@ from supervise.supervisor.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.output import RotatingLog
 from supervise.supervisor.processes import SpawnRequest, Worker, describe_spawn_error, python_worker_argv, spawn
 from supervise.supervisor.restart import RestartPolicy
+from supervise.supervisor.sockets import send_nowait
 
 log = logging.getLogger("supervise")
 
@@ -460,12 +461,8 @@ class Supervisor:
         if self._events_sock is None:
             return
         event = {"v": 1, "seq": self._event_seq, "ts": time.time(), "service": service, "kind": kind, **detail}
-        try:
-            from supervise.protocol.codec import pack
-
-            self._events_sock.send_multipart([f"{service}.{kind}".encode(), pack(event)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # PUB drops at its high-water mark; a slow subscriber never slows us
+        # PUB drops at its high-water mark: a slow subscriber never slows the supervisor.
+        send_nowait(self._events_sock, [f"{service}.{kind}".encode(), pack(event)])
 
     # -- the worker channel ------------------------------------------------------
 
@@ -489,7 +486,7 @@ class Supervisor:
         name, _, _ = identity.decode(errors="replace").rpartition("/")
         svc = self._services.get(name)
         try:
-            msg = decode_worker_message(body)
+            msg = decode_worker_message(body, sender="worker")
         except ProtocolError:
             self.bad_worker_messages += 1
             return
@@ -510,10 +507,8 @@ class Supervisor:
     def _send_worker(self, svc: ServiceRuntime, kind: str) -> None:
         if self._workers_sock is None or not svc.worker_id:
             return
-        try:
-            self._workers_sock.send_multipart([svc.worker_id.encode(), encode_worker_message(kind)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # not connected (yet or any more): the signal path still works
+        # Not connected (yet, or any more): dropped; the signal path still works.
+        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message(kind)])
 
     async def _beat_workers(self) -> None:
         """Heartbeat every Python worker, at the shortest interval any service asks for."""

@@ -1,0 +1,271 @@
+"""The run-history store: the interface every backend implements, and its records.
+
+One `Store` protocol, two implementations (SQLite by default, PostgreSQL for
+several hosts), one contract test suite (tests/contract/test_store.py). Calls
+are synchronous and short; the shell runs them in a thread or inline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final, Protocol, Self
+
+from supervise.protocol.errors import SuperviseError
+from supervise.supervisor.runs import FINAL, JSONValue, Run, RunOrigin, RunState
+
+
+class StoreError(SuperviseError):
+    """The store could not do what was asked: locked, unreachable, full or corrupt.
+
+    The message names the database and says what to do; `cause` is the driver's error.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        self.cause = cause
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """What the scheduler remembers per service across restarts."""
+
+    paused: bool = False
+    last_fired: datetime | None = None  # the last nominal time handled (run or skipped)
+    runs_so_far: int = 0  # scheduled runs that started, for max_runs
+    skip_next: bool = False  # the user asked to skip the next occurrence
+    note: str | None = None  # why it is paused, by whom
+
+
+@dataclass(frozen=True, slots=True)
+class OneShot:
+    """An occurrence added at runtime for one datetime (`supervise run web --at ...`)."""
+
+    id: str
+    service: str
+    at: datetime
+    args: Mapping[str, JSONValue] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptionRecovery:
+    """A database found corrupt at open, moved aside and replaced by an empty one (F-23)."""
+
+    path: str
+    moved_to: str
+    problem: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"history database {self.path} is corrupt ({self.problem}); moved it to {self.moved_to} "
+            "and started an empty one. Inspect or delete the old file; services keep running"
+        )
+
+
+CLAIMABLE: Final = frozenset({RunState.DUE, RunState.BUFFERED})
+"""States `claim_due` takes a run from (to `starting`; ALLOWED permits both moves)."""
+
+UNFINISHED: Final = frozenset(RunState) - FINAL
+"""States `prune` never deletes."""
+
+RUN_COLUMNS: Final = (
+    "run_id",
+    "service",
+    "nominal_time",
+    "origin",
+    "attempt",
+    "state",
+    "created_at",
+    "reason",
+    "args",
+    "jittered_time",
+    "started_at",
+    "finished_at",
+    "node",
+    "pid",
+    "exit_code",
+    "signal",
+    "error",
+    "result",
+)
+"""Run fields in table-column order; the tables add `seq` (insertion order) and `family`."""
+_TIMES: Final = ("nominal_time", "created_at", "jittered_time", "started_at", "finished_at")
+
+
+def occurrence_family(origin: RunOrigin) -> str:
+    """The uniqueness family of an origin: scheduled, catch-up, retry and recovery share one.
+
+    So a time fired late (catchup) on one node and on time (schedule) on another
+    is still inserted once; backfill and manual runs are separate families.
+    """
+    if origin in (RunOrigin.BACKFILL, RunOrigin.MANUAL):
+        return origin.value
+    return "schedule"
+
+
+class Store(Protocol):
+    """Persistence for runs, schedule state, one-shots and runtime registrations.
+
+    Every method is one short transaction. Datetimes go in aware and come back
+    aware in UTC. Methods raise `StoreError` when the database fails.
+    """
+
+    def open(self) -> Self:
+        """Connect, create or migrate the schema; returns self. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def insert_run(self, run: Run) -> bool:
+        """Insert `run`; False when its occurrence (or run id) already exists.
+
+        Scheduled occurrences are unique on (service, nominal_time, family of
+        origin, attempt): whichever node or restart inserts first wins (F-18).
+        """
+        ...
+
+    def insert_runs(self, runs: list[Run]) -> int:
+        """Insert many runs in one transaction (backfill); returns how many were new."""
+        ...
+
+    def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
+        """Write `run`'s fields over the stored row with the same run id.
+
+        Args:
+            expected_state: compare-and-set; update only while the stored state is this.
+        Returns:
+            False when `expected_state` did not match.
+        Raises:
+            StoreError: when no run has that id.
+        """
+        ...
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or None."""
+        ...
+
+    def list_runs(
+        self,
+        service: str | None = None,
+        *,
+        states: set[RunState] | frozenset[RunState] | None = None,
+        limit: int = 100,
+        before: datetime | None = None,
+    ) -> list[Run]:
+        """Runs newest first (by creation), optionally of one service, in some states,
+        created strictly before `before` (for paging)."""
+        ...
+
+    def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
+        """Every run in one of `states`, oldest first: recovery finds `starting`/`running`
+        rows left by a crash and marks them lost."""
+        ...
+
+    def claim_due(self, service: str, nominal_time: datetime, node: str) -> Run | None:
+        """Claim the due (or buffered) run of this occurrence for `node`.
+
+        Exactly one caller across processes and hosts gets the run back, moved to
+        `starting` with `node` set; everyone else gets None. Asking again from the
+        winning node returns its run again (a retried call after a lost reply).
+        """
+        ...
+
+    def get_schedule_state(self, service: str) -> ScheduleState:
+        """The service's schedule state; defaults when none was stored."""
+        ...
+
+    def put_schedule_state(self, service: str, state: ScheduleState) -> None:
+        """Store the service's schedule state (replacing the previous one)."""
+        ...
+
+    def add_oneshot(self, service: str, at: datetime, args: Mapping[str, JSONValue] | None = None) -> str:
+        """Record a one-shot occurrence; returns its id."""
+        ...
+
+    def list_oneshots(self, service: str | None = None) -> list[OneShot]:
+        """One-shots, soonest first, optionally of one service."""
+        ...
+
+    def remove_oneshot(self, oneshot_id: str) -> bool:
+        """Delete a one-shot; False when there was none with that id."""
+        ...
+
+    def put_registration(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Store (or replace) a service added at runtime; `spec` must be JSON-able."""
+        ...
+
+    def delete_registration(self, name: str) -> bool:
+        """Forget a runtime service; False when there was none."""
+        ...
+
+    def list_registrations(self) -> dict[str, dict[str, Any]]:
+        """Every runtime service, by name."""
+        ...
+
+    def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
+        """Delete finished runs beyond the newest `keep_per_outcome` per (service, final
+        state), and finished runs created before `now - max_age`. Unfinished runs are
+        never deleted. Returns how many were deleted."""
+        ...
+
+
+# -- helpers shared by the implementations --------------------------------------------------------
+
+
+def to_json(value: object) -> str:
+    """Compact JSON text for args, results and specs."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable ({exc}); pass dicts, lists, str, int, float, bool, None") from exc
+
+
+def from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def utc(value: datetime) -> datetime:
+    if value.utcoffset() is None:
+        raise StoreError(f"naive datetime {value.isoformat()} given to the store; pass an aware datetime")
+    return value.astimezone(timezone.utc)
+
+
+def run_to_row(run: Run, encode_time: Callable[[datetime], object]) -> dict[str, object]:
+    """A run as column values (plus `family`), with datetimes passed through `encode_time`."""
+    row: dict[str, object] = {}
+    for name in RUN_COLUMNS:
+        value = getattr(run, name)
+        if name in _TIMES and value is not None:
+            value = encode_time(utc(value))
+        elif name == "args":
+            value = to_json(dict(value))
+        elif name == "result":
+            value = None if value is None else to_json(value)
+        row[name] = value
+    row["family"] = occurrence_family(run.origin)
+    return row
+
+
+def row_to_run(row: Mapping[str, Any], decode_time: Callable[[Any], datetime]) -> Run:
+    """Rebuild a run from a row mapping that has the `RUN_COLUMNS`."""
+    values: dict[str, Any] = {}
+    for name in RUN_COLUMNS:
+        value = row[name]
+        if name in _TIMES and value is not None:
+            value = decode_time(value)
+        elif name in ("args", "result") and isinstance(value, str):
+            value = json.loads(value)
+        values[name] = value
+    values["origin"] = RunOrigin(values["origin"])
+    values["state"] = RunState(values["state"])
+    values["args"] = values["args"] or {}
+    return Run(**values)

@@ -1,0 +1,410 @@
+"""The multi-host store: PostgreSQL through psycopg 3, all tables in one schema.
+
+Several supervisors share it: occurrences are inserted with `ON CONFLICT DO
+NOTHING` (exactly-once enqueue) and claimed with `FOR UPDATE SKIP LOCKED`
+(exactly one node starts each). A dropped connection is reopened with backoff
+and the call retried; every call is idempotent so a retry is safe (F-25).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final, LiteralString, Self, TypeVar, final
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from supervise.supervisor.runs import JSONValue, Run, RunState
+from supervise.supervisor.store.base import (
+    CLAIMABLE,
+    RUN_COLUMNS,
+    UNFINISHED,
+    OneShot,
+    ScheduleState,
+    StoreError,
+    row_to_run,
+    run_to_row,
+    to_json,
+    utc,
+)
+
+log = logging.getLogger("supervise.store")
+
+SCHEMA_VERSION: Final = 1
+_PRUNE_BATCH: Final = 5000
+_JSON_COLUMNS: Final = ("args", "result")
+
+_SCHEMA: Final[tuple[LiteralString, ...]] = (
+    """CREATE TABLE {s}.runs (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id text NOT NULL UNIQUE,
+        service text NOT NULL,
+        nominal_time timestamptz,
+        family text NOT NULL,
+        origin text NOT NULL,
+        attempt integer NOT NULL,
+        state text NOT NULL,
+        created_at timestamptz NOT NULL,
+        reason text,
+        args jsonb NOT NULL,
+        jittered_time timestamptz,
+        started_at timestamptz,
+        finished_at timestamptz,
+        node text,
+        pid integer,
+        exit_code integer,
+        signal integer,
+        error text,
+        result jsonb
+    )""",
+    "CREATE UNIQUE INDEX runs_occurrence ON {s}.runs (service, nominal_time, family, attempt) "
+    "WHERE nominal_time IS NOT NULL",
+    "CREATE INDEX runs_by_service ON {s}.runs (service, created_at, seq)",
+    "CREATE INDEX runs_by_created ON {s}.runs (created_at, seq)",
+    "CREATE INDEX runs_by_state ON {s}.runs (state, service, created_at)",
+    """CREATE TABLE {s}.schedules (
+        service text PRIMARY KEY,
+        paused boolean NOT NULL,
+        last_fired timestamptz,
+        runs_so_far integer NOT NULL,
+        skip_next boolean NOT NULL,
+        note text
+    )""",
+    "CREATE TABLE {s}.oneshots (id text PRIMARY KEY, service text NOT NULL, at timestamptz NOT NULL, args jsonb NOT NULL)",
+    "CREATE INDEX oneshots_by_service ON {s}.oneshots (service, at)",
+    "CREATE TABLE {s}.registrations (name text PRIMARY KEY, spec jsonb NOT NULL)",
+)
+_MIGRATIONS: Final[Mapping[int, tuple[LiteralString, ...]]] = {1: _SCHEMA}
+
+_SELECT_RUN: Final = ", ".join(f"{c}::text AS {c}" if c in _JSON_COLUMNS else c for c in RUN_COLUMNS)
+_T = TypeVar("_T")
+
+
+def _decode_time(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _keep_time(value: datetime) -> datetime:
+    return value
+
+
+@final
+class PostgresStore:
+    """The `Store` on PostgreSQL.
+
+    Args:
+        dsn: a libpq connection string or `postgresql://` URL.
+        schema: the schema holding the tables, created if missing (one per
+            deployment; tests use a throwaway one).
+        reconnect_attempts: how many times a call reconnects after a dropped
+            connection before it raises StoreError; waits double from `reconnect_delay_ms`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "supervise",
+        connect_timeout_s: float = 5.0,
+        reconnect_attempts: int = 3,
+        reconnect_delay_ms: int = 200,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_delay_ms = reconnect_delay_ms
+        self._sleep = sleep
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._opened = False
+        self._lock = threading.RLock()
+        self._where = _describe_dsn(dsn)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def open(self) -> Self:
+        with self._lock:
+            if not self._opened:
+                self._opened = True
+                try:
+                    self._call(self._migrate)
+                except BaseException:
+                    self.close()
+                    raise
+            return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._opened = False
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        with conn.transaction():
+            # Several nodes may start at once; one migrates, the others wait here.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:{self.schema}",))
+            conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {s}"))
+            conn.execute(self._q("CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value integer NOT NULL)"))
+            row = conn.execute(self._q("SELECT value FROM {s}.meta WHERE key = 'schema_version'")).fetchone()
+            version = row["value"] if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"PostgreSQL store {self._where} schema {self.schema} has version {version}, newer than this "
+                    f"supervise understands ({SCHEMA_VERSION}); upgrade supervise or use another schema"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(self._q(statement))
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.meta VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ),
+                (SCHEMA_VERSION,),
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _q(self, text: LiteralString) -> sql.Composed:
+        return sql.SQL(text).format(s=sql.Identifier(self.schema))
+
+    def _connection(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, int(self.connect_timeout_s)),
+                row_factory=dict_row,
+            )
+        return self._conn
+
+    def _call(self, op: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
+        """Run `op` on a live connection, reconnecting with backoff if the connection drops."""
+        with self._lock:
+            if not self._opened:
+                raise StoreError(f"PostgreSQL store {self._where} is not open; call open() or use 'with store:'")
+            last: Exception | None = None
+            for attempt in range(self.reconnect_attempts + 1):
+                if attempt:
+                    self._sleep(self.reconnect_delay_ms * (2 ** (attempt - 1)) / 1000)
+                try:
+                    conn = self._connection()
+                except psycopg.OperationalError as exc:
+                    last = exc
+                    continue
+                try:
+                    return op(conn)
+                except psycopg.OperationalError as exc:
+                    if not (conn.closed or conn.broken):
+                        raise self._error(exc) from exc
+                    log.warning("PostgreSQL store %s: connection lost (%s); reconnecting", self._where, exc)
+                    self._conn = None
+                    last = exc
+                except psycopg.Error as exc:
+                    raise self._error(exc) from exc
+            raise StoreError(
+                f"PostgreSQL store {self._where} is unreachable after {self.reconnect_attempts + 1} attempts "
+                f"({last}); is the server up and the DSN right?",
+                last,
+            )
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        return StoreError(f"PostgreSQL store {self._where}: {str(exc).strip()}", exc)
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def insert_run(self, run: Run) -> bool:
+        return self.insert_runs([run]) == 1
+
+    def insert_runs(self, runs: list[Run]) -> int:
+        columns = (*RUN_COLUMNS, "family")
+        values = ", ".join("%s::jsonb" if c in _JSON_COLUMNS else "%s" for c in columns)
+        query = sql.SQL("INSERT INTO {s}.runs ({cols}) VALUES (" + values + ") ON CONFLICT DO NOTHING").format(
+            s=sql.Identifier(self.schema), cols=sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        rows = [tuple(run_to_row(r, _keep_time).values()) for r in runs]
+
+        def insert(conn: psycopg.Connection[dict[str, Any]]) -> int:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(query, rows)
+                return max(cur.rowcount, 0)
+
+        return self._call(insert)
+
+    def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
+        row = run_to_row(run, _keep_time)
+        run_id = row.pop("run_id")
+        assignments = ", ".join(f"{c} = %s::jsonb" if c in _JSON_COLUMNS else f"{c} = %s" for c in row)
+        guard = "" if expected_state is None else " AND state = %s"
+        params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
+        query = self._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")
+
+        def update(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+            with conn.transaction():
+                if conn.execute(query, params).rowcount == 1:
+                    return True
+                exists = conn.execute(self._q("SELECT 1 FROM {s}.runs WHERE run_id = %s"), (run_id,)).fetchone()
+            if exists is None:
+                raise StoreError(f"update_run: no run {run.label()} in {self._where}; insert it first")
+            return False
+
+        return self._call(update)
+
+    def get_run(self, run_id: str) -> Run | None:
+        rows = self._select("WHERE run_id = %s", [run_id])
+        return rows[0] if rows else None
+
+    def list_runs(
+        self,
+        service: str | None = None,
+        *,
+        states: set[RunState] | frozenset[RunState] | None = None,
+        limit: int = 100,
+        before: datetime | None = None,
+    ) -> list[Run]:
+        where: list[str] = []
+        params: list[object] = []
+        if service is not None:
+            where.append("service = %s")
+            params.append(service)
+        if states is not None:
+            where.append("state = ANY(%s)")
+            params.append([s.value for s in states])
+        if before is not None:
+            where.append("created_at < %s")
+            params.append(utc(before))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self._select(f"{clause} ORDER BY created_at DESC, seq DESC LIMIT %s", [*params, limit])
+
+    def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
+        return self._select("WHERE state = ANY(%s) ORDER BY created_at, seq", [[s.value for s in states]])
+
+    def _select(self, tail: str, params: list[object]) -> list[Run]:
+        query = self._q(f"SELECT {_SELECT_RUN} FROM {{s}}.runs {tail}")
+        rows = self._call(lambda conn: conn.execute(query, params).fetchall())
+        return [row_to_run(row, _decode_time) for row in rows]
+
+    def claim_due(self, service: str, nominal_time: datetime, node: str) -> Run | None:
+        claim = self._q(
+            "WITH c AS (SELECT seq FROM {s}.runs WHERE service = %s AND nominal_time = %s AND state = ANY(%s) "
+            "ORDER BY attempt, seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "UPDATE {s}.runs r SET state = %s, node = %s FROM c WHERE r.seq = c.seq RETURNING r.run_id"
+        )
+        mine = self._q(
+            "SELECT run_id FROM {s}.runs WHERE service = %s AND nominal_time = %s AND state = %s AND node = %s"
+        )
+        when = utc(nominal_time)
+        starting = RunState.STARTING.value
+
+        def run(conn: psycopg.Connection[dict[str, Any]]) -> str | None:
+            with conn.transaction():
+                row = conn.execute(
+                    claim, (service, when, [s.value for s in CLAIMABLE], starting, node)
+                ).fetchone() or conn.execute(mine, (service, when, starting, node)).fetchone()
+            return None if row is None else str(row["run_id"])
+
+        run_id = self._call(run)
+        return None if run_id is None else self.get_run(run_id)
+
+    # -- schedule state, one-shots, registrations -------------------------------------------------
+
+    def get_schedule_state(self, service: str) -> ScheduleState:
+        query = self._q("SELECT * FROM {s}.schedules WHERE service = %s")
+        row = self._call(lambda conn: conn.execute(query, (service,)).fetchone())
+        if row is None:
+            return ScheduleState()
+        last = row["last_fired"]
+        return ScheduleState(
+            paused=row["paused"],
+            last_fired=_decode_time(last) if last else None,
+            runs_so_far=row["runs_so_far"],
+            skip_next=row["skip_next"],
+            note=row["note"],
+        )
+
+    def put_schedule_state(self, service: str, state: ScheduleState) -> None:
+        query = self._q(
+            "INSERT INTO {s}.schedules VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (service) DO UPDATE SET "
+            "paused = EXCLUDED.paused, last_fired = EXCLUDED.last_fired, runs_so_far = EXCLUDED.runs_so_far, "
+            "skip_next = EXCLUDED.skip_next, note = EXCLUDED.note"
+        )
+        last = utc(state.last_fired) if state.last_fired else None
+        params = (service, state.paused, last, state.runs_so_far, state.skip_next, state.note)
+        self._call(lambda conn: conn.execute(query, params))
+
+    def add_oneshot(self, service: str, at: datetime, args: Mapping[str, JSONValue] | None = None) -> str:
+        oneshot_id = uuid.uuid4().hex  # chosen here, so a retried insert cannot add a second row
+        query = self._q("INSERT INTO {s}.oneshots VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING")
+        params = (oneshot_id, service, utc(at), to_json(dict(args or {})))
+        self._call(lambda conn: conn.execute(query, params))
+        return oneshot_id
+
+    def list_oneshots(self, service: str | None = None) -> list[OneShot]:
+        where = "WHERE service = %s" if service is not None else ""
+        query = self._q(f"SELECT id, service, at, args FROM {{s}}.oneshots {where} ORDER BY at, id")
+        params = (service,) if service is not None else ()
+        rows = self._call(lambda conn: conn.execute(query, params).fetchall())
+        return [OneShot(r["id"], r["service"], _decode_time(r["at"]), r["args"]) for r in rows]
+
+    def remove_oneshot(self, oneshot_id: str) -> bool:
+        query = self._q("DELETE FROM {s}.oneshots WHERE id = %s")
+        return self._call(lambda conn: conn.execute(query, (oneshot_id,)).rowcount == 1)
+
+    def put_registration(self, name: str, spec: Mapping[str, Any]) -> None:
+        query = self._q(
+            "INSERT INTO {s}.registrations VALUES (%s, %s::jsonb) ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec"
+        )
+        text = to_json(dict(spec))
+        self._call(lambda conn: conn.execute(query, (name, text)))
+
+    def delete_registration(self, name: str) -> bool:
+        query = self._q("DELETE FROM {s}.registrations WHERE name = %s")
+        return self._call(lambda conn: conn.execute(query, (name,)).rowcount == 1)
+
+    def list_registrations(self) -> dict[str, dict[str, Any]]:
+        query = self._q("SELECT name, spec FROM {s}.registrations ORDER BY name")
+        rows = self._call(lambda conn: conn.execute(query).fetchall())
+        return {row["name"]: row["spec"] for row in rows}
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
+        """See `Store.prune`. Deletes in batches of 5000; autovacuum reclaims the space."""
+        find = self._q(
+            "SELECT seq FROM (SELECT seq, created_at, row_number() OVER ("
+            "PARTITION BY service, state ORDER BY created_at DESC, seq DESC) AS rank "
+            "FROM {s}.runs WHERE NOT (state = ANY(%s))) v WHERE rank > %s OR created_at < %s"
+        )
+        params = ([s.value for s in UNFINISHED], keep_per_outcome, utc(now) - max_age)
+        victims = [r["seq"] for r in self._call(lambda conn: conn.execute(find, params).fetchall())]
+        delete = self._q("DELETE FROM {s}.runs WHERE seq = ANY(%s)")
+        for start in range(0, len(victims), _PRUNE_BATCH):
+            batch = victims[start : start + _PRUNE_BATCH]
+            self._call(lambda conn: conn.execute(delete, (batch,)))
+        return len(victims)
+
+
+def _describe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable DSN)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"

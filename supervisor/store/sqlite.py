@@ -1,0 +1,446 @@
+"""The default store: one SQLite file in WAL mode, in the state directory.
+
+Writes use `BEGIN IMMEDIATE` (a deferred transaction that reads then writes can
+fail with SQLITE_BUSY even with a busy timeout in WAL mode) and wait up to
+`busy_timeout_ms` for another writer. A corrupt file found at open is moved
+aside and replaced by an empty database (reliability.md F-21..F-24).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Final, Literal, Self, TypeVar, final
+
+from supervise.supervisor.clock import Clock, SystemClock
+from supervise.supervisor.runs import JSONValue, Run, RunState
+from supervise.supervisor.store.base import (
+    CLAIMABLE,
+    RUN_COLUMNS,
+    UNFINISHED,
+    CorruptionRecovery,
+    OneShot,
+    ScheduleState,
+    StoreError,
+    from_json,
+    row_to_run,
+    run_to_row,
+    to_json,
+    utc,
+)
+
+log = logging.getLogger("supervise.store")
+
+SCHEMA_VERSION: Final = 1
+_TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # fixed width, so text order is time order
+_PRUNE_BATCH: Final = 5000
+
+_SCHEMA: Final = (
+    """CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        service TEXT NOT NULL,
+        nominal_time TEXT,
+        family TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        reason TEXT,
+        args TEXT NOT NULL,
+        jittered_time TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        node TEXT,
+        pid INTEGER,
+        exit_code INTEGER,
+        signal INTEGER,
+        error TEXT,
+        result TEXT
+    )""",
+    "CREATE UNIQUE INDEX runs_occurrence ON runs (service, nominal_time, family, attempt) "
+    "WHERE nominal_time IS NOT NULL",
+    "CREATE INDEX runs_by_service ON runs (service, created_at, seq)",
+    "CREATE INDEX runs_by_created ON runs (created_at, seq)",
+    "CREATE INDEX runs_by_state ON runs (state, service, created_at)",
+    """CREATE TABLE schedules (
+        service TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        last_fired TEXT,
+        runs_so_far INTEGER NOT NULL,
+        skip_next INTEGER NOT NULL,
+        note TEXT
+    )""",
+    "CREATE TABLE oneshots (id TEXT PRIMARY KEY, service TEXT NOT NULL, at TEXT NOT NULL, args TEXT NOT NULL)",
+    "CREATE INDEX oneshots_by_service ON oneshots (service, at)",
+    "CREATE TABLE registrations (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
+)
+_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {1: _SCHEMA}
+"""Statements that take the schema from version n-1 to n (user_version)."""
+
+_T = TypeVar("_T")
+
+
+def encode_time(value: datetime) -> str:
+    """An aware datetime as fixed-width ISO-8601 UTC text."""
+    return utc(value).strftime(_TIME_FORMAT)
+
+
+def decode_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+@final
+class SqliteStore:
+    """The `Store` on one SQLite file.
+
+    Durability: `synchronous = NORMAL` (the default here) survives any crash of
+    supervise but may lose the last few commits on power loss or an OS crash,
+    never consistency; `FULL` fsyncs every commit and loses nothing (F-24).
+
+    Args:
+        path: the database file; its directory must exist.
+        busy_timeout_ms: how long a write waits for another writer before StoreError.
+        clock: names the `.corrupt-<time>` file when a corrupt database is moved aside.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        clock: Clock | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self.recovered: CorruptionRecovery | None = None
+        self._clock = clock or SystemClock()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def open(self) -> Self:
+        with self._lock:
+            if self._conn is not None:
+                return self
+            problem = self._check_existing()
+            if problem is not None:
+                self._move_aside(problem)
+            try:
+                self._conn = self._connect()
+                self._migrate(self._conn)
+            except sqlite3.Error as exc:
+                self.close()
+                raise self._error("cannot open", exc) from exc
+            return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # the shell may call from a worker thread; _lock serialises
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Must precede the first table; lets prune give pages back without a full VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _check_existing(self) -> str | None:
+        """Why the existing file is unusable, or None when it is fine (or absent)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        except sqlite3.Error as exc:
+            return str(exc)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            return None if rows == ["ok"] else "; ".join(rows[:3])
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise self._error("cannot check", exc) from exc
+            return str(exc)
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+            return str(exc)
+        finally:
+            conn.close()
+
+    def _move_aside(self, problem: str) -> None:
+        stamp = self._clock.wall().astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        self.path.rename(target)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        self.recovered = CorruptionRecovery(str(self.path), str(target), problem)
+        log.error(self.recovered.message)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"history database {self.path} has schema version {version}, newer than this supervise "
+                f"understands ({SCHEMA_VERSION}); upgrade supervise or point it at another file"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"history database {self.path} is not open; call open() or use 'with store:'")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` transaction, committed on success, errors as StoreError."""
+        with self._lock:
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error("cannot write to", exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error("cannot write to", exc) from exc
+                raise
+
+    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                return query(self._db())
+            except sqlite3.Error as exc:
+                raise self._error("cannot read", exc) from exc
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        if _is_busy(exc):
+            return StoreError(
+                f"history database {self.path} is locked by another connection (waited "
+                f"{self.busy_timeout_ms / 1000:g} s); is another supervise or an sqlite3 shell "
+                "holding a transaction open?",
+                exc,
+            )
+        if "full" in str(exc).lower():
+            return StoreError(f"history database {self.path}: disk full ({exc}); free space on its filesystem", exc)
+        return StoreError(f"{doing} history database {self.path}: {exc}", exc)
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def insert_run(self, run: Run) -> bool:
+        return self.insert_runs([run]) == 1
+
+    def insert_runs(self, runs: list[Run]) -> int:
+        columns = (*RUN_COLUMNS, "family")
+        sql = (
+            f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(sql, (tuple(run_to_row(r, encode_time).values()) for r in runs))
+            return conn.total_changes - before
+
+    def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
+        row = run_to_row(run, encode_time)
+        run_id = row.pop("run_id")
+        assignments = ", ".join(f"{name} = ?" for name in row)
+        guard = "" if expected_state is None else " AND state = ?"
+        params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
+        with self._write() as conn:
+            if conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1:
+                return True
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise StoreError(f"update_run: no run {run.label()} in {self.path}; insert it first")
+            return False
+
+    def get_run(self, run_id: str) -> Run | None:
+        rows = self._select("WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def list_runs(
+        self,
+        service: str | None = None,
+        *,
+        states: set[RunState] | frozenset[RunState] | None = None,
+        limit: int = 100,
+        before: datetime | None = None,
+    ) -> list[Run]:
+        where, params = [], []
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        if states is not None:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            params.extend(s.value for s in states)
+        if before is not None:
+            where.append("created_at < ?")
+            params.append(encode_time(before))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self._select(f"{clause} ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit])
+
+    def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
+        marks = ", ".join("?" * len(states))
+        return self._select(f"WHERE state IN ({marks}) ORDER BY created_at, seq", [s.value for s in states])
+
+    def _select(self, tail: str, params: list[object]) -> list[Run]:
+        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {tail}"
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [row_to_run(row, decode_time) for row in rows]
+
+    def claim_due(self, service: str, nominal_time: datetime, node: str) -> Run | None:
+        when = encode_time(nominal_time)
+        claimable = [s.value for s in CLAIMABLE]
+        with self._write() as conn:
+            row = conn.execute(
+                f"SELECT seq, state, node FROM runs WHERE service = ? AND nominal_time = ? "
+                f"AND (state IN (?, ?) OR (state = ? AND node = ?)) ORDER BY attempt, seq LIMIT 1",
+                (service, when, *claimable, RunState.STARTING.value, node),
+            ).fetchone()
+            if row is None:
+                return None
+            if row["state"] != RunState.STARTING:
+                conn.execute(
+                    "UPDATE runs SET state = ?, node = ? WHERE seq = ?", (RunState.STARTING.value, node, row["seq"])
+                )
+            found = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE seq = ?", (row["seq"],)).fetchone()
+        return row_to_run(found, decode_time)
+
+    # -- schedule state, one-shots, registrations -------------------------------------------------
+
+    def get_schedule_state(self, service: str) -> ScheduleState:
+        row = self._read(
+            lambda conn: conn.execute("SELECT * FROM schedules WHERE service = ?", (service,)).fetchone()
+        )
+        if row is None:
+            return ScheduleState()
+        return ScheduleState(
+            paused=bool(row["paused"]),
+            last_fired=decode_time(row["last_fired"]) if row["last_fired"] else None,
+            runs_so_far=row["runs_so_far"],
+            skip_next=bool(row["skip_next"]),
+            note=row["note"],
+        )
+
+    def put_schedule_state(self, service: str, state: ScheduleState) -> None:
+        last = encode_time(state.last_fired) if state.last_fired else None
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?, ?)",
+                (service, int(state.paused), last, state.runs_so_far, int(state.skip_next), state.note),
+            )
+
+    def add_oneshot(self, service: str, at: datetime, args: Mapping[str, JSONValue] | None = None) -> str:
+        oneshot_id = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO oneshots VALUES (?, ?, ?, ?)", (oneshot_id, service, encode_time(at), to_json(dict(args or {})))
+            )
+        return oneshot_id
+
+    def list_oneshots(self, service: str | None = None) -> list[OneShot]:
+        where, params = ("WHERE service = ?", (service,)) if service is not None else ("", ())
+        rows = self._read(
+            lambda conn: conn.execute(f"SELECT * FROM oneshots {where} ORDER BY at, id", params).fetchall()
+        )
+        return [OneShot(r["id"], r["service"], decode_time(r["at"]), from_json(r["args"])) for r in rows]
+
+    def remove_oneshot(self, oneshot_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM oneshots WHERE id = ?", (oneshot_id,)).rowcount == 1
+
+    def put_registration(self, name: str, spec: Mapping[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?)", (name, to_json(dict(spec))))
+
+    def delete_registration(self, name: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM registrations WHERE name = ?", (name,)).rowcount == 1
+
+    def list_registrations(self) -> dict[str, dict[str, Any]]:
+        rows = self._read(lambda conn: conn.execute("SELECT name, spec FROM registrations ORDER BY name").fetchall())
+        return {row["name"]: from_json(row["spec"]) for row in rows}
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
+        """See `Store.prune`. Deletes in batches of 5000 (short write locks), then
+        returns freed pages to the filesystem (incremental vacuum + WAL truncate)."""
+        unfinished = [s.value for s in UNFINISHED]
+        marks = ", ".join("?" * len(unfinished))
+        victims: list[int] = self._read(
+            lambda conn: [
+                r[0]
+                for r in conn.execute(
+                    f"""SELECT seq FROM (
+                            SELECT seq, created_at, row_number() OVER (
+                                PARTITION BY service, state ORDER BY created_at DESC, seq DESC) AS rank
+                            FROM runs WHERE state NOT IN ({marks}))
+                        WHERE rank > ? OR created_at < ?""",
+                    (*unfinished, keep_per_outcome, encode_time(now - max_age)),
+                )
+            ]
+        )
+        for start in range(0, len(victims), _PRUNE_BATCH):
+            batch = victims[start : start + _PRUNE_BATCH]
+            with self._write() as conn:
+                conn.execute("DELETE FROM runs WHERE seq IN (SELECT value FROM json_each(?))", (to_json(batch),))
+        if victims:
+            self._reclaim()
+        return len(victims)
+
+    def _reclaim(self) -> None:
+        with self._lock:
+            conn = self._db()
+            try:
+                # executescript steps the pragma to completion; execute() would free one page.
+                conn.executescript("PRAGMA incremental_vacuum;")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:  # busy: the next prune reclaims
+                log.warning("history database %s: could not reclaim free pages now (%s)", self.path, exc)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
