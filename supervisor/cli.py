@@ -220,6 +220,114 @@ def check(config: str) -> None:
     click.echo(f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
 
 
+# -- scheduling ----------------------------------------------------------------
+
+
+def _json_arg(value: str | None, option: str) -> dict[str, object] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{option}: not valid JSON ({e})", Exit.USAGE) from None
+    if not isinstance(parsed, dict):
+        raise CliError(f"{option}: expected a JSON object like '{{\"region\": \"eu\"}}'", Exit.USAGE)
+    return parsed
+
+
+@cli.command(name="run")
+@click.argument("name")
+@click.option("--args", "args_json", help="keyword arguments of this run, as a JSON object")
+@client_options
+def run_now(name: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Run a scheduled service now; prints the run id."""
+    args: dict[str, object] = {"name": name}
+    extra = _json_arg(args_json, "--args")
+    if extra is not None:
+        args["args"] = extra
+    result = _call(_obj(config, endpoint, timeout), "run", **args)
+    suffix = f" ({result['reason']})" if result.get("reason") else ""
+    click.echo(f"{result['run_id']} {result['state']}{suffix}")
+
+
+@cli.command()
+@click.argument("run_id")
+@client_options
+def cancel(run_id: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Cancel a run (cooperatively, then by force after cancel_grace)."""
+    result = _call(_obj(config, endpoint, timeout), "cancel", run_id=run_id)
+    click.echo(f"{result['run_id']} {result['state']} (cancelling)")
+
+
+@cli.command()
+@click.argument("name")
+@client_options
+def skip(name: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Skip the next occurrence of a scheduled service."""
+    result = _call(_obj(config, endpoint, timeout), "skip", name=name)
+    click.echo(f"{name}: skipping the occurrence at {result['skipping'] or 'the next fire time'}")
+
+
+@cli.command(name="next")
+@click.argument("name")
+@click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
+@client_options
+def next_fires(name: str, count: int, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """The next fire times of a scheduled service."""
+    for when in _call(_obj(config, endpoint, timeout), "next", name=name, count=count)["next"]:
+        click.echo(when)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--state", help="only runs in this state (succeeded, failed, skipped, lost, ...)")
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@client_options
+def runs(
+    name: str | None, state: str | None, limit: int, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None
+) -> None:
+    """Run history, newest first."""
+    args: dict[str, object] = {"limit": limit}
+    if name:
+        args["name"] = name
+    if state:
+        args["state"] = state
+    result = _call(_obj(config, endpoint, timeout), "runs", **args)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    from supervise.supervisor.render import runs_table
+
+    click.echo(runs_table(result["runs"]))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--at", "at", required=True, help="ISO-8601 datetime with offset, e.g. 2026-12-01T09:00:00+01:00")
+@click.option("--args", "args_json", help="keyword arguments of that run, as a JSON object")
+@client_options
+def schedule(name: str, at: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Add a one-shot occurrence of a service at a datetime (kept across restarts)."""
+    args: dict[str, object] = {"name": name, "at": at}
+    extra = _json_arg(args_json, "--args")
+    if extra is not None:
+        args["args"] = extra
+    result = _call(_obj(config, endpoint, timeout), "schedule", **args)
+    click.echo(f"{name}: one-shot {result['id']} at {result['at']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--from", "start", required=True, help="ISO-8601 datetime with offset")
+@click.option("--to", "end", required=True, help="ISO-8601 datetime with offset")
+@client_options
+def backfill(name: str, start: str, end: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Run every occurrence of a schedule between two datetimes, in order."""
+    result = _call(_obj(config, endpoint, timeout), "backfill", name=name, **{"from": start, "to": end})
+    click.echo(f"{name}: {len(result['run_ids'])} runs queued")
+
+
 def main() -> None:
     cli(prog_name="supervise")
 

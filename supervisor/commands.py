@@ -7,13 +7,16 @@ docs/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import math
+from datetime import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
+from supervise.supervisor.runs import RunState
 
 if TYPE_CHECKING:
     from supervise.supervisor.supervisor import Supervisor
@@ -145,9 +148,101 @@ def _service_action(command: str) -> Handler:
     return handler
 
 
+def _name(sup: Supervisor, args: Mapping[str, object]) -> str:
+    name = str(args["name"])
+    sup.require(name)
+    return name
+
+
+def _datetime_arg(command: str, key: str, value: object) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_ARGS, f'{command}: argument "{key}" must be an ISO-8601 datetime, got {value!r}') from None
+    if when.utcoffset() is None:
+        raise ProtocolError(ErrorCode.BAD_ARGS, f'{command}: argument "{key}" needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00')
+    return when
+
+
+async def _run(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = _name(sup, args)
+    run = sup.require_scheduler(name).run_now(name, args.get("args"))  # type: ignore[arg-type]
+    return {"run_id": run.run_id, "state": str(run.state), "reason": run.reason}
+
+
+async def _cancel(sup: Supervisor, args: Mapping[str, object]) -> object:
+    if sup.scheduler is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{args["run_id"]}"')
+    run = sup.scheduler.cancel(str(args["run_id"]))
+    return {"run_id": run.run_id, "state": str(run.state)}
+
+
+async def _skip(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = _name(sup, args)
+    return {"skipping": sup.require_scheduler(name).skip_next(name)}
+
+
+async def _next(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = _name(sup, args)
+    return {"next": sup.require_scheduler(name).next_fires(name, int(args.get("count", 5)))}  # type: ignore[call-overload]
+
+
+async def _runs(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = args.get("name")
+    state = args.get("state")
+    try:
+        states = {RunState(str(state))} if state is not None else None
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunState)
+        raise ProtocolError(ErrorCode.BAD_ARGS, f'runs: argument "state" must be one of {allowed}; got {state!r}') from None
+    limit = int(args.get("limit", 20))  # type: ignore[call-overload]
+    return {"runs": sup.runs(name if isinstance(name, str) else None, states, limit)}
+
+
+async def _schedule(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = _name(sup, args)
+    at = _datetime_arg("schedule", "at", args["at"])
+    oneshot_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    return {"id": oneshot_id, "at": at.isoformat()}
+
+
+async def _backfill(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = _name(sup, args)
+    start = _datetime_arg("backfill", "from", args["from"])
+    end = _datetime_arg("backfill", "to", args["to"])
+    return {"run_ids": sup.require_scheduler(name).backfill(name, start, end)}
+
+
 async def _shutdown(sup: Supervisor, args: Mapping[str, object]) -> object:
     sup.request_shutdown()
     return {"shutting_down": True}
+
+
+# -- observability (docs/observability.md) -------------------------------------
+
+
+async def _metrics(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = args.get("name")
+    if isinstance(name, str):
+        sup.require(name)
+    return sup.observability.metrics(name if isinstance(name, str) else None)
+
+
+async def _events(sup: Supervisor, args: Mapping[str, object]) -> object:
+    service = args.get("service")
+    if isinstance(service, str):
+        sup.require(service)
+    since, limit = args.get("since", 0), args.get("limit", 1000)
+    assert isinstance(since, int) and isinstance(limit, int)
+    return sup.observability.events.since(since, service=service if isinstance(service, str) else None, limit=limit)
+
+
+async def _logs(sup: Supervisor, args: Mapping[str, object]) -> object:
+    name = str(args["name"])
+    sup.require(name)
+    lines = args.get("lines", 100)
+    assert isinstance(lines, int)
+    return await asyncio.to_thread(sup.observability.logs, name, lines)
 
 
 COMMANDS: dict[str, Command] = {
@@ -179,5 +274,66 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("resume", _service_action("resume"), "Resume a paused service.", _TARGET_ARGS, True),
         Command("shutdown", _shutdown, "Stop every service and exit the supervisor.", {}, True),
+        Command(
+            "run",
+            _run,
+            "Run a scheduled service now (its overlap policy applies); returns the run id.",
+            {"name": Arg(str, True, "the service"), "args": Arg(dict, doc="keyword arguments of this run")},
+            True,
+        ),
+        Command("cancel", _cancel, "Cancel a run: cooperatively, then by force after cancel_grace.", {"run_id": Arg(str, True)}, True),
+        Command("skip", _skip, "Skip the next occurrence of a scheduled service.", {"name": Arg(str, True)}, True),
+        Command(
+            "next",
+            _next,
+            "The next fire times of a scheduled service (ISO-8601, in its timezone's offset).",
+            {"name": Arg(str, True), "count": Arg(int, doc="how many (default 5)", min=1, max=1000)},
+        ),
+        Command(
+            "runs",
+            _runs,
+            "Run history, newest first.",
+            {
+                "name": Arg(str, doc="only this service"),
+                "state": Arg(str, doc="only runs in this state"),
+                "limit": Arg(int, doc="how many (default 20)", min=1, max=10_000),
+            },
+        ),
+        Command(
+            "schedule",
+            _schedule,
+            "Add a one-shot occurrence of a service at a datetime (persisted).",
+            {"name": Arg(str, True), "at": Arg(str, True, "ISO-8601 with offset"), "args": Arg(dict)},
+            True,
+        ),
+        Command(
+            "backfill",
+            _backfill,
+            "Run every occurrence of a schedule between two datetimes, in order.",
+            {"name": Arg(str, True), "from": Arg(str, True), "to": Arg(str, True)},
+            True,
+        ),
+        Command(
+            "metrics",
+            _metrics,
+            "Aggregated metrics of the supervisor and every service (or one): CPU, memory, restarts, exits by cause, runs, custom counters.",
+            {"name": Arg(str, doc="only this service")},
+        ),
+        Command(
+            "events",
+            _events,
+            "Replay recent events after a sequence number, oldest first (a bounded ring; `missed` counts what left it).",
+            {
+                "since": Arg(int, doc="return events with seq greater than this (default 0: all kept)", min=0),
+                "service": Arg(str, doc="only this service's events"),
+                "limit": Arg(int, doc="at most this many (default 1000)", min=1, max=1000),
+            },
+        ),
+        Command(
+            "logs",
+            _logs,
+            "The last lines of a service's captured stdout/stderr, across rotated files, and where to follow from.",
+            {"name": Arg(str, True, "the service"), "lines": Arg(int, doc="how many (default 100)", min=0, max=10_000)},
+        ),
     ]
 }

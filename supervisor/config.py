@@ -18,13 +18,21 @@ import shutil
 import signal
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.supervisor.errors import ConfigError, ConfigProblem
+from supervise.supervisor.schedule_config import (
+    HTTP_TARGET,
+    SCHEDULE_KEYS,
+    ScheduleConfig,
+    http_args,
+    is_scheduled,
+    parse_schedule,
+)
 from supervise.supervisor.units import (
     format_duration_ms,
     parse_duration_ms,
@@ -89,6 +97,7 @@ class ServiceConfig:
     user: str | None = None
     umask: int | None = None
     max_memory_bytes: int | None = None
+    schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
 
     def __post_init__(self) -> None:
@@ -533,7 +542,17 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: _Context, issue
     if not isinstance(table, Mapping):
         issues.append((path, f"expected a table, got {type_name(table)}"))
         return None
-    values = _convert_table(table, SERVICE_KEYS, path, ctx, issues)
+    plain = {k: v for k, v in table.items() if k not in SCHEDULE_KEYS}
+    values = _convert_table(plain, SERVICE_KEYS, path, ctx, issues)
+    if is_scheduled(table):
+        schedule, problems = parse_schedule(name, table)
+        issues.extend(((*path, key), problem) for key, problem in problems)
+        values["schedule"] = schedule
+        if table.get("action") == "http" and not problems:
+            values["target"] = HTTP_TARGET
+            args = {**http_args(table), **(schedule.args if schedule else {})}
+            values["schedule"] = replace(schedule, args=MappingProxyType(args))
+            table = {**table, "target": HTTP_TARGET}
     values.setdefault("cwd", ctx.base_dir)
     values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if "target" in table else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:

@@ -47,3 +47,23 @@ def status_table(result: Mapping[str, Any]) -> str:
     if sup and not sup.get("healthy", True):
         out += "\n\nunhealthy: a critical service is FATAL"
     return out
+
+
+def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for run in runs:
+        error = (run.get("error") or run.get("reason") or "").strip().splitlines()
+        duration = run.get("duration_ms")
+        rows.append(
+            [
+                run["run_id"][:12],
+                run["service"],
+                run["state"],
+                run.get("origin", ""),
+                str(run.get("attempt", 1)),
+                run.get("nominal_time") or "-",
+                f"{duration / 1000:.3f}s" if duration is not None else "-",
+                error[-1][:60] if error else "",
+            ]
+        )
+    return table(["RUN", "SERVICE", "STATE", "ORIGIN", "TRY", "NOMINAL", "DURATION", "ERROR/REASON"], rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeAlias
 
@@ -140,11 +140,11 @@ class Run:
 
     @property
     def skip_reason(self) -> SkipReason | None:
-        """`reason` as a SkipReason when the run was skipped."""
+        """The SkipReason of a skipped run: `reason` is "<skip reason>" or "<skip reason>: <detail>"."""
         if self.state is not RunState.SKIPPED or self.reason is None:
             return None
         try:
-            return SkipReason(self.reason)
+            return SkipReason(self.reason.split(":", 1)[0].strip())
         except ValueError:
             return None
 
@@ -157,7 +157,7 @@ class Run:
 
     def label(self) -> str:
         """A short name for messages: `web@2026-01-01T02:00:00+00:00#2 (3f2a9c1b)`."""
-        when = self.nominal_time.astimezone(timezone.utc).isoformat() if self.nominal_time else "manual"
+        when = self.nominal_time.astimezone(UTC).isoformat() if self.nominal_time else "manual"
         return f"{self.service}@{when}#{self.attempt} ({self.run_id[:8]})"
 
 

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,9 +29,9 @@ from typing import Any, Self
 import zmq
 import zmq.asyncio
 
-from supervise.protocol.codec import decode_worker_message, encode_worker_message, pack
+from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.endpoints import ipc_path
-from supervise.protocol.errors import ProtocolError
+from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor import state as core
 from supervise.supervisor.clock import Clock, SystemClock
 from supervise.supervisor.commands import COMMANDS
@@ -38,9 +39,13 @@ from supervise.supervisor.config import Config, ServiceConfig, load_config
 from supervise.supervisor.control import ControlServer
 from supervise.supervisor.errors import ServiceNotFound
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.observability import Observability
 from supervise.supervisor.output import RotatingLog
 from supervise.supervisor.processes import SpawnRequest, Worker, describe_spawn_error, python_worker_argv, spawn
 from supervise.supervisor.restart import RestartPolicy
+from supervise.supervisor.runs import Run, RunState
+from supervise.supervisor.scheduler import Scheduler, run_to_dict
+from supervise.supervisor.store.sqlite import SqliteStore
 from supervise.supervisor.sockets import send_nowait
 
 log = logging.getLogger("supervise")
@@ -119,6 +124,7 @@ class Supervisor:
         }
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
         self._feeding = False
+        self._run_processes: set[Worker] = set()  # command runs of scheduled services
         self._changed = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._closed = asyncio.Event()
@@ -133,9 +139,13 @@ class Supervisor:
         self._guard: subprocess.Popen[bytes] | None = None
         self._guard_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event_seq = 0
         self.bad_worker_messages = 0
+        self.observability = Observability(
+            self, clock=self._clock, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
+        )
         self._instance = secrets.token_hex(8)
+        self._store: SqliteStore | None = None
+        self.scheduler: Scheduler | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Self:
@@ -161,8 +171,10 @@ class Supervisor:
         self._lock.acquire()
         try:
             self._bind()
+            await self.observability.start(self._events_sock)
             self._start_guard()
         except BaseException:
+            await self.observability.close()
             self._unbind()
             self._lock.release()
             raise
@@ -183,9 +195,27 @@ class Supervisor:
             len(self._services),
             sup.control_endpoint,
         )
+        self._start_scheduler()
         for name, svc in self._services.items():
-            if svc.config.autostart:
+            if svc.config.autostart and not self._runs_per_process(svc.config):
                 self._feed(name, core.StartRequested())
+
+    def _start_scheduler(self) -> None:
+        scheduled = {n: s.config for n, s in self._services.items() if s.config.schedule is not None}
+        if not scheduled:
+            return
+        self._store = SqliteStore(self.config.supervisor.state_dir / "history.db").open()
+        self.scheduler = Scheduler(self, self._store)
+        for name, cfg in scheduled.items():
+            assert cfg.schedule is not None
+            self.scheduler.add(name, cfg.schedule, python=cfg.is_python)
+        self.scheduler.start()
+        self.scheduler.arm_stored_oneshots()
+
+    @staticmethod
+    def _runs_per_process(cfg: ServiceConfig) -> bool:
+        """A scheduled command has no long-running worker: each run is one execution."""
+        return cfg.schedule is not None and not cfg.is_python
 
     def request_shutdown(self) -> None:
         """Ask `serve_forever` to return (the stop itself happens in `close`)."""
@@ -204,8 +234,12 @@ class Supervisor:
         names = [n for n, s in self._services.items() if s.record.state in core.ALIVE | {core.ServiceState.BACKOFF}]
         for name in names:
             self._feed(name, core.StopRequested())
+        for worker in self._run_processes:
+            worker.signal_group(signal.SIGTERM)
         timeout_s = self.config.supervisor.shutdown_timeout_ms / 1000
         if not await self._wait_until(lambda: not self._alive_workers(), timeout_s):
+            for worker in self._run_processes:
+                worker.signal_group(signal.SIGKILL)
             for svc in self._services.values():
                 if svc.worker is not None:
                     log.warning("%s (pid %d) still running at shutdown_timeout; SIGKILL", svc.name, svc.worker.pid)
@@ -227,6 +261,11 @@ class Supervisor:
                 svc.worker.output.close()
             if svc.log is not None:
                 svc.log.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self._store is not None:
+            self._store.close()
+        await self.observability.close()
         self._stop_guard()
         self._unbind()
         self._lock.release()
@@ -234,7 +273,7 @@ class Supervisor:
         log.info("supervise stopped")
 
     def _alive_workers(self) -> bool:
-        return any(s.worker is not None for s in self._services.values())
+        return bool(self._run_processes) or any(s.worker is not None for s in self._services.values())
 
     def _on_signal(self, sig: int) -> None:
         if self._shutdown.is_set():
@@ -383,11 +422,7 @@ class Supervisor:
         svc.token = secrets.token_hex(16)
         svc.worker_id = f"{svc.name}/{incarnation}"
         if svc.log is None:
-            svc.log = RotatingLog(
-                cfg.supervisor.state_dir / "logs" / f"{svc.name}.log",
-                max_bytes=cfg.supervisor.log_max_bytes,
-                backups=cfg.supervisor.log_backups,
-            )
+            svc.log = self._open_log(svc.name)
         request = self._spawn_request(svc)
         try:
             worker = spawn(self._loop, request, svc.log, self._on_worker_exit)
@@ -397,6 +432,10 @@ class Supervisor:
         svc.worker = worker
         self._tell_guard(f"+{worker.pid}")
         self._queue.append((svc.name, core.WorkerSpawned(worker.pid)))
+
+    def _open_log(self, name: str) -> RotatingLog:
+        sup = self.config.supervisor
+        return RotatingLog(sup.state_dir / "logs" / f"{name}.log", max_bytes=sup.log_max_bytes, backups=sup.log_backups)
 
     def _spawn_request(self, svc: ServiceRuntime) -> SpawnRequest:
         cfg = svc.config
@@ -416,6 +455,8 @@ class Supervisor:
         )
         if cfg.target is not None:
             env["SUPERVISE_TARGET"] = cfg.target
+            if cfg.schedule is not None:
+                env["SUPERVISE_MODE"] = "runs"
             paths = [str(self.config.base_dir), env.get("PYTHONPATH", "")]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
             argv: list[str] = python_worker_argv()
@@ -430,6 +471,8 @@ class Supervisor:
             if svc.worker is worker:
                 svc.worker = None
                 self._feed(svc.name, core.WorkerExited(code, sig))
+                if self.scheduler is not None:
+                    self.scheduler.on_worker_exit(svc.name)
                 return
 
     def _notify(self) -> None:
@@ -452,17 +495,8 @@ class Supervisor:
     # -- events ------------------------------------------------------------------
 
     def _emit(self, service: str, kind: str, detail: Mapping[str, object], message: str) -> None:
-        self._event_seq += 1
-        if kind == "state":
-            log.info("%s: %s -> %s", service, detail.get("from"), detail.get("to"))
-        elif message:
-            level = logging.WARNING if kind in ("hung", "fatal", "killed", "spawn_failed", "start_timeout") else logging.INFO
-            log.log(level, "%s: %s", service, message)
-        if self._events_sock is None:
-            return
-        event = {"v": 1, "seq": self._event_seq, "ts": time.time(), "service": service, "kind": kind, **detail}
-        # PUB drops at its high-water mark: a slow subscriber never slows the supervisor.
-        send_nowait(self._events_sock, [f"{service}.{kind}".encode(), pack(event)])
+        # Numbered, kept for replay, logged, counted and published (PUB drops at its HWM).
+        self.observability.emit(service, kind, detail, message)
 
     # -- the worker channel ------------------------------------------------------
 
@@ -496,6 +530,11 @@ class Supervisor:
             return
         if msg.kind == "hello":
             self._feed(name, core.HelloReceived())
+            if self.scheduler is not None:
+                self.scheduler.on_worker_ready(name)
+        elif msg.kind.startswith("run_"):
+            if self.scheduler is not None:
+                self.scheduler.on_worker_message(name, msg.kind, msg.fields)
         elif msg.kind in ("heartbeat", "watchdog"):
             self._feed(name, core.HeartbeatReceived())
         elif msg.kind == "error":
@@ -503,6 +542,7 @@ class Supervisor:
             self._feed(name, core.ErrorReported(str(text)))
         elif msg.kind == "metrics":
             svc.metrics = {"counters": msg.fields.get("counters", {}), "gauges": msg.fields.get("gauges", {})}
+            self.observability.worker_metrics(name, svc.record.incarnation, svc.metrics)
 
     def _send_worker(self, svc: ServiceRuntime, kind: str) -> None:
         if self._workers_sock is None or not svc.worker_id:
@@ -520,13 +560,82 @@ class Supervisor:
                 if svc.worker is not None and svc.config.is_python:
                     self._send_worker(svc, "heartbeat")
 
+    # -- what the scheduler calls ------------------------------------------------
+
+    def wall(self) -> datetime:
+        return self._clock.wall()
+
+    def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        self._emit(service, kind, detail, "")
+
+    def record_run(self, service: str, run: Run) -> None:
+        """A run finished (hook for metrics)."""
+
+    def worker_ready(self, name: str) -> bool:
+        svc = self._services[name]
+        return svc.worker is not None and svc.record.hello
+
+    def send_run(self, name: str, **fields: object) -> None:
+        svc = self._services[name]
+        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message("run", **fields)])  # type: ignore[arg-type]
+
+    def send_cancel(self, name: str, run_id: str) -> None:
+        svc = self._services[name]
+        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message("cancel", run_id=run_id)])  # type: ignore[arg-type]
+
+    def restart_worker(self, name: str) -> None:
+        self._feed(name, core.RestartRequested())
+
+    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: Callable[[Worker, int | None, int | None], None]) -> Worker:
+        """Start one execution of a scheduled command; raises OSError if it cannot start."""
+        assert self._loop is not None
+        svc = self._services[name]
+        svc.token = svc.token or secrets.token_hex(16)
+        svc.worker_id = svc.worker_id or f"{name}/run"
+        request = self._spawn_request(svc)
+        request = replace(request, env={**request.env, **env})
+        if svc.log is None:
+            svc.log = self._open_log(name)
+
+        def exited(worker: Worker, code: int | None, sig: int | None) -> None:
+            self._run_processes.discard(worker)
+            self._tell_guard(f"-{worker.pid}")
+            on_exit(worker, code, sig)
+            self._notify()
+
+        worker = spawn(self._loop, request, svc.log, exited)
+        self._run_processes.add(worker)
+        self._tell_guard(f"+{worker.pid}")
+        return worker
+
     # -- what the commands call -------------------------------------------------
 
     async def _call(self, command: str, args: dict[str, object]) -> object:
         return await COMMANDS[command].handler(self, args)
 
+    def require_scheduler(self, name: str) -> Scheduler:
+        self.require(name)
+        if self.scheduler is None or not self.scheduler.has(name):
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f'service "{name}" has no schedule (add every, cron, at or manual = true)'
+            )
+        return self.scheduler
+
+    def runs(self, name: str | None, states: set[RunState] | None, limit: int) -> list[dict[str, object]]:
+        """Run history, newest first."""
+        if name is not None:
+            self.require(name)
+        if self._store is None:
+            return []
+        return [run_to_dict(r) for r in self._store.list_runs(name, states=states, limit=limit)]
+
     def ping(self) -> dict[str, object]:
-        return {"pid": os.getpid(), "version": VERSION, "uptime": time.monotonic() - self._started_at}
+        return {
+            "pid": os.getpid(),
+            "version": VERSION,
+            "uptime": time.monotonic() - self._started_at,
+            **self.observability.ping(),
+        }
 
     def service_names(self) -> list[str]:
         return list(self._services)
@@ -565,7 +674,7 @@ class Supervisor:
             }
         return {
             "name": svc.name,
-            "state": str(r.state),
+            "state": self._shown_state(svc),
             "pid": r.pid,
             "kind": "python" if svc.config.is_python else "command",
             "critical": svc.config.critical,
@@ -578,7 +687,18 @@ class Supervisor:
             "last_exit": last_exit,
             "last_error": r.last_error,
             "metrics": svc.metrics,
+            **self.observability.describe(svc),
+            "schedule": self.scheduler.describe(svc.name) if self.scheduler is not None else None,
         }
+
+    def _shown_state(self, svc: ServiceRuntime) -> str:
+        """The core's state; a scheduled command shows SCHEDULED, RUNNING or PAUSED instead."""
+        if self._runs_per_process(svc.config) and self.scheduler is not None:
+            info = self.scheduler.describe(svc.name) or {}
+            if info.get("running"):
+                return "RUNNING"
+            return "PAUSED" if info.get("paused") else "SCHEDULED"
+        return str(svc.record.state)
 
     async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:
         """Apply start/stop/restart/pause/resume to services; with `wait`, until it is done."""
@@ -591,13 +711,19 @@ class Supervisor:
         }[command]
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
+            if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
+                # A scheduled service stops firing; a run in progress goes on.
+                (self.scheduler.pause if command == "pause" else self.scheduler.resume)(name)
+                continue
+            if self._runs_per_process(self._services[name].config):
+                continue  # start/stop of a scheduled command: its runs are driven by the schedule
             self._feed(name, event)
         if wait:
             timeout_s = max(
                 (self._wait_budget_ms(command, self._services[n].config) for n in names), default=0
             ) / 1000
             await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
-        return {"services": {n: str(self._services[n].record.state) for n in names}}
+        return {"services": {n: self._shown_state(self._services[n]) for n in names}}
 
     @staticmethod
     def _wait_budget_ms(command: str, cfg: ServiceConfig) -> int:

@@ -13,16 +13,14 @@ import heapq
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar, Final, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
-
 from supervise.supervisor.units import format_duration_ms, parse_duration_ms, show_value
 
-UTC: Final = timezone.utc
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
 
@@ -346,8 +344,8 @@ _RANGES: Final = {
     "year": (1970, 2099),
 }
 _NAMES: Final = {
-    "month": {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
-    "day-of-week": {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+    "month": {m: i + 1 for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])},
+    "day-of-week": {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 }
 _ALIASES: Final = {
     "@yearly": "0 0 1 1 *",
@@ -579,23 +577,9 @@ def _transition_between(zone: ZoneInfo, before: datetime, after: datetime) -> da
 # -- parsing config keys --------------------------------------------------------------------------
 
 TRIGGER_KEYS: Final = frozenset(
-    {
-        "every",
-        "after_finish",
-        "anchor",
-        "cron",
-        "timezone",
-        "dst_gap",
-        "dst_repeat",
-        "dom_dow",
-        "at",
-        "on_start",
-        "manual",
-        "start",
-        "end",
-        "max_runs",
-    }
+    ["every", "after_finish", "anchor", "cron", "timezone", "dst_gap", "dst_repeat", "dom_dow", "at", "on_start", "manual", "start", "end", "max_runs"]
 )
+"""The config keys `parse_trigger` reads; a loader's allow-list includes them."""
 _KIND_KEYS: Final = ("every", "cron", "at", "on_start", "manual")
 
 

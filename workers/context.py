@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class JobContext:
@@ -52,6 +52,10 @@ class JobContext:
                 return True
         return self._cancelled.is_set()
 
+    def wait_cancelled(self) -> None:
+        """Block until cancelled (the worker of a scheduled service idles here between runs)."""
+        self._cancelled.wait()
+
     def cancel(self) -> None:
         self._cancelled.set()
         self._running.set()
@@ -88,3 +92,31 @@ class JobContext:
                 return None
             self._metrics_dirty = False
             return dict(self._counters), dict(self._gauges)
+
+
+class RunContext(JobContext):
+    """The context of one scheduled run: its id, nominal time, attempt and progress.
+
+    Cancelling the run (the `cancel` command, a timeout, or the worker stopping)
+    sets `ctx.cancelled` for this run only.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        worker_id: str,
+        run_id: str,
+        nominal_time: str | None,
+        attempt: int,
+        report: Callable[..., None],
+    ) -> None:
+        super().__init__(service=service, worker_id=worker_id)
+        self.run_id = run_id
+        self.nominal_time = nominal_time  # ISO-8601 with offset, None for a manual run
+        self.attempt = attempt
+        self._report = report
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Report how far the run is (0..1) and/or what it is doing; shown in `runs`."""
+        self._report("run_progress", run_id=self.run_id, progress=fraction, message=message)

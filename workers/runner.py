@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -23,7 +24,7 @@ import zmq
 
 from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.errors import ProtocolError
-from supervise.workers.context import JobContext
+from supervise.workers.context import JobContext, RunContext
 from supervise.workers.target import call_target, resolve_target
 
 _PR_SET_PDEATHSIG = 1
@@ -45,6 +46,7 @@ class WorkerEnv:
     parent_pid: int  # SUPERVISE_PPID: the supervisor's pid, to catch a parent that died before prctl
     heartbeat_interval_ms: int  # SUPERVISE_HEARTBEAT_INTERVAL_MS
     supervisor_timeout_ms: int  # SUPERVISE_SUPERVISOR_TIMEOUT_MS: silence after which the worker exits
+    scheduled: bool  # SUPERVISE_MODE=runs: call the target once per "run" message, not once for good
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> WorkerEnv:
@@ -58,6 +60,7 @@ class WorkerEnv:
                 parent_pid=int(environ["SUPERVISE_PPID"]),
                 heartbeat_interval_ms=int(environ["SUPERVISE_HEARTBEAT_INTERVAL_MS"]),
                 supervisor_timeout_ms=int(environ["SUPERVISE_SUPERVISOR_TIMEOUT_MS"]),
+                scheduled=environ.get("SUPERVISE_MODE", "service") == "runs",
             )
         except (KeyError, ValueError) as e:
             raise SystemExit(
@@ -91,6 +94,8 @@ class Channel:
         self._thread = threading.Thread(target=self._loop, name="supervise-channel", daemon=True)
         self._closed = threading.Event()
         self.supervisor_lost = threading.Event()
+        self.on_run: Callable[[dict[str, object]], None] | None = None
+        self.on_cancel: Callable[[str], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -180,7 +185,11 @@ class Channel:
         except ProtocolError as e:
             print(f"supervise worker: ignoring a bad message from the supervisor: {e}", file=sys.stderr)
             return
-        if msg.kind == "stop":
+        if msg.kind == "run" and self.on_run is not None:
+            self.on_run(msg.fields)
+        elif msg.kind == "cancel" and self.on_cancel is not None:
+            self.on_cancel(str(msg.fields["run_id"]))
+        elif msg.kind == "stop":
             self._ctx.cancel()
         elif msg.kind == "pause":
             self._ctx.pause()
@@ -217,6 +226,13 @@ def main() -> int:
             target = resolve_target(env.target)
         except BaseException as e:  # noqa: BLE001 - an import error of any kind is the target's failure
             return _report(channel, f"cannot load target {env.target}: {type(e).__name__}: {e}", e)
+        if env.scheduled:
+            runs = RunExecutor(env, ctx, channel, target)
+            channel.on_run, channel.on_cancel = runs.start, runs.cancel
+            channel.send("hello", pid=os.getpid())
+            ctx.wait_cancelled()
+            runs.cancel_all_and_wait()
+            return EXIT_SUPERVISOR_GONE if channel.supervisor_lost.is_set() else 0
         channel.send("hello", pid=os.getpid())
         try:
             call_target(target, ctx, {})
@@ -227,6 +243,75 @@ def main() -> int:
         return EXIT_SUPERVISOR_GONE if channel.supervisor_lost.is_set() else 0
     finally:
         channel.close()
+
+
+class RunExecutor:
+    """Runs of a scheduled service: each in its own thread, each with its own `RunContext`."""
+
+    def __init__(self, env: WorkerEnv, ctx: JobContext, channel: Channel, target: Callable[..., object] | type) -> None:
+        self._env = env
+        self._ctx = ctx
+        self._channel = channel
+        self._target = target
+        self._runs: dict[str, tuple[RunContext, threading.Thread]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, fields: dict[str, object]) -> None:
+        """Called on the I/O thread for a "run" message; the run goes on its own thread."""
+        run_id = str(fields["run_id"])
+        run_ctx = RunContext(
+            service=self._env.service,
+            worker_id=self._env.worker_id,
+            run_id=run_id,
+            nominal_time=fields.get("nominal_time"),  # type: ignore[arg-type]
+            attempt=int(fields.get("attempt") or 1),  # type: ignore[call-overload]
+            report=self._channel.send,
+        )
+        args = dict(fields.get("args") or {})  # type: ignore[call-overload]
+        thread = threading.Thread(target=self._execute, args=(run_ctx, args), name=f"run-{run_id[:8]}", daemon=True)
+        with self._lock:
+            self._runs[run_id] = (run_ctx, thread)
+        thread.start()
+
+    def _execute(self, run_ctx: RunContext, args: dict[str, object]) -> None:
+        self._channel.send("run_started", run_id=run_ctx.run_id)
+        try:
+            result = call_target(self._target, run_ctx, args)  # type: ignore[arg-type]
+            fields: dict[str, object] = {"ok": True, "result": _plain(result), "error": None, "traceback": None}
+        except BaseException as e:  # noqa: BLE001 - a run's failure is reported, the worker lives on
+            fields = {"ok": False, "result": None, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            print(fields["traceback"], file=sys.stderr, end="", flush=True)
+        if run_ctx.cancelled and not fields["ok"]:
+            fields["error"] = f"cancelled: {fields['error']}"
+        self._channel.send("run_finished", run_id=run_ctx.run_id, **fields)
+        with self._lock:
+            self._runs.pop(run_ctx.run_id, None)
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            entry = self._runs.get(run_id)
+        if entry is not None:
+            entry[0].cancel()
+
+    def cancel_all_and_wait(self, timeout_s: float = 30.0) -> None:
+        with self._lock:
+            entries = list(self._runs.values())
+        for run_ctx, _ in entries:
+            run_ctx.cancel()
+        deadline = time.monotonic() + timeout_s
+        for _, thread in entries:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _plain(value: object) -> object:
+    """A run's result as the wire can carry it: msgpack-able, or its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
 
 
 def _report(channel: Channel, message: str, error: BaseException) -> int:

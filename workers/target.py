@@ -48,17 +48,20 @@ def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, 
             return service.run(ctx)
         finally:
             service.teardown()
-    args = (ctx,) if _wants_context(target) else ()
+    args = (ctx,) if _wants_context(target, kwargs) else ()
     result = target(*args, **kwargs)
     if inspect.iscoroutine(result):
         return asyncio.run(result)
     return result
 
 
-def _wants_context(func: Callable[..., object]) -> bool:
+def _wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
+    """True when the target's first positional parameter is required and not given by name."""
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return bool(positional) and positional[0].default is inspect.Parameter.empty
+    if not positional or positional[0].name in kwargs:
+        return False
+    return positional[0].default is inspect.Parameter.empty

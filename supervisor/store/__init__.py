@@ -10,9 +10,17 @@ from pathlib import Path
 
 from supervise.supervisor.store.base import (
     CorruptionRecovery as CorruptionRecovery,
+)
+from supervise.supervisor.store.base import (
     OneShot as OneShot,
+)
+from supervise.supervisor.store.base import (
     ScheduleState as ScheduleState,
+)
+from supervise.supervisor.store.base import (
     Store as Store,
+)
+from supervise.supervisor.store.base import (
     StoreError as StoreError,
 )
 from supervise.supervisor.store.sqlite import SqliteStore as SqliteStore

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol, Self
 
 from supervise.protocol.errors import SuperviseError
@@ -143,9 +143,8 @@ class Store(Protocol):
         Args:
             expected_state: compare-and-set; update only while the stored state is this.
         Returns:
-            False when `expected_state` did not match.
-        Raises:
-            StoreError: when no run has that id.
+            False when no run has that id, or `expected_state` did not match
+            (so `update_run(run) or insert_run(run)` is an upsert).
         """
         ...
 
@@ -236,7 +235,7 @@ def from_json(text: str | None) -> Any:
 def utc(value: datetime) -> datetime:
     if value.utcoffset() is None:
         raise StoreError(f"naive datetime {value.isoformat()} given to the store; pass an aware datetime")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def run_to_row(run: Run, encode_time: Callable[[datetime], object]) -> dict[str, object]:

@@ -13,14 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, LiteralString, Self, TypeVar, final
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-
 from supervise.supervisor.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,
@@ -64,8 +63,10 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
         error text,
         result jsonb
     )""",
-    "CREATE UNIQUE INDEX runs_occurrence ON {s}.runs (service, nominal_time, family, attempt) "
-    "WHERE nominal_time IS NOT NULL",
+    (
+        "CREATE UNIQUE INDEX runs_occurrence ON {s}.runs (service, nominal_time, family, attempt) "
+        "WHERE nominal_time IS NOT NULL"
+    ),
     "CREATE INDEX runs_by_service ON {s}.runs (service, created_at, seq)",
     "CREATE INDEX runs_by_created ON {s}.runs (created_at, seq)",
     "CREATE INDEX runs_by_state ON {s}.runs (state, service, created_at)",
@@ -88,7 +89,7 @@ _T = TypeVar("_T")
 
 
 def _decode_time(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _keep_time(value: datetime) -> datetime:
@@ -254,16 +255,7 @@ class PostgresStore:
         params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
         query = self._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")
 
-        def update(conn: psycopg.Connection[dict[str, Any]]) -> bool:
-            with conn.transaction():
-                if conn.execute(query, params).rowcount == 1:
-                    return True
-                exists = conn.execute(self._q("SELECT 1 FROM {s}.runs WHERE run_id = %s"), (run_id,)).fetchone()
-            if exists is None:
-                raise StoreError(f"update_run: no run {run.label()} in {self._where}; insert it first")
-            return False
-
-        return self._call(update)
+        return self._call(lambda conn: conn.execute(query, params).rowcount == 1)
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._select("WHERE run_id = %s", [run_id])
@@ -393,9 +385,12 @@ class PostgresStore:
         params = ([s.value for s in UNFINISHED], keep_per_outcome, utc(now) - max_age)
         victims = [r["seq"] for r in self._call(lambda conn: conn.execute(find, params).fetchall())]
         delete = self._q("DELETE FROM {s}.runs WHERE seq = ANY(%s)")
+
+        def delete_batch(batch: list[int]) -> Callable[[psycopg.Connection[dict[str, Any]]], object]:
+            return lambda conn: conn.execute(delete, (batch,))
+
         for start in range(0, len(victims), _PRUNE_BATCH):
-            batch = victims[start : start + _PRUNE_BATCH]
-            self._call(lambda conn: conn.execute(delete, (batch,)))
+            self._call(delete_batch(victims[start : start + _PRUNE_BATCH]))
         return len(victims)
 
 

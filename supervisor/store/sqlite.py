@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
 
@@ -64,8 +64,10 @@ _SCHEMA: Final = (
         error TEXT,
         result TEXT
     )""",
-    "CREATE UNIQUE INDEX runs_occurrence ON runs (service, nominal_time, family, attempt) "
-    "WHERE nominal_time IS NOT NULL",
+    (
+        "CREATE UNIQUE INDEX runs_occurrence ON runs (service, nominal_time, family, attempt) "
+        "WHERE nominal_time IS NOT NULL"
+    ),
     "CREATE INDEX runs_by_service ON runs (service, created_at, seq)",
     "CREATE INDEX runs_by_created ON runs (created_at, seq)",
     "CREATE INDEX runs_by_state ON runs (state, service, created_at)",
@@ -93,7 +95,7 @@ def encode_time(value: datetime) -> str:
 
 
 def decode_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(timezone.utc)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 @final
@@ -193,7 +195,7 @@ class SqliteStore:
             conn.close()
 
     def _move_aside(self, problem: str) -> None:
-        stamp = self._clock.wall().astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = self._clock.wall().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         self.path.rename(target)
         for suffix in ("-wal", "-shm"):
@@ -289,11 +291,7 @@ class SqliteStore:
         guard = "" if expected_state is None else " AND state = ?"
         params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
         with self._write() as conn:
-            if conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1:
-                return True
-            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
-                raise StoreError(f"update_run: no run {run.label()} in {self.path}; insert it first")
-            return False
+            return conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._select("WHERE run_id = ?", [run_id])
@@ -334,8 +332,8 @@ class SqliteStore:
         claimable = [s.value for s in CLAIMABLE]
         with self._write() as conn:
             row = conn.execute(
-                f"SELECT seq, state, node FROM runs WHERE service = ? AND nominal_time = ? "
-                f"AND (state IN (?, ?) OR (state = ? AND node = ?)) ORDER BY attempt, seq LIMIT 1",
+                "SELECT seq, state, node FROM runs WHERE service = ? AND nominal_time = ? "
+                "AND (state IN (?, ?) OR (state = ? AND node = ?)) ORDER BY attempt, seq LIMIT 1",
                 (service, when, *claimable, RunState.STARTING.value, node),
             ).fetchone()
             if row is None:

@@ -1,0 +1,32 @@
+"""Python targets for scheduled-run tests: each call is one run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from supervise.workers import RunContext
+
+
+def record(ctx: RunContext, region: str = "none", sleep_s: float = 0.0) -> dict[str, object]:
+    """Appends one line per run to $RUNS_FILE, then optionally sleeps (cancellable)."""
+    with open(os.environ["RUNS_FILE"], "a") as out:
+        out.write(f"{ctx.run_id} {region} {ctx.attempt} {time.time():.3f} {ctx.nominal_time}\n")
+    if sleep_s:
+        ctx.wait(sleep_s)
+    return {"region": region, "pid": os.getpid()}
+
+
+def slow(ctx: RunContext, seconds: float = 60.0) -> None:
+    """Runs until cancelled or `seconds` pass; marks the file while it runs."""
+    marker = Path(os.environ["RUNS_FILE"])
+    with open(marker, "a") as out:
+        out.write(f"start {ctx.run_id}\n")
+    ctx.wait(seconds)
+    with open(marker, "a") as out:
+        out.write(f"end {ctx.run_id} cancelled={ctx.cancelled}\n")
+
+
+def fail(ctx: RunContext) -> None:
+    raise RuntimeError(f"attempt {ctx.attempt} failed")

@@ -1,0 +1,99 @@
+"""The `store` fixture: every contract test runs against SQLite and PostgreSQL.
+
+PostgreSQL comes from SUPERVISE_TEST_PG_DSN, else postgresql://postgres@127.0.0.1:5432/test
+(then user root). Each test gets its own schema, dropped afterwards. Without a
+reachable server the postgres cases skip locally and fail on CI (STYLE rule 18).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from supervise.supervisor.store.base import Store
+from supervise.supervisor.store.sqlite import SqliteStore
+
+_DEFAULT_DSNS = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+)
+_dsn_cache: dict[str, str | None] = {}
+
+
+def _reachable_dsn() -> str | None:
+    if "dsn" not in _dsn_cache:
+        import psycopg
+
+        env = os.environ.get("SUPERVISE_TEST_PG_DSN")
+        candidates = (env,) if env else _DEFAULT_DSNS
+        _dsn_cache["dsn"] = None
+        _dsn_cache["error"] = None
+        for dsn in candidates:
+            try:
+                with psycopg.connect(dsn, connect_timeout=3):
+                    _dsn_cache["dsn"] = dsn
+                    break
+            except psycopg.Error as exc:
+                _dsn_cache["error"] = f"{dsn}: {exc}".strip()
+    return _dsn_cache["dsn"]
+
+
+def postgres_dsn() -> str:
+    """A DSN for a reachable server, or skip (fail when $CI is set)."""
+    dsn = _reachable_dsn()
+    if dsn is None:
+        why = f"PostgreSQL unreachable ({_dsn_cache.get('error')}); set SUPERVISE_TEST_PG_DSN"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return dsn
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """(dsn, schema): a fresh, unique schema name, dropped after the test."""
+    dsn = postgres_dsn()
+    schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield dsn, schema
+    finally:
+        drop_schema(dsn, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """How to open the store under test, in a form a subprocess can use too."""
+    if request.param == "sqlite":
+        yield {"kind": "sqlite", "path": str(tmp_path / "history.db")}
+        return
+    dsn = postgres_dsn()
+    schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield {"kind": "postgres", "dsn": dsn, "schema": schema}
+    finally:
+        drop_schema(dsn, schema)
+
+
+def make_store(spec: dict[str, str]) -> Store:
+    if spec["kind"] == "sqlite":
+        return SqliteStore(spec["path"])
+    from supervise.supervisor.store.postgres import PostgresStore
+
+    return PostgresStore(spec["dsn"], schema=spec["schema"], reconnect_delay_ms=20)
+
+
+@pytest.fixture
+def store(store_spec: dict[str, str]) -> Iterator[Store]:
+    with make_store(store_spec) as opened:
+        yield opened
