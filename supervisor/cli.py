@@ -106,8 +106,15 @@ def cli() -> None:
 @click.option("--all", "all_", is_flag=True, help="start every service of a running supervisor")
 @client_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]), help="the daemon's own log: text or JSON lines")
 def start(
-    target: str | None, all_: bool, config: str | None, endpoint: str | None, timeout: float | None, log_level: str
+    target: str | None,
+    all_: bool,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the daemon on a config, or start a service of a running one.
 
@@ -117,21 +124,19 @@ def start(
     """
     is_daemon = not all_ and (target is None or target.endswith(".toml") or Path(target).is_file())
     if is_daemon and config is None and endpoint is None:
-        _run_daemon(target or DEFAULT_CONFIG, log_level)
+        _run_daemon(target or DEFAULT_CONFIG, log_level, log_format)
         return
     _service_command("start", target, all_, _obj(config, endpoint, timeout))
 
 
-def _run_daemon(path: str, log_level: str) -> NoReturn:
+def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn:
     import asyncio
-    import logging
 
     from supervise.supervisor.errors import AlreadyRunning, ConfigError
+    from supervise.supervisor.logformat import configure_logging
     from supervise.supervisor.supervisor import Supervisor
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(log_level, log_format)
     try:
         supervisor = Supervisor.from_file(path, handle_signals=True)
     except ConfigError as e:
@@ -326,6 +331,161 @@ def backfill(name: str, start: str, end: str, config: str | None, endpoint: str 
     """Run every occurrence of a schedule between two datetimes, in order."""
     result = _call(_obj(config, endpoint, timeout), "backfill", name=name, **{"from": start, "to": end})
     click.echo(f"{name}: {len(result['run_ids'])} runs queued")
+
+
+# -- observability (docs/observability.md) -------------------------------------
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@client_options
+def metrics(name: str | None, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """CPU, memory, restarts, exits by cause, runs and custom metrics of every service (or one)."""
+    args: dict[str, object] = {"name": name} if name else {}
+    result = _call(_obj(config, endpoint, timeout), "metrics", **args)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    from supervise.supervisor.top import metrics_table
+
+    click.echo(metrics_table(result))
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True, help="seconds between redraws")
+@click.option("--once", is_flag=True, help="print one frame and exit")
+@client_options
+def top(interval: float, once: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """A live view of every service: state, pid, CPU, memory, restarts. q or Ctrl-C quits."""
+    from supervise.supervisor.top import run_top
+
+    obj = _obj(config, endpoint, timeout if timeout is not None else 5.0)
+    run_top(lambda: _call(obj, "metrics"), interval_s=interval, once=once)
+
+
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(event, default=str))
+        return
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(float(event.get("ts", 0))).strftime("%H:%M:%S.%f")[:-3]
+    skip = {"v", "seq", "ts", "service", "kind", "message"}
+    detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    text = f"{when} #{event.get('seq')} {event.get('service')} {event.get('kind')} {detail}".rstrip()
+    if event.get("message") and event.get("kind") != "error":
+        text += f"  ({event['message']})"
+    click.echo(text)
+
+
+@cli.command()
+@click.option("--service", help="only this service's events")
+@click.option("--since", type=click.IntRange(min=0), help="first replay the kept events after this sequence number")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="keep printing new events")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@client_options
+def events(
+    service: str | None,
+    since: int | None,
+    follow: bool,
+    as_json: bool,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+) -> None:
+    """Print the supervisor's events (state changes, exits, restarts, ...) as they happen.
+
+    \b
+    supervise events -c CONFIG                      follow from now
+    supervise events --since 0 --no-follow --json   what the replay ring holds
+    """
+    import zmq
+
+    from supervise.protocol.codec import unpack
+    from supervise.protocol.limits import REPLY_LIMITS
+
+    obj = _obj(config, endpoint, timeout)
+    info = _call(obj, "ping")
+    filters: dict[str, object] = {"service": service} if service else {}
+    last = int(info.get("event_seq", 0)) if since is None else since
+
+    def replay() -> None:
+        nonlocal last
+        while True:
+            result = _call(obj, "events", since=last, **filters)
+            if result.get("missed"):
+                click.echo(f"({result['missed']} events after #{last} are no longer kept)", err=True)
+            for event in result["events"]:
+                _print_event(event, as_json)
+                last = max(last, int(event["seq"]))
+            if not result.get("more"):
+                last = max(last, int(result["last_seq"]))
+                return
+
+    if not follow:
+        replay()
+        return
+    zctx = zmq.Context()
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, f"{service}.".encode() if service else b"")
+    sub.connect(str(info["events"]))
+    try:
+        # Subscribed first, replayed second: nothing falls between (duplicates are skipped by seq).
+        replay()
+        while True:
+            if not sub.poll(1000):
+                continue
+            _topic, body = sub.recv_multipart()
+            event = unpack(body, REPLY_LIMITS, what="event")
+            assert isinstance(event, dict)
+            seq = int(event.get("seq", 0))
+            if seq <= last:
+                continue
+            if seq > last + 1 and not service:
+                replay()  # the PUB socket dropped some (its HWM): fetch them from the ring
+                if seq <= last:
+                    continue
+            _print_event(event, as_json)
+            last = seq
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close(linger=0)
+        zctx.term()
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=100, show_default=True, help="how many last lines")
+@click.option("-f", "--follow", is_flag=True, help="keep printing what the service writes (across rotation)")
+@client_options
+def logs(name: str, lines: int, follow: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Show a service's captured stdout/stderr; -f follows it."""
+    import time
+
+    result = _call(_obj(config, endpoint, timeout), "logs", name=name, lines=lines)
+    for line in result["lines"]:
+        click.echo(line)
+    if not follow:
+        return
+    from supervise.supervisor.logtail import Follower
+
+    follower = Follower(Path(result["path"]), offset=result["offset"], inode=result["inode"])
+    out = sys.stdout.buffer
+    try:
+        while True:
+            data = follower.read()
+            if data:
+                out.write(data)
+                out.flush()
+            else:
+                time.sleep(0.2)  # following a file: there is nothing to wait on but the clock
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        follower.close()
 
 
 def main() -> None:

@@ -524,7 +524,8 @@ def _convert_table(
     for key, raw in table.items():
         spec = keys.get(key)
         if spec is None:
-            issues.append(((*path, str(key)), _unknown_key(str(key), keys)))
+            known = [*keys, *SCHEDULE_KEYS] if keys is SERVICE_KEYS else list(keys)
+            issues.append(((*path, str(key)), _unknown_key(str(key), known)))
             continue
         try:
             values[spec.field] = spec.convert(raw, ctx)

@@ -429,9 +429,9 @@ def test_the_error_message_lists_every_problem_one_per_line(tmp_path: Path) -> N
         ('command = "sh"\nrestart_polcy = "always"', '3:1: services.web.restart_polcy: unknown key; did you mean "restart"?'),
         ('command = "sh"\n  max_restart = 1', '3:3: services.web.max_restart: unknown key; did you mean "max_restarts"?'),
         ('command = "sh"\nzzz = 1', "3:1: services.web.zzz: unknown key"),
-        ('command = "sh"\nevery = "5m"', "3:1: services.web.every: unknown key"),
+        ('command = "sh"\nevry = "5m"', '3:1: services.web.evry: unknown key; did you mean "every"?'),
     ],
-    ids=["misspelt", "indented", "no-suggestion", "scheduling-not-yet"],
+    ids=["misspelt", "indented", "no-suggestion", "scheduling-key-typo"],
 )
 def test_unknown_service_keys_are_errors_with_a_suggestion(tmp_path: Path, lines: str, problem: str) -> None:
     assert problem_of(tmp_path, lines) == f"supervise.toml:{problem}"

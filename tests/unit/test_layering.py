@@ -14,7 +14,7 @@ FORBIDDEN = {
     "workers": ("supervise.supervisor",),
     "supervisor": (),
 }
-PURE = ["state.py", "restart.py", "units.py", "triggers.py", "policies.py", "runs.py"]
+PURE = ["state.py", "restart.py", "units.py", "triggers.py", "policies.py", "runs.py", "metrics.py"]
 IMPURE_MODULES = ("zmq", "asyncio", "subprocess", "os", "time", "psutil", "socket")
 
 
