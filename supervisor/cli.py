@@ -130,6 +130,18 @@ def start(
 
 
 def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn:
+    from supervise.supervisor.config import load_config
+    from supervise.supervisor.errors import ConfigError
+
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
+    _serve(config, log_level, log_format)
+
+
+def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
+    """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
     import asyncio
 
     from supervise.supervisor.errors import AlreadyRunning, ConfigError
@@ -137,10 +149,7 @@ def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn
     from supervise.supervisor.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
-    try:
-        supervisor = Supervisor.from_file(path, handle_signals=True)
-    except ConfigError as e:
-        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
+    supervisor = Supervisor(config, handle_signals=True)
 
     async def run() -> None:
         await supervisor.start()
@@ -432,10 +441,13 @@ def events(
     sub.setsockopt(zmq.SUBSCRIBE, f"{service}.".encode() if service else b"")
     sub.connect(str(info["events"]))
     try:
-        # Subscribed first, replayed second: nothing falls between (duplicates are skipped by seq).
+        # A SUB socket's subscription takes effect a little after connect (ZeroMQ's slow
+        # joiner), and PUB drops at its high-water mark: whenever the stream is quiet for
+        # a moment, ask the replay ring for anything after the last seq printed.
         replay()
         while True:
-            if not sub.poll(1000):
+            if not sub.poll(500):
+                replay()
                 continue
             _topic, body = sub.recv_multipart()
             event = unpack(body, REPLY_LIMITS, what="event")
@@ -486,6 +498,149 @@ def logs(name: str, lines: int, follow: bool, config: str | None, endpoint: str 
         pass
     finally:
         follower.close()
+
+
+# -- runtime changes -------------------------------------------------------------
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, object]:
+    """`key=value` pairs; the value is read as TOML ("10s", 5, true, ["a"]), else taken as text."""
+    import tomllib
+
+    table: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f'--set expects key=value, got "{pair}"', Exit.USAGE)
+        try:
+            value: object = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        table[key.strip()] = value
+    return table
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--command", "command_line", help='an executable and its arguments, e.g. "redis-server --port 7001"')
+@click.option("--target", help='a Python target, "pkg.module:function"')
+@click.option("--every", help='run on an interval, e.g. "10s"')
+@click.option("--cron", help='run on a cron expression, e.g. "0 2 * * *"')
+@click.option("--critical", is_flag=True, help="restart it whenever it fails")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="any other service key (repeatable)")
+@client_options
+def add(
+    name: str,
+    command_line: str | None,
+    target: str | None,
+    every: str | None,
+    cron: str | None,
+    critical: bool,
+    sets: tuple[str, ...],
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+) -> None:
+    """Register and start a service in a running supervisor (kept across its restarts)."""
+    if (command_line is None) == (target is None):
+        raise CliError("add: give exactly one of --command or --target", Exit.USAGE)
+    spec = _parse_sets(sets)
+    spec.update({k: v for k, v in (("command", command_line), ("target", target), ("every", every), ("cron", cron)) if v})
+    if critical:
+        spec["critical"] = True
+    result = _call(_obj(config, endpoint, timeout), "add", name=name, spec=spec)
+    click.echo(f"{result['name']}: added, {result['state']}")
+
+
+@cli.command()
+@click.argument("name")
+@client_options
+def remove(name: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Stop a service and deregister it."""
+    _call(_obj(config, endpoint, timeout), "remove", name=name)
+    click.echo(f"{name}: removed")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--set", "sets", multiple=True, required=True, metavar="KEY=VALUE", help="the service's keys, all of them")
+@client_options
+def update(name: str, sets: tuple[str, ...], config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Replace a service's settings; it restarts only if its process would differ."""
+    result = _call(_obj(config, endpoint, timeout), "update", name=name, spec=_parse_sets(sets))
+    click.echo(f"{name}: {result['state']}; changed: {', '.join(result['changed']) or 'nothing'}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="only print what would change")
+@client_options
+def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Re-read the config file and apply the difference (SIGHUP does the same)."""
+    plan = _call(_obj(config, endpoint, timeout), "reload", dry_run=dry_run)
+    verb = "would" if dry_run else "did"
+    for what in ("added", "removed"):
+        for name in plan[what]:
+            click.echo(f"{name}: {verb} {'start (added)' if what == 'added' else 'stop (removed)'}")
+    for name, keys in plan["changed"].items():
+        click.echo(f"{name}: {verb} apply changed {', '.join(keys)}")
+    for name in plan["unchanged"]:
+        click.echo(f"{name}: unchanged")
+    if plan["supervisor_keys_needing_restart"]:
+        keys = ", ".join(plan["supervisor_keys_needing_restart"])
+        click.echo(f"[supervisor] {keys} changed: restart the supervisor to apply")
+
+
+@cli.command(name="list")
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+def list_services(config: str) -> None:
+    """List the services a config file defines (no supervisor needed)."""
+    from supervise.supervisor.config import load_config
+    from supervise.supervisor.errors import ConfigError
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise CliError(f"config error:\n{e}") from None
+    for name, svc in cfg.services.items():
+        what = " ".join(svc.command) if svc.command else svc.target
+        when = f"  [{svc.schedule.trigger.describe()}]" if svc.schedule else ""
+        click.echo(f"{name}  {what}{when}")
+
+
+@cli.command(name="run-service")
+@click.argument("name")
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def run_service(name: str, config: str, log_level: str) -> None:
+    """Run exactly one service of a config in the foreground, with its own supervisor.
+
+    For one-container-per-service deployments. Its state directory is
+    <state_dir>/<NAME>, so several can run from one config side by side.
+    """
+    from dataclasses import replace
+
+    from supervise.supervisor.config import load_config
+    from supervise.supervisor.errors import ConfigError
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
+    if name not in cfg.services:
+        raise CliError(f'no service named "{name}" in {config}; it has: {", ".join(cfg.services) or "none"}', Exit.CONFIG)
+    from supervise.protocol.endpoints import default_endpoints
+
+    state_dir = cfg.supervisor.state_dir / name
+    endpoints = default_endpoints(state_dir)
+    supervisor = replace(
+        cfg.supervisor,
+        state_dir=state_dir,
+        control_endpoint=endpoints.control,
+        workers_endpoint=endpoints.workers,
+        events_endpoint=endpoints.events,
+    )
+    service = replace(cfg.services[name], requires=())
+    _serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
 
 
 def main() -> None:

@@ -213,6 +213,22 @@ async def _backfill(sup: Supervisor, args: Mapping[str, object]) -> object:
     return {"run_ids": sup.require_scheduler(name).backfill(name, start, end)}
 
 
+async def _add(sup: Supervisor, args: Mapping[str, object]) -> object:
+    return await sup.add(str(args["name"]), args["spec"])  # type: ignore[arg-type]
+
+
+async def _remove(sup: Supervisor, args: Mapping[str, object]) -> object:
+    return await sup.remove(str(args["name"]))
+
+
+async def _update(sup: Supervisor, args: Mapping[str, object]) -> object:
+    return await sup.update(str(args["name"]), args["spec"])  # type: ignore[arg-type]
+
+
+async def _reload(sup: Supervisor, args: Mapping[str, object]) -> object:
+    return await sup.reload(dry_run=args.get("dry_run") is True)
+
+
 async def _shutdown(sup: Supervisor, args: Mapping[str, object]) -> object:
     sup.request_shutdown()
     return {"shutting_down": True}
@@ -274,6 +290,28 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("resume", _service_action("resume"), "Resume a paused service.", _TARGET_ARGS, True),
         Command("shutdown", _shutdown, "Stop every service and exit the supervisor.", {}, True),
+        Command(
+            "add",
+            _add,
+            "Register and start a service; `spec` has the keys of a [services.NAME] table. Kept across restarts.",
+            {"name": Arg(str, True), "spec": Arg(dict, True, "the service's config keys")},
+            True,
+        ),
+        Command("remove", _remove, "Stop a service (as stop does) and deregister it.", {"name": Arg(str, True)}, True),
+        Command(
+            "update",
+            _update,
+            "Replace a service's settings (a whole [services.NAME] table); restarts it only if needed.",
+            {"name": Arg(str, True), "spec": Arg(dict, True)},
+            True,
+        ),
+        Command(
+            "reload",
+            _reload,
+            "Re-read the config file; apply only the difference. An invalid file changes nothing.",
+            {"dry_run": Arg(bool, doc="only say what would change")},
+            True,
+        ),
         Command(
             "run",
             _run,

@@ -24,7 +24,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from supervise.supervisor.dependencies import find_problems
 from supervise.supervisor.errors import ConfigError, ConfigProblem
+from supervise.supervisor.interpolate import interpolate
 from supervise.supervisor.schedule_config import (
     HTTP_TARGET,
     SCHEDULE_KEYS,
@@ -97,6 +99,7 @@ class ServiceConfig:
     user: str | None = None
     umask: int | None = None
     max_memory_bytes: int | None = None
+    requires: tuple[str, ...] = ()  # services that must be RUNNING before this one starts
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
 
@@ -337,6 +340,12 @@ def _umask(value: object, ctx: _Context) -> int:
     return mask
 
 
+def _names(value: object, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'expected a list of service names like ["db"], got {show_value(value)}')
+    return tuple(value)
+
+
 def _ipc_too_long(path: str) -> str | None:
     size = len(os.fsencode(path))
     if size <= IPC_PATH_MAX_BYTES:
@@ -388,6 +397,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "user": Key("user", _user),
         "umask": Key("umask", _umask),
         "max_memory": Key("max_memory_bytes", _size),
+        "requires": Key("requires", _names),
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )
@@ -441,6 +451,9 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [_syntax_problem(str(exc), text)]) from exc
+    data, problems = interpolate(data, os.environ)
+    if problems:
+        raise ConfigError(source, _problems(list(problems), text))
     return parse_config(data, source=source, base_dir=Path(path).parent, text=text)
 
 
@@ -490,6 +503,8 @@ def parse_config(
         service = _parse_service(str(name), table, ("services", str(name)), ctx, issues)
         if service is not None:
             services[service.name] = service
+    requires = {name: service.requires for name, service in services.items()}
+    issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
     return Config(source, ctx.base_dir, supervisor, MappingProxyType(services))

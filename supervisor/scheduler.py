@@ -80,6 +80,20 @@ class Scheduler:
         state = self._store.get_schedule_state(name)
         self._schedules[name] = Schedule(name, config, python, state)
 
+    def arm(self, name: str) -> None:
+        """Arm a schedule added after `start` (a service added at runtime)."""
+        self._arm(self._schedules[name])
+
+    def remove(self, name: str) -> None:
+        """Forget a schedule (its service is being removed): no more fires; runs in flight end."""
+        s = self._schedules.pop(name, None)
+        if s is None:
+            return
+        if s.timer is not None:
+            s.timer.cancel()
+        for active in list(s.active.values()):
+            self._end_early(s, active, RunState.CANCELLED, "the service was removed")
+
     def start(self) -> None:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
         self._loop = asyncio.get_running_loop()

@@ -35,9 +35,10 @@ from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor import state as core
 from supervise.supervisor.clock import Clock, SystemClock
 from supervise.supervisor.commands import COMMANDS
-from supervise.supervisor.config import Config, ServiceConfig, load_config
+from supervise.supervisor.config import Config, ServiceConfig, diff_configs, load_config, parse_service
+from supervise.supervisor.dependencies import stop_layers
 from supervise.supervisor.control import ControlServer
-from supervise.supervisor.errors import ServiceNotFound
+from supervise.supervisor.errors import ConfigError, ServiceNotFound
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.observability import Observability
 from supervise.supervisor.output import RotatingLog
@@ -51,6 +52,16 @@ from supervise.supervisor.sockets import send_nowait
 log = logging.getLogger("supervise")
 
 VERSION = "0.1.0"
+PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms"})
+"""Settings baked into a worker at spawn: changing one restarts the service."""
+POLICY_FIELDS = frozenset(
+    {
+        "critical", "autostart", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
+        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms",
+        "max_memory_bytes", "requires",
+    }
+)
+"""Settings the supervisor reads when it decides: changing one takes effect without a restart."""
 _GUARD_GRACE_S = 1.0
 
 
@@ -125,6 +136,7 @@ class Supervisor:
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
         self._feeding = False
         self._run_processes: set[Worker] = set()  # command runs of scheduled services
+        self._pending_starts: set[str] = set()  # waiting for what they require to be RUNNING
         self._changed = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._closed = asyncio.Event()
@@ -188,6 +200,7 @@ class Supervisor:
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
+            self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "supervise %s started (pid %d), %d services, control at %s",
             VERSION,
@@ -196,21 +209,58 @@ class Supervisor:
             sup.control_endpoint,
         )
         self._start_scheduler()
-        for name, svc in self._services.items():
-            if svc.config.autostart and not self._runs_per_process(svc.config):
-                self._feed(name, core.StartRequested())
+        self._restore_registrations()
+        self._start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
-        scheduled = {n: s.config for n, s in self._services.items() if s.config.schedule is not None}
-        if not scheduled:
-            return
         self._store = SqliteStore(self.config.supervisor.state_dir / "history.db").open()
         self.scheduler = Scheduler(self, self._store)
-        for name, cfg in scheduled.items():
-            assert cfg.schedule is not None
-            self.scheduler.add(name, cfg.schedule, python=cfg.is_python)
+        for name, svc in self._services.items():
+            if svc.config.schedule is not None:
+                self.scheduler.add(name, svc.config.schedule, python=svc.config.is_python)
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()
+
+    def _restore_registrations(self) -> None:
+        """Services added at runtime by an earlier run of this supervisor come back."""
+        assert self._store is not None
+        for name, table in self._store.list_registrations().items():
+            if name in self._services:
+                log.warning("runtime service %s is shadowed by the config's service of that name", name)
+                continue
+            try:
+                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration")
+            except ConfigError as e:
+                log.error("runtime service %s can no longer be loaded; skipped:\n%s", name, e)
+                continue
+            self._register(replace(cfg, origin="runtime"))
+
+    def _register(self, cfg: ServiceConfig) -> ServiceRuntime:
+        svc = ServiceRuntime(cfg, service_spec(cfg))
+        self._services[cfg.name] = svc
+        if cfg.schedule is not None and self.scheduler is not None:
+            self.scheduler.add(cfg.name, cfg.schedule, python=cfg.is_python)
+            self.scheduler.arm(cfg.name)
+        return svc
+
+    def _start_in_order(self, names: list[str]) -> None:
+        """Start `names`, each once the services it requires are RUNNING."""
+        for name in names:
+            if not self._runs_per_process(self._services[name].config):
+                self._pending_starts.add(name)
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        for name in [n for n in self._services if n in self._pending_starts]:
+            svc = self._services[name]
+            waiting = [d for d in svc.config.requires if self._state_of(d) is not core.ServiceState.RUNNING]
+            if not waiting:
+                self._pending_starts.discard(name)
+                self._feed(name, core.StartRequested())
+
+    def _state_of(self, name: str) -> core.ServiceState | None:
+        svc = self._services.get(name)
+        return svc.record.state if svc is not None else None
 
     @staticmethod
     def _runs_per_process(cfg: ServiceConfig) -> bool:
@@ -231,13 +281,12 @@ class Supervisor:
         if self._closed.is_set() or self._loop is None:
             return
         self._shutdown.set()
-        names = [n for n, s in self._services.items() if s.record.state in core.ALIVE | {core.ServiceState.BACKOFF}]
-        for name in names:
-            self._feed(name, core.StopRequested())
+        self._pending_starts.clear()
         for worker in self._run_processes:
             worker.signal_group(signal.SIGTERM)
-        timeout_s = self.config.supervisor.shutdown_timeout_ms / 1000
-        if not await self._wait_until(lambda: not self._alive_workers(), timeout_s):
+        deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
+        await self._stop_in_order(list(self._services), deadline)
+        if not await self._wait_until(lambda: not self._alive_workers(), max(0.0, deadline - time.monotonic())):
             for worker in self._run_processes:
                 worker.signal_group(signal.SIGKILL)
             for svc in self._services.values():
@@ -246,7 +295,7 @@ class Supervisor:
                     svc.worker.signal_group(signal.SIGKILL)
             await self._wait_until(lambda: not self._alive_workers(), 5.0)
         if self._handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self._loop.remove_signal_handler(sig)
         for task in self._tasks:
             task.cancel()
@@ -272,8 +321,30 @@ class Supervisor:
         self._closed.set()
         log.info("supervise stopped")
 
+    async def _stop_in_order(self, names: list[str], deadline: float) -> None:
+        """Stop `names`: what requires a service stops before it (reverse start order)."""
+        requires = {n: self._services[n].config.requires for n in names}
+        for layer in stop_layers(requires, names):
+            for name in layer:
+                self._feed(name, core.StopRequested())
+            await self._wait_until(
+                lambda: all(self._services[n].worker is None for n in layer), max(0.0, deadline - time.monotonic())
+            )
+
     def _alive_workers(self) -> bool:
         return bool(self._run_processes) or any(s.worker is not None for s in self._services.values())
+
+    def _on_sighup(self) -> None:
+        async def reload() -> None:
+            try:
+                await self.reload()
+            except ConfigError as e:
+                log.error("SIGHUP: the config is invalid; nothing changed:\n%s", e)
+            except Exception:
+                log.exception("SIGHUP: reload failed")
+
+        task = asyncio.create_task(reload(), name="supervise-reload")
+        self._tasks.append(task)
 
     def _on_signal(self, sig: int) -> None:
         if self._shutdown.is_set():
@@ -478,6 +549,8 @@ class Supervisor:
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        if self._pending_starts and not self._shutdown.is_set():
+            self._start_ready()
 
     async def _wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Wait for a state change that makes `predicate` true; False at the deadline."""
@@ -612,6 +685,105 @@ class Supervisor:
 
     async def _call(self, command: str, args: dict[str, object]) -> object:
         return await COMMANDS[command].handler(self, args)
+
+    # -- runtime changes ---------------------------------------------------------
+
+    async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
+        """Register, persist and start a service described by a config table (same keys and checks)."""
+        if name in self._services:
+            raise ProtocolError(ErrorCode.CONFLICT, f'a service named "{name}" exists; use update or remove it first')
+        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"add {name}")
+        missing = [d for d in cfg.requires if d not in self._services]
+        if missing:
+            raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.requires: unknown service "{missing[0]}"')
+        assert self._store is not None
+        self._store.put_registration(name, dict(table))
+        self._add_config_service(replace(cfg, origin="runtime"))
+        log.info("%s: added at runtime", name)
+        return {"name": name, "state": self._shown_state(self._services[name])}
+
+    async def remove(self, name: str) -> dict[str, object]:
+        """Stop a service as `stop` does, then forget it (and its runtime registration)."""
+        svc = self.require(name)
+        dependents = [n for n, s in self._services.items() if name in s.config.requires]
+        if dependents:
+            raise ProtocolError(ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first")
+        await self.act("stop", [name], wait=True)
+        if self.scheduler is not None:
+            self.scheduler.remove(name)
+        if svc.worker is not None:  # still alive after its stop_timeout: it was SIGKILLed, wait for the exit
+            await self._wait_until(lambda: svc.worker is None, 5.0)
+        for handle in svc.timers.values():
+            handle.cancel()
+        self._pending_starts.discard(name)
+        del self._services[name]
+        if svc.log is not None:
+            svc.log.close()
+        if self._store is not None:
+            self._store.delete_registration(name)
+        log.info("%s: removed", name)
+        self._notify()
+        return {"name": name, "removed": True}
+
+    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
+        """Replace a runtime service's settings; restarts it only if its process would differ."""
+        old = self.require(name)
+        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"update {name}")
+        changed = await self._replace(name, replace(cfg, origin=old.config.origin))
+        if old.config.origin == "runtime" and self._store is not None:
+            self._store.put_registration(name, dict(table))
+        return {"name": name, "changed": changed, "state": self._shown_state(self._services[name])}
+
+    async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
+        """Swap in a new config for a service; restart it when a process setting changed."""
+        svc = self._services[name]
+        changed = [f for f in PROCESS_FIELDS | POLICY_FIELDS if getattr(svc.config, f) != getattr(cfg, f)]
+        restart = any(f in PROCESS_FIELDS for f in changed) and svc.record.state in core.ALIVE
+        if cfg.schedule != svc.config.schedule and self.scheduler is not None:
+            self.scheduler.remove(name)
+            if cfg.schedule is not None:
+                self.scheduler.add(name, cfg.schedule, python=cfg.is_python)
+                self.scheduler.arm(name)
+        svc.config, svc.spec = cfg, service_spec(cfg)
+        if restart:
+            await self.act("restart", [name], wait=True)
+        return sorted(changed)
+
+    async def reload(self, *, dry_run: bool = False) -> dict[str, object]:
+        """Re-read the config file and apply only the difference; a broken file changes nothing."""
+        if self.config.source.startswith("<"):
+            raise ProtocolError(ErrorCode.CONFLICT, "this supervisor was built from a dict; there is no file to reload")
+        new = load_config(self.config.source)  # ConfigError -> the reply, and nothing changed
+        diff = diff_configs(self.config, new)
+        plan = {
+            "added": list(diff.added),
+            "removed": [n for n in diff.removed if self._origin(n) == "config"],
+            "changed": {n: list(keys) for n, keys in diff.changed.items()},
+            "unchanged": list(diff.unchanged),
+            "supervisor_keys_needing_restart": list(diff.supervisor),
+        }
+        if dry_run:
+            return plan
+        for name in plan["removed"]:  # type: ignore[union-attr]
+            await self.remove(name)
+        for name in diff.changed:
+            await self._replace(name, new.services[name])
+        for name in diff.added:
+            if name in self._services:  # a runtime service of that name: the config's wins
+                await self.remove(name)
+            self._add_config_service(new.services[name])
+        self.config = replace(new, supervisor=self.config.supervisor)
+        log.info("reloaded %s: %s", new.source, plan)
+        return plan
+
+    def _add_config_service(self, cfg: ServiceConfig) -> None:
+        self._register(cfg)
+        if cfg.autostart:
+            self._start_in_order([cfg.name])
+
+    def _origin(self, name: str) -> str | None:
+        svc = self._services.get(name)
+        return svc.config.origin if svc is not None else None
 
     def require_scheduler(self, name: str) -> Scheduler:
         self.require(name)

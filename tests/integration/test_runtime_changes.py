@@ -1,0 +1,159 @@
+"""Services added, removed, updated and reloaded while the supervisor runs; dependencies; standalone mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervise.protocol.errors import RemoteError
+from tests.conftest import REPO, Daemon, alive, start_daemon, stop_daemon, wait_for, write_config
+
+FOREVER = "tests.children.targets:forever"
+SLEEP = {"command": ["sleep", "1000"], "start_timeout": "0s"}
+
+
+def test_add_and_remove_at_runtime_and_the_addition_survives_a_restart(short_dir: Path) -> None:
+    config = write_config(short_dir, {"base": SLEEP})
+    d = start_daemon(config)
+    try:
+        result = d.cli("add", "extra", "--target", FOREVER, "--set", f'cwd="{REPO}"', "--set", "stop_timeout=2")
+        assert result.returncode == 0, result.stderr
+        assert "extra: added" in result.stdout
+        pid = d.wait_running_pid("extra")
+        assert d.service("extra")["origin"] == "runtime"
+        bad = d.cli("add", "broken", "--command", "nope-not-a-binary")
+        assert bad.returncode == 1 and 'executable "nope-not-a-binary" not found' in bad.stderr
+        duplicate = d.cli("add", "base", "--command", "sleep 5")
+        assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+    finally:
+        stop_daemon(d)
+    assert not alive(pid)
+    d = start_daemon(config)
+    try:
+        d.wait_running_pid("extra")
+        assert d.service("extra")["origin"] == "runtime"
+        pid = d.service("extra")["pid"]
+        assert d.cli("remove", "extra").returncode == 0
+        assert not alive(pid)
+        with pytest.raises(RemoteError, match='no service named "extra"'):
+            d.client.call("status", name="extra")
+    finally:
+        stop_daemon(d)
+    d = start_daemon(config)
+    try:
+        assert [s["name"] for s in d.client.call("status")["services"]] == ["base"]
+    finally:
+        stop_daemon(d)
+
+
+def test_update_restarts_only_when_the_process_would_differ(daemon_factory) -> None:
+    d: Daemon = daemon_factory({})
+    d.client.call("add", name="svc", spec={"command": ["sleep", "1000"], "start_timeout": "0s"})
+    pid = d.wait_running_pid("svc")
+    same = d.client.call("update", name="svc", spec={"command": ["sleep", "1000"], "start_timeout": "0s", "max_restarts": 9})
+    assert same["changed"] == ["max_restarts"] and d.service("svc")["pid"] == pid
+    moved = d.client.call("update", name="svc", spec={"command": ["sleep", "999"], "start_timeout": "0s"})
+    assert "command" in moved["changed"]
+    d.wait_running_pid("svc", not_pid=pid)
+
+
+def test_reload_applies_only_the_difference_and_rejects_a_broken_config(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"keep": SLEEP, "change": SLEEP, "drop": SLEEP})
+    pids = {n: d.wait_running_pid(n) for n in ("keep", "change", "drop")}
+    write_config(
+        d.config.parent,
+        {"keep": SLEEP, "change": {**SLEEP, "command": ["sleep", "999"]}, "new": SLEEP},
+    )
+    dry = d.cli("reload", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "new: would start (added)" in dry.stdout and "drop: would stop (removed)" in dry.stdout
+    assert "change: would apply changed command" in dry.stdout and "keep: unchanged" in dry.stdout
+    assert d.service("drop")["pid"] == pids["drop"]  # a dry run changes nothing
+    assert d.cli("reload").returncode == 0
+    assert d.service("keep")["pid"] == pids["keep"]
+    d.wait_running_pid("change", not_pid=pids["change"])
+    d.wait_running_pid("new")
+    assert not alive(pids["drop"])
+    # A broken file: the same errors as `check`, and nothing changes.
+    d.config.write_text(d.config.read_text() + "\n[services.bad]\ncomand = 1\n")
+    broken = d.cli("reload")
+    assert broken.returncode == 1 and "services.bad.comand: unknown key" in broken.stderr
+    assert d.service("keep")["pid"] == pids["keep"]
+    with pytest.raises(RemoteError):
+        d.client.call("status", name="bad")
+
+
+def test_sighup_reloads_the_config(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"one": SLEEP})
+    d.wait_running_pid("one")
+    write_config(d.config.parent, {"one": SLEEP, "two": SLEEP})
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_running_pid("two")
+
+
+def test_requires_starts_after_and_stops_before_what_it_requires(short_dir: Path) -> None:
+    config = write_config(
+        short_dir,
+        {
+            "web": {"target": FOREVER, "requires": ["db"]},
+            "db": {"target": FOREVER},
+        },
+    )
+    d = start_daemon(config)
+    try:
+        d.wait_running_pid("web")
+    finally:
+        stop_daemon(d)
+    log = d.log()
+    assert log.index("db: STARTING -> RUNNING") < log.index("web: STOPPED -> STARTING")
+    assert log.index("web: STOPPING -> STOPPED") < log.index("db: RUNNING -> STOPPING")
+
+
+def test_run_service_runs_exactly_one_service_of_a_config(short_dir: Path) -> None:
+    config = write_config(short_dir, {"a": SLEEP, "b": {"target": FOREVER}})
+    listed = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "list", "-c", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert listed.stdout.split("\n")[0].startswith("a  sleep 1000") and "b  tests.children.targets:forever" in listed.stdout
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervise.supervisor", "run-service", "b", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from supervise.protocol import Client
+
+        with Client(f"ipc://{short_dir}/state/b/control.sock", timeout_s=2) as client:
+            services = wait_for(lambda: client.call("status")["services"], what="the standalone supervisor")
+            assert [s["name"] for s in services] == ["b"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_config_values_come_from_the_environment(short_dir: Path) -> None:
+    config = write_config(
+        short_dir,
+        {
+            "greeter": {
+                "command": ["sh", "-c", 'echo "greeting=$GREETING"; exec sleep 1000'],
+                "env": {"GREETING": "${SV_TEST_GREETING:-hello}"},
+                "start_timeout": "0s",
+            }
+        },
+    )
+    os.environ["SV_TEST_GREETING"] = "bonjour"
+    try:
+        d = start_daemon(config)
+    finally:
+        del os.environ["SV_TEST_GREETING"]
+    try:
+        log = short_dir / "state" / "logs" / "greeter.log"
+        wait_for(lambda: "greeting=bonjour" in log.read_text(), what="the interpolated value")
+    finally:
+        stop_daemon(d)
