@@ -572,6 +572,16 @@ def update(name: str, sets: tuple[str, ...], config: str | None, endpoint: str |
 
 
 @cli.command()
+@click.argument("name")
+@click.argument("processes", type=click.IntRange(1, 1000))
+@client_options
+def scale(name: str, processes: int, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+    """Run PROCESSES identical worker processes of a service."""
+    result = _call(_obj(config, endpoint, timeout), "scale", name=name, processes=processes)
+    click.echo(f"{name}: {result['processes']} processes ({', '.join(result['instances'])})")
+
+
+@cli.command()
 @click.option("--dry-run", is_flag=True, help="only print what would change")
 @client_options
 def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:

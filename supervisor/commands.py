@@ -136,8 +136,7 @@ def _targets(sup: Supervisor, command: str, args: Mapping[str, object]) -> list[
         return sup.service_names()
     if not isinstance(name, str):
         raise ProtocolError(ErrorCode.BAD_ARGS, f'{command}: missing required argument "name" (or "all": true)')
-    sup.require(name)
-    return [name]
+    return sup.expand(name)
 
 
 def _service_action(command: str) -> Handler:
@@ -225,6 +224,10 @@ async def _update(sup: Supervisor, args: Mapping[str, object]) -> object:
     return await sup.update(str(args["name"]), args["spec"])  # type: ignore[arg-type]
 
 
+async def _scale(sup: Supervisor, args: Mapping[str, object]) -> object:
+    return await sup.scale(str(args["name"]), int(args["processes"]))  # type: ignore[call-overload]
+
+
 async def _reload(sup: Supervisor, args: Mapping[str, object]) -> object:
     return await sup.reload(dry_run=args.get("dry_run") is True)
 
@@ -303,6 +306,13 @@ COMMANDS: dict[str, Command] = {
             _update,
             "Replace a service's settings (a whole [services.NAME] table); restarts it only if needed.",
             {"name": Arg(str, True), "spec": Arg(dict, True)},
+            True,
+        ),
+        Command(
+            "scale",
+            _scale,
+            "Run N identical processes of a service (instances NAME, NAME:1, NAME:2 ...).",
+            {"name": Arg(str, True), "processes": Arg(int, True, "how many", min=1, max=1000)},
             True,
         ),
         Command(

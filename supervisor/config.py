@@ -100,6 +100,7 @@ class ServiceConfig:
     umask: int | None = None
     max_memory_bytes: int | None = None
     requires: tuple[str, ...] = ()  # services that must be RUNNING before this one starts
+    processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
 
@@ -340,6 +341,12 @@ def _umask(value: object, ctx: _Context) -> int:
     return mask
 
 
+def _positive_count(value: object, ctx: _Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValueError(f"expected an integer from 1 to 1000, got {show_value(value)}")
+    return value
+
+
 def _names(value: object, ctx: _Context) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f'expected a list of service names like ["db"], got {show_value(value)}')
@@ -398,6 +405,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "umask": Key("umask", _umask),
         "max_memory": Key("max_memory_bytes", _size),
         "requires": Key("requires", _names),
+        "processes": Key("processes", _positive_count),
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )
@@ -589,6 +597,8 @@ def _check_service(table: Mapping[str, object], values: dict[str, Any], path: Ke
 
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
+    if values.get("schedule") is not None and values.get("processes", 1) > 1:
+        issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
     if "target" in values and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), "must be > 0 for a Python target (the time it has to say hello)"))
     backoff = values.get("backoff_ms", _SERVICE_DEFAULTS["backoff_ms"])

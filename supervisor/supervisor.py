@@ -52,6 +52,13 @@ from supervise.supervisor.sockets import send_nowait
 log = logging.getLogger("supervise")
 
 VERSION = "0.1.0"
+
+
+def instance_name(service: str, instance: int) -> str:
+    """`web` for instance 0, `web:1`, `web:2` ... for the others (see `processes`)."""
+    return service if instance == 0 else f"{service}:{instance}"
+
+
 PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms"})
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
@@ -97,10 +104,11 @@ class ServiceRuntime:
     log: RotatingLog | None = None
     timers: dict[core.Timer, asyncio.TimerHandle] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    instance: int = 0  # which of the service's `processes` this is; instance 0 carries the plain name
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return instance_name(self.config.name, self.instance)
 
 
 class Supervisor:
@@ -130,9 +138,7 @@ class Supervisor:
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._handle_signals = handle_signals
-        self._services: dict[str, ServiceRuntime] = {
-            name: ServiceRuntime(cfg, service_spec(cfg)) for name, cfg in config.services.items()
-        }
+        self._services: dict[str, ServiceRuntime] = {}
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
         self._feeding = False
         self._run_processes: set[Worker] = set()  # command runs of scheduled services
@@ -158,6 +164,8 @@ class Supervisor:
         self._instance = secrets.token_hex(8)
         self._store: SqliteStore | None = None
         self.scheduler: Scheduler | None = None
+        for cfg in config.services.values():
+            self._register(cfg)
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Self:
@@ -235,32 +243,46 @@ class Supervisor:
                 continue
             self._register(replace(cfg, origin="runtime"))
 
-    def _register(self, cfg: ServiceConfig) -> ServiceRuntime:
-        svc = ServiceRuntime(cfg, service_spec(cfg))
-        self._services[cfg.name] = svc
+    def _register(self, cfg: ServiceConfig) -> list[str]:
+        """Add a service's `processes` instances (and its schedule); returns their names."""
+        names = []
+        for i in range(cfg.processes):
+            svc = ServiceRuntime(cfg, service_spec(cfg), instance=i)
+            self._services[svc.name] = svc
+            names.append(svc.name)
         if cfg.schedule is not None and self.scheduler is not None:
             self.scheduler.add(cfg.name, cfg.schedule, python=cfg.is_python)
             self.scheduler.arm(cfg.name)
-        return svc
+        return names
+
+    def expand(self, name: str) -> list[str]:
+        """The instance names of service `name` (just `name` with one process, or for an instance)."""
+        if name in self._services and self._services[name].instance != 0:
+            return [name]
+        names = [n for n, s in self._services.items() if s.config.name == name]
+        if not names:
+            raise ServiceNotFound(name, sorted({s.config.name for s in self._services.values()}))
+        return names
 
     def _start_in_order(self, names: list[str]) -> None:
-        """Start `names`, each once the services it requires are RUNNING."""
+        """Start `names` (services or instances), each once what it requires is RUNNING."""
         for name in names:
-            if not self._runs_per_process(self._services[name].config):
-                self._pending_starts.add(name)
+            for instance in self.expand(name):
+                if not self._runs_per_process(self._services[instance].config):
+                    self._pending_starts.add(instance)
         self._start_ready()
 
     def _start_ready(self) -> None:
         for name in [n for n in self._services if n in self._pending_starts]:
             svc = self._services[name]
-            waiting = [d for d in svc.config.requires if self._state_of(d) is not core.ServiceState.RUNNING]
-            if not waiting:
+            if all(self._running(d) for d in svc.config.requires):
                 self._pending_starts.discard(name)
                 self._feed(name, core.StartRequested())
 
-    def _state_of(self, name: str) -> core.ServiceState | None:
-        svc = self._services.get(name)
-        return svc.record.state if svc is not None else None
+    def _running(self, service: str) -> bool:
+        """Every instance of `service` is RUNNING."""
+        instances = [s for s in self._services.values() if s.config.name == service]
+        return bool(instances) and all(s.record.state is core.ServiceState.RUNNING for s in instances)
 
     @staticmethod
     def _runs_per_process(cfg: ServiceConfig) -> bool:
@@ -285,7 +307,7 @@ class Supervisor:
         for worker in self._run_processes:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
-        await self._stop_in_order(list(self._services), deadline)
+        await self._stop_in_order(deadline)
         if not await self._wait_until(lambda: not self._alive_workers(), max(0.0, deadline - time.monotonic())):
             for worker in self._run_processes:
                 worker.signal_group(signal.SIGKILL)
@@ -321,14 +343,15 @@ class Supervisor:
         self._closed.set()
         log.info("supervise stopped")
 
-    async def _stop_in_order(self, names: list[str], deadline: float) -> None:
-        """Stop `names`: what requires a service stops before it (reverse start order)."""
-        requires = {n: self._services[n].config.requires for n in names}
-        for layer in stop_layers(requires, names):
-            for name in layer:
+    async def _stop_in_order(self, deadline: float) -> None:
+        """Stop every service: what requires a service stops before it (reverse start order)."""
+        requires = {s.config.name: s.config.requires for s in self._services.values()}
+        for layer in stop_layers(requires, list(requires)):
+            instances = [n for service in layer for n in self.expand(service)]
+            for name in instances:
                 self._feed(name, core.StopRequested())
             await self._wait_until(
-                lambda: all(self._services[n].worker is None for n in layer), max(0.0, deadline - time.monotonic())
+                lambda: all(self._services[n].worker is None for n in instances), max(0.0, deadline - time.monotonic())
             )
 
     def _alive_workers(self) -> bool:
@@ -708,22 +731,26 @@ class Supervisor:
         dependents = [n for n, s in self._services.items() if name in s.config.requires]
         if dependents:
             raise ProtocolError(ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first")
-        await self.act("stop", [name], wait=True)
+        instances = self.expand(name)
+        await self.act("stop", instances, wait=True)
         if self.scheduler is not None:
             self.scheduler.remove(name)
-        if svc.worker is not None:  # still alive after its stop_timeout: it was SIGKILLed, wait for the exit
-            await self._wait_until(lambda: svc.worker is None, 5.0)
-        for handle in svc.timers.values():
-            handle.cancel()
-        self._pending_starts.discard(name)
-        del self._services[name]
-        if svc.log is not None:
-            svc.log.close()
+        for instance_name in instances:
+            self._forget(instance_name)
         if self._store is not None:
             self._store.delete_registration(name)
         log.info("%s: removed", name)
         self._notify()
         return {"name": name, "removed": True}
+
+    def _forget(self, name: str) -> None:
+        """Drop a stopped instance's runtime (its worker, if SIGKILLed late, is reaped by then)."""
+        svc = self._services.pop(name)
+        for handle in svc.timers.values():
+            handle.cancel()
+        self._pending_starts.discard(name)
+        if svc.log is not None:
+            svc.log.close()
 
     async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
         """Replace a runtime service's settings; restarts it only if its process would differ."""
@@ -736,17 +763,23 @@ class Supervisor:
 
     async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
         """Swap in a new config for a service; restart it when a process setting changed."""
-        svc = self._services[name]
+        svc = self.require(name)
         changed = [f for f in PROCESS_FIELDS | POLICY_FIELDS if getattr(svc.config, f) != getattr(cfg, f)]
-        restart = any(f in PROCESS_FIELDS for f in changed) and svc.record.state in core.ALIVE
         if cfg.schedule != svc.config.schedule and self.scheduler is not None:
             self.scheduler.remove(name)
             if cfg.schedule is not None:
                 self.scheduler.add(name, cfg.schedule, python=cfg.is_python)
                 self.scheduler.arm(name)
-        svc.config, svc.spec = cfg, service_spec(cfg)
-        if restart:
-            await self.act("restart", [name], wait=True)
+        if cfg.processes != svc.config.processes:
+            changed.append("processes")
+            await self.scale(name, cfg.processes)
+        instances = self.expand(name)
+        alive = [n for n in instances if self._services[n].record.state in core.ALIVE]
+        for instance_name in instances:
+            runtime = self._services[instance_name]
+            runtime.config, runtime.spec = cfg, service_spec(cfg)
+        if alive and any(f in PROCESS_FIELDS for f in changed):
+            await self.act("restart", alive, wait=True)
         return sorted(changed)
 
     async def reload(self, *, dry_run: bool = False) -> dict[str, object]:
@@ -813,14 +846,37 @@ class Supervisor:
         return list(self._services)
 
     def require(self, name: str) -> ServiceRuntime:
-        svc = self._services.get(name)
-        if svc is None:
-            raise ServiceNotFound(name, list(self._services))
-        return svc
+        """The runtime of `name` (a service, or one instance of it); ServiceNotFound otherwise."""
+        return self._services[self.expand(name)[0]]
+
+    async def scale(self, name: str, processes: int) -> dict[str, object]:
+        """Run `processes` instances of a service: start new ones, stop and drop the highest ones."""
+        svc = self.require(name)
+        if svc.config.schedule is not None:
+            raise ProtocolError(ErrorCode.CONFLICT, f"{name} is scheduled; scale applies to long-running services")
+        current = self.expand(svc.config.name)
+        cfg = replace(svc.config, processes=processes)
+        for instance_name in current:
+            self._services[instance_name].config = cfg
+        if processes > len(current):
+            added = []
+            for i in range(len(current), processes):
+                runtime = ServiceRuntime(cfg, service_spec(cfg), instance=i)
+                self._services[runtime.name] = runtime
+                added.append(runtime.name)
+            self._start_in_order(added)
+        else:
+            dropped = current[processes:]
+            await self.act("stop", dropped, wait=True)
+            for instance_name in dropped:
+                self._forget(instance_name)
+        self._notify()
+        return {"name": svc.config.name, "processes": processes, "instances": self.expand(svc.config.name)}
 
     def status(self, name: str | None = None) -> dict[str, object]:
         """Every service's (or one's) state, pid, restarts, uptime, last exit and error."""
-        services = [self.require(name)] if name is not None else list(self._services.values())
+        names = self.expand(name) if name is not None else list(self._services)
+        services = [self._services[n] for n in names]
         now_ms = self._clock.monotonic_ms()
         return {
             "supervisor": {**self.ping(), "healthy": self.healthy()},
@@ -846,6 +902,8 @@ class Supervisor:
             }
         return {
             "name": svc.name,
+            "service": svc.config.name,
+            "instance": svc.instance,
             "state": self._shown_state(svc),
             "pid": r.pid,
             "kind": "python" if svc.config.is_python else "command",

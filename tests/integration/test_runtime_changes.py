@@ -157,3 +157,27 @@ def test_config_values_come_from_the_environment(short_dir: Path) -> None:
         wait_for(lambda: "greeting=bonjour" in log.read_text(), what="the interpolated value")
     finally:
         stop_daemon(d)
+
+
+def test_processes_runs_identical_instances_and_scale_changes_their_number(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"pool": {**SLEEP, "processes": 3}})
+    instances = wait_for(
+        lambda: [s for s in d.client.call("status", name="pool")["services"] if s["state"] == "RUNNING"] or None,
+        what="pool instances",
+    )
+    wait_for(lambda: len([s for s in d.client.call("status", name="pool")["services"] if s["pid"]]) == 3, what="3 pids")
+    names = [s["name"] for s in d.client.call("status", name="pool")["services"]]
+    assert names == ["pool", "pool:1", "pool:2"]
+    pids = {s["name"]: s["pid"] for s in d.client.call("status", name="pool")["services"]}
+    assert len(set(pids.values())) == 3 and instances
+    result = d.cli("scale", "pool", "5")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: sum(1 for s in d.client.call("status", name="pool")["services"] if s["state"] == "RUNNING") == 5, what="5 running")
+    assert d.cli("scale", "pool", "2").returncode == 0
+    after = {s["name"]: s["pid"] for s in d.client.call("status", name="pool")["services"]}
+    assert after == {"pool": pids["pool"], "pool:1": pids["pool:1"]}  # the highest instances went
+    assert not alive(pids["pool:2"])
+    # One instance can be acted on alone; the service name acts on all.
+    assert "pool:1: STOPPED" in d.cli("stop", "pool:1").stdout
+    assert d.service("pool")["pid"] == pids["pool"]
+    assert set(d.cli("stop", "pool").stdout.split()) >= {"pool:", "STOPPED"}
