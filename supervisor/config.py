@@ -272,10 +272,17 @@ def _command(value: object, ctx: _Context) -> tuple[str, ...]:
 
 
 def _target(value: object, ctx: _Context) -> str:
-    module, _, attr = value.partition(":") if isinstance(value, str) else ("", "", "")
+    text = value if isinstance(value, str) else ""
+    if "@" in text:  # "package.module@job-name": a job registered with @registry.job("job-name")
+        module, _, job = text.partition("@")
+        if all(part.isidentifier() for part in module.split(".")) and re.fullmatch(r"[A-Za-z0-9_.-]+", job):
+            return text
+    module, _, attr = text.partition(":")
     if not all(part.isidentifier() for part in [*module.split("."), *attr.split(".")]):
-        raise ValueError(f'expected "package.module:attribute", got {show_value(value)}')
-    return str(value)
+        raise ValueError(
+            f'expected "package.module:attribute" or "package.module@registered-job", got {show_value(value)}'
+        )
+    return text
 
 
 def _env(value: object, ctx: _Context) -> Mapping[str, str]:

@@ -25,6 +25,7 @@ import zmq
 from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.errors import ProtocolError
 from supervise.workers.context import JobContext, RunContext
+from supervise.workers.service import Service
 from supervise.workers.target import call_target, resolve_target
 
 _PR_SET_PDEATHSIG = 1
@@ -227,11 +228,14 @@ def main() -> int:
         except BaseException as e:  # noqa: BLE001 - an import error of any kind is the target's failure
             return _report(channel, f"cannot load target {env.target}: {type(e).__name__}: {e}", e)
         if env.scheduled:
-            runs = RunExecutor(env, ctx, channel, target)
+            try:
+                runs = RunExecutor(env, ctx, channel, target)
+            except BaseException as e:  # noqa: BLE001 - a failing setup() is the target's failure
+                return _report(channel, f"setup failed: {type(e).__name__}: {e}", e)
             channel.on_run, channel.on_cancel = runs.start, runs.cancel
             channel.send("hello", pid=os.getpid())
             ctx.wait_cancelled()
-            runs.cancel_all_and_wait()
+            runs.close()
             return EXIT_SUPERVISOR_GONE if channel.supervisor_lost.is_set() else 0
         channel.send("hello", pid=os.getpid())
         try:
@@ -252,7 +256,10 @@ class RunExecutor:
         self._env = env
         self._ctx = ctx
         self._channel = channel
-        self._target = target
+        self._service = target() if isinstance(target, type) and issubclass(target, Service) else None
+        if self._service is not None:
+            self._service.setup()  # once per worker; teardown() in close()
+        self._target = self._service.run_once if self._service is not None else target
         self._runs: dict[str, tuple[RunContext, threading.Thread]] = {}
         self._lock = threading.Lock()
 
@@ -292,6 +299,12 @@ class RunExecutor:
             entry = self._runs.get(run_id)
         if entry is not None:
             entry[0].cancel()
+
+    def close(self) -> None:
+        """Cancel the runs in flight, wait for them, and tear the service down."""
+        self.cancel_all_and_wait()
+        if self._service is not None:
+            self._service.teardown()
 
     def cancel_all_and_wait(self, timeout_s: float = 30.0) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from supervise.protocol.errors import SuperviseError
 from supervise.workers.context import JobContext
+from supervise.workers.registry import registry
 from supervise.workers.service import Service
 
 
@@ -17,11 +18,15 @@ class TargetError(SuperviseError):
 
 
 def resolve_target(spec: str) -> Callable[..., object] | type[Service]:
-    """Import `module:attribute` and return the attribute.
+    """Import `module:attribute` and return the attribute, or `module@job` from the registry.
 
     Raises:
         TargetError: with what was wrong and how to write it.
     """
+    if "@" in spec:
+        module_name, _, job = spec.partition("@")
+        importlib.import_module(module_name)  # importing it registers its jobs
+        return registry.get(job)
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise TargetError(f'target "{spec}" must look like "package.module:function"')

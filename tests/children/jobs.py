@@ -30,3 +30,24 @@ def slow(ctx: RunContext, seconds: float = 60.0) -> None:
 
 def fail(ctx: RunContext) -> None:
     raise RuntimeError(f"attempt {ctx.attempt} failed")
+
+
+from supervise.workers import Service, registry  # noqa: E402
+
+
+@registry.job("settle-merchants")
+def settle(ctx: RunContext, merchant: str) -> str:
+    with open(os.environ["RUNS_FILE"], "a") as out:
+        out.write(f"settled {merchant}\n")
+    return f"settled {merchant}"
+
+
+class Counter(Service):
+    """A stateful scheduled service: one instance across runs."""
+
+    def setup(self) -> None:
+        self.count = 0
+
+    def run_once(self, ctx: RunContext, **args: object) -> int:
+        self.count += 1
+        return self.count

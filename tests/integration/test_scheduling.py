@@ -232,3 +232,25 @@ def test_kill_9_of_the_supervisor_mid_run_marks_the_run_lost_after_restart(short
         assert json.loads(d2.cli("runs", "job", "--json").stdout)["runs"][0]["run_id"] == run_id
     finally:
         stop_daemon(d2)
+
+
+def test_a_registered_job_runs_by_name_with_stored_arguments(daemon_factory, short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    d: Daemon = daemon_factory(
+        {"settle": {"target": "tests.children.jobs@settle-merchants", "manual": True, "args": {"merchant": "ABC"}, "env": {"RUNS_FILE": str(out)}}}
+    )
+    d.wait_running_pid("settle")
+    d.client.call("run", name="settle")
+    wait_for(lambda: runs_of(d, "settle", state="succeeded"), what="the first settlement")
+    d.client.call("run", name="settle", args={"merchant": "XYZ"})  # the run's args override the stored ones
+    wait_for(lambda: sorted(lines(out)) == ["settled ABC", "settled XYZ"], what="both settlements")
+
+
+def test_a_service_class_keeps_its_state_across_runs(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"counter": {"target": "tests.children.jobs:Counter", "manual": True}})
+    d.wait_running_pid("counter")
+    for _ in range(3):
+        run_id = d.client.call("run", name="counter")["run_id"]
+        wait_for(lambda: [r for r in runs_of(d, "counter", state="succeeded") if r["run_id"] == run_id], what="run done")
+    results = sorted(r["result"] for r in runs_of(d, "counter", state="succeeded"))
+    assert results == [1, 2, 3]
