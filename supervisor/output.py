@@ -3,17 +3,22 @@
 The supervisor reads the pipe from its event loop as soon as it is readable, so
 a child writing fast never blocks on a full pipe. If the log file cannot be
 written (disk full, deleted directory), the bytes are dropped and counted; the
-pipe is still drained.
+pipe is still drained. A log file deleted or replaced under us (by hand, or by
+an outside logrotate) is noticed within a second and opened afresh, as
+`logging.handlers.WatchedFileHandler` does, instead of writing on into an
+unlinked inode until the next rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 _READ_CHUNK = 65536
+_WATCH_INTERVAL_S = 1.0  # how often a write checks that the path still names the open file
 
 
 class RotatingLog:
@@ -27,9 +32,12 @@ class RotatingLog:
         self.write_errors = 0
         self._fd: int | None = None
         self._size = 0
+        self._checked_at = 0.0
 
     def write(self, data: bytes) -> None:
         try:
+            if self._fd is not None and self._replaced():
+                self.close()
             if self._fd is None:
                 self._open()
             if self._size + len(data) > self.max_bytes and self._size > 0:
@@ -49,10 +57,27 @@ class RotatingLog:
             finally:
                 self._fd = None
 
+    def _replaced(self) -> bool:
+        """True when the path no longer names the open file (checked at most once a second)."""
+        now = time.monotonic()
+        if now - self._checked_at < _WATCH_INTERVAL_S:
+            return False
+        self._checked_at = now
+        assert self._fd is not None
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True  # deleted, or its folder is gone or is a file now: reopen (and fail, and count)
+        except OSError:
+            return False  # cannot look (EACCES...): keep the file we have
+        opened = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) != (opened.st_dev, opened.st_ino)
+
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
+        self._checked_at = time.monotonic()
 
     def _rotate(self) -> None:
         self.close()

@@ -32,6 +32,7 @@ POLICY_KEYS: Final = frozenset(
         "timeout",
         "cancel_grace",
         "retries",
+        "isolation",
     }
 )
 HTTP_KEYS: Final = frozenset({"action", "url", "method", "headers", "body", "expect_status", "request_timeout"})
@@ -57,6 +58,7 @@ class ScheduleConfig:
     timeout_ms: int | None = None  # per run: cancel, then the worker is stopped after cancel_grace_ms
     cancel_grace_ms: int = 5_000
     retry: RetryPolicy | None = None
+    isolation: str = "worker"  # Python targets: "worker" (warm, one process for all runs) | "process" (one per run)
 
     @property
     def slots(self) -> int | None:
@@ -105,6 +107,7 @@ def parse_schedule(name: str, table: Mapping[str, object]) -> tuple[ScheduleConf
     read("timeout", parse_duration_ms, "timeout_ms")
     read("cancel_grace", parse_duration_ms, "cancel_grace_ms")
     read("retries", _retry, "retry")
+    read("isolation", _isolation)
     if table.get("action") is not None:
         problems += _check_http(table)
     if problems or trigger is None:
@@ -149,6 +152,12 @@ def _check_http(table: Mapping[str, object]) -> list[tuple[str, str]]:
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         problems.append(("headers", "expected a table of strings"))
     return problems
+
+
+def _isolation(value: object) -> str:
+    if value not in ("worker", "process"):
+        raise ValueError(f'expected "worker" or "process", got {value!r}')
+    return str(value)
 
 
 def _table(value: object) -> Mapping[str, Any]:

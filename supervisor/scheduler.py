@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import signal
 from collections.abc import Mapping
@@ -280,6 +281,7 @@ class Scheduler:
             "SUPERVISE_SCHEDULED_TIME": run.nominal_time.isoformat() if run.nominal_time else "",
             "SUPERVISE_ATTEMPT": str(run.attempt),
             "SUPERVISE_ORIGIN": str(run.origin),
+            "SUPERVISE_RUN_ARGS": json.dumps(dict(run.args)),
         }
 
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:

@@ -225,7 +225,7 @@ class Supervisor:
         self.scheduler = Scheduler(self, self._store)
         for name, svc in self._services.items():
             if svc.config.schedule is not None:
-                self.scheduler.add(name, svc.config.schedule, python=svc.config.is_python)
+                self.scheduler.add(name, svc.config.schedule, python=not self._runs_per_process(svc.config))
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()
 
@@ -251,7 +251,7 @@ class Supervisor:
             self._services[svc.name] = svc
             names.append(svc.name)
         if cfg.schedule is not None and self.scheduler is not None:
-            self.scheduler.add(cfg.name, cfg.schedule, python=cfg.is_python)
+            self.scheduler.add(cfg.name, cfg.schedule, python=not self._runs_per_process(cfg))
             self.scheduler.arm(cfg.name)
         return names
 
@@ -286,8 +286,8 @@ class Supervisor:
 
     @staticmethod
     def _runs_per_process(cfg: ServiceConfig) -> bool:
-        """A scheduled command has no long-running worker: each run is one execution."""
-        return cfg.schedule is not None and not cfg.is_python
+        """A scheduled command (or isolation = "process") has no warm worker: each run is one process."""
+        return cfg.schedule is not None and (not cfg.is_python or cfg.schedule.isolation == "process")
 
     def request_shutdown(self) -> None:
         """Ask `serve_forever` to return (the stop itself happens in `close`)."""
@@ -550,7 +550,7 @@ class Supervisor:
         if cfg.target is not None:
             env["SUPERVISE_TARGET"] = cfg.target
             if cfg.schedule is not None:
-                env["SUPERVISE_MODE"] = "runs"
+                env["SUPERVISE_MODE"] = "once" if cfg.schedule.isolation == "process" else "runs"
             paths = [str(self.config.base_dir), env.get("PYTHONPATH", "")]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
             argv: list[str] = python_worker_argv()
@@ -768,7 +768,7 @@ class Supervisor:
         if cfg.schedule != svc.config.schedule and self.scheduler is not None:
             self.scheduler.remove(name)
             if cfg.schedule is not None:
-                self.scheduler.add(name, cfg.schedule, python=cfg.is_python)
+                self.scheduler.add(name, cfg.schedule, python=not self._runs_per_process(cfg))
                 self.scheduler.arm(name)
         if cfg.processes != svc.config.processes:
             changed.append("processes")

@@ -9,6 +9,7 @@ resume messages into the `JobContext`. The main thread runs the target.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import queue
 import signal
@@ -213,6 +214,8 @@ def main() -> int:
     """Entry point of `python -m supervise.workers`; returns the process exit code."""
     env = WorkerEnv.from_environ(os.environ)
     die_with_parent(env.parent_pid)
+    if os.environ.get("SUPERVISE_MODE") == "once":
+        return run_once(env)
     ctx = JobContext(service=env.service, worker_id=env.worker_id)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -325,6 +328,35 @@ def _plain(value: object) -> object:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return repr(value)
+
+
+def run_once(env: WorkerEnv) -> int:
+    """isolation = "process": this process is one run; the exit code is its outcome."""
+    ctx = RunContext(
+        service=env.service,
+        worker_id=env.worker_id,
+        run_id=os.environ.get("SUPERVISE_RUN_ID", ""),
+        nominal_time=os.environ.get("SUPERVISE_SCHEDULED_TIME") or None,
+        attempt=int(os.environ.get("SUPERVISE_ATTEMPT", "1")),
+        report=lambda *a, **k: None,
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
+    args = json.loads(os.environ.get("SUPERVISE_RUN_ARGS") or "{}")
+    try:
+        target = resolve_target(env.target)
+        service = target() if isinstance(target, type) and issubclass(target, Service) else None
+        if service is not None:
+            service.setup()
+            try:
+                service.run_once(ctx, **args)
+            finally:
+                service.teardown()
+        else:
+            call_target(target, ctx, args)  # type: ignore[arg-type]
+    except BaseException as e:  # noqa: BLE001 - printed to the log; the exit code reports it
+        traceback.print_exception(e, file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    return 0
 
 
 def _report(channel: Channel, message: str, error: BaseException) -> int:

@@ -254,3 +254,15 @@ def test_a_service_class_keeps_its_state_across_runs(daemon_factory) -> None:
         wait_for(lambda: [r for r in runs_of(d, "counter", state="succeeded") if r["run_id"] == run_id], what="run done")
     results = sorted(r["result"] for r in runs_of(d, "counter", state="succeeded"))
     assert results == [1, 2, 3]
+
+
+def test_isolation_process_runs_each_run_in_a_fresh_process(daemon_factory, short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    d: Daemon = daemon_factory(
+        {"iso": {"target": "tests.children.jobs:record", "every": "300ms", "isolation": "process", "args": {"region": "iso"}, "env": {"RUNS_FILE": str(out)}}}
+    )
+    wait_for(lambda: len(lines(out)) >= 2, what="two isolated runs")
+    done = wait_for(lambda: len(runs_of(d, "iso", state="succeeded")) >= 2 and runs_of(d, "iso", state="succeeded"), what="succeeded")
+    assert len({r["pid"] for r in done}) == len(done)  # a new process each time
+    assert all(line.split()[1] == "iso" for line in lines(out))
+    assert d.service("iso")["state"] in ("SCHEDULED", "RUNNING")
