@@ -143,6 +143,8 @@ class SupervisorConfig:
     log_max_bytes: int = 10 * 1024 * 1024  # per service log file, before rotation
     log_backups: int = 3
     http: str | None = None  # "host:port" of the /health and /metrics endpoint
+    history_keep: int = 1000  # finished runs kept per service and outcome
+    history_max_age_ms: int = 30 * 86_400_000  # finished runs older than this are deleted
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **overrides: Any) -> SupervisorConfig:
@@ -348,6 +350,12 @@ def _umask(value: object, ctx: _Context) -> int:
     return mask
 
 
+def _positive_count_any(value: object, ctx: _Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected an integer >= 1, got {show_value(value)}")
+    return value
+
+
 def _positive_count(value: object, ctx: _Context) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise ValueError(f"expected an integer from 1 to 1000, got {show_value(value)}")
@@ -426,6 +434,8 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "log_max_bytes": Key("log_max_bytes", _size),
         "log_backups": Key("log_backups", _count),
         "http": Key("http", _host_port),
+        "history_keep": Key("history_keep", _positive_count_any),
+        "history_max_age": Key("history_max_age_ms", _duration(positive=True)),
     }
 )
 

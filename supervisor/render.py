@@ -43,6 +43,9 @@ def status_table(result: Mapping[str, Any]) -> str:
             ]
         )
     out = table(["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "LAST ERROR"], rows)
+    scheduled = [svc for svc in result["services"] if svc.get("schedule")]
+    if scheduled:
+        out += "\n\n" + schedule_table(scheduled)
     sup = result.get("supervisor") or {}
     if sup and not sup.get("healthy", True):
         out += "\n\nunhealthy: a critical service is FATAL"
@@ -67,3 +70,20 @@ def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return table(["RUN", "SERVICE", "STATE", "ORIGIN", "TRY", "NOMINAL", "DURATION", "ERROR/REASON"], rows)
+
+
+def schedule_table(services: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for svc in services:
+        sched = svc["schedule"]
+        last = sched.get("last_run") or {}
+        rows.append(
+            [
+                svc["name"],
+                sched["trigger"] + (" (paused)" if sched.get("paused") else ""),
+                sched.get("next_fire") or "-",
+                f"{last.get('state', '-')} {last.get('finished_at') or ''}".strip(),
+                str(sched.get("running", 0)),
+            ]
+        )
+    return table(["SCHEDULED", "TRIGGER", "NEXT FIRE", "LAST RUN", "RUNNING"], rows)

@@ -31,13 +31,14 @@ from supervise.supervisor.policies import (
 from supervise.supervisor.processes import Worker
 from supervise.supervisor.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
 from supervise.supervisor.schedule_config import ScheduleConfig
-from supervise.supervisor.store.base import ScheduleState, Store
+from supervise.supervisor.store.base import ScheduleState, Store, StoreError
 
 if TYPE_CHECKING:
     from supervise.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("supervise.scheduler")
 
+PRUNE_EVERY_S = 3600.0
 MAX_TIMER_S = 30.0  # re-read the wall clock at least this often, so clock jumps are noticed
 IN_FLIGHT = frozenset({RunState.STARTING, RunState.RUNNING})
 WAITING = frozenset({RunState.DUE, RunState.BUFFERED, RunState.PENDING})
@@ -74,6 +75,7 @@ class Scheduler:
         self._store = store
         self._schedules: dict[str, Schedule] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._prune_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -108,11 +110,29 @@ class Scheduler:
             else:
                 self._store.update_run(transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED)))
         for s in self._schedules.values():
-            if not s.state.paused:
+            if s.config.trigger.kind == "on_start":
+                s.state = replace(s.state, runs_so_far=0, last_fired=None)  # once per supervisor start
+            elif not s.state.paused:
                 self._catch_up(s, now)
             self._arm(s)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the history bounded; again every PRUNE_EVERY_S."""
+        sup = self._host.config.supervisor
+        try:
+            removed = self._store.prune(sup.history_keep, timedelta(milliseconds=sup.history_max_age_ms), self._now())
+        except StoreError as e:
+            log.error("pruning the run history failed (will retry): %s", e)
+        else:
+            if removed:
+                log.info("pruned %d old runs from the history", removed)
+        if self._loop is not None:
+            self._prune_timer = self._loop.call_later(PRUNE_EVERY_S, self._prune)
 
     def close(self) -> None:
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         for s in self._schedules.values():
             if s.timer is not None:
                 s.timer.cancel()

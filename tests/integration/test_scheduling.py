@@ -266,3 +266,18 @@ def test_isolation_process_runs_each_run_in_a_fresh_process(daemon_factory, shor
     assert len({r["pid"] for r in done}) == len(done)  # a new process each time
     assert all(line.split()[1] == "iso" for line in lines(out))
     assert d.service("iso")["state"] in ("SCHEDULED", "RUNNING")
+
+
+def test_on_start_runs_once_per_supervisor_start(short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    config = write_config(
+        short_dir, {"boot": {"target": "tests.children.jobs:record", "on_start": True, "env": {"RUNS_FILE": str(out)}}}
+    )
+    for expected in (1, 2):
+        d = start_daemon(config)
+        try:
+            wait_for(lambda: len(runs_of(d, "boot", state="succeeded")) == expected, what=f"{expected} on-start runs")
+            assert d.service("boot")["schedule"]["next_fire"] is None
+        finally:
+            stop_daemon(d)
+    assert len(lines(out)) == 2
