@@ -143,6 +143,7 @@ class SupervisorConfig:
     log_max_bytes: int = 10 * 1024 * 1024  # per service log file, before rotation
     log_backups: int = 3
     http: str | None = None  # "host:port" of the /health and /metrics endpoint
+    store: str | None = None  # run history: None = SQLite in state_dir; "postgresql://..." to share it
     history_keep: int = 1000  # finished runs kept per service and outcome
     history_max_age_ms: int = 30 * 86_400_000  # finished runs older than this are deleted
 
@@ -350,6 +351,16 @@ def _umask(value: object, ctx: _Context) -> int:
     return mask
 
 
+def _store_url(value: object, ctx: _Context) -> str:
+    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+        return value
+    if isinstance(value, str) and value.startswith("sqlite:///"):
+        return value
+    scheme = value.split("://", 1)[0] if isinstance(value, str) and "://" in value else None
+    got = f'unsupported scheme "{scheme}"' if scheme else f"got {show_value(value)}"
+    raise ValueError(f"{got} (use sqlite:///path or postgresql://user@host/db)")
+
+
 def _positive_count_any(value: object, ctx: _Context) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected an integer >= 1, got {show_value(value)}")
@@ -435,6 +446,7 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "log_backups": Key("log_backups", _count),
         "http": Key("http", _host_port),
         "history_keep": Key("history_keep", _positive_count_any),
+        "store": Key("store", _store_url),
         "history_max_age": Key("history_max_age_ms", _duration(positive=True)),
     }
 )

@@ -189,12 +189,16 @@ def _non_negative_int(value: object) -> int:
 def _retry(value: object) -> RetryPolicy:
     if not isinstance(value, Mapping):
         raise ValueError('expected a table like { max = 3, backoff = "exponential", initial = "1s" }')
-    unknown = set(value) - {"max", "backoff", "initial", "max_delay"}
+    unknown = set(value) - {"max", "backoff", "initial", "max_delay", "retry_on_timeout"}
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: max, backoff, initial, max_delay")
+        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: max, backoff, initial, max_delay, retry_on_timeout")
+    on_timeout = value.get("retry_on_timeout", True)
+    if not isinstance(on_timeout, bool):
+        raise ValueError(f"retry_on_timeout: expected true or false, got {on_timeout!r}")
     return RetryPolicy(
         max=_non_negative_int(value.get("max", 3)),
         backoff=_choice(value.get("backoff", "exponential"), Backoff),
         initial_ms=parse_duration_ms(value.get("initial", "1s")),
         max_delay_ms=parse_duration_ms(value.get("max_delay", "5m")),
+        retry_on_timeout=on_timeout,
     )

@@ -269,7 +269,10 @@ class Scheduler:
         run = transition(run, RunState.STARTING, at=now)
         # Written before the process hears of it: a crash from here on leaves a row to mark lost.
         if first_write:
-            self._store.insert_run(run)
+            if not self._store.insert_run(run):
+                # Another supervisor sharing the store enqueued this occurrence first: it runs there.
+                log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
+                return run
         else:
             self._store.update_run(run)
         if run.origin is RunOrigin.SCHEDULE:

@@ -46,7 +46,8 @@ from supervise.supervisor.processes import SpawnRequest, Worker, describe_spawn_
 from supervise.supervisor.restart import RestartPolicy
 from supervise.supervisor.runs import Run, RunState
 from supervise.supervisor.scheduler import Scheduler, run_to_dict
-from supervise.supervisor.store.sqlite import SqliteStore
+from supervise.supervisor.store import open_store
+from supervise.supervisor.store.base import Store
 from supervise.supervisor.sockets import send_nowait
 
 log = logging.getLogger("supervise")
@@ -162,7 +163,7 @@ class Supervisor:
             self, clock=self._clock, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
         )
         self._instance = secrets.token_hex(8)
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
         self.scheduler: Scheduler | None = None
         for cfg in config.services.values():
             self._register(cfg)
@@ -221,7 +222,7 @@ class Supervisor:
         self._start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
-        self._store = SqliteStore(self.config.supervisor.state_dir / "history.db").open()
+        self._store = open_store(self.config.supervisor.store or self.config.supervisor.state_dir / "history.db")
         self.scheduler = Scheduler(self, self._store)
         for name, svc in self._services.items():
             if svc.config.schedule is not None:

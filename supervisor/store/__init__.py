@@ -43,7 +43,8 @@ def open_store(url: str | Path, *, schema: str = "supervise") -> Store:
             raise StoreError(
                 "a postgresql:// store needs psycopg 3; install it with pip install 'supervise[postgres]'"
             ) from exc
-        return PostgresStore(text, schema=schema).open()
+        dsn, _, query = text.partition("?schema=")  # "postgresql://…/db?schema=name" picks the schema
+        return PostgresStore(dsn, schema=query or schema).open()
     if text.startswith("sqlite:///"):
         return SqliteStore(text.removeprefix("sqlite://")).open()
     if "://" in text:

@@ -281,3 +281,29 @@ def test_on_start_runs_once_per_supervisor_start(short_dir: Path) -> None:
         finally:
             stop_daemon(d)
     assert len(lines(out)) == 2
+
+
+def test_two_supervisors_sharing_a_postgresql_store_run_each_occurrence_once(short_dir: Path) -> None:
+    import uuid
+
+    from tests.contract.conftest import drop_schema, postgres_dsn
+
+    dsn = postgres_dsn()
+    schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
+    out = short_dir / "runs.txt"
+    job = {"target": "tests.children.jobs:record", "every": "500ms", "env": {"RUNS_FILE": str(out)}}
+    daemons = []
+    try:
+        for host in ("a", "b"):
+            folder = short_dir / host
+            folder.mkdir()
+            daemons.append(start_daemon(write_config(folder, {"shared": job}, store=f"{dsn}?schema={schema}")))
+        wait_for(lambda: len(lines(out)) >= 6, timeout_s=20, what="six runs across both hosts")
+        nominal = [line.split()[4] for line in lines(out)]
+        assert len(nominal) == len(set(nominal))  # no occurrence ran twice
+        pids = {d.service("shared")["pid"] for d in daemons}
+        assert len(pids) == 2
+    finally:
+        for d in daemons:
+            stop_daemon(d)
+        drop_schema(dsn, schema)
