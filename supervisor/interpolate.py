@@ -64,10 +64,8 @@ def interpolate(
         return value
 
     result = walk(data, ())
-    supervisor = dict(result.get("supervisor") or {})
-    for variable, key in OVERRIDES.items():
-        if environ.get(variable):
-            supervisor[key] = environ[variable]
-    if supervisor:
-        result["supervisor"] = supervisor
+    overrides = {key: environ[variable] for variable, key in OVERRIDES.items() if environ.get(variable)}
+    supervisor = result.get("supervisor", {})
+    if overrides and isinstance(supervisor, Mapping):  # a malformed table is the validator's to report
+        result["supervisor"] = {**supervisor, **overrides}
     return result, problems

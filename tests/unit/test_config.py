@@ -68,6 +68,9 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         log_max_bytes = "20MiB"
         log_backups = 5
         http = "127.0.0.1:9180"
+        history_keep = 50
+        history_max_age = "7d"
+        store = "sqlite:///var/lib/supervise/history.db"
 
         [services.web]
         command = "sh -c 'exec sleep 1000'"
@@ -89,6 +92,8 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         user = "{user}"
         umask = "027"
         max_memory = "300MB"
+        requires = ["report"]
+        processes = 2
 
         [services.report]
         target = "reports.jobs:nightly"
@@ -109,6 +114,9 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
             log_max_bytes=20 * 1024**2,
             log_backups=5,
             http="127.0.0.1:9180",
+            history_keep=50,
+            history_max_age_ms=7 * 86_400_000,
+            store="sqlite:///var/lib/supervise/history.db",
         ),
         services=MappingProxyType(
             {
@@ -134,6 +142,8 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     user=user,
                     umask=0o027,
                     max_memory_bytes=300_000_000,
+                    requires=("report",),
+                    processes=2,
                 ),
                 "report": ServiceConfig.for_target("report", "reports.jobs:nightly", cwd=tmp_path),
             }
@@ -149,6 +159,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
+        "requires", "processes",
     }  # fmt: skip
 
 
@@ -548,7 +559,8 @@ def test_an_executable_path_must_exist_and_be_executable(tmp_path: Path) -> None
 @pytest.mark.parametrize("target", ['"app"', '"app:"', '":main"', '"my-app.main:run"', '"app.main:run()"', "3"])
 def test_a_target_must_look_like_module_colon_attribute(tmp_path: Path, target: str) -> None:
     assert problem_of(tmp_path, f"target = {target}") == (
-        f'supervise.toml:2:1: services.web.target: expected "package.module:attribute", got {target}'
+        f'supervise.toml:2:1: services.web.target: expected "package.module:attribute" or '
+        f'"package.module@registered-job", got {target}'
     )
 
 
