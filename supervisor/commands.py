@@ -385,3 +385,42 @@ COMMANDS: dict[str, Command] = {
         ),
     ]
 }
+
+
+_DEFAULT_ARG_DOCS = {
+    "name": "the service",
+    "run_id": "a run id, as `run` or `runs` return it",
+    "spec": "the keys of a [services.NAME] table",
+    "from": "ISO-8601 datetime with UTC offset",
+    "to": "ISO-8601 datetime with UTC offset",
+}
+
+
+def reference_markdown() -> str:
+    """The `## Commands` section of docs/protocol.md, generated from `COMMANDS`."""
+    lines = [
+        "## Commands",
+        "",
+        "Generated from the dispatch table (`supervise.supervisor.commands.reference_markdown()`);",
+        "a test keeps this section equal to it. Arguments marked * are required.",
+        "",
+    ]
+    for name, command in sorted(COMMANDS.items()):
+        lines.append(f"### `{name}`" + (" (changes state)" if command.changes_state else ""))
+        lines.append("")
+        lines.append(command.doc)
+        lines.append("")
+        if command.args:
+            lines.append("| argument | type | meaning |")
+            lines.append("|---|---|---|")
+            for arg_name, arg in command.args.items():
+                star = "*" if arg.required else ""
+                bounds = f" ({arg.min:g} to {arg.max:g})" if arg.min is not None and arg.max is not None else ""
+                doc = arg.doc or _DEFAULT_ARG_DOCS.get(arg_name, "")
+                lines.append(f"| `{arg_name}`{star} | {_type_name(arg.type)} | {doc}{bounds} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
