@@ -13,7 +13,7 @@ def find_problems(requires: Mapping[str, Sequence[str]]) -> list[tuple[str, str]
     problems = [
         (name, f'unknown service "{dep}"') for name, deps in requires.items() for dep in deps if dep not in requires
     ]
-    problems += [(name, f"requires itself") for name, deps in requires.items() if name in deps]
+    problems += [(name, "requires itself") for name, deps in requires.items() if name in deps]
     cycle = find_cycle({n: [d for d in deps if d in requires and d != n] for n, deps in requires.items()})
     if cycle:
         problems.append((cycle[0], "dependency cycle " + " -> ".join(cycle)))

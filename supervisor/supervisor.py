@@ -513,7 +513,6 @@ class Supervisor:
 
     def _spawn(self, svc: ServiceRuntime, incarnation: int) -> None:
         assert self._loop is not None
-        cfg = self.config
         svc.token = secrets.token_hex(16)
         svc.worker_id = f"{svc.name}/{incarnation}"
         if svc.log is None:
@@ -728,7 +727,7 @@ class Supervisor:
 
     async def remove(self, name: str) -> dict[str, object]:
         """Stop a service as `stop` does, then forget it (and its runtime registration)."""
-        svc = self.require(name)
+        self.require(name)
         dependents = [n for n, s in self._services.items() if name in s.config.requires]
         if dependents:
             raise ProtocolError(ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first")
