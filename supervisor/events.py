@@ -19,7 +19,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-
 from supervise.protocol.codec import pack
 from supervise.supervisor.sockets import send_nowait
 

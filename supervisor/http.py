@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-
 from supervise.supervisor.errors import ConfigError, ConfigProblem
 
 log = logging.getLogger("supervise")

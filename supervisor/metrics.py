@@ -85,7 +85,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 class DurationWindow:
     """The last `size` durations (ms) in a ring, plus a count and sum over all time."""
 
-    __slots__ = ("size", "_ring", "_next", "count", "sum_ms")
+    __slots__ = ("_next", "_ring", "count", "size", "sum_ms")
 
     def __init__(self, size: int = DURATION_WINDOW) -> None:
         if size < 1:
@@ -121,7 +121,7 @@ class CarryOver:
     base, so `totals()` never goes backwards while the service lives.
     """
 
-    __slots__ = ("_base", "_key", "_current", "dropped")
+    __slots__ = ("_base", "_current", "_key", "dropped")
 
     def __init__(self) -> None:
         self._base: dict[str, float] = {}

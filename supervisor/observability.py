@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import zmq.asyncio
-
 from supervise.supervisor import exposition
 from supervise.supervisor.clock import Clock
 from supervise.supervisor.events import EventLog
@@ -125,7 +124,7 @@ class Observability:
             assert self._sampler is not None and self._executor is not None
             try:
                 per_service, own = await loop.run_in_executor(self._executor, self._sampler.sample, roots)
-            except Exception:  # noqa: BLE001 - a sampling failure must not end sampling
+            except Exception:
                 log.exception("sampling worker processes failed; trying again in %.1f s", self.sample_interval_s)
             else:
                 self._apply(roots, per_service, own)

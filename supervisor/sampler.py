@@ -13,7 +13,6 @@ import os
 from collections.abc import Mapping
 
 import psutil
-
 from supervise.supervisor.metrics import ProcessStats
 
 

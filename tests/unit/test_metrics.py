@@ -6,7 +6,6 @@ import signal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from supervise.supervisor import exposition
 from supervise.supervisor.events import EventLog
 from supervise.supervisor.metrics import (
