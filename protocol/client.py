@@ -7,6 +7,12 @@ Pirate: an undelivered request is dropped instead of reaching the supervisor
 late, and a late reply goes to a socket that no longer exists.
 
 A client is not thread-safe: use one per thread (or per event loop).
+
+Over `tcp://`, a supervisor that uses CURVE (docs/security.md) needs the
+client's key pair and the supervisor's public key: pass `curve_key` (the
+client's NAME.key_secret file) and `server_key` (the supervisor's public key
+file). A key the supervisor does not know is refused during the handshake: the
+request never arrives and the call ends in `ClientTimeout`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Self
 import zmq
 
 from supervise.protocol.codec import decode_reply, encode_request
+from supervise.protocol.curve import ClientKeys, apply_client_keys, load_client_keys
 from supervise.protocol.errors import ClientTimeout, DecodeError, ErrorCode, ProtocolError
 from supervise.protocol.limits import REPLY_LIMITS, REQUEST_LIMITS
 from supervise.protocol.messages import Reply
@@ -35,11 +42,24 @@ if TYPE_CHECKING:
 class _ClientBase:
     """What both clients share: request ids, framing, and matching replies to requests."""
 
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        curve_key: str | os.PathLike[str] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self._keys: ClientKeys | None = None
+        if (curve_key is None) != (server_key is None):
+            raise ValueError("curve_key (this client's NAME.key_secret) and server_key (the supervisor's public key) go together")
+        if curve_key is not None and server_key is not None:
+            if not endpoint.startswith("tcp://"):
+                raise ValueError(f"CURVE keys are for tcp:// endpoints; {endpoint} is protected by file permissions")
+            self._keys = load_client_keys(curve_key, server_key)  # KeyFileError (a ValueError) names the file
         self._prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
         self._closed = False
@@ -91,6 +111,8 @@ class _ClientBase:
     def _configure_and_connect(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, REPLY_LIMITS.max_frame_bytes)
+        if self._keys is not None:
+            apply_client_keys(sock, self._keys)
         sock.connect(self.endpoint)
 
 
@@ -134,6 +156,8 @@ class Client(_ClientBase):
         endpoint: the supervisor's control endpoint, e.g. `ipc:///run/supervise/control.sock`.
         timeout_s: how long each attempt waits for its reply.
         context: the ZeroMQ context; the process-wide one by default.
+        curve_key: for a `tcp://` supervisor with CURVE: this client's secret key file.
+        server_key: with `curve_key`: the supervisor's public key file.
 
     Example:
         with Client("ipc:///run/supervise/control.sock") as client:
@@ -141,9 +165,15 @@ class Client(_ClientBase):
     """
 
     def __init__(
-        self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context[Any] | None = None
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 5.0,
+        context: zmq.Context[Any] | None = None,
+        curve_key: str | os.PathLike[str] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(endpoint, timeout_s)
+        super().__init__(endpoint, timeout_s, curve_key, server_key)
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
 
@@ -281,12 +311,14 @@ class AsyncClient(_ClientBase):
         *,
         timeout_s: float = 5.0,
         context: zmq.asyncio.Context | None = None,
+        curve_key: str | os.PathLike[str] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         import asyncio
 
         import zmq.asyncio  # here, so that importing Client does not import asyncio
 
-        super().__init__(endpoint, timeout_s)
+        super().__init__(endpoint, timeout_s, curve_key, server_key)
         self._context: zmq.asyncio.Context = (
             context if context is not None else zmq.asyncio.Context.instance()
         )

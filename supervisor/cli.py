@@ -52,10 +52,45 @@ def _endpoint(config: str | None, endpoint: str | None) -> str:
         raise CliError(f"cannot find the supervisor from {path}:\n{e}") from None
 
 
+def _curve_keys(ctx_obj: dict[str, Any]) -> dict[str, str]:
+    """--curve-key and --server-key (or $SUPERVISE_CURVE_KEY, $SUPERVISE_SERVER_KEY), for a tcp:// endpoint.
+
+    Without --server-key, a supervisor found through its config file gives its
+    own: the public NAME.key next to its curve_server_key.
+    """
+    curve_key, server_key = ctx_obj.get("curve_key"), ctx_obj.get("server_key")
+    if curve_key is None and server_key is None:
+        return {}
+    if server_key is None and not ctx_obj.get("endpoint") and not os.environ.get("SUPERVISE_ENDPOINT"):
+        server_key = _server_key_of_config(ctx_obj.get("config") or DEFAULT_CONFIG)
+    if curve_key is None or server_key is None:
+        raise CliError("--curve-key FILE (this client's NAME.key_secret) and --server-key FILE (the supervisor's public key) go together", Exit.USAGE)
+    return {"curve_key": curve_key, "server_key": server_key}
+
+
+def _server_key_of_config(path: str) -> str | None:
+    from supervise.supervisor.config import load_config
+    from supervise.supervisor.errors import ConfigError
+
+    try:
+        secret = load_config(path).supervisor.curve_server_key
+    except ConfigError:
+        return None
+    if secret is None:
+        return None
+    public = secret.with_suffix(".key")
+    return str(public if public.is_file() else secret)  # the secret file holds the public key too
+
+
 def _client(ctx_obj: dict[str, Any]) -> Any:
     from supervise.protocol.client import Client
 
-    return Client(_endpoint(ctx_obj.get("config"), ctx_obj.get("endpoint")), timeout_s=ctx_obj.get("timeout", 10.0))
+    endpoint = _endpoint(ctx_obj.get("config"), ctx_obj.get("endpoint"))
+    keys = _curve_keys(ctx_obj) if endpoint.startswith("tcp://") else {}
+    try:
+        return Client(endpoint, timeout_s=ctx_obj.get("timeout", 10.0), curve_key=keys.get("curve_key"), server_key=keys.get("server_key"))
+    except ValueError as e:  # a key file that cannot be used (KeyFileError)
+        raise CliError(str(e)) from None
 
 
 def _call(ctx_obj: dict[str, Any], cmd: str, **args: object) -> Any:
@@ -65,15 +100,45 @@ def _call(ctx_obj: dict[str, Any], cmd: str, **args: object) -> Any:
         try:
             return client.call(cmd, **args)
         except ClientTimeout as e:
-            raise CliError(str(e), Exit.UNREACHABLE) from None
+            hint = ""
+            if client.endpoint.startswith("tcp://"):
+                hint = (
+                    "\n(a supervisor with CURVE refuses unknown keys the same way: is this client's public key in its "
+                    "curve_clients, and --server-key its public key?)"
+                    if ctx_obj.get("curve_key")
+                    else "\n(if the supervisor uses CURVE, pass --curve-key FILE and --server-key FILE)"
+                )
+            raise CliError(str(e) + hint, Exit.UNREACHABLE) from None
         except RemoteError as e:
             raise CliError(f"{e.message} ({e.code})") from None
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Keep a client option that commands do not take as a parameter (see `_obj`)."""
+    if value is not None and param.name is not None:
+        ctx.meta[f"supervise.{param.name}"] = value
 
 
 _client_options = [
     click.option("-c", "--config", "config", type=click.Path(dir_okay=False), help="config file (default ./supervise.toml)"),
     click.option("--endpoint", help="control endpoint, e.g. ipc:///path/control.sock (overrides -c)"),
     click.option("--timeout", type=float, default=None, help="seconds to wait for the supervisor's reply"),
+    click.option(
+        "--curve-key",
+        type=click.Path(dir_okay=False),
+        envvar="SUPERVISE_CURVE_KEY",
+        expose_value=False,
+        callback=_remember,
+        help="tcp:// with CURVE: this client's secret key file (NAME.key_secret; env SUPERVISE_CURVE_KEY)",
+    ),
+    click.option(
+        "--server-key",
+        type=click.Path(dir_okay=False),
+        envvar="SUPERVISE_SERVER_KEY",
+        expose_value=False,
+        callback=_remember,
+        help="tcp:// with CURVE: the supervisor's public key file (env SUPERVISE_SERVER_KEY)",
+    ),
 ]
 
 
@@ -84,7 +149,15 @@ def client_options(func: Any) -> Any:
 
 
 def _obj(config: str | None, endpoint: str | None, timeout: float | None) -> dict[str, Any]:
-    return {"config": config, "endpoint": endpoint, "timeout": timeout if timeout is not None else 30.0}
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    return {
+        "config": config,
+        "endpoint": endpoint,
+        "timeout": timeout if timeout is not None else 30.0,
+        "curve_key": meta.get("supervise.curve_key"),
+        "server_key": meta.get("supervise.server_key"),
+    }
 
 
 # -- commands ------------------------------------------------------------------
@@ -232,6 +305,32 @@ def check(config: str) -> None:
     except ConfigError as e:
         raise CliError(f"config error:\n{e}") from None
     click.echo(f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True, help="where to write the two files (created 0700)")
+def keygen(name: str, directory: str) -> None:
+    """Create a CURVE key pair NAME.key (public) and NAME.key_secret (0600), for tcp:// endpoints."""
+    import re
+
+    from supervise.protocol.curve import read_public_key
+    from supervise.supervisor.curve import create_key_pair
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
+        raise CliError(f'keygen: NAME becomes a file name; use letters, digits, "_", "-" and ".", got "{name}"', Exit.USAGE)
+    try:
+        public, secret = create_key_pair(Path(directory), name)
+    except (FileExistsError, OSError) as e:
+        raise CliError(f"keygen: {e}") from None
+    click.echo(f"created {public} (public key {read_public_key(public).decode()})")
+    click.echo(f"    and {secret} (secret key, mode 0600: keep it private, never copy it elsewhere)")
+    click.echo("Where the public key goes:")
+    click.echo(f"  a client's key:     copy {public.name} into the supervisor's curve_clients directory")
+    click.echo("                      (or curve_readonly_clients, for read-only commands); then connect with")
+    click.echo(f"                      --curve-key {secret} --server-key <the supervisor's .key>")
+    click.echo(f"  the supervisor's:   [supervisor] curve_server_key = \"{secret}\"; give {public.name} to clients")
+    click.echo("                      for their --server-key")
 
 
 # -- scheduling ----------------------------------------------------------------
@@ -439,6 +538,11 @@ def events(
     sub = zctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, f"{service}.".encode() if service else b"")
+    keys = _curve_keys(obj) if str(info["events"]).startswith("tcp://") else {}
+    if keys:
+        from supervise.protocol.curve import apply_client_keys, load_client_keys
+
+        apply_client_keys(sub, load_client_keys(keys["curve_key"], keys["server_key"]))
     sub.connect(str(info["events"]))
     try:
         # A SUB socket's subscription takes effect a little after connect (ZeroMQ's slow

@@ -40,7 +40,7 @@ class Command:
     handler: Handler
     doc: str
     args: Mapping[str, Arg] = field(default_factory=dict)
-    changes_state: bool = False  # for read-only client keys later: False means safe to allow
+    changes_state: bool = False  # False: read-only CURVE keys may run it too (docs/security.md)
 
     def validate(self, args: Mapping[str, object]) -> dict[str, object]:
         """Check `args` against the schema; raise BAD_ARGS naming the argument."""

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from supervise.protocol.curve import read_key_pair
+from supervise.supervisor.curve import read_key_directory
 from supervise.supervisor.dependencies import find_problems
 from supervise.supervisor.errors import ConfigError, ConfigProblem
 from supervise.supervisor.interpolate import interpolate
@@ -146,6 +148,11 @@ class SupervisorConfig:
     store: str | None = None  # run history: None = SQLite in state_dir; "postgresql://..." to share it
     history_keep: int = 1000  # finished runs kept per service and outcome
     history_max_age_ms: int = 30 * 86_400_000  # finished runs older than this are deleted
+    # CURVE on tcp:// control and events endpoints (docs/security.md)
+    curve_server_key: Path | None = None  # the supervisor's NAME.key_secret
+    curve_clients: Path | None = None  # directory of client public keys (*.key): full access
+    curve_readonly_clients: Path | None = None  # directory of client public keys: read-only commands only
+    insecure: bool = False  # tcp:// without CURVE; logged at CRITICAL at every start
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **overrides: Any) -> SupervisorConfig:
@@ -388,7 +395,7 @@ def _ipc_too_long(path: str) -> str | None:
 
 def _endpoint(value: object, ctx: _Context) -> str:
     if isinstance(value, str) and value.startswith("tcp://"):
-        raise ValueError("tcp:// requires CURVE keys, which are not configured; use the default ipc:// endpoint")
+        return _tcp_endpoint(value)  # and CURVE keys or insecure = true: see _check_security
     if not isinstance(value, str) or not value.startswith("ipc://") or value == "ipc://":
         example = "ipc:///run/supervise/control.sock"
         raise ValueError(f'expected an endpoint like "{example}", got {show_value(value)}')
@@ -398,6 +405,26 @@ def _endpoint(value: object, ctx: _Context) -> str:
     if (problem := _ipc_too_long(where)) is not None:
         raise ValueError(problem + " (use a shorter path)")
     return "ipc://" + where
+
+
+def _tcp_endpoint(value: str) -> str:
+    match = re.fullmatch(r"tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value)
+    if match is None or not 1 <= int(match[2]) <= 65535:
+        example = "tcp://127.0.0.1:7100"
+        raise ValueError(f'expected "tcp://host:port" with a fixed port, like "{example}", got {show_value(value)}')
+    return value
+
+
+def _secret_key_file(value: object, ctx: _Context) -> Path:
+    path = _path(value, ctx)
+    read_key_pair(path)  # KeyFileError (a ValueError) says what is wrong with it
+    return path
+
+
+def _key_directory(value: object, ctx: _Context) -> Path:
+    path = _directory(value, ctx)
+    read_key_directory(path)  # every *.key file in it must hold a public key
+    return path
 
 
 def _host_port(value: object, ctx: _Context) -> str:
@@ -448,6 +475,10 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "history_keep": Key("history_keep", _positive_count_any),
         "store": Key("store", _store_url),
         "history_max_age": Key("history_max_age_ms", _duration(positive=True)),
+        "curve_server_key": Key("curve_server_key", _secret_key_file),
+        "curve_clients": Key("curve_clients", _key_directory),
+        "curve_readonly_clients": Key("curve_readonly_clients", _key_directory),
+        "insecure": Key("insecure", _boolean),
     }
 )
 
@@ -683,7 +714,47 @@ def _parse_supervisor(table: object, ctx: _Context, issues: _Issues) -> Supervis
             values[f"{kind}_endpoint"] = f"ipc://{socket_path}"
     if too_long is not None:
         issues.append(((*path, "state_dir"), too_long + " (use a shorter state_dir)"))
+    _check_security(table, values, path, issues)
     return None if len(issues) > before else SupervisorConfig(**values)
+
+
+_CURVE_KEYS = ("curve_server_key", "curve_clients", "curve_readonly_clients")
+
+
+def _check_security(table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues) -> None:
+    """tcp:// needs CURVE (a server key and client keys) or an explicit insecure = true; not both."""
+    given = [key for key in _CURVE_KEYS if key in table]
+    if any(SUPERVISOR_KEYS[key].field not in values for key in given):
+        return  # a key file or directory is already reported; the rest follows from it
+    if given and values.get("insecure"):
+        issues.append(((*path, "insecure"), f"cannot be combined with {', '.join(given)}: CURVE or insecure, not both"))
+        return
+    directories = [key for key in _CURVE_KEYS[1:] if key in given]
+    if given and "curve_server_key" not in given:
+        issues.append(((*path, given[0]), "needs curve_server_key, the supervisor's own NAME.key_secret (see supervise keygen)"))
+    elif given and not directories:
+        message = "needs curve_clients (or curve_readonly_clients): a directory of the public keys of the clients allowed in"
+        issues.append(((*path, "curve_server_key"), message))
+    if directories:
+        keys = {key: read_key_directory(values[key]) for key in directories}
+        if not any(keys.values()):
+            where = " or ".join(str(values[key]) for key in directories)
+            message = f"no public keys (*.key files) in {where}: no client could connect (copy each client's NAME.key there)"
+            issues.append(((*path, directories[0]), message))
+        if len(keys) == 2:
+            both = sorted(keys["curve_clients"][k] for k in keys["curve_clients"].keys() & keys["curve_readonly_clients"].keys())
+            if both:
+                message = f"key {', '.join(both)} is also in curve_clients; a key has full access or read-only access, not both"
+                issues.append(((*path, "curve_readonly_clients"), message))
+    if given:
+        return
+    for kind in ("control", "events"):
+        if str(values.get(f"{kind}_endpoint", "")).startswith("tcp://") and not values.get("insecure"):
+            message = (
+                "tcp:// requires CURVE: set curve_server_key and curve_clients (see supervise keygen), "
+                "or insecure = true to let anyone who can reach the port run any command"
+            )
+            issues.append(((*path, kind), message))
 
 
 def _unknown_key(key: str, known: Sequence[str] | Mapping[str, object]) -> str:

@@ -4,6 +4,10 @@ Each request runs in its own task so a slow command (a stop that waits for the
 worker to exit) never holds up a `status`. A bad request gets an error reply; a
 bug in a handler becomes an `internal` error with a reference that is in the log.
 Nothing here can take the supervisor down.
+
+With read-only CURVE keys (docs/security.md), each request's ZAP User-Id (the
+client's public key, from the frame metadata) is checked: a read-only key gets
+`forbidden` for a command that changes state.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import zmq
 import zmq.asyncio
@@ -42,17 +46,25 @@ def error_code_for(error: SuperviseError) -> ErrorCode:
 class ControlServer:
     """Serves `COMMANDS` on a bound ROUTER socket until closed."""
 
-    def __init__(self, sock: zmq.asyncio.Socket, call: Callable[[str, dict[str, object]], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        sock: zmq.asyncio.Socket,
+        call: Callable[[str, dict[str, object]], Awaitable[object]],
+        *,
+        readonly: Mapping[str, str] | None = None,
+    ) -> None:
         self._sock = sock
         self._call = call
+        self._readonly = readonly or None  # ZAP User-Id (Z85 public key) -> key name, of read-only keys
         self._tasks: set[asyncio.Task[None]] = set()
         self.bad_requests = 0
         self.dropped_replies = 0
+        self.forbidden = 0
 
     async def serve(self) -> None:
         while True:
             try:
-                frames = await self._sock.recv_multipart()
+                frames, user = await self._receive()
             except zmq.ZMQError:
                 if self._sock.closed:
                     return
@@ -63,12 +75,36 @@ class ControlServer:
             except SuperviseError as e:
                 self._send(envelope, self._error_reply(e, None))
                 continue
+            denied = self._denied(user, command)
+            if denied is not None:
+                self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
+                continue
             if len(self._tasks) >= MAX_IN_FLIGHT:
                 self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
                 continue
             task = asyncio.create_task(self._run(envelope, request_id, command, args))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _receive(self) -> tuple[list[bytes], str | None]:
+        """The next message, and its ZAP User-Id when read-only keys are configured."""
+        if self._readonly is None:
+            return await self._sock.recv_multipart(), None
+        parts = await self._sock.recv_multipart(copy=False)
+        try:
+            user = parts[-1].get("User-Id")
+        except zmq.ZMQError:  # no metadata: not a CURVE connection
+            user = None
+        return [part.bytes for part in parts], user if isinstance(user, str) else None
+
+    def _denied(self, user: str | None, command: Command) -> str | None:
+        """Why the key `user` may not run `command` (a read-only key, a state change), or None."""
+        name = self._readonly.get(user) if self._readonly is not None and user is not None else None
+        if name is None or not command.changes_state:
+            return None
+        self.forbidden += 1
+        log.info('refused "%s" to read-only key %s', command.name, name)
+        return f'command "{command.name}" needs a full-access key; key "{name}" is read-only'
 
     def _parse(self, body: list[bytes]) -> tuple[str | int, Command, dict[str, object]]:
         """Decode and validate a request; raises ProtocolError with the code to reply."""

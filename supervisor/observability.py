@@ -185,6 +185,7 @@ class Observability:
                 "process": own.as_dict() if own is not None else None,
                 "events": {"seq": self.events.seq, "published": self.events.published, "dropped": self.events.dropped},
                 "bad_worker_messages": self._sup.bad_worker_messages,
+                "control": self._sup.control_counters(),
                 "sample_interval_s": self.sample_interval_s,
             },
             "services": services,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import zmq
 import zmq.asyncio
@@ -38,7 +38,8 @@ from supervise.supervisor.commands import COMMANDS
 from supervise.supervisor.config import Config, ServiceConfig, diff_configs, load_config, parse_service
 from supervise.supervisor.dependencies import stop_layers
 from supervise.supervisor.control import ControlServer
-from supervise.supervisor.errors import ConfigError, ServiceNotFound
+from supervise.supervisor.curve import CurveServer, KeyFileError, describe, load_curve_server, tcp_endpoints
+from supervise.supervisor.errors import ConfigError, ConfigProblem, ServiceNotFound
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.observability import Observability
 from supervise.supervisor.output import RotatingLog
@@ -49,6 +50,9 @@ from supervise.supervisor.scheduler import Scheduler, run_to_dict
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.base import Store
 from supervise.supervisor.sockets import send_nowait
+
+if TYPE_CHECKING:
+    from zmq.auth.asyncio import AsyncioAuthenticator
 
 log = logging.getLogger("supervise")
 
@@ -154,6 +158,8 @@ class Supervisor:
         self._workers_sock: zmq.asyncio.Socket | None = None
         self._events_sock: zmq.asyncio.Socket | None = None
         self._control: ControlServer | None = None
+        self._curve: CurveServer | None = None
+        self._auth: AsyncioAuthenticator | None = None  # ZAP for tcp:// endpoints with CURVE
         self._tasks: list[asyncio.Task[None]] = []
         self._guard: subprocess.Popen[bytes] | None = None
         self._guard_fd: int | None = None
@@ -200,7 +206,8 @@ class Supervisor:
             self._lock.release()
             raise
         assert self._control_sock is not None
-        self._control = ControlServer(self._control_sock, self._call)
+        readonly = self._curve.readonly_user_ids() if self._curve is not None else None
+        self._control = ControlServer(self._control_sock, self._call, readonly=readonly)
         self._tasks = [
             asyncio.create_task(self._control.serve(), name="supervise-control"),
             asyncio.create_task(self._serve_workers(), name="supervise-workers"),
@@ -385,6 +392,8 @@ class Supervisor:
     def _bind(self) -> None:
         sup = self.config.supervisor
         self._zctx = zmq.asyncio.Context()
+        if tcp_endpoints(sup):
+            self._secure_tcp()
         self._control_sock = self._bound(zmq.ROUTER, sup.control_endpoint)
         self._control_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint)
@@ -396,13 +405,49 @@ class Supervisor:
         sock = self._zctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        if endpoint.startswith("tcp://"):
+            # ZMTP heartbeats find dead TCP peers (never proof that a client is alive).
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
+            if self._curve is not None:
+                self._curve.configure(sock)
         sock.bind(endpoint)
         path = ipc_path(endpoint)
         if path is not None:
             os.chmod(path, 0o600)
         return sock
 
+    def _secure_tcp(self) -> None:
+        """CURVE with a ZAP allow-list on tcp:// endpoints, started before any bind; or insecure, loudly."""
+        sup = self.config.supervisor
+        try:
+            self._curve = load_curve_server(sup)
+        except KeyFileError as e:  # validated at load; the files changed since
+            raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", str(e))]) from None
+        if self._curve is None:
+            if not sup.insecure:  # parse_config refuses this; a SupervisorConfig built by hand may not
+                problem = "tcp:// requires CURVE: set curve_server_key and curve_clients, or insecure = true"
+                raise ConfigError(self.config.source, [ConfigProblem("supervisor.control", problem)])
+            log.critical(
+                "INSECURE: %s accept(s) any client without authentication or encryption (insecure = true); "
+                "anyone who can reach the port can run any command as uid %d. Set curve_server_key and "
+                "curve_clients (docs/security.md)",
+                ", ".join(tcp_endpoints(sup)),
+                os.geteuid(),
+            )
+            return
+        if not zmq.has("curve"):
+            problem = f"this libzmq {zmq.zmq_version()} was built without CURVE; install pyzmq's wheels (they include it)"
+            raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", problem)])
+        assert self._zctx is not None
+        self._auth = self._curve.start_authenticator(self._zctx)
+        log.info("%s", describe(self._curve, sup))
+
     def _unbind(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         for sock in (self._control_sock, self._workers_sock, self._events_sock):
             if sock is not None:
                 sock.close(linger=0)
@@ -833,6 +878,13 @@ class Supervisor:
         if self._store is None:
             return []
         return [run_to_dict(r) for r in self._store.list_runs(name, states=states, limit=limit)]
+
+    def control_counters(self) -> dict[str, int]:
+        """Control requests refused: malformed or invalid, forbidden to a read-only key; replies dropped."""
+        c = self._control
+        if c is None:
+            return {"bad_requests": 0, "forbidden": 0, "dropped_replies": 0}
+        return {"bad_requests": c.bad_requests, "forbidden": c.forbidden, "dropped_replies": c.dropped_replies}
 
     def ping(self) -> dict[str, object]:
         return {

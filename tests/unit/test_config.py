@@ -640,12 +640,12 @@ def test_the_current_user_may_be_named_without_root(tmp_path: Path) -> None:
     assert parse_service("web", {"command": ["sh"], "user": me}, base_dir=tmp_path).user == me
 
 
-def test_a_tcp_control_endpoint_is_refused(tmp_path: Path) -> None:
+def test_a_tcp_control_endpoint_without_keys_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, '[supervisor]\ncontrol = "tcp://0.0.0.0:5555"\n')
 
     assert problems(path) == [
-        "supervise.toml:2:1: supervisor.control: tcp:// requires CURVE keys, which are not configured; "
-        "use the default ipc:// endpoint"
+        "supervise.toml:2:1: supervisor.control: tcp:// requires CURVE: set curve_server_key and curve_clients "
+        "(see supervise keygen), or insecure = true to let anyone who can reach the port run any command"
     ]
 
 
