@@ -51,3 +51,7 @@ class Counter(Service):
     def run_once(self, ctx: RunContext, **args: object) -> int:
         self.count += 1
         return self.count
+
+
+def noop(ctx: RunContext) -> None:
+    """A scheduled run that does nothing (the soak counts them)."""
