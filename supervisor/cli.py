@@ -42,10 +42,15 @@ def _endpoint(config: str | None, endpoint: str | None) -> str:
         return endpoint
     if os.environ.get("SUPERVISE_ENDPOINT"):
         return os.environ["SUPERVISE_ENDPOINT"]
+    from supervise.supervisor.locate import control_endpoint_of
+
+    path = config or DEFAULT_CONFIG
+    found = control_endpoint_of(path)
+    if found is not None:
+        return found
     from supervise.supervisor.config import load_config
     from supervise.supervisor.errors import ConfigError
 
-    path = config or DEFAULT_CONFIG
     try:
         return load_config(path).supervisor.control_endpoint
     except ConfigError as e:

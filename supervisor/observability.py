@@ -18,15 +18,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import zmq.asyncio
-from supervise.supervisor import exposition
 from supervise.supervisor.clock import Clock
 from supervise.supervisor.events import EventLog
-from supervise.supervisor.http import HttpServer
 from supervise.supervisor.logtail import tail
 from supervise.supervisor.metrics import MetricsBook, count_within
 from supervise.supervisor.sampler import Sampler
 
 if TYPE_CHECKING:
+    from supervise.supervisor.http import HttpServer
     from supervise.supervisor.supervisor import ServiceRuntime, Supervisor
 
 log = logging.getLogger("supervise")
@@ -82,7 +81,7 @@ class Observability:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self.http: HttpServer | None = None
-        self._registry = exposition.open_registry(self.metrics)
+        self._registry: Any = None  # prometheus_client's, built at the first scrape
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -91,6 +90,8 @@ class Observability:
         self.events.attach(events_sock)
         address = self._sup.config.supervisor.http
         if address is not None:
+            from supervise.supervisor.http import HttpServer  # aiohttp is slow to import: only when asked for
+
             self.http = HttpServer(address, health=self.health, scrape=self.scrape)
             await self.http.start()
         self._sampler = Sampler()
@@ -259,4 +260,8 @@ class Observability:
 
     def scrape(self, accept: str | None) -> tuple[bytes, str]:
         """The `/metrics` body and content type."""
+        from supervise.supervisor import exposition
+
+        if self._registry is None:
+            self._registry = exposition.open_registry(self.metrics)
         return exposition.render(self._registry, accept)

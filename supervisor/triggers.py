@@ -18,7 +18,6 @@ from enum import StrEnum
 from typing import ClassVar, Final, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
 from supervise.supervisor.units import format_duration_ms, parse_duration_ms, show_value
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -443,6 +442,8 @@ class CronTrigger:
     _seconds_first: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from croniter import CroniterError, croniter  # type: ignore[import-untyped]  # slow import: only for cron
+
         try:
             fields = _check_cron_fields(self.expression)
             croniter(
@@ -481,6 +482,8 @@ class CronTrigger:
 
     def iter_fires(self, after: datetime) -> Iterator[datetime]:
         """Fire times strictly after `after` (and from `start`), ascending, without an end."""
+        from croniter import CroniterBadDateError, croniter
+
         after = _search_from(after, self.start)
         zone = self._zone
         wall_from = (after + _offset_extreme(zone, after, min)).replace(tzinfo=None)
