@@ -146,6 +146,7 @@ class SupervisorConfig:
     log_backups: int = 3
     http: str | None = None  # "host:port" of the /health and /metrics endpoint
     store: str | None = None  # run history: None = SQLite in state_dir; "postgresql://..." to share it
+    sample_interval_ms: int = 5_000  # how often every worker's CPU and memory are read
     history_keep: int = 1000  # finished runs kept per service and outcome
     history_max_age_ms: int = 30 * 86_400_000  # finished runs older than this are deleted
     # CURVE on tcp:// control and events endpoints (docs/security.md)
@@ -473,6 +474,7 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "log_backups": Key("log_backups", _count),
         "http": Key("http", _host_port),
         "history_keep": Key("history_keep", _positive_count_any),
+        "sample_interval": Key("sample_interval_ms", _duration(positive=True)),
         "store": Key("store", _store_url),
         "history_max_age": Key("history_max_age_ms", _duration(positive=True)),
         "curve_server_key": Key("curve_server_key", _secret_key_file),

@@ -166,7 +166,9 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bad_worker_messages = 0
         self.observability = Observability(
-            self, clock=self._clock, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
+            self,
+            clock=self._clock,
+            sample_interval_s=config.supervisor.sample_interval_ms / 1000, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
         )
         self._instance = secrets.token_hex(8)
         self._store: Store | None = None
@@ -265,8 +267,9 @@ class Supervisor:
 
     def expand(self, name: str) -> list[str]:
         """The instance names of service `name` (just `name` with one process, or for an instance)."""
-        if name in self._services and self._services[name].instance != 0:
-            return [name]
+        svc = self._services.get(name)
+        if svc is not None and (svc.instance != 0 or svc.config.processes == 1):
+            return [name]  # an instance, or a service of one process: the common case, in O(1)
         names = [n for n, s in self._services.items() if s.config.name == name]
         if not names:
             raise ServiceNotFound(name, sorted({s.config.name for s in self._services.values()}))
