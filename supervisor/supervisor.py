@@ -49,7 +49,7 @@ from supervise.supervisor.runs import Run, RunState
 from supervise.supervisor.scheduler import Scheduler, run_to_dict
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.base import Store
-from supervise.supervisor.sockets import send_nowait
+from supervise.supervisor.sockets import Inbox
 
 if TYPE_CHECKING:
     from zmq.auth.asyncio import AsyncioAuthenticator
@@ -57,6 +57,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervise")
 
 VERSION = "0.1.0"
+
+
+SUPERVISOR_TIMEOUT_MIN_MS = 15_000
+_HEARTBEAT = core.HeartbeatReceived()
+
+
+def supervisor_timeout_ms(cfg: ServiceConfig) -> int:
+    """How long a Python worker waits without word from the supervisor before it exits.
+
+    The backstop to PR_SET_PDEATHSIG, so generous: a supervisor busy starting 200
+    interpreters on two cores must not look dead to its own workers.
+    """
+    return max(3 * cfg.heartbeat_timeout_ms, SUPERVISOR_TIMEOUT_MIN_MS)
 
 
 def instance_name(service: str, instance: int) -> str:
@@ -110,6 +123,8 @@ class ServiceRuntime:
     timers: dict[core.Timer, asyncio.TimerHandle] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     instance: int = 0  # which of the service's `processes` this is; instance 0 carries the plain name
+    worker_id_bytes: bytes = b""  # the current worker's routing identity
+    heartbeat_frame: bytes = b""  # the exact bytes of the current worker's heartbeat
 
     @property
     def name(self) -> str:
@@ -155,7 +170,8 @@ class Supervisor:
         self._lock = StateDirLock(config.supervisor.state_dir)
         self._zctx: zmq.asyncio.Context | None = None
         self._control_sock: zmq.asyncio.Socket | None = None
-        self._workers_sock: zmq.asyncio.Socket | None = None
+        self._workers_sock: zmq.Socket[bytes] | None = None
+        self._workers: Inbox | None = None
         self._events_sock: zmq.asyncio.Socket | None = None
         self._control: ControlServer | None = None
         self._curve: CurveServer | None = None
@@ -207,12 +223,12 @@ class Supervisor:
             self._unbind()
             self._lock.release()
             raise
-        assert self._control_sock is not None
+        assert self._control_sock is not None and self._workers_sock is not None
+        self._workers = Inbox(self._loop, self._workers_sock, self._on_worker_message)
         readonly = self._curve.readonly_user_ids() if self._curve is not None else None
         self._control = ControlServer(self._control_sock, self._call, readonly=readonly)
         self._tasks = [
             asyncio.create_task(self._control.serve(), name="supervise-control"),
-            asyncio.create_task(self._serve_workers(), name="supervise-workers"),
             asyncio.create_task(self._beat_workers(), name="supervise-heartbeats"),
         ]
         if self._handle_signals:
@@ -399,13 +415,14 @@ class Supervisor:
             self._secure_tcp()
         self._control_sock = self._bound(zmq.ROUTER, sup.control_endpoint)
         self._control_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint)
+        # A plain socket: read by `Inbox` without a future per heartbeat.
+        self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
         self._events_sock = self._bound(zmq.PUB, sup.events_endpoint)
         self._events_sock.setsockopt(zmq.SNDHWM, 10_000)
 
-    def _bound(self, kind: int, endpoint: str) -> zmq.asyncio.Socket:
+    def _bound(self, kind: int, endpoint: str, context: zmq.Context[Any] | None = None) -> Any:
         assert self._zctx is not None
-        sock = self._zctx.socket(kind)
+        sock = (context or self._zctx).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         if endpoint.startswith("tcp://"):
@@ -451,6 +468,9 @@ class Supervisor:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         for sock in (self._control_sock, self._workers_sock, self._events_sock):
             if sock is not None:
                 sock.close(linger=0)
@@ -563,6 +583,8 @@ class Supervisor:
         assert self._loop is not None
         svc.token = secrets.token_hex(16)
         svc.worker_id = f"{svc.name}/{incarnation}"
+        svc.worker_id_bytes = svc.worker_id.encode()
+        svc.heartbeat_frame = encode_worker_message("heartbeat", token=svc.token)
         if svc.log is None:
             svc.log = self._open_log(svc.name)
         request = self._spawn_request(svc)
@@ -584,7 +606,6 @@ class Supervisor:
         sup = self.config.supervisor
         env = dict(os.environ)
         env.update(cfg.env)
-        supervisor_timeout_ms = max(cfg.heartbeat_timeout_ms, 3 * cfg.heartbeat_interval_ms, 5000)
         env.update(
             SUPERVISE_SERVICE=svc.name,
             SUPERVISE_WORKER_ID=svc.worker_id,
@@ -593,7 +614,7 @@ class Supervisor:
             SUPERVISE_PPID=str(os.getpid()),
             SUPERVISE_INSTANCE=self._instance,
             SUPERVISE_HEARTBEAT_INTERVAL_MS=str(cfg.heartbeat_interval_ms),
-            SUPERVISE_SUPERVISOR_TIMEOUT_MS=str(supervisor_timeout_ms),
+            SUPERVISE_SUPERVISOR_TIMEOUT_MS=str(supervisor_timeout_ms(cfg)),
         )
         if cfg.target is not None:
             env["SUPERVISE_TARGET"] = cfg.target
@@ -644,18 +665,6 @@ class Supervisor:
 
     # -- the worker channel ------------------------------------------------------
 
-    async def _serve_workers(self) -> None:
-        sock = self._workers_sock
-        assert sock is not None
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-            except zmq.ZMQError:
-                if sock.closed:
-                    return
-                raise
-            self._on_worker_message(frames)
-
     def _on_worker_message(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             self.bad_worker_messages += 1
@@ -663,6 +672,10 @@ class Supervisor:
         identity, body = frames
         name, _, _ = identity.decode(errors="replace").rpartition("/")
         svc = self._services.get(name)
+        if svc is not None and body == svc.heartbeat_frame and identity == svc.worker_id_bytes:
+            # Hundreds a second: the exact bytes this worker's heartbeat must be, so no decoding.
+            self._feed(name, _HEARTBEAT)
+            return
         try:
             msg = decode_worker_message(body, sender="worker")
         except ProtocolError:
@@ -689,15 +702,15 @@ class Supervisor:
             self.observability.worker_metrics(name, svc.record.incarnation, svc.metrics)
 
     def _send_worker(self, svc: ServiceRuntime, kind: str) -> None:
-        if self._workers_sock is None or not svc.worker_id:
+        if self._workers is None or not svc.worker_id:
             return
         # Not connected (yet, or any more): dropped; the signal path still works.
-        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message(kind)])
+        self._workers.send([svc.worker_id.encode(), encode_worker_message(kind)])
 
     async def _beat_workers(self) -> None:
-        """Heartbeat every Python worker, at the shortest interval any service asks for."""
-        intervals = [s.config.heartbeat_interval_ms for s in self._services.values()] or [2000]
-        period_s = min(intervals) / 1000
+        """Heartbeat every Python worker, five times within the shortest supervisor timeout."""
+        timeouts = [supervisor_timeout_ms(s.config) for s in self._services.values()] or [SUPERVISOR_TIMEOUT_MIN_MS]
+        period_s = max(1.0, min(timeouts) / 5 / 1000)
         while True:
             await asyncio.sleep(period_s)
             for svc in self._services.values():
@@ -721,11 +734,13 @@ class Supervisor:
 
     def send_run(self, name: str, **fields: object) -> None:
         svc = self._services[name]
-        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message("run", **fields)])  # type: ignore[arg-type]
+        assert self._workers is not None
+        self._workers.send([svc.worker_id.encode(), encode_worker_message("run", **fields)])
 
     def send_cancel(self, name: str, run_id: str) -> None:
         svc = self._services[name]
-        send_nowait(self._workers_sock, [svc.worker_id.encode(), encode_worker_message("cancel", run_id=run_id)])  # type: ignore[arg-type]
+        assert self._workers is not None
+        self._workers.send([svc.worker_id.encode(), encode_worker_message("cancel", run_id=run_id)])
 
     def restart_worker(self, name: str) -> None:
         self._feed(name, core.RestartRequested())
