@@ -14,7 +14,7 @@ import collections
 import json
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,8 @@ from supervise.supervisor.policies import (
 from supervise.supervisor.processes import Worker
 from supervise.supervisor.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
 from supervise.supervisor.schedule_config import ScheduleConfig
-from supervise.supervisor.store.base import ScheduleState, Store, StoreError
+from supervise.supervisor.store.base import ScheduleState, StoreError
+from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
     from supervise.supervisor.supervisor import Supervisor
@@ -49,6 +50,7 @@ class ActiveRun:
     run: Run
     process: Worker | None = None  # a command run's own process
     ending_as: RunState | None = None  # set by cancel or timeout: the state it will be recorded in
+    launched: bool = False  # its worker was told, or its process spawned
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -70,7 +72,7 @@ class Schedule:
 class Scheduler:
     """Fires the schedules of the supervisor's scheduled services."""
 
-    def __init__(self, host: Supervisor, store: Store) -> None:
+    def __init__(self, host: Supervisor, store: QueuedStore) -> None:
         self._host = host
         self._store = store
         self._schedules: dict[str, Schedule] = {}
@@ -125,7 +127,7 @@ class Scheduler:
         except StoreError as e:
             log.error("pruning the run history failed (will retry): %s", e)
         else:
-            if removed:
+            if removed:  # a queued store prunes on its writer thread and logs there
                 log.info("pruned %d old runs from the history", removed)
         if self._loop is not None:
             self._prune_timer = self._loop.call_later(PRUNE_EVERY_S, self._prune)
@@ -200,14 +202,18 @@ class Scheduler:
             self._arm(s)  # woke early (the timer is capped) or the clock moved: look again
             return
         nominal = s.next_nominal
-        self._remember_fired(s, nominal)
-        if s.state.skip_next:
-            s.state = replace(s.state, skip_next=False)
-            self._store.put_schedule_state(s.name, s.state)
-            self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
-        else:
-            self._occur(s, nominal, RunOrigin.SCHEDULE)
-        self._arm(s)
+        try:
+            self._remember_fired(s, nominal)
+            if s.state.skip_next:
+                s.state = replace(s.state, skip_next=False)
+                self._store.put_schedule_state(s.name, s.state)
+                self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
+            else:
+                self._occur(s, nominal, RunOrigin.SCHEDULE)
+        except StoreError as e:  # a shared store unreachable: this occurrence is lost, the next ones are not
+            log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
+        finally:
+            self._arm(s)
 
     def _remember_fired(self, s: Schedule, nominal: datetime) -> None:
         s.state = replace(s.state, last_fired=nominal)
@@ -261,44 +267,63 @@ class Scheduler:
     def _start(self, s: Schedule, run: Run) -> Run:
         now = self._now()
         deadline_from = run.jittered_time or run.created_at
+        first_write = run.state is not RunState.BUFFERED
         if s.config.start_deadline_ms is not None and is_past_deadline(deadline_from, s.config.start_deadline_ms, now):
             run = transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED_DEADLINE))
-            self._store.update_run(run) or self._store.insert_run(run)
+            (self._store.insert_run if first_write else self._store.update_run)(run)
             return run
-        first_write = run.state is not RunState.BUFFERED
         run = transition(run, RunState.STARTING, at=now)
-        # Written before the process hears of it: a crash from here on leaves a row to mark lost.
+        active = ActiveRun(run)
+        s.active[run.run_id] = active
+
+        def launch() -> None:
+            self._launch(s, run.run_id)
+
+        # The row is committed before the process hears of the run, so a crash from here on
+        # leaves a row to mark lost; the writer thread calls back once it is.
         if first_write:
-            if not self._store.insert_run(run):
+            if not self._store.insert_run(run, then=self._on_loop(launch)):
                 # Another supervisor sharing the store enqueued this occurrence first: it runs there.
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
+                del s.active[run.run_id]
                 return run
         else:
-            self._store.update_run(run)
+            self._store.update_run(run, then=self._on_loop(launch))
         if run.origin is RunOrigin.SCHEDULE:
             s.state = replace(s.state, runs_so_far=s.state.runs_so_far + 1)
             self._store.put_schedule_state(s.name, s.state)
-        active = ActiveRun(run)
-        s.active[run.run_id] = active
-        if s.config.timeout_ms is not None and self._loop is not None:
-            active.timers.append(
-                self._loop.call_later(s.config.timeout_ms / 1000, self._on_timeout, s, run.run_id)
-            )
-        if s.python:
-            if self._host.worker_ready(s.name):
-                self._dispatch(s, run)
-            else:
-                s.waiting_for_worker.append(run.run_id)
-        else:
-            self._spawn_command(s, active)
         return run
 
-    def _dispatch(self, s: Schedule, run: Run) -> None:
+    def _on_loop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`callback`, to be called from another thread but run on the event loop."""
+        loop = self._loop
+        assert loop is not None
+        return lambda: loop.call_soon_threadsafe(callback)
+
+    def _launch(self, s: Schedule, run_id: str) -> None:
+        """The run's row is committed: tell its worker, or spawn its process."""
+        active = s.active.get(run_id)
+        if active is None or active.ending_as is not None:
+            return  # cancelled (or its worker lost) while the row was being written
+        if s.config.timeout_ms is not None and self._loop is not None:
+            active.timers.append(self._loop.call_later(s.config.timeout_ms / 1000, self._on_timeout, s, run_id))
+        if s.python:
+            if self._host.worker_ready(s.name):
+                self._dispatch(s, active)
+            else:
+                s.waiting_for_worker.append(run_id)
+        else:
+            self._spawn_command(s, active)
+
+    def _dispatch(self, s: Schedule, active: ActiveRun) -> None:
+        run = active.run
+        active.launched = True
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
         self._host.send_run(s.name, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt)
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
         run = active.run
+        active.launched = True
         env = {
             "SUPERVISE_RUN_ID": run.run_id,
             "SUPERVISE_SCHEDULED_TIME": run.nominal_time.isoformat() if run.nominal_time else "",
@@ -352,7 +377,7 @@ class Scheduler:
             s.waiting_for_worker.remove(run_id)
         now = self._now()
         run = active.run
-        if run.state is RunState.STARTING and not lost:
+        if run.state is RunState.STARTING and not lost and active.launched:
             run = transition(run, RunState.RUNNING, at=now)
         state = RunState.LOST if lost else active.ending_as or (RunState.SUCCEEDED if ok else RunState.FAILED)
         run = transition(
@@ -400,6 +425,9 @@ class Scheduler:
         active.ending_as = ending
         active.run = replace(active.run, reason=reason)
         run_id = active.run.run_id
+        if not active.launched:  # nothing runs yet: it simply ends
+            self._finish(s, run_id, ok=False, error=reason)
+            return
         force = ending is RunState.TERMINATED
         if s.python:
             if not force:
@@ -454,7 +482,7 @@ class Scheduler:
         for run_id in waiting:
             active = s.active.get(run_id)
             if active is not None:
-                self._dispatch(s, active.run)
+                self._dispatch(s, active)
 
     def on_worker_exit(self, name: str) -> None:
         """The service's worker is gone: its runs in flight are lost."""

@@ -48,6 +48,7 @@ from supervise.supervisor.restart import RestartPolicy
 from supervise.supervisor.runs import Run, RunState
 from supervise.supervisor.scheduler import Scheduler, run_to_dict
 from supervise.supervisor.store import open_store
+from supervise.supervisor.store.queued import QueuedStore
 from supervise.supervisor.store.base import Store
 from supervise.supervisor.sockets import Inbox
 
@@ -247,7 +248,10 @@ class Supervisor:
         self._start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
-        self._store = open_store(self.config.supervisor.store or self.config.supervisor.state_dir / "history.db")
+        url = self.config.supervisor.store
+        shared = url is not None and url.startswith(("postgresql://", "postgres://"))
+        store = open_store(url or self.config.supervisor.state_dir / "history.db")
+        self._store = QueuedStore(store, shared=shared)  # type: ignore[assignment]
         self.scheduler = Scheduler(self, self._store)
         for name, svc in self._services.items():
             if svc.config.schedule is not None:
@@ -417,12 +421,16 @@ class Supervisor:
         self._control_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A plain socket: read by `Inbox` without a future per heartbeat.
         self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
-        self._events_sock = self._bound(zmq.PUB, sup.events_endpoint)
-        self._events_sock.setsockopt(zmq.SNDHWM, 10_000)
+        # Set before bind: libzmq copies socket options into each subscriber's pipe at bind time.
+        self._events_sock = self._bound(zmq.PUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
 
-    def _bound(self, kind: int, endpoint: str, context: zmq.Context[Any] | None = None) -> Any:
+    def _bound(
+        self, kind: int, endpoint: str, context: zmq.Context[Any] | None = None, options: Mapping[int, int] = {}
+    ) -> Any:
         assert self._zctx is not None
         sock = (context or self._zctx).socket(kind)
+        for option, value in options.items():
+            sock.setsockopt(option, value)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         if endpoint.startswith("tcp://"):

@@ -125,8 +125,12 @@ class SqliteStore:
         self.synchronous = synchronous
         self.recovered: CorruptionRecovery | None = None
         self._clock = clock or SystemClock()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # writes (and reads inside a write)
         self._lock = threading.RLock()
+        # Reads use a connection of their own: in WAL mode they never wait for a writer,
+        # so a write stuck behind another process's lock does not hold up `runs` or recovery.
+        self._read_conn: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -140,16 +144,20 @@ class SqliteStore:
             try:
                 self._conn = self._connect()
                 self._migrate(self._conn)
+                self._read_conn = self._connect()
             except sqlite3.Error as exc:
                 self.close()
                 raise self._error("cannot open", exc) from exc
             return self
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._read_conn is not None:
+                self._read_conn.close()
+                self._read_conn = None
 
     def __enter__(self) -> Self:
         return self.open()
@@ -250,9 +258,11 @@ class SqliteStore:
                 raise
 
     def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
+        with self._read_lock:
+            if self._read_conn is None:
+                raise StoreError(f"history database {self.path} is not open; call open() or use 'with store:'")
             try:
-                return query(self._db())
+                return query(self._read_conn)
             except sqlite3.Error as exc:
                 raise self._error("cannot read", exc) from exc
 

@@ -258,13 +258,6 @@ def test_f30_a_second_daemon_is_refused_and_touches_nothing_of_the_first(daemon_
     assert not [e for e in events(d, "py", "exited")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "supervisor.py Supervisor._bind sets SNDHWM = 10000 on the events PUB after bind(); libzmq copies "
-        "socket options into the listener at bind time, so every subscriber's pipe keeps the default 1000"
-    ),
-)
 def test_f28_the_events_pub_queues_up_to_its_documented_10000_high_water_mark(daemon_factory) -> None:
     names = [f"s{i:02d}" for i in range(25)]
     d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s"} for n in names})

@@ -29,16 +29,6 @@ def succeeded_after(d: Daemon, name: str, after: datetime) -> list[dict[str, obj
     return [r for r in runs if datetime.fromisoformat(str(r["created_at"])) > after]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "scheduler.py/store: every SqliteStore write runs on the event loop thread and waits busy_timeout "
-        "(5 s) there while another process holds the database, so control stops answering for 5 s per write "
-        "and healthy Python workers hear no supervisor heartbeat (they exit with code 3) or are declared hung; "
-        "and a StoreError raised in Scheduler._on_timer (_remember_fired -> put_schedule_state) escapes "
-        "before _arm(), so that schedule is never armed again: no run is recorded after the lock is released"
-    ),
-)
 def test_f21_sqlite_locked_by_another_process_supervision_and_scheduling_go_on(daemon_factory) -> None:
     d: Daemon = daemon_factory(
         {

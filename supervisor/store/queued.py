@@ -1,0 +1,140 @@
+"""Store writes off the event loop: a queue, one writer thread, retries in order.
+
+A history database locked by another process (an `sqlite3` shell holding a
+transaction, a backup) must not stall supervision: the event loop only appends
+to a bounded queue, and one thread writes, retrying a failing write with backoff
+and keeping the order. Reads go straight to the store (in WAL mode they do not
+wait for writers). Writes whose result the caller needs (a PostgreSQL store's
+`insert_run`, where the answer says which supervisor runs an occurrence) stay
+synchronous.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from supervise.supervisor.runs import Run
+from supervise.supervisor.store.base import ScheduleState, Store, StoreError
+
+log = logging.getLogger("supervise.store")
+
+MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+class QueuedStore:
+    """Wraps a `Store`: the same reads, and writes queued for one writer thread."""
+
+    def __init__(self, store: Store, *, shared: bool) -> None:
+        self.store = store
+        self._shared = shared  # several supervisors use it: insert_run's answer matters
+        self._queue: collections.deque[tuple[str, Callable[[], object], Callable[[], None] | None]] = (
+            collections.deque()
+        )
+        self._wake = threading.Condition()
+        self._closing = False
+        self.dropped = 0
+        self.failing_since: str | None = None  # the last error while writes are being retried
+        self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
+        self._thread.start()
+
+    # -- reads: straight through -------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    # -- writes: queued ------------------------------------------------------------------------
+
+    def insert_run(self, run: Run, *, then: Callable[[], None] | None = None) -> bool:
+        """Queue the insert; `then` is called (on the writer thread) once it is committed."""
+        if self._shared:
+            claimed = self.store.insert_run(run)
+            if claimed and then is not None:
+                then()
+            return claimed
+        self._put(f"insert run {run.run_id}", lambda: self.store.insert_run(run), then)
+        return True  # one supervisor owns this history: its own occurrences are its own
+
+    def update_run(self, run: Run, *, then: Callable[[], None] | None = None) -> bool:
+        self._put(f"update run {run.run_id}", lambda: self.store.update_run(run), then)
+        return True
+
+    def put_schedule_state(self, service: str, state: ScheduleState) -> None:
+        self._put(f"schedule state of {service}", lambda: self.store.put_schedule_state(service, state))
+
+    def remove_oneshot(self, oneshot_id: str) -> bool:
+        self._put(f"remove one-shot {oneshot_id}", lambda: self.store.remove_oneshot(oneshot_id))
+        return True
+
+    def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
+        self._put("prune", lambda: self.store.prune(keep_per_outcome, max_age, now))
+        return 0  # counted and logged by the writer
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _put(self, what: str, write: Callable[[], object], then: Callable[[], None] | None = None) -> None:
+        with self._wake:
+            if len(self._queue) >= MAX_QUEUED:
+                self._queue.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
+            self._queue.append((what, write, then))
+            self._wake.notify()
+
+    def _run(self) -> None:
+        delay = RETRY_FIRST_S
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                what, write, then = self._queue[0]
+            try:
+                result = write()
+            except StoreError as e:
+                if self.failing_since is None:
+                    log.error("history write failed (%s): %s; retrying, supervision goes on", what, e)
+                self.failing_since = str(e)
+                with self._wake:
+                    if self._closing and delay >= RETRY_MAX_S:
+                        log.error("giving up on %d history writes at shutdown: %s", len(self._queue), e)
+                        return
+                    self._wake.wait(delay)
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
+            except Exception:
+                log.exception("history write failed (%s); dropped", what)
+            else:
+                if what == "prune" and result:
+                    log.info("pruned %s old runs from the history", result)
+                if then is not None:
+                    try:
+                        then()
+                    except RuntimeError:
+                        pass  # the event loop closed at shutdown
+            if self.failing_since is not None:
+                log.warning("history writes work again (%d waiting)", len(self._queue) - 1)
+                self.failing_since = None
+            delay = RETRY_FIRST_S
+            with self._wake:
+                self._queue.popleft()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (bounded by `timeout_s`), then close the store."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("history writer still busy after %.0f s; %d writes lost", timeout_s, len(self._queue))
+        self.store.close()
