@@ -239,7 +239,7 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
         raise CliError(str(e)) from None
     except ConfigError as e:
         raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
-    sys.exit(Exit.OK)
+    sys.exit(Exit.FAILED if supervisor.forced_stop else Exit.OK)
 
 
 def _service_command(cmd: str, name: str | None, all_: bool, obj: dict[str, Any]) -> None:

@@ -164,6 +164,7 @@ class Supervisor:
         self._feeding = False
         self._run_processes: set[Worker] = set()  # command runs of scheduled services
         self._pending_starts: set[str] = set()  # waiting for what they require to be RUNNING
+        self.forced_stop = False  # a second SIGTERM/SIGINT killed the workers: the daemon exits 1
         self._changed = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._closed = asyncio.Event()
@@ -403,9 +404,12 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         if self._shutdown.is_set():
             log.warning("second %s: killing every worker now", signal.Signals(sig).name)
+            self.forced_stop = True
             for svc in self._services.values():
                 if svc.worker is not None:
                     svc.worker.signal_group(signal.SIGKILL)
+            for worker in self._run_processes:
+                worker.signal_group(signal.SIGKILL)
             return
         log.info("%s received: stopping every service", signal.Signals(sig).name)
         self._shutdown.set()
@@ -994,6 +998,8 @@ class Supervisor:
             "backoff_remaining": (r.backoff_until_ms - now_ms) / 1000 if r.backoff_until_ms is not None else None,
             "last_exit": last_exit,
             "last_error": r.last_error,
+            "log_dropped_bytes": svc.log.dropped_bytes if svc.log is not None else 0,
+            "log_write_errors": svc.log.write_errors if svc.log is not None else 0,
             "metrics": svc.metrics,
             **self.observability.describe(svc),
             "schedule": self.scheduler.describe(svc.name) if self.scheduler is not None else None,
