@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=20.0)
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # run the cleanup in `finally`
     folder = Path(tempfile.mkdtemp(prefix="sv-soak-", dir="/tmp"))
     config = write_config(folder, args.services)
     log = open(folder / "daemon.log", "wb")
