@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "hang (supervise only)",
                     lambda: supervise_only.hang(systems[0], plan, tag, log),
-                )
+                ),
+                (
+                    "schedule (supervise only)",
+                    lambda: supervise_only.lateness(systems[0], plan, tag, log),
+                ),
             ]
             if systems[0].name == "supervise"
             else []
