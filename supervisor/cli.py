@@ -272,14 +272,15 @@ _make_service_command("resume", "Resume a paused service.")
 @client_options
 def status(name: str | None, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
     """Show every service's (or one's) state, pid, restarts, uptime and last error."""
-    args: dict[str, object] = {"name": name} if name else {}
-    result = _call(_obj(config, endpoint, timeout), "status", **args)
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-        return
     from supervise.supervisor.render import status_table
 
-    click.echo(status_table(result))
+    _show("status", name, as_json, _obj(config, endpoint, timeout), status_table)
+
+
+def _show(cmd: str, name: str | None, as_json: bool, obj: dict[str, Any], render: Any) -> None:
+    """Call a read-only command about every service (or one) and print it as JSON or a table."""
+    result = _call(obj, cmd, **({"name": name} if name else {}))
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
 
 
 @cli.command()
@@ -455,14 +456,9 @@ def backfill(name: str, start: str, end: str, config: str | None, endpoint: str 
 @client_options
 def metrics(name: str | None, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
     """CPU, memory, restarts, exits by cause, runs and custom metrics of every service (or one)."""
-    args: dict[str, object] = {"name": name} if name else {}
-    result = _call(_obj(config, endpoint, timeout), "metrics", **args)
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-        return
     from supervise.supervisor.top import metrics_table
 
-    click.echo(metrics_table(result))
+    _show("metrics", name, as_json, _obj(config, endpoint, timeout), metrics_table)
 
 
 @cli.command()
