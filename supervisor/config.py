@@ -101,6 +101,7 @@ class ServiceConfig:
     user: str | None = None
     umask: int | None = None
     max_memory_bytes: int | None = None
+    watchdog_timeout_ms: int | None = None  # key watchdog: the code must call ctx.heartbeat() this often
     requires: tuple[str, ...] = ()  # services that must be RUNNING before this one starts
     processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
@@ -459,6 +460,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "umask": Key("umask", _umask),
         "max_memory": Key("max_memory_bytes", _size),
         "requires": Key("requires", _names),
+        "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
@@ -659,6 +661,8 @@ def _check_service(table: Mapping[str, object], values: dict[str, Any], path: Ke
 
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
+    if values.get("watchdog_timeout_ms") is not None and "target" not in values:
+        issues.append(((*path, "watchdog"), "applies to Python targets (their code calls ctx.heartbeat())"))
     if values.get("schedule") is not None and values.get("processes", 1) > 1:
         issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
     if "target" in values and values.get("start_timeout_ms") == 0:

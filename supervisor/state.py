@@ -99,6 +99,7 @@ class Timer(StrEnum):
 
     START = "start"  # start_timeout after spawn
     HEARTBEAT = "heartbeat"  # check for a missed heartbeat
+    WATCHDOG = "watchdog"  # check the service's own ctx.heartbeat() calls
     KILL = "kill"  # stop_timeout after the stop signal: SIGKILL
     BACKOFF = "backoff"  # end of the backoff delay: spawn again
 
@@ -122,6 +123,7 @@ class ServiceSpec:
     heartbeat_timeout_ms: int
     stop_signal: int
     stop_timeout_ms: int
+    watchdog_timeout_ms: int | None = None  # the service's own code must call ctx.heartbeat() this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,7 @@ class Service:
     running_since_ms: int | None = None
     hello: bool = False  # the current worker has said hello (heartbeats are watched from then on)
     last_heartbeat_ms: int | None = None
+    last_watchdog_ms: int | None = None  # the service's own ctx.heartbeat(), when it has a watchdog
     restarts: int = 0  # automatic restarts performed, ever
     restart_history_ms: tuple[int, ...] = ()
     failures: int = 0  # consecutive unstable failures (backoff step)
@@ -212,6 +215,11 @@ class HeartbeatReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchdogReceived:
+    """The service's own code called ctx.heartbeat()."""
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReported:
     """The worker's target raised; the traceback arrives before the exit."""
 
@@ -245,6 +253,7 @@ Event = (
     | SpawnFailed
     | HelloReceived
     | HeartbeatReceived
+    | WatchdogReceived
     | ErrorReported
     | WorkerExited
     | OverMemory
@@ -360,6 +369,7 @@ def _begin_stop(
         _state_event(svc, ServiceState.STOPPING, cause=str(cause)),
         CancelTimer(Timer.START),
         CancelTimer(Timer.HEARTBEAT),
+        CancelTimer(Timer.WATCHDOG),
     ]
     if svc.pid is None:
         # Spawn requested but not done yet: the exit (or spawn failure) arrives shortly.
@@ -407,8 +417,10 @@ def _on_resume(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: ra
     new = _move(svc, ServiceState.RUNNING)
     if svc.hello:
         # A paused worker's heartbeats are not watched while SIGSTOPped; start the clock afresh.
-        new = replace(new, last_heartbeat_ms=now_ms)
+        new = replace(new, last_heartbeat_ms=now_ms, last_watchdog_ms=now_ms)
         actions.append(ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms))
+        if spec.watchdog_timeout_ms is not None:
+            actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
     return new, actions
 
 
@@ -445,8 +457,10 @@ def _on_spawn_failed(svc: Service, e: SpawnFailed, now_ms: int, spec: ServiceSpe
 def _on_hello(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     if svc.state not in (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.PAUSED) or svc.hello:
         return svc, []
-    new = replace(svc, hello=True, last_heartbeat_ms=now_ms)
+    new = replace(svc, hello=True, last_heartbeat_ms=now_ms, last_watchdog_ms=now_ms)
     actions: list[Action] = [ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms)]
+    if spec.watchdog_timeout_ms is not None:
+        actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
     if svc.state is ServiceState.STARTING:
         actions.insert(0, CancelTimer(Timer.START))
         return _running(new, now_ms, actions)
@@ -458,6 +472,12 @@ def _on_heartbeat(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng:
         return svc, []
     # Only the timestamp moves; the heartbeat timer re-checks it when it fires.
     return replace(svc, last_heartbeat_ms=now_ms), []
+
+
+def _on_watchdog(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
+    if not svc.hello or svc.state not in (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.PAUSED):
+        return svc, []
+    return replace(svc, last_watchdog_ms=now_ms), []
 
 
 def _on_error(svc: Service, e: ErrorReported, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -491,8 +511,24 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
         # A hung process may be stopped (SIGSTOP) and could not act on the stop signal.
         actions.insert(-1, SignalGroup(signal.SIGCONT))
         return new, [Emit("hung", {"silent_ms": silent_ms}, message), *actions]
+    if e.timer is Timer.WATCHDOG and svc.hello and svc.state is ServiceState.RUNNING:
+        assert svc.last_watchdog_ms is not None and spec.watchdog_timeout_ms is not None
+        silent_ms = now_ms - svc.last_watchdog_ms
+        if silent_ms < spec.watchdog_timeout_ms:
+            return svc, [ArmTimer(Timer.WATCHDOG, svc.last_watchdog_ms + spec.watchdog_timeout_ms)]
+        message = (
+            f"the service's code did not call ctx.heartbeat() for {format_duration_ms(silent_ms)} "
+            f"(watchdog {format_duration_ms(spec.watchdog_timeout_ms)}); killing the stuck worker"
+        )
+        new = replace(svc, last_error=message)
+        new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.HUNG)
+        actions.insert(-1, SignalGroup(signal.SIGCONT))
+        return new, [Emit("hung", {"silent_ms": silent_ms, "watchdog": True}, message), *actions]
     if e.timer is Timer.HEARTBEAT and svc.state is ServiceState.PAUSED and svc.hello:
         return svc, [ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms)]
+    if e.timer is Timer.WATCHDOG and svc.state is ServiceState.PAUSED and spec.watchdog_timeout_ms is not None:
+        # A paused service's own code may stand still: its watchdog restarts on resume.
+        return replace(svc, last_watchdog_ms=now_ms), [ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms)]
     if e.timer is Timer.KILL and svc.state is ServiceState.STOPPING and svc.pid is not None:
         message = (
             f"worker (pid {svc.pid}) did not exit within stop_timeout "
@@ -525,6 +561,7 @@ def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rn
     actions: list[Action] = [
         CancelTimer(Timer.START),
         CancelTimer(Timer.HEARTBEAT),
+        CancelTimer(Timer.WATCHDOG),
         CancelTimer(Timer.KILL),
         Emit("exited", detail, f"worker (pid {svc.pid}) {info.describe()} after {format_duration_ms(ran_ms)}"),
     ]
@@ -610,6 +647,7 @@ _HANDLERS: dict[type, Callable[..., Result]] = {
     SpawnFailed: _on_spawn_failed,
     HelloReceived: _on_hello,
     HeartbeatReceived: _on_heartbeat,
+    WatchdogReceived: _on_watchdog,
     ErrorReported: _on_error,
     WorkerExited: _on_exited,
     OverMemory: _on_over_memory,

@@ -82,7 +82,7 @@ PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", 
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
     {
-        "critical", "autostart", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
+        "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
         "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms",
         "max_memory_bytes", "requires",
     }
@@ -107,6 +107,7 @@ def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
         stop_signal=int(cfg.stop_signal),
         stop_timeout_ms=cfg.stop_timeout_ms,
+        watchdog_timeout_ms=cfg.watchdog_timeout_ms,
     )
 
 
@@ -704,8 +705,10 @@ class Supervisor:
         elif msg.kind.startswith("run_"):
             if self.scheduler is not None:
                 self.scheduler.on_worker_message(name, msg.kind, msg.fields)
-        elif msg.kind in ("heartbeat", "watchdog"):
+        elif msg.kind == "heartbeat":
             self._feed(name, core.HeartbeatReceived())
+        elif msg.kind == "watchdog":
+            self._feed(name, core.WatchdogReceived())
         elif msg.kind == "error":
             text = msg.fields.get("traceback") or msg.fields.get("message")
             self._feed(name, core.ErrorReported(str(text)))

@@ -8,7 +8,6 @@ holds while the service is paused. A target that checks either stops gracefully.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping
 
 
@@ -25,7 +24,7 @@ class JobContext:
         self._counters: dict[str, float] = {}
         self._gauges: dict[str, float] = {}
         self._metrics_dirty = False
-        self._last_watchdog = time.monotonic()
+        self._watchdog_pending = False
 
     # -- cancellation and pause -------------------------------------------
 
@@ -71,7 +70,13 @@ class JobContext:
     def heartbeat(self) -> None:
         """Tell the supervisor the service's own code is alive (its watchdog)."""
         with self._lock:
-            self._last_watchdog = time.monotonic()
+            self._watchdog_pending = True
+
+    def take_watchdog(self) -> bool:
+        """True once after each `heartbeat()` call (the runtime forwards it to the supervisor)."""
+        with self._lock:
+            pending, self._watchdog_pending = self._watchdog_pending, False
+            return pending
 
     def count(self, name: str, n: float = 1) -> None:
         """Add `n` to the counter `name` (exported with the service's metrics)."""

@@ -130,6 +130,7 @@ class Channel:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_recv, zmq.POLLIN)
         heartbeat = encode_worker_message("heartbeat", token=env.token)
+        watchdog = encode_worker_message("watchdog", token=env.token)
         interval_s = env.heartbeat_interval_ms / 1000
         next_beat = time.monotonic()
         last_heard = time.monotonic()
@@ -138,6 +139,8 @@ class Channel:
                 now = time.monotonic()
                 if now >= next_beat:
                     sock.send(heartbeat, zmq.NOBLOCK)
+                    if self._ctx.take_watchdog():
+                        sock.send(watchdog, zmq.NOBLOCK)
                     metrics = self._ctx.take_metrics()
                     if metrics is not None:
                         counters, gauges = metrics

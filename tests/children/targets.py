@@ -40,3 +40,11 @@ def spin(ctx: JobContext) -> None:
         for i in range(100_000):
             n += i * i
         ctx.count("loops")
+
+
+def watched(ctx: JobContext) -> None:
+    """Calls ctx.heartbeat() while $STUCK_FILE is absent; once it exists, its code 'hangs'."""
+    stuck = Path(os.environ["STUCK_FILE"])
+    while not ctx.wait(0.05):
+        if not stuck.exists():
+            ctx.heartbeat()

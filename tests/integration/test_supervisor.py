@@ -224,3 +224,16 @@ def test_missing_executable_is_reported_not_running(daemon_factory, short_dir) -
     svc = d.wait_state("gone", "FATAL")
     assert "ENOENT" in svc["last_error"] and str(script) in svc["last_error"]
     assert svc["pid"] is None
+
+
+def test_a_worker_whose_code_stops_calling_ctx_heartbeat_is_replaced(daemon_factory, short_dir) -> None:
+    stuck = short_dir / "stuck"
+    d: Daemon = daemon_factory(
+        {"watched": {"target": "tests.children.targets:watched", "watchdog": "1s", **FAST, "env": {"STUCK_FILE": str(stuck)}}}
+    )
+    old = d.wait_running_pid("watched")
+    assert d.service("watched")["restarts"] == 0
+    stuck.touch()  # the runtime keeps heartbeating; only the service's own calls stop
+    new = d.wait_running_pid("watched", not_pid=old, timeout_s=20)
+    assert new != old and d.service("watched")["last_exit"]["cause"] == "hung"
+    assert "did not call ctx.heartbeat()" in d.log()

@@ -97,6 +97,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
 
         [services.report]
         target = "reports.jobs:nightly"
+        watchdog = "30s"
         """,
     )
 
@@ -145,7 +146,9 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     requires=("report",),
                     processes=2,
                 ),
-                "report": ServiceConfig.for_target("report", "reports.jobs:nightly", cwd=tmp_path),
+                "report": ServiceConfig.for_target(
+                    "report", "reports.jobs:nightly", cwd=tmp_path, watchdog_timeout_ms=30_000
+                ),
             }
         ),
     )
@@ -159,7 +162,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
-        "requires", "processes",
+        "requires", "processes", "watchdog",
     }  # fmt: skip
 
 

@@ -319,3 +319,23 @@ def test_every_state_has_a_transition_row_and_illegal_moves_raise() -> None:
     assert set(core.ALLOWED) == set(S)
     with pytest.raises(InvalidTransition):
         core._move(core.Service(), S.RUNNING)
+
+
+def test_a_watchdog_kills_a_worker_whose_own_code_stops_calling_heartbeat() -> None:
+    d = Driver(python=True, watchdog_timeout_ms=3_000)
+    d.running()
+    assert d.timers[Timer.WATCHDOG] == d.clock.monotonic_ms() + 3_000
+    d(core.WatchdogReceived(), after_ms=2_000)
+    d(core.HeartbeatReceived(), after_ms=1_000)  # the runtime beats on; the service's code is stuck
+    assert d.fire(Timer.WATCHDOG) == [ArmTimer(Timer.WATCHDOG, 2_000 + 3_000)]  # rearmed from the last call
+    d(core.HeartbeatReceived(), after_ms=1_500)
+    actions = d.fire(Timer.WATCHDOG)
+    assert d.state is S.STOPPING and "hung" in d.kinds()
+    assert SignalGroup(signal.SIGTERM) in actions
+    assert d.svc.last_error is not None and "ctx.heartbeat()" in d.svc.last_error
+
+
+def test_without_a_watchdog_no_watchdog_timer_is_armed() -> None:
+    d = Driver(python=True)
+    d.running()
+    assert Timer.WATCHDOG not in d.timers
