@@ -85,6 +85,13 @@ def _opt_utc(value: datetime | None, what: str) -> datetime | None:
     return None if value is None else _utc(value, what)
 
 
+def _normalize_bounds(trigger: object) -> None:
+    """Make a frozen trigger's `start`/`end` UTC and check them with `max_runs`."""
+    for name in ("start", "end"):
+        object.__setattr__(trigger, name, _opt_utc(getattr(trigger, name), name))
+    _check_bounds(trigger.start, trigger.end, trigger.max_runs)  # type: ignore[attr-defined]
+
+
 def _check_bounds(start: datetime | None, end: datetime | None, max_runs: int | None) -> None:
     if start is not None and end is not None and end < start:
         raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
@@ -205,9 +212,7 @@ class AfterFinishTrigger:
     def __post_init__(self) -> None:
         if self.delay_ms < 0:
             raise ValueError(f"delay must be >= 0, got {self.delay_ms} ms")
-        for name in ("start", "end"):
-            object.__setattr__(self, name, _opt_utc(getattr(self, name), name))
-        _check_bounds(self.start, self.end, self.max_runs)
+        _normalize_bounds(self)
 
     def next_fire(
         self, after: datetime, *, runs_so_far: int = 0, last_finished: datetime | None = None
@@ -247,9 +252,7 @@ class AtTrigger:
         if not self.times:
             raise ValueError("at needs at least one datetime")
         object.__setattr__(self, "times", tuple(sorted({_utc(t, "at") for t in self.times})))
-        for name in ("start", "end"):
-            object.__setattr__(self, name, _opt_utc(getattr(self, name), name))
-        _check_bounds(self.start, self.end, self.max_runs)
+        _normalize_bounds(self)
 
     def next_fire(
         self, after: datetime, *, runs_so_far: int = 0, last_finished: datetime | None = None
@@ -285,9 +288,7 @@ class OnStartTrigger:
     def __post_init__(self) -> None:
         if self.delay_ms < 0:
             raise ValueError(f"on_start delay must be >= 0, got {self.delay_ms} ms")
-        for name in ("start", "end"):
-            object.__setattr__(self, name, _opt_utc(getattr(self, name), name))
-        _check_bounds(self.start, self.end, self.max_runs)
+        _normalize_bounds(self)
 
     def next_fire(
         self, after: datetime, *, runs_so_far: int = 0, last_finished: datetime | None = None
@@ -460,9 +461,7 @@ class CronTrigger:
         object.__setattr__(self, "dst_gap", DstGap(self.dst_gap))
         if self.dst_repeat is not None:
             object.__setattr__(self, "dst_repeat", DstRepeat(self.dst_repeat))
-        for name in ("start", "end"):
-            object.__setattr__(self, name, _opt_utc(getattr(self, name), name))
-        _check_bounds(self.start, self.end, self.max_runs)
+        _normalize_bounds(self)
 
     @property
     def repeat_rule(self) -> DstRepeat:
