@@ -127,29 +127,38 @@ def test_f26_hostile_control_frames_get_error_replies_and_memory_stays_flat(daem
     assert svc["pid"] == pid and svc["restarts"] == 0 and svc["state"] == "RUNNING"  # nothing changed
 
 
-def test_f28_a_subscriber_that_never_reads_slows_nothing(daemon_factory) -> None:
-    names = [f"s{i:02d}" for i in range(50)]
-    d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s", "backoff": "0s"} for n in names})
-    for n in names:
-        d.wait_running_pid(n)
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
+
+def stalled_subscriber(d: Daemon) -> zmq.Socket[bytes]:
+    """A SUB on the daemon's events with the smallest buffers, connected, that never reads."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 1)
     sub.setsockopt(zmq.RCVBUF, 4096)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(d.client.call("ping")["events"])
+
+    def connected() -> bool:
+        # Events only reach a SUB once its subscription has; make some until one arrives (unread).
+        if sub.poll(0):
+            return True
+        d.client.call("pause", name="s00")
+        d.client.call("resume", name="s00")
+        return False
+
     try:
-
-        def connected() -> bool:
-            # Events only reach a SUB once its subscription has; make some until one arrives (unread).
-            if sub.poll(0):
-                return True
-            d.client.call("pause", name="s00")
-            d.client.call("resume", name="s00")
-            return False
-
         wait_for(connected, what="the subscriber to be connected")
+    except BaseException:
+        sub.close()
+        raise
+    return sub
+
+def test_f28_a_subscriber_that_never_reads_slows_nothing(daemon_factory) -> None:
+    names = [f"s{i:02d}" for i in range(50)]
+    d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s", "backoff": "0s"} for n in names})
+    for n in names:
+        d.wait_running_pid(n)
+    sub = stalled_subscriber(d)
+    try:
         first_seq = d.client.call("ping")["event_seq"]
         # 120 pause/resume rounds of 50 services: 12 000 events, beyond the PUB's 10 000 high-water mark,
         # none read by the subscriber.
@@ -263,21 +272,8 @@ def test_f28_the_events_pub_queues_up_to_its_documented_10000_high_water_mark(da
     d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s"} for n in names})
     for n in names:
         d.wait_running_pid(n)
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 1)
-    sub.setsockopt(zmq.RCVBUF, 4096)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(d.client.call("ping")["events"])
+    sub = stalled_subscriber(d)
     try:
-        def connected() -> bool:
-            if sub.poll(0):
-                return True
-            d.client.call("pause", name="s00")
-            d.client.call("resume", name="s00")
-            return False
-
-        wait_for(connected, what="the subscriber to be connected")
         for _ in range(120):  # 6000 unread events: within a 10 000 high-water mark, none may be dropped
             d.client.call("pause", all=True)
             d.client.call("resume", all=True)
