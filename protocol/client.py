@@ -126,6 +126,10 @@ def _target(name: str | None, all: bool, extra: Mapping[str, object]) -> dict[st
     return args
 
 
+def _status_args(name: str | None, detail: bool) -> dict[str, object]:
+    return _target(name, False, {"detail": True} if detail else {})
+
+
 def _remaining_ms(deadline: float) -> int:
     """Milliseconds left until `deadline`, rounded up so a wait never ends early."""
     return max(0, math.ceil((deadline - time.monotonic()) * 1000))
@@ -265,9 +269,9 @@ class Client(_ClientBase):
         """Check that the supervisor answers; returns what its `ping` returns."""
         return self.request("ping", retries=retries)
 
-    def status(self, name: str | None = None, *, retries: int = 0) -> object:
-        """Status of service `name`, or of every service."""
-        return self.request("status", _target(name, False, {}), retries=retries)
+    def status(self, name: str | None = None, *, detail: bool = False, retries: int = 0) -> object:
+        """Status of service `name`, or of every service; `detail` adds configuration facts and counters."""
+        return self.request("status", _status_args(name, detail), retries=retries)
 
     def start(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
         """Start service `name`, or every service with `all=True`."""
@@ -402,9 +406,9 @@ class AsyncClient(_ClientBase):
         """Check that the supervisor answers; returns what its `ping` returns."""
         return await self.request("ping", retries=retries)
 
-    async def status(self, name: str | None = None, *, retries: int = 0) -> object:
-        """Status of service `name`, or of every service."""
-        return await self.request("status", _target(name, False, {}), retries=retries)
+    async def status(self, name: str | None = None, *, detail: bool = False, retries: int = 0) -> object:
+        """Status of service `name`, or of every service; `detail` adds configuration facts and counters."""
+        return await self.request("status", _status_args(name, detail), retries=retries)
 
     async def start(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
         """Start service `name`, or every service with `all=True`."""

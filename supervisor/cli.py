@@ -269,17 +269,21 @@ _make_service_command("resume", "Resume a paused service.")
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--detail", is_flag=True, help="with --json: also each service's configuration facts and counters")
 @client_options
-def status(name: str | None, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+def status(
+    name: str | None, as_json: bool, detail: bool, config: str | None, endpoint: str | None, timeout: float | None
+) -> None:
     """Show every service's (or one's) state, pid, restarts, uptime and last error."""
     from supervise.supervisor.render import status_table
 
-    _show("status", name, as_json, _obj(config, endpoint, timeout), status_table)
+    extra = {"detail": True} if detail else {}
+    _show("status", name, as_json, _obj(config, endpoint, timeout), status_table, **extra)
 
 
-def _show(cmd: str, name: str | None, as_json: bool, obj: dict[str, Any], render: Any) -> None:
+def _show(cmd: str, name: str | None, as_json: bool, obj: dict[str, Any], render: Any, **extra: object) -> None:
     """Call a read-only command about every service (or one) and print it as JSON or a table."""
-    result = _call(obj, cmd, **({"name": name} if name else {}))
+    result = _call(obj, cmd, **({"name": name} if name else {}), **extra)
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
 
 

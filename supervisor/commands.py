@@ -125,7 +125,7 @@ async def _help(sup: Supervisor, args: Mapping[str, object]) -> object:
 
 async def _status(sup: Supervisor, args: Mapping[str, object]) -> object:
     name = args.get("name")
-    return sup.status(name if isinstance(name, str) else None)
+    return sup.status(name if isinstance(name, str) else None, detail=args.get("detail") is True)
 
 
 def _targets(sup: Supervisor, command: str, args: Mapping[str, object]) -> list[str]:
@@ -272,8 +272,13 @@ COMMANDS: dict[str, Command] = {
         Command(
             "status",
             _status,
-            "State of every service, or of one: state, pid, restarts, uptime, last exit and error.",
-            {"name": Arg(str, doc="only this service")},
+            "State of every service, or of one: state, pid, uptime, restarts, heartbeat age, last exit and error,"
+            " CPU and memory, schedule. With detail: also its configuration facts and counters.",
+            {
+                "name": Arg(str, doc="only this service"),
+                "detail": Arg(bool, doc="also service, instance, kind, critical, origin, incarnation, backoff_remaining,"
+                " max_memory_bytes, log_dropped_bytes, log_write_errors and metrics"),
+            },
         ),
         Command("start", _service_action("start"), "Start a stopped, exited or FATAL service.", _TARGET_ARGS, True),
         Command(

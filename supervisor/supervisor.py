@@ -127,10 +127,10 @@ class ServiceRuntime:
     instance: int = 0  # which of the service's `processes` this is; instance 0 carries the plain name
     worker_id_bytes: bytes = b""  # the current worker's routing identity
     heartbeat_frame: bytes = b""  # the exact bytes of the current worker's heartbeat
+    name: str = field(init=False)  # `instance_name(config.name, instance)`: a config update keeps the name
 
-    @property
-    def name(self) -> str:
-        return instance_name(self.config.name, self.instance)
+    def __post_init__(self) -> None:
+        self.name = instance_name(self.config.name, self.instance)
 
 
 class Supervisor:
@@ -958,14 +958,14 @@ class Supervisor:
         self._notify()
         return {"name": svc.config.name, "processes": processes, "instances": self.expand(svc.config.name)}
 
-    def status(self, name: str | None = None) -> dict[str, object]:
-        """Every service's (or one's) state, pid, restarts, uptime, last exit and error."""
+    def status(self, name: str | None = None, *, detail: bool = False) -> dict[str, object]:
+        """Every service's (or one's) live state; with `detail`, its configuration facts and counters too."""
         names = self.expand(name) if name is not None else list(self._services)
-        services = [self._services[n] for n in names]
         now_ms = self._clock.monotonic_ms()
+        describe = self._describe_detail if detail else self._describe
         return {
             "supervisor": {**self.ping(), "healthy": self.healthy()},
-            "services": [self._describe(svc, now_ms) for svc in services],
+            "services": [describe(self._services[n], now_ms) for n in names],
         }
 
     def healthy(self) -> bool:
@@ -975,43 +975,57 @@ class Supervisor:
         )
 
     def _describe(self, svc: ServiceRuntime, now_ms: int) -> dict[str, object]:
+        """A service's live state: what `status` shows for each service."""
         r = svc.record
-        last_exit = None
-        if r.last_exit is not None:
-            last_exit = {
-                "cause": str(r.last_exit.cause),
-                "code": r.last_exit.code,
-                "signal": r.last_exit.signal,
-                "ago": (now_ms - r.last_exit.at_ms) / 1000,
-                "text": r.last_exit.describe(),
-            }
+        alive = r.pid is not None
+        schedule = self.scheduler.describe(svc.name) if self.scheduler is not None else None
+        last_exit = r.last_exit
         return {
             "name": svc.name,
+            "state": self._shown_state(svc, schedule),
+            "pid": r.pid,
+            "uptime": (now_ms - r.running_since_ms) / 1000 if alive and r.running_since_ms is not None else None,
+            "restarts": r.restarts,
+            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if alive and r.last_heartbeat_ms is not None else None,
+            "last_exit": None
+            if last_exit is None
+            else {
+                "cause": str(last_exit.cause),
+                "code": last_exit.code,
+                "signal": last_exit.signal,
+                "ago": (now_ms - last_exit.at_ms) / 1000,
+                "text": last_exit.describe(),
+            },
+            "last_error": r.last_error,
+            **self.observability.describe(svc),
+            "schedule": schedule,
+        }
+
+    def _describe_detail(self, svc: ServiceRuntime, now_ms: int) -> dict[str, object]:
+        """`_describe` plus the service's configuration facts and rarely needed counters (`status detail`)."""
+        r = svc.record
+        return {
+            **self._describe(svc, now_ms),
             "service": svc.config.name,
             "instance": svc.instance,
-            "state": self._shown_state(svc),
-            "pid": r.pid,
             "kind": "python" if svc.config.is_python else "command",
             "critical": svc.config.critical,
             "origin": svc.config.origin,
-            "restarts": r.restarts,
             "incarnation": r.incarnation,
-            "uptime": (now_ms - r.running_since_ms) / 1000 if r.running_since_ms is not None and r.pid else None,
-            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if r.last_heartbeat_ms is not None and r.pid else None,
             "backoff_remaining": (r.backoff_until_ms - now_ms) / 1000 if r.backoff_until_ms is not None else None,
-            "last_exit": last_exit,
-            "last_error": r.last_error,
+            "max_memory_bytes": svc.config.max_memory_bytes,
             "log_dropped_bytes": svc.log.dropped_bytes if svc.log is not None else 0,
             "log_write_errors": svc.log.write_errors if svc.log is not None else 0,
             "metrics": svc.metrics,
-            **self.observability.describe(svc),
-            "schedule": self.scheduler.describe(svc.name) if self.scheduler is not None else None,
         }
 
-    def _shown_state(self, svc: ServiceRuntime) -> str:
-        """The core's state; a scheduled command shows SCHEDULED, RUNNING or PAUSED instead."""
+    def _shown_state(self, svc: ServiceRuntime, schedule: Mapping[str, object] | None = None) -> str:
+        """The core's state; a scheduled command shows SCHEDULED, RUNNING or PAUSED instead.
+
+        `schedule`: the scheduler's description of the service, when the caller has it already.
+        """
         if self._runs_per_process(svc.config) and self.scheduler is not None:
-            info = self.scheduler.describe(svc.name) or {}
+            info = schedule if schedule is not None else self.scheduler.describe(svc.name) or {}
             if info.get("running"):
                 return "RUNNING"
             return "PAUSED" if info.get("paused") else "SCHEDULED"

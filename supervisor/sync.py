@@ -251,9 +251,15 @@ class SyncSupervisor:
         result: dict[str, Any] = self._submit("ping", {})
         return result
 
-    def status(self, name: str | None = None) -> dict[str, Any]:
-        """`{"supervisor": {...}, "services": [{"name", "state", "pid", ...}, ...]}`, of one service or all."""
-        result: dict[str, Any] = self._submit("status", {} if name is None else {"name": name})
+    def status(self, name: str | None = None, *, detail: bool = False) -> dict[str, Any]:
+        """`{"supervisor": {...}, "services": [{"name", "state", "pid", ...}, ...]}`, of one service or all.
+
+        `detail` adds each service's configuration facts and counters (kind, origin, incarnation...).
+        """
+        args: dict[str, object] = {} if name is None else {"name": name}
+        if detail:
+            args["detail"] = True
+        result: dict[str, Any] = self._submit("status", args)
         return result
 
     def start(self, name: str, *, wait: bool = True) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class Daemon:
         return self.proc.pid
 
     def service(self, name: str) -> dict[str, Any]:
-        result: Any = self.client.call("status", name=name)
+        result: Any = self.client.call("status", name=name, detail=True)
         svc: dict[str, Any] = result["services"][0]
         return svc
 

@@ -74,7 +74,7 @@ def test_asyncio_supervisor_starts_reports_and_stops_services(short_dir: Path, n
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         async with Supervisor(config(short_dir)) as sup:
             pids: dict[str, int] = await wait_async(lambda: running_pids(sup.status()), what="both services RUNNING", timeout_s=30)
-            assert {s["name"]: s["kind"] for s in sup.status()["services"]} == {"py": "python", "cmd": "command"}
+            assert {s["name"]: s["kind"] for s in sup.status(detail=True)["services"]} == {"py": "python", "cmd": "command"}
             assert {signal.getsignal(sig) for sig in handlers} == set(handlers.values()), "embedding took signals"
             assert all(alive(pid) for pid in pids.values())
 

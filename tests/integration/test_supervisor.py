@@ -180,9 +180,13 @@ def test_status_json_has_the_documented_fields(daemon_factory) -> None:
     d.wait_running_pid("py")
     out = json.loads(d.cli("status", "--json").stdout)
     (svc,) = out["services"]
-    for key in ("name", "state", "pid", "restarts", "uptime", "last_exit", "last_error"):
-        assert key in svc
-    assert svc["name"] == "py" and svc["state"] == "RUNNING" and svc["kind"] == "python"
+    live = {"name", "state", "pid", "uptime", "restarts", "heartbeat_age", "last_exit", "last_error", "cpu_percent", "rss_bytes", "schedule"}
+    assert set(svc) == live
+    assert svc["name"] == "py" and svc["state"] == "RUNNING" and svc["heartbeat_age"] is not None
+    (detailed,) = json.loads(d.cli("status", "--json", "--detail").stdout)["services"]
+    facts = {"service", "instance", "kind", "critical", "origin", "incarnation", "backoff_remaining", "max_memory_bytes"}
+    assert set(detailed) == live | facts | {"log_dropped_bytes", "log_write_errors", "metrics"}
+    assert (detailed["kind"], detailed["origin"], detailed["incarnation"]) == ("python", "config", 1)
 
 
 def test_worker_output_is_captured_in_its_log_file(daemon_factory) -> None:
