@@ -40,7 +40,24 @@ def comm(pid: int) -> str | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` itself (not its children), in seconds."""
+    """CPU time of `pid` itself (not its children), in seconds, to the nanosecond.
+
+    The sum of its threads' run time from /proc/PID/task/*/schedstat: utime + stime
+    count in clock ticks (10 ms), which cuts a 5 s slice into steps of 0.2 %, as
+    coarse as the idle figures being measured. Falls back to utime + stime where
+    schedstat is missing (a kernel without CONFIG_SCHEDSTATS).
+    """
+    total_ns = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total_ns += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+        if total_ns:
+            return total_ns / 1e9
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
     f = _stat_fields(pid)
     if f is None:
         raise ProcessLookupError(pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 import zmq
@@ -35,17 +36,33 @@ class Inbox:
     watches the socket's FD and drains every waiting message in one callback.
     ZeroMQ's FD is edge-triggered and a send can consume the edge, so after every
     send the socket's events are checked again.
+
+    `min_gap_s` batches a busy channel: a message that arrives within `min_gap_s`
+    of the last drain waits (with the FD unwatched) until that gap has passed, so
+    the loop wakes at most 1/min_gap_s times a second however many messages come;
+    a message on a quiet channel is read at once.
     """
 
     BATCH = 1000  # messages per callback before yielding to the rest of the loop
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket[bytes], on_frames: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: zmq.Socket[bytes],
+        on_frames: Callable[[list[bytes]], None],
+        *,
+        min_gap_s: float = 0.0,
+    ) -> None:
         self._loop = loop
         self._sock = sock
         self._on_frames = on_frames
         self._fd: int = sock.getsockopt(zmq.FD)
+        self._gap = min_gap_s
+        self._last_drain = -math.inf
         self._scheduled = False
-        loop.add_reader(self._fd, self._drain)
+        self._closed = False
+        self._deferred: asyncio.TimerHandle | None = None  # set while the FD is unwatched
+        loop.add_reader(self._fd, self._on_readable)
         self._schedule()  # messages may have arrived before the reader was added
 
     def send(self, frames: list[bytes]) -> bool:
@@ -59,22 +76,72 @@ class Inbox:
             self._schedule()
 
     def close(self) -> None:
-        self._loop.remove_reader(self._fd)
+        """Stop reading; idempotent. A drain already queued finds the inbox closed."""
+        self._closed = True
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        else:
+            self._loop.remove_reader(self._fd)
+
+    def drain_pending(self) -> None:
+        """Hand over what is waiting now, whatever the gap (before acting on a worker's exit)."""
+        self._drain()
+
+    def _too_soon(self) -> bool:
+        return self._loop.time() - self._last_drain < self._gap
+
+    def _on_readable(self) -> None:
+        if self._too_soon():
+            self._defer()
+        else:
+            self._drain_and_continue()
+
+    def _defer(self) -> None:
+        """Stop watching the FD and drain when the gap since the last drain has passed."""
+        if self._deferred is None:
+            self._loop.remove_reader(self._fd)
+            self._deferred = self._loop.call_at(self._last_drain + self._gap, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """A busy channel is drained on this timer, every gap, until a drain finds nothing."""
+        self._deferred = None
+        if self._closed:
+            return
+        if self._drain():
+            self._deferred = self._loop.call_at(self._last_drain + self._gap, self._on_timer)
+        else:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._schedule()  # a message may have come between the drain and add_reader
 
     def _schedule(self) -> None:
-        if not self._scheduled and self._sock.getsockopt(zmq.EVENTS) & _POLLIN:
+        if self._scheduled or self._deferred is not None or not self._sock.getsockopt(zmq.EVENTS) & _POLLIN:
+            return
+        if self._too_soon():
+            self._defer()
+        else:
             self._scheduled = True
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self._drain_and_continue)
 
-    def _drain(self) -> None:
+    def _drain_and_continue(self) -> None:
+        if self._drain() >= self.BATCH:
+            self._schedule()  # more than a batch waiting: let other callbacks run first
+
+    def _drain(self) -> int:
+        """Read and hand over every waiting message (up to BATCH); how many there were."""
         self._scheduled = False
+        self._last_drain = self._loop.time()
         sock = self._sock
+        count = 0
+        if self._closed:
+            return count
         try:
             # Asking for EVENTS is cheaper than a receive that ends in an Again exception.
-            for _ in range(self.BATCH):
+            while count < self.BATCH:
                 if not sock.getsockopt(zmq.EVENTS) & _POLLIN:
-                    return
+                    return count
                 self._on_frames(sock.recv_multipart(_NOBLOCK))
+                count += 1
         except zmq.ZMQError:
-            return  # closed under us at shutdown
-        self._schedule()  # more than a batch waiting: let other callbacks run first
+            pass  # closed under us at shutdown
+        return count
