@@ -1,0 +1,97 @@
+"""The /proc sampler against real process trees: children, threads, fds, CPU, and gone processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from supervise.supervisor.sampler import Sampler
+
+T = TypeVar("T")
+
+# A Python process with a second thread that starts a child and stays alive: that
+# child is listed under the thread's /proc/PID/task/TID/children, not the main thread's.
+THREADED = """
+import subprocess, threading, time
+def forker():
+    subprocess.Popen(["sleep", "60"])
+    print("ready", flush=True)
+    time.sleep(60)
+threading.Thread(target=forker, daemon=True).start()
+time.sleep(60)
+"""
+
+
+def _until(probe: Callable[[], T | None], what: str, timeout_s: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout_s
+    while (value := probe()) is None or value is False:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+    return value
+
+
+@contextmanager
+def _process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_shell_and_its_two_children_are_one_service() -> None:
+    with _process(["sh", "-c", "sleep 60 & sleep 60 & wait"]) as shell:
+        sampler = Sampler()
+        stats = _until(lambda: (s := sampler.sample({"sh": shell.pid})[0].get("sh")) and s.children == 2 and s, "two children")
+        assert stats.processes == 3 and stats.threads == 3
+        assert stats.rss_bytes > 0
+
+
+def test_a_child_started_by_another_thread_is_found() -> None:
+    with _process([sys.executable, "-c", THREADED]) as py:
+        assert py.stdout is not None and py.stdout.readline().strip() == "ready"
+        stats = Sampler().sample({"py": py.pid})[0]["py"]
+        assert stats.children == 1 and stats.processes == 2
+        assert stats.threads == 3  # the main thread, the forker, and the sleep child's one
+        tasks = Path(f"/proc/{py.pid}/task")
+        (child,) = (int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split())
+        assert stats.fds == len(os.listdir(f"/proc/{py.pid}/fd")) + len(os.listdir(f"/proc/{child}/fd"))
+
+
+def test_fds_match_a_listing_of_the_fd_folder() -> None:
+    with _process(["sleep", "60"]) as sleeper:
+        stats = Sampler().sample({"s": sleeper.pid})[0]["s"]
+        assert stats.fds == len(os.listdir(f"/proc/{sleeper.pid}/fd"))
+
+
+def test_cpu_percent_needs_a_baseline_then_measures_a_busy_process() -> None:
+    with _process([sys.executable, "-c", "while True: pass"]) as spinner:
+        sampler = Sampler()
+        first = sampler.sample({"spin": spinner.pid})[0]["spin"]
+        assert first.cpu_percent == 0.0  # the first sample is the baseline
+        busy = _until(
+            lambda: (s := sampler.sample({"spin": spinner.pid})[0]["spin"]).cpu_percent > 10 and s,
+            "the spinner's CPU above 10 %",
+        )
+        assert busy.cpu_seconds > first.cpu_seconds
+
+
+def test_a_gone_worker_has_no_figures_and_the_supervisor_is_sampled_too() -> None:
+    with _process(["sleep", "60"]) as sleeper:
+        pid = sleeper.pid
+    services, own = Sampler().sample({"gone": pid})
+    assert services == {}
+    assert own.rss_bytes > 0 and own.threads >= 1 and own.fds > 0
