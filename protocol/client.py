@@ -224,10 +224,13 @@ class Client(_ClientBase):
         sock = self._open_socket()
         deadline = time.monotonic() + wait_s
         try:
-            if not _poll_until(sock, zmq.POLLOUT, deadline):
-                self._reset()
-                return None
-            sock.send(frame, zmq.NOBLOCK)
+            try:
+                sock.send(frame, zmq.NOBLOCK)  # a connected DEALER takes it at once
+            except zmq.Again:
+                if not _poll_until(sock, zmq.POLLOUT, deadline):
+                    self._reset()
+                    return None
+                sock.send(frame, zmq.NOBLOCK)
             while _poll_until(sock, zmq.POLLIN, deadline):
                 reply = self._match(sock.recv_multipart(zmq.NOBLOCK), request_id)
                 if reply is not None:

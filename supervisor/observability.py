@@ -16,7 +16,6 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from types import MappingProxyType
 
 import zmq.asyncio
 from supervise.supervisor.clock import Clock
@@ -50,9 +49,6 @@ def service_healthy(state: str, *, critical: bool, scheduled: bool) -> bool:
     if scheduled:
         return True
     return not critical and state in ("STOPPED", "EXITED")
-
-
-_NOT_SAMPLED: Mapping[str, object] = MappingProxyType({"cpu_percent": None, "rss_bytes": None})
 
 
 class Observability:
@@ -159,13 +155,13 @@ class Observability:
 
     # -- outputs -----------------------------------------------------------
 
-    def describe(self, svc: ServiceRuntime) -> Mapping[str, object]:
-        """The resource figures `status` shows for a service."""
+    def resources(self, svc: ServiceRuntime) -> tuple[float | None, int | None]:
+        """The CPU percent and RSS `status` shows for a service (None before a sample of its worker)."""
         m = self.book.services.get(svc.name)
         process = m.process if m is not None and svc.worker is not None else None
         if process is None:
-            return _NOT_SAMPLED
-        return {"cpu_percent": round(process.cpu_percent, 1), "rss_bytes": process.rss_bytes}
+            return None, None
+        return round(process.cpu_percent, 1), process.rss_bytes
 
     def ping(self) -> dict[str, object]:
         """Where to find the other endpoints: included in `ping` and `status`."""

@@ -992,9 +992,10 @@ class Supervisor:
         alive = r.pid is not None
         schedule = self.scheduler.describe(svc.name) if self.scheduler is not None else None
         last_exit = r.last_exit
+        cpu_percent, rss_bytes = self.observability.resources(svc)
         return {
             "name": svc.name,
-            "state": self._shown_state(svc, schedule),
+            "state": self._shown_state(svc, schedule) if svc.config.schedule is not None else str(r.state),
             "pid": r.pid,
             "uptime": (now_ms - r.running_since_ms) / 1000 if alive and r.running_since_ms is not None else None,
             "restarts": r.restarts,
@@ -1009,7 +1010,8 @@ class Supervisor:
                 "text": last_exit.describe(),
             },
             "last_error": r.last_error,
-            **self.observability.describe(svc),
+            "cpu_percent": cpu_percent,
+            "rss_bytes": rss_bytes,
             "schedule": schedule,
         }
 
