@@ -79,6 +79,9 @@ def supervisor_timeout_ms(cfg: ServiceConfig) -> int:
 # 50 ms more latency under load; a message on a quiet channel is read at once.
 WORKER_READ_GAP_S = 0.05
 
+# Worker exits (and the restarts they cause) handled per turn of the event loop.
+EXITS_PER_TURN = 10
+
 
 def instance_name(service: str, instance: int) -> str:
     """`web` for instance 0, `web:1`, `web:2` ... for the others (see `processes`)."""
@@ -170,6 +173,8 @@ class Supervisor:
         self._services: dict[str, ServiceRuntime] = {}
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
         self._feeding = False
+        self._exits: collections.deque[tuple[ServiceRuntime, Worker, int | None, int | None]] = collections.deque()
+        self._exits_scheduled = False
         self._run_processes: set[Worker] = set()  # command runs of scheduled services
         self._pending_starts: set[str] = set()  # waiting for what they require to be RUNNING
         self.forced_stop = False  # a second SIGTERM/SIGINT killed the workers: the daemon exits 1
@@ -649,7 +654,29 @@ class Supervisor:
         return SpawnRequest(argv=argv, env=env, cwd=cfg.cwd, user=cfg.user, umask=cfg.umask)
 
     def _on_worker_exit(self, svc: ServiceRuntime, worker: Worker, code: int | None, sig: int | None) -> None:
+        """A worker was reaped: queue its exit, handled EXITS_PER_TURN per loop turn.
+
+        Workers that started together exit together: 200 of them at once would
+        be 200 restarts in one turn of the loop, and a control request arriving
+        meanwhile would wait for all of them.
+        """
+        assert self._loop is not None
         self._tell_guard(f"-{worker.pid}")
+        self._exits.append((svc, worker, code, sig))
+        if not self._exits_scheduled:
+            self._exits_scheduled = True
+            self._loop.call_soon(self._handle_exits)
+
+    def _handle_exits(self) -> None:
+        assert self._loop is not None
+        for _ in range(min(EXITS_PER_TURN, len(self._exits))):
+            self._handle_exit(*self._exits.popleft())
+        if self._exits:
+            self._loop.call_soon(self._handle_exits)  # the rest after what else is ready
+        else:
+            self._exits_scheduled = False
+
+    def _handle_exit(self, svc: ServiceRuntime, worker: Worker, code: int | None, sig: int | None) -> None:
         if svc.worker is not worker or self._services.get(svc.name) is not svc:
             return  # the service was removed (or scaled down) meanwhile
         if svc.config.is_python and self._workers is not None:
