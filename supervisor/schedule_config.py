@@ -14,7 +14,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.supervisor.policies import Backoff, CatchupPolicy, OverlapPolicy, RetryPolicy
-from supervise.supervisor.triggers import TRIGGER_KEYS, Trigger, TriggerSpecError, parse_trigger
+from supervise.supervisor.trigger_spec import TRIGGER_KEYS, TriggerSpecError, parse_trigger
+from supervise.supervisor.triggers import Trigger
 from supervise.supervisor.units import parse_duration_ms
 
 KIND_KEYS: Final = frozenset({"every", "cron", "at", "on_start", "manual"})

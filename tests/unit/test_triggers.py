@@ -9,21 +9,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter  # type: ignore[import-untyped]
+from supervise.supervisor.cron import CronTrigger, DstGap, DstRepeat, load_zone
+from supervise.supervisor.trigger_spec import TriggerSpecError, parse_trigger
 from supervise.supervisor.triggers import (
     EPOCH,
     AfterFinishTrigger,
     AtTrigger,
-    CronTrigger,
-    DstGap,
-    DstRepeat,
     IntervalTrigger,
     ManualTrigger,
     OnStartTrigger,
     Trigger,
     TriggerKind,
-    TriggerSpecError,
-    load_zone,
-    parse_trigger,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
