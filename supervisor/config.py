@@ -1,34 +1,43 @@
 """The config edge: TOML in, validated frozen `Config` / `ServiceConfig` out.
 
 Every key is converted by one entry of a key table (`SERVICE_KEYS`,
-`SUPERVISOR_KEYS`), then checked across keys; all problems are collected and
-raised together as one `ConfigError`, each with its dotted key path and, when the
-TOML text is at hand, its line and column. The key reference is docs/config.md.
+`SUPERVISOR_KEYS`, in config_keys.py), then checked across keys here; all
+problems are collected and raised together as one `ConfigError`, each with its
+dotted key path and, when the TOML text is at hand, its line and column
+(key_positions.py). What a reload changes is config_diff.py. The key reference
+is docs/config.md.
 """
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import os
-import pwd
 import re
-import shlex
 import shutil
 import signal
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
-from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from supervise.protocol.curve import read_key_pair
+from supervise.supervisor.config_diff import ConfigDiff, diff_configs
+from supervise.supervisor.config_keys import (
+    SERVICE_KEYS,
+    SUPERVISOR_KEYS,
+    Context,
+    Invalid,
+    Key,
+    KeyPath,
+    RestartMode,
+    ipc_too_long,
+)
 from supervise.supervisor.curve import read_key_directory
 from supervise.supervisor.dependencies import find_problems
 from supervise.supervisor.errors import ConfigError, ConfigProblem
 from supervise.supervisor.interpolate import interpolate
+from supervise.supervisor.key_positions import locate_keys
 from supervise.supervisor.schedule_config import (
     HTTP_TARGET,
     SCHEDULE_KEYS,
@@ -37,13 +46,7 @@ from supervise.supervisor.schedule_config import (
     is_scheduled,
     parse_schedule,
 )
-from supervise.supervisor.units import (
-    format_duration_ms,
-    parse_duration_ms,
-    parse_size_bytes,
-    show_value,
-    type_name,
-)
+from supervise.supervisor.units import format_duration_ms, type_name
 
 __all__ = [
     "SERVICE_KEYS",
@@ -60,20 +63,9 @@ __all__ = [
     "parse_service",
 ]
 
-KeyPath = tuple[str, ...]
-
 SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-IPC_PATH_MAX_BYTES: Final = 107  # sizeof(sockaddr_un.sun_path) on Linux, minus the NUL
 START_TIMEOUT_COMMAND_MS: Final = 1_000  # a command must stay up this long to count as started
 START_TIMEOUT_TARGET_MS: Final = 30_000  # a Python target must say hello within this
-
-
-class RestartMode(StrEnum):
-    """When a worker that exited is started again (key `restart`)."""
-
-    ALWAYS = "always"  # after any exit, a clean exit 0 included
-    ON_FAILURE = "on-failure"  # after a non-zero exit, a signal, a lost heartbeat or a failed start
-    NEVER = "never"  # never: the first exit is final (not allowed with critical = true)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,319 +165,6 @@ class Config:
     services: Mapping[str, ServiceConfig]
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigDiff:
-    """What a reload would change. Service names keep the new file's order (removed: the old's)."""
-
-    added: tuple[str, ...]
-    removed: tuple[str, ...]
-    changed: Mapping[str, tuple[str, ...]]  # name -> changed key names, e.g. ("backoff", "env")
-    unchanged: tuple[str, ...]
-    supervisor: tuple[str, ...] = ()  # changed [supervisor] keys; these need a restart
-
-
-# --- the key tables -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    base_dir: Path
-
-
-class _Invalid(ValueError):
-    """Raised by a converter with problems below its key (`env.NAME`)."""
-
-    def __init__(self, problems: list[tuple[KeyPath, str]]) -> None:
-        super().__init__(problems[0][1])
-        self.problems = problems
-
-
-Convert = Callable[[object, _Context], object]
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """One TOML key: the dataclass field it fills and its converter.
-
-    A converter turns the TOML value into the field's value or raises
-    `ValueError` whose message is the problem shown to the user.
-    """
-
-    field: str
-    convert: Convert
-
-
-def _duration(*, positive: bool = False) -> Convert:
-    def convert(value: object, ctx: _Context) -> int:
-        ms: int = parse_duration_ms(value)
-        if positive and ms == 0:
-            raise ValueError(f"expected a duration > 0, got {show_value(value)}")
-        return ms
-
-    return convert
-
-
-def _size(value: object, ctx: _Context) -> int:
-    n: int = parse_size_bytes(value)
-    if n == 0:
-        raise ValueError(f"expected a size > 0, got {show_value(value)}")
-    return n
-
-
-def _count(value: object, ctx: _Context) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected an integer >= 0, got {show_value(value)}")
-    return value
-
-
-def _boolean(value: object, ctx: _Context) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {show_value(value)}")
-    return value
-
-
-def _restart_mode(value: object, ctx: _Context) -> RestartMode:
-    if isinstance(value, str) and value in RestartMode._value2member_map_:
-        return RestartMode(value)
-    options = ", ".join(f'"{mode}"' for mode in RestartMode)
-    raise ValueError(f"expected one of {options}; got {show_value(value)}")
-
-
-_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
-
-
-def _signal(value: object, ctx: _Context) -> int:
-    if isinstance(value, str) and value.upper().removeprefix("SIG") in _SIGNALS:
-        return signal.Signals["SIG" + value.upper().removeprefix("SIG")]
-    if isinstance(value, int) and not isinstance(value, bool) and value in signal.valid_signals():
-        return value
-    names = ", ".join(f'"{name}"' for name in _SIGNALS)
-    raise ValueError(f"expected a signal name ({names}) or number, got {show_value(value)}")
-
-
-def _command(value: object, ctx: _Context) -> tuple[str, ...]:
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"cannot split {show_value(value)} into arguments: {str(exc).lower()}") from exc
-    elif isinstance(value, (list, tuple)):
-        for index, arg in enumerate(value):
-            if not isinstance(arg, str):
-                raise ValueError(f"expected a list of strings, got {show_value(arg)} at index {index}")
-        argv = list(value)
-    else:
-        raise ValueError(f"must be a non-empty list or string, got {type_name(value)}")
-    if not argv or not argv[0]:
-        raise ValueError("must be a non-empty list or string")
-    if any("\0" in arg for arg in argv):
-        raise ValueError("arguments cannot contain NUL characters")
-    return tuple(argv)
-
-
-def _target(value: object, ctx: _Context) -> str:
-    text = value if isinstance(value, str) else ""
-    if "@" in text:  # "package.module@job-name": a job registered with @registry.job("job-name")
-        module, _, job = text.partition("@")
-        if all(part.isidentifier() for part in module.split(".")) and re.fullmatch(r"[A-Za-z0-9_.-]+", job):
-            return text
-    module, _, attr = text.partition(":")
-    if not all(part.isidentifier() for part in [*module.split("."), *attr.split(".")]):
-        raise ValueError(
-            f'expected "package.module:attribute" or "package.module@registered-job", got {show_value(value)}'
-        )
-    return text
-
-
-def _env(value: object, ctx: _Context) -> Mapping[str, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a table of strings, got {type_name(value)}")
-    env: dict[str, str] = {}
-    problems: list[tuple[KeyPath, str]] = []
-    for name, item in value.items():
-        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            problems.append(((str(name),), 'variable names must be non-empty, without "=" or NUL'))
-        elif isinstance(item, bool):
-            env[name] = "true" if item else "false"
-        elif isinstance(item, (str, int, float)) and "\0" not in str(item):
-            env[name] = str(item)
-        else:
-            problems.append(((name,), f"expected a string, number or boolean, got {show_value(item)}"))
-    if problems:
-        raise _Invalid(problems)
-    return MappingProxyType(env)
-
-
-def _path(value: object, ctx: _Context) -> Path:
-    if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise ValueError(f"expected a path, got {show_value(value)}")
-    # abspath, not resolve(): a "current -> releases/42" symlink must stay a symlink.
-    return Path(os.path.abspath(ctx.base_dir / os.path.expanduser(value)))
-
-
-def _directory(value: object, ctx: _Context) -> Path:
-    path = _path(value, ctx)
-    if not path.exists():
-        raise ValueError(f"directory {path} does not exist")
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory")
-    return path
-
-
-def _user(value: object, ctx: _Context) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a user name, got {show_value(value)}")
-    try:
-        uid = pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise ValueError(f'unknown user "{value}"') from None
-    euid = os.geteuid()
-    if euid != 0 and uid != euid:
-        try:
-            me = pwd.getpwuid(euid).pw_name
-        except KeyError:
-            me = str(euid)
-        raise ValueError(f'user= requires running as root (supervise runs as "{me}")')
-    return value
-
-
-def _umask(value: object, ctx: _Context) -> int:
-    mask: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        mask = value
-    elif isinstance(value, str) and re.fullmatch(r"(0o)?[0-7]{1,4}", value.strip().lower()):
-        mask = int(value.strip().lower().removeprefix("0o"), 8)
-    if mask is None or not 0 <= mask <= 0o777:
-        raise ValueError(f'expected an octal umask like "022" or 0o022, got {show_value(value)}')
-    return mask
-
-
-def _store_url(value: object, ctx: _Context) -> str:
-    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
-        return value
-    if isinstance(value, str) and value.startswith("sqlite:///"):
-        return value
-    scheme = value.split("://", 1)[0] if isinstance(value, str) and "://" in value else None
-    got = f'unsupported scheme "{scheme}"' if scheme else f"got {show_value(value)}"
-    raise ValueError(f"{got} (use sqlite:///path or postgresql://user@host/db)")
-
-
-def _positive_count_any(value: object, ctx: _Context) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected an integer >= 1, got {show_value(value)}")
-    return value
-
-
-def _positive_count(value: object, ctx: _Context) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise ValueError(f"expected an integer from 1 to 1000, got {show_value(value)}")
-    return value
-
-
-def _names(value: object, ctx: _Context) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f'expected a list of service names like ["db"], got {show_value(value)}')
-    return tuple(value)
-
-
-def _ipc_too_long(path: str) -> str | None:
-    size = len(os.fsencode(path))
-    if size <= IPC_PATH_MAX_BYTES:
-        return None
-    return f"ipc path {path} is {size} bytes; UNIX sockets allow {IPC_PATH_MAX_BYTES}"
-
-
-def _endpoint(value: object, ctx: _Context) -> str:
-    if isinstance(value, str) and value.startswith("tcp://"):
-        return _tcp_endpoint(value)  # and CURVE keys or insecure = true: see _check_security
-    if not isinstance(value, str) or not value.startswith("ipc://") or value == "ipc://":
-        example = "ipc:///run/supervise/control.sock"
-        raise ValueError(f'expected an endpoint like "{example}", got {show_value(value)}')
-    where = value.removeprefix("ipc://")
-    if not where.startswith("@"):  # "@name" is Linux's abstract namespace, no file
-        where = str(_path(where, ctx))
-    if (problem := _ipc_too_long(where)) is not None:
-        raise ValueError(problem + " (use a shorter path)")
-    return "ipc://" + where
-
-
-def _tcp_endpoint(value: str) -> str:
-    match = re.fullmatch(r"tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", value)
-    if match is None or not 1 <= int(match[2]) <= 65535:
-        example = "tcp://127.0.0.1:7100"
-        raise ValueError(f'expected "tcp://host:port" with a fixed port, like "{example}", got {show_value(value)}')
-    return value
-
-
-def _secret_key_file(value: object, ctx: _Context) -> Path:
-    path = _path(value, ctx)
-    read_key_pair(path)  # KeyFileError (a ValueError) says what is wrong with it
-    return path
-
-
-def _key_directory(value: object, ctx: _Context) -> Path:
-    path = _directory(value, ctx)
-    read_key_directory(path)  # every *.key file in it must hold a public key
-    return path
-
-
-def _host_port(value: object, ctx: _Context) -> str:
-    pattern = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})"
-    match = re.fullmatch(pattern, value) if isinstance(value, str) else None
-    if match is None or int(match[2]) > 65535:
-        raise ValueError(f'expected "host:port" like "127.0.0.1:9180", got {show_value(value)}')
-    return str(value)
-
-
-SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
-    {
-        "command": Key("command", _command),
-        "target": Key("target", _target),
-        "critical": Key("critical", _boolean),
-        "autostart": Key("autostart", _boolean),
-        "restart": Key("restart", _restart_mode),
-        "max_restarts": Key("max_restarts", _count),
-        "restart_window": Key("restart_window_ms", _duration(positive=True)),
-        "backoff": Key("backoff_ms", _duration()),
-        "backoff_max": Key("backoff_max_ms", _duration()),
-        "stable_after": Key("stable_after_ms", _duration()),
-        "start_timeout": Key("start_timeout_ms", _duration()),
-        "heartbeat_interval": Key("heartbeat_interval_ms", _duration(positive=True)),
-        "heartbeat_timeout": Key("heartbeat_timeout_ms", _duration(positive=True)),
-        "stop_signal": Key("stop_signal", _signal),
-        "stop_timeout": Key("stop_timeout_ms", _duration(positive=True)),
-        "env": Key("env", _env),
-        "cwd": Key("cwd", _directory),
-        "user": Key("user", _user),
-        "umask": Key("umask", _umask),
-        "max_memory": Key("max_memory_bytes", _size),
-        "requires": Key("requires", _names),
-        "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
-        "processes": Key("processes", _positive_count),
-        # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
-    }
-)
-
-SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
-    {
-        "state_dir": Key("state_dir", _path),
-        "control": Key("control_endpoint", _endpoint),
-        "events": Key("events_endpoint", _endpoint),
-        "shutdown_timeout": Key("shutdown_timeout_ms", _duration(positive=True)),
-        "log_max_bytes": Key("log_max_bytes", _size),
-        "log_backups": Key("log_backups", _count),
-        "http": Key("http", _host_port),
-        "history_keep": Key("history_keep", _positive_count_any),
-        "sample_interval": Key("sample_interval_ms", _duration(positive=True)),
-        "store": Key("store", _store_url),
-        "history_max_age": Key("history_max_age_ms", _duration(positive=True)),
-        "curve_server_key": Key("curve_server_key", _secret_key_file),
-        "curve_clients": Key("curve_clients", _key_directory),
-        "curve_readonly_clients": Key("curve_readonly_clients", _key_directory),
-        "insecure": Key("insecure", _boolean),
-    }
-)
-
 _TOP_LEVEL_KEYS = ("supervisor", "services")
 # With slots=True the class attributes are slot descriptors, not the defaults.
 _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
@@ -557,7 +236,7 @@ def parse_config(
     Raises:
         ConfigError: listing every problem found.
     """
-    ctx = _Context(Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd())))
+    ctx = Context(Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd())))
     if not isinstance(data, Mapping):
         problem = f"config {source} must be a table, got {type_name(data)}"
         raise ConfigError(source, [ConfigProblem("", problem)])
@@ -597,14 +276,14 @@ def parse_service(
     """
     issues: _Issues = []
     prefix = tuple(key_prefix.split(".")) if key_prefix else ()
-    service = _parse_service(name, table, (*prefix, name), _Context(Path(os.path.abspath(base_dir))), issues)
+    service = _parse_service(name, table, (*prefix, name), Context(Path(os.path.abspath(base_dir))), issues)
     if service is None:
         raise ConfigError(source, _problems(issues, None))
     return service
 
 
 def _convert_table(
-    table: Mapping[str, object], keys: Mapping[str, Key], path: KeyPath, ctx: _Context, issues: _Issues
+    table: Mapping[str, object], keys: Mapping[str, Key], path: KeyPath, ctx: Context, issues: _Issues
 ) -> dict[str, Any]:
     """Run each key's converter; report unknown keys and conversion failures."""
     values: dict[str, Any] = {}
@@ -616,14 +295,14 @@ def _convert_table(
             continue
         try:
             values[spec.field] = spec.convert(raw, ctx)
-        except _Invalid as exc:
+        except Invalid as exc:
             issues.extend(((*path, key, *below), problem) for below, problem in exc.problems)
         except ValueError as exc:
             issues.append(((*path, key), str(exc)))
     return values
 
 
-def _parse_service(name: str, table: object, path: KeyPath, ctx: _Context, issues: _Issues) -> ServiceConfig | None:
+def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues: _Issues) -> ServiceConfig | None:
     before = len(issues)
     if not SERVICE_NAME.fullmatch(name):
         issues.append((path, f"names must match {SERVICE_NAME.pattern}"))
@@ -702,7 +381,7 @@ def _find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | N
     return None
 
 
-def _parse_supervisor(table: object, ctx: _Context, issues: _Issues) -> SupervisorConfig | None:
+def _parse_supervisor(table: object, ctx: Context, issues: _Issues) -> SupervisorConfig | None:
     path = ("supervisor",)
     if not isinstance(table, Mapping):
         issues.append((path, f"expected a table, got {type_name(table)}"))
@@ -716,7 +395,7 @@ def _parse_supervisor(table: object, ctx: _Context, issues: _Issues) -> Supervis
     for kind, key in (("control", "control"), ("workers", None), ("events", "events")):
         if key is None or key not in table:
             socket_path = f"{state_dir}/{kind}.sock"
-            too_long = too_long or _ipc_too_long(socket_path)
+            too_long = too_long or ipc_too_long(socket_path)
             values[f"{kind}_endpoint"] = f"ipc://{socket_path}"
     if too_long is not None:
         issues.append(((*path, "state_dir"), too_long + " (use a shorter state_dir)"))
@@ -778,176 +457,10 @@ def _quoted(part: str) -> str:
 
 def _problems(issues: _Issues, text: str | None) -> list[ConfigProblem]:
     """Turn (path, message) pairs into problems, located in `text` when given, in file order."""
-    found = _locate_keys(text) if text is not None else {}
+    found = locate_keys(text) if text is not None else {}
     problems = []
     for path, message in issues:
         where = next((found[path[:n]] for n in range(len(path), 0, -1) if path[:n] in found), None)
         line, column = where if where is not None else (None, None)
         problems.append(ConfigProblem(_dotted(path), message, line, column))
     return sorted(problems, key=lambda p: p.line if p.line is not None else float("inf"))
-
-
-# --- where keys are in the TOML text -------------------------------------------------
-
-
-def _locate_keys(text: str) -> dict[KeyPath, tuple[int, int]]:
-    """Best effort: the (line, column) where each key path is first defined in `text`.
-
-    Knows table headers, dotted keys and inline tables, and skips strings,
-    arrays and comments; stops quietly at anything it does not understand.
-    """
-    scanner = _KeyScanner(text)
-    try:
-        scanner.document()
-    except (IndexError, ValueError, tomllib.TOMLDecodeError):
-        pass
-    return scanner.found
-
-
-class _KeyScanner:
-    _BARE = re.compile(r"[A-Za-z0-9_-]+")
-    _SCALAR_END = re.compile(r"[,\]}\n#]")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.i = 0
-        self.found: dict[KeyPath, tuple[int, int]] = {}
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def document(self) -> None:
-        table: KeyPath = ()
-        while self._skip(newlines=True) < len(self.text):
-            start = self.i
-            if self.text[start] == "[":
-                brackets = 2 if self.text.startswith("[[", start) else 1
-                self.i += brackets
-                table = self._key()
-                self._record(table, start)
-                self._expect("]" * brackets)
-            else:
-                key = self._key()
-                self._record(table + key, start)
-                self._expect("=")
-                self._value(table + key, record=True)
-            if self._skip(newlines=False) < len(self.text) and self.text[self.i] not in "\r\n":
-                raise ValueError("expected the end of the line")
-
-    def _record(self, path: KeyPath, at: int) -> None:
-        line = bisect.bisect_right(self._line_starts, at)
-        for n in range(1, len(path) + 1):  # dotted keys and headers define their parents too
-            self.found.setdefault(path[:n], (line, at - self._line_starts[line - 1] + 1))
-
-    def _skip(self, *, newlines: bool) -> int:
-        text = self.text
-        while self.i < len(text):
-            if text[self.i] in " \t" or (newlines and text[self.i] in "\r\n"):
-                self.i += 1
-            elif text[self.i] == "#":
-                end = text.find("\n", self.i)
-                self.i = len(text) if end < 0 else end
-            else:
-                break
-        return self.i
-
-    def _expect(self, token: str) -> None:
-        self._skip(newlines=False)
-        if not self.text.startswith(token, self.i):
-            raise ValueError(f"expected {token}")
-        self.i += len(token)
-
-    def _key(self) -> KeyPath:
-        parts = []
-        while True:
-            self._skip(newlines=False)
-            if self.text[self.i] in "\"'":
-                start = self.i
-                self._string()
-                parts.append(str(tomllib.loads("k = " + self.text[start : self.i])["k"]))
-            else:
-                match = self._BARE.match(self.text, self.i)
-                if match is None:
-                    raise ValueError("expected a key")
-                parts.append(match[0])
-                self.i = match.end()
-            self._skip(newlines=False)
-            if self.text[self.i] != ".":
-                return tuple(parts)
-            self.i += 1
-
-    def _string(self) -> None:
-        text, quote = self.text, self.text[self.i]
-        delimiter = quote * 3 if text.startswith(quote * 3, self.i) else quote
-        self.i += len(delimiter)
-        while not text.startswith(delimiter, self.i):
-            if text[self.i] == "\\" and quote == '"':
-                self.i += 1
-            elif text[self.i] == "\n" and len(delimiter) == 1:
-                raise ValueError("unterminated string")
-            self.i += 1
-        self.i += len(delimiter)
-        while len(delimiter) == 3 and text.startswith(quote, self.i):  # """a "quoted" word""""
-            self.i += 1
-
-    def _value(self, path: KeyPath, *, record: bool) -> None:
-        self._skip(newlines=False)
-        opening = self.text[self.i]
-        if opening in "\"'":
-            self._string()
-        elif opening in "[{":
-            self.i += 1
-            closing = "]" if opening == "[" else "}"
-            while self._skip(newlines=True) < len(self.text) and self.text[self.i] != closing:
-                if opening == "{":
-                    start = self.i
-                    key = self._key()
-                    if record:
-                        self._record(path + key, start)
-                    self._expect("=")
-                    self._value(path + key, record=record)
-                else:
-                    self._value(path, record=False)
-                if self._skip(newlines=True) < len(self.text) and self.text[self.i] == ",":
-                    self.i += 1
-                elif self.text[self.i] != closing:
-                    raise ValueError(f"expected , or {closing}")
-            self.i += 1
-        else:
-            match = self._SCALAR_END.search(self.text, self.i)
-            end = len(self.text) if match is None else match.start()
-            if end == self.i:
-                raise ValueError("expected a value")
-            self.i = end
-
-
-# --- reload ---------------------------------------------------------------------------
-
-_SERVICE_KEY_OF_FIELD = {spec.field: key for key, spec in SERVICE_KEYS.items()}
-_SUPERVISOR_KEY_OF_FIELD = {spec.field: key for key, spec in SUPERVISOR_KEYS.items()}
-
-
-def diff_configs(old: Config, new: Config) -> ConfigDiff:
-    """Compare two configs service by service, naming changed keys as the TOML does."""
-    changed: dict[str, tuple[str, ...]] = {}
-    unchanged = []
-    for name, service in new.services.items():
-        if name in old.services:
-            keys = _changed_keys(old.services[name], service, _SERVICE_KEY_OF_FIELD)
-            if keys:
-                changed[name] = keys
-            else:
-                unchanged.append(name)
-    return ConfigDiff(
-        added=tuple(name for name in new.services if name not in old.services),
-        removed=tuple(name for name in old.services if name not in new.services),
-        changed=MappingProxyType(changed),
-        unchanged=tuple(unchanged),
-        supervisor=_changed_keys(old.supervisor, new.supervisor, _SUPERVISOR_KEY_OF_FIELD),
-    )
-
-
-def _changed_keys(old: object, new: object, key_of_field: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(
-        key_of_field.get(f.name, f.name)
-        for f in fields(old)  # type: ignore[arg-type]
-        if getattr(old, f.name) != getattr(new, f.name)
-    )
