@@ -26,7 +26,8 @@ from supervise.supervisor.sampler import Sampler
 
 if TYPE_CHECKING:
     from supervise.supervisor.http import HttpServer
-    from supervise.supervisor.supervisor import ServiceRuntime, Supervisor
+    from supervise.supervisor.runtime import ServiceRuntime
+    from supervise.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("supervise")
 

@@ -298,7 +298,11 @@ class Scheduler:
         """`callback`, to be called from another thread but run on the event loop."""
         loop = self._loop
         assert loop is not None
-        return lambda: loop.call_soon_threadsafe(callback)
+
+        def post() -> None:
+            loop.call_soon_threadsafe(callback)
+
+        return post
 
     def _launch(self, s: Schedule, run_id: str) -> None:
         """The run's row is committed: tell its worker, or spawn its process."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -18,7 +19,7 @@ def send_nowait(sock: zmq.asyncio.Socket, frames: list[bytes]) -> zmq.ZMQError |
     (a peer at its high-water mark, or gone with ROUTER_MANDATORY) from
     surfacing later as "exception was never retrieved".
     """
-    future = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    future = cast("asyncio.Future[object]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
     error = future.exception() if future.done() else None
     if not future.done():  # cannot happen with NOBLOCK; never leave a send pending
         future.cancel()
@@ -56,7 +57,7 @@ class Inbox:
         self._loop = loop
         self._sock = sock
         self._on_frames = on_frames
-        self._fd: int = sock.getsockopt(zmq.FD)
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
         self._gap = min_gap_s
         self._last_drain = -math.inf
         self._scheduled = False
@@ -115,7 +116,7 @@ class Inbox:
             self._schedule()  # a message may have come between the drain and add_reader
 
     def _schedule(self) -> None:
-        if self._scheduled or self._deferred is not None or not self._sock.getsockopt(zmq.EVENTS) & _POLLIN:
+        if self._scheduled or self._deferred is not None or not cast(int, self._sock.getsockopt(zmq.EVENTS)) & _POLLIN:
             return
         if self._too_soon():
             self._defer()
@@ -138,7 +139,7 @@ class Inbox:
         try:
             # Asking for EVENTS is cheaper than a receive that ends in an Again exception.
             while count < self.BATCH:
-                if not sock.getsockopt(zmq.EVENTS) & _POLLIN:
+                if not cast(int, sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                     return count
                 self._on_frames(sock.recv_multipart(_NOBLOCK))
                 count += 1

@@ -3,7 +3,9 @@
 It owns the event loop's share of the work: the control, worker and events
 sockets, the child processes, the timers and the orphan guard. It turns I/O into
 core events (`state.step`) and carries out the actions the core returns.
-Use it as `async with Supervisor(config) as sup: ...`, or run the daemon with
+Its parts live beside it: `runtime` (a service as the shell holds it), `binding`
+(the endpoints), `guard_link` (the orphan guard), `changes` (add, remove,
+update, scale, reload), `status` (what `status` shows). Use it as `async with Supervisor(config) as sup: ...`, or run the daemon with
 `supervise start CONFIG`.
 """
 
@@ -16,63 +18,62 @@ import os
 import random
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
-
-import zmq
-import zmq.asyncio
+from typing import Any, Self
 
 from supervise.protocol.codec import decode_worker_message, encode_worker_message
-from supervise.protocol.endpoints import ipc_path
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor import state as core
+from supervise.supervisor.binding import Endpoints
+from supervise.supervisor.changes import RuntimeChanges
 from supervise.supervisor.clock import Clock, SystemClock
 from supervise.supervisor.commands import COMMANDS
-from supervise.supervisor.config import Config, ServiceConfig, diff_configs, load_config, parse_service
-from supervise.supervisor.dependencies import stop_layers
+from supervise.supervisor.config import (
+    Config,
+    ServiceConfig,
+    load_config,
+    parse_service,
+)
 from supervise.supervisor.control import ControlServer
-from supervise.supervisor.curve import CurveServer, KeyFileError, describe, load_curve_server, tcp_endpoints
-from supervise.supervisor.errors import ConfigError, ConfigProblem, ServiceNotFound
+from supervise.supervisor.dependencies import stop_layers
+from supervise.supervisor.errors import ConfigError, ServiceNotFound
+from supervise.supervisor.guard_link import GuardLink
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.observability import Observability
 from supervise.supervisor.output import RotatingLog
-from supervise.supervisor.processes import SpawnRequest, Worker, describe_spawn_error, python_worker_argv, spawn
-from supervise.supervisor.restart import RestartPolicy
+from supervise.supervisor.processes import (
+    SpawnRequest,
+    Worker,
+    describe_spawn_error,
+    python_worker_argv,
+    spawn,
+)
 from supervise.supervisor.runs import Run, RunState
+from supervise.supervisor.runtime import (
+    SUPERVISOR_TIMEOUT_MIN_MS,
+    ServiceRuntime,
+    runs_per_process,
+    service_spec,
+    supervisor_timeout_ms,
+)
 from supervise.supervisor.scheduler import Scheduler, run_to_dict
+from supervise.supervisor.sockets import Inbox
+from supervise.supervisor.status import shown_state, status_row, status_row_detail
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
-from supervise.supervisor.store.base import Store
-from supervise.supervisor.sockets import Inbox
-
-if TYPE_CHECKING:
-    from zmq.auth.asyncio import AsyncioAuthenticator
 
 log = logging.getLogger("supervise")
 
 VERSION = "0.1.0"
 
 
-SUPERVISOR_TIMEOUT_MIN_MS = 15_000
 _HEARTBEAT = core.HeartbeatReceived()
-
-
-def supervisor_timeout_ms(cfg: ServiceConfig) -> int:
-    """How long a Python worker waits without word from the supervisor before it exits.
-
-    The backstop to PR_SET_PDEATHSIG, so generous: a supervisor busy starting 200
-    interpreters on two cores must not look dead to its own workers.
-    """
-    return max(3 * cfg.heartbeat_timeout_ms, SUPERVISOR_TIMEOUT_MIN_MS)
-
 
 # A busy worker channel is read every 50 ms: 200 workers heartbeating at 1 Hz wake the
 # loop 20 times a second instead of 200 (half the supervisor's idle CPU), for at most
@@ -83,67 +84,8 @@ WORKER_READ_GAP_S = 0.05
 EXITS_PER_TURN = 10
 
 
-def instance_name(service: str, instance: int) -> str:
-    """`web` for instance 0, `web:1`, `web:2` ... for the others (see `processes`)."""
-    return service if instance == 0 else f"{service}:{instance}"
 
-
-PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms"})
-"""Settings baked into a worker at spawn: changing one restarts the service."""
-POLICY_FIELDS = frozenset(
-    {
-        "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
-        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms",
-        "max_memory_bytes", "requires",
-    }
-)
-"""Settings the supervisor reads when it decides: changing one takes effect without a restart."""
-_GUARD_GRACE_S = 1.0
-
-
-def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
-    """The part of a service's config the state machine decides with."""
-    return core.ServiceSpec(
-        restart=str(cfg.restart),
-        policy=RestartPolicy(
-            max_restarts=cfg.max_restarts,
-            window_ms=cfg.restart_window_ms,
-            backoff_ms=cfg.backoff_ms,
-            backoff_max_ms=cfg.backoff_max_ms,
-            stable_after_ms=cfg.stable_after_ms,
-        ),
-        python=cfg.is_python,
-        start_timeout_ms=cfg.start_timeout_ms,
-        heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
-        stop_signal=int(cfg.stop_signal),
-        stop_timeout_ms=cfg.stop_timeout_ms,
-        watchdog_timeout_ms=cfg.watchdog_timeout_ms,
-    )
-
-
-@dataclass
-class ServiceRuntime:
-    """The shell's side of one service: its config, core record, worker and timers."""
-
-    config: ServiceConfig
-    spec: core.ServiceSpec
-    record: core.Service = field(default_factory=core.Service)
-    worker: Worker | None = None
-    token: str = ""
-    worker_id: str = ""
-    log: RotatingLog | None = None
-    timers: dict[core.Timer, asyncio.TimerHandle] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    instance: int = 0  # which of the service's `processes` this is; instance 0 carries the plain name
-    worker_id_bytes: bytes = b""  # the current worker's routing identity
-    heartbeat_frame: bytes = b""  # the exact bytes of the current worker's heartbeat
-    name: str = field(init=False)  # `instance_name(config.name, instance)`: a config update keeps the name
-
-    def __post_init__(self) -> None:
-        self.name = instance_name(self.config.name, self.instance)
-
-
-class Supervisor:
+class Supervisor(RuntimeChanges):
     """Supervises the services of a `Config`; an async context manager.
 
     Args:
@@ -183,17 +125,11 @@ class Supervisor:
         self._closed = asyncio.Event()
         self._started_at = 0.0
         self._lock = StateDirLock(config.supervisor.state_dir)
-        self._zctx: zmq.asyncio.Context | None = None
-        self._control_sock: zmq.asyncio.Socket | None = None
-        self._workers_sock: zmq.Socket[bytes] | None = None
+        self._endpoints = Endpoints(config)
         self._workers: Inbox | None = None
-        self._events_sock: zmq.asyncio.Socket | None = None
         self._control: ControlServer | None = None
-        self._curve: CurveServer | None = None
-        self._auth: AsyncioAuthenticator | None = None  # ZAP for tcp:// endpoints with CURVE
         self._tasks: list[asyncio.Task[None]] = []
-        self._guard: subprocess.Popen[bytes] | None = None
-        self._guard_fd: int | None = None
+        self._guard = GuardLink()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bad_worker_messages = 0
         self.observability = Observability(
@@ -202,7 +138,7 @@ class Supervisor:
             sample_interval_s=config.supervisor.sample_interval_ms / 1000, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
         )
         self._instance = secrets.token_hex(8)
-        self._store: Store | None = None
+        self._store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         for cfg in config.services.values():
             self._register(cfg)
@@ -230,18 +166,19 @@ class Supervisor:
         prepare_state_dir(sup.state_dir)
         self._lock.acquire()
         try:
-            self._bind()
-            await self.observability.start(self._events_sock)
-            self._start_guard()
+            self._endpoints.bind()
+            await self.observability.start(self._endpoints.events)
+            self._guard.start()
         except BaseException:
             await self.observability.close()
-            self._unbind()
+            self._endpoints.close()
             self._lock.release()
             raise
-        assert self._control_sock is not None and self._workers_sock is not None
-        self._workers = Inbox(self._loop, self._workers_sock, self._on_worker_message, min_gap_s=WORKER_READ_GAP_S)
-        readonly = self._curve.readonly_user_ids() if self._curve is not None else None
-        self._control = ControlServer(self._control_sock, self._call, readonly=readonly)
+        endpoints = self._endpoints
+        assert endpoints.control is not None and endpoints.workers is not None
+        self._workers = Inbox(self._loop, endpoints.workers, self._on_worker_message, min_gap_s=WORKER_READ_GAP_S)
+        readonly = endpoints.curve.readonly_user_ids() if endpoints.curve is not None else None
+        self._control = ControlServer(endpoints.control, self._call, readonly=readonly)
         self._tasks = [
             asyncio.create_task(self._control.serve(), name="supervise-control"),
             asyncio.create_task(self._beat_workers(), name="supervise-heartbeats"),
@@ -265,11 +202,12 @@ class Supervisor:
         url = self.config.supervisor.store
         shared = url is not None and url.startswith(("postgresql://", "postgres://"))
         store = open_store(url or self.config.supervisor.state_dir / "history.db")
-        self._store = QueuedStore(store, shared=shared)  # type: ignore[assignment]
-        self.scheduler = Scheduler(self, self._store)
+        queued = QueuedStore(store, shared=shared)
+        self._store = queued
+        self.scheduler = Scheduler(self, queued)
         for name, svc in self._services.items():
             if svc.config.schedule is not None:
-                self.scheduler.add(name, svc.config.schedule, python=not self._runs_per_process(svc.config))
+                self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()
 
@@ -295,7 +233,7 @@ class Supervisor:
             self._services[svc.name] = svc
             names.append(svc.name)
         if cfg.schedule is not None and self.scheduler is not None:
-            self.scheduler.add(cfg.name, cfg.schedule, python=not self._runs_per_process(cfg))
+            self.scheduler.add(cfg.name, cfg.schedule, python=not runs_per_process(cfg))
             self.scheduler.arm(cfg.name)
         return names
 
@@ -313,7 +251,7 @@ class Supervisor:
         """Start `names` (services or instances), each once what it requires is RUNNING."""
         for name in names:
             for instance in self.expand(name):
-                if not self._runs_per_process(self._services[instance].config):
+                if not runs_per_process(self._services[instance].config):
                     self._pending_starts.add(instance)
         self._start_ready()
 
@@ -328,11 +266,6 @@ class Supervisor:
         """Every instance of `service` is RUNNING."""
         instances = [s for s in self._services.values() if s.config.name == service]
         return bool(instances) and all(s.record.state is core.ServiceState.RUNNING for s in instances)
-
-    @staticmethod
-    def _runs_per_process(cfg: ServiceConfig) -> bool:
-        """A scheduled command (or isolation = "process") has no warm worker: each run is one process."""
-        return cfg.schedule is not None and (not cfg.is_python or cfg.schedule.isolation == "process")
 
     def request_shutdown(self) -> None:
         """Ask `serve_forever` to return (the stop itself happens in `close`)."""
@@ -382,8 +315,11 @@ class Supervisor:
         if self._store is not None:
             self._store.close()
         await self.observability.close()
-        self._stop_guard()
-        self._unbind()
+        self._guard.stop()
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        self._endpoints.close()
         self._lock.release()
         self._closed.set()
         log.info("supervise stopped")
@@ -395,9 +331,10 @@ class Supervisor:
             instances = [n for service in layer for n in self.expand(service)]
             for name in instances:
                 self._feed(name, core.StopRequested())
-            await self._wait_until(
-                lambda: all(self._services[n].worker is None for n in instances), max(0.0, deadline - time.monotonic())
-            )
+            await self._wait_until(partial(self._all_exited, instances), max(0.0, deadline - time.monotonic()))
+
+    def _all_exited(self, names: list[str]) -> bool:
+        return all(self._services[n].worker is None for n in names)
 
     def _alive_workers(self) -> bool:
         return bool(self._run_processes) or any(s.worker is not None for s in self._services.values())
@@ -426,125 +363,6 @@ class Supervisor:
             return
         log.info("%s received: stopping every service", signal.Signals(sig).name)
         self._shutdown.set()
-
-    # -- sockets ---------------------------------------------------------------
-
-    def _bind(self) -> None:
-        sup = self.config.supervisor
-        self._zctx = zmq.asyncio.Context()
-        if tcp_endpoints(sup):
-            self._secure_tcp()
-        self._control_sock = self._bound(zmq.ROUTER, sup.control_endpoint)
-        self._control_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A plain socket: read by `Inbox` without a future per heartbeat.
-        self._workers_sock = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
-        # Set before bind: libzmq copies socket options into each subscriber's pipe at bind time.
-        self._events_sock = self._bound(zmq.PUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
-
-    def _bound(
-        self, kind: int, endpoint: str, context: zmq.Context[Any] | None = None, options: Mapping[int, int] = {}
-    ) -> Any:
-        assert self._zctx is not None
-        sock = (context or self._zctx).socket(kind)
-        for option, value in options.items():
-            sock.setsockopt(option, value)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-        if endpoint.startswith("tcp://"):
-            # ZMTP heartbeats find dead TCP peers (never proof that a client is alive).
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
-            if self._curve is not None:
-                self._curve.configure(sock)
-        sock.bind(endpoint)
-        path = ipc_path(endpoint)
-        if path is not None:
-            os.chmod(path, 0o600)
-        return sock
-
-    def _secure_tcp(self) -> None:
-        """CURVE with a ZAP allow-list on tcp:// endpoints, started before any bind; or insecure, loudly."""
-        sup = self.config.supervisor
-        try:
-            self._curve = load_curve_server(sup)
-        except KeyFileError as e:  # validated at load; the files changed since
-            raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", str(e))]) from None
-        if self._curve is None:
-            if not sup.insecure:  # parse_config refuses this; a SupervisorConfig built by hand may not
-                problem = "tcp:// requires CURVE: set curve_server_key and curve_clients, or insecure = true"
-                raise ConfigError(self.config.source, [ConfigProblem("supervisor.control", problem)])
-            log.critical(
-                "INSECURE: %s accept(s) any client without authentication or encryption (insecure = true); "
-                "anyone who can reach the port can run any command as uid %d. Set curve_server_key and "
-                "curve_clients (docs/security.md)",
-                ", ".join(tcp_endpoints(sup)),
-                os.geteuid(),
-            )
-            return
-        if not zmq.has("curve"):
-            problem = f"this libzmq {zmq.zmq_version()} was built without CURVE; install pyzmq's wheels (they include it)"
-            raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", problem)])
-        assert self._zctx is not None
-        self._auth = self._curve.start_authenticator(self._zctx)
-        log.info("%s", describe(self._curve, sup))
-
-    def _unbind(self) -> None:
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
-        for sock in (self._control_sock, self._workers_sock, self._events_sock):
-            if sock is not None:
-                sock.close(linger=0)
-        if self._zctx is not None:
-            self._zctx.term()
-            self._zctx = None
-        sup = self.config.supervisor
-        for endpoint in (sup.control_endpoint, sup.workers_endpoint, sup.events_endpoint):
-            path = ipc_path(endpoint)
-            if path is not None:
-                path.unlink(missing_ok=True)  # ours: we hold (held) the state dir's lock
-
-    # -- the orphan guard ------------------------------------------------------
-
-    def _start_guard(self) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            self._guard = subprocess.Popen(
-                [sys.executable, "-m", "supervise.supervisor.guard", str(_GUARD_GRACE_S)],
-                stdin=read_fd,
-                stdout=subprocess.DEVNULL,
-                close_fds=True,
-                start_new_session=True,
-            )
-        finally:
-            os.close(read_fd)
-        self._guard_fd = write_fd
-
-    def _tell_guard(self, line: str) -> None:
-        if self._guard_fd is not None:
-            try:
-                os.write(self._guard_fd, f"{line}\n".encode())
-            except OSError as e:
-                log.error("the orphan guard is gone (%s); workers would survive a crash of supervise", e)
-                os.close(self._guard_fd)
-                self._guard_fd = None
-
-    def _stop_guard(self) -> None:
-        self._tell_guard("bye")
-        if self._guard_fd is not None:
-            os.close(self._guard_fd)
-            self._guard_fd = None
-        if self._guard is not None:
-            try:
-                self._guard.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._guard.kill()
-                self._guard.wait()
-            self._guard = None
 
     # -- the core loop ---------------------------------------------------------
 
@@ -619,7 +437,7 @@ class Supervisor:
             self._queue.append((svc.name, core.SpawnFailed(describe_spawn_error(e, request.argv, request.cwd))))
             return
         svc.worker = worker
-        self._tell_guard(f"+{worker.pid}")
+        self._guard.watch(worker.pid)
         self._queue.append((svc.name, core.WorkerSpawned(worker.pid)))
 
     def _open_log(self, name: str) -> RotatingLog:
@@ -661,7 +479,7 @@ class Supervisor:
         meanwhile would wait for all of them.
         """
         assert self._loop is not None
-        self._tell_guard(f"-{worker.pid}")
+        self._guard.forget(worker.pid)
         self._exits.append((svc, worker, code, sig))
         if not self._exits_scheduled:
             self._exits_scheduled = True
@@ -810,7 +628,7 @@ class Supervisor:
 
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
             self._run_processes.discard(worker)
-            self._tell_guard(f"-{worker.pid}")
+            self._guard.forget(worker.pid)
             if svc.config.is_python and self._workers is not None:
                 self._workers.drain_pending()  # the run's result, sent just before it exited
             on_exit(worker, code, sig)
@@ -818,122 +636,13 @@ class Supervisor:
 
         worker = spawn(self._loop, request, svc.log, exited)
         self._run_processes.add(worker)
-        self._tell_guard(f"+{worker.pid}")
+        self._guard.watch(worker.pid)
         return worker
 
     # -- what the commands call -------------------------------------------------
 
     async def _call(self, command: str, args: dict[str, object]) -> object:
         return await COMMANDS[command].handler(self, args)
-
-    # -- runtime changes ---------------------------------------------------------
-
-    async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
-        """Register, persist and start a service described by a config table (same keys and checks)."""
-        if name in self._services:
-            raise ProtocolError(ErrorCode.CONFLICT, f'a service named "{name}" exists; use update or remove it first')
-        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"add {name}")
-        missing = [d for d in cfg.requires if d not in self._services]
-        if missing:
-            raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.requires: unknown service "{missing[0]}"')
-        assert self._store is not None
-        self._store.put_registration(name, dict(table))
-        self._add_config_service(replace(cfg, origin="runtime"))
-        log.info("%s: added at runtime", name)
-        return {"name": name, "state": self._shown_state(self._services[name])}
-
-    async def remove(self, name: str) -> dict[str, object]:
-        """Stop a service as `stop` does, then forget it (and its runtime registration)."""
-        self.require(name)
-        dependents = [n for n, s in self._services.items() if name in s.config.requires]
-        if dependents:
-            raise ProtocolError(ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first")
-        instances = self.expand(name)
-        await self.act("stop", instances, wait=True)
-        if self.scheduler is not None:
-            self.scheduler.remove(name)
-        for instance_name in instances:
-            self._forget(instance_name)
-        if self._store is not None:
-            self._store.delete_registration(name)
-        log.info("%s: removed", name)
-        self._notify()
-        return {"name": name, "removed": True}
-
-    def _forget(self, name: str) -> None:
-        """Drop a stopped instance's runtime (its worker, if SIGKILLed late, is reaped by then)."""
-        svc = self._services.pop(name)
-        for handle in svc.timers.values():
-            handle.cancel()
-        self._pending_starts.discard(name)
-        if svc.log is not None:
-            svc.log.close()
-
-    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
-        """Replace a runtime service's settings; restarts it only if its process would differ."""
-        old = self.require(name)
-        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"update {name}")
-        changed = await self._replace(name, replace(cfg, origin=old.config.origin))
-        if old.config.origin == "runtime" and self._store is not None:
-            self._store.put_registration(name, dict(table))
-        return {"name": name, "changed": changed, "state": self._shown_state(self._services[name])}
-
-    async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
-        """Swap in a new config for a service; restart it when a process setting changed."""
-        svc = self.require(name)
-        changed = [f for f in PROCESS_FIELDS | POLICY_FIELDS if getattr(svc.config, f) != getattr(cfg, f)]
-        if cfg.schedule != svc.config.schedule and self.scheduler is not None:
-            self.scheduler.remove(name)
-            if cfg.schedule is not None:
-                self.scheduler.add(name, cfg.schedule, python=not self._runs_per_process(cfg))
-                self.scheduler.arm(name)
-        if cfg.processes != svc.config.processes:
-            changed.append("processes")
-            await self.scale(name, cfg.processes)
-        instances = self.expand(name)
-        alive = [n for n in instances if self._services[n].record.state in core.ALIVE]
-        for instance_name in instances:
-            runtime = self._services[instance_name]
-            runtime.config, runtime.spec = cfg, service_spec(cfg)
-        if alive and any(f in PROCESS_FIELDS for f in changed):
-            await self.act("restart", alive, wait=True)
-        return sorted(changed)
-
-    async def reload(self, *, dry_run: bool = False) -> dict[str, object]:
-        """Re-read the config file and apply only the difference; a broken file changes nothing."""
-        if self.config.source.startswith("<"):
-            raise ProtocolError(ErrorCode.CONFLICT, "this supervisor was built from a dict; there is no file to reload")
-        new = load_config(self.config.source)  # ConfigError -> the reply, and nothing changed
-        diff = diff_configs(self.config, new)
-        plan = {
-            "added": list(diff.added),
-            "removed": [n for n in diff.removed if self._origin(n) == "config"],
-            "changed": {n: list(keys) for n, keys in diff.changed.items()},
-            "unchanged": list(diff.unchanged),
-            "supervisor_keys_needing_restart": list(diff.supervisor),
-        }
-        if dry_run:
-            return plan
-        for name in plan["removed"]:  # type: ignore[union-attr]
-            await self.remove(name)
-        for name in diff.changed:
-            await self._replace(name, new.services[name])
-        for name in diff.added:
-            if name in self._services:  # a runtime service of that name: the config's wins
-                await self.remove(name)
-            self._add_config_service(new.services[name])
-        self.config = replace(new, supervisor=self.config.supervisor)
-        log.info("reloaded %s: %s", new.source, plan)
-        return plan
-
-    def _add_config_service(self, cfg: ServiceConfig) -> None:
-        self._register(cfg)
-        if cfg.autostart:
-            self._start_in_order([cfg.name])
-
-    def _origin(self, name: str) -> str | None:
-        svc = self._services.get(name)
-        return svc.config.origin if svc is not None else None
 
     def require_scheduler(self, name: str) -> Scheduler:
         self.require(name)
@@ -973,38 +682,15 @@ class Supervisor:
         """The runtime of `name` (a service, or one instance of it); ServiceNotFound otherwise."""
         return self._services[self.expand(name)[0]]
 
-    async def scale(self, name: str, processes: int) -> dict[str, object]:
-        """Run `processes` instances of a service: start new ones, stop and drop the highest ones."""
-        svc = self.require(name)
-        if svc.config.schedule is not None:
-            raise ProtocolError(ErrorCode.CONFLICT, f"{name} is scheduled; scale applies to long-running services")
-        current = self.expand(svc.config.name)
-        cfg = replace(svc.config, processes=processes)
-        for instance_name in current:
-            self._services[instance_name].config = cfg
-        if processes > len(current):
-            added = []
-            for i in range(len(current), processes):
-                runtime = ServiceRuntime(cfg, service_spec(cfg), instance=i)
-                self._services[runtime.name] = runtime
-                added.append(runtime.name)
-            self._start_in_order(added)
-        else:
-            dropped = current[processes:]
-            await self.act("stop", dropped, wait=True)
-            for instance_name in dropped:
-                self._forget(instance_name)
-        self._notify()
-        return {"name": svc.config.name, "processes": processes, "instances": self.expand(svc.config.name)}
-
     def status(self, name: str | None = None, *, detail: bool = False) -> dict[str, object]:
         """Every service's (or one's) live state; with `detail`, its configuration facts and counters too."""
         names = self.expand(name) if name is not None else list(self._services)
         now_ms = self._clock.monotonic_ms()
-        describe = self._describe_detail if detail else self._describe
+        row = status_row_detail if detail else status_row
+        resources, scheduler = self.observability.resources, self.scheduler
         return {
             "supervisor": {**self.ping(), "healthy": self.healthy()},
-            "services": [describe(self._services[n], now_ms) for n in names],
+            "services": [row(self._services[n], now_ms, resources, scheduler) for n in names],
         }
 
     def healthy(self) -> bool:
@@ -1013,81 +699,26 @@ class Supervisor:
             s.config.critical and s.record.state is core.ServiceState.FATAL for s in self._services.values()
         )
 
-    def _describe(self, svc: ServiceRuntime, now_ms: int) -> dict[str, object]:
-        """A service's live state: what `status` shows for each service."""
-        r = svc.record
-        alive = r.pid is not None
-        schedule = self.scheduler.describe(svc.name) if self.scheduler is not None else None
-        last_exit = r.last_exit
-        cpu_percent, rss_bytes = self.observability.resources(svc)
-        return {
-            "name": svc.name,
-            "state": self._shown_state(svc, schedule) if svc.config.schedule is not None else str(r.state),
-            "pid": r.pid,
-            "uptime": (now_ms - r.running_since_ms) / 1000 if alive and r.running_since_ms is not None else None,
-            "restarts": r.restarts,
-            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if alive and r.last_heartbeat_ms is not None else None,
-            "last_exit": None
-            if last_exit is None
-            else {
-                "cause": str(last_exit.cause),
-                "code": last_exit.code,
-                "signal": last_exit.signal,
-                "ago": (now_ms - last_exit.at_ms) / 1000,
-                "text": last_exit.describe(),
-            },
-            "last_error": r.last_error,
-            "cpu_percent": cpu_percent,
-            "rss_bytes": rss_bytes,
-            "schedule": schedule,
-        }
-
-    def _describe_detail(self, svc: ServiceRuntime, now_ms: int) -> dict[str, object]:
-        """`_describe` plus the service's configuration facts and rarely needed counters (`status detail`)."""
-        r = svc.record
-        return {
-            **self._describe(svc, now_ms),
-            "service": svc.config.name,
-            "instance": svc.instance,
-            "kind": "python" if svc.config.is_python else "command",
-            "critical": svc.config.critical,
-            "origin": svc.config.origin,
-            "incarnation": r.incarnation,
-            "backoff_remaining": (r.backoff_until_ms - now_ms) / 1000 if r.backoff_until_ms is not None else None,
-            "max_memory_bytes": svc.config.max_memory_bytes,
-            "log_dropped_bytes": svc.log.dropped_bytes if svc.log is not None else 0,
-            "log_write_errors": svc.log.write_errors if svc.log is not None else 0,
-            "metrics": svc.metrics,
-        }
-
-    def _shown_state(self, svc: ServiceRuntime, schedule: Mapping[str, object] | None = None) -> str:
-        """The core's state; a scheduled command shows SCHEDULED, RUNNING or PAUSED instead.
-
-        `schedule`: the scheduler's description of the service, when the caller has it already.
-        """
-        if self._runs_per_process(svc.config) and self.scheduler is not None:
-            info = schedule if schedule is not None else self.scheduler.describe(svc.name) or {}
-            if info.get("running"):
-                return "RUNNING"
-            return "PAUSED" if info.get("paused") else "SCHEDULED"
-        return str(svc.record.state)
+    def _shown_state(self, svc: ServiceRuntime) -> str:
+        return shown_state(svc, self.scheduler)
 
     async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:
         """Apply start/stop/restart/pause/resume to services; with `wait`, until it is done."""
-        event: core.Event = {
+        requests: dict[str, core.Event] = {
             "start": core.StartRequested(),
             "stop": core.StopRequested(),
             "restart": core.RestartRequested(),
             "pause": core.PauseRequested(),
             "resume": core.ResumeRequested(),
-        }[command]
+        }
+        event = requests[command]
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
             if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
                 # A scheduled service stops firing; a run in progress goes on.
                 (self.scheduler.pause if command == "pause" else self.scheduler.resume)(name)
                 continue
-            if self._runs_per_process(self._services[name].config):
+            if runs_per_process(self._services[name].config):
                 continue  # start/stop of a scheduled command: its runs are driven by the schedule
             self._feed(name, event)
         if wait:

@@ -63,12 +63,19 @@ def test_a_shell_and_its_two_children_are_one_service() -> None:
 def test_a_child_started_by_another_thread_is_found() -> None:
     with _process([sys.executable, "-c", THREADED]) as py:
         assert py.stdout is not None and py.stdout.readline().strip() == "ready"
-        stats = Sampler().sample({"py": py.pid})[0]["py"]
-        assert stats.children == 1 and stats.processes == 2
-        assert stats.threads == 3  # the main thread, the forker, and the sleep child's one
         tasks = Path(f"/proc/{py.pid}/task")
         (child,) = (int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split())
-        assert stats.fds == len(os.listdir(f"/proc/{py.pid}/fd")) + len(os.listdir(f"/proc/{child}/fd"))
+
+        def listed_fds() -> int:
+            return len(os.listdir(f"/proc/{py.pid}/fd")) + len(os.listdir(f"/proc/{child}/fd"))
+
+        sampler = Sampler()
+        # The interpreter may still be closing the pipes of its Popen: sample until the counts agree.
+        stats = _until(
+            lambda: (s := sampler.sample({"py": py.pid})[0]["py"]).fds == listed_fds() and s, "fds equal to a listing"
+        )
+        assert stats.children == 1 and stats.processes == 2
+        assert stats.threads == 3  # the main thread, the forker, and the sleep child's one
 
 
 def test_fds_match_a_listing_of_the_fd_folder() -> None:
