@@ -1,7 +1,8 @@
 """The daemon's own cost: idle with N workers, and during a crash storm.
 
 Idle: once all N workers run (and 3 s more to settle), the daemon's CPU time
-(utime+stime from /proc/PID/stat, its own, not its children's) over a window cut
+(its threads' run time from /proc/PID/task/*/schedstat, its own, not its
+children's) over a window cut
 into slices: one CPU% sample per slice; RSS sampled at the end of each slice.
 
 Crash storm: N `sleep 0.5` services (restart always, no backoff, no restart limit),
