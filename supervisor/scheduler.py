@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -67,6 +68,13 @@ class Schedule:
     active: dict[str, ActiveRun] = field(default_factory=dict)
     buffered: collections.deque[Run] = field(default_factory=collections.deque)
     waiting_for_worker: list[str] = field(default_factory=list)
+    last_run: Run | None = None  # the newest final run (not skipped) that `status` shows
+    last_run_read_at: float | None = None  # monotonic time of the last read of it from the store
+
+
+# `status` shows each schedule's last run: read from the store at most this often (a
+# store shared with other supervisors has their runs too); runs that end here update it at once.
+LAST_RUN_REFRESH_S = 5.0
 
 
 class Scheduler:
@@ -394,7 +402,7 @@ class Scheduler:
             signal=signal_number,
             reason=run.reason,
         )
-        self._store.update_run(run)
+        self._ended(s, run)
         s.last_finished = now
         self._host.publish(
             s.name, "run_finished", {"run_id": run_id, "state": str(state), "duration_ms": run.duration_ms, "error": error}
@@ -524,7 +532,7 @@ class Scheduler:
                 if run.run_id == run_id:
                     s.buffered.remove(run)
                     run = transition(run, RunState.CANCELLED, at=self._now(), reason="cancelled by request")
-                    self._store.update_run(run)
+                    self._ended(s, run)
                     return run
         run = self._store.get_run(run_id)
         if run is None:
@@ -601,11 +609,26 @@ class Scheduler:
         self._start_buffered(s)
         return ids
 
+    def _last_run(self, s: Schedule) -> Run | None:
+        now = time.monotonic()
+        if s.last_run_read_at is None or now - s.last_run_read_at > LAST_RUN_REFRESH_S:
+            found = self._store.list_runs(s.name, states=set(FINAL) - {RunState.SKIPPED}, limit=1)
+            s.last_run_read_at = now
+            if found:
+                s.last_run = _newer(s.last_run, found[0])
+        return s.last_run
+
+    def _ended(self, s: Schedule, run: Run) -> None:
+        """A run of `s` reached a final state here: store it, and show it in `status` at once."""
+        self._store.update_run(run)
+        if run.state is not RunState.SKIPPED:
+            s.last_run = _newer(s.last_run, run)
+
     def describe(self, name: str) -> dict[str, object] | None:
         s = self._schedules.get(name)
         if s is None:
             return None
-        last = self._store.list_runs(name, states=set(FINAL) - {RunState.SKIPPED}, limit=1)
+        last = self._last_run(s)
         return {
             "trigger": s.config.trigger.describe(),
             "paused": s.state.paused,
@@ -613,8 +636,17 @@ class Scheduler:
             "running": len(s.active),
             "buffered": len(s.buffered),
             "runs_so_far": s.state.runs_so_far,
-            "last_run": _run_summary(last[0]) if last else None,
+            "last_run": _run_summary(last) if last is not None else None,
         }
+
+
+def _newer(cached: Run | None, other: Run) -> Run:
+    """The later-created of two final runs (the store's order); the same run: the copy kept here."""
+    if cached is None:
+        return other
+    if cached.run_id == other.run_id:
+        return cached
+    return other if (other.created_at, other.run_id) > (cached.created_at, cached.run_id) else cached
 
 
 def _run_summary(run: Run) -> dict[str, object]:

@@ -131,6 +131,9 @@ def test_command_service_runs_once_per_occurrence_and_exit_status_is_the_outcome
     d.client.call("run", name="bad")
     bad = wait_for(lambda: runs_of(d, "bad", state="failed"), what="a failed command run")
     assert bad[0]["exit_code"] == 3
+    # status shows the run that just ended, without waiting for a read of the store
+    last = d.service("bad")["schedule"]["last_run"]
+    assert (last["run_id"], last["state"]) == (bad[0]["run_id"], "failed")
 
 
 def test_a_one_shot_fires_within_a_second_of_its_datetime(daemon_factory, short_dir: Path) -> None:
