@@ -84,7 +84,7 @@ def test_a_channel_that_went_quiet_is_watched_again() -> None:
     async def scenario(server: zmq.Socket[bytes], client: zmq.Socket[bytes]) -> None:
         seen = _Counting()
         inbox = _inbox(server, 0.05, seen)
-        for i in range(10):
+        for _ in range(10):
             client.send(b"burst")
         await _until(lambda: len(seen.frames) == 10, "the burst")
         await _until(lambda: inbox._deferred is None, "the inbox back on its FD")
