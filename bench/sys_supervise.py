@@ -14,7 +14,7 @@ NAME = "supervise"
 def _start_timeout() -> str:
     """ "0s" (RUNNING at spawn, like supervisord startsecs=0) if the validator takes it, else "1ms"."""
     try:
-        from supervise.supervisor.config import parse_config
+        from supervise.supervisor.config.loader import parse_config
 
         parse_config(
             {"services": {"x": {"command": ["true"], "start_timeout": "0s"}}},

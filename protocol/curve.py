@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClientKeys", "KeyFileError", "apply_client_keys", "load_client_keys", "read_key_pair", "read_public_key"]
+__all__ = [
+    "ClientKeys",
+    "KeyFileError",
+    "apply_client_keys",
+    "load_client_keys",
+    "read_key_directory",
+    "read_key_pair",
+    "read_public_key",
+]
 
 Z85_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 KEY_LENGTH = 40  # a 32-byte key in Z85
@@ -94,3 +102,13 @@ def apply_client_keys(sock: Any, keys: ClientKeys) -> None:
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
+
+
+def read_key_directory(directory: Path) -> dict[bytes, str]:
+    """The public keys of the `*.key` files in `directory` (as `zmq.auth.load_certificates`): Z85 key -> file stem."""
+    if not directory.is_dir():
+        raise KeyFileError(f"directory {directory} does not exist" if not directory.exists() else f"{directory} is not a directory")
+    keys: dict[bytes, str] = {}
+    for path in sorted(directory.glob("*.key")):
+        keys.setdefault(read_public_key(path), path.stem)
+    return keys

@@ -8,7 +8,7 @@
         ...
 
 See docs/embedding.md. The names below are imported on first use, so that
-`import supervise.supervisor.cli` (the `supervise` command) does not load
+`import supervise.supervisor.cli.main` (the `supervise` command) does not load
 asyncio, ZeroMQ and the rest of the daemon before it needs them.
 """
 
@@ -19,30 +19,30 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from supervise.protocol.errors import SuperviseError as SuperviseError
-    from supervise.supervisor.config import Config as Config
-    from supervise.supervisor.config import ServiceConfig as ServiceConfig
-    from supervise.supervisor.config import SupervisorConfig as SupervisorConfig
-    from supervise.supervisor.config import load_config as load_config
-    from supervise.supervisor.config import parse_config as parse_config
-    from supervise.supervisor.errors import AlreadyRunning as AlreadyRunning
-    from supervise.supervisor.errors import ConfigError as ConfigError
-    from supervise.supervisor.errors import ServiceNotFound as ServiceNotFound
-    from supervise.supervisor.supervisor import Supervisor as Supervisor
+    from supervise.supervisor.config.loader import Config as Config
+    from supervise.supervisor.config.loader import ServiceConfig as ServiceConfig
+    from supervise.supervisor.config.loader import SupervisorConfig as SupervisorConfig
+    from supervise.supervisor.config.loader import load_config as load_config
+    from supervise.supervisor.config.loader import parse_config as parse_config
+    from supervise.supervisor.core.errors import AlreadyRunning as AlreadyRunning
+    from supervise.supervisor.core.errors import ConfigError as ConfigError
+    from supervise.supervisor.core.errors import ServiceNotFound as ServiceNotFound
+    from supervise.supervisor.daemon.supervisor import Supervisor as Supervisor
     from supervise.supervisor.sync import SyncSupervisor as SyncSupervisor
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
-    "Supervisor": "supervise.supervisor.supervisor",
+    "Supervisor": "supervise.supervisor.daemon.supervisor",
     "SyncSupervisor": "supervise.supervisor.sync",
-    "Config": "supervise.supervisor.config",
-    "ServiceConfig": "supervise.supervisor.config",
-    "SupervisorConfig": "supervise.supervisor.config",
-    "load_config": "supervise.supervisor.config",
-    "parse_config": "supervise.supervisor.config",
+    "Config": "supervise.supervisor.config.loader",
+    "ServiceConfig": "supervise.supervisor.config.loader",
+    "SupervisorConfig": "supervise.supervisor.config.loader",
+    "load_config": "supervise.supervisor.config.loader",
+    "parse_config": "supervise.supervisor.config.loader",
     "SuperviseError": "supervise.protocol.errors",
-    "ConfigError": "supervise.supervisor.errors",
-    "ServiceNotFound": "supervise.supervisor.errors",
-    "AlreadyRunning": "supervise.supervisor.errors",
+    "ConfigError": "supervise.supervisor.core.errors",
+    "ServiceNotFound": "supervise.supervisor.core.errors",
+    "AlreadyRunning": "supervise.supervisor.core.errors",
 }
 
 __all__ = [

@@ -35,9 +35,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from supervise.supervisor.commands import COMMANDS, unknown_command
-from supervise.supervisor.config import Config, load_config
-from supervise.supervisor.supervisor import Supervisor
+from supervise.supervisor.daemon.commands import COMMANDS, unknown_command
+from supervise.supervisor.config.loader import Config, load_config
+from supervise.supervisor.daemon.supervisor import Supervisor
 
 log = logging.getLogger("supervise")
 

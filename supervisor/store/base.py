@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol, Self
 
 from supervise.protocol.errors import SuperviseError
-from supervise.supervisor.runs import FINAL, JSONValue, Run, RunOrigin, RunState
+from supervise.supervisor.core.runs import FINAL, JSONValue, Run, RunOrigin, RunState
 
 
 class StoreError(SuperviseError):

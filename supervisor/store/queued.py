@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from supervise.supervisor.runs import Run
+from supervise.supervisor.core.runs import Run
 from supervise.supervisor.store.base import ScheduleState, Store, StoreError
 
 log = logging.getLogger("supervise.store")

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
 
-from supervise.supervisor.clock import Clock, SystemClock
-from supervise.supervisor.runs import JSONValue, Run, RunState
+from supervise.supervisor.core.clock import Clock, SystemClock
+from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,
     RUN_COLUMNS,

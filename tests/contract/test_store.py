@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from supervise.protocol.errors import SuperviseError
-from supervise.supervisor.clock import FakeClock
-from supervise.supervisor.runs import (
+from supervise.supervisor.core.clock import FakeClock
+from supervise.supervisor.core.runs import (
     ALLOWED,
     Run,
     RunOrigin,
@@ -222,7 +222,7 @@ def test_claimable_states_may_move_to_starting() -> None:
 _RACER = r"""
 import json, sys
 from datetime import datetime
-from supervise.supervisor.runs import RunOrigin, new_run
+from supervise.supervisor.core.runs import RunOrigin, new_run
 spec, node = json.loads(sys.argv[1]), sys.argv[2]
 if spec["kind"] == "sqlite":
     from supervise.supervisor.store.sqlite import SqliteStore

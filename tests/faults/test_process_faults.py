@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from supervise.supervisor.output import RotatingLog
-from supervise.supervisor.processes import SpawnRequest, Worker, spawn
+from supervise.supervisor.daemon.output import RotatingLog
+from supervise.supervisor.daemon.processes import SpawnRequest, Worker, spawn
 
 from tests.conftest import (
     Daemon,
@@ -93,7 +93,7 @@ def test_f12_sigkill_of_the_supervisor_leaves_no_orphans_and_marks_runs_lost(sho
         ours = processes_with_marker(marker)
         # py, pyjob, sh and its two sleeps, the command run: at least 6 processes of this instance.
         assert len(ours) >= 6, ours
-        guard = [p for p in psutil.Process(d.pid).children() if "supervise.supervisor.guard" in " ".join(p.cmdline())]
+        guard = [p for p in psutil.Process(d.pid).children() if "supervise.supervisor.daemon.guard" in " ".join(p.cmdline())]
         assert len(guard) == 1
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()

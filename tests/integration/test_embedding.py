@@ -205,8 +205,8 @@ def test_sync_client_against_the_sync_facade_survives_a_timeout(short_dir: Path,
 
 def test_importing_the_cli_loads_neither_zmq_nor_the_supervisor() -> None:
     code = (
-        "import sys, supervise.supervisor.cli\n"
-        "heavy = [m for m in ('zmq', 'asyncio', 'supervise.supervisor.supervisor') if m in sys.modules]\n"
+        "import sys, supervise.supervisor.cli.main\n"
+        "heavy = [m for m in ('zmq', 'asyncio', 'supervise.supervisor.daemon.supervisor') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "import supervise.supervisor as s\n"
         "assert all(getattr(s, n) for n in s.__all__)\n"

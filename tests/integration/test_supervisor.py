@@ -108,7 +108,7 @@ def test_sigkill_of_the_supervisor_leaves_no_orphans(short_dir: Path) -> None:
     try:
         d.wait_running_pid("py")
         d.wait_running_pid("cmd")
-        workers = [p for p in psutil.Process(d.pid).children(recursive=True) if "supervise.supervisor.guard" not in " ".join(p.cmdline())]
+        workers = [p for p in psutil.Process(d.pid).children(recursive=True) if "supervise.supervisor.daemon.guard" not in " ".join(p.cmdline())]
         assert len(workers) >= 4  # py, sh and its two sleeps
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervise.supervisor.commands import COMMANDS, reference_markdown
+from supervise.supervisor.daemon.commands import COMMANDS, reference_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 def test_the_protocol_doc_carries_the_generated_command_reference() -> None:
     assert reference_markdown() in DOC.read_text(), (
         "docs/protocol.md is out of date: regenerate its ## Commands section with "
-        "python -m supervise.supervisor.commands"
+        "python -m supervise.supervisor.daemon.commands"
     )
 
 

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import pytest
 
-from supervise.supervisor.config import (
+from supervise.supervisor.config.loader import (
     SERVICE_KEYS,
     Config,
     ConfigDiff,
@@ -27,7 +27,7 @@ from supervise.supervisor.config import (
     parse_config,
     parse_service,
 )
-from supervise.supervisor.errors import ConfigError, ConfigProblem
+from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 
 
 def write(folder: Path, text: str, name: str = "supervise.toml") -> Path:

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from supervise.protocol.codec import decode_reply, encode_request, split_envelope
 from supervise.protocol.errors import ErrorCode, ProtocolError
-from supervise.supervisor.commands import COMMANDS, Command, _has_type
-from supervise.supervisor.control import ControlServer
+from supervise.supervisor.daemon.commands import COMMANDS, Command, _has_type
+from supervise.supervisor.daemon.control import ControlServer
 
 PARSE_CODES = {
     ErrorCode.MALFORMED,

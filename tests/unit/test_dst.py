@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter  # type: ignore[import-untyped]
-from supervise.supervisor.cron import CronTrigger, DstGap, DstRepeat, default_dst_repeat
+from supervise.supervisor.core.cron import CronTrigger, DstGap, DstRepeat, default_dst_repeat
 
 
 def fires_on(zone: str, day: str, expression: str, **kw: object) -> list[datetime]:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import zmq
 
-from supervise.supervisor.sockets import Inbox
+from supervise.supervisor.daemon.sockets import Inbox
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from supervise.supervisor.runs import Run, RunOrigin, RunState, new_run
-from supervise.supervisor.scheduler import _newer
+from supervise.supervisor.core.runs import Run, RunOrigin, RunState, new_run
+from supervise.supervisor.daemon.scheduler import _newer
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 

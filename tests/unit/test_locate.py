@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from supervise.supervisor.config import load_config
-from supervise.supervisor.locate import control_endpoint_of
+from supervise.supervisor.config.loader import load_config
+from supervise.supervisor.config.locate import control_endpoint_of
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from supervise.supervisor import exposition
-from supervise.supervisor.events import EventLog
-from supervise.supervisor.metrics import (
+from supervise.supervisor.daemon import exposition
+from supervise.supervisor.daemon.events import EventLog
+from supervise.supervisor.core.metrics import (
     MEMORY_SAMPLES_OVER,
     CarryOver,
     DurationWindow,
@@ -18,7 +18,7 @@ from supervise.supervisor.metrics import (
     decide_over_memory,
     percentile,
 )
-from supervise.supervisor.observability import service_healthy
+from supervise.supervisor.daemon.observability import service_healthy
 
 
 @pytest.mark.parametrize(

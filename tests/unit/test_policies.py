@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from supervise.supervisor.policies import (
+from supervise.supervisor.core.policies import (
     Backoff,
     CatchupDecision,
     CatchupPolicy,
@@ -23,7 +23,7 @@ from supervise.supervisor.policies import (
     next_retry_delay_ms,
     should_retry,
 )
-from supervise.supervisor.runs import RunState, SkipReason
+from supervise.supervisor.core.runs import RunState, SkipReason
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 P = OverlapPolicy

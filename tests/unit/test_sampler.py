@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from supervise.supervisor.sampler import Sampler
+from supervise.supervisor.daemon.sampler import Sampler
 
 T = TypeVar("T")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from supervise.protocol.client import AsyncClient, Client
 from supervise.protocol.curve import KeyFileError, read_key_pair, read_public_key
-from supervise.supervisor.commands import COMMANDS
-from supervise.supervisor.config import load_config, parse_config
-from supervise.supervisor.control import ControlServer
-from supervise.supervisor.curve import create_key_pair, load_curve_server
-from supervise.supervisor.errors import ConfigError
+from supervise.supervisor.daemon.commands import COMMANDS
+from supervise.supervisor.config.loader import load_config, parse_config
+from supervise.supervisor.daemon.control import ControlServer
+from supervise.supervisor.daemon.curve import create_key_pair, load_curve_server
+from supervise.supervisor.core.errors import ConfigError
 
 
 @pytest.fixture
@@ -218,8 +218,8 @@ def test_a_hand_built_config_cannot_skip_the_tcp_check(tmp_path: Path) -> None:
     import asyncio
     from dataclasses import replace
 
-    from supervise.supervisor.config import SupervisorConfig
-    from supervise.supervisor.supervisor import Supervisor
+    from supervise.supervisor.config.loader import SupervisorConfig
+    from supervise.supervisor.daemon.supervisor import Supervisor
 
     cfg = parse_config({}, base_dir=tmp_path)
     sup = SupervisorConfig.for_state_dir(tmp_path / "state", control_endpoint="tcp://127.0.0.1:1")  # not validated

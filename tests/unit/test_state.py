@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from supervise.supervisor import state as core
-from supervise.supervisor.clock import FakeClock
-from supervise.supervisor.errors import InvalidTransition
-from supervise.supervisor.restart import RestartPolicy
-from supervise.supervisor.state import (
+from supervise.supervisor.core import state as core
+from supervise.supervisor.core.clock import FakeClock
+from supervise.supervisor.core.errors import InvalidTransition
+from supervise.supervisor.core.restart import RestartPolicy
+from supervise.supervisor.core.state import (
     ArmTimer,
     CancelTimer,
     Emit,

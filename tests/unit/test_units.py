@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervise.supervisor.units import (
+from supervise.supervisor.core.units import (
     format_duration_ms,
     format_size_bytes,
     parse_duration_ms,

@@ -1,0 +1,1 @@
+"""The user's edge: the `supervise` command line and the `top` view."""

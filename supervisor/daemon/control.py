@@ -1,0 +1,151 @@
+"""The control socket: a ROUTER that decodes, validates, dispatches and always replies.
+
+Each request runs in its own task so a slow command (a stop that waits for the
+worker to exit) never holds up a `status`. A bad request gets an error reply; a
+bug in a handler becomes an `internal` error with a reference that is in the log.
+Nothing here can take the supervisor down.
+
+With read-only CURVE keys (docs/security.md), each request's ZAP User-Id (the
+client's public key, from the frame metadata) is checked: a read-only key gets
+`forbidden` for a command that changes state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+
+import zmq
+import zmq.asyncio
+
+from supervise.protocol.codec import decode_request, encode_error, encode_reply, split_envelope
+from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
+from supervise.supervisor.daemon.commands import COMMANDS, Command, unknown_command
+from supervise.supervisor.daemon.sockets import send_nowait
+from supervise.supervisor.core.errors import AlreadyRunning, ConfigError, InvalidTransition, ServiceNotFound
+
+log = logging.getLogger("supervise.control")
+
+MAX_IN_FLIGHT = 256
+
+
+def error_code_for(error: SuperviseError) -> ErrorCode:
+    if isinstance(error, ProtocolError):
+        return error.code
+    if isinstance(error, ServiceNotFound):
+        return ErrorCode.NOT_FOUND
+    if isinstance(error, ConfigError):
+        return ErrorCode.BAD_ARGS
+    if isinstance(error, (AlreadyRunning, InvalidTransition)):
+        return ErrorCode.CONFLICT
+    return ErrorCode.CONFLICT
+
+
+class ControlServer:
+    """Serves `COMMANDS` on a bound ROUTER socket until closed."""
+
+    def __init__(
+        self,
+        sock: zmq.asyncio.Socket,
+        call: Callable[[str, dict[str, object]], Awaitable[object]],
+        *,
+        readonly: Mapping[str, str] | None = None,
+    ) -> None:
+        self._sock = sock
+        self._call = call
+        self._readonly = readonly or None  # ZAP User-Id (Z85 public key) -> key name, of read-only keys
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bad_requests = 0
+        self.dropped_replies = 0
+        self.forbidden = 0
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                frames, user = await self._receive()
+            except zmq.ZMQError:
+                if self._sock.closed:
+                    return
+                raise
+            envelope, body = split_envelope(frames)
+            try:
+                request_id, command, args = self._parse(body)
+            except SuperviseError as e:
+                self._send(envelope, self._error_reply(e, None))
+                continue
+            denied = self._denied(user, command)
+            if denied is not None:
+                self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
+                continue
+            if len(self._tasks) >= MAX_IN_FLIGHT:
+                self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
+                continue
+            task = asyncio.create_task(self._run(envelope, request_id, command, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _receive(self) -> tuple[list[bytes], str | None]:
+        """The next message, and its ZAP User-Id when read-only keys are configured."""
+        if self._readonly is None:
+            return await self._sock.recv_multipart(), None
+        parts = await self._sock.recv_multipart(copy=False)
+        try:
+            user = parts[-1].get("User-Id")
+        except zmq.ZMQError:  # no metadata: not a CURVE connection
+            user = None
+        return [part.bytes for part in parts], user if isinstance(user, str) else None
+
+    def _denied(self, user: str | None, command: Command) -> str | None:
+        """Why the key `user` may not run `command` (a read-only key, a state change), or None."""
+        name = self._readonly.get(user) if self._readonly is not None and user is not None else None
+        if name is None or not command.changes_state:
+            return None
+        self.forbidden += 1
+        log.info('refused "%s" to read-only key %s', command.name, name)
+        return f'command "{command.name}" needs a full-access key; key "{name}" is read-only'
+
+    def _parse(self, body: list[bytes]) -> tuple[str | int, Command, dict[str, object]]:
+        """Decode and validate a request; raises ProtocolError with the code to reply."""
+        request = decode_request(body)
+        command = COMMANDS.get(request.cmd)
+        try:
+            if command is None:
+                raise unknown_command(request.cmd)
+            return request.id, command, command.validate(request.args)
+        except ProtocolError as e:
+            e.request_id = request.id
+            raise
+
+    async def _run(self, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
+        try:
+            reply = encode_reply(request_id, await self._call(command.name, args))
+        except SuperviseError as e:
+            reply = self._error_reply(e, request_id)
+        except Exception:
+            ref = secrets.token_hex(3)
+            log.exception("internal error (ref %s) in command %s", ref, command.name)
+            reply = encode_error(request_id, ErrorCode.INTERNAL, f"internal error (ref {ref}); see supervise log")
+        self._send(envelope, reply)
+
+    def _error_reply(self, error: SuperviseError, request_id: str | int | None) -> bytes:
+        if isinstance(error, ProtocolError):
+            self.bad_requests += 1
+            if error.request_id is not None:
+                request_id = error.request_id
+            return encode_error(request_id, error.code, error.message)
+        return encode_error(request_id, error_code_for(error), str(error))
+
+    def _send(self, envelope: list[bytes], reply: bytes) -> None:
+        error = send_nowait(self._sock, [*envelope, reply])
+        if error is not None:
+            # The client is gone or not reading: drop the reply rather than wait for it.
+            self.dropped_replies += 1
+            log.debug("dropped a control reply: %s", error)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

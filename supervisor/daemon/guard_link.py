@@ -1,0 +1,65 @@
+"""The supervisor's end of the orphan guard (`supervise.supervisor.daemon.guard`): start it, tell it, stop it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+log = logging.getLogger("supervise")
+
+GRACE_S = 1.0  # SIGTERM to the orphaned groups, then SIGKILL after this long
+
+
+class GuardLink:
+    """Registers every worker's process group with the guard over a pipe; `bye` at a clean exit."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "supervise.supervisor.daemon.guard", str(GRACE_S)],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+        self._fd = write_fd
+
+    def watch(self, pgid: int) -> None:
+        """A worker (the leader of process group `pgid`) was spawned."""
+        self._tell(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        """The worker was reaped: its group is no longer the guard's to kill."""
+        self._tell(f"-{pgid}")
+
+    def stop(self) -> None:
+        """A clean exit: `bye`, then wait for the guard (killed after 5 s)."""
+        self._tell("bye")
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _tell(self, line: str) -> None:
+        if self._fd is not None:
+            try:
+                os.write(self._fd, f"{line}\n".encode())
+            except OSError as e:
+                log.error("the orphan guard is gone (%s); workers would survive a crash of supervise", e)
+                os.close(self._fd)
+                self._fd = None

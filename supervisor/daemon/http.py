@@ -1,0 +1,90 @@
+"""The HTTP endpoint for probes and scrapers: /health, /health/live, /health/ready, /metrics.
+
+Served by aiohttp on the supervisor's own event loop (off by default; on with
+`[supervisor] http = "127.0.0.1:9180"`, port 0 for any free port). Handlers only
+read in-memory state, so a probe never waits on a worker.
+
+- `GET /health` and `GET /health/ready`: 200 when every critical service is
+  healthy, else 503, with a JSON body (see `Observability.health`).
+- `GET /health/live`: 200 while the supervisor's loop answers.
+- `GET /metrics`: Prometheus text (or OpenMetrics, if the scraper asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from supervise.supervisor.core.errors import ConfigError, ConfigProblem
+
+log = logging.getLogger("supervise")
+
+Health = Callable[[], tuple[bool, Mapping[str, Any]]]
+Scrape = Callable[[str | None], tuple[bytes, str]]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """"127.0.0.1:9180" -> ("127.0.0.1", 9180); "[::1]:0" -> ("::1", 0)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HttpServer:
+    """An aiohttp server bound to one address; `start` returns where it listens."""
+
+    def __init__(self, address: str, *, health: Health, scrape: Scrape) -> None:
+        self.address = address
+        self.bound: str | None = None
+        self._health = health
+        self._scrape = scrape
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        """Listen; returns "host:port" with the real port (port 0 picks a free one).
+
+        Raises:
+            ConfigError: the address cannot be listened on (in use, not local, ...).
+        """
+        app = web.Application()
+        app.router.add_get("/health", self._on_health)
+        app.router.add_get("/health/ready", self._on_health)
+        app.router.add_get("/health/live", self._on_live)
+        app.router.add_get("/metrics", self._on_metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = split_host_port(self.address)
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as e:
+            await runner.cleanup()
+            problem = f"cannot listen on {self.address}: {e.strerror or e}; choose another address, or port 0 for any free one"
+            raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)]) from None
+        self._runner = runner
+        sockname = runner.addresses[0]
+        bound_host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+        self.bound = f"{bound_host}:{sockname[1]}"
+        log.info("HTTP /health and /metrics at http://%s", self.bound)
+        return self.bound
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _on_health(self, request: web.Request) -> web.Response:
+        healthy, body = self._health()
+        return web.json_response(body, status=200 if healthy else 503, dumps=_dumps)
+
+    async def _on_live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _on_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self._scrape(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, default=str)

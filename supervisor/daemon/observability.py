@@ -1,0 +1,266 @@
+"""What a person or a monitoring system sees: one object the `Supervisor` owns.
+
+`Observability` ties the parts together: the `EventLog` (numbered events, replay
+ring, PUB, log lines), the `MetricsBook` (pure aggregation), the `Sampler`
+(psutil, one timer for every worker, on a thread of its own), the `max_memory`
+check, the HTTP endpoint, and the snapshots the `metrics` and `status` commands
+and `/health` return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import zmq.asyncio
+from supervise.supervisor.core.clock import Clock
+from supervise.supervisor.daemon.events import EventLog
+from supervise.supervisor.daemon.logtail import tail
+from supervise.supervisor.core.metrics import MetricsBook, count_within
+from supervise.supervisor.daemon.sampler import Sampler
+
+if TYPE_CHECKING:
+    from supervise.supervisor.daemon.http import HttpServer
+    from supervise.supervisor.daemon.runtime import ServiceRuntime
+    from supervise.supervisor.daemon.supervisor import Supervisor
+
+log = logging.getLogger("supervise")
+
+SAMPLE_INTERVAL_S = 1.0
+HEALTHY_STATES = frozenset({"RUNNING", "PAUSED"})
+
+
+def is_scheduled(config: object) -> bool:
+    """A service that runs on triggers rather than forever."""
+    return getattr(config, "schedule", None) is not None
+
+
+def service_healthy(state: str, *, critical: bool, scheduled: bool) -> bool:
+    """Healthy: up (RUNNING/PAUSED); a scheduled one between runs unless FATAL; a
+    non-critical one that is deliberately down (STOPPED/EXITED)."""
+    if state in HEALTHY_STATES:
+        return True
+    if state == "FATAL":
+        return False
+    if scheduled:
+        return True
+    return not critical and state in ("STOPPED", "EXITED")
+
+
+class Observability:
+    """Owned by a `Supervisor`: created in `__init__`, started in `start`, closed in `close`.
+
+    Args:
+        sup: the supervisor whose services are described.
+        clock: the supervisor's clock (monotonic ms for ages).
+        on_over_memory: called with (service, rss_bytes, limit_bytes) when a worker
+            stays over its `max_memory`; the supervisor feeds `OverMemory` to the core.
+        sample_interval_s: seconds between two psutil samples of every worker.
+    """
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        *,
+        clock: Clock,
+        on_over_memory: Callable[[str, int, int], None],
+        sample_interval_s: float = SAMPLE_INTERVAL_S,
+    ) -> None:
+        self._sup = sup
+        self._clock = clock
+        self._on_over_memory = on_over_memory
+        self.sample_interval_s = sample_interval_s
+        self.events = EventLog()
+        self.book = MetricsBook()
+        self.events.listeners.append(self.book.observe_event)
+        self._sampler: Sampler | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.http: HttpServer | None = None
+        self._registry: Any = None  # prometheus_client's, built at the first scrape
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self, events_sock: zmq.asyncio.Socket | None) -> None:
+        """Publish events on `events_sock`, start sampling, and serve HTTP if configured."""
+        self.events.attach(events_sock)
+        address = self._sup.config.supervisor.http
+        if address is not None:
+            from supervise.supervisor.daemon.http import HttpServer  # aiohttp is slow to import: only when asked for
+
+            self.http = HttpServer(address, health=self.health, scrape=self.scrape)
+            await self.http.start()
+        self._sampler = Sampler()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-sampler")
+        self._task = asyncio.create_task(self._sample_forever(), name="supervise-sampler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # at most one sample in flight
+            self._executor = None
+        if self.http is not None:
+            await self.http.close()
+        self.events.attach(None)
+
+    # -- inputs ------------------------------------------------------------
+
+    def emit(self, service: str, kind: str, detail: Mapping[str, object], message: str = "") -> None:
+        self.events.emit(service, kind, detail, message)
+
+    def worker_metrics(self, service: str, incarnation: int, metrics: Mapping[str, Any]) -> None:
+        self.book.observe_worker_metrics(service, incarnation, metrics.get("counters", {}), metrics.get("gauges", {}))
+
+    async def _sample_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            roots = self._worker_pids()
+            assert self._sampler is not None and self._executor is not None
+            try:
+                per_service, own = await loop.run_in_executor(self._executor, self._sampler.sample, roots)
+            except Exception:
+                log.exception("sampling worker processes failed; trying again in %.1f s", self.sample_interval_s)
+            else:
+                self._apply(roots, per_service, own)
+            await asyncio.sleep(self.sample_interval_s)
+
+    def _worker_pids(self) -> dict[str, int]:
+        pids = {}
+        for name in self._sup.service_names():
+            svc = self._sup.require(name)
+            if svc.worker is not None:
+                pids[name] = svc.worker.pid
+        return pids
+
+    def _apply(self, roots: Mapping[str, int], per_service: Mapping[str, Any], own: Any) -> None:
+        self.book.supervisor = own
+        for name in self._sup.service_names():
+            svc = self._sup.require(name)
+            pid = svc.worker.pid if svc.worker is not None else None
+            if pid is None or roots.get(name) != pid or name not in per_service:
+                if pid is None:
+                    self.book.clear_sample(name)
+                continue  # restarted while the sample was taken: wait for the next one
+            stats = per_service[name]
+            limit = svc.config.max_memory_bytes
+            if self.book.observe_sample(name, pid, stats, limit) and limit is not None:
+                self._on_over_memory(name, stats.rss_bytes, limit)
+
+    # -- outputs -----------------------------------------------------------
+
+    def resources(self, svc: ServiceRuntime) -> tuple[float | None, int | None]:
+        """The CPU percent and RSS `status` shows for a service (None before a sample of its worker)."""
+        m = self.book.services.get(svc.name)
+        process = m.process if m is not None and svc.worker is not None else None
+        if process is None:
+            return None, None
+        return round(process.cpu_percent, 1), process.rss_bytes
+
+    def ping(self) -> dict[str, object]:
+        """Where to find the other endpoints: included in `ping` and `status`."""
+        return {
+            "http": self.http.bound if self.http is not None else None,
+            "events": self._sup.config.supervisor.events_endpoint,
+            "event_seq": self.events.seq,
+        }
+
+    def metrics(self, name: str | None = None) -> dict[str, Any]:
+        """The `metrics` command's reply: the supervisor's figures and every service's (or one's)."""
+        names = [name] if name is not None else self._sup.service_names()
+        now_ms = self._clock.monotonic_ms()
+        services = [self._service_metrics(self._sup.require(n), now_ms) for n in names]
+        own = self.book.supervisor
+        return {
+            "supervisor": {
+                **self._sup.ping(),
+                "healthy": self.health()[0],
+                "process": own.as_dict() if own is not None else None,
+                "events": {"seq": self.events.seq, "published": self.events.published, "dropped": self.events.dropped},
+                "bad_worker_messages": self._sup.bad_worker_messages,
+                "control": self._sup.control_counters(),
+                "sample_interval_s": self.sample_interval_s,
+            },
+            "services": services,
+        }
+
+    def _service_metrics(self, svc: ServiceRuntime, now_ms: int) -> dict[str, Any]:
+        r = svc.record
+        cfg = svc.config
+        state = str(r.state)
+        alive = r.pid is not None
+        figures = self.book.service(svc.name).snapshot()
+        if svc.worker is None:
+            figures["process"] = None
+        last_exit = None
+        if r.last_exit is not None:
+            last_exit = {"cause": str(r.last_exit.cause), "code": r.last_exit.code, "signal": r.last_exit.signal}
+        return {
+            "name": svc.name,
+            "state": state,
+            "pid": r.pid,
+            "critical": cfg.critical,
+            "healthy": service_healthy(state, critical=cfg.critical, scheduled=is_scheduled(cfg)),
+            "uptime": (now_ms - r.running_since_ms) / 1000 if r.running_since_ms is not None and alive else None,
+            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if r.last_heartbeat_ms is not None and alive else None,
+            "restarts": r.restarts,
+            "restarts_in_window": count_within(r.restart_history_ms, now_ms, cfg.restart_window_ms),
+            "last_exit": last_exit,
+            "last_error": r.last_error,
+            "max_memory_bytes": cfg.max_memory_bytes,
+            **figures,
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """The verdict and body of `/health`: healthy when every critical service is."""
+        details: dict[str, Any] = {}
+        running = errors = 0
+        healthy = True
+        for name in self._sup.service_names():
+            svc = self._sup.require(name)
+            state = str(svc.record.state)
+            ok = service_healthy(state, critical=svc.config.critical, scheduled=is_scheduled(svc.config))
+            running += state in HEALTHY_STATES
+            errors += not ok
+            if svc.config.critical and not ok:
+                healthy = False
+            details[name] = {
+                "healthy": ok,
+                "status": state,
+                "critical": svc.config.critical,
+                "pid": svc.record.pid,
+                "restarts": svc.record.restarts,
+                "last_error": svc.record.last_error,
+            }
+        body = {
+            "healthy": healthy,
+            "status": "ok" if healthy else "unhealthy",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "pid": os.getpid(),
+            "uptime": self._sup.ping().get("uptime"),
+            "services": {"total": len(details), "running": running, "errors": errors},
+            "details": details,
+        }
+        return healthy, body
+
+    def logs(self, name: str, lines: int) -> dict[str, Any]:
+        """The last `lines` lines a service's workers wrote, and where to follow from (blocking I/O)."""
+        sup = self._sup.config.supervisor
+        path = sup.state_dir / "logs" / f"{name}.log"
+        found = tail(path, lines, backups=sup.log_backups)
+        return {"path": str(path), "lines": found.lines, "inode": found.inode, "offset": found.offset}
+
+    def scrape(self, accept: str | None) -> tuple[bytes, str]:
+        """The `/metrics` body and content type."""
+        from supervise.supervisor.daemon import exposition
+
+        if self._registry is None:
+            self._registry = exposition.open_registry(self.metrics)
+        return exposition.render(self._registry, accept)
