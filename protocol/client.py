@@ -21,15 +21,19 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import zmq
-
 from supervise.protocol.codec import decode_reply, encode_request
 from supervise.protocol.curve import ClientKeys, apply_client_keys, load_client_keys
-from supervise.protocol.errors import ClientTimeout, DecodeError, ErrorCode, ProtocolError
+from supervise.protocol.errors import (
+    ClientTimeout,
+    DecodeError,
+    ErrorCode,
+    ProtocolError,
+)
 from supervise.protocol.limits import REPLY_LIMITS, REQUEST_LIMITS
 from supervise.protocol.messages import Reply
 
@@ -153,7 +157,72 @@ async def _apoll_until(poller: zmq.asyncio.Poller, deadline: float) -> bool:
             return False
 
 
-class Client(_ClientBase):
+R = TypeVar("R")
+
+
+class _Commands(Generic[R]):
+    """The named commands, written once for both clients.
+
+    Each returns what the client's `request` returns: the result for `Client`, an
+    awaitable of it for `AsyncClient`. A new command is added here, once.
+    """
+
+    def request(
+        self, cmd: str, args: Mapping[str, object] | None = None, *, retries: int = 0, timeout_s: float | None = None
+    ) -> R:
+        raise NotImplementedError
+
+    def call(self, cmd: str, /, *, retries: int = 0, **args: object) -> R:
+        """Run `cmd` with keyword `args` on the supervisor and return its result.
+
+        Args:
+            cmd: the command name.
+            retries: resend this many times after a timeout; only for idempotent
+                commands (an argument named "retries" needs `request`).
+            **args: the command's arguments.
+
+        Raises:
+            RemoteError: the supervisor answered with an error (its code and message).
+            ClientTimeout: no reply within `timeout_s`, on every attempt.
+            DecodeError: the reply is not valid for this protocol version.
+            ProtocolError: the request is over the supervisor's size limit (TOO_LARGE).
+        """
+        return self.request(cmd, args, retries=retries)
+
+    def ping(self, *, retries: int = 0) -> R:
+        """Check that the supervisor answers; returns what its `ping` returns."""
+        return self.request("ping", retries=retries)
+
+    def status(self, name: str | None = None, *, detail: bool = False, retries: int = 0) -> R:
+        """Status of service `name`, or of every service; `detail` adds configuration facts and counters."""
+        return self.request("status", _status_args(name, detail), retries=retries)
+
+    def start(self, name: str | None = None, *, all: bool = False, **args: object) -> R:
+        """Start service `name`, or every service with `all=True`."""
+        return self.request("start", _target(name, all, args))
+
+    def stop(self, name: str | None = None, *, all: bool = False, **args: object) -> R:
+        """Stop service `name`, or every service with `all=True`."""
+        return self.request("stop", _target(name, all, args))
+
+    def restart(self, name: str | None = None, *, all: bool = False, **args: object) -> R:
+        """Restart service `name`, or every service with `all=True`."""
+        return self.request("restart", _target(name, all, args))
+
+    def pause(self, name: str | None = None, *, all: bool = False, **args: object) -> R:
+        """Pause service `name` (no new runs or restarts), or every one with `all=True`."""
+        return self.request("pause", _target(name, all, args))
+
+    def resume(self, name: str | None = None, *, all: bool = False, **args: object) -> R:
+        """Resume paused service `name`, or every one with `all=True`."""
+        return self.request("resume", _target(name, all, args))
+
+    def shutdown(self) -> R:
+        """Ask the supervisor to stop every service and exit."""
+        return self.request("shutdown")
+
+
+class Client(_ClientBase, _Commands[object]):
     """A blocking client of the control channel.
 
     Args:
@@ -180,23 +249,6 @@ class Client(_ClientBase):
         super().__init__(endpoint, timeout_s, curve_key, server_key)
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
-
-    def call(self, cmd: str, /, *, retries: int = 0, **args: object) -> object:
-        """Run `cmd` with keyword `args` on the supervisor and return its result.
-
-        Args:
-            cmd: the command name.
-            retries: resend this many times after a timeout; only for idempotent
-                commands (an argument named "retries" needs `request`).
-            **args: the command's arguments.
-
-        Raises:
-            RemoteError: the supervisor answered with an error (its code and message).
-            ClientTimeout: no reply within `timeout_s`, on every attempt.
-            DecodeError: the reply is not valid for this protocol version.
-            ProtocolError: the request is over the supervisor's size limit (TOO_LARGE).
-        """
-        return self.request(cmd, args, retries=retries)
 
     def request(
         self,
@@ -268,40 +320,8 @@ class Client(_ClientBase):
     ) -> None:
         self.close()
 
-    def ping(self, *, retries: int = 0) -> object:
-        """Check that the supervisor answers; returns what its `ping` returns."""
-        return self.request("ping", retries=retries)
 
-    def status(self, name: str | None = None, *, detail: bool = False, retries: int = 0) -> object:
-        """Status of service `name`, or of every service; `detail` adds configuration facts and counters."""
-        return self.request("status", _status_args(name, detail), retries=retries)
-
-    def start(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Start service `name`, or every service with `all=True`."""
-        return self.request("start", _target(name, all, args))
-
-    def stop(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Stop service `name`, or every service with `all=True`."""
-        return self.request("stop", _target(name, all, args))
-
-    def restart(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Restart service `name`, or every service with `all=True`."""
-        return self.request("restart", _target(name, all, args))
-
-    def pause(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Pause service `name` (no new runs or restarts), or every one with `all=True`."""
-        return self.request("pause", _target(name, all, args))
-
-    def resume(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Resume paused service `name`, or every one with `all=True`."""
-        return self.request("resume", _target(name, all, args))
-
-    def shutdown(self) -> object:
-        """Ask the supervisor to stop every service and exit."""
-        return self.request("shutdown")
-
-
-class AsyncClient(_ClientBase):
+class AsyncClient(_ClientBase, _Commands[Coroutine[Any, Any, object]]):
     """The asyncio twin of `Client`: the same methods, awaited.
 
     Calls on one `AsyncClient` take turns (each waits for the socket, then has its
@@ -331,10 +351,6 @@ class AsyncClient(_ClientBase):
         )
         self._socket: zmq.asyncio.Socket | None = None
         self._lock: asyncio.Lock = asyncio.Lock()
-
-    async def call(self, cmd: str, /, *, retries: int = 0, **args: object) -> object:
-        """Run `cmd` with keyword `args`; see `Client.call`."""
-        return await self.request(cmd, args, retries=retries)
 
     async def request(
         self,
@@ -404,37 +420,3 @@ class AsyncClient(_ClientBase):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    async def ping(self, *, retries: int = 0) -> object:
-        """Check that the supervisor answers; returns what its `ping` returns."""
-        return await self.request("ping", retries=retries)
-
-    async def status(self, name: str | None = None, *, detail: bool = False, retries: int = 0) -> object:
-        """Status of service `name`, or of every service; `detail` adds configuration facts and counters."""
-        return await self.request("status", _status_args(name, detail), retries=retries)
-
-    async def start(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Start service `name`, or every service with `all=True`."""
-        return await self.request("start", _target(name, all, args))
-
-    async def stop(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Stop service `name`, or every service with `all=True`."""
-        return await self.request("stop", _target(name, all, args))
-
-    async def restart(
-        self, name: str | None = None, *, all: bool = False, **args: object
-    ) -> object:
-        """Restart service `name`, or every service with `all=True`."""
-        return await self.request("restart", _target(name, all, args))
-
-    async def pause(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Pause service `name` (no new runs or restarts), or every one with `all=True`."""
-        return await self.request("pause", _target(name, all, args))
-
-    async def resume(self, name: str | None = None, *, all: bool = False, **args: object) -> object:
-        """Resume paused service `name`, or every one with `all=True`."""
-        return await self.request("resume", _target(name, all, args))
-
-    async def shutdown(self) -> object:
-        """Ask the supervisor to stop every service and exit."""
-        return await self.request("shutdown")

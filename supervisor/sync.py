@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from supervise.supervisor.daemon.commands import COMMANDS, unknown_command
+from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.config.loader import Config, load_config
 from supervise.supervisor.daemon.supervisor import Supervisor
 
@@ -289,7 +289,5 @@ class SyncSupervisor:
 
 async def _dispatch(sup: Supervisor, command: str, args: dict[str, object]) -> object:
     """What the control socket does with a decoded request, minus the socket."""
-    spec = COMMANDS.get(command)
-    if spec is None:
-        raise unknown_command(command)
-    return await spec.handler(sup, spec.validate(args))
+    spec, valid = resolve(command, args)
+    return await spec.handler(sup, valid)

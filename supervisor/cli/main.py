@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from supervise.protocol.version import VERSION
 
 DEFAULT_CONFIG = "supervise.toml"
 
@@ -169,7 +170,7 @@ def _obj(config: str | None, endpoint: str | None, timeout: float | None) -> dic
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="supervise")
+@click.version_option(VERSION, prog_name="supervise")
 def cli() -> None:
     """supervise: a process supervisor and job scheduler.
 
@@ -514,7 +515,6 @@ def events(
     supervise events --since 0 --no-follow --json   what the replay ring holds
     """
     import zmq
-
     from supervise.protocol.codec import unpack
     from supervise.protocol.limits import REPLY_LIMITS
 

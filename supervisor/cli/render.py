@@ -48,7 +48,7 @@ def status_table(result: Mapping[str, Any]) -> str:
         out += "\n\n" + schedule_table(scheduled)
     sup = result.get("supervisor") or {}
     if sup and not sup.get("healthy", True):
-        out += "\n\nunhealthy: a critical service is FATAL"
+        out += "\n\nunhealthy: a critical service is not up (FATAL, BACKOFF or STARTING)"
     return out
 
 

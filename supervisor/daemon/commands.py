@@ -19,7 +19,7 @@ from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.core.runs import RunState
 
 if TYPE_CHECKING:
-    from supervise.supervisor.daemon.supervisor import Supervisor
+    from supervise.supervisor.daemon.ports import ControlApi
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class Arg:
     max: float | None = None
 
 
-Handler = Callable[["Supervisor", Mapping[str, object]], Awaitable[object]]
+Handler = Callable[["ControlApi", Mapping[str, object]], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,14 @@ def _did_you_mean(word: str, choices: Mapping[str, object] | list[str]) -> str:
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
+def resolve(name: str, args: Mapping[str, object]) -> tuple[Command, dict[str, object]]:
+    """The command called `name` and its validated arguments; ProtocolError if either is wrong."""
+    command = COMMANDS.get(name)
+    if command is None:
+        raise unknown_command(name)
+    return command, command.validate(args)
+
+
 def unknown_command(name: str) -> ProtocolError:
     shown = name if len(name) <= 64 else name[:61] + "..."
     return ProtocolError(
@@ -113,22 +121,22 @@ _TARGET_ARGS = {
 }
 
 
-async def _ping(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _ping(sup: ControlApi, args: Mapping[str, object]) -> object:
     return sup.ping()
 
 
-async def _help(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _help(sup: ControlApi, args: Mapping[str, object]) -> object:
     return {
         name: {"doc": cmd.doc, "args": {k: a.doc for k, a in cmd.args.items()}} for name, cmd in sorted(COMMANDS.items())
     }
 
 
-async def _status(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _status(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = args.get("name")
     return sup.status(name if isinstance(name, str) else None, detail=args.get("detail") is True)
 
 
-def _targets(sup: Supervisor, command: str, args: Mapping[str, object]) -> list[str]:
+def _targets(sup: ControlApi, command: str, args: Mapping[str, object]) -> list[str]:
     name = args.get("name")
     if args.get("all") is True:
         if name is not None:
@@ -140,14 +148,14 @@ def _targets(sup: Supervisor, command: str, args: Mapping[str, object]) -> list[
 
 
 def _service_action(command: str) -> Handler:
-    async def handler(sup: Supervisor, args: Mapping[str, object]) -> object:
+    async def handler(sup: ControlApi, args: Mapping[str, object]) -> object:
         names = _targets(sup, command, args)
         return await sup.act(command, names, wait=args.get("wait", True) is True)
 
     return handler
 
 
-def _name(sup: Supervisor, args: Mapping[str, object]) -> str:
+def _name(sup: ControlApi, args: Mapping[str, object]) -> str:
     name = str(args["name"])
     sup.require(name)
     return name
@@ -163,30 +171,30 @@ def _datetime_arg(command: str, key: str, value: object) -> datetime:
     return when
 
 
-async def _run(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _run(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     run = sup.require_scheduler(name).run_now(name, args.get("args"))  # type: ignore[arg-type]
     return {"run_id": run.run_id, "state": str(run.state), "reason": run.reason}
 
 
-async def _cancel(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _cancel(sup: ControlApi, args: Mapping[str, object]) -> object:
     if sup.scheduler is None:
         raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{args["run_id"]}"')
     run = sup.scheduler.cancel(str(args["run_id"]))
     return {"run_id": run.run_id, "state": str(run.state)}
 
 
-async def _skip(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _skip(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     return {"skipping": sup.require_scheduler(name).skip_next(name)}
 
 
-async def _next(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _next(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     return {"next": sup.require_scheduler(name).next_fires(name, int(args.get("count", 5)))}  # type: ignore[call-overload]
 
 
-async def _runs(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _runs(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = args.get("name")
     state = args.get("state")
     try:
@@ -198,41 +206,41 @@ async def _runs(sup: Supervisor, args: Mapping[str, object]) -> object:
     return {"runs": sup.runs(name if isinstance(name, str) else None, states, limit)}
 
 
-async def _schedule(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _schedule(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     at = _datetime_arg("schedule", "at", args["at"])
     oneshot_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
     return {"id": oneshot_id, "at": at.isoformat()}
 
 
-async def _backfill(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _backfill(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     start = _datetime_arg("backfill", "from", args["from"])
     end = _datetime_arg("backfill", "to", args["to"])
     return {"run_ids": sup.require_scheduler(name).backfill(name, start, end)}
 
 
-async def _add(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _add(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.add(str(args["name"]), args["spec"])  # type: ignore[arg-type]
 
 
-async def _remove(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _remove(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.remove(str(args["name"]))
 
 
-async def _update(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _update(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.update(str(args["name"]), args["spec"])  # type: ignore[arg-type]
 
 
-async def _scale(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _scale(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.scale(str(args["name"]), int(args["processes"]))  # type: ignore[call-overload]
 
 
-async def _reload(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _reload(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.reload(dry_run=args.get("dry_run") is True)
 
 
-async def _shutdown(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _shutdown(sup: ControlApi, args: Mapping[str, object]) -> object:
     sup.request_shutdown()
     return {"shutting_down": True}
 
@@ -240,23 +248,23 @@ async def _shutdown(sup: Supervisor, args: Mapping[str, object]) -> object:
 # -- observability (docs/observability.md) -------------------------------------
 
 
-async def _metrics(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _metrics(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = args.get("name")
     if isinstance(name, str):
         sup.require(name)
     return sup.observability.metrics(name if isinstance(name, str) else None)
 
 
-async def _events(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _events(sup: ControlApi, args: Mapping[str, object]) -> object:
     service = args.get("service")
     if isinstance(service, str):
         sup.require(service)
     since, limit = args.get("since", 0), args.get("limit", 1000)
     assert isinstance(since, int) and isinstance(limit, int)
-    return sup.observability.events.since(since, service=service if isinstance(service, str) else None, limit=limit)
+    return sup.observability.events_since(since, service=service if isinstance(service, str) else None, limit=limit)
 
 
-async def _logs(sup: Supervisor, args: Mapping[str, object]) -> object:
+async def _logs(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = str(args["name"])
     sup.require(name)
     lines = args.get("lines", 100)

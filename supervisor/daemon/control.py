@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from supervise.protocol.codec import decode_request, encode_error, encode_reply, split_envelope
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
-from supervise.supervisor.daemon.commands import COMMANDS, Command, unknown_command
+from supervise.supervisor.daemon.commands import Command, resolve
 from supervise.supervisor.daemon.sockets import send_nowait
 from supervise.supervisor.core.errors import AlreadyRunning, ConfigError, InvalidTransition, ServiceNotFound
 
@@ -44,17 +44,20 @@ def error_code_for(error: SuperviseError) -> ErrorCode:
 
 
 class ControlServer:
-    """Serves `COMMANDS` on a bound ROUTER socket until closed."""
+    """Serves the control commands (`commands.COMMANDS`) on a bound ROUTER socket until closed.
+
+    Each request's command is looked up once, in `_parse`; `dispatch` runs it.
+    """
 
     def __init__(
         self,
         sock: zmq.asyncio.Socket,
-        call: Callable[[str, dict[str, object]], Awaitable[object]],
+        dispatch: Callable[[Command, dict[str, object]], Awaitable[object]],
         *,
         readonly: Mapping[str, str] | None = None,
     ) -> None:
         self._sock = sock
-        self._call = call
+        self._dispatch = dispatch  # runs a resolved command: `command.handler(api, args)`
         self._readonly = readonly or None  # ZAP User-Id (Z85 public key) -> key name, of read-only keys
         self._tasks: set[asyncio.Task[None]] = set()
         self.bad_requests = 0
@@ -109,18 +112,16 @@ class ControlServer:
     def _parse(self, body: list[bytes]) -> tuple[str | int, Command, dict[str, object]]:
         """Decode and validate a request; raises ProtocolError with the code to reply."""
         request = decode_request(body)
-        command = COMMANDS.get(request.cmd)
         try:
-            if command is None:
-                raise unknown_command(request.cmd)
-            return request.id, command, command.validate(request.args)
+            command, args = resolve(request.cmd, request.args)
+            return request.id, command, args
         except ProtocolError as e:
             e.request_id = request.id
             raise
 
     async def _run(self, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
         try:
-            reply = encode_reply(request_id, await self._call(command.name, args))
+            reply = encode_reply(request_id, await self._dispatch(command, args))
         except SuperviseError as e:
             reply = self._error_reply(e, request_id)
         except Exception:

@@ -21,35 +21,23 @@ import zmq.asyncio
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.daemon.events import EventLog
 from supervise.supervisor.daemon.logtail import tail
+from supervise.supervisor.core.health import UP_STATES, service_healthy
 from supervise.supervisor.core.metrics import MetricsBook, count_within
 from supervise.supervisor.daemon.sampler import Sampler
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.http import HttpServer
     from supervise.supervisor.daemon.runtime import ServiceRuntime
-    from supervise.supervisor.daemon.supervisor import Supervisor
+    from supervise.supervisor.daemon.ports import ServiceView
 
 log = logging.getLogger("supervise")
 
 SAMPLE_INTERVAL_S = 1.0
-HEALTHY_STATES = frozenset({"RUNNING", "PAUSED"})
 
 
 def is_scheduled(config: object) -> bool:
     """A service that runs on triggers rather than forever."""
     return getattr(config, "schedule", None) is not None
-
-
-def service_healthy(state: str, *, critical: bool, scheduled: bool) -> bool:
-    """Healthy: up (RUNNING/PAUSED); a scheduled one between runs unless FATAL; a
-    non-critical one that is deliberately down (STOPPED/EXITED)."""
-    if state in HEALTHY_STATES:
-        return True
-    if state == "FATAL":
-        return False
-    if scheduled:
-        return True
-    return not critical and state in ("STOPPED", "EXITED")
 
 
 class Observability:
@@ -65,7 +53,7 @@ class Observability:
 
     def __init__(
         self,
-        sup: Supervisor,
+        sup: ServiceView,
         *,
         clock: Clock,
         on_over_memory: Callable[[str, int, int], None],
@@ -227,7 +215,7 @@ class Observability:
             svc = self._sup.require(name)
             state = str(svc.record.state)
             ok = service_healthy(state, critical=svc.config.critical, scheduled=is_scheduled(svc.config))
-            running += state in HEALTHY_STATES
+            running += state in UP_STATES
             errors += not ok
             if svc.config.critical and not ok:
                 healthy = False
@@ -249,6 +237,10 @@ class Observability:
             "details": details,
         }
         return healthy, body
+
+    def events_since(self, seq: int, *, service: str | None, limit: int) -> dict[str, Any]:
+        """The `events` command's reply: events after `seq`, optionally of one service."""
+        return self.events.since(seq, service=service, limit=limit)
 
     def logs(self, name: str, lines: int) -> dict[str, Any]:
         """The last `lines` lines a service's workers wrote, and where to follow from (blocking I/O)."""

@@ -36,7 +36,7 @@ from supervise.supervisor.store.base import ScheduleState, StoreError
 from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
-    from supervise.supervisor.daemon.supervisor import Supervisor
+    from supervise.supervisor.daemon.ports import SchedulerHost
 
 log = logging.getLogger("supervise.scheduler")
 
@@ -80,9 +80,18 @@ LAST_RUN_REFRESH_S = 5.0
 class Scheduler:
     """Fires the schedules of the supervisor's scheduled services."""
 
-    def __init__(self, host: Supervisor, store: QueuedStore) -> None:
+    def __init__(
+        self,
+        host: SchedulerHost,
+        store: QueuedStore,
+        *,
+        history_keep: int = 1000,
+        history_max_age_ms: int = 30 * 86_400_000,
+    ) -> None:
         self._host = host
         self._store = store
+        self._history_keep = history_keep  # finished runs kept per service and outcome
+        self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
@@ -129,9 +138,8 @@ class Scheduler:
 
     def _prune(self) -> None:
         """Keep the history bounded; again every PRUNE_EVERY_S."""
-        sup = self._host.config.supervisor
         try:
-            removed = self._store.prune(sup.history_keep, timedelta(milliseconds=sup.history_max_age_ms), self._now())
+            removed = self._store.prune(self._history_keep, self._history_max_age, self._now())
         except StoreError as e:
             log.error("pruning the run history failed (will retry): %s", e)
         else:
@@ -407,7 +415,6 @@ class Scheduler:
         self._host.publish(
             s.name, "run_finished", {"run_id": run_id, "state": str(state), "duration_ms": run.duration_ms, "error": error}
         )
-        self._host.record_run(s.name, run)
         self._retry_if_wanted(s, run)
         self._start_buffered(s)
         if s.config.trigger.kind == "after_finish" or s.next_nominal is None:

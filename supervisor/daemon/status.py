@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 from supervise.supervisor.daemon.runtime import ServiceRuntime, runs_per_process
 
 if TYPE_CHECKING:
-    from supervise.supervisor.daemon.scheduler import Scheduler
+    from supervise.supervisor.daemon.ports import ScheduleView
 
 Resources = Callable[[ServiceRuntime], tuple[float | None, int | None]]
 """A service's CPU percent and RSS from the last sample (None, None before one)."""
 
 
-def status_row(svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: Scheduler | None) -> dict[str, object]:
+def status_row(svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None) -> dict[str, object]:
     """A service's live state: state, pid, uptime, restarts, heartbeat age, last exit and error, CPU, memory, schedule."""
     r = svc.record
     alive = r.pid is not None
@@ -49,7 +49,7 @@ def status_row(svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler
 
 
 def status_row_detail(
-    svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: Scheduler | None
+    svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None
 ) -> dict[str, object]:
     """`status_row` plus the service's configuration facts and rarely needed counters."""
     r = svc.record
@@ -70,7 +70,7 @@ def status_row_detail(
 
 
 def shown_state(
-    svc: ServiceRuntime, scheduler: Scheduler | None, schedule: Mapping[str, object] | None = None
+    svc: ServiceRuntime, scheduler: ScheduleView | None, schedule: Mapping[str, object] | None = None
 ) -> str:
     """The core's state; a scheduled command shows SCHEDULED, RUNNING or PAUSED instead.
 

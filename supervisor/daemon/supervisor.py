@@ -16,7 +16,6 @@ import collections
 import logging
 import os
 import random
-import secrets
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -27,65 +26,49 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.errors import ErrorCode, ProtocolError
-from supervise.supervisor.core import state as core
-from supervise.supervisor.daemon.binding import Endpoints
-from supervise.supervisor.daemon.changes import RuntimeChanges
-from supervise.supervisor.core.clock import Clock, SystemClock
-from supervise.supervisor.daemon.commands import COMMANDS
+from supervise.protocol.version import VERSION
 from supervise.supervisor.config.loader import (
     Config,
     ServiceConfig,
     load_config,
     parse_service,
 )
-from supervise.supervisor.daemon.control import ControlServer
+from supervise.supervisor.core import state as core
+from supervise.supervisor.core.clock import Clock, SystemClock
 from supervise.supervisor.core.dependencies import stop_layers
-from supervise.supervisor.core.errors import ConfigError, ServiceNotFound
+from supervise.supervisor.core.errors import ConfigError
+from supervise.supervisor.core.health import supervisor_healthy
+from supervise.supervisor.core.runs import RunState
+from supervise.supervisor.daemon.binding import Endpoints
+from supervise.supervisor.daemon.changes import RuntimeChanges
+from supervise.supervisor.daemon.commands import Command
+from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.daemon.observability import Observability
-from supervise.supervisor.daemon.output import RotatingLog
-from supervise.supervisor.daemon.processes import (
-    SpawnRequest,
-    Worker,
-    describe_spawn_error,
-    python_worker_argv,
-    spawn,
-)
-from supervise.supervisor.core.runs import Run, RunState
+from supervise.supervisor.daemon.pool import PoolHooks, WorkerPool
+from supervise.supervisor.daemon.ports import ExitCallback
+from supervise.supervisor.daemon.processes import Worker
+from supervise.supervisor.daemon.registry import ServiceTable
 from supervise.supervisor.daemon.runtime import (
-    SUPERVISOR_TIMEOUT_MIN_MS,
     ServiceRuntime,
     runs_per_process,
     service_spec,
-    supervisor_timeout_ms,
 )
 from supervise.supervisor.daemon.scheduler import Scheduler, run_to_dict
-from supervise.supervisor.daemon.sockets import Inbox
-from supervise.supervisor.daemon.status import shown_state, status_row, status_row_detail
+from supervise.supervisor.daemon.status import (
+    shown_state,
+    status_row,
+    status_row_detail,
+)
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
 
 log = logging.getLogger("supervise")
 
-VERSION = "0.1.0"
 
-
-_HEARTBEAT = core.HeartbeatReceived()
-
-# A busy worker channel is read every 50 ms: 200 workers heartbeating at 1 Hz wake the
-# loop 20 times a second instead of 200 (half the supervisor's idle CPU), for at most
-# 50 ms more latency under load; a message on a quiet channel is read at once.
-WORKER_READ_GAP_S = 0.05
-
-# Worker exits (and the restarts they cause) handled per turn of the event loop.
-EXITS_PER_TURN = 10
-
-
-
-class Supervisor(RuntimeChanges):
+class Supervisor:
     """Supervises the services of a `Config`; an async context manager.
 
     Args:
@@ -112,12 +95,9 @@ class Supervisor(RuntimeChanges):
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._handle_signals = handle_signals
-        self._services: dict[str, ServiceRuntime] = {}
+        self._services = ServiceTable()
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()
         self._feeding = False
-        self._exits: collections.deque[tuple[ServiceRuntime, Worker, int | None, int | None]] = collections.deque()
-        self._exits_scheduled = False
-        self._run_processes: set[Worker] = set()  # command runs of scheduled services
         self._pending_starts: set[str] = set()  # waiting for what they require to be RUNNING
         self.forced_stop = False  # a second SIGTERM/SIGINT killed the workers: the daemon exits 1
         self._changed = asyncio.Event()
@@ -126,22 +106,30 @@ class Supervisor(RuntimeChanges):
         self._started_at = 0.0
         self._lock = StateDirLock(config.supervisor.state_dir)
         self._endpoints = Endpoints(config)
-        self._workers: Inbox | None = None
         self._control: ControlServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._guard = GuardLink()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.bad_worker_messages = 0
         self.observability = Observability(
             self,
             clock=self._clock,
-            sample_interval_s=config.supervisor.sample_interval_ms / 1000, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
+            sample_interval_s=config.supervisor.sample_interval_ms / 1000,
+            on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit)),
         )
-        self._instance = secrets.token_hex(8)
-        self._store: QueuedStore | None = None
+        hooks = PoolHooks(
+            feed=self._feed,
+            worker_exited=self._on_worker_exited,
+            hello=self._on_worker_hello,
+            run_message=self._on_run_message,
+            metrics=self.observability.worker_metrics,
+            changed=self.notify,
+        )
+        self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
+        self.changes = RuntimeChanges(self, self._services)
+        self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         for cfg in config.services.values():
-            self._register(cfg)
+            self.register(cfg)
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Self:
@@ -176,12 +164,12 @@ class Supervisor(RuntimeChanges):
             raise
         endpoints = self._endpoints
         assert endpoints.control is not None and endpoints.workers is not None
-        self._workers = Inbox(self._loop, endpoints.workers, self._on_worker_message, min_gap_s=WORKER_READ_GAP_S)
+        self._pool.open(self._loop, endpoints.workers)
         readonly = endpoints.curve.readonly_user_ids() if endpoints.curve is not None else None
-        self._control = ControlServer(endpoints.control, self._call, readonly=readonly)
+        self._control = ControlServer(endpoints.control, self._dispatch, readonly=readonly)
         self._tasks = [
             asyncio.create_task(self._control.serve(), name="supervise-control"),
-            asyncio.create_task(self._beat_workers(), name="supervise-heartbeats"),
+            asyncio.create_task(self._pool.beat_forever(), name="supervise-heartbeats"),
         ]
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,15 +184,16 @@ class Supervisor(RuntimeChanges):
         )
         self._start_scheduler()
         self._restore_registrations()
-        self._start_in_order([n for n, s in self._services.items() if s.config.autostart])
+        self.start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
         url = self.config.supervisor.store
         shared = url is not None and url.startswith(("postgresql://", "postgres://"))
         store = open_store(url or self.config.supervisor.state_dir / "history.db")
         queued = QueuedStore(store, shared=shared)
-        self._store = queued
-        self.scheduler = Scheduler(self, queued)
+        self.store = queued
+        sup = self.config.supervisor
+        self.scheduler = Scheduler(self, queued, history_keep=sup.history_keep, history_max_age_ms=sup.history_max_age_ms)
         for name, svc in self._services.items():
             if svc.config.schedule is not None:
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
@@ -213,8 +202,8 @@ class Supervisor(RuntimeChanges):
 
     def _restore_registrations(self) -> None:
         """Services added at runtime by an earlier run of this supervisor come back."""
-        assert self._store is not None
-        for name, table in self._store.list_registrations().items():
+        assert self.store is not None
+        for name, table in self.store.list_registrations().items():
             if name in self._services:
                 log.warning("runtime service %s is shadowed by the config's service of that name", name)
                 continue
@@ -223,9 +212,9 @@ class Supervisor(RuntimeChanges):
             except ConfigError as e:
                 log.error("runtime service %s can no longer be loaded; skipped:\n%s", name, e)
                 continue
-            self._register(replace(cfg, origin="runtime"))
+            self.register(replace(cfg, origin="runtime"))
 
-    def _register(self, cfg: ServiceConfig) -> list[str]:
+    def register(self, cfg: ServiceConfig) -> list[str]:
         """Add a service's `processes` instances (and its schedule); returns their names."""
         names = []
         for i in range(cfg.processes):
@@ -239,15 +228,9 @@ class Supervisor(RuntimeChanges):
 
     def expand(self, name: str) -> list[str]:
         """The instance names of service `name` (just `name` with one process, or for an instance)."""
-        svc = self._services.get(name)
-        if svc is not None and (svc.instance != 0 or svc.config.processes == 1):
-            return [name]  # an instance, or a service of one process: the common case, in O(1)
-        names = [n for n, s in self._services.items() if s.config.name == name]
-        if not names:
-            raise ServiceNotFound(name, sorted({s.config.name for s in self._services.values()}))
-        return names
+        return self._services.expand(name)
 
-    def _start_in_order(self, names: list[str]) -> None:
+    def start_in_order(self, names: list[str]) -> None:
         """Start `names` (services or instances), each once what it requires is RUNNING."""
         for name in names:
             for instance in self.expand(name):
@@ -258,14 +241,9 @@ class Supervisor(RuntimeChanges):
     def _start_ready(self) -> None:
         for name in [n for n in self._services if n in self._pending_starts]:
             svc = self._services[name]
-            if all(self._running(d) for d in svc.config.requires):
+            if all(self._services.running(d) for d in svc.config.requires):
                 self._pending_starts.discard(name)
                 self._feed(name, core.StartRequested())
-
-    def _running(self, service: str) -> bool:
-        """Every instance of `service` is RUNNING."""
-        instances = [s for s in self._services.values() if s.config.name == service]
-        return bool(instances) and all(s.record.state is core.ServiceState.RUNNING for s in instances)
 
     def request_shutdown(self) -> None:
         """Ask `serve_forever` to return (the stop itself happens in `close`)."""
@@ -282,18 +260,16 @@ class Supervisor(RuntimeChanges):
             return
         self._shutdown.set()
         self._pending_starts.clear()
-        for worker in self._run_processes:
+        for worker in self._pool.run_processes:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
         await self._stop_in_order(deadline)
-        if not await self._wait_until(lambda: not self._alive_workers(), max(0.0, deadline - time.monotonic())):
-            for worker in self._run_processes:
-                worker.signal_group(signal.SIGKILL)
+        if not await self._wait_until(lambda: not self._pool.alive(), max(0.0, deadline - time.monotonic())):
             for svc in self._services.values():
                 if svc.worker is not None:
                     log.warning("%s (pid %d) still running at shutdown_timeout; SIGKILL", svc.name, svc.worker.pid)
-                    svc.worker.signal_group(signal.SIGKILL)
-            await self._wait_until(lambda: not self._alive_workers(), 5.0)
+            self._pool.signal_all(signal.SIGKILL)
+            await self._wait_until(lambda: not self._pool.alive(), 5.0)
         if self._handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self._loop.remove_signal_handler(sig)
@@ -312,13 +288,11 @@ class Supervisor(RuntimeChanges):
                 svc.log.close()
         if self.scheduler is not None:
             self.scheduler.close()
-        if self._store is not None:
-            self._store.close()
+        if self.store is not None:
+            self.store.close()
         await self.observability.close()
         self._guard.stop()
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
+        self._pool.close()
         self._endpoints.close()
         self._lock.release()
         self._closed.set()
@@ -336,9 +310,6 @@ class Supervisor(RuntimeChanges):
     def _all_exited(self, names: list[str]) -> bool:
         return all(self._services[n].worker is None for n in names)
 
-    def _alive_workers(self) -> bool:
-        return bool(self._run_processes) or any(s.worker is not None for s in self._services.values())
-
     def _on_sighup(self) -> None:
         async def reload() -> None:
             try:
@@ -355,11 +326,7 @@ class Supervisor(RuntimeChanges):
         if self._shutdown.is_set():
             log.warning("second %s: killing every worker now", signal.Signals(sig).name)
             self.forced_stop = True
-            for svc in self._services.values():
-                if svc.worker is not None:
-                    svc.worker.signal_group(signal.SIGKILL)
-            for worker in self._run_processes:
-                worker.signal_group(signal.SIGKILL)
+            self._pool.signal_all(signal.SIGKILL)
             return
         log.info("%s received: stopping every service", signal.Signals(sig).name)
         self._shutdown.set()
@@ -388,19 +355,19 @@ class Supervisor(RuntimeChanges):
                 for action in actions:
                     self._execute(svc, action, now_ms)
                 if svc.record.state is not before:
-                    self._notify()
+                    self.notify()
         finally:
             self._feeding = False
 
     def _execute(self, svc: ServiceRuntime, action: core.Action, now_ms: int) -> None:
         match action:
             case core.Spawn(incarnation):
-                self._spawn(svc, incarnation)
+                self._queue.append((svc.name, self._pool.spawn(svc, incarnation)))
             case core.SignalGroup(sig):
                 if svc.worker is not None:
                     svc.worker.signal_group(sig)
             case core.SendWorker(kind):
-                self._send_worker(svc, kind)
+                self._pool.send(svc, kind)
             case core.ArmTimer(timer, at_ms):
                 self._arm(svc, timer, at_ms - now_ms)
             case core.CancelTimer(timer):
@@ -408,7 +375,8 @@ class Supervisor(RuntimeChanges):
                 if handle is not None:
                     handle.cancel()
             case core.Emit(kind, detail, message):
-                self._emit(svc.name, kind, detail, message)
+                # Numbered, kept for replay, logged, counted and published (PUB drops at its HWM).
+                self.observability.emit(svc.name, kind, detail, message)
 
     def _arm(self, svc: ServiceRuntime, timer: core.Timer, delay_ms: int) -> None:
         assert self._loop is not None
@@ -422,91 +390,21 @@ class Supervisor(RuntimeChanges):
 
         svc.timers[timer] = self._loop.call_later(max(0, delay_ms) / 1000, fire)
 
-    def _spawn(self, svc: ServiceRuntime, incarnation: int) -> None:
-        assert self._loop is not None
-        svc.token = secrets.token_hex(16)
-        svc.worker_id = f"{svc.name}/{incarnation}"
-        svc.worker_id_bytes = svc.worker_id.encode()
-        svc.heartbeat_frame = encode_worker_message("heartbeat", token=svc.token)
-        if svc.log is None:
-            svc.log = self._open_log(svc.name)
-        request = self._spawn_request(svc)
-        try:
-            worker = spawn(self._loop, request, svc.log, partial(self._on_worker_exit, svc))
-        except OSError as e:
-            self._queue.append((svc.name, core.SpawnFailed(describe_spawn_error(e, request.argv, request.cwd))))
-            return
-        svc.worker = worker
-        self._guard.watch(worker.pid)
-        self._queue.append((svc.name, core.WorkerSpawned(worker.pid)))
-
-    def _open_log(self, name: str) -> RotatingLog:
-        sup = self.config.supervisor
-        return RotatingLog(sup.state_dir / "logs" / f"{name}.log", max_bytes=sup.log_max_bytes, backups=sup.log_backups)
-
-    def _spawn_request(self, svc: ServiceRuntime) -> SpawnRequest:
-        cfg = svc.config
-        sup = self.config.supervisor
-        env = dict(os.environ)
-        env.update(cfg.env)
-        env.update(
-            SUPERVISE_SERVICE=svc.name,
-            SUPERVISE_WORKER_ID=svc.worker_id,
-            SUPERVISE_WORKER_ENDPOINT=sup.workers_endpoint,
-            SUPERVISE_TOKEN=svc.token,
-            SUPERVISE_PPID=str(os.getpid()),
-            SUPERVISE_INSTANCE=self._instance,
-            SUPERVISE_HEARTBEAT_INTERVAL_MS=str(cfg.heartbeat_interval_ms),
-            SUPERVISE_SUPERVISOR_TIMEOUT_MS=str(supervisor_timeout_ms(cfg)),
-        )
-        if cfg.target is not None:
-            env["SUPERVISE_TARGET"] = cfg.target
-            if cfg.schedule is not None:
-                env["SUPERVISE_MODE"] = "once" if cfg.schedule.isolation == "process" else "runs"
-            paths = [str(self.config.base_dir), env.get("PYTHONPATH", "")]
-            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-            argv: list[str] = python_worker_argv()
-        else:
-            assert cfg.command is not None
-            argv = list(cfg.command)
-        return SpawnRequest(argv=argv, env=env, cwd=cfg.cwd, user=cfg.user, umask=cfg.umask)
-
-    def _on_worker_exit(self, svc: ServiceRuntime, worker: Worker, code: int | None, sig: int | None) -> None:
-        """A worker was reaped: queue its exit, handled EXITS_PER_TURN per loop turn.
-
-        Workers that started together exit together: 200 of them at once would
-        be 200 restarts in one turn of the loop, and a control request arriving
-        meanwhile would wait for all of them.
-        """
-        assert self._loop is not None
-        self._guard.forget(worker.pid)
-        self._exits.append((svc, worker, code, sig))
-        if not self._exits_scheduled:
-            self._exits_scheduled = True
-            self._loop.call_soon(self._handle_exits)
-
-    def _handle_exits(self) -> None:
-        assert self._loop is not None
-        for _ in range(min(EXITS_PER_TURN, len(self._exits))):
-            self._handle_exit(*self._exits.popleft())
-        if self._exits:
-            self._loop.call_soon(self._handle_exits)  # the rest after what else is ready
-        else:
-            self._exits_scheduled = False
-
-    def _handle_exit(self, svc: ServiceRuntime, worker: Worker, code: int | None, sig: int | None) -> None:
-        if svc.worker is not worker or self._services.get(svc.name) is not svc:
-            return  # the service was removed (or scaled down) meanwhile
-        if svc.config.is_python and self._workers is not None:
-            # What the worker said before it died (its traceback, its last run's result)
-            # may still wait in a busy channel's batch: it comes before the exit.
-            self._workers.drain_pending()
-        svc.worker = None
-        self._feed(svc.name, core.WorkerExited(code, sig))
+    def _on_worker_exited(self, name: str, code: int | None, sig: int | None) -> None:
+        self._feed(name, core.WorkerExited(code, sig))
         if self.scheduler is not None:
-            self.scheduler.on_worker_exit(svc.name)
+            self.scheduler.on_worker_exit(name)
 
-    def _notify(self) -> None:
+    def _on_worker_hello(self, name: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.on_worker_ready(name)
+
+    def _on_run_message(self, name: str, kind: str, fields: Mapping[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.on_worker_message(name, kind, fields)
+
+    def notify(self) -> None:
+        """Wake whoever waits for a state change; start what was waiting for it."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if self._pending_starts and not self._shutdown.is_set():
@@ -525,124 +423,66 @@ class Supervisor(RuntimeChanges):
                 return predicate()
         return True
 
-    # -- events ------------------------------------------------------------------
-
-    def _emit(self, service: str, kind: str, detail: Mapping[str, object], message: str) -> None:
-        # Numbered, kept for replay, logged, counted and published (PUB drops at its HWM).
-        self.observability.emit(service, kind, detail, message)
-
-    # -- the worker channel ------------------------------------------------------
-
-    def _on_worker_message(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self.bad_worker_messages += 1
-            return
-        identity, body = frames
-        name, _, _ = identity.decode(errors="replace").rpartition("/")
-        svc = self._services.get(name)
-        if svc is not None and body == svc.heartbeat_frame and identity == svc.worker_id_bytes:
-            # Hundreds a second: the exact bytes this worker's heartbeat must be, so no decoding.
-            self._feed(name, _HEARTBEAT)
-            return
-        try:
-            msg = decode_worker_message(body, sender="worker")
-        except ProtocolError:
-            self.bad_worker_messages += 1
-            return
-        # A message counts only from the current incarnation's identity with its token.
-        if svc is None or identity.decode(errors="replace") != svc.worker_id or msg.fields.get("token") != svc.token:
-            self.bad_worker_messages += 1
-            return
-        if msg.kind == "hello":
-            self._feed(name, core.HelloReceived())
-            if self.scheduler is not None:
-                self.scheduler.on_worker_ready(name)
-        elif msg.kind.startswith("run_"):
-            if self.scheduler is not None:
-                self.scheduler.on_worker_message(name, msg.kind, msg.fields)
-        elif msg.kind == "heartbeat":
-            self._feed(name, core.HeartbeatReceived())
-        elif msg.kind == "watchdog":
-            self._feed(name, core.WatchdogReceived())
-        elif msg.kind == "error":
-            text = msg.fields.get("traceback") or msg.fields.get("message")
-            self._feed(name, core.ErrorReported(str(text)))
-        elif msg.kind == "metrics":
-            svc.metrics = {"counters": msg.fields.get("counters", {}), "gauges": msg.fields.get("gauges", {})}
-            self.observability.worker_metrics(name, svc.record.incarnation, svc.metrics)
-
-    def _send_worker(self, svc: ServiceRuntime, kind: str) -> None:
-        if self._workers is None or not svc.worker_id:
-            return
-        # Not connected (yet, or any more): dropped; the signal path still works.
-        self._workers.send([svc.worker_id.encode(), encode_worker_message(kind)])
-
-    async def _beat_workers(self) -> None:
-        """Heartbeat every Python worker, five times within the shortest supervisor timeout."""
-        timeouts = [supervisor_timeout_ms(s.config) for s in self._services.values()] or [SUPERVISOR_TIMEOUT_MIN_MS]
-        period_s = max(1.0, min(timeouts) / 5 / 1000)
-        while True:
-            await asyncio.sleep(period_s)
-            for svc in self._services.values():
-                if svc.worker is not None and svc.config.is_python:
-                    self._send_worker(svc, "heartbeat")
-
     # -- what the scheduler calls ------------------------------------------------
 
     def wall(self) -> datetime:
         return self._clock.wall()
 
     def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
-        self._emit(service, kind, detail, "")
-
-    def record_run(self, service: str, run: Run) -> None:
-        """A run finished (hook for metrics)."""
+        self.observability.emit(service, kind, detail, "")
 
     def worker_ready(self, name: str) -> bool:
         svc = self._services[name]
         return svc.worker is not None and svc.record.hello
 
     def send_run(self, name: str, **fields: object) -> None:
-        svc = self._services[name]
-        assert self._workers is not None
-        self._workers.send([svc.worker_id.encode(), encode_worker_message("run", **fields)])
+        self._pool.send(self._services[name], "run", **fields)
 
     def send_cancel(self, name: str, run_id: str) -> None:
-        svc = self._services[name]
-        assert self._workers is not None
-        self._workers.send([svc.worker_id.encode(), encode_worker_message("cancel", run_id=run_id)])
+        self._pool.send(self._services[name], "cancel", run_id=run_id)
 
     def restart_worker(self, name: str) -> None:
         self._feed(name, core.RestartRequested())
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: Callable[[Worker, int | None, int | None], None]) -> Worker:
-        """Start one execution of a scheduled command; raises OSError if it cannot start."""
-        assert self._loop is not None
-        svc = self._services[name]
-        svc.token = svc.token or secrets.token_hex(16)
-        svc.worker_id = svc.worker_id or f"{name}/run"
-        request = self._spawn_request(svc)
-        request = replace(request, env={**request.env, **env})
-        if svc.log is None:
-            svc.log = self._open_log(name)
+    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+        """Start one execution of a scheduled service; raises OSError if it cannot start."""
+        return self._pool.spawn_run_process(name, env, on_exit)
 
-        def exited(worker: Worker, code: int | None, sig: int | None) -> None:
-            self._run_processes.discard(worker)
-            self._guard.forget(worker.pid)
-            if svc.config.is_python and self._workers is not None:
-                self._workers.drain_pending()  # the run's result, sent just before it exited
-            on_exit(worker, code, sig)
-            self._notify()
+    # -- what runtime changes call ------------------------------------------------
 
-        worker = spawn(self._loop, request, svc.log, exited)
-        self._run_processes.add(worker)
-        self._guard.watch(worker.pid)
-        return worker
+    def forget(self, name: str) -> None:
+        """Drop a stopped instance's runtime (its worker, if SIGKILLed late, is reaped by then)."""
+        svc = self._services.pop(name)
+        for handle in svc.timers.values():
+            handle.cancel()
+        self._pending_starts.discard(name)
+        if svc.log is not None:
+            svc.log.close()
+
+    async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
+        """Register, persist and start a service described by a config table (same keys and checks)."""
+        return await self.changes.add(name, table)
+
+    async def remove(self, name: str) -> dict[str, object]:
+        """Stop a service as `stop` does, then forget it (and its runtime registration)."""
+        return await self.changes.remove(name)
+
+    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
+        """Replace a service's settings; restarts it only if its process would differ."""
+        return await self.changes.update(name, table)
+
+    async def scale(self, name: str, processes: int) -> dict[str, object]:
+        """Run `processes` instances of a service."""
+        return await self.changes.scale(name, processes)
+
+    async def reload(self, *, dry_run: bool = False) -> dict[str, object]:
+        """Re-read the config file and apply only the difference; a broken file changes nothing."""
+        return await self.changes.reload(dry_run=dry_run)
 
     # -- what the commands call -------------------------------------------------
 
-    async def _call(self, command: str, args: dict[str, object]) -> object:
-        return await COMMANDS[command].handler(self, args)
+    async def _dispatch(self, command: Command, args: dict[str, object]) -> object:
+        return await command.handler(self, args)
 
     def require_scheduler(self, name: str) -> Scheduler:
         self.require(name)
@@ -656,9 +496,9 @@ class Supervisor(RuntimeChanges):
         """Run history, newest first."""
         if name is not None:
             self.require(name)
-        if self._store is None:
+        if self.store is None:
             return []
-        return [run_to_dict(r) for r in self._store.list_runs(name, states=states, limit=limit)]
+        return [run_to_dict(r) for r in self.store.list_runs(name, states=states, limit=limit)]
 
     def control_counters(self) -> dict[str, int]:
         """Control requests refused: malformed or invalid, forbidden to a read-only key; replies dropped."""
@@ -675,12 +515,17 @@ class Supervisor(RuntimeChanges):
             **self.observability.ping(),
         }
 
+    @property
+    def bad_worker_messages(self) -> int:
+        """Messages on the worker channel that were malformed or not from a current worker."""
+        return self._pool.bad_messages
+
     def service_names(self) -> list[str]:
         return list(self._services)
 
     def require(self, name: str) -> ServiceRuntime:
         """The runtime of `name` (a service, or one instance of it); ServiceNotFound otherwise."""
-        return self._services[self.expand(name)[0]]
+        return self._services.require(name)
 
     def status(self, name: str | None = None, *, detail: bool = False) -> dict[str, object]:
         """Every service's (or one's) live state; with `detail`, its configuration facts and counters too."""
@@ -694,12 +539,13 @@ class Supervisor(RuntimeChanges):
         }
 
     def healthy(self) -> bool:
-        """False when any critical service is FATAL."""
-        return not any(
-            s.config.critical and s.record.state is core.ServiceState.FATAL for s in self._services.values()
+        """Every critical service is healthy (core/health.py: the same verdict as `/health`)."""
+        return supervisor_healthy(
+            (str(s.record.state), s.config.critical, s.config.schedule is not None) for s in self._services.values()
         )
 
-    def _shown_state(self, svc: ServiceRuntime) -> str:
+    def shown_state(self, svc: ServiceRuntime) -> str:
+        """The state `status` shows for a service (a scheduled command: SCHEDULED, RUNNING or PAUSED)."""
         return shown_state(svc, self.scheduler)
 
     async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:
@@ -726,7 +572,7 @@ class Supervisor(RuntimeChanges):
                 (self._wait_budget_ms(command, self._services[n].config) for n in names), default=0
             ) / 1000
             await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
-        return {"services": {n: self._shown_state(self._services[n]) for n in names}}
+        return {"services": {n: self.shown_state(self._services[n]) for n in names}}
 
     @staticmethod
     def _wait_budget_ms(command: str, cfg: ServiceConfig) -> int:

@@ -226,9 +226,9 @@ class FakeRouter:
 def test_the_serve_loop_replies_once_to_everything_and_only_valid_requests_reach_a_handler(batch: list[list[bytes]]) -> None:
     handled: list[tuple[str, dict[str, object]]] = []
 
-    async def call(command: str, args: dict[str, object]) -> object:
-        handled.append((command, args))
-        return {"ok": command}
+    async def call(command: Command, args: dict[str, object]) -> object:
+        handled.append((command.name, args))
+        return {"ok": command.name}
 
     async def scenario() -> FakeRouter:
         router = FakeRouter([[f"peer{i}".encode(), *body] for i, body in enumerate(batch)])

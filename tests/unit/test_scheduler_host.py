@@ -1,0 +1,155 @@
+"""The scheduler in process, behind its port: a fake host, the fake clock, a real SQLite store.
+
+No supervisor, no worker processes: what the scheduler asks of its host
+(`send_run`, `send_cancel`, events) is recorded, and worker reports are fed
+back as the worker channel would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from supervise.supervisor.config.loader import parse_service
+from supervise.supervisor.core.clock import FakeClock
+from supervise.supervisor.core.runs import RunState
+from supervise.supervisor.daemon.ports import ExitCallback, SchedulerHost
+from supervise.supervisor.daemon.processes import Worker
+from supervise.supervisor.daemon.scheduler import Scheduler
+from supervise.supervisor.store.queued import QueuedStore
+from supervise.supervisor.store.sqlite import SqliteStore
+
+WALL0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeHost:
+    """Records what the scheduler asks for; its worker is ready unless told otherwise."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.ready = True
+        self.sent: list[dict[str, object]] = []
+        self.cancels: list[str] = []
+        self.events: list[tuple[str, str, dict[str, object]]] = []
+        self.restarts: list[str] = []
+
+    def wall(self) -> datetime:
+        return self.clock.wall()
+
+    def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        self.events.append((service, kind, dict(detail)))
+
+    def worker_ready(self, name: str) -> bool:
+        return self.ready
+
+    def send_run(self, name: str, **fields: object) -> None:
+        self.sent.append({"service": name, **fields})
+
+    def send_cancel(self, name: str, run_id: str) -> None:
+        self.cancels.append(run_id)
+
+    def restart_worker(self, name: str) -> None:
+        self.restarts.append(name)
+
+    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+        raise OSError("no processes in this test")
+
+
+def _host_conforms(host: FakeHost) -> SchedulerHost:
+    return host  # mypy checks the fake against the port
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[FakeClock, FakeHost, QueuedStore]]:
+    clock = FakeClock(wall=WALL0)
+    store = QueuedStore(SqliteStore(tmp_path / "history.db").open(), shared=False)
+    try:
+        yield clock, FakeHost(clock), store
+    finally:
+        store.close()
+
+
+def scheduler_with(host: FakeHost, store: QueuedStore, table: Mapping[str, object], name: str = "job") -> Scheduler:
+    cfg = parse_service(name, table, base_dir=Path.cwd())
+    assert cfg.schedule is not None
+    scheduler = Scheduler(_host_conforms(host), store)
+    scheduler.add(name, cfg.schedule, python=True)
+    return scheduler
+
+
+def test_next_fires_follow_the_hosts_clock(parts: tuple[FakeClock, FakeHost, QueuedStore]) -> None:
+    clock, host, store = parts
+
+    async def scenario() -> list[str]:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "every": "1h", "start": "2026-03-01T00:00:00+00:00"})
+        scheduler.start()
+        first = scheduler.next_fires("job", 2)
+        clock.advance(3_600_000)
+        later = scheduler.next_fires("job", 1)
+        scheduler.close()
+        return [*first, *later]
+
+    fires = asyncio.run(scenario())
+    assert [datetime.fromisoformat(f) for f in fires] == [
+        WALL0 + timedelta(hours=1),
+        WALL0 + timedelta(hours=2),
+        WALL0 + timedelta(hours=2),
+    ]
+
+
+def test_a_run_goes_to_the_ready_worker_and_its_reports_end_it(parts: tuple[FakeClock, FakeHost, QueuedStore]) -> None:
+    clock, host, store = parts
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})
+        scheduler.start()
+        run = scheduler.run_now("job", {"region": "eu"})
+        await until(lambda: len(host.sent) == 1, "the run to be sent")
+        assert host.sent[0]["run_id"] == run.run_id and host.sent[0]["args"] == {"region": "eu"}
+        clock.advance(250)
+        scheduler.on_worker_message("job", "run_started", {"run_id": run.run_id})
+        clock.advance(1_000)
+        scheduler.on_worker_message("job", "run_finished", {"run_id": run.run_id, "ok": True, "result": 42})
+        await until(lambda: store.store.get_run(run.run_id).state is RunState.SUCCEEDED, "the run to be recorded")
+        stored = store.store.get_run(run.run_id)
+        assert stored.result == 42 and stored.duration_ms == 1_000
+        scheduler.close()
+
+    asyncio.run(scenario())
+    kinds = [kind for _, kind, _ in host.events]
+    assert kinds == ["run_started", "run_finished"]
+
+
+def test_runs_wait_for_the_worker_and_a_cancel_reaches_it(parts: tuple[FakeClock, FakeHost, QueuedStore]) -> None:
+    clock, host, store = parts
+    host.ready = False
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})
+        scheduler.start()
+        run = scheduler.run_now("job", None)
+        await asyncio.sleep(0.1)
+        assert host.sent == []  # no worker yet: the run waits
+        host.ready = True
+        scheduler.on_worker_ready("job")
+        await until(lambda: len(host.sent) == 1, "the waiting run to be sent once the worker is ready")
+        scheduler.on_worker_message("job", "run_started", {"run_id": run.run_id})
+        scheduler.cancel(run.run_id)
+        assert host.cancels == [run.run_id]
+        scheduler.on_worker_message("job", "run_finished", {"run_id": run.run_id, "ok": False, "error": "cancelled"})
+        await until(lambda: store.store.get_run(run.run_id).state is RunState.CANCELLED, "the cancelled run")
+        scheduler.close()
+
+    asyncio.run(scenario())
