@@ -88,6 +88,7 @@ class ServiceConfig:
     heartbeat_timeout_ms: int = 10_000  # > heartbeat_interval_ms
     stop_signal: int = signal.SIGTERM
     stop_timeout_ms: int = 10_000  # then SIGKILL to the process group
+    hang_signal: int = signal.SIGKILL  # to a hung worker's group; another signal gets 1 s before SIGKILL
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None

@@ -119,7 +119,7 @@ def _restart_mode(value: object, ctx: Context) -> RestartMode:
     raise ValueError(f"expected one of {options}; got {show_value(value)}")
 
 
-_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
+_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL", "ABRT")
 
 
 def _signal(value: object, ctx: Context) -> int:
@@ -325,6 +325,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "heartbeat_timeout": Key("heartbeat_timeout_ms", _duration(positive=True)),
         "stop_signal": Key("stop_signal", _signal),
         "stop_timeout": Key("stop_timeout_ms", _duration(positive=True)),
+        "hang_signal": Key("hang_signal", _signal),
         "env": Key("env", _env),
         "cwd": Key("cwd", _directory),
         "user": Key("user", _user),

@@ -38,7 +38,7 @@ PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", 
 POLICY_FIELDS = frozenset(
     {
         "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
-        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms",
+        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
         "max_memory_bytes", "requires",
     }
 )
@@ -62,6 +62,7 @@ def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
         stop_signal=int(cfg.stop_signal),
         stop_timeout_ms=cfg.stop_timeout_ms,
         watchdog_timeout_ms=cfg.watchdog_timeout_ms,
+        hang_signal=int(cfg.hang_signal),
     )
 
 

@@ -124,6 +124,8 @@ class ServiceSpec:
     stop_signal: int
     stop_timeout_ms: int
     watchdog_timeout_ms: int | None = None  # the service's own code must call ctx.heartbeat() this often
+    hang_signal: int = signal.SIGKILL  # sent to a hung worker's group; anything but SIGKILL gets hang_grace_ms
+    hang_grace_ms: int = 1_000  # then SIGKILL (capped by stop_timeout_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,10 +508,7 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
             f"no heartbeat for {format_duration_ms(silent_ms)} (heartbeat_timeout "
             f"{format_duration_ms(spec.heartbeat_timeout_ms)}); killing the hung worker"
         )
-        new = replace(svc, last_error=message)
-        new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.HUNG)
-        # A hung process may be stopped (SIGSTOP) and could not act on the stop signal.
-        actions.insert(-1, SignalGroup(signal.SIGCONT))
+        new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
         return new, [Emit("hung", {"silent_ms": silent_ms}, message), *actions]
     if e.timer is Timer.WATCHDOG and svc.hello and svc.state is ServiceState.RUNNING:
         assert svc.last_watchdog_ms is not None and spec.watchdog_timeout_ms is not None
@@ -520,9 +519,7 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
             f"the service's code did not call ctx.heartbeat() for {format_duration_ms(silent_ms)} "
             f"(watchdog {format_duration_ms(spec.watchdog_timeout_ms)}); killing the stuck worker"
         )
-        new = replace(svc, last_error=message)
-        new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.HUNG)
-        actions.insert(-1, SignalGroup(signal.SIGCONT))
+        new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
         return new, [Emit("hung", {"silent_ms": silent_ms, "watchdog": True}, message), *actions]
     if e.timer is Timer.HEARTBEAT and svc.state is ServiceState.PAUSED and svc.hello:
         return svc, [ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms)]
@@ -530,12 +527,38 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
         # A paused service's own code may stand still: its watchdog restarts on resume.
         return replace(svc, last_watchdog_ms=now_ms), [ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms)]
     if e.timer is Timer.KILL and svc.state is ServiceState.STOPPING and svc.pid is not None:
-        message = (
-            f"worker (pid {svc.pid}) did not exit within stop_timeout "
-            f"({format_duration_ms(spec.stop_timeout_ms)}); sending SIGKILL to its process group"
-        )
+        if svc.kill_cause is ExitCause.HUNG:
+            waited = f"hang_signal {_signal_name(spec.hang_signal)} ({format_duration_ms(_hang_grace_ms(spec))})"
+        else:
+            waited = f"stop_timeout ({format_duration_ms(spec.stop_timeout_ms)})"
+        message = f"worker (pid {svc.pid}) did not exit within {waited}; sending SIGKILL to its process group"
         return svc, [Emit("killed", {"pid": svc.pid}, message), SignalGroup(signal.SIGKILL)]
     return svc, []
+
+
+def _kill_hung(svc: Service, now_ms: int, spec: ServiceSpec) -> tuple[Service, list[Action]]:
+    """Stop a worker that stopped answering: no stop message, no stop_signal, no stop_timeout.
+
+    It already failed to answer for heartbeat_timeout (or its watchdog); asking it to
+    stop gracefully would only add stop_timeout to the outage. It gets `hang_signal`
+    (SIGKILL by default), SIGCONT in case it is SIGSTOPped, and SIGKILL after
+    `hang_grace_ms` if the hang signal was another one and did not end it.
+    """
+    actions: list[Action] = [
+        _state_event(svc, ServiceState.STOPPING, cause=str(ExitCause.HUNG)),
+        CancelTimer(Timer.START),
+        CancelTimer(Timer.HEARTBEAT),
+        CancelTimer(Timer.WATCHDOG),
+        SignalGroup(spec.hang_signal),
+    ]
+    if spec.hang_signal != signal.SIGKILL:
+        actions.append(SignalGroup(signal.SIGCONT))  # a SIGSTOPped worker acts on it only once continued
+    actions.append(ArmTimer(Timer.KILL, now_ms + _hang_grace_ms(spec)))
+    return _move(svc, ServiceState.STOPPING, after_stop=After.APPLY_POLICY, kill_cause=ExitCause.HUNG), actions
+
+
+def _hang_grace_ms(spec: ServiceSpec) -> int:
+    return min(spec.hang_grace_ms, spec.stop_timeout_ms)
 
 
 def _on_over_memory(svc: Service, e: OverMemory, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -72,6 +73,21 @@ def test_hung_worker_is_killed_and_replaced(daemon_factory) -> None:
     svc = d.service("checker")
     assert svc["last_exit"]["cause"] == "hung"
     assert "no heartbeat for" in d.log()
+
+
+def test_a_hung_worker_is_replaced_within_heartbeat_timeout_not_plus_stop_timeout(daemon_factory) -> None:
+    # The defaults a new user has: stop_timeout 10 s, backoff 1 s. Hung means SIGKILL, not a polite stop.
+    d: Daemon = daemon_factory({"checker": {"target": FOREVER, "heartbeat_interval": "200ms", "heartbeat_timeout": "1500ms"}})
+    old = d.wait_running_pid("checker")
+    stopped_at = time.monotonic()
+    os.kill(old, signal.SIGSTOP)
+    d.wait_running_pid("checker", not_pid=old, timeout_s=15)
+    took_s = time.monotonic() - stopped_at
+    # heartbeat_timeout 1.5 s + the first backoff step (at most 1 s) + a spawn; not 1.5 + 10 s.
+    assert took_s < 1.5 + 1.0 + 1.5, f"replaced after {took_s:.1f} s"
+    assert not alive(old)
+    svc = d.service("checker")
+    assert svc["last_exit"]["cause"] == "hung" and svc["last_exit"]["signal"] == signal.SIGKILL
 
 
 def test_worker_ignoring_sigterm_is_killed_after_stop_timeout_with_its_grandchildren(daemon_factory, short_dir) -> None:

@@ -87,6 +87,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         heartbeat_timeout = "4s"
         stop_signal = "INT"
         stop_timeout = "20s"
+        hang_signal = "ABRT"
         env = {{ PORT = 8080, DEBUG = true, NAME = "web", RATIO = 0.5 }}
         cwd = "app"
         user = "{user}"
@@ -138,6 +139,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     heartbeat_timeout_ms=4_000,
                     stop_signal=signal.SIGINT,
                     stop_timeout_ms=20_000,
+                    hang_signal=signal.SIGABRT,
                     env={"PORT": "8080", "DEBUG": "true", "NAME": "web", "RATIO": "0.5"},
                     cwd=tmp_path / "app",
                     user=user,
@@ -162,7 +164,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
-        "requires", "processes", "watchdog",
+        "requires", "processes", "watchdog", "hang_signal",
     }  # fmt: skip
 
 
@@ -474,7 +476,7 @@ WRONG_VALUES = [
     ("max_memory = 0", "max_memory: expected a size > 0, got 0"),
     (
         'stop_signal = "STOP"',
-        'stop_signal: expected a signal name ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL") or number, got "STOP"',
+        'stop_signal: expected a signal name ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL", "ABRT") or number, got "STOP"',
     ),
     ('umask = "999"', 'umask: expected an octal umask like "022" or 0o022, got "999"'),
     ("umask = 0o1000", 'umask: expected an octal umask like "022" or 0o022, got 512'),
@@ -875,7 +877,7 @@ def test_lines_are_found_past_strings_arrays_and_comments_that_look_like_tables(
         "supervise.toml:13:1: services.api.env.x: expected a string, number or boolean, got table",
         'supervise.toml:14:1: services."db.main": names must match [a-z][a-z0-9_-]{0,62}',
         'supervise.toml:16:1: services."db.main".stop_signal: expected a signal name ("TERM", "INT", "QUIT", '
-        '"HUP", "USR1", "USR2", "KILL") or number, got "STOP"',
+        '"HUP", "USR1", "USR2", "KILL", "ABRT") or number, got "STOP"',
     ]
 
 

@@ -120,21 +120,43 @@ def test_heartbeats_keep_a_worker_alive_and_the_check_rearms_from_the_last_one()
     assert actions == [ArmTimer(Timer.HEARTBEAT, 4_000 + 5_000)]
 
 
-def test_silent_worker_is_declared_hung_then_terminated_killed_and_restarted() -> None:
+def test_silent_worker_is_declared_hung_and_killed_at_once_then_restarted() -> None:
     d = Driver(python=True)
     d.running()
     actions = d.fire(Timer.HEARTBEAT)
     assert d.state is S.STOPPING
     assert "hung" in d.kinds()
-    assert SendWorker("stop") in actions
-    # A SIGSTOPped worker can only act on SIGTERM once continued.
-    assert actions.index(SignalGroup(signal.SIGTERM)) < actions.index(SignalGroup(signal.SIGCONT))
-    assert SignalGroup(signal.SIGKILL) in d.fire(Timer.KILL)
+    # It failed to answer for heartbeat_timeout: no stop message, no stop_signal, no stop_timeout.
+    assert SendWorker("stop") not in actions and SignalGroup(signal.SIGTERM) not in actions
+    assert SignalGroup(signal.SIGKILL) in actions
+    assert d.timers[Timer.KILL] - d.clock.monotonic_ms() == 1_000  # not stop_timeout (10 s)
     actions = d(core.WorkerExited(None, signal.SIGKILL), after_ms=5)
     assert d.svc.last_exit is not None and d.svc.last_exit.cause is ExitCause.HUNG
-    # It had run for 16 s, past stable_after: replaced at once, counted as a restart.
-    assert d.state is S.STARTING and Spawn(2) in actions
-    assert d.svc.restarts == 1
+    # It had run for 5 s, under stable_after: replaced after the first backoff step, counted as a restart.
+    assert d.state is S.BACKOFF and d.svc.restarts == 1
+    assert Spawn(2) in d.fire(Timer.BACKOFF)
+    assert d.clock.monotonic_ms() <= 5_000 + 5 + 1_000  # heartbeat_timeout + backoff, not + stop_timeout
+
+
+def test_a_hang_signal_other_than_kill_gets_sigcont_then_sigkill_after_a_short_grace() -> None:
+    d = Driver(python=True, hang_signal=signal.SIGABRT)
+    d.running()
+    actions = d.fire(Timer.HEARTBEAT)
+    assert actions.index(SignalGroup(signal.SIGABRT)) < actions.index(SignalGroup(signal.SIGCONT))
+    assert SignalGroup(signal.SIGKILL) not in actions
+    hung_at = d.clock.monotonic_ms()
+    actions = d.fire(Timer.KILL)
+    assert d.clock.monotonic_ms() - hung_at == 1_000
+    assert SignalGroup(signal.SIGKILL) in actions
+    killed = next(a for a in actions if isinstance(a, Emit) and a.kind == "killed")
+    assert "hang_signal SIGABRT (1s)" in killed.message
+
+
+def test_the_hang_grace_never_exceeds_stop_timeout() -> None:
+    d = Driver(python=True, hang_signal=signal.SIGTERM, stop_timeout_ms=300)
+    d.running()
+    d.fire(Timer.HEARTBEAT)
+    assert d.timers[Timer.KILL] - d.clock.monotonic_ms() == 300
 
 
 def test_stable_worker_that_crashes_is_restarted_at_once() -> None:
@@ -331,7 +353,7 @@ def test_a_watchdog_kills_a_worker_whose_own_code_stops_calling_heartbeat() -> N
     d(core.HeartbeatReceived(), after_ms=1_500)
     actions = d.fire(Timer.WATCHDOG)
     assert d.state is S.STOPPING and "hung" in d.kinds()
-    assert SignalGroup(signal.SIGTERM) in actions
+    assert SignalGroup(signal.SIGKILL) in actions and SendWorker("stop") not in actions
     assert d.svc.last_error is not None and "ctx.heartbeat()" in d.svc.last_error
 
 
