@@ -455,9 +455,11 @@ class Scheduler:
         if active is None:
             return
         if s.python:
-            # A run that ignores its cancellation can only be ended with its worker.
-            log.warning("%s: run %s did not stop within cancel_grace; restarting the worker", s.name, run_id)
-            self._host.restart_worker(s.name)
+            # A run that ignores its cancellation can only be ended with its worker; the
+            # worker's exit ends the run (in the state it was ending as) and any other it held.
+            reason = f"run {run_id} did not stop within cancel_grace; SIGKILL to the worker's process group"
+            log.warning("%s: %s", s.name, reason)
+            self._host.kill_worker(s.name, reason)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL)
 

@@ -187,6 +187,13 @@ class RestartRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class KillRequested:
+    """End the worker now with SIGKILL and start a fresh one (a run ignored its cancellation)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PauseRequested:
     pass
 
@@ -249,6 +256,7 @@ Event = (
     StartRequested
     | StopRequested
     | RestartRequested
+    | KillRequested
     | PauseRequested
     | ResumeRequested
     | WorkerSpawned
@@ -376,7 +384,7 @@ def _begin_stop(
     if svc.pid is None:
         # Spawn requested but not done yet: the exit (or spawn failure) arrives shortly.
         return _move(svc, ServiceState.STOPPING, after_stop=after, kill_cause=cause), actions
-    if spec.python and svc.hello:
+    if spec.python and svc.hello and sig != signal.SIGKILL:
         actions.append(SendWorker("stop"))
     actions.append(SignalGroup(sig))
     if svc.state is ServiceState.PAUSED and not spec.python:
@@ -402,6 +410,16 @@ def _on_restart(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: r
     if svc.state is ServiceState.STOPPING:
         return replace(svc, after_stop=After.RESTART), []
     return _on_start(svc, _e, now_ms, spec, rng)
+
+
+def _on_kill(svc: Service, e: KillRequested, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
+    if svc.state in (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.PAUSED):
+        new, actions = _begin_stop(svc, now_ms, spec, After.RESTART, ExitCause.STOPPED, signal.SIGKILL)
+        return new, [Emit("killed", {"pid": svc.pid}, e.reason), *actions]
+    if svc.state is ServiceState.STOPPING and svc.pid is not None:
+        # Already on its way out (gracefully): no need to wait for stop_timeout.
+        return svc, [Emit("killed", {"pid": svc.pid}, e.reason), SignalGroup(signal.SIGKILL)]
+    return svc, []
 
 
 def _on_pause(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -664,6 +682,7 @@ _HANDLERS: dict[type, Callable[..., Result]] = {
     StartRequested: _on_start,
     StopRequested: _on_stop,
     RestartRequested: _on_restart,
+    KillRequested: _on_kill,
     PauseRequested: _on_pause,
     ResumeRequested: _on_resume,
     WorkerSpawned: _on_spawned,

@@ -615,6 +615,10 @@ class Supervisor(RuntimeChanges):
     def restart_worker(self, name: str) -> None:
         self._feed(name, core.RestartRequested())
 
+    def kill_worker(self, name: str, reason: str) -> None:
+        """SIGKILL a worker's process group now and start a fresh worker (no restart policy)."""
+        self._feed(name, core.KillRequested(reason))
+
     def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: Callable[[Worker, int | None, int | None], None]) -> Worker:
         """Start one execution of a scheduled command; raises OSError if it cannot start."""
         assert self._loop is not None

@@ -361,3 +361,32 @@ def test_without_a_watchdog_no_watchdog_timer_is_armed() -> None:
     d = Driver(python=True)
     d.running()
     assert Timer.WATCHDOG not in d.timers
+
+
+def test_a_kill_request_sigkills_at_once_and_respawns_without_the_restart_policy() -> None:
+    d = Driver(python=True)
+    d.running()
+    actions = d(core.KillRequested("run r1 did not stop within cancel_grace"), after_ms=1_000)
+    assert d.state is S.STOPPING
+    assert SignalGroup(signal.SIGKILL) in actions and SendWorker("stop") not in actions
+    assert SignalGroup(signal.SIGTERM) not in actions
+    actions = d(core.WorkerExited(None, signal.SIGKILL), after_ms=5)
+    assert d.state is S.STARTING and Spawn(2) in actions  # at once, not after a backoff
+    assert d.svc.restarts == 0 and d.svc.restart_history_ms == ()
+
+
+def test_a_kill_request_during_a_graceful_stop_does_not_wait_for_stop_timeout() -> None:
+    d = Driver(python=True)
+    d.running()
+    d(core.RestartRequested())
+    assert d.state is S.STOPPING
+    actions = d(core.KillRequested("forced"), after_ms=100)
+    assert SignalGroup(signal.SIGKILL) in actions
+    d(core.WorkerExited(None, signal.SIGKILL))
+    assert d.state is S.STARTING
+
+
+def test_a_kill_request_without_a_worker_changes_nothing() -> None:
+    d = Driver(python=True)
+    assert d(core.KillRequested("forced")) == []
+    assert d.state is S.STOPPED
