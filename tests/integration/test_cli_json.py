@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-
 from supervise.supervisor.cli import cli
+
 from tests.conftest import REPO, Daemon, wait_for
 
 DOC = REPO / "docs" / "cli.md"
@@ -107,5 +107,5 @@ def test_start_json_is_refused_for_the_daemon_itself(short_dir: Path) -> None:
 
 def test_the_cli_doc_gives_the_json_output_of_every_command() -> None:
     text = DOC.read_text()
-    documented = set(re.findall(r"^\| `supervise ([a-z-]+)", text, flags=re.M))
+    documented = set(re.findall(r"^\| `supervise ([a-z-]+)", text, flags=re.MULTILINE))
     assert documented >= set(cli.commands) - NO_DATA
