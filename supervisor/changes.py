@@ -7,8 +7,9 @@ services, store and scheduler, declared below for the type checker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
@@ -20,6 +21,7 @@ from supervise.supervisor.config import (
     load_config,
     parse_service,
 )
+from supervise.supervisor.patch import patch_table
 from supervise.supervisor.runtime import (
     POLICY_FIELDS,
     PROCESS_FIELDS,
@@ -95,9 +97,21 @@ class RuntimeChanges:
         if svc.log is not None:
             svc.log.close()
 
-    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
-        """Replace a runtime service's settings; restarts it only if its process would differ."""
+    async def update(
+        self, name: str, table: Mapping[str, Any], *, unset: Sequence[str] = (), replace_all: bool = False
+    ) -> dict[str, object]:
+        """Change a service's settings; restarts it only if its process would differ.
+
+        The keys of `table` are set and those in `unset` removed; the others keep their
+        values, and the merged table is validated as a whole. With `replace_all`,
+        `table` is the service's whole new table.
+        """
         old = self.require(name)
+        if not replace_all and not old.config.table:
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"update: {name} was built in code without a table to patch; give its whole table with replace"
+            )
+        table = patch_table(old.config.table, table, unset, replace=replace_all, service=name)
         cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"update {name}")
         changed = await self._replace(name, replace(cfg, origin=old.config.origin))
         if old.config.origin == "runtime" and self._store is not None:
@@ -167,7 +181,8 @@ class RuntimeChanges:
         if svc.config.schedule is not None:
             raise ProtocolError(ErrorCode.CONFLICT, f"{name} is scheduled; scale applies to long-running services")
         current = self.expand(svc.config.name)
-        cfg = replace(svc.config, processes=processes)
+        table = MappingProxyType({**svc.config.table, "processes": processes})  # a later update keeps the scale
+        cfg = replace(svc.config, processes=processes, table=table)
         for instance_name in current:
             self._services[instance_name].config = cfg
         if processes > len(current):

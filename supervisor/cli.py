@@ -728,12 +728,38 @@ def remove(name: str, config: str | None, endpoint: str | None, timeout: float |
 
 @cli.command()
 @click.argument("name")
-@click.option("--set", "sets", multiple=True, required=True, metavar="KEY=VALUE", help="the service's keys, all of them")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="set a key; the others keep their values (repeatable)")
+@click.option("--unset", "unsets", multiple=True, metavar="KEY", help="remove a key: it takes its default (repeatable)")
+@click.option("--replace", "replace_all", is_flag=True, help="the --set keys are the whole new service table")
 @client_options
 @json_option
-def update(name: str, sets: tuple[str, ...], config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
-    """Replace a service's settings; it restarts only if its process would differ."""
-    result = _call(_obj(config, endpoint, timeout), "update", name=name, spec=_parse_sets(sets))
+def update(
+    name: str,
+    sets: tuple[str, ...],
+    unsets: tuple[str, ...],
+    replace_all: bool,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Change some of a service's keys; it restarts only if its process would differ.
+
+    \b
+    supervise update nightly --set cron="30 2 * * *"     one key; the rest are kept
+    supervise update web --unset max_memory              back to its default
+    supervise update web --replace --set command="..."   the whole table
+    """
+    if not sets and not unsets:
+        raise CliError("update: give --set KEY=VALUE and/or --unset KEY", Exit.USAGE)
+    if replace_all and unsets:
+        raise CliError("update: --unset has no meaning with --replace (the --set keys are the whole service)", Exit.USAGE)
+    args: dict[str, object] = {"name": name, "spec": _parse_sets(sets)}
+    if unsets:
+        args["unset"] = list(unsets)
+    if replace_all:
+        args["replace"] = True
+    result = _call(_obj(config, endpoint, timeout), "update", **args)
     _print(result, as_json, lambda r: f"{name}: {r['state']}; changed: {', '.join(r['changed']) or 'nothing'}")
 
 

@@ -221,7 +221,14 @@ async def _remove(sup: Supervisor, args: Mapping[str, object]) -> object:
 
 
 async def _update(sup: Supervisor, args: Mapping[str, object]) -> object:
-    return await sup.update(str(args["name"]), args["spec"])  # type: ignore[arg-type]
+    unset = args.get("unset", [])
+    assert isinstance(unset, list)
+    if not all(isinstance(key, str) for key in unset):
+        raise ProtocolError(ErrorCode.BAD_ARGS, 'update: argument "unset" must be an array of key names')
+    spec = args.get("spec", {})
+    if not spec and not unset and args.get("replace") is not True:
+        raise ProtocolError(ErrorCode.BAD_ARGS, 'update: give "spec" (keys to set), "unset" (keys to remove), or both')
+    return await sup.update(str(args["name"]), spec, unset=unset, replace_all=args.get("replace") is True)  # type: ignore[arg-type]
 
 
 async def _scale(sup: Supervisor, args: Mapping[str, object]) -> object:
@@ -309,8 +316,16 @@ COMMANDS: dict[str, Command] = {
         Command(
             "update",
             _update,
-            "Replace a service's settings (a whole [services.NAME] table); restarts it only if needed.",
-            {"name": Arg(str, True), "spec": Arg(dict, True)},
+            "Change a service's settings: the keys in `spec` are set, those in `unset` removed, the others kept;"
+            " the merged table is validated as a whole. With `replace`, `spec` is the whole new table."
+            " Restarts the service only if its process would differ.",
+            {
+                "name": Arg(str, True),
+                "spec": Arg(dict, doc="keys to set, as in a [services.NAME] table (setting command or target, or a"
+                " trigger, drops the other one)"),
+                "unset": Arg(list, doc="keys to remove: they take their defaults"),
+                "replace": Arg(bool, doc="`spec` is the whole new table (default false)"),
+            },
             True,
         ),
         Command(

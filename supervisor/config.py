@@ -99,6 +99,9 @@ class ServiceConfig:
     processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
+    # The [services.NAME] table it was parsed from: what `update` patches. Not compared:
+    # two tables that mean the same service are the same service.
+    table: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same immutable shapes as parsing.
@@ -312,6 +315,7 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
         return None
     plain = {k: v for k, v in table.items() if k not in SCHEDULE_KEYS}
     values = _convert_table(plain, SERVICE_KEYS, path, ctx, issues)
+    values["table"] = MappingProxyType(dict(table))
     if is_scheduled(table):
         schedule, problems = parse_schedule(name, table)
         issues.extend(((*path, key), problem) for key, problem in problems)

@@ -14,7 +14,7 @@ FORBIDDEN = {
     "workers": ("supervise.supervisor",),
     "supervisor": (),
 }
-PURE = ["state.py", "restart.py", "units.py", "triggers.py", "cron.py", "trigger_spec.py", "policies.py", "runs.py", "metrics.py", "status.py"]
+PURE = ["state.py", "restart.py", "units.py", "triggers.py", "cron.py", "trigger_spec.py", "policies.py", "runs.py", "metrics.py", "status.py", "patch.py"]
 IMPURE_MODULES = ("zmq", "asyncio", "subprocess", "os", "time", "psutil", "socket")
 
 
