@@ -21,6 +21,7 @@ from supervise.supervisor.config import (
     load_config,
     parse_service,
 )
+from supervise.supervisor.errors import ConfigProblem
 from supervise.supervisor.patch import patch_table
 from supervise.supervisor.runtime import (
     POLICY_FIELDS,
@@ -112,11 +113,14 @@ class RuntimeChanges:
                 ErrorCode.CONFLICT, f"update: {name} was built in code without a table to patch; give its whole table with replace"
             )
         table = patch_table(old.config.table, table, unset, replace=replace_all, service=name)
-        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=f"update {name}")
+        source = f"update {name}"
+        warnings: list[ConfigProblem] = []
+        cfg = parse_service(name, table, base_dir=self.config.base_dir, source=source, warnings=warnings)
         changed = await self._replace(name, replace(cfg, origin=old.config.origin))
         if old.config.origin == "runtime" and self._store is not None:
             self._store.put_registration(name, dict(table))
-        return {"name": name, "changed": changed, "state": self._shown_state(self._services[name])}
+        shown = [p.render(source) for p in warnings]
+        return {"name": name, "changed": changed, "state": self._shown_state(self._services[name]), "warnings": shown}
 
     async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
         """Swap in a new config for a service; restart it when a process setting changed."""
@@ -151,9 +155,12 @@ class RuntimeChanges:
             "changed": {n: list(keys) for n, keys in diff.changed.items()},
             "unchanged": list(diff.unchanged),
             "supervisor_keys_needing_restart": list(diff.supervisor),
+            "warnings": [p.render(new.source) for p in new.warnings],
         }
         if dry_run:
             return plan
+        for warning in plan["warnings"]:
+            log.warning("reload: %s", warning)
         for name in plan["removed"]:
             await self.remove(name)
         for name in diff.changed:

@@ -239,12 +239,15 @@ def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn
 def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
     import asyncio
+    import logging
 
     from supervise.supervisor.errors import AlreadyRunning, ConfigError
     from supervise.supervisor.logformat import configure_logging
     from supervise.supervisor.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
+    for problem in config.warnings:
+        logging.getLogger("supervise").warning("%s", problem.render(config.source))
     supervisor = Supervisor(config, handle_signals=True)
 
     async def run() -> None:
@@ -327,9 +330,14 @@ def ping(config: str | None, endpoint: str | None, timeout: float | None, as_jso
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--strict", is_flag=True, help="exit 1 on warnings too (a command's executable missing now)")
 @json_option
-def check(config: str, as_json: bool) -> None:
-    """Validate a config file without starting anything; exit 1 listing every problem."""
+def check(config: str, strict: bool, as_json: bool) -> None:
+    """Validate a config file without starting anything; exit 1 listing every problem.
+
+    Warnings (a command whose executable is missing now: that service fails to spawn,
+    the others start) are printed on stderr and leave the exit status 0, or 1 with --strict.
+    """
     from supervise.supervisor.config import load_config
     from supervise.supervisor.errors import ConfigError
 
@@ -341,8 +349,14 @@ def check(config: str, as_json: bool) -> None:
             click.echo(json.dumps({"config": config, "ok": False, "problems": problems}, indent=2))
             sys.exit(Exit.FAILED)
         raise CliError(f"config error:\n{e}") from None
-    result = {"config": config, "ok": True, "services": list(cfg.services)}
+    warnings = [{"key": p.key, "problem": p.problem, "line": p.line, "column": p.column} for p in cfg.warnings]
+    result = {"config": config, "ok": True, "services": list(cfg.services), "warnings": warnings}
     _print(result, as_json, lambda r: f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
+    if not as_json:
+        for problem in cfg.warnings:
+            click.echo(f"warning: {problem.render(config)}", err=True)
+    if strict and cfg.warnings:
+        sys.exit(Exit.FAILED)
 
 
 @cli.command()
@@ -792,6 +806,8 @@ def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: flo
         click.echo(f"{name}: {verb} apply changed {', '.join(keys)}")
     for name in plan["unchanged"]:
         click.echo(f"{name}: unchanged")
+    for warning in plan.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if plan["supervisor_keys_needing_restart"]:
         keys = ", ".join(plan["supervisor_keys_needing_restart"])
         click.echo(f"[supervisor] {keys} changed: restart the supervisor to apply")

@@ -167,6 +167,9 @@ class Config:
     base_dir: Path  # relative paths resolve against it
     supervisor: SupervisorConfig
     services: Mapping[str, ServiceConfig]
+    # What will not stop the config from starting but will stop a service: a command's
+    # executable that is missing now (it may be deployed, or its mount appear, later).
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
 
 
 _TOP_LEVEL_KEYS = ("supervisor", "services")
@@ -179,6 +182,8 @@ _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
 # --- parsing --------------------------------------------------------------------------
 
 _Issues = list[tuple[KeyPath, str]]
+
+SPAWN_WARNING: Final = "; the service will fail to spawn (cause spawn_failed) until that is fixed"
 
 
 def load_config(path: str | Path) -> Config:
@@ -245,6 +250,7 @@ def parse_config(
         problem = f"config {source} must be a table, got {type_name(data)}"
         raise ConfigError(source, [ConfigProblem("", problem)])
     issues: _Issues = []
+    warnings: _Issues = []
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
             issues.append(((str(key),), _unknown_key(str(key), _TOP_LEVEL_KEYS)))
@@ -255,14 +261,14 @@ def parse_config(
         issues.append((("services",), f"expected a table of [services.NAME] tables, got {type_name(tables)}"))
         tables = {}
     for name, table in tables.items():
-        service = _parse_service(str(name), table, ("services", str(name)), ctx, issues)
+        service = _parse_service(str(name), table, ("services", str(name)), ctx, issues, warnings)
         if service is not None:
             services[service.name] = service
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
-    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services))
+    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services), tuple(_problems(warnings, text)))
 
 
 def parse_service(
@@ -272,17 +278,25 @@ def parse_service(
     base_dir: Path,
     key_prefix: str = "services",
     source: str = "<dict>",
+    warnings: list[ConfigProblem] | None = None,
 ) -> ServiceConfig:
     """Validate one service's table, as found under `[services.NAME]`.
+
+    Args:
+        warnings: where a missing executable is reported, as `parse_config` does;
+            without it (None), a missing executable is an error like any other.
 
     Raises:
         ConfigError: listing every problem, keyed `{key_prefix}.{name}.{key}`.
     """
     issues: _Issues = []
+    found: _Issues | None = [] if warnings is not None else None
     prefix = tuple(key_prefix.split(".")) if key_prefix else ()
-    service = _parse_service(name, table, (*prefix, name), Context(Path(os.path.abspath(base_dir))), issues)
+    service = _parse_service(name, table, (*prefix, name), Context(Path(os.path.abspath(base_dir))), issues, found)
     if service is None:
         raise ConfigError(source, _problems(issues, None))
+    if warnings is not None and found:
+        warnings.extend(_problems(found, None))
     return service
 
 
@@ -306,7 +320,9 @@ def _convert_table(
     return values
 
 
-def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues: _Issues) -> ServiceConfig | None:
+def _parse_service(
+    name: str, table: object, path: KeyPath, ctx: Context, issues: _Issues, warnings: _Issues | None = None
+) -> ServiceConfig | None:
     before = len(issues)
     if not SERVICE_NAME.fullmatch(name):
         issues.append((path, f"names must match {SERVICE_NAME.pattern}"))
@@ -329,7 +345,7 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
     values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if "target" in table else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:
         values["restart"] = RestartMode.ON_FAILURE  # a critical service always gets its restarts
-    _check_service(table, values, path, issues)
+    _check_service(table, values, path, issues, warnings)
     if len(issues) > before:
         return None
     values.setdefault("command", None)
@@ -337,8 +353,13 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
     return ServiceConfig(name=name, **values)
 
 
-def _check_service(table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues) -> None:
-    """Rules across keys; fills the defaults that follow other keys (backoff_max, heartbeat_timeout)."""
+def _check_service(
+    table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues, warnings: _Issues | None = None
+) -> None:
+    """Rules across keys; fills the defaults that follow other keys (backoff_max, heartbeat_timeout).
+
+    A command's missing executable goes to `warnings` when given (see `Config.warnings`).
+    """
 
     def usable(key: str) -> bool:  # converted, or not given so that its default holds
         return key not in table or SERVICE_KEYS[key].field in values
@@ -367,7 +388,9 @@ def _check_service(table: Mapping[str, object], values: dict[str, Any], path: Ke
         issues.append(((*path, "heartbeat_timeout"), expected))
     if "command" in values and usable("cwd") and usable("env"):
         problem = _find_executable(values["command"][0], values["cwd"], values.get("env", {}))
-        if problem is not None:
+        if problem is not None and warnings is not None:
+            warnings.append(((*path, "command"), problem + SPAWN_WARNING))
+        elif problem is not None:
             issues.append(((*path, "command"), problem))
 
 

@@ -219,7 +219,7 @@ class Supervisor(RuntimeChanges):
                 log.warning("runtime service %s is shadowed by the config's service of that name", name)
                 continue
             try:
-                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration")
+                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration", warnings=[])
             except ConfigError as e:
                 log.error("runtime service %s can no longer be loaded; skipped:\n%s", name, e)
                 continue

@@ -81,7 +81,7 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     # A few shapes, as docs/cli.md gives them.
     assert len(walked["next"]["next"]) == 3
     assert walked["status"]["services"][0]["name"] == "web"
-    assert walked["check"] == {"config": str(d.config), "ok": True, "services": ["web", "job", "nightly"]}
+    assert walked["check"] == {"config": str(d.config), "ok": True, "services": ["web", "job", "nightly"], "warnings": []}
     assert [s["name"] for s in walked["list"]["services"]] == ["web", "job", "nightly"]
     assert walked["stop"] == {"services": {"web": "STOPPED"}}
     assert walked["cancel"]["run_id"] == walked["run"]["run_id"]

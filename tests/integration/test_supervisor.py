@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,3 +258,46 @@ def test_a_worker_whose_code_stops_calling_ctx_heartbeat_is_replaced(daemon_fact
     new = d.wait_running_pid("watched", not_pid=old, timeout_s=20)
     assert new != old and d.service("watched")["last_exit"]["cause"] == "hung"
     assert "did not call ctx.heartbeat()" in d.log()
+
+
+def test_a_missing_executable_fails_only_its_own_service(daemon_factory, short_dir) -> None:
+    ghost = short_dir / "bin" / "ghost"  # not there yet: deployed after the supervisor starts
+    services = {
+        "ghost": {"command": [str(ghost)], "max_restarts": 2, "backoff": "50ms", "start_timeout": "0s"},
+        "web": {"target": FOREVER},
+        "cache": {"command": ["sleep", "1000"], "start_timeout": "0s"},
+    }
+    config = write_config(short_dir, services)
+    check = subprocess.run([sys.executable, "-m", "supervise.supervisor", "check", str(config)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    assert f'warning: {config}:6:1: services.ghost.command: executable "{ghost}" does not exist' in check.stderr
+    strict = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "check", "--strict", str(config)], capture_output=True, text=True, check=False
+    )
+    assert strict.returncode == 1
+
+    d: Daemon = daemon_factory(services)
+    d.wait_running_pid("web")
+    d.wait_running_pid("cache")
+    svc = d.wait_state("ghost", "FATAL")
+    assert svc["restarts"] == 2 and svc["pid"] is None
+    assert svc["last_exit"]["cause"] == "spawn_failed"
+    assert f"No such file or directory: {ghost}" in svc["last_error"]
+    assert "services.ghost.command" in d.log()  # the daemon's log says which key, at start
+
+    # A reload with another such service applies; everything else runs on.
+    services["ghost2"] = {"command": [str(ghost) + "2"], "max_restarts": 0, "start_timeout": "0s"}
+    write_config(short_dir, services)
+    reloaded = d.cli("reload", "--json")
+    assert reloaded.returncode == 0, reloaded.stderr
+    plan = json.loads(reloaded.stdout)
+    assert plan["added"] == ["ghost2"] and any("services.ghost2.command" in w for w in plan["warnings"])
+    assert d.wait_state("ghost2", "FATAL")["last_exit"]["cause"] == "spawn_failed"
+
+    # Once deployed, starting it by hand is all it takes.
+    ghost.parent.mkdir()
+    ghost.write_text("#!/bin/sh\nexec sleep 1000\n")
+    ghost.chmod(0o755)
+    assert d.cli("start", "ghost").returncode == 0
+    d.wait_running_pid("ghost")
+    assert d.state("web") == "RUNNING" and d.state("cache") == "RUNNING"

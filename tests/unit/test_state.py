@@ -390,3 +390,19 @@ def test_a_kill_request_without_a_worker_changes_nothing() -> None:
     d = Driver(python=True)
     assert d(core.KillRequested("forced")) == []
     assert d.state is S.STOPPED
+
+
+def test_repeated_spawn_failures_go_through_the_restart_policy_to_fatal() -> None:
+    d = Driver()  # max_restarts 3 within 60 s
+    d(core.StartRequested())
+    for attempt in range(3):
+        d(core.SpawnFailed("ENOENT: No such file or directory: /nonexistent/bin/ghost"))
+        assert d.state is S.BACKOFF and d.svc.restarts == attempt + 1
+        assert Spawn(attempt + 2) in d.fire(Timer.BACKOFF)
+    d(core.SpawnFailed("ENOENT: No such file or directory: /nonexistent/bin/ghost"))
+    assert d.state is S.FATAL
+    assert d.svc.last_exit is not None and d.svc.last_exit.cause is ExitCause.SPAWN_FAILED
+    assert d.svc.last_error is not None and d.svc.last_error.startswith("ENOENT: No such file or directory: /nonexistent/bin/ghost")
+    assert "max_restarts = 3" in d.svc.last_error
+    d(core.StartRequested())  # by hand, once the file is there: a fresh history
+    assert d.state is S.STARTING and d.svc.restart_history_ms == ()
