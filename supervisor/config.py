@@ -38,6 +38,7 @@ from supervise.supervisor.dependencies import find_problems
 from supervise.supervisor.errors import ConfigError, ConfigProblem
 from supervise.supervisor.interpolate import interpolate
 from supervise.supervisor.key_positions import locate_keys
+from supervise.supervisor.restart import NO_EXIT_STATUSES, ExitStatuses
 from supervise.supervisor.schedule_config import (
     HTTP_TARGET,
     SCHEDULE_KEYS,
@@ -89,6 +90,9 @@ class ServiceConfig:
     stop_signal: int = signal.SIGTERM
     stop_timeout_ms: int = 10_000  # then SIGKILL to the process group
     hang_signal: int = signal.SIGKILL  # to a hung worker's group; another signal gets 1 s before SIGKILL
+    success_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # clean besides exit 0 (systemd's SuccessExitStatus)
+    restart_prevent_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
+    restart_force_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # always restarted after these (RestartForceExitStatus)
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
@@ -370,6 +374,12 @@ def _check_service(
         issues.append(((*path, "watchdog"), "applies to Python targets (their code calls ctx.heartbeat())"))
     if values.get("schedule") is not None and values.get("processes", 1) > 1:
         issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
+    prevent, force = values.get("restart_prevent_exit_codes"), values.get("restart_force_exit_codes")
+    if prevent is not None and force is not None:
+        both = sorted(prevent.codes & force.codes) + [signal.Signals(s).name for s in sorted(prevent.signals & force.signals)]
+        if both:
+            listed = ", ".join(str(status) for status in both)
+            issues.append(((*path, "restart_force_exit_codes"), f"{listed} also in restart_prevent_exit_codes: a status prevents or forces a restart, not both"))
     if "target" in values and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), "must be > 0 for a Python target (the time it has to say hello)"))
     backoff = values.get("backoff_ms", _SERVICE_DEFAULTS["backoff_ms"])

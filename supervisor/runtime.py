@@ -14,7 +14,7 @@ from supervise.supervisor import state as core
 from supervise.supervisor.config import ServiceConfig
 from supervise.supervisor.output import RotatingLog
 from supervise.supervisor.processes import Worker
-from supervise.supervisor.restart import RestartPolicy
+from supervise.supervisor.restart import ExitRules, RestartPolicy
 
 SUPERVISOR_TIMEOUT_MIN_MS = 15_000
 
@@ -39,6 +39,7 @@ POLICY_FIELDS = frozenset(
     {
         "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
         "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
+        "success_exit_codes", "restart_prevent_exit_codes", "restart_force_exit_codes",
         "max_memory_bytes", "requires",
     }
 )
@@ -63,6 +64,7 @@ def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
         stop_timeout_ms=cfg.stop_timeout_ms,
         watchdog_timeout_ms=cfg.watchdog_timeout_ms,
         hang_signal=int(cfg.hang_signal),
+        exit_rules=ExitRules(cfg.success_exit_codes, cfg.restart_prevent_exit_codes, cfg.restart_force_exit_codes),
     )
 
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from supervise.supervisor.errors import InvalidTransition
-from supervise.supervisor.restart import GiveUp, RestartPolicy, next_restart
+from supervise.supervisor.restart import ExitRules, GiveUp, Outcome, RestartPolicy, next_restart, wants_restart
 from supervise.supervisor.units import format_duration_ms
 
 
@@ -116,7 +116,7 @@ class After(StrEnum):
 class ServiceSpec:
     """What the state machine needs to know of a service's config."""
 
-    restart: str  # "always" | "on-failure" | "never"
+    restart: str  # a key of restart.RESTART_ON: "always", "on-failure", "on-abnormal", "never", ...
     policy: RestartPolicy
     python: bool  # a Python target: must say hello; obeys pause/resume/stop messages
     start_timeout_ms: int
@@ -126,6 +126,7 @@ class ServiceSpec:
     watchdog_timeout_ms: int | None = None  # the service's own code must call ctx.heartbeat() this often
     hang_signal: int = signal.SIGKILL  # sent to a hung worker's group; anything but SIGKILL gets hang_grace_ms
     hang_grace_ms: int = 1_000  # then SIGKILL (capped by stop_timeout_ms)
+    exit_rules: ExitRules = field(default_factory=ExitRules)  # success / restart_prevent / restart_force exit codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,8 +471,9 @@ def _on_spawn_failed(svc: Service, e: SpawnFailed, now_ms: int, spec: ServiceSpe
     svc = replace(svc, last_error=e.error, last_exit=ExitInfo(ExitCause.SPAWN_FAILED, at_ms=now_ms))
     actions: list[Action] = [Emit("spawn_failed", {"error": e.error}, f"could not spawn: {e.error}")]
     if svc.state is ServiceState.STOPPING:
-        return _after_stopped(svc, now_ms, spec, rng, actions, failed=True)
-    return _apply_policy(svc, now_ms, spec, rng, actions, failed=True, ran_ms=0)
+        return _after_stopped(svc, now_ms, spec, rng, actions)
+    wants = wants_restart(spec.restart, Outcome.EXIT_CODE, spec.exit_rules)
+    return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=0)
 
 
 def _on_hello(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -591,7 +593,6 @@ def _on_over_memory(svc: Service, e: OverMemory, now_ms: int, spec: ServiceSpec,
 def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     if svc.state not in ALIVE:
         return svc, []
-    failed = e.signal is not None or e.code != 0
     if svc.state is ServiceState.STOPPING:
         cause = svc.kill_cause or ExitCause.STOPPED
     else:
@@ -609,22 +610,34 @@ def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rn
     was_starting = svc.state is ServiceState.STARTING
     svc = replace(svc, pid=None, last_exit=info, hello=False)
     if svc.state is ServiceState.STOPPING:
-        return _after_stopped(svc, now_ms, spec, rng, actions, failed=True)
-    if failed and not svc.error_reported:
+        return _after_stopped(svc, now_ms, spec, rng, actions)
+    outcome = spec.exit_rules.outcome(e.code, e.signal)
+    if outcome is not Outcome.CLEAN and not svc.error_reported:
         svc = replace(svc, last_error=f"worker {info.describe()}")
-    # Exiting before the start was confirmed counts as a failed start, whatever the code.
-    return _apply_policy(svc, now_ms, spec, rng, actions, failed=failed or was_starting, ran_ms=ran_ms)
+    if was_starting and outcome is Outcome.CLEAN:
+        outcome = Outcome.EXIT_CODE  # exiting before the start was confirmed is a failed start, whatever the code
+    wants = wants_restart(spec.restart, outcome, spec.exit_rules, e.code, e.signal)
+    return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=ran_ms)
+
+
+_KILL_OUTCOME: Mapping[ExitCause, Outcome] = {
+    ExitCause.HUNG: Outcome.WATCHDOG,
+    ExitCause.START_TIMEOUT: Outcome.TIMEOUT,
+    ExitCause.MEMORY: Outcome.SIGNAL,  # as the kernel's OOM kill would be
+}
 
 
 def _after_stopped(
-    svc: Service, now_ms: int, spec: ServiceSpec, rng: random.Random, actions: list[Action], *, failed: bool
+    svc: Service, now_ms: int, spec: ServiceSpec, rng: random.Random, actions: list[Action]
 ) -> tuple[Service, list[Action]]:
     if svc.after_stop is After.RESTART:
         new, more = _spawn(svc, now_ms)
         return new, [*actions, *more]
     if svc.after_stop is After.APPLY_POLICY:
         ran_ms = now_ms - (svc.spawned_ms if svc.spawned_ms is not None else now_ms)
-        return _apply_policy(svc, now_ms, spec, rng, actions, failed=True, ran_ms=ran_ms)
+        outcome = _KILL_OUTCOME.get(svc.kill_cause or ExitCause.EXIT, Outcome.EXIT_CODE)
+        wants = wants_restart(spec.restart, outcome, spec.exit_rules)
+        return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=ran_ms)
     actions.append(_state_event(svc, ServiceState.STOPPED))
     return _move(svc, ServiceState.STOPPED, kill_cause=None), actions
 
@@ -636,11 +649,10 @@ def _apply_policy(
     rng: random.Random,
     actions: list[Action],
     *,
-    failed: bool,
+    wants: bool,
     ran_ms: int,
 ) -> tuple[Service, list[Action]]:
-    wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and failed)
-    if not wants_restart:
+    if not wants:
         actions.append(_state_event(svc, ServiceState.EXITED))
         return _move(svc, ServiceState.EXITED, kill_cause=None), actions
     decision = next_restart(

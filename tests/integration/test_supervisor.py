@@ -301,3 +301,23 @@ def test_a_missing_executable_fails_only_its_own_service(daemon_factory, short_d
     assert d.cli("start", "ghost").returncode == 0
     d.wait_running_pid("ghost")
     assert d.state("web") == "RUNNING" and d.state("cache") == "RUNNING"
+
+
+def test_exit_code_rules_decide_restarts_with_real_exits(daemon_factory) -> None:
+    quick = {"start_timeout": "0s", "backoff": "0s", "stable_after": "0s"}
+    d: Daemon = daemon_factory(
+        {
+            "clean3": {"command": ["sh", "-c", "exit 3"], "success_exit_codes": [3], **quick},  # on-failure
+            "prevented": {"command": ["sh", "-c", "exit 75"], "restart": "always", "restart_prevent_exit_codes": [75], **quick},
+            "aborts": {"command": ["sleep", "1000"], "restart": "on-abort", **quick},
+            "exits1": {"command": ["sh", "-c", "sleep 0.2; exit 1"], "restart": "on-abnormal", **quick},
+        }
+    )
+    for name, code in (("clean3", 3), ("prevented", 75), ("exits1", 1)):
+        svc = d.wait_state(name, "EXITED")
+        assert svc["restarts"] == 0 and svc["last_exit"]["code"] == code, svc
+    assert d.service("clean3")["last_error"] is None  # a success exit code is not an error
+    old = d.wait_running_pid("aborts")
+    os.kill(old, signal.SIGSEGV)
+    d.wait_running_pid("aborts", not_pid=old)
+    assert d.service("aborts")["restarts"] == 1

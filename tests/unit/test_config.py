@@ -28,6 +28,7 @@ from supervise.supervisor.config import (
     parse_service,
 )
 from supervise.supervisor.errors import ConfigError, ConfigProblem
+from supervise.supervisor.restart import ExitStatuses
 
 
 def write(folder: Path, text: str, name: str = "supervise.toml") -> Path:
@@ -88,6 +89,9 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         stop_signal = "INT"
         stop_timeout = "20s"
         hang_signal = "ABRT"
+        success_exit_codes = [3, "USR2"]
+        restart_prevent_exit_codes = [75]
+        restart_force_exit_codes = ["SIGHUP", 9]
         env = {{ PORT = 8080, DEBUG = true, NAME = "web", RATIO = 0.5 }}
         cwd = "app"
         user = "{user}"
@@ -140,6 +144,9 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     stop_signal=signal.SIGINT,
                     stop_timeout_ms=20_000,
                     hang_signal=signal.SIGABRT,
+                    success_exit_codes=ExitStatuses(frozenset({3}), frozenset({signal.SIGUSR2})),
+                    restart_prevent_exit_codes=ExitStatuses(frozenset({75})),
+                    restart_force_exit_codes=ExitStatuses(frozenset({9}), frozenset({signal.SIGHUP})),
                     env={"PORT": "8080", "DEBUG": "true", "NAME": "web", "RATIO": "0.5"},
                     cwd=tmp_path / "app",
                     user=user,
@@ -164,7 +171,8 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
-        "requires", "processes", "watchdog", "hang_signal",
+        "requires", "processes", "watchdog", "hang_signal", "success_exit_codes", "restart_prevent_exit_codes",
+        "restart_force_exit_codes",
     }  # fmt: skip
 
 
@@ -422,7 +430,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
 
     assert problems(path) == [
         'supervise.toml:3:1: services.web.max_restarts: expected an integer >= 0, got "three"',
-        'supervise.toml:7:1: services.api.restart: expected one of "always", "on-failure", "never"; got "allways"',
+        'supervise.toml:7:1: services.api.restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got "allways"',
         'supervise.toml:10:1: supervisor.shutdown_timeout: invalid duration "10 sec" (use 500ms, 10s, 5m, 1h)',
     ]
 
@@ -463,6 +471,13 @@ def test_unknown_top_level_and_supervisor_keys_are_errors(tmp_path: Path) -> Non
 
 
 WRONG_VALUES = [
+    ('success_exit_codes = "3"', 'success_exit_codes: expected a list of exit codes and signal names like [3, 75, "TERM"], got "3"'),
+    ("success_exit_codes = [256]", 'success_exit_codes: expected exit codes 0-255 and signal names like "TERM", got 256'),
+    ('restart_prevent_exit_codes = ["NOPE"]', 'restart_prevent_exit_codes: expected exit codes 0-255 and signal names like "TERM", got "NOPE"'),
+    (
+        'restart_prevent_exit_codes = [3, "TERM"]\nrestart_force_exit_codes = [3, "SIGTERM", 4]',
+        "restart_force_exit_codes: 3, SIGTERM also in restart_prevent_exit_codes: a status prevents or forces a restart, not both",
+    ),
     ("max_restarts = -1", "max_restarts: expected an integer >= 0, got -1"),
     ("max_restarts = 2.5", "max_restarts: expected an integer >= 0, got 2.5"),
     ("max_restarts = true", "max_restarts: expected an integer >= 0, got true"),
@@ -471,7 +486,7 @@ WRONG_VALUES = [
     ('stop_timeout = "10 sec"', 'stop_timeout: invalid duration "10 sec" (use 500ms, 10s, 5m, 1h)'),
     ('stop_timeout = "0s"', 'stop_timeout: expected a duration > 0, got "0s"'),
     ('backoff = "-1s"', 'backoff: expected a duration >= 0, got "-1s"'),
-    ('restart = "allways"', 'restart: expected one of "always", "on-failure", "never"; got "allways"'),
+    ('restart = "allways"', 'restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got "allways"'),
     ('max_memory = "300 bananas"', 'max_memory: invalid size "300 bananas" (use 512KiB, 300MB, 1.5GiB or a number of bytes)'),
     ("max_memory = 0", "max_memory: expected a size > 0, got 0"),
     (
@@ -787,7 +802,7 @@ def test_problems_inside_inline_tables_and_dotted_keys_point_at_their_own_column
     assert problems(path) == [
         "supervise.toml:1:1: description: unknown key",
         'supervise.toml:6:25: services.web.backof: unknown key; did you mean "backoff"?',
-        'supervise.toml:8:1: services.api.restart: expected one of "always", "on-failure", "never"; got 3',
+        'supervise.toml:8:1: services.api.restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got 3',
         "supervise.toml:11:1: services.db.env.PORT: expected a string, number or boolean, got list",
     ]
 

@@ -11,7 +11,7 @@ import pytest
 from supervise.supervisor import state as core
 from supervise.supervisor.clock import FakeClock
 from supervise.supervisor.errors import InvalidTransition
-from supervise.supervisor.restart import RestartPolicy
+from supervise.supervisor.restart import ExitRules, ExitStatuses, RestartPolicy
 from supervise.supervisor.state import (
     ArmTimer,
     CancelTimer,
@@ -406,3 +406,76 @@ def test_repeated_spawn_failures_go_through_the_restart_policy_to_fatal() -> Non
     assert "max_restarts = 3" in d.svc.last_error
     d(core.StartRequested())  # by hand, once the file is there: a fresh history
     assert d.state is S.STARTING and d.svc.restart_history_ms == ()
+
+
+def _rules(**sets: ExitStatuses) -> ExitRules:
+    return ExitRules(**sets)
+
+
+def test_a_success_exit_code_is_a_clean_exit_not_restarted_on_failure() -> None:
+    d = Driver(exit_rules=_rules(success=ExitStatuses(frozenset({3}))))
+    d.running()
+    d(core.WorkerExited(3, None), after_ms=60_000)
+    assert d.state is S.EXITED and d.svc.last_error is None and d.svc.restarts == 0
+
+
+@pytest.mark.parametrize(
+    ("restart", "end", "restarted"),
+    [
+        ("on-abnormal", core.WorkerExited(1, None), False),
+        ("on-abnormal", core.WorkerExited(None, signal.SIGKILL), True),
+        ("on-abort", core.WorkerExited(None, signal.SIGSEGV), True),
+        ("on-abort", core.WorkerExited(2, None), False),
+        ("on-success", core.WorkerExited(0, None), True),
+        ("on-success", core.WorkerExited(1, None), False),
+        ("on-watchdog", core.WorkerExited(None, signal.SIGKILL), False),
+    ],
+)
+def test_restart_modes_follow_systemds_table_for_exits(restart: str, end: core.WorkerExited, restarted: bool) -> None:
+    d = Driver(restart=restart)
+    d.running()
+    d(end, after_ms=60_000)
+    assert (d.state is S.STARTING) is restarted
+    assert (d.state is S.EXITED) is not restarted
+
+
+@pytest.mark.parametrize(("restart", "restarted"), [("on-abnormal", True), ("on-watchdog", True), ("on-abort", False)])
+def test_a_hang_is_a_watchdog_outcome(restart: str, restarted: bool) -> None:
+    d = Driver(python=True, restart=restart)
+    d.running()
+    d.fire(Timer.HEARTBEAT)
+    d(core.WorkerExited(None, signal.SIGKILL), after_ms=60_000)
+    assert (d.state is S.STARTING) is restarted
+
+
+@pytest.mark.parametrize(("restart", "restarted"), [("on-abnormal", True), ("on-abort", False)])
+def test_a_start_timeout_is_a_timeout_outcome(restart: str, restarted: bool) -> None:
+    d = Driver(python=True, restart=restart, start_timeout_ms=3_000)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d.fire(Timer.START)
+    d(core.WorkerExited(None, signal.SIGTERM))
+    assert (d.state is S.BACKOFF) is restarted
+
+
+def test_restart_prevent_exit_codes_keep_an_always_service_down() -> None:
+    d = Driver(restart="always", exit_rules=_rules(prevent=ExitStatuses(frozenset({75}))))
+    d.running()
+    d(core.WorkerExited(75, None), after_ms=60_000)
+    assert d.state is S.EXITED
+    assert d.svc.last_exit is not None and d.svc.last_exit.code == 75
+
+
+def test_restart_force_exit_codes_restart_a_never_service() -> None:
+    d = Driver(restart="never", exit_rules=_rules(force=ExitStatuses(frozenset(), frozenset({signal.SIGHUP}))))
+    d.running()
+    d(core.WorkerExited(None, signal.SIGHUP), after_ms=60_000)
+    assert d.state is S.STARTING and d.svc.restarts == 1
+
+
+def test_a_clean_exit_before_the_start_is_confirmed_is_still_a_failed_start() -> None:
+    d = Driver(exit_rules=_rules(success=ExitStatuses(frozenset({3}))))
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d(core.WorkerExited(0, None), after_ms=100)
+    assert d.state is S.BACKOFF
