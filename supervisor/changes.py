@@ -32,6 +32,7 @@ from supervise.supervisor.runtime import (
 )
 
 if TYPE_CHECKING:
+    from supervise.supervisor.notify import NotifySockets
     from supervise.supervisor.scheduler import Scheduler
     from supervise.supervisor.store.queued import QueuedStore
 
@@ -46,6 +47,7 @@ class RuntimeChanges:
     _services: dict[str, ServiceRuntime]
     _store: QueuedStore | None
     _pending_starts: set[str]
+    _notify_sockets: NotifySockets
 
     if TYPE_CHECKING:
 
@@ -95,6 +97,7 @@ class RuntimeChanges:
         for handle in svc.timers.values():
             handle.cancel()
         self._pending_starts.discard(name)
+        self._notify_sockets.discard(name)
         if svc.log is not None:
             svc.log.close()
 

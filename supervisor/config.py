@@ -93,6 +93,7 @@ class ServiceConfig:
     success_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # clean besides exit 0 (systemd's SuccessExitStatus)
     restart_prevent_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
     restart_force_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # always restarted after these (RestartForceExitStatus)
+    notify: bool = False  # key type = "notify": started once it sends READY=1 on its NOTIFY_SOCKET
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
@@ -268,6 +269,8 @@ def parse_config(
         service = _parse_service(str(name), table, ("services", str(name)), ctx, issues, warnings)
         if service is not None:
             services[service.name] = service
+    if supervisor is not None:
+        issues += _notify_socket_problems(supervisor.state_dir, services)
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
     if issues or supervisor is None:
@@ -346,7 +349,8 @@ def _parse_service(
             values["schedule"] = replace(schedule, args=MappingProxyType(args))
             table = {**table, "target": HTTP_TARGET}
     values.setdefault("cwd", ctx.base_dir)
-    values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if "target" in table else START_TIMEOUT_COMMAND_MS)
+    slow_start = "target" in table or values.get("notify", False)  # waits for a hello, or READY=1
+    values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if slow_start else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:
         values["restart"] = RestartMode.ON_FAILURE  # a critical service always gets its restarts
     _check_service(table, values, path, issues, warnings)
@@ -370,8 +374,15 @@ def _check_service(
 
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
-    if values.get("watchdog_timeout_ms") is not None and "target" not in values:
-        issues.append(((*path, "watchdog"), "applies to Python targets (their code calls ctx.heartbeat())"))
+    if values.get("watchdog_timeout_ms") is not None and "target" not in values and not values.get("notify"):
+        message = 'applies to Python targets (their code calls ctx.heartbeat()) and type = "notify" commands (WATCHDOG=1)'
+        issues.append(((*path, "watchdog"), message))
+    if values.get("notify") and "target" in table:
+        issues.append(((*path, "type"), '"notify" applies to commands (a Python target says hello on its own)'))
+    elif values.get("notify") and values.get("schedule") is not None:
+        issues.append(((*path, "type"), '"notify" applies to long-running commands, not scheduled ones'))
+    elif values.get("notify") and values.get("start_timeout_ms") == 0:
+        issues.append(((*path, "start_timeout"), 'must be > 0 for type = "notify" (the time it has to send READY=1)'))
     if values.get("schedule") is not None and values.get("processes", 1) > 1:
         issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
     prevent, force = values.get("restart_prevent_exit_codes"), values.get("restart_force_exit_codes")
@@ -402,6 +413,22 @@ def _check_service(
             warnings.append(((*path, "command"), problem + SPAWN_WARNING))
         elif problem is not None:
             issues.append(((*path, "command"), problem))
+
+
+def notify_socket_path(state_dir: Path, instance: str) -> Path:
+    """Where the NOTIFY_SOCKET of a `type = "notify"` service instance (`web`, `web:1`) is bound."""
+    return state_dir / "notify" / f"{instance}.sock"
+
+
+def _notify_socket_problems(state_dir: Path, services: Mapping[str, ServiceConfig]) -> _Issues:
+    """A notify service's socket path (of its last instance, the longest) must fit a UNIX socket address."""
+    issues: _Issues = []
+    for name, service in services.items():
+        last = name if service.processes == 1 else f"{name}:{service.processes - 1}"
+        too_long = ipc_too_long(str(notify_socket_path(state_dir, last))) if service.notify else None
+        if too_long is not None:
+            issues.append((("services", name, "type"), f"its NOTIFY_SOCKET: {too_long} (use a shorter state_dir or name)"))
+    return issues
 
 
 def _find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | None:

@@ -136,6 +136,13 @@ def _signal(value: object, ctx: Context) -> int:
     raise ValueError(f"expected a signal name ({names}) or number, got {show_value(value)}")
 
 
+def _service_type(value: object, ctx: Context) -> bool:
+    """`type`: "simple" (False) or "notify" (True: started once it sends READY=1, as systemd's Type=notify)."""
+    if value in ("simple", "notify"):
+        return value == "notify"
+    raise ValueError(f'expected "simple" or "notify", got {show_value(value)}')
+
+
 def _exit_statuses(value: object, ctx: Context) -> ExitStatuses:
     """A list of exit codes 0-255 and signal names (`[3, 75, "TERM", "SIGUSR1"]`), as systemd's."""
     if not isinstance(value, list):
@@ -347,6 +354,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "stop_signal": Key("stop_signal", _signal),
         "stop_timeout": Key("stop_timeout_ms", _duration(positive=True)),
         "hang_signal": Key("hang_signal", _signal),
+        "type": Key("notify", _service_type),
         "success_exit_codes": Key("success_exit_codes", _exit_statuses),
         "restart_prevent_exit_codes": Key("restart_prevent_exit_codes", _exit_statuses),
         "restart_force_exit_codes": Key("restart_force_exit_codes", _exit_statuses),

@@ -127,6 +127,7 @@ class ServiceSpec:
     hang_signal: int = signal.SIGKILL  # sent to a hung worker's group; anything but SIGKILL gets hang_grace_ms
     hang_grace_ms: int = 1_000  # then SIGKILL (capped by stop_timeout_ms)
     exit_rules: ExitRules = field(default_factory=ExitRules)  # success / restart_prevent / restart_force exit codes
+    notify: bool = False  # type = "notify": a command that is started once it sends READY=1 (sd_notify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,10 @@ class Service:
     last_exit: ExitInfo | None = None
     last_error: str | None = None
     error_reported: bool = False  # the current worker reported its own error (a traceback)
+    ready: bool = False  # a type = "notify" worker sent READY=1 (its WATCHDOG=1 are watched from then on)
+    notify_status: str | None = None  # its last STATUS=
+    main_pid: int | None = None  # its MAINPID=
+    notify_phase: str | None = None  # "reloading" (RELOADING=1, until READY=1) or "stopping" (STOPPING=1)
     after_stop: After = After.STAY_STOPPED
     kill_cause: ExitCause | None = None  # why supervise is stopping it, recorded as the exit cause
     backoff_until_ms: int | None = None
@@ -230,6 +235,13 @@ class WatchdogReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Notified:
+    """A datagram on a type = "notify" service's NOTIFY_SOCKET, as KEY=VALUE fields (sd_notify)."""
+
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReported:
     """The worker's target raised; the traceback arrives before the exit."""
 
@@ -265,6 +277,7 @@ Event = (
     | HelloReceived
     | HeartbeatReceived
     | WatchdogReceived
+    | Notified
     | ErrorReported
     | WorkerExited
     | OverMemory
@@ -355,6 +368,10 @@ def _spawn(svc: Service, now_ms: int, *, reset: bool = False) -> tuple[Service, 
         kill_cause=None,
         backoff_until_ms=None,
         error_reported=False,
+        ready=False,
+        notify_status=None,
+        main_pid=None,
+        notify_phase=None,
         **extra,
     )
     return new, [_state_event(svc, ServiceState.STARTING), Spawn(incarnation)]
@@ -436,12 +453,13 @@ def _on_resume(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: ra
     action: Action = SendWorker("resume") if spec.python else SignalGroup(signal.SIGCONT)
     actions: list[Action] = [_state_event(svc, ServiceState.RUNNING), action]
     new = _move(svc, ServiceState.RUNNING)
+    # A paused worker's heartbeats are not watched while SIGSTOPped; start the clock afresh.
     if svc.hello:
-        # A paused worker's heartbeats are not watched while SIGSTOPped; start the clock afresh.
-        new = replace(new, last_heartbeat_ms=now_ms, last_watchdog_ms=now_ms)
+        new = replace(new, last_heartbeat_ms=now_ms)
         actions.append(ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms))
-        if spec.watchdog_timeout_ms is not None:
-            actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
+    if (svc.hello or svc.ready) and spec.watchdog_timeout_ms is not None:
+        new = replace(new, last_watchdog_ms=now_ms)
+        actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
     return new, actions
 
 
@@ -454,7 +472,7 @@ def _on_spawned(svc: Service, e: WorkerSpawned, now_ms: int, spec: ServiceSpec, 
         return svc, []
     new = replace(svc, pid=e.pid, spawned_ms=now_ms)
     actions: list[Action] = [Emit("spawned", {"pid": e.pid, "incarnation": svc.incarnation})]
-    if spec.start_timeout_ms == 0 and not spec.python:
+    if spec.start_timeout_ms == 0 and not spec.python and not spec.notify:
         return _running(new, now_ms, actions)
     actions.append(ArmTimer(Timer.START, now_ms + spec.start_timeout_ms))
     return new, actions
@@ -502,6 +520,45 @@ def _on_watchdog(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: 
     return replace(svc, last_watchdog_ms=now_ms), []
 
 
+def _on_notified(svc: Service, e: Notified, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
+    """READY=1, STATUS=, WATCHDOG=1 (or =trigger), MAINPID=, RELOADING=1, STOPPING=1, as systemd reads them."""
+    if not spec.notify or svc.state not in ALIVE or svc.pid is None:
+        return svc, []
+    f = e.fields
+    actions: list[Action] = []
+    if "STATUS" in f:
+        svc = replace(svc, notify_status=f["STATUS"])
+    if f.get("MAINPID", "").isdigit():
+        svc = replace(svc, main_pid=int(f["MAINPID"]))
+    for key, phase in (("RELOADING", "reloading"), ("STOPPING", "stopping")):
+        if f.get(key) == "1" and svc.notify_phase != phase:
+            svc = replace(svc, notify_phase=phase)
+            actions.append(Emit(phase, {"pid": svc.pid}, f"the service says it is {phase} ({key}=1)"))
+    if f.get("READY") == "1":
+        svc, more = _notify_ready(svc, now_ms, spec)
+        actions += more
+    if f.get("WATCHDOG") == "1" and svc.ready:
+        svc = replace(svc, last_watchdog_ms=now_ms)
+    elif f.get("WATCHDOG") == "trigger" and svc.state in (ServiceState.STARTING, ServiceState.RUNNING):
+        message = "the service asked for its watchdog action (WATCHDOG=trigger); killing it"
+        new, kill = _kill_hung(replace(svc, last_error=message), now_ms, spec)
+        return new, [*actions, Emit("hung", {"trigger": True}, message), *kill]
+    return svc, actions
+
+
+def _notify_ready(svc: Service, now_ms: int, spec: ServiceSpec) -> tuple[Service, list[Action]]:
+    """READY=1: a starting service is RUNNING; a reloading one is done reloading."""
+    if svc.notify_phase == "reloading":
+        svc = replace(svc, notify_phase=None)
+    if svc.ready or svc.state is not ServiceState.STARTING:
+        return svc, []
+    svc = replace(svc, ready=True, last_watchdog_ms=now_ms)
+    actions: list[Action] = [CancelTimer(Timer.START)]
+    if spec.watchdog_timeout_ms is not None:
+        actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
+    return _running(svc, now_ms, actions)
+
+
 def _on_error(svc: Service, e: ErrorReported, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     return replace(svc, last_error=e.message, error_reported=True), [Emit("error", {"error": e.message}, "the target raised")]
 
@@ -510,11 +567,13 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
     if e.timer is Timer.BACKOFF and svc.state is ServiceState.BACKOFF:
         return _spawn(svc, now_ms)
     if e.timer is Timer.START and svc.state is ServiceState.STARTING:
-        if not spec.python:
+        if not spec.python and not spec.notify:
             return _running(svc, now_ms, [])
+        waited = "READY=1 (sd_notify)" if spec.notify else "hello"
+        slow = "start" if spec.notify else "import"
         message = (
-            f"no hello within start_timeout ({format_duration_ms(spec.start_timeout_ms)}); "
-            "raise start_timeout if the service is slow to import"
+            f"no {waited} within start_timeout ({format_duration_ms(spec.start_timeout_ms)}); "
+            f"raise start_timeout if the service is slow to {slow}"
         )
         new = replace(svc, last_error=message)
         new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.START_TIMEOUT)
@@ -530,13 +589,14 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
         )
         new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
         return new, [Emit("hung", {"silent_ms": silent_ms}, message), *actions]
-    if e.timer is Timer.WATCHDOG and svc.hello and svc.state is ServiceState.RUNNING:
+    if e.timer is Timer.WATCHDOG and (svc.hello or svc.ready) and svc.state is ServiceState.RUNNING:
         assert svc.last_watchdog_ms is not None and spec.watchdog_timeout_ms is not None
         silent_ms = now_ms - svc.last_watchdog_ms
         if silent_ms < spec.watchdog_timeout_ms:
             return svc, [ArmTimer(Timer.WATCHDOG, svc.last_watchdog_ms + spec.watchdog_timeout_ms)]
+        call = "send WATCHDOG=1" if spec.notify else "call ctx.heartbeat()"
         message = (
-            f"the service's code did not call ctx.heartbeat() for {format_duration_ms(silent_ms)} "
+            f"the service's code did not {call} for {format_duration_ms(silent_ms)} "
             f"(watchdog {format_duration_ms(spec.watchdog_timeout_ms)}); killing the stuck worker"
         )
         new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
@@ -608,7 +668,7 @@ def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rn
         Emit("exited", detail, f"worker (pid {svc.pid}) {info.describe()} after {format_duration_ms(ran_ms)}"),
     ]
     was_starting = svc.state is ServiceState.STARTING
-    svc = replace(svc, pid=None, last_exit=info, hello=False)
+    svc = replace(svc, pid=None, last_exit=info, hello=False, ready=False)
     if svc.state is ServiceState.STOPPING:
         return _after_stopped(svc, now_ms, spec, rng, actions)
     outcome = spec.exit_rules.outcome(e.code, e.signal)
@@ -702,6 +762,7 @@ _HANDLERS: dict[type, Callable[..., Result]] = {
     HelloReceived: _on_hello,
     HeartbeatReceived: _on_heartbeat,
     WatchdogReceived: _on_watchdog,
+    Notified: _on_notified,
     ErrorReported: _on_error,
     WorkerExited: _on_exited,
     OverMemory: _on_over_memory,

@@ -45,6 +45,7 @@ from supervise.supervisor.dependencies import stop_layers
 from supervise.supervisor.errors import ConfigError, ServiceNotFound
 from supervise.supervisor.guard_link import GuardLink
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.notify import NotifySockets
 from supervise.supervisor.observability import Observability
 from supervise.supervisor.output import RotatingLog
 from supervise.supervisor.processes import (
@@ -138,6 +139,7 @@ class Supervisor(RuntimeChanges):
             sample_interval_s=config.supervisor.sample_interval_ms / 1000, on_over_memory=lambda name, rss, limit: self._feed(name, core.OverMemory(rss, limit))
         )
         self._instance = secrets.token_hex(8)
+        self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
         self._store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         for cfg in config.services.values():
@@ -319,6 +321,7 @@ class Supervisor(RuntimeChanges):
         if self._workers is not None:
             self._workers.close()
             self._workers = None
+        self._notify_sockets.close()
         self._endpoints.close()
         self._lock.release()
         self._closed.set()
@@ -469,6 +472,8 @@ class Supervisor(RuntimeChanges):
         else:
             assert cfg.command is not None
             argv = list(cfg.command)
+            if cfg.notify:
+                env.update(self._notify_sockets.env_for(svc.name, cfg.watchdog_timeout_ms))
         return SpawnRequest(argv=argv, env=env, cwd=cfg.cwd, user=cfg.user, umask=cfg.umask)
 
     def _on_worker_exit(self, svc: ServiceRuntime, worker: Worker, code: int | None, sig: int | None) -> None:

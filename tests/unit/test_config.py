@@ -92,6 +92,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         success_exit_codes = [3, "USR2"]
         restart_prevent_exit_codes = [75]
         restart_force_exit_codes = ["SIGHUP", 9]
+        type = "notify"
         env = {{ PORT = 8080, DEBUG = true, NAME = "web", RATIO = 0.5 }}
         cwd = "app"
         user = "{user}"
@@ -147,6 +148,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     success_exit_codes=ExitStatuses(frozenset({3}), frozenset({signal.SIGUSR2})),
                     restart_prevent_exit_codes=ExitStatuses(frozenset({75})),
                     restart_force_exit_codes=ExitStatuses(frozenset({9}), frozenset({signal.SIGHUP})),
+                    notify=True,
                     env={"PORT": "8080", "DEBUG": "true", "NAME": "web", "RATIO": "0.5"},
                     cwd=tmp_path / "app",
                     user=user,
@@ -172,7 +174,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
         "requires", "processes", "watchdog", "hang_signal", "success_exit_codes", "restart_prevent_exit_codes",
-        "restart_force_exit_codes",
+        "restart_force_exit_codes", "type",
     }  # fmt: skip
 
 
@@ -471,6 +473,8 @@ def test_unknown_top_level_and_supervisor_keys_are_errors(tmp_path: Path) -> Non
 
 
 WRONG_VALUES = [
+    ('type = "forking"', 'type: expected "simple" or "notify", got "forking"'),
+    ('type = "notify"\nstart_timeout = "0s"', 'start_timeout: must be > 0 for type = "notify" (the time it has to send READY=1)'),
     ('success_exit_codes = "3"', 'success_exit_codes: expected a list of exit codes and signal names like [3, 75, "TERM"], got "3"'),
     ("success_exit_codes = [256]", 'success_exit_codes: expected exit codes 0-255 and signal names like "TERM", got 256'),
     ('restart_prevent_exit_codes = ["NOPE"]', 'restart_prevent_exit_codes: expected exit codes 0-255 and signal names like "TERM", got "NOPE"'),
@@ -941,3 +945,22 @@ def test_start_timeout_0s_means_running_at_spawn_for_commands_but_not_for_python
     path.write_text('[services.py]\ntarget = "m:f"\nstart_timeout = "0s"\n')
     with pytest.raises(ConfigError, match=r"services\.py\.start_timeout: must be > 0 for a Python target"):
         load_config(path)
+
+
+def test_type_notify_is_for_long_running_commands_and_waits_30s_by_default(tmp_path: Path) -> None:
+    config = parse_config({"services": {"n": {"command": "sh", "type": "notify", "watchdog": "5s"}}}, base_dir=tmp_path)
+    assert config.services["n"].notify and config.services["n"].start_timeout_ms == 30_000
+    for table, problem in (
+        ({"target": "a.b:c", "type": "notify"}, 'services.t.type: "notify" applies to commands'),
+        ({"command": "sh", "type": "notify", "every": "5m"}, 'services.t.type: "notify" applies to long-running commands'),
+        ({"command": "sh", "watchdog": "5s"}, "services.t.watchdog: applies to Python targets"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            parse_config({"services": {"t": table}}, base_dir=tmp_path)
+
+
+def test_a_notify_socket_path_must_fit_a_unix_socket_address(tmp_path: Path) -> None:
+    state_dir = "/tmp/" + "s" * 40  # its control.sock fits; notify/NAME.sock of a long name does not
+    name = "n" * 60
+    with pytest.raises(ConfigError, match=f"services.{name}.type: its NOTIFY_SOCKET: ipc path .* bytes"):
+        parse_config({"supervisor": {"state_dir": state_dir}, "services": {name: {"command": "sh", "type": "notify"}}}, base_dir=tmp_path)

@@ -479,3 +479,74 @@ def test_a_clean_exit_before_the_start_is_confirmed_is_still_a_failed_start() ->
     d(core.WorkerSpawned(100))
     d(core.WorkerExited(0, None), after_ms=100)
     assert d.state is S.BACKOFF
+
+
+def _notify(**fields: str) -> core.Notified:
+    return core.Notified(fields)
+
+
+def test_a_notify_service_is_running_on_ready_not_at_start_timeout() -> None:
+    d = Driver(notify=True, start_timeout_ms=30_000, watchdog_timeout_ms=2_000)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d(_notify(STATUS="warming up"), after_ms=500)
+    assert d.state is S.STARTING and d.svc.notify_status == "warming up"
+    actions = d(_notify(READY="1", STATUS="serving", MAINPID="100"), after_ms=500)
+    assert d.state is S.RUNNING and d.svc.ready and d.svc.main_pid == 100 and d.svc.notify_status == "serving"
+    assert CancelTimer(Timer.START) in actions and ArmTimer(Timer.WATCHDOG, 1_000 + 2_000) in actions
+    d(_notify(WATCHDOG="1"), after_ms=1_500)
+    assert d.fire(Timer.WATCHDOG) == [ArmTimer(Timer.WATCHDOG, 2_500 + 2_000)]
+    actions = d.fire(Timer.WATCHDOG)
+    assert d.state is S.STOPPING and SignalGroup(signal.SIGKILL) in actions
+    assert d.svc.last_error is not None and "did not send WATCHDOG=1" in d.svc.last_error
+
+
+def test_a_notify_service_without_ready_fails_its_start() -> None:
+    d = Driver(notify=True, start_timeout_ms=3_000)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d.fire(Timer.START)
+    assert d.state is S.STOPPING and d.svc.kill_cause is ExitCause.START_TIMEOUT
+    assert d.svc.last_error is not None and d.svc.last_error.startswith("no READY=1 (sd_notify) within start_timeout (3s)")
+
+
+def test_a_zero_start_timeout_does_not_make_a_notify_service_running_at_spawn() -> None:
+    d = Driver(notify=True, start_timeout_ms=0)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    assert d.state is S.STARTING
+
+
+def test_reloading_lasts_until_ready_and_stopping_is_recorded() -> None:
+    d = Driver(notify=True)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d(_notify(READY="1"))
+    d(_notify(RELOADING="1"))
+    assert d.svc.notify_phase == "reloading" and "reloading" in d.kinds()
+    d(_notify(READY="1"))
+    assert d.svc.notify_phase is None and d.state is S.RUNNING
+    d(_notify(STOPPING="1"))
+    assert d.svc.notify_phase == "stopping" and "stopping" in d.kinds()
+
+
+def test_watchdog_trigger_is_the_watchdog_action_at_once() -> None:
+    d = Driver(notify=True)
+    d(core.StartRequested())
+    d(core.WorkerSpawned(100))
+    d(_notify(READY="1"))
+    actions = d(_notify(WATCHDOG="trigger"))
+    assert d.state is S.STOPPING and SignalGroup(signal.SIGKILL) in actions and d.svc.kill_cause is ExitCause.HUNG
+
+
+def test_notify_messages_to_a_simple_service_or_a_new_incarnation_start_afresh() -> None:
+    d = Driver()
+    d.running()
+    assert d(_notify(READY="1", STATUS="x")) == [] and d.svc.notify_status is None
+    n = Driver(notify=True)
+    n(core.StartRequested())
+    n(core.WorkerSpawned(100))
+    n(_notify(READY="1", STATUS="serving", MAINPID="100"))
+    n(core.WorkerExited(1, None), after_ms=60_000)
+    assert n.state is S.STARTING and not n.svc.ready
+    assert n.svc.notify_status is None and n.svc.main_pid is None
