@@ -15,7 +15,14 @@ from enum import StrEnum
 from typing import Any
 
 from supervise.supervisor.errors import InvalidTransition
-from supervise.supervisor.restart import ExitRules, GiveUp, Outcome, RestartPolicy, next_restart, wants_restart
+from supervise.supervisor.restart import (
+    ExitRules,
+    GiveUp,
+    Outcome,
+    RestartPolicy,
+    next_restart,
+    wants_restart,
+)
 from supervise.supervisor.units import format_duration_ms
 
 
