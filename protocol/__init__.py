@@ -12,40 +12,86 @@ from typing import TYPE_CHECKING
 
 from supervise.protocol.codec import (
     decode_reply as decode_reply,
+)
+from supervise.protocol.codec import (
     decode_request as decode_request,
+)
+from supervise.protocol.codec import (
     decode_worker_message as decode_worker_message,
+)
+from supervise.protocol.codec import (
     encode_error as encode_error,
+)
+from supervise.protocol.codec import (
     encode_reply as encode_reply,
+)
+from supervise.protocol.codec import (
     encode_request as encode_request,
+)
+from supervise.protocol.codec import (
     encode_worker_message as encode_worker_message,
+)
+from supervise.protocol.codec import (
     pack as pack,
+)
+from supervise.protocol.codec import (
     split_envelope as split_envelope,
+)
+from supervise.protocol.codec import (
     unpack as unpack,
 )
 from supervise.protocol.endpoints import (
     Endpoints as Endpoints,
+)
+from supervise.protocol.endpoints import (
     check_ipc_endpoint as check_ipc_endpoint,
+)
+from supervise.protocol.endpoints import (
     default_endpoints as default_endpoints,
 )
 from supervise.protocol.errors import (
     ClientTimeout as ClientTimeout,
+)
+from supervise.protocol.errors import (
     DecodeError as DecodeError,
+)
+from supervise.protocol.errors import (
     ErrorCode as ErrorCode,
+)
+from supervise.protocol.errors import (
     ProtocolError as ProtocolError,
+)
+from supervise.protocol.errors import (
     RemoteError as RemoteError,
+)
+from supervise.protocol.errors import (
     SuperviseError as SuperviseError,
 )
 from supervise.protocol.limits import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from supervise.protocol.limits import (
     REPLY_LIMITS as REPLY_LIMITS,
+)
+from supervise.protocol.limits import (
     REQUEST_LIMITS as REQUEST_LIMITS,
+)
+from supervise.protocol.limits import (
     Limits as Limits,
 )
 from supervise.protocol.messages import (
     SUPERVISOR_KINDS as SUPERVISOR_KINDS,
+)
+from supervise.protocol.messages import (
     WORKER_KINDS as WORKER_KINDS,
+)
+from supervise.protocol.messages import (
     Reply as Reply,
+)
+from supervise.protocol.messages import (
     Request as Request,
+)
+from supervise.protocol.messages import (
     WorkerMessage as WorkerMessage,
 )
 

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import zmq
+
 from supervise.protocol.codec import decode_reply, encode_request
 from supervise.protocol.curve import ClientKeys, apply_client_keys, load_client_keys
 from supervise.protocol.errors import (

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.config.loader import Config, load_config
+from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.supervisor import Supervisor
 
 log = logging.getLogger("supervise")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 
 from supervise.protocol.errors import SuperviseError
@@ -60,8 +61,17 @@ def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, 
     return result
 
 
+CONTEXT_NAMES = frozenset({"ctx", "context"})
+_CONTEXT_TYPE = re.compile(r"\b(JobContext|RunContext)\b")
+
+
 def _wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
-    """True when the target's first positional parameter is required and not given by name."""
+    """True when the target's first positional parameter is for the context.
+
+    That is when it is required, or named `ctx`/`context`, or annotated with
+    `JobContext`/`RunContext` (also optional: `ctx: JobContext | None = None`),
+    and the run's arguments do not give it by name.
+    """
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
@@ -69,4 +79,14 @@ def _wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bo
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if not positional or positional[0].name in kwargs:
         return False
-    return positional[0].default is inspect.Parameter.empty
+    first = positional[0]
+    return first.default is inspect.Parameter.empty or first.name in CONTEXT_NAMES or _is_context_type(first.annotation)
+
+
+def _is_context_type(annotation: object) -> bool:
+    """`JobContext`, a subclass, or an annotation (a string too) that names one."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    if isinstance(annotation, type):
+        return issubclass(annotation, JobContext)
+    return _CONTEXT_TYPE.search(str(annotation)) is not None

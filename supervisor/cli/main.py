@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+
 from supervise.protocol.version import VERSION
 
 DEFAULT_CONFIG = "supervise.toml"
@@ -154,6 +155,20 @@ def client_options(func: Any) -> Any:
     return func
 
 
+def json_option(func: Any) -> Any:
+    """`--json`: print the result as JSON instead of text (each command's shape is in docs/cli.md)."""
+    return click.option("--json", "as_json", is_flag=True, help="print the result as JSON (see docs/cli.md)")(func)
+
+
+def _print(result: Any, as_json: bool, text: Any) -> None:
+    """`result` as indented JSON, or `text(result)` (a string or lines) for people."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    shown = text(result)
+    click.echo(shown if isinstance(shown, str) else "\n".join(shown))
+
+
 def _obj(config: str | None, endpoint: str | None, timeout: float | None) -> dict[str, Any]:
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
@@ -186,6 +201,7 @@ def cli() -> None:
 @client_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]), help="the daemon's own log: text or JSON lines")
+@json_option
 def start(
     target: str | None,
     all_: bool,
@@ -194,6 +210,7 @@ def start(
     timeout: float | None,
     log_level: str,
     log_format: str,
+    as_json: bool,
 ) -> None:
     """Run the daemon on a config, or start a service of a running one.
 
@@ -203,9 +220,11 @@ def start(
     """
     is_daemon = not all_ and (target is None or target.endswith(".toml") or Path(target).is_file())
     if is_daemon and config is None and endpoint is None:
+        if as_json:
+            raise CliError("start: --json is for starting services of a running supervisor (start NAME -c CONFIG)", Exit.USAGE)
         _run_daemon(target or DEFAULT_CONFIG, log_level, log_format)
         return
-    _service_command("start", target, all_, _obj(config, endpoint, timeout))
+    _service_command("start", target, all_, _obj(config, endpoint, timeout), as_json)
 
 
 def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn:
@@ -222,12 +241,15 @@ def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn
 def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
     import asyncio
+    import logging
 
     from supervise.supervisor.core.errors import AlreadyRunning, ConfigError
     from supervise.supervisor.daemon.logformat import configure_logging
     from supervise.supervisor.daemon.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
+    for problem in config.warnings:
+        logging.getLogger("supervise").warning("%s", problem.render(config.source))
     supervisor = Supervisor(config, handle_signals=True)
 
     async def run() -> None:
@@ -243,13 +265,12 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     sys.exit(Exit.FAILED if supervisor.forced_stop else Exit.OK)
 
 
-def _service_command(cmd: str, name: str | None, all_: bool, obj: dict[str, Any]) -> None:
+def _service_command(cmd: str, name: str | None, all_: bool, obj: dict[str, Any], as_json: bool = False) -> None:
     if all_ == (name is not None):
         raise CliError(f"{cmd}: give a service NAME or --all", Exit.USAGE)
     args: dict[str, object] = {"all": True} if all_ else {"name": name}
     result = _call(obj, cmd, **args)
-    for svc, state in result["services"].items():
-        click.echo(f"{svc}: {state}")
+    _print(result, as_json, lambda r: [f"{svc}: {state}" for svc, state in r["services"].items()])
 
 
 def _make_service_command(cmd: str, help_text: str) -> None:
@@ -257,8 +278,11 @@ def _make_service_command(cmd: str, help_text: str) -> None:
     @click.argument("name", required=False)
     @click.option("--all", "all_", is_flag=True, help="every service")
     @client_options
-    def command(name: str | None, all_: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
-        _service_command(cmd, name, all_, _obj(config, endpoint, timeout))
+    @json_option
+    def command(
+        name: str | None, all_: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+    ) -> None:
+        _service_command(cmd, name, all_, _obj(config, endpoint, timeout), as_json)
 
 
 _make_service_command("stop", "Stop a service (stop_signal, then SIGKILL after stop_timeout).")
@@ -290,38 +314,58 @@ def _show(cmd: str, name: str | None, as_json: bool, obj: dict[str, Any], render
 
 @cli.command()
 @client_options
-def shutdown(config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def shutdown(config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Stop every service and the supervisor."""
-    _call(_obj(config, endpoint, timeout), "shutdown")
-    click.echo("supervisor shutting down")
+    result = _call(_obj(config, endpoint, timeout), "shutdown")
+    _print(result, as_json, lambda r: "supervisor shutting down")
 
 
 @cli.command()
 @client_options
-def ping(config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def ping(config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Check that the supervisor answers."""
     result = _call(_obj(config, endpoint, timeout), "ping")
-    click.echo(f"supervise {result['version']} (pid {result['pid']}) up {result['uptime']:.0f}s")
+    _print(result, as_json, lambda r: f"supervise {r['version']} (pid {r['pid']}) up {r['uptime']:.0f}s")
 
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-def check(config: str) -> None:
-    """Validate a config file without starting anything; exit 1 listing every problem."""
+@click.option("--strict", is_flag=True, help="exit 1 on warnings too (a command's executable missing now)")
+@json_option
+def check(config: str, strict: bool, as_json: bool) -> None:
+    """Validate a config file without starting anything; exit 1 listing every problem.
+
+    Warnings (a command whose executable is missing now: that service fails to spawn,
+    the others start) are printed on stderr and leave the exit status 0, or 1 with --strict.
+    """
     from supervise.supervisor.config.loader import load_config
     from supervise.supervisor.core.errors import ConfigError
 
     try:
         cfg = load_config(config)
     except ConfigError as e:
+        if as_json:
+            problems = [{"key": p.key, "problem": p.problem, "line": p.line, "column": p.column} for p in e.problems]
+            click.echo(json.dumps({"config": config, "ok": False, "problems": problems}, indent=2))
+            sys.exit(Exit.FAILED)
         raise CliError(f"config error:\n{e}") from None
-    click.echo(f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
+    warnings = [{"key": p.key, "problem": p.problem, "line": p.line, "column": p.column} for p in cfg.warnings]
+    result = {"config": config, "ok": True, "services": list(cfg.services), "warnings": warnings}
+    _print(result, as_json, lambda r: f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
+    if not as_json:
+        for problem in cfg.warnings:
+            click.echo(f"warning: {problem.render(config)}", err=True)
+    if strict and cfg.warnings:
+        sys.exit(Exit.FAILED)
 
 
 @cli.command()
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True, help="where to write the two files (created 0700)")
-def keygen(name: str, directory: str) -> None:
+@json_option
+def keygen(name: str, directory: str, as_json: bool) -> None:
     """Create a CURVE key pair NAME.key (public) and NAME.key_secret (0600), for tcp:// endpoints."""
     import re
 
@@ -334,6 +378,9 @@ def keygen(name: str, directory: str) -> None:
         public, secret = create_key_pair(Path(directory), name)
     except (FileExistsError, OSError) as e:
         raise CliError(f"keygen: {e}") from None
+    if as_json:
+        click.echo(json.dumps({"public": str(public), "secret": str(secret), "public_key": read_public_key(public).decode()}, indent=2))
+        return
     click.echo(f"created {public} (public key {read_public_key(public).decode()})")
     click.echo(f"    and {secret} (secret key, mode 0600: keep it private, never copy it elsewhere)")
     click.echo("Where the public key goes:")
@@ -363,7 +410,8 @@ def _json_arg(value: str | None, option: str) -> dict[str, object] | None:
 @click.argument("name")
 @click.option("--args", "args_json", help="keyword arguments of this run, as a JSON object")
 @client_options
-def run_now(name: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def run_now(name: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Run a scheduled service now; prints the run id."""
     args: dict[str, object] = {"name": name}
     extra = _json_arg(args_json, "--args")
@@ -371,35 +419,38 @@ def run_now(name: str, args_json: str | None, config: str | None, endpoint: str 
         args["args"] = extra
     result = _call(_obj(config, endpoint, timeout), "run", **args)
     suffix = f" ({result['reason']})" if result.get("reason") else ""
-    click.echo(f"{result['run_id']} {result['state']}{suffix}")
+    _print(result, as_json, lambda r: f"{r['run_id']} {r['state']}{suffix}")
 
 
 @cli.command()
 @click.argument("run_id")
 @client_options
-def cancel(run_id: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def cancel(run_id: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Cancel a run (cooperatively, then by force after cancel_grace)."""
     result = _call(_obj(config, endpoint, timeout), "cancel", run_id=run_id)
-    click.echo(f"{result['run_id']} {result['state']} (cancelling)")
+    _print(result, as_json, lambda r: f"{r['run_id']} {r['state']} (cancelling)")
 
 
 @cli.command()
 @click.argument("name")
 @client_options
-def skip(name: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def skip(name: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Skip the next occurrence of a scheduled service."""
     result = _call(_obj(config, endpoint, timeout), "skip", name=name)
-    click.echo(f"{name}: skipping the occurrence at {result['skipping'] or 'the next fire time'}")
+    _print(result, as_json, lambda r: f"{name}: skipping the occurrence at {r['skipping'] or 'the next fire time'}")
 
 
 @cli.command(name="next")
 @click.argument("name")
 @click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
 @client_options
-def next_fires(name: str, count: int, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def next_fires(name: str, count: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """The next fire times of a scheduled service."""
-    for when in _call(_obj(config, endpoint, timeout), "next", name=name, count=count)["next"]:
-        click.echo(when)
+    result = _call(_obj(config, endpoint, timeout), "next", name=name, count=count)
+    _print(result, as_json, lambda r: r["next"])
 
 
 @cli.command()
@@ -431,14 +482,17 @@ def runs(
 @click.option("--at", "at", required=True, help="ISO-8601 datetime with offset, e.g. 2026-12-01T09:00:00+01:00")
 @click.option("--args", "args_json", help="keyword arguments of that run, as a JSON object")
 @client_options
-def schedule(name: str, at: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def schedule(
+    name: str, at: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """Add a one-shot occurrence of a service at a datetime (kept across restarts)."""
     args: dict[str, object] = {"name": name, "at": at}
     extra = _json_arg(args_json, "--args")
     if extra is not None:
         args["args"] = extra
     result = _call(_obj(config, endpoint, timeout), "schedule", **args)
-    click.echo(f"{name}: one-shot {result['id']} at {result['at']}")
+    _print(result, as_json, lambda r: f"{name}: one-shot {r['id']} at {r['at']}")
 
 
 @cli.command()
@@ -446,10 +500,11 @@ def schedule(name: str, at: str, args_json: str | None, config: str | None, endp
 @click.option("--from", "start", required=True, help="ISO-8601 datetime with offset")
 @click.option("--to", "end", required=True, help="ISO-8601 datetime with offset")
 @client_options
-def backfill(name: str, start: str, end: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def backfill(name: str, start: str, end: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Run every occurrence of a schedule between two datetimes, in order."""
     result = _call(_obj(config, endpoint, timeout), "backfill", name=name, **{"from": start, "to": end})
-    click.echo(f"{name}: {len(result['run_ids'])} runs queued")
+    _print(result, as_json, lambda r: f"{name}: {len(r['run_ids'])} runs queued")
 
 
 # -- observability (docs/observability.md) -------------------------------------
@@ -470,11 +525,18 @@ def metrics(name: str | None, as_json: bool, config: str | None, endpoint: str |
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True, help="seconds between redraws")
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @client_options
-def top(interval: float, once: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
-    """A live view of every service: state, pid, CPU, memory, restarts. q or Ctrl-C quits."""
+@json_option
+def top(interval: float, once: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+    """A live view of every service: state, pid, CPU, memory, restarts. q or Ctrl-C quits.
+
+    With --json: one frame's figures (the metrics reply), then exit.
+    """
     from supervise.supervisor.cli.top import run_top
 
     obj = _obj(config, endpoint, timeout if timeout is not None else 5.0)
+    if as_json:
+        click.echo(json.dumps(_call(obj, "metrics"), indent=2, default=str))
+        return
     run_top(lambda: _call(obj, "metrics"), interval_s=interval, once=once)
 
 
@@ -515,6 +577,7 @@ def events(
     supervise events --since 0 --no-follow --json   what the replay ring holds
     """
     import zmq
+
     from supervise.protocol.codec import unpack
     from supervise.protocol.limits import REPLY_LIMITS
 
@@ -582,23 +645,29 @@ def events(
 @click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=100, show_default=True, help="how many last lines")
 @click.option("-f", "--follow", is_flag=True, help="keep printing what the service writes (across rotation)")
 @client_options
-def logs(name: str, lines: int, follow: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"service": NAME, "line": TEXT}')
+def logs(name: str, lines: int, follow: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Show a service's captured stdout/stderr; -f follows it."""
     import time
 
     result = _call(_obj(config, endpoint, timeout), "logs", name=name, lines=lines)
     for line in result["lines"]:
-        click.echo(line)
+        click.echo(json.dumps({"service": name, "line": line}) if as_json else line)
     if not follow:
         return
     from supervise.supervisor.daemon.logtail import Follower
 
     follower = Follower(Path(result["path"]), offset=result["offset"], inode=result["inode"])
     out = sys.stdout.buffer
+    partial = b""
     try:
         while True:
             data = follower.read()
-            if data:
+            if data and as_json:
+                *complete, partial = (partial + data).split(b"\n")
+                for raw in complete:
+                    click.echo(json.dumps({"service": name, "line": raw.decode(errors="replace")}))
+            elif data:
                 out.write(data)
                 out.flush()
             else:
@@ -638,6 +707,7 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--critical", is_flag=True, help="restart it whenever it fails")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="any other service key (repeatable)")
 @client_options
+@json_option
 def add(
     name: str,
     command_line: str | None,
@@ -649,6 +719,7 @@ def add(
     config: str | None,
     endpoint: str | None,
     timeout: float | None,
+    as_json: bool,
 ) -> None:
     """Register and start a service in a running supervisor (kept across its restarts)."""
     if (command_line is None) == (target is None):
@@ -658,44 +729,77 @@ def add(
     if critical:
         spec["critical"] = True
     result = _call(_obj(config, endpoint, timeout), "add", name=name, spec=spec)
-    click.echo(f"{result['name']}: added, {result['state']}")
+    _print(result, as_json, lambda r: f"{r['name']}: added, {r['state']}")
 
 
 @cli.command()
 @click.argument("name")
 @client_options
-def remove(name: str, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def remove(name: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Stop a service and deregister it."""
-    _call(_obj(config, endpoint, timeout), "remove", name=name)
-    click.echo(f"{name}: removed")
+    result = _call(_obj(config, endpoint, timeout), "remove", name=name)
+    _print(result, as_json, lambda r: f"{name}: removed")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--set", "sets", multiple=True, required=True, metavar="KEY=VALUE", help="the service's keys, all of them")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="set a key; the others keep their values (repeatable)")
+@click.option("--unset", "unsets", multiple=True, metavar="KEY", help="remove a key: it takes its default (repeatable)")
+@click.option("--replace", "replace_all", is_flag=True, help="the --set keys are the whole new service table")
 @client_options
-def update(name: str, sets: tuple[str, ...], config: str | None, endpoint: str | None, timeout: float | None) -> None:
-    """Replace a service's settings; it restarts only if its process would differ."""
-    result = _call(_obj(config, endpoint, timeout), "update", name=name, spec=_parse_sets(sets))
-    click.echo(f"{name}: {result['state']}; changed: {', '.join(result['changed']) or 'nothing'}")
+@json_option
+def update(
+    name: str,
+    sets: tuple[str, ...],
+    unsets: tuple[str, ...],
+    replace_all: bool,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Change some of a service's keys; it restarts only if its process would differ.
+
+    \b
+    supervise update nightly --set cron="30 2 * * *"     one key; the rest are kept
+    supervise update web --unset max_memory              back to its default
+    supervise update web --replace --set command="..."   the whole table
+    """
+    if not sets and not unsets:
+        raise CliError("update: give --set KEY=VALUE and/or --unset KEY", Exit.USAGE)
+    if replace_all and unsets:
+        raise CliError("update: --unset has no meaning with --replace (the --set keys are the whole service)", Exit.USAGE)
+    args: dict[str, object] = {"name": name, "spec": _parse_sets(sets)}
+    if unsets:
+        args["unset"] = list(unsets)
+    if replace_all:
+        args["replace"] = True
+    result = _call(_obj(config, endpoint, timeout), "update", **args)
+    _print(result, as_json, lambda r: f"{name}: {r['state']}; changed: {', '.join(r['changed']) or 'nothing'}")
 
 
 @cli.command()
 @click.argument("name")
 @click.argument("processes", type=click.IntRange(1, 1000))
 @client_options
-def scale(name: str, processes: int, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def scale(name: str, processes: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Run PROCESSES identical worker processes of a service."""
     result = _call(_obj(config, endpoint, timeout), "scale", name=name, processes=processes)
-    click.echo(f"{name}: {result['processes']} processes ({', '.join(result['instances'])})")
+    _print(result, as_json, lambda r: f"{name}: {r['processes']} processes ({', '.join(r['instances'])})")
 
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="only print what would change")
 @client_options
-def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: float | None) -> None:
+@json_option
+def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
     """Re-read the config file and apply the difference (SIGHUP does the same)."""
     plan = _call(_obj(config, endpoint, timeout), "reload", dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(plan, indent=2, default=str))
+        return
     verb = "would" if dry_run else "did"
     for what in ("added", "removed"):
         for name in plan[what]:
@@ -704,6 +808,8 @@ def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: flo
         click.echo(f"{name}: {verb} apply changed {', '.join(keys)}")
     for name in plan["unchanged"]:
         click.echo(f"{name}: unchanged")
+    for warning in plan.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if plan["supervisor_keys_needing_restart"]:
         keys = ", ".join(plan["supervisor_keys_needing_restart"])
         click.echo(f"[supervisor] {keys} changed: restart the supervisor to apply")
@@ -711,7 +817,8 @@ def reload(dry_run: bool, config: str | None, endpoint: str | None, timeout: flo
 
 @cli.command(name="list")
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
-def list_services(config: str) -> None:
+@json_option
+def list_services(config: str, as_json: bool) -> None:
     """List the services a config file defines (no supervisor needed)."""
     from supervise.supervisor.config.loader import load_config
     from supervise.supervisor.core.errors import ConfigError
@@ -720,6 +827,18 @@ def list_services(config: str) -> None:
         cfg = load_config(config)
     except ConfigError as e:
         raise CliError(f"config error:\n{e}") from None
+    if as_json:
+        rows = [
+            {
+                "name": name,
+                "command": list(svc.command) if svc.command else None,
+                "target": svc.target,
+                "schedule": svc.schedule.trigger.describe() if svc.schedule else None,
+            }
+            for name, svc in cfg.services.items()
+        ]
+        click.echo(json.dumps({"services": rows}, indent=2))
+        return
     for name, svc in cfg.services.items():
         what = " ".join(svc.command) if svc.command else svc.target
         when = f"  [{svc.schedule.trigger.describe()}]" if svc.schedule else ""

@@ -54,5 +54,5 @@ def _changed_keys(old: object, new: object, key_of_field: Mapping[str, str]) -> 
     return tuple(
         key_of_field.get(f.name, f.name)
         for f in fields(old)  # type: ignore[arg-type]
-        if getattr(old, f.name) != getattr(new, f.name)
+        if f.compare and getattr(old, f.name) != getattr(new, f.name)  # not the source table, say
     )

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
+from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
     parse_duration_ms,
     parse_size_bytes,
@@ -45,10 +46,14 @@ KeyPath = tuple[str, ...]  # a dotted key split into parts: ("services", "web", 
 
 
 class RestartMode(StrEnum):
-    """When a worker that exited is started again (key `restart`)."""
+    """When a worker that exited is started again (key `restart`), as systemd's `Restart=`."""
 
     ALWAYS = "always"  # after any exit, a clean exit 0 included
-    ON_FAILURE = "on-failure"  # after a non-zero exit, a signal, a lost heartbeat or a failed start
+    ON_SUCCESS = "on-success"  # after a clean exit only (0, or a code in success_exit_codes)
+    ON_FAILURE = "on-failure"  # after an unclean exit code, a signal, a hang or a failed start
+    ON_ABNORMAL = "on-abnormal"  # after a signal, a hang (heartbeat, watchdog) or a start timeout; not an exit code
+    ON_ABORT = "on-abort"  # after an unclean signal only
+    ON_WATCHDOG = "on-watchdog"  # after a hang only (heartbeat_timeout or watchdog missed)
     NEVER = "never"  # never: the first exit is final (not allowed with critical = true)
 
 
@@ -118,7 +123,7 @@ def _restart_mode(value: object, ctx: Context) -> RestartMode:
     raise ValueError(f"expected one of {options}; got {show_value(value)}")
 
 
-_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL")
+_SIGNALS = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL", "ABRT")
 
 
 def _signal(value: object, ctx: Context) -> int:
@@ -128,6 +133,29 @@ def _signal(value: object, ctx: Context) -> int:
         return value
     names = ", ".join(f'"{name}"' for name in _SIGNALS)
     raise ValueError(f"expected a signal name ({names}) or number, got {show_value(value)}")
+
+
+def _service_type(value: object, ctx: Context) -> bool:
+    """`type`: "simple" (False) or "notify" (True: started once it sends READY=1, as systemd's Type=notify)."""
+    if value in ("simple", "notify"):
+        return value == "notify"
+    raise ValueError(f'expected "simple" or "notify", got {show_value(value)}')
+
+
+def _exit_statuses(value: object, ctx: Context) -> ExitStatuses:
+    """A list of exit codes 0-255 and signal names (`[3, 75, "TERM", "SIGUSR1"]`), as systemd's."""
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of exit codes and signal names like [3, 75, "TERM"], got {show_value(value)}')
+    codes: set[int] = set()
+    signals: set[int] = set()
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 255:
+            codes.add(item)
+        elif isinstance(item, str) and "SIG" + item.upper().removeprefix("SIG") in signal.Signals.__members__:
+            signals.add(signal.Signals["SIG" + item.upper().removeprefix("SIG")])
+        else:
+            raise ValueError(f'expected exit codes 0-255 and signal names like "TERM", got {show_value(item)}')
+    return ExitStatuses(frozenset(codes), frozenset(signals))
 
 
 def _command(value: object, ctx: Context) -> tuple[str, ...]:
@@ -324,6 +352,11 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "heartbeat_timeout": Key("heartbeat_timeout_ms", _duration(positive=True)),
         "stop_signal": Key("stop_signal", _signal),
         "stop_timeout": Key("stop_timeout_ms", _duration(positive=True)),
+        "hang_signal": Key("hang_signal", _signal),
+        "type": Key("notify", _service_type),
+        "success_exit_codes": Key("success_exit_codes", _exit_statuses),
+        "restart_prevent_exit_codes": Key("restart_prevent_exit_codes", _exit_statuses),
+        "restart_force_exit_codes": Key("restart_force_exit_codes", _exit_statuses),
         "env": Key("env", _env),
         "cwd": Key("cwd", _directory),
         "user": Key("user", _user),

@@ -14,6 +14,7 @@ import difflib
 import os
 import re
 import shutil
+import signal
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, fields, replace
@@ -80,6 +81,8 @@ _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
 
 _Issues = list[tuple[KeyPath, str]]
 
+SPAWN_WARNING: Final = "; the service will fail to spawn (cause spawn_failed) until that is fixed"
+
 
 def load_config(path: str | Path) -> Config:
     """Read, parse and validate the TOML config file at `path`.
@@ -145,6 +148,7 @@ def parse_config(
         problem = f"config {source} must be a table, got {type_name(data)}"
         raise ConfigError(source, [ConfigProblem("", problem)])
     issues: _Issues = []
+    warnings: _Issues = []
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
             issues.append(((str(key),), _unknown_key(str(key), _TOP_LEVEL_KEYS)))
@@ -155,14 +159,16 @@ def parse_config(
         issues.append((("services",), f"expected a table of [services.NAME] tables, got {type_name(tables)}"))
         tables = {}
     for name, table in tables.items():
-        service = _parse_service(str(name), table, ("services", str(name)), ctx, issues)
+        service = _parse_service(str(name), table, ("services", str(name)), ctx, issues, warnings)
         if service is not None:
             services[service.name] = service
+    if supervisor is not None:
+        issues += _notify_socket_problems(supervisor.state_dir, services)
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
-    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services))
+    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services), tuple(_problems(warnings, text)))
 
 
 def parse_service(
@@ -172,17 +178,25 @@ def parse_service(
     base_dir: Path,
     key_prefix: str = "services",
     source: str = "<dict>",
+    warnings: list[ConfigProblem] | None = None,
 ) -> ServiceConfig:
     """Validate one service's table, as found under `[services.NAME]`.
+
+    Args:
+        warnings: where a missing executable is reported, as `parse_config` does;
+            without it (None), a missing executable is an error like any other.
 
     Raises:
         ConfigError: listing every problem, keyed `{key_prefix}.{name}.{key}`.
     """
     issues: _Issues = []
+    found: _Issues | None = [] if warnings is not None else None
     prefix = tuple(key_prefix.split(".")) if key_prefix else ()
-    service = _parse_service(name, table, (*prefix, name), Context(Path(os.path.abspath(base_dir))), issues)
+    service = _parse_service(name, table, (*prefix, name), Context(Path(os.path.abspath(base_dir))), issues, found)
     if service is None:
         raise ConfigError(source, _problems(issues, None))
+    if warnings is not None and found:
+        warnings.extend(_problems(found, None))
     return service
 
 
@@ -206,7 +220,9 @@ def _convert_table(
     return values
 
 
-def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues: _Issues) -> ServiceConfig | None:
+def _parse_service(
+    name: str, table: object, path: KeyPath, ctx: Context, issues: _Issues, warnings: _Issues | None = None
+) -> ServiceConfig | None:
     before = len(issues)
     if not SERVICE_NAME.fullmatch(name):
         issues.append((path, f"names must match {SERVICE_NAME.pattern}"))
@@ -215,6 +231,7 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
         return None
     plain = {k: v for k, v in table.items() if k not in SCHEDULE_KEYS}
     values = _convert_table(plain, SERVICE_KEYS, path, ctx, issues)
+    values["table"] = MappingProxyType(dict(table))
     if is_scheduled(table):
         schedule, problems = parse_schedule(name, table)
         issues.extend(((*path, key), problem) for key, problem in problems)
@@ -225,10 +242,11 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
             values["schedule"] = replace(schedule, args=MappingProxyType(args))
             table = {**table, "target": HTTP_TARGET}
     values.setdefault("cwd", ctx.base_dir)
-    values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if "target" in table else START_TIMEOUT_COMMAND_MS)
+    slow_start = "target" in table or values.get("notify", False)  # waits for a hello, or READY=1
+    values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if slow_start else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:
         values["restart"] = RestartMode.ON_FAILURE  # a critical service always gets its restarts
-    _check_service(table, values, path, issues)
+    _check_service(table, values, path, issues, warnings)
     if len(issues) > before:
         return None
     values.setdefault("command", None)
@@ -236,18 +254,36 @@ def _parse_service(name: str, table: object, path: KeyPath, ctx: Context, issues
     return ServiceConfig(name=name, **values)
 
 
-def _check_service(table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues) -> None:
-    """Rules across keys; fills the defaults that follow other keys (backoff_max, heartbeat_timeout)."""
+def _check_service(
+    table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues, warnings: _Issues | None = None
+) -> None:
+    """Rules across keys; fills the defaults that follow other keys (backoff_max, heartbeat_timeout).
+
+    A command's missing executable goes to `warnings` when given (see `Config.warnings`).
+    """
 
     def usable(key: str) -> bool:  # converted, or not given so that its default holds
         return key not in table or SERVICE_KEYS[key].field in values
 
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
-    if values.get("watchdog_timeout_ms") is not None and "target" not in values:
-        issues.append(((*path, "watchdog"), "applies to Python targets (their code calls ctx.heartbeat())"))
+    if values.get("watchdog_timeout_ms") is not None and "target" not in values and not values.get("notify"):
+        message = 'applies to Python targets (their code calls ctx.heartbeat()) and type = "notify" commands (WATCHDOG=1)'
+        issues.append(((*path, "watchdog"), message))
+    if values.get("notify") and "target" in table:
+        issues.append(((*path, "type"), '"notify" applies to commands (a Python target says hello on its own)'))
+    elif values.get("notify") and values.get("schedule") is not None:
+        issues.append(((*path, "type"), '"notify" applies to long-running commands, not scheduled ones'))
+    elif values.get("notify") and values.get("start_timeout_ms") == 0:
+        issues.append(((*path, "start_timeout"), 'must be > 0 for type = "notify" (the time it has to send READY=1)'))
     if values.get("schedule") is not None and values.get("processes", 1) > 1:
         issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
+    prevent, force = values.get("restart_prevent_exit_codes"), values.get("restart_force_exit_codes")
+    if prevent is not None and force is not None:
+        both = sorted(prevent.codes & force.codes) + [signal.Signals(s).name for s in sorted(prevent.signals & force.signals)]
+        if both:
+            listed = ", ".join(str(status) for status in both)
+            issues.append(((*path, "restart_force_exit_codes"), f"{listed} also in restart_prevent_exit_codes: a status prevents or forces a restart, not both"))
     if "target" in values and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), "must be > 0 for a Python target (the time it has to say hello)"))
     backoff = values.get("backoff_ms", _SERVICE_DEFAULTS["backoff_ms"])
@@ -266,8 +302,26 @@ def _check_service(table: Mapping[str, object], values: dict[str, Any], path: Ke
         issues.append(((*path, "heartbeat_timeout"), expected))
     if "command" in values and usable("cwd") and usable("env"):
         problem = _find_executable(values["command"][0], values["cwd"], values.get("env", {}))
-        if problem is not None:
+        if problem is not None and warnings is not None:
+            warnings.append(((*path, "command"), problem + SPAWN_WARNING))
+        elif problem is not None:
             issues.append(((*path, "command"), problem))
+
+
+def notify_socket_path(state_dir: Path, instance: str) -> Path:
+    """Where the NOTIFY_SOCKET of a `type = "notify"` service instance (`web`, `web:1`) is bound."""
+    return state_dir / "notify" / f"{instance}.sock"
+
+
+def _notify_socket_problems(state_dir: Path, services: Mapping[str, ServiceConfig]) -> _Issues:
+    """A notify service's socket path (of its last instance, the longest) must fit a UNIX socket address."""
+    issues: _Issues = []
+    for name, service in services.items():
+        last = name if service.processes == 1 else f"{name}:{service.processes - 1}"
+        too_long = ipc_too_long(str(notify_socket_path(state_dir, last))) if service.notify else None
+        if too_long is not None:
+            issues.append((("services", name, "type"), f"its NOTIFY_SOCKET: {too_long} (use a shorter state_dir or name)"))
+    return issues
 
 
 def _find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | None:

@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from supervise.supervisor.config.keys import RestartMode
 from supervise.supervisor.config.schedule import ScheduleConfig
+from supervise.supervisor.core.errors import ConfigProblem
+from supervise.supervisor.core.restart import NO_EXIT_STATUSES, ExitStatuses
 
 __all__ = ["START_TIMEOUT_COMMAND_MS", "START_TIMEOUT_TARGET_MS", "Config", "ServiceConfig", "SupervisorConfig"]
 
@@ -41,6 +43,11 @@ class ServiceConfig:
     heartbeat_timeout_ms: int = 10_000  # > heartbeat_interval_ms
     stop_signal: int = signal.SIGTERM
     stop_timeout_ms: int = 10_000  # then SIGKILL to the process group
+    hang_signal: int = signal.SIGKILL  # to a hung worker's group; another signal gets 1 s before SIGKILL
+    success_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # clean besides exit 0 (systemd's SuccessExitStatus)
+    restart_prevent_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
+    restart_force_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # always restarted after these (RestartForceExitStatus)
+    notify: bool = False  # key type = "notify": started once it sends READY=1 on its NOTIFY_SOCKET
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
@@ -51,6 +58,9 @@ class ServiceConfig:
     processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
+    # The [services.NAME] table it was parsed from: what `update` patches. Not compared:
+    # two tables that mean the same service are the same service.
+    table: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same immutable shapes as parsing.
@@ -116,3 +126,6 @@ class Config:
     base_dir: Path  # relative paths resolve against it
     supervisor: SupervisorConfig
     services: Mapping[str, ServiceConfig]
+    # What will not stop the config from starting but will stop a service: a command's
+    # executable that is missing now (it may be deployed, or its mount appear, later).
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)

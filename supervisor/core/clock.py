@@ -7,7 +7,7 @@ milliseconds) into it.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, final
 
 
@@ -29,7 +29,7 @@ class SystemClock:
         return int(time.monotonic() * 1000)
 
     def wall(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 @final
@@ -39,7 +39,7 @@ class FakeClock:
     def __init__(self, start_ms: int = 1_000_000, wall: datetime | None = None) -> None:
         self._now_ms = start_ms
         self._start_ms = start_ms
-        self._wall0 = wall or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._wall0 = wall or datetime(2026, 1, 1, tzinfo=UTC)
 
     def monotonic_ms(self) -> int:
         return self._now_ms

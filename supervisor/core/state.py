@@ -15,7 +15,14 @@ from enum import StrEnum
 from typing import Any
 
 from supervise.supervisor.core.errors import InvalidTransition
-from supervise.supervisor.core.restart import GiveUp, RestartPolicy, next_restart
+from supervise.supervisor.core.restart import (
+    ExitRules,
+    GiveUp,
+    Outcome,
+    RestartPolicy,
+    next_restart,
+    wants_restart,
+)
 from supervise.supervisor.core.units import format_duration_ms
 
 
@@ -116,7 +123,7 @@ class After(StrEnum):
 class ServiceSpec:
     """What the state machine needs to know of a service's config."""
 
-    restart: str  # "always" | "on-failure" | "never"
+    restart: str  # a key of restart.RESTART_ON: "always", "on-failure", "on-abnormal", "never", ...
     policy: RestartPolicy
     python: bool  # a Python target: must say hello; obeys pause/resume/stop messages
     start_timeout_ms: int
@@ -124,6 +131,10 @@ class ServiceSpec:
     stop_signal: int
     stop_timeout_ms: int
     watchdog_timeout_ms: int | None = None  # the service's own code must call ctx.heartbeat() this often
+    hang_signal: int = signal.SIGKILL  # sent to a hung worker's group; anything but SIGKILL gets hang_grace_ms
+    hang_grace_ms: int = 1_000  # then SIGKILL (capped by stop_timeout_ms)
+    exit_rules: ExitRules = field(default_factory=ExitRules)  # success / restart_prevent / restart_force exit codes
+    notify: bool = False  # type = "notify": a command that is started once it sends READY=1 (sd_notify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +172,10 @@ class Service:
     last_exit: ExitInfo | None = None
     last_error: str | None = None
     error_reported: bool = False  # the current worker reported its own error (a traceback)
+    ready: bool = False  # a type = "notify" worker sent READY=1 (its WATCHDOG=1 are watched from then on)
+    notify_status: str | None = None  # its last STATUS=
+    main_pid: int | None = None  # its MAINPID=
+    notify_phase: str | None = None  # "reloading" (RELOADING=1, until READY=1) or "stopping" (STOPPING=1)
     after_stop: After = After.STAY_STOPPED
     kill_cause: ExitCause | None = None  # why supervise is stopping it, recorded as the exit cause
     backoff_until_ms: int | None = None
@@ -182,6 +197,13 @@ class StopRequested:
 @dataclass(frozen=True, slots=True)
 class RestartRequested:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class KillRequested:
+    """End the worker now with SIGKILL and start a fresh one (a run ignored its cancellation)."""
+
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +242,13 @@ class WatchdogReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Notified:
+    """A datagram on a type = "notify" service's NOTIFY_SOCKET, as KEY=VALUE fields (sd_notify)."""
+
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReported:
     """The worker's target raised; the traceback arrives before the exit."""
 
@@ -247,6 +276,7 @@ Event = (
     StartRequested
     | StopRequested
     | RestartRequested
+    | KillRequested
     | PauseRequested
     | ResumeRequested
     | WorkerSpawned
@@ -254,6 +284,7 @@ Event = (
     | HelloReceived
     | HeartbeatReceived
     | WatchdogReceived
+    | Notified
     | ErrorReported
     | WorkerExited
     | OverMemory
@@ -344,6 +375,10 @@ def _spawn(svc: Service, now_ms: int, *, reset: bool = False) -> tuple[Service, 
         kill_cause=None,
         backoff_until_ms=None,
         error_reported=False,
+        ready=False,
+        notify_status=None,
+        main_pid=None,
+        notify_phase=None,
         **extra,
     )
     return new, [_state_event(svc, ServiceState.STARTING), Spawn(incarnation)]
@@ -374,7 +409,7 @@ def _begin_stop(
     if svc.pid is None:
         # Spawn requested but not done yet: the exit (or spawn failure) arrives shortly.
         return _move(svc, ServiceState.STOPPING, after_stop=after, kill_cause=cause), actions
-    if spec.python and svc.hello:
+    if spec.python and svc.hello and sig != signal.SIGKILL:
         actions.append(SendWorker("stop"))
     actions.append(SignalGroup(sig))
     if svc.state is ServiceState.PAUSED and not spec.python:
@@ -402,6 +437,16 @@ def _on_restart(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: r
     return _on_start(svc, _e, now_ms, spec, rng)
 
 
+def _on_kill(svc: Service, e: KillRequested, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
+    if svc.state in (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.PAUSED):
+        new, actions = _begin_stop(svc, now_ms, spec, After.RESTART, ExitCause.STOPPED, signal.SIGKILL)
+        return new, [Emit("killed", {"pid": svc.pid}, e.reason), *actions]
+    if svc.state is ServiceState.STOPPING and svc.pid is not None:
+        # Already on its way out (gracefully): no need to wait for stop_timeout.
+        return svc, [Emit("killed", {"pid": svc.pid}, e.reason), SignalGroup(signal.SIGKILL)]
+    return svc, []
+
+
 def _on_pause(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     if svc.state is not ServiceState.RUNNING:
         return svc, []
@@ -415,12 +460,13 @@ def _on_resume(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: ra
     action: Action = SendWorker("resume") if spec.python else SignalGroup(signal.SIGCONT)
     actions: list[Action] = [_state_event(svc, ServiceState.RUNNING), action]
     new = _move(svc, ServiceState.RUNNING)
+    # A paused worker's heartbeats are not watched while SIGSTOPped; start the clock afresh.
     if svc.hello:
-        # A paused worker's heartbeats are not watched while SIGSTOPped; start the clock afresh.
-        new = replace(new, last_heartbeat_ms=now_ms, last_watchdog_ms=now_ms)
+        new = replace(new, last_heartbeat_ms=now_ms)
         actions.append(ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms))
-        if spec.watchdog_timeout_ms is not None:
-            actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
+    if (svc.hello or svc.ready) and spec.watchdog_timeout_ms is not None:
+        new = replace(new, last_watchdog_ms=now_ms)
+        actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
     return new, actions
 
 
@@ -433,7 +479,7 @@ def _on_spawned(svc: Service, e: WorkerSpawned, now_ms: int, spec: ServiceSpec, 
         return svc, []
     new = replace(svc, pid=e.pid, spawned_ms=now_ms)
     actions: list[Action] = [Emit("spawned", {"pid": e.pid, "incarnation": svc.incarnation})]
-    if spec.start_timeout_ms == 0 and not spec.python:
+    if spec.start_timeout_ms == 0 and not spec.python and not spec.notify:
         return _running(new, now_ms, actions)
     actions.append(ArmTimer(Timer.START, now_ms + spec.start_timeout_ms))
     return new, actions
@@ -450,8 +496,9 @@ def _on_spawn_failed(svc: Service, e: SpawnFailed, now_ms: int, spec: ServiceSpe
     svc = replace(svc, last_error=e.error, last_exit=ExitInfo(ExitCause.SPAWN_FAILED, at_ms=now_ms))
     actions: list[Action] = [Emit("spawn_failed", {"error": e.error}, f"could not spawn: {e.error}")]
     if svc.state is ServiceState.STOPPING:
-        return _after_stopped(svc, now_ms, spec, rng, actions, failed=True)
-    return _apply_policy(svc, now_ms, spec, rng, actions, failed=True, ran_ms=0)
+        return _after_stopped(svc, now_ms, spec, rng, actions)
+    wants = wants_restart(spec.restart, Outcome.EXIT_CODE, spec.exit_rules)
+    return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=0)
 
 
 def _on_hello(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -480,6 +527,45 @@ def _on_watchdog(svc: Service, _e: object, now_ms: int, spec: ServiceSpec, rng: 
     return replace(svc, last_watchdog_ms=now_ms), []
 
 
+def _on_notified(svc: Service, e: Notified, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
+    """READY=1, STATUS=, WATCHDOG=1 (or =trigger), MAINPID=, RELOADING=1, STOPPING=1, as systemd reads them."""
+    if not spec.notify or svc.state not in ALIVE or svc.pid is None:
+        return svc, []
+    f = e.fields
+    actions: list[Action] = []
+    if "STATUS" in f:
+        svc = replace(svc, notify_status=f["STATUS"])
+    if f.get("MAINPID", "").isdigit():
+        svc = replace(svc, main_pid=int(f["MAINPID"]))
+    for key, phase in (("RELOADING", "reloading"), ("STOPPING", "stopping")):
+        if f.get(key) == "1" and svc.notify_phase != phase:
+            svc = replace(svc, notify_phase=phase)
+            actions.append(Emit(phase, {"pid": svc.pid}, f"the service says it is {phase} ({key}=1)"))
+    if f.get("READY") == "1":
+        svc, more = _notify_ready(svc, now_ms, spec)
+        actions += more
+    if f.get("WATCHDOG") == "1" and svc.ready:
+        svc = replace(svc, last_watchdog_ms=now_ms)
+    elif f.get("WATCHDOG") == "trigger" and svc.state in (ServiceState.STARTING, ServiceState.RUNNING):
+        message = "the service asked for its watchdog action (WATCHDOG=trigger); killing it"
+        new, kill = _kill_hung(replace(svc, last_error=message), now_ms, spec)
+        return new, [*actions, Emit("hung", {"trigger": True}, message), *kill]
+    return svc, actions
+
+
+def _notify_ready(svc: Service, now_ms: int, spec: ServiceSpec) -> tuple[Service, list[Action]]:
+    """READY=1: a starting service is RUNNING; a reloading one is done reloading."""
+    if svc.notify_phase == "reloading":
+        svc = replace(svc, notify_phase=None)
+    if svc.ready or svc.state is not ServiceState.STARTING:
+        return svc, []
+    svc = replace(svc, ready=True, last_watchdog_ms=now_ms)
+    actions: list[Action] = [CancelTimer(Timer.START)]
+    if spec.watchdog_timeout_ms is not None:
+        actions.append(ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms))
+    return _running(svc, now_ms, actions)
+
+
 def _on_error(svc: Service, e: ErrorReported, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     return replace(svc, last_error=e.message, error_reported=True), [Emit("error", {"error": e.message}, "the target raised")]
 
@@ -488,11 +574,13 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
     if e.timer is Timer.BACKOFF and svc.state is ServiceState.BACKOFF:
         return _spawn(svc, now_ms)
     if e.timer is Timer.START and svc.state is ServiceState.STARTING:
-        if not spec.python:
+        if not spec.python and not spec.notify:
             return _running(svc, now_ms, [])
+        waited = "READY=1 (sd_notify)" if spec.notify else "hello"
+        slow = "start" if spec.notify else "import"
         message = (
-            f"no hello within start_timeout ({format_duration_ms(spec.start_timeout_ms)}); "
-            "raise start_timeout if the service is slow to import"
+            f"no {waited} within start_timeout ({format_duration_ms(spec.start_timeout_ms)}); "
+            f"raise start_timeout if the service is slow to {slow}"
         )
         new = replace(svc, last_error=message)
         new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.START_TIMEOUT)
@@ -506,23 +594,19 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
             f"no heartbeat for {format_duration_ms(silent_ms)} (heartbeat_timeout "
             f"{format_duration_ms(spec.heartbeat_timeout_ms)}); killing the hung worker"
         )
-        new = replace(svc, last_error=message)
-        new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.HUNG)
-        # A hung process may be stopped (SIGSTOP) and could not act on the stop signal.
-        actions.insert(-1, SignalGroup(signal.SIGCONT))
+        new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
         return new, [Emit("hung", {"silent_ms": silent_ms}, message), *actions]
-    if e.timer is Timer.WATCHDOG and svc.hello and svc.state is ServiceState.RUNNING:
+    if e.timer is Timer.WATCHDOG and (svc.hello or svc.ready) and svc.state is ServiceState.RUNNING:
         assert svc.last_watchdog_ms is not None and spec.watchdog_timeout_ms is not None
         silent_ms = now_ms - svc.last_watchdog_ms
         if silent_ms < spec.watchdog_timeout_ms:
             return svc, [ArmTimer(Timer.WATCHDOG, svc.last_watchdog_ms + spec.watchdog_timeout_ms)]
+        call = "send WATCHDOG=1" if spec.notify else "call ctx.heartbeat()"
         message = (
-            f"the service's code did not call ctx.heartbeat() for {format_duration_ms(silent_ms)} "
+            f"the service's code did not {call} for {format_duration_ms(silent_ms)} "
             f"(watchdog {format_duration_ms(spec.watchdog_timeout_ms)}); killing the stuck worker"
         )
-        new = replace(svc, last_error=message)
-        new, actions = _begin_stop(new, now_ms, spec, After.APPLY_POLICY, ExitCause.HUNG)
-        actions.insert(-1, SignalGroup(signal.SIGCONT))
+        new, actions = _kill_hung(replace(svc, last_error=message), now_ms, spec)
         return new, [Emit("hung", {"silent_ms": silent_ms, "watchdog": True}, message), *actions]
     if e.timer is Timer.HEARTBEAT and svc.state is ServiceState.PAUSED and svc.hello:
         return svc, [ArmTimer(Timer.HEARTBEAT, now_ms + spec.heartbeat_timeout_ms)]
@@ -530,12 +614,38 @@ def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: 
         # A paused service's own code may stand still: its watchdog restarts on resume.
         return replace(svc, last_watchdog_ms=now_ms), [ArmTimer(Timer.WATCHDOG, now_ms + spec.watchdog_timeout_ms)]
     if e.timer is Timer.KILL and svc.state is ServiceState.STOPPING and svc.pid is not None:
-        message = (
-            f"worker (pid {svc.pid}) did not exit within stop_timeout "
-            f"({format_duration_ms(spec.stop_timeout_ms)}); sending SIGKILL to its process group"
-        )
+        if svc.kill_cause is ExitCause.HUNG:
+            waited = f"hang_signal {_signal_name(spec.hang_signal)} ({format_duration_ms(_hang_grace_ms(spec))})"
+        else:
+            waited = f"stop_timeout ({format_duration_ms(spec.stop_timeout_ms)})"
+        message = f"worker (pid {svc.pid}) did not exit within {waited}; sending SIGKILL to its process group"
         return svc, [Emit("killed", {"pid": svc.pid}, message), SignalGroup(signal.SIGKILL)]
     return svc, []
+
+
+def _kill_hung(svc: Service, now_ms: int, spec: ServiceSpec) -> tuple[Service, list[Action]]:
+    """Stop a worker that stopped answering: no stop message, no stop_signal, no stop_timeout.
+
+    It already failed to answer for heartbeat_timeout (or its watchdog); asking it to
+    stop gracefully would only add stop_timeout to the outage. It gets `hang_signal`
+    (SIGKILL by default), SIGCONT in case it is SIGSTOPped, and SIGKILL after
+    `hang_grace_ms` if the hang signal was another one and did not end it.
+    """
+    actions: list[Action] = [
+        _state_event(svc, ServiceState.STOPPING, cause=str(ExitCause.HUNG)),
+        CancelTimer(Timer.START),
+        CancelTimer(Timer.HEARTBEAT),
+        CancelTimer(Timer.WATCHDOG),
+        SignalGroup(spec.hang_signal),
+    ]
+    if spec.hang_signal != signal.SIGKILL:
+        actions.append(SignalGroup(signal.SIGCONT))  # a SIGSTOPped worker acts on it only once continued
+    actions.append(ArmTimer(Timer.KILL, now_ms + _hang_grace_ms(spec)))
+    return _move(svc, ServiceState.STOPPING, after_stop=After.APPLY_POLICY, kill_cause=ExitCause.HUNG), actions
+
+
+def _hang_grace_ms(spec: ServiceSpec) -> int:
+    return min(spec.hang_grace_ms, spec.stop_timeout_ms)
 
 
 def _on_over_memory(svc: Service, e: OverMemory, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -550,7 +660,6 @@ def _on_over_memory(svc: Service, e: OverMemory, now_ms: int, spec: ServiceSpec,
 def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
     if svc.state not in ALIVE:
         return svc, []
-    failed = e.signal is not None or e.code != 0
     if svc.state is ServiceState.STOPPING:
         cause = svc.kill_cause or ExitCause.STOPPED
     else:
@@ -566,24 +675,36 @@ def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rn
         Emit("exited", detail, f"worker (pid {svc.pid}) {info.describe()} after {format_duration_ms(ran_ms)}"),
     ]
     was_starting = svc.state is ServiceState.STARTING
-    svc = replace(svc, pid=None, last_exit=info, hello=False)
+    svc = replace(svc, pid=None, last_exit=info, hello=False, ready=False)
     if svc.state is ServiceState.STOPPING:
-        return _after_stopped(svc, now_ms, spec, rng, actions, failed=True)
-    if failed and not svc.error_reported:
+        return _after_stopped(svc, now_ms, spec, rng, actions)
+    outcome = spec.exit_rules.outcome(e.code, e.signal)
+    if outcome is not Outcome.CLEAN and not svc.error_reported:
         svc = replace(svc, last_error=f"worker {info.describe()}")
-    # Exiting before the start was confirmed counts as a failed start, whatever the code.
-    return _apply_policy(svc, now_ms, spec, rng, actions, failed=failed or was_starting, ran_ms=ran_ms)
+    if was_starting and outcome is Outcome.CLEAN:
+        outcome = Outcome.EXIT_CODE  # exiting before the start was confirmed is a failed start, whatever the code
+    wants = wants_restart(spec.restart, outcome, spec.exit_rules, e.code, e.signal)
+    return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=ran_ms)
+
+
+_KILL_OUTCOME: Mapping[ExitCause, Outcome] = {
+    ExitCause.HUNG: Outcome.WATCHDOG,
+    ExitCause.START_TIMEOUT: Outcome.TIMEOUT,
+    ExitCause.MEMORY: Outcome.SIGNAL,  # as the kernel's OOM kill would be
+}
 
 
 def _after_stopped(
-    svc: Service, now_ms: int, spec: ServiceSpec, rng: random.Random, actions: list[Action], *, failed: bool
+    svc: Service, now_ms: int, spec: ServiceSpec, rng: random.Random, actions: list[Action]
 ) -> tuple[Service, list[Action]]:
     if svc.after_stop is After.RESTART:
         new, more = _spawn(svc, now_ms)
         return new, [*actions, *more]
     if svc.after_stop is After.APPLY_POLICY:
         ran_ms = now_ms - (svc.spawned_ms if svc.spawned_ms is not None else now_ms)
-        return _apply_policy(svc, now_ms, spec, rng, actions, failed=True, ran_ms=ran_ms)
+        outcome = _KILL_OUTCOME.get(svc.kill_cause or ExitCause.EXIT, Outcome.EXIT_CODE)
+        wants = wants_restart(spec.restart, outcome, spec.exit_rules)
+        return _apply_policy(svc, now_ms, spec, rng, actions, wants=wants, ran_ms=ran_ms)
     actions.append(_state_event(svc, ServiceState.STOPPED))
     return _move(svc, ServiceState.STOPPED, kill_cause=None), actions
 
@@ -595,11 +716,10 @@ def _apply_policy(
     rng: random.Random,
     actions: list[Action],
     *,
-    failed: bool,
+    wants: bool,
     ran_ms: int,
 ) -> tuple[Service, list[Action]]:
-    wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and failed)
-    if not wants_restart:
+    if not wants:
         actions.append(_state_event(svc, ServiceState.EXITED))
         return _move(svc, ServiceState.EXITED, kill_cause=None), actions
     decision = next_restart(
@@ -641,6 +761,7 @@ _HANDLERS: dict[type, Callable[..., Result]] = {
     StartRequested: _on_start,
     StopRequested: _on_stop,
     RestartRequested: _on_restart,
+    KillRequested: _on_kill,
     PauseRequested: _on_pause,
     ResumeRequested: _on_resume,
     WorkerSpawned: _on_spawned,
@@ -648,6 +769,7 @@ _HANDLERS: dict[type, Callable[..., Result]] = {
     HelloReceived: _on_hello,
     HeartbeatReceived: _on_heartbeat,
     WatchdogReceived: _on_watchdog,
+    Notified: _on_notified,
     ErrorReported: _on_error,
     WorkerExited: _on_exited,
     OverMemory: _on_over_memory,

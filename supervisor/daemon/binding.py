@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
+
 from supervise.protocol.endpoints import ipc_path
 from supervise.supervisor.config.loader import Config
+from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 from supervise.supervisor.daemon.curve import (
     CurveServer,
     KeyFileError,
@@ -24,7 +26,6 @@ from supervise.supervisor.daemon.curve import (
     load_curve_server,
     tcp_endpoints,
 )
-from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from zmq.auth.asyncio import AsyncioAuthenticator

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
@@ -18,7 +19,9 @@ from supervise.supervisor.config.loader import (
     load_config,
     parse_service,
 )
+from supervise.supervisor.config.patch import patch_table
 from supervise.supervisor.core import state as core
+from supervise.supervisor.core.errors import ConfigProblem
 from supervise.supervisor.daemon.runtime import (
     POLICY_FIELDS,
     PROCESS_FIELDS,
@@ -73,14 +76,29 @@ class RuntimeChanges:
         self._host.notify()
         return {"name": name, "removed": True}
 
-    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
-        """Replace a runtime service's settings; restarts it only if its process would differ."""
+    async def update(
+        self, name: str, table: Mapping[str, Any], *, unset: Sequence[str] = (), replace_all: bool = False
+    ) -> dict[str, object]:
+        """Change a service's settings; restarts it only if its process would differ.
+
+        The keys of `table` are set and those in `unset` removed; the others keep their
+        values, and the merged table is validated as a whole. With `replace_all`,
+        `table` is the service's whole new table.
+        """
         old = self._services.require(name)
-        cfg = parse_service(name, table, base_dir=self._host.config.base_dir, source=f"update {name}")
+        if not replace_all and not old.config.table:
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"update: {name} was built in code without a table to patch; give its whole table with replace"
+            )
+        table = patch_table(old.config.table, table, unset, replace=replace_all, service=name)
+        source = f"update {name}"
+        warnings: list[ConfigProblem] = []
+        cfg = parse_service(name, table, base_dir=self._host.config.base_dir, source=source, warnings=warnings)
         changed = await self._replace(name, replace(cfg, origin=old.config.origin))
         if old.config.origin == "runtime" and self._host.store is not None:
             self._host.store.put_registration(name, dict(table))
-        return {"name": name, "changed": changed, "state": self._host.shown_state(self._services[name])}
+        shown = [p.render(source) for p in warnings]
+        return {"name": name, "changed": changed, "state": self._host.shown_state(self._services[name]), "warnings": shown}
 
     async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
         """Swap in a new config for a service; restart it when a process setting changed."""
@@ -115,9 +133,12 @@ class RuntimeChanges:
             "changed": {n: list(keys) for n, keys in diff.changed.items()},
             "unchanged": list(diff.unchanged),
             "supervisor_keys_needing_restart": list(diff.supervisor),
+            "warnings": [p.render(new.source) for p in new.warnings],
         }
         if dry_run:
             return plan
+        for warning in plan["warnings"]:
+            log.warning("reload: %s", warning)
         for name in plan["removed"]:
             await self.remove(name)
         for name in diff.changed:
@@ -145,7 +166,8 @@ class RuntimeChanges:
         if svc.config.schedule is not None:
             raise ProtocolError(ErrorCode.CONFLICT, f"{name} is scheduled; scale applies to long-running services")
         current = self._services.expand(svc.config.name)
-        cfg = replace(svc.config, processes=processes)
+        table = MappingProxyType({**svc.config.table, "processes": processes})  # a later update keeps the scale
+        cfg = replace(svc.config, processes=processes, table=table)
         for instance_name in current:
             self._services[instance_name].config = cfg
         if processes > len(current):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import difflib
 import math
-from datetime import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
@@ -229,7 +229,14 @@ async def _remove(sup: ControlApi, args: Mapping[str, object]) -> object:
 
 
 async def _update(sup: ControlApi, args: Mapping[str, object]) -> object:
-    return await sup.update(str(args["name"]), args["spec"])  # type: ignore[arg-type]
+    unset = args.get("unset", [])
+    assert isinstance(unset, list)
+    if not all(isinstance(key, str) for key in unset):
+        raise ProtocolError(ErrorCode.BAD_ARGS, 'update: argument "unset" must be an array of key names')
+    spec = args.get("spec", {})
+    if not spec and not unset and args.get("replace") is not True:
+        raise ProtocolError(ErrorCode.BAD_ARGS, 'update: give "spec" (keys to set), "unset" (keys to remove), or both')
+    return await sup.update(str(args["name"]), spec, unset=unset, replace_all=args.get("replace") is True)  # type: ignore[arg-type]
 
 
 async def _scale(sup: ControlApi, args: Mapping[str, object]) -> object:
@@ -317,8 +324,16 @@ COMMANDS: dict[str, Command] = {
         Command(
             "update",
             _update,
-            "Replace a service's settings (a whole [services.NAME] table); restarts it only if needed.",
-            {"name": Arg(str, True), "spec": Arg(dict, True)},
+            "Change a service's settings: the keys in `spec` are set, those in `unset` removed, the others kept;"
+            " the merged table is validated as a whole. With `replace`, `spec` is the whole new table."
+            " Restarts the service only if its process would differ.",
+            {
+                "name": Arg(str, True),
+                "spec": Arg(dict, doc="keys to set, as in a [services.NAME] table (setting command or target, or a"
+                " trigger, drops the other one)"),
+                "unset": Arg(list, doc="keys to remove: they take their defaults"),
+                "replace": Arg(bool, doc="`spec` is the whole new table (default false)"),
+            },
             True,
         ),
         Command(

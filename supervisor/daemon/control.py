@@ -22,9 +22,9 @@ import zmq.asyncio
 
 from supervise.protocol.codec import decode_request, encode_error, encode_reply, split_envelope
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
+from supervise.supervisor.core.errors import AlreadyRunning, ConfigError, InvalidTransition, ServiceNotFound
 from supervise.supervisor.daemon.commands import Command, resolve
 from supervise.supervisor.daemon.sockets import send_nowait
-from supervise.supervisor.core.errors import AlreadyRunning, ConfigError, InvalidTransition, ServiceNotFound
 
 log = logging.getLogger("supervise.control")
 

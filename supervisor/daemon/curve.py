@@ -32,8 +32,9 @@ from supervise.protocol.curve import (
 
 if TYPE_CHECKING:
     import zmq.asyncio
-    from supervise.supervisor.config.loader import SupervisorConfig
     from zmq.auth.asyncio import AsyncioAuthenticator
+
+    from supervise.supervisor.config.loader import SupervisorConfig
 
 __all__ = ["CurveServer", "KeyFileError", "create_key_pair", "load_curve_server", "read_key_directory", "tcp_endpoints"]
 

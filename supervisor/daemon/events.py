@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from supervise.protocol.codec import pack
 from supervise.supervisor.daemon.sockets import send_nowait
 

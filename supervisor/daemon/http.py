@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 
 log = logging.getLogger("supervise")

@@ -18,17 +18,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import zmq.asyncio
+
 from supervise.supervisor.core.clock import Clock
-from supervise.supervisor.daemon.events import EventLog
-from supervise.supervisor.daemon.logtail import tail
 from supervise.supervisor.core.health import UP_STATES, service_healthy
 from supervise.supervisor.core.metrics import MetricsBook, count_within
+from supervise.supervisor.daemon.events import EventLog
+from supervise.supervisor.daemon.logtail import tail
 from supervise.supervisor.daemon.sampler import Sampler
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.http import HttpServer
-    from supervise.supervisor.daemon.runtime import ServiceRuntime
     from supervise.supervisor.daemon.ports import ServiceView
+    from supervise.supervisor.daemon.runtime import ServiceRuntime
 
 log = logging.getLogger("supervise")
 

@@ -62,6 +62,7 @@ class PoolHooks:
     run_message: Callable[[str, str, Mapping[str, Any]], None]  # run_started / run_finished / ...
     metrics: Callable[[str, int, Mapping[str, Any]], None]  # (name, incarnation, {counters, gauges})
     changed: Callable[[], None]  # a run process ended: wake whoever waits on a change
+    command_env: Callable[[ServiceRuntime], Mapping[str, str]]  # more environment for a command's worker
 
 
 def worker_spawn_request(svc: ServiceRuntime, sup: SupervisorConfig, *, base_dir: Path, instance: str) -> SpawnRequest:
@@ -188,7 +189,10 @@ class WorkerPool:
         return worker
 
     def _request(self, svc: ServiceRuntime) -> SpawnRequest:
-        return worker_spawn_request(svc, self._sup, base_dir=self._base_dir, instance=self._instance)
+        request = worker_spawn_request(svc, self._sup, base_dir=self._base_dir, instance=self._instance)
+        if svc.config.is_python:
+            return request
+        return replace(request, env={**request.env, **self._hooks.command_env(svc)})
 
     def _open_log(self, name: str) -> RotatingLog:
         sup = self._sup

@@ -8,7 +8,7 @@ part a small fake instead of a whole supervisor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,6 +49,10 @@ class SchedulerHost(Protocol):
 
     def restart_worker(self, name: str) -> None:
         """Restart the service's warm worker (through its state machine)."""
+        ...
+
+    def kill_worker(self, name: str, reason: str) -> None:
+        """SIGKILL the service's warm worker's process group now and start a fresh one."""
         ...
 
     def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
@@ -182,7 +186,9 @@ class ControlApi(ServiceView, Protocol):
 
     async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]: ...
     async def remove(self, name: str) -> dict[str, object]: ...
-    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]: ...
+    async def update(
+        self, name: str, table: Mapping[str, Any], *, unset: Sequence[str] = (), replace_all: bool = False
+    ) -> dict[str, object]: ...
     async def scale(self, name: str, processes: int) -> dict[str, object]: ...
     async def reload(self, *, dry_run: bool = False) -> dict[str, object]: ...
 

@@ -121,8 +121,12 @@ def describe_spawn_error(error: OSError, argv: Sequence[str], cwd: Path) -> str:
     name = errno.errorcode.get(error.errno or 0, "E?")
     if isinstance(error, FileNotFoundError) and not cwd.is_dir():
         return f"{name}: working directory {cwd} does not exist"
+    if isinstance(error, FileNotFoundError) and "/" in argv[0]:
+        path = cwd / argv[0]  # as exec saw it
+        shown = argv[0] if path == Path(argv[0]) else f"{argv[0]} ({path})"
+        return f"{name}: No such file or directory: {shown}"
     if isinstance(error, FileNotFoundError):
-        return f"{name}: {argv[0]} not found (PATH={os.environ.get('PATH', '')})"
+        return f"{name}: No such file or directory: {argv[0]} not found (PATH={os.environ.get('PATH', '')})"
     if isinstance(error, PermissionError):
         return f"{name}: {argv[0]} is not executable (check its mode and the cwd's)"
     return f"{name}: {error.strerror or error} while starting {argv[0]}"

@@ -10,11 +10,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervise.supervisor.core import state as core
 from supervise.supervisor.config.loader import ServiceConfig
+from supervise.supervisor.core import state as core
+from supervise.supervisor.core.restart import ExitRules, RestartPolicy
 from supervise.supervisor.daemon.output import RotatingLog
 from supervise.supervisor.daemon.processes import Worker
-from supervise.supervisor.core.restart import RestartPolicy
 
 SUPERVISOR_TIMEOUT_MIN_MS = 15_000
 
@@ -33,12 +33,15 @@ def instance_name(service: str, instance: int) -> str:
     return service if instance == 0 else f"{service}:{instance}"
 
 
-PROCESS_FIELDS = frozenset({"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms"})
+PROCESS_FIELDS = frozenset(
+    {"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms", "notify"}
+)
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
     {
         "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
-        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms",
+        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
+        "success_exit_codes", "restart_prevent_exit_codes", "restart_force_exit_codes",
         "max_memory_bytes", "requires",
     }
 )
@@ -62,6 +65,9 @@ def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
         stop_signal=int(cfg.stop_signal),
         stop_timeout_ms=cfg.stop_timeout_ms,
         watchdog_timeout_ms=cfg.watchdog_timeout_ms,
+        hang_signal=int(cfg.hang_signal),
+        notify=cfg.notify,
+        exit_rules=ExitRules(cfg.success_exit_codes, cfg.restart_prevent_exit_codes, cfg.restart_force_exit_codes),
     )
 
 

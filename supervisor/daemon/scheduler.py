@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
+from supervise.supervisor.config.schedule import ScheduleConfig
 from supervise.supervisor.core.policies import (
     OverlapAction,
     decide_catchup,
@@ -29,9 +30,8 @@ from supervise.supervisor.core.policies import (
     jitter_ms,
     should_retry,
 )
-from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
-from supervise.supervisor.config.schedule import ScheduleConfig
+from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
 from supervise.supervisor.store.queued import QueuedStore
 
@@ -462,9 +462,11 @@ class Scheduler:
         if active is None:
             return
         if s.python:
-            # A run that ignores its cancellation can only be ended with its worker.
-            log.warning("%s: run %s did not stop within cancel_grace; restarting the worker", s.name, run_id)
-            self._host.restart_worker(s.name)
+            # A run that ignores its cancellation can only be ended with its worker; the
+            # worker's exit ends the run (in the state it was ending as) and any other it held.
+            reason = f"run {run_id} did not stop within cancel_grace; SIGKILL to the worker's process group"
+            log.warning("%s: %s", s.name, reason)
+            self._host.kill_worker(s.name, reason)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL)
 

@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -57,6 +57,7 @@ from supervise.supervisor.daemon.runtime import (
     service_spec,
 )
 from supervise.supervisor.daemon.scheduler import Scheduler, run_to_dict
+from supervise.supervisor.daemon.sd_notify import NotifySockets
 from supervise.supervisor.daemon.status import (
     shown_state,
     status_row,
@@ -123,8 +124,10 @@ class Supervisor:
             run_message=self._on_run_message,
             metrics=self.observability.worker_metrics,
             changed=self.notify,
+            command_env=self._command_env,
         )
         self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
+        self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
         self.changes = RuntimeChanges(self, self._services)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
@@ -208,7 +211,7 @@ class Supervisor:
                 log.warning("runtime service %s is shadowed by the config's service of that name", name)
                 continue
             try:
-                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration")
+                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration", warnings=[])
             except ConfigError as e:
                 log.error("runtime service %s can no longer be loaded; skipped:\n%s", name, e)
                 continue
@@ -293,6 +296,7 @@ class Supervisor:
         await self.observability.close()
         self._guard.stop()
         self._pool.close()
+        self._notify_sockets.close()
         self._endpoints.close()
         self._lock.release()
         self._closed.set()
@@ -395,6 +399,12 @@ class Supervisor:
         if self.scheduler is not None:
             self.scheduler.on_worker_exit(name)
 
+    def _command_env(self, svc: ServiceRuntime) -> Mapping[str, str]:
+        """What a `type = "notify"` command gets besides the worker contract: its NOTIFY_SOCKET."""
+        if not svc.config.notify:
+            return {}
+        return self._notify_sockets.env_for(svc.name, svc.config.watchdog_timeout_ms)
+
     def _on_worker_hello(self, name: str) -> None:
         if self.scheduler is not None:
             self.scheduler.on_worker_ready(name)
@@ -444,6 +454,10 @@ class Supervisor:
     def restart_worker(self, name: str) -> None:
         self._feed(name, core.RestartRequested())
 
+    def kill_worker(self, name: str, reason: str) -> None:
+        """SIGKILL a worker's process group now and start a fresh worker (no restart policy)."""
+        self._feed(name, core.KillRequested(reason))
+
     def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
         """Start one execution of a scheduled service; raises OSError if it cannot start."""
         return self._pool.spawn_run_process(name, env, on_exit)
@@ -456,6 +470,7 @@ class Supervisor:
         for handle in svc.timers.values():
             handle.cancel()
         self._pending_starts.discard(name)
+        self._notify_sockets.discard(name)
         if svc.log is not None:
             svc.log.close()
 
@@ -467,9 +482,12 @@ class Supervisor:
         """Stop a service as `stop` does, then forget it (and its runtime registration)."""
         return await self.changes.remove(name)
 
-    async def update(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
-        """Replace a service's settings; restarts it only if its process would differ."""
-        return await self.changes.update(name, table)
+    async def update(
+        self, name: str, table: Mapping[str, Any], *, unset: Sequence[str] = (), replace_all: bool = False
+    ) -> dict[str, object]:
+        """Set the keys of `table` and remove those in `unset` (or, with `replace_all`, replace the whole table);
+        restarts the service only if its process would differ."""
+        return await self.changes.update(name, table, unset=unset, replace_all=replace_all)
 
     async def scale(self, name: str, processes: int) -> dict[str, object]:
         """Run `processes` instances of a service."""

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,

@@ -55,3 +55,10 @@ class Counter(Service):
 
 def noop(ctx: RunContext) -> None:
     """A scheduled run that does nothing (the soak counts them)."""
+
+
+def deaf(ctx: RunContext, seconds: float = 60.0) -> None:
+    """Ignores its cancellation: sleeps on regardless (only killing its worker ends it)."""
+    with open(os.environ["RUNS_FILE"], "a") as out:
+        out.write(f"start {ctx.run_id} pid={os.getpid()}\n")
+    time.sleep(seconds)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from supervise.supervisor.store.base import Store
 from supervise.supervisor.store.sqlite import SqliteStore
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from supervise.protocol.errors import SuperviseError
 from supervise.supervisor.core.clock import FakeClock
 from supervise.supervisor.core.runs import (
@@ -28,7 +29,6 @@ from supervise.supervisor.core.runs import (
 from supervise.supervisor.store import ScheduleState, Store, StoreError, open_store
 from supervise.supervisor.store.base import CLAIMABLE
 from supervise.supervisor.store.sqlite import SqliteStore
-
 from tests.contract.conftest import make_store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -480,6 +480,7 @@ def test_open_store_picks_the_backend_from_the_url(tmp_path: Path) -> None:
 def test_postgres_reconnects_after_the_server_drops_the_connection(pg_schema: tuple[str, str]) -> None:
     import psycopg
     from psycopg.conninfo import make_conninfo
+
     from supervise.supervisor.store.postgres import PostgresStore
 
     dsn, schema = pg_schema

@@ -17,9 +17,9 @@ import msgpack
 import psutil
 import pytest
 import zmq
+
 from supervise.protocol.client import Client
 from supervise.protocol.errors import ClientTimeout, ErrorCode
-
 from tests.conftest import (
     Daemon,
     alive,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 import zmq
-from supervise.protocol.codec import encode_worker_message
 
+from supervise.protocol.codec import encode_worker_message
 from tests.conftest import (
     Daemon,
     alive,

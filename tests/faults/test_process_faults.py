@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from supervise.supervisor.daemon.output import RotatingLog
 from supervise.supervisor.daemon.processes import SpawnRequest, Worker, spawn
-
 from tests.conftest import (
     Daemon,
     alive,

@@ -9,7 +9,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-
 from tests.conftest import Daemon, wait_for
 from tests.faults.support import FOREVER, state_dir
 

@@ -56,8 +56,8 @@ def test_f02_clean_exit_with_on_failure_stays_exited_and_with_always_is_restarte
 
 
 def test_f03_hung_worker_is_terminated_then_killed_and_restarted(daemon_factory) -> None:
-    # SIGSTOPped and deaf to SIGTERM: only the SIGKILL escalation can end it.
-    d: Daemon = daemon_factory({"hang": {"target": f"{FAULTY}:stubborn", **FAST}})
+    # SIGSTOPped and deaf to SIGTERM, its hang_signal: only the SIGKILL escalation can end it.
+    d: Daemon = daemon_factory({"hang": {"target": f"{FAULTY}:stubborn", **FAST, "hang_signal": "TERM"}})
     old = d.wait_running_pid("hang")
     os.kill(old, signal.SIGSTOP)
     new = d.wait_running_pid("hang", not_pid=old, timeout_s=20)

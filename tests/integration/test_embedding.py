@@ -212,3 +212,14 @@ def test_importing_the_cli_loads_neither_zmq_nor_the_supervisor() -> None:
         "assert all(getattr(s, n) for n in s.__all__)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_update_through_the_embedding_api_patches_the_keys_given(short_dir: Path, no_leftovers: None) -> None:
+    only_cmd = {"command": ["sleep", "1000"], "start_timeout": "200ms", "stop_timeout": "5s", "max_restarts": 9}
+    with SyncSupervisor({**config(short_dir), "services": {"cmd": only_cmd}}) as sup:
+        pid = wait_for(lambda: running_pids(sup.status()), what="cmd RUNNING", timeout_s=30)["cmd"]
+        patched = sup.call("update", name="cmd", spec={"stop_timeout": "2s"}, unset=["max_restarts"])
+        assert patched["changed"] == ["max_restarts", "stop_timeout_ms"]
+        assert sup.status("cmd")["services"][0]["pid"] == pid  # nothing of its process changed
+        replaced = sup.call("update", name="cmd", spec={"command": ["sleep", "999"]}, replace=True)
+        assert "command" in replaced["changed"] and "start_timeout_ms" in replaced["changed"]

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from supervise.protocol.client import Client
 
+from supervise.protocol.client import Client
 from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
 
 FOREVER = "tests.children.targets:forever"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from supervise.protocol.errors import RemoteError
@@ -181,3 +183,55 @@ def test_processes_runs_identical_instances_and_scale_changes_their_number(daemo
     assert "pool:1: STOPPED" in d.cli("stop", "pool:1").stdout
     assert d.service("pool")["pid"] == pids["pool"]
     assert set(d.cli("stop", "pool").stdout.split()) >= {"pool:", "STOPPED"}
+
+
+def test_update_set_changes_one_key_of_a_scheduled_python_service(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"t": {"target": "tests.children.jobs:noop", "cron": "0 2 * * *", "timezone": "UTC", "max_restarts": 9}})
+    d.wait_running_pid("t")
+    result = d.cli("update", "t", "--set", 'cron="30 2 * * *"')
+    assert result.returncode == 0, result.stderr
+    assert "changed: schedule" in result.stdout
+    fires = d.client.call("next", name="t", count=2)["next"]
+    assert all(when.endswith("T02:30:00+00:00") for when in fires), fires
+    # The keys not given are kept: still a Python target, still max_restarts 9.
+    status = d.service("t")
+    assert status["kind"] == "python" and status["state"] == "RUNNING"
+    assert d.client.call("update", name="t", spec={"max_restarts": 9})["changed"] == []
+
+
+def test_update_unset_and_replace(daemon_factory) -> None:
+    d: Daemon = daemon_factory({"svc": {**SLEEP, "max_restarts": 9}})
+    pid = d.wait_running_pid("svc")
+    unset = d.cli("update", "svc", "--unset", "max_restarts", "--json")
+    assert unset.returncode == 0, unset.stderr
+    assert json.loads(unset.stdout)["changed"] == ["max_restarts"] and d.service("svc")["pid"] == pid
+    missing = d.cli("update", "svc", "--unset", "max_memory")
+    assert missing.returncode == 1 and "cannot unset services.svc.max_memory: it is not set" in missing.stderr
+    # Validated as a whole: a new key that contradicts a kept one names the key.
+    bad = d.cli("update", "svc", "--set", "heartbeat_interval=\"20s\"", "--set", "heartbeat_timeout=\"5s\"")
+    assert bad.returncode == 1 and "services.svc.heartbeat_timeout: must be > heartbeat_interval" in bad.stderr
+    # --replace: the table given is the whole service (start_timeout back to its default).
+    whole = d.cli("update", "svc", "--replace", "--set", 'command=["sleep", "999"]')
+    assert whole.returncode == 0, whole.stderr
+    assert "command" in whole.stdout and "start_timeout" in whole.stdout
+    d.wait_running_pid("svc", not_pid=pid)
+    usage = d.cli("update", "svc")
+    assert usage.returncode == 2 and "--set KEY=VALUE and/or --unset KEY" in usage.stderr
+
+
+def test_an_update_of_a_runtime_service_is_kept_patched_across_a_restart(short_dir: Path) -> None:
+    config = write_config(short_dir, {})
+    d = start_daemon(config)
+    try:
+        d.client.call("add", name="extra", spec={**SLEEP, "stop_timeout": "3s"})
+        d.wait_running_pid("extra")
+        d.client.call("update", name="extra", spec={"command": ["sleep", "999"]}, unset=["stop_timeout"])
+    finally:
+        stop_daemon(d)
+    d = start_daemon(config)
+    try:
+        pid = d.wait_running_pid("extra")
+        assert psutil.Process(pid).cmdline() == ["sleep", "999"]
+        assert d.client.call("update", name="extra", spec={"start_timeout": "0s"})["changed"] == []  # kept
+    finally:
+        stop_daemon(d)

@@ -6,13 +6,14 @@ import http.server
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
+from tests.conftest import Daemon, alive, start_daemon, stop_daemon, wait_for, write_config
 
 
 def lines(path: Path) -> list[str]:
@@ -89,6 +90,48 @@ def test_timeout_ends_a_run_that_ignores_nothing_but_runs_too_long(daemon_factor
     wait_for(lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == "timed_out"], what="timed_out")
 
 
+def _deaf_job(daemon_factory, out: Path, **keys: object) -> tuple[Daemon, int]:
+    d: Daemon = daemon_factory(
+        {"job": {"target": "tests.children.jobs:deaf", "manual": True, "cancel_grace": "1s", "env": {"RUNS_FILE": str(out)}, **keys}}
+    )
+    return d, d.wait_running_pid("job")
+
+
+def _final(d: Daemon, run_id: str, state: str, timeout_s: float) -> dict[str, object]:
+    found = wait_for(
+        lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == state],
+        timeout_s=timeout_s,
+        what=f"run {run_id} {state}",
+    )
+    return found[0]
+
+
+def test_a_run_ignoring_its_timeout_is_killed_after_cancel_grace(daemon_factory, short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    d, worker = _deaf_job(daemon_factory, out, timeout="1s")
+    run_id = d.client.call("run", name="job")["run_id"]
+    # timeout 1 s + cancel_grace 1 s + a moment; not + stop_timeout (10 s) of a graceful restart.
+    run = _final(d, run_id, "timed_out", timeout_s=6)
+    assert isinstance(run["duration_ms"], int) and run["duration_ms"] < 1000 + 1000 + 1500, run
+    wait_for(lambda: not alive(worker), what="the worker that held the run to be killed")
+    svc = d.service("job")
+    assert svc["last_exit"]["signal"] == signal.SIGKILL
+    assert svc["restarts"] == 0  # forced by the scheduler, not a failure for the restart policy
+    d.wait_running_pid("job", not_pid=worker)  # a fresh warm worker takes the next runs
+
+
+def test_a_cancel_of_a_run_ignoring_it_ends_the_run_after_cancel_grace(daemon_factory, short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    d, worker = _deaf_job(daemon_factory, out)
+    run_id = d.client.call("run", name="job")["run_id"]
+    wait_for(lambda: any(line.startswith(f"start {run_id}") for line in lines(out)), what="the run to start")
+    cancelled_at = time.monotonic()
+    d.client.call("cancel", run_id=run_id)
+    _final(d, run_id, "cancelled", timeout_s=6)
+    assert time.monotonic() - cancelled_at < 1.0 + 2.0  # cancel_grace + a moment
+    assert not alive(worker)
+
+
 def test_failed_runs_are_retried_with_their_traceback_recorded(daemon_factory, short_dir: Path) -> None:
     d: Daemon = daemon_factory(
         {"job": {"target": "tests.children.jobs:fail", "manual": True, "retries": {"max": 2, "backoff": "fixed", "initial": "50ms"}}}
@@ -142,7 +185,7 @@ def test_a_one_shot_fires_within_a_second_of_its_datetime(daemon_factory, short_
         {"once": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}}
     )
     d.wait_running_pid("once")
-    at = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    at = datetime.now(UTC) + timedelta(seconds=1.5)
     d.cli("schedule", "once", "--at", at.isoformat(), "--args", '{"region": "later"}', check=True)
     wait_for(lambda: lines(out), timeout_s=10, what="the one-shot run")
     fired = float(lines(out)[0].split()[3])

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from supervise.protocol.client import AsyncClient, Client
 from supervise.protocol.codec import unpack
 from supervise.protocol.curve import load_client_keys, read_key_pair, read_public_key
 from supervise.protocol.errors import ClientTimeout, RemoteError
 from supervise.protocol.limits import REPLY_LIMITS
-
 from tests.conftest import Daemon, stop_daemon, wait_for, write_config
 
 SLEEPER = {"command": ["sleep", "1000"]}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -72,6 +74,21 @@ def test_hung_worker_is_killed_and_replaced(daemon_factory) -> None:
     svc = d.service("checker")
     assert svc["last_exit"]["cause"] == "hung"
     assert "no heartbeat for" in d.log()
+
+
+def test_a_hung_worker_is_replaced_within_heartbeat_timeout_not_plus_stop_timeout(daemon_factory) -> None:
+    # The defaults a new user has: stop_timeout 10 s, backoff 1 s. Hung means SIGKILL, not a polite stop.
+    d: Daemon = daemon_factory({"checker": {"target": FOREVER, "heartbeat_interval": "200ms", "heartbeat_timeout": "1500ms"}})
+    old = d.wait_running_pid("checker")
+    stopped_at = time.monotonic()
+    os.kill(old, signal.SIGSTOP)
+    d.wait_running_pid("checker", not_pid=old, timeout_s=15)
+    took_s = time.monotonic() - stopped_at
+    # heartbeat_timeout 1.5 s + the first backoff step (at most 1 s) + a spawn; not 1.5 + 10 s.
+    assert took_s < 1.5 + 1.0 + 1.5, f"replaced after {took_s:.1f} s"
+    assert not alive(old)
+    svc = d.service("checker")
+    assert svc["last_exit"]["cause"] == "hung" and svc["last_exit"]["signal"] == signal.SIGKILL
 
 
 def test_worker_ignoring_sigterm_is_killed_after_stop_timeout_with_its_grandchildren(daemon_factory, short_dir) -> None:
@@ -241,3 +258,66 @@ def test_a_worker_whose_code_stops_calling_ctx_heartbeat_is_replaced(daemon_fact
     new = d.wait_running_pid("watched", not_pid=old, timeout_s=20)
     assert new != old and d.service("watched")["last_exit"]["cause"] == "hung"
     assert "did not call ctx.heartbeat()" in d.log()
+
+
+def test_a_missing_executable_fails_only_its_own_service(daemon_factory, short_dir) -> None:
+    ghost = short_dir / "bin" / "ghost"  # not there yet: deployed after the supervisor starts
+    services = {
+        "ghost": {"command": [str(ghost)], "max_restarts": 2, "backoff": "50ms", "start_timeout": "0s"},
+        "web": {"target": FOREVER},
+        "cache": {"command": ["sleep", "1000"], "start_timeout": "0s"},
+    }
+    config = write_config(short_dir, services)
+    check = subprocess.run([sys.executable, "-m", "supervise.supervisor", "check", str(config)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    assert f'warning: {config}:6:1: services.ghost.command: executable "{ghost}" does not exist' in check.stderr
+    strict = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "check", "--strict", str(config)], capture_output=True, text=True, check=False
+    )
+    assert strict.returncode == 1
+
+    d: Daemon = daemon_factory(services)
+    d.wait_running_pid("web")
+    d.wait_running_pid("cache")
+    svc = d.wait_state("ghost", "FATAL")
+    assert svc["restarts"] == 2 and svc["pid"] is None
+    assert svc["last_exit"]["cause"] == "spawn_failed"
+    assert f"No such file or directory: {ghost}" in svc["last_error"]
+    assert "services.ghost.command" in d.log()  # the daemon's log says which key, at start
+
+    # A reload with another such service applies; everything else runs on.
+    services["ghost2"] = {"command": [str(ghost) + "2"], "max_restarts": 0, "start_timeout": "0s"}
+    write_config(short_dir, services)
+    reloaded = d.cli("reload", "--json")
+    assert reloaded.returncode == 0, reloaded.stderr
+    plan = json.loads(reloaded.stdout)
+    assert plan["added"] == ["ghost2"] and any("services.ghost2.command" in w for w in plan["warnings"])
+    assert d.wait_state("ghost2", "FATAL")["last_exit"]["cause"] == "spawn_failed"
+
+    # Once deployed, starting it by hand is all it takes.
+    ghost.parent.mkdir()
+    ghost.write_text("#!/bin/sh\nexec sleep 1000\n")
+    ghost.chmod(0o755)
+    assert d.cli("start", "ghost").returncode == 0
+    d.wait_running_pid("ghost")
+    assert d.state("web") == "RUNNING" and d.state("cache") == "RUNNING"
+
+
+def test_exit_code_rules_decide_restarts_with_real_exits(daemon_factory) -> None:
+    quick = {"start_timeout": "0s", "backoff": "0s", "stable_after": "0s"}
+    d: Daemon = daemon_factory(
+        {
+            "clean3": {"command": ["sh", "-c", "exit 3"], "success_exit_codes": [3], **quick},  # on-failure
+            "prevented": {"command": ["sh", "-c", "exit 75"], "restart": "always", "restart_prevent_exit_codes": [75], **quick},
+            "aborts": {"command": ["sleep", "1000"], "restart": "on-abort", **quick},
+            "exits1": {"command": ["sh", "-c", "sleep 0.2; exit 1"], "restart": "on-abnormal", **quick},
+        }
+    )
+    for name, code in (("clean3", 3), ("prevented", 75), ("exits1", 1)):
+        svc = d.wait_state(name, "EXITED")
+        assert svc["restarts"] == 0 and svc["last_exit"]["code"] == code, svc
+    assert d.service("clean3")["last_error"] is None  # a success exit code is not an error
+    old = d.wait_running_pid("aborts")
+    os.kill(old, signal.SIGSEGV)
+    d.wait_running_pid("aborts", not_pid=old)
+    assert d.service("aborts")["restarts"] == 1

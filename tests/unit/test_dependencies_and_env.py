@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervise.supervisor.core.dependencies import find_cycle, find_problems, stop_layers
 from supervise.supervisor.config.interpolate import expand, interpolate
+from supervise.supervisor.core.dependencies import find_cycle, find_problems, stop_layers
 
 
 def test_a_cycle_is_reported_as_a_path() -> None:

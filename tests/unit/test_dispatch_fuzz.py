@@ -18,6 +18,7 @@ import msgpack
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from supervise.protocol.codec import decode_reply, encode_request, split_envelope
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.daemon.commands import COMMANDS, Command, _has_type

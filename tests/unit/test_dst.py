@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter  # type: ignore[import-untyped]
+
 from supervise.supervisor.core.cron import CronTrigger, DstGap, DstRepeat, default_dst_repeat
 
 

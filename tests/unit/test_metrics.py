@@ -6,8 +6,7 @@ import signal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from supervise.supervisor.daemon import exposition
-from supervise.supervisor.daemon.events import EventLog
+
 from supervise.supervisor.core.metrics import (
     MEMORY_SAMPLES_OVER,
     CarryOver,
@@ -18,6 +17,8 @@ from supervise.supervisor.core.metrics import (
     decide_over_memory,
     percentile,
 )
+from supervise.supervisor.daemon import exposition
+from supervise.supervisor.daemon.events import EventLog
 from supervise.supervisor.daemon.observability import service_healthy
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from supervise.supervisor.core.errors import InvalidTransition
 from supervise.supervisor.core.runs import (
     ACTIVE,

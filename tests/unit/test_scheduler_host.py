@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from supervise.supervisor.config.loader import parse_service
 from supervise.supervisor.core.clock import FakeClock
 from supervise.supervisor.core.runs import RunState
@@ -52,6 +53,9 @@ class FakeHost:
         self.cancels.append(run_id)
 
     def restart_worker(self, name: str) -> None:
+        self.restarts.append(name)
+
+    def kill_worker(self, name: str, reason: str) -> None:
         self.restarts.append(name)
 
     def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+
 from supervise.protocol.client import AsyncClient, Client
 from supervise.protocol.curve import KeyFileError, read_key_pair, read_public_key
-from supervise.supervisor.daemon.commands import COMMANDS
 from supervise.supervisor.config.loader import load_config, parse_config
+from supervise.supervisor.core.errors import ConfigError
+from supervise.supervisor.daemon.commands import COMMANDS
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.curve import create_key_pair, load_curve_server
-from supervise.supervisor.core.errors import ConfigError
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter  # type: ignore[import-untyped]
-from supervise.supervisor.core.cron import CronTrigger, DstGap, DstRepeat, load_zone
+
 from supervise.supervisor.config.trigger_spec import TriggerSpecError, parse_trigger
+from supervise.supervisor.core.cron import CronTrigger, DstGap, DstRepeat, load_zone
 from supervise.supervisor.core.triggers import (
     EPOCH,
     AfterFinishTrigger,
