@@ -91,6 +91,7 @@ class ServiceConfig:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
+    inherit_env: bool | None = None  # None: inherit the supervisor's environment unless `user` is set
     umask: int | None = None
     max_memory_bytes: int | None = None
     watchdog_timeout_ms: int | None = None  # key watchdog: the code must call ctx.heartbeat() this often

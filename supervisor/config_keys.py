@@ -328,6 +328,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "env": Key("env", _env),
         "cwd": Key("cwd", _directory),
         "user": Key("user", _user),
+        "inherit_env": Key("inherit_env", _boolean),
         "umask": Key("umask", _umask),
         "max_memory": Key("max_memory_bytes", _size),
         "requires": Key("requires", _names),

@@ -1,0 +1,66 @@
+"""The environment a worker starts with: an allow-list of the supervisor's, or all of it.
+
+Policy (docs/config.md, key `inherit_env`): a worker gets the variables named in
+`ALLOWED` (and the `LC_*` family) from the supervisor's environment, then, for a
+service with `user`, that user's `HOME`, `USER`, `LOGNAME` and `SHELL`, then the
+service's own `env`. Everything else the supervisor was started with (tokens,
+database URLs, cloud credentials) stays out. With `inherit_env = true` the
+worker starts from the supervisor's whole environment instead.
+
+The default follows `user`: a worker of the supervisor's own user could read the
+supervisor's environment from /proc anyway, so it inherits it; a worker of
+another user does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from supervise.supervisor.account import Account
+
+ALLOWED: Final = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+    }
+)
+"""Variables a worker takes from the supervisor's environment when it does not inherit it all."""
+ALLOWED_PREFIXES: Final = ("LC_",)
+
+
+def inherits(inherit_env: bool | None, user: str | None) -> bool:
+    """Whether a worker starts from the supervisor's whole environment (`inherit_env` unset: no `user`)."""
+    return inherit_env if inherit_env is not None else user is None
+
+
+def allowed(name: str) -> bool:
+    return name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
+
+
+def base_environment(
+    environ: Mapping[str, str],
+    *,
+    inherit_env: bool | None,
+    user: str | None,
+    service_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The worker's environment before the supervisor adds its own `SUPERVISE_*` variables.
+
+    Raises:
+        KeyError: `user` is not in the password database (any more).
+    """
+    if inherits(inherit_env, user):
+        env = dict(environ)
+    else:
+        env = {name: value for name, value in environ.items() if allowed(name)}
+    if user is not None:
+        env.update(Account.lookup(user).environment())
+    env.update(service_env)
+    return env
