@@ -148,6 +148,7 @@ class SupervisorConfig:
     curve_clients: Path | None = None  # directory of client public keys (*.key): full access
     curve_readonly_clients: Path | None = None  # directory of client public keys: read-only commands only
     insecure: bool = False  # tcp:// without CURVE; logged at CRITICAL at every start
+    allow_addresses: tuple[str, ...] = ()  # addresses every http action may reach despite block_private_addresses
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **overrides: Any) -> SupervisorConfig:

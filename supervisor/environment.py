@@ -14,10 +14,15 @@ another user does not.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from supervise.protocol.url_policy import POLICY_VARIABLE
 from supervise.supervisor.account import Account
+
+if TYPE_CHECKING:
+    from supervise.supervisor.config import ServiceConfig, SupervisorConfig
 
 ALLOWED: Final = frozenset(
     {
@@ -64,3 +69,29 @@ def base_environment(
         env.update(Account.lookup(user).environment())
     env.update(service_env)
     return env
+
+
+def worker_environment(cfg: ServiceConfig, sup: SupervisorConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """`base_environment` for a service, plus an http action's request and policy."""
+    env = base_environment(environ, inherit_env=cfg.inherit_env, user=cfg.user, service_env=cfg.env)
+    if cfg.schedule is not None and cfg.schedule.http is not None:
+        env[POLICY_VARIABLE] = http_policy_json(cfg, sup)
+    return env
+
+
+_CALL_ARGS: Final = ("url", "method", "headers", "body", "expect_status", "timeout_s")
+
+
+def http_policy_json(cfg: ServiceConfig, sup: SupervisorConfig) -> str:
+    """What the http action worker checks a run against: the configured request, overrides, addresses."""
+    assert cfg.schedule is not None and cfg.schedule.http is not None
+    policy = cfg.schedule.http
+    configured = {key: cfg.schedule.args[key] for key in _CALL_ARGS if key in cfg.schedule.args}
+    return json.dumps(
+        {
+            "configured": configured,
+            "allow_run_overrides": list(policy.allow_run_overrides),
+            "block_private_addresses": policy.block_private_addresses,
+            "allow_addresses": [*policy.allow_addresses, *sup.allow_addresses],
+        }
+    )

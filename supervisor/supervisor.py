@@ -42,7 +42,7 @@ from supervise.supervisor.config import (
 )
 from supervise.supervisor.control import ControlServer
 from supervise.supervisor.dependencies import stop_layers
-from supervise.supervisor.environment import base_environment
+from supervise.supervisor.environment import worker_environment
 from supervise.supervisor.errors import ConfigError, ServiceNotFound
 from supervise.supervisor.guard_link import GuardLink
 from supervise.supervisor.lock import StateDirLock, prepare_state_dir
@@ -448,7 +448,7 @@ class Supervisor(RuntimeChanges):
     def _spawn_request(self, svc: ServiceRuntime) -> SpawnRequest:
         cfg = svc.config
         sup = self.config.supervisor
-        env = base_environment(os.environ, inherit_env=cfg.inherit_env, user=cfg.user, service_env=cfg.env)
+        env = worker_environment(cfg, sup, os.environ)
         env.update(
             SUPERVISE_SERVICE=svc.name,
             SUPERVISE_WORKER_ID=svc.worker_id,
