@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
 
 from supervise.supervisor.clock import Clock, SystemClock
+from supervise.supervisor.private_files import make_database_private
 from supervise.supervisor.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,
@@ -141,6 +142,10 @@ class SqliteStore:
             problem = self._check_existing()
             if problem is not None:
                 self._move_aside(problem)
+            try:
+                make_database_private(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot open history database {self.path}: {exc}", exc) from exc
             try:
                 self._conn = self._connect()
                 self._migrate(self._conn)
