@@ -8,8 +8,8 @@ so a peer can send anything and get a precise error, never a crash.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, NoReturn
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # msgpack ships no stubs
 
@@ -188,25 +188,44 @@ def _too_deep(limits: Limits, what: str) -> DecodeError:
 
 
 def _check_tree(obj: object, limits: Limits, what: str) -> None:
-    """Reject what msgpack lets through: Timestamps, non-str keys, depth over the limit."""
+    """Reject what msgpack lets through: Timestamps, non-str keys, depth over the limit, too many values.
+
+    The values are counted before each container's items are looked at, so the walk
+    stops within `limits.max_objects` items whatever the frame holds; the items'
+    types are read with `map(type, ...)`, and only containers are visited one by one.
+    """
+    budget = limits.max_objects
     stack: list[tuple[object, int]] = [(obj, 1)]
+    if type(obj) not in _CONTAINERS:
+        _check_types({type(obj)}, what)
+        return
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth > limits.max_depth:
-                raise _too_deep(limits, what)
-            for key in value:
-                if not isinstance(key, str):  # strict_map_key lets bin keys through
-                    raise DecodeError(
-                        ErrorCode.MALFORMED, f"map keys must be strings, got {wire_type(key)}"
-                    )
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            if depth > limits.max_depth:
-                raise _too_deep(limits, what)
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, msgpack.Timestamp):
-            raise _ext_error(-1)
+        if depth > limits.max_depth:
+            raise _too_deep(limits, what)
+        budget -= len(value)  # type: ignore[arg-type]
+        if budget < 0:
+            raise DecodeError(ErrorCode.TOO_LARGE, f"{what} holds more than {limits.max_objects} values")
+        if type(value) is dict:
+            keys = set(map(type, value))
+            if keys - {str}:  # strict_map_key lets bin keys through
+                got = wire_type(next(k for k in value if type(k) is not str))
+                raise DecodeError(ErrorCode.MALFORMED, f"map keys must be strings, got {got}")
+            items: Iterable[object] = value.values()
+        else:
+            items = value  # type: ignore[assignment]
+        types = set(map(type, items))
+        _check_types(types, what)
+        if types & _CONTAINERS:
+            stack.extend((item, depth + 1) for item in items if type(item) in _CONTAINERS)
+
+
+_CONTAINERS: Final = frozenset({dict, list})
+
+
+def _check_types(types: set[type], what: str) -> None:
+    if msgpack.Timestamp in types:
+        raise _ext_error(-1)
 
 
 # --- the ROUTER envelope -----------------------------------------------------------------

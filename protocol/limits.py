@@ -30,6 +30,9 @@ class Limits:
         max_map_len: entries in any one map.
         max_str_len: bytes (UTF-8 encoded) in any one string.
         max_bin_len: bytes in any one binary value.
+        max_objects: values in the whole frame (every array item and map entry
+            counts), so that the cost of checking a frame is bounded, not only its size:
+            a 1 MiB frame of one-byte integers is a million values.
     """
 
     max_frame_bytes: int
@@ -38,6 +41,7 @@ class Limits:
     max_map_len: int
     max_str_len: int
     max_bin_len: int
+    max_objects: int = 1_000_000_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -53,6 +57,7 @@ REQUEST_LIMITS = Limits(
     max_map_len=256,
     max_str_len=65536,
     max_bin_len=65536,
+    max_objects=32_768,
 )
 """For everything arriving at the supervisor: control requests and worker messages."""
 

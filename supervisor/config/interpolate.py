@@ -1,7 +1,8 @@
 """Config values from the environment: `${VAR}`, `${VAR:-default}`, and SUPERVISE_* overrides.
 
 Applied to the TOML document before validation, so an error names the key whose
-string refers to a missing variable. The http action's `url`, `headers` and
+string refers to a missing variable. A string `command` is split into arguments
+first and each argument expanded on its own, so a value cannot add arguments. The http action's `url`, `headers` and
 `body` are left alone: they are expanded in the worker, from the service's own
 `env`, so a secret can be passed in `env` and never appear in the config.
 """
@@ -9,6 +10,7 @@ string refers to a missing variable. The http action's `url`, `headers` and
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -42,6 +44,10 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
     return _REF.sub(value, text)
 
 
+def _is_command(path: tuple[str, ...]) -> bool:
+    return len(path) == 3 and path[0] == "services" and path[2] == "command"
+
+
 def interpolate(
     data: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[tuple[tuple[str, ...], str]]]:
@@ -49,6 +55,8 @@ def interpolate(
     problems: list[tuple[tuple[str, ...], str]] = []
 
     def walk(value: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(value, str) and _is_command(path):
+            return walk_command(value, path)
         if isinstance(value, str):
             try:
                 return expand(value, environ)
@@ -62,6 +70,15 @@ def interpolate(
         if isinstance(value, list):
             return [walk(v, (*path, str(i))) for i, v in enumerate(value)]
         return value
+
+    def walk_command(text: str, path: tuple[str, ...]) -> Any:
+        # Split first, then expand each argument: a variable's value is one argument,
+        # never more (`--flag ${X}` with X="a --evil" stays two arguments).
+        try:
+            argv = shlex.split(text)
+        except ValueError:
+            return text  # unbalanced quotes: the validator reports it on the string
+        return [walk(arg, (*path, str(i))) for i, arg in enumerate(argv)]
 
     result = walk(data, ())
     overrides = {key: environ[variable] for variable, key in OVERRIDES.items() if environ.get(variable)}

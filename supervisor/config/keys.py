@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
+from supervise.protocol.url_policy import parse_allow_list
 from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
     parse_duration_ms,
@@ -335,6 +336,11 @@ def _host_port(value: object, ctx: Context) -> str:
     return str(value)
 
 
+def _allow_addresses(value: object, ctx: Context) -> tuple[str, ...]:
+    parse_allow_list(value)  # ValueError names the entry
+    return tuple(value)  # type: ignore[arg-type]
+
+
 SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
     {
         "command": Key("command", _command),
@@ -360,6 +366,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "env": Key("env", _env),
         "cwd": Key("cwd", _directory),
         "user": Key("user", _user),
+        "inherit_env": Key("inherit_env", _boolean),
         "umask": Key("umask", _umask),
         "max_memory": Key("max_memory_bytes", _size),
         "requires": Key("requires", _names),
@@ -386,5 +393,6 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "curve_clients": Key("curve_clients", _key_directory),
         "curve_readonly_clients": Key("curve_readonly_clients", _key_directory),
         "insecure": Key("insecure", _boolean),
+        "allow_addresses": Key("allow_addresses", _allow_addresses),
     }
 )

@@ -42,6 +42,7 @@ from supervise.supervisor.config.model import (
     ServiceConfig,
     SupervisorConfig,
 )
+from supervise.supervisor.config.nesting import depth_problem, too_deep
 from supervise.supervisor.config.positions import locate_keys
 from supervise.supervisor.config.schedule import (
     HTTP_TARGET,
@@ -109,10 +110,19 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [_syntax_problem(str(exc), text)]) from exc
+    except RecursionError:  # the parser recurses per nesting level
+        raise ConfigError(source, [ConfigProblem("", f"invalid TOML: {depth_problem()}")]) from None
+    _check_depth(data, source)
     data, problems = interpolate(data, os.environ)
     if problems:
         raise ConfigError(source, _problems(list(problems), text))
     return parse_config(data, source=source, base_dir=Path(path).parent, text=text)
+
+
+def _check_depth(data: object, source: str) -> None:
+    path = too_deep(data)
+    if path is not None:
+        raise ConfigError(source, [ConfigProblem(_dotted(path[:4]), depth_problem())])
 
 
 def _syntax_problem(message: str, text: str) -> ConfigProblem:
@@ -147,6 +157,7 @@ def parse_config(
     if not isinstance(data, Mapping):
         problem = f"config {source} must be a table, got {type_name(data)}"
         raise ConfigError(source, [ConfigProblem("", problem)])
+    _check_depth(data, source)
     issues: _Issues = []
     warnings: _Issues = []
     for key in data:

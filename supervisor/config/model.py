@@ -51,6 +51,7 @@ class ServiceConfig:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
+    inherit_env: bool | None = None  # None: inherit the supervisor's environment unless `user` is set
     umask: int | None = None
     max_memory_bytes: int | None = None
     watchdog_timeout_ms: int | None = None  # key watchdog: the code must call ctx.heartbeat() this often
@@ -110,6 +111,7 @@ class SupervisorConfig:
     curve_clients: Path | None = None  # directory of client public keys (*.key): full access
     curve_readonly_clients: Path | None = None  # directory of client public keys: read-only commands only
     insecure: bool = False  # tcp:// without CURVE; logged at CRITICAL at every start
+    allow_addresses: tuple[str, ...] = ()  # addresses every http action may reach despite block_private_addresses
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **overrides: Any) -> SupervisorConfig:

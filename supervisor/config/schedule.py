@@ -8,11 +8,13 @@ frozen `ScheduleConfig`; the key reference is docs/scheduling.md.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from supervise.protocol.url_policy import parse_allow_list
 from supervise.supervisor.config.trigger_spec import (
     TRIGGER_KEYS,
     TriggerSpecError,
@@ -45,9 +47,32 @@ POLICY_KEYS: Final = frozenset(
         "isolation",
     }
 )
-HTTP_KEYS: Final = frozenset({"action", "url", "method", "headers", "body", "expect_status", "request_timeout"})
+HTTP_KEYS: Final = frozenset(
+    {
+        "action",
+        "url",
+        "method",
+        "headers",
+        "body",
+        "expect_status",
+        "request_timeout",
+        "allow_run_overrides",
+        "block_private_addresses",
+        "allow_addresses",
+    }
+)
+OVERRIDABLE: Final = ("url", "method", "headers", "body")
 SCHEDULE_KEYS: Final = TRIGGER_KEYS | POLICY_KEYS | HTTP_KEYS
 HTTP_TARGET: Final = "supervise.workers.http_action:call"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpActionPolicy:
+    """What a run of an http action may change, and where it may connect (docs/security.md)."""
+
+    allow_run_overrides: tuple[str, ...] = ()  # of OVERRIDABLE; the rest is the config's
+    block_private_addresses: bool = True
+    allow_addresses: tuple[str, ...] = ()  # validated by protocol.url_policy.parse_allow_list
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +94,7 @@ class ScheduleConfig:
     cancel_grace_ms: int = 5_000
     retry: RetryPolicy | None = None
     isolation: str = "worker"  # Python targets: "worker" (warm, one process for all runs) | "process" (one per run)
+    http: HttpActionPolicy | None = None  # set for action = "http"
 
     @property
     def slots(self) -> int | None:
@@ -120,6 +146,7 @@ def parse_schedule(name: str, table: Mapping[str, object]) -> tuple[ScheduleConf
     read("isolation", _isolation)
     if table.get("action") is not None:
         problems += _check_http(table)
+        values["http"] = _http_policy(table, problems)
     if problems or trigger is None:
         return None, problems
     if "args" in values:
@@ -147,6 +174,8 @@ def _check_http(table: Mapping[str, object]) -> list[tuple[str, str]]:
     url = table.get("url")
     if not isinstance(url, str) or not re.match(r"^https?://", url):
         problems.append(("url", "expected an http:// or https:// URL"))
+    elif "@" in urllib.parse.urlsplit(url).netloc:
+        problems.append(("url", "credentials in the URL (user:password@) are refused; send them in a header"))
     if "command" in table or "target" in table:
         problems.append(("action", "an http action has no command or target"))
     method = table.get("method", "GET")
@@ -162,6 +191,25 @@ def _check_http(table: Mapping[str, object]) -> list[tuple[str, str]]:
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         problems.append(("headers", "expected a table of strings"))
     return problems
+
+
+def _http_policy(table: Mapping[str, object], problems: list[tuple[str, str]]) -> HttpActionPolicy:
+    overrides = table.get("allow_run_overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(k, str) and k in OVERRIDABLE for k in overrides):
+        choices = ", ".join(f'"{k}"' for k in OVERRIDABLE)
+        problems.append(("allow_run_overrides", f"expected a list of {choices}; got {overrides!r}"))
+        overrides = []
+    block = table.get("block_private_addresses", True)
+    if not isinstance(block, bool):
+        problems.append(("block_private_addresses", f"expected true or false, got {block!r}"))
+        block = True
+    allow = table.get("allow_addresses", [])
+    try:
+        parse_allow_list(allow)
+    except ValueError as e:
+        problems.append(("allow_addresses", str(e)))
+        allow = []
+    return HttpActionPolicy(tuple(overrides), block, tuple(allow))  # type: ignore[arg-type]
 
 
 def _isolation(value: object) -> str:

@@ -29,6 +29,7 @@ from supervise.supervisor.daemon.sockets import send_nowait
 log = logging.getLogger("supervise.control")
 
 MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT_PER_PEER = 32  # one client's share, so that it cannot take every slot
 
 
 def error_code_for(error: SuperviseError) -> ErrorCode:
@@ -60,6 +61,7 @@ class ControlServer:
         self._dispatch = dispatch  # runs a resolved command: `command.handler(api, args)`
         self._readonly = readonly or None  # ZAP User-Id (Z85 public key) -> key name, of read-only keys
         self._tasks: set[asyncio.Task[None]] = set()
+        self._per_peer: dict[bytes, int] = {}  # requests in flight per ROUTER identity
         self.bad_requests = 0
         self.dropped_replies = 0
         self.forbidden = 0
@@ -77,17 +79,34 @@ class ControlServer:
                 request_id, command, args = self._parse(body)
             except SuperviseError as e:
                 self._send(envelope, self._error_reply(e, None))
+                await asyncio.sleep(0)
                 continue
             denied = self._denied(user, command)
             if denied is not None:
                 self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
+                await asyncio.sleep(0)
                 continue
-            if len(self._tasks) >= MAX_IN_FLIGHT:
+            peer = envelope[0] if envelope else b""
+            if len(self._tasks) >= MAX_IN_FLIGHT or self._per_peer.get(peer, 0) >= MAX_IN_FLIGHT_PER_PEER:
                 self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
-                continue
-            task = asyncio.create_task(self._run(envelope, request_id, command, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            else:
+                self._start(peer, envelope, request_id, command, args)
+            # Let the handlers, heartbeats and timers run between two requests: a client
+            # with many requests queued must not hold the loop while it is decoded.
+            await asyncio.sleep(0)
+
+    def _start(self, peer: bytes, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
+        task = asyncio.create_task(self._run(envelope, request_id, command, args))
+        self._tasks.add(task)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            left = self._per_peer.pop(peer, 1) - 1
+            if left > 0:
+                self._per_peer[peer] = left
+
+        task.add_done_callback(done)
 
     async def _receive(self) -> tuple[list[bytes], str | None]:
         """The next message, and its ZAP User-Id when read-only keys are configured."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
+import subprocess  # nosec B404 # the guard is started from a fixed argv, never through a shell
 import sys
 
 log = logging.getLogger("supervise")
@@ -22,7 +22,7 @@ class GuardLink:
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            self._process = subprocess.Popen(
+            self._process = subprocess.Popen(  # nosec B603 # argv is sys.executable and a module of this package, no shell
                 [sys.executable, "-m", "supervise.supervisor.daemon.guard", str(GRACE_S)],
                 stdin=read_fd,
                 stdout=subprocess.DEVNULL,

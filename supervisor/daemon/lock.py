@@ -1,4 +1,4 @@
-"""The state directory: created private (0700) and held with an exclusive `flock`.
+"""The state directory: created private (0700, see private_files.py) and held with an exclusive `flock`.
 
 A second supervisor on the same state directory fails here, before it binds any
 ipc:// socket (binding would silently steal the first one's endpoint) or touches
@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 from pathlib import Path
 
-from supervise.supervisor.core.errors import AlreadyRunning, ConfigError, ConfigProblem
+from supervise.supervisor import private_files
+from supervise.supervisor.core.errors import AlreadyRunning
 
 LOCK_NAME = "supervise.lock"
 
 
 def prepare_state_dir(state_dir: Path) -> None:
-    """Create `state_dir` with mode 0700, or refuse one that others can write to."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = state_dir.stat()
-    if st.st_uid != os.geteuid():
-        raise ConfigError(
-            str(state_dir),
-            [ConfigProblem("supervisor.state_dir", f"directory {state_dir} belongs to uid {st.st_uid}, not to us")],
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            str(state_dir),
-            [
-                ConfigProblem(
-                    "supervisor.state_dir",
-                    f"directory {state_dir} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                    "use a private 0700 directory",
-                )
-            ],
-        )
+    """Create `state_dir` 0700 (and `logs/`), or refuse one that is not private (private_files.py)."""
+    private_files.prepare_state_dir(state_dir)
 
 
 class StateDirLock:
@@ -47,7 +30,7 @@ class StateDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = private_files.open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

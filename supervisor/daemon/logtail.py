@@ -8,7 +8,9 @@ path names another inode, or the file shrank) to carry on in the new file.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,19 @@ def rotated_files(path: Path, backups: int) -> list[Path]:
     """The existing files of a log, newest first."""
     candidates = [path, *(path.with_name(f"{path.name}.{i}") for i in range(1, backups + 1))]
     return [p for p in candidates if p.exists()]
+
+
+def open_log(path: Path) -> int:
+    """Open a log file for reading; a symlink or anything but a regular file is refused (OSError).
+
+    A link planted in the logs folder must not make `supervise logs` print the file it points to.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +56,7 @@ def tail(path: Path, lines: int, *, backups: int = 10) -> Tail:
     offset = 0
     for file in rotated_files(path, backups):
         try:
-            with open(file, "rb") as f:
+            with os.fdopen(open_log(file), "rb") as f:
                 end = f.seek(0, os.SEEK_END)
                 if file == path:
                     inode, offset = os.fstat(f.fileno()).st_ino, end
@@ -80,7 +95,7 @@ class Follower:
 
     def _open(self, offset: int | None, inode: int | None) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_log(self.path)
         except OSError:
             return
         st = os.fstat(fd)
@@ -97,7 +112,7 @@ class Follower:
                 return b""
         data = self._drain()
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except OSError:
             return data  # rotated away and not recreated yet
         pos = os.lseek(self._fd, 0, os.SEEK_CUR)

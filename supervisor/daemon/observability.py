@@ -208,7 +208,10 @@ class Observability:
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """The verdict and body of `/health`: healthy when every critical service is."""
+        """The verdict and body of `/health`: healthy when every critical service is.
+
+        Errors and tracebacks are left out: `status` over the control socket has them.
+        """
         details: dict[str, Any] = {}
         running = errors = 0
         healthy = True
@@ -220,14 +223,9 @@ class Observability:
             errors += not ok
             if svc.config.critical and not ok:
                 healthy = False
-            details[name] = {
-                "healthy": ok,
-                "status": state,
-                "critical": svc.config.critical,
-                "pid": svc.record.pid,
-                "restarts": svc.record.restarts,
-                "last_error": svc.record.last_error,
-            }
+            # State, health and counts only: no one authenticated to this endpoint, and an
+            # error message can hold anything (a database URL with its password, a traceback).
+            details[name] = {"healthy": ok, "status": state, "critical": svc.config.critical, "restarts": svc.record.restarts}
         body = {
             "healthy": healthy,
             "status": "ok" if healthy else "unhealthy",

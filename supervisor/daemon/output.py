@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from supervise.supervisor.private_files import directory, ensure_private_dir, open_in
+
 _READ_CHUNK = 65536
 _WATCH_INTERVAL_S = 1.0  # how often a write checks that the path still names the open file
 
@@ -65,7 +67,7 @@ class RotatingLog:
         self._checked_at = now
         assert self._fd is not None
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             return True  # deleted, or its folder is gone or is a file now: reopen (and fail, and count)
         except OSError:
@@ -74,21 +76,30 @@ class RotatingLog:
         return (st.st_dev, st.st_ino) != (opened.st_dev, opened.st_ino)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # The folder must be private, and the file is opened relative to it without
+        # following a symlink: a link planted as NAME.log makes the open fail (and count).
+        ensure_private_dir(self.path.parent, exact=False)
+        with directory(self.path.parent) as dir_fd:
+            self._fd = open_in(dir_fd, self.path.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
         self._checked_at = time.monotonic()
 
     def _rotate(self) -> None:
         self.close()
-        if self.backups > 0:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
+        name = self.path.name
+        with directory(self.path.parent) as dir_fd:  # renames act on names, never through a symlink
+            if self.backups > 0:
+                for i in range(self.backups - 1, 0, -1):
+                    try:
+                        os.replace(f"{name}.{i}", f"{name}.{i + 1}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        pass
+                os.replace(name, f"{name}.1", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
         self._open()
 
 

@@ -27,6 +27,7 @@ from supervise.protocol.codec import decode_worker_message, encode_worker_messag
 from supervise.protocol.errors import ProtocolError
 from supervise.supervisor.config.model import SupervisorConfig
 from supervise.supervisor.core import state as core
+from supervise.supervisor.daemon.environment import worker_environment
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.output import RotatingLog
 from supervise.supervisor.daemon.ports import ExitCallback
@@ -68,8 +69,7 @@ class PoolHooks:
 def worker_spawn_request(svc: ServiceRuntime, sup: SupervisorConfig, *, base_dir: Path, instance: str) -> SpawnRequest:
     """How to start `svc`'s next worker: argv, the environment contract, cwd, user and umask."""
     cfg = svc.config
-    env = dict(os.environ)
-    env.update(cfg.env)
+    env = worker_environment(cfg, sup, os.environ)
     env.update(
         {
             E.SERVICE: svc.name,

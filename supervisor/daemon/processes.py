@@ -13,12 +13,13 @@ import asyncio
 import errno
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404 # workers are started from argv lists, never through a shell
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervise.supervisor.daemon.account import Account
 from supervise.supervisor.daemon.output import PipeReader, RotatingLog
 
 
@@ -100,8 +101,18 @@ def spawn(
     log: RotatingLog,
     on_exit: Callable[[Worker, int | None, int | None], None],
 ) -> Worker:
-    """Start a worker; raises OSError (with errno) when the OS cannot run it."""
-    popen = subprocess.Popen(
+    """Start a worker; raises OSError (with errno) when the OS cannot run it.
+
+    With `request.user` the worker also gets that user's primary and supplementary
+    groups (as root; a user's own worker keeps the groups it has).
+    """
+    group: int | None = None
+    extra_groups: list[int] | None = None
+    if request.user is not None:
+        account = Account.lookup(request.user)
+        if account.switch_needed():
+            group, extra_groups = account.gid, list(account.groups)
+    popen = subprocess.Popen(  # nosec B603 # running the operator's configured command is this module's purpose; no shell
         list(request.argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -111,6 +122,8 @@ def spawn(
         cwd=request.cwd,
         env=dict(request.env),
         user=request.user,
+        group=group,
+        extra_groups=extra_groups,
         umask=-1 if request.umask is None else request.umask,
     )
     return Worker(loop, popen, log, on_exit)

@@ -94,7 +94,7 @@ class Supervisor:
             config = parse_config(config)
         self.config = config
         self._clock: Clock = clock or SystemClock()
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # nosec B311 # restart-backoff jitter, not a secret; tokens come from secrets
         self._handle_signals = handle_signals
         self._services = ServiceTable()
         self._queue: collections.deque[tuple[str, core.Event]] = collections.deque()

@@ -236,7 +236,7 @@ class PostgresStore:
     def insert_runs(self, runs: list[Run]) -> int:
         columns = (*RUN_COLUMNS, "family")
         values = ", ".join("%s::jsonb" if c in _JSON_COLUMNS else "%s" for c in columns)
-        query = sql.SQL("INSERT INTO {s}.runs ({cols}) VALUES (" + values + ") ON CONFLICT DO NOTHING").format(
+        query = sql.SQL("INSERT INTO {s}.runs ({cols}) VALUES (" + values + ") ON CONFLICT DO NOTHING").format(  # nosec B608 # column names from the RUN_COLUMNS constant; values are %s parameters
             s=sql.Identifier(self.schema), cols=sql.SQL(", ").join(map(sql.Identifier, columns))
         )
         rows = [tuple(run_to_row(r, _keep_time).values()) for r in runs]
@@ -254,7 +254,7 @@ class PostgresStore:
         assignments = ", ".join(f"{c} = %s::jsonb" if c in _JSON_COLUMNS else f"{c} = %s" for c in row)
         guard = "" if expected_state is None else " AND state = %s"
         params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
-        query = self._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")
+        query = self._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")  # nosec B608 # column names from run_to_row's fixed keys; values are %s parameters
 
         return self._call(lambda conn: conn.execute(query, params).rowcount == 1)
 
@@ -288,7 +288,7 @@ class PostgresStore:
         return self._select("WHERE state = ANY(%s) ORDER BY created_at, seq", [[s.value for s in states]])
 
     def _select(self, tail: str, params: list[object]) -> list[Run]:
-        query = self._q(f"SELECT {_SELECT_RUN} FROM {{s}}.runs {tail}")
+        query = self._q(f"SELECT {_SELECT_RUN} FROM {{s}}.runs {tail}")  # nosec B608 # tail is a constant clause of this module; values are %s parameters
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return [row_to_run(row, _decode_time) for row in rows]
 
@@ -349,7 +349,7 @@ class PostgresStore:
 
     def list_oneshots(self, service: str | None = None) -> list[OneShot]:
         where = "WHERE service = %s" if service is not None else ""
-        query = self._q(f"SELECT id, service, at, args FROM {{s}}.oneshots {where} ORDER BY at, id")
+        query = self._q(f"SELECT id, service, at, args FROM {{s}}.oneshots {where} ORDER BY at, id")  # nosec B608 # a constant WHERE clause; the value is a %s parameter
         params = (service,) if service is not None else ()
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return [OneShot(r["id"], r["service"], _decode_time(r["at"]), r["args"]) for r in rows]

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal, Self, TypeVar, final
 
 from supervise.supervisor.core.clock import Clock, SystemClock
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
+from supervise.supervisor.private_files import make_database_private
 from supervise.supervisor.store.base import (
     CLAIMABLE,
     RUN_COLUMNS,
@@ -141,6 +142,10 @@ class SqliteStore:
             problem = self._check_existing()
             if problem is not None:
                 self._move_aside(problem)
+            try:
+                make_database_private(self.path)
+            except OSError as exc:
+                raise StoreError(f"cannot open history database {self.path}: {exc}", exc) from exc
             try:
                 self._conn = self._connect()
                 self._migrate(self._conn)
@@ -286,7 +291,7 @@ class SqliteStore:
     def insert_runs(self, runs: list[Run]) -> int:
         columns = (*RUN_COLUMNS, "family")
         sql = (
-            f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "  # nosec B608 # column names from the RUN_COLUMNS constant; values are ? parameters
             "ON CONFLICT DO NOTHING"
         )
         with self._write() as conn:
@@ -301,7 +306,7 @@ class SqliteStore:
         guard = "" if expected_state is None else " AND state = ?"
         params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
         with self._write() as conn:
-            return conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1
+            return conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1  # nosec B608 # column names from run_to_row's fixed keys; values are ? parameters
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._select("WHERE run_id = ?", [run_id])
@@ -333,7 +338,7 @@ class SqliteStore:
         return self._select(f"WHERE state IN ({marks}) ORDER BY created_at, seq", [s.value for s in states])
 
     def _select(self, tail: str, params: list[object]) -> list[Run]:
-        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {tail}"
+        sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {tail}"  # nosec B608 # tail is a constant clause of this module; values are ? parameters
         rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
         return [row_to_run(row, decode_time) for row in rows]
 
@@ -352,7 +357,7 @@ class SqliteStore:
                 conn.execute(
                     "UPDATE runs SET state = ?, node = ? WHERE seq = ?", (RunState.STARTING.value, node, row["seq"])
                 )
-            found = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE seq = ?", (row["seq"],)).fetchone()
+            found = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE seq = ?", (row["seq"],)).fetchone()  # nosec B608 # constant column list; the value is a ? parameter
         return row_to_run(found, decode_time)
 
     # -- schedule state, one-shots, registrations -------------------------------------------------
@@ -390,7 +395,7 @@ class SqliteStore:
     def list_oneshots(self, service: str | None = None) -> list[OneShot]:
         where, params = ("WHERE service = ?", (service,)) if service is not None else ("", ())
         rows = self._read(
-            lambda conn: conn.execute(f"SELECT * FROM oneshots {where} ORDER BY at, id", params).fetchall()
+            lambda conn: conn.execute(f"SELECT * FROM oneshots {where} ORDER BY at, id", params).fetchall()  # nosec B608 # a constant WHERE clause; the value is a ? parameter
         )
         return [OneShot(r["id"], r["service"], decode_time(r["at"]), from_json(r["args"])) for r in rows]
 
@@ -425,7 +430,7 @@ class SqliteStore:
                             SELECT seq, created_at, row_number() OVER (
                                 PARTITION BY service, state ORDER BY created_at DESC, seq DESC) AS rank
                             FROM runs WHERE state NOT IN ({marks}))
-                        WHERE rank > ? OR created_at < ?""",
+                        WHERE rank > ? OR created_at < ?""",  # nosec B608 # marks is a run of ? placeholders
                     (*unfinished, keep_per_outcome, encode_time(now - max_age)),
                 )
             ]

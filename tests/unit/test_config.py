@@ -96,6 +96,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         env = {{ PORT = 8080, DEBUG = true, NAME = "web", RATIO = 0.5 }}
         cwd = "app"
         user = "{user}"
+        inherit_env = true
         umask = "027"
         max_memory = "300MB"
         requires = ["report"]
@@ -152,6 +153,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     env={"PORT": "8080", "DEBUG": "true", "NAME": "web", "RATIO": "0.5"},
                     cwd=tmp_path / "app",
                     user=user,
+                    inherit_env=True,
                     umask=0o027,
                     max_memory_bytes=300_000_000,
                     requires=("report",),
@@ -172,7 +174,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
     assert set(SERVICE_KEYS) == {
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
-        "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
+        "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "inherit_env", "umask", "max_memory",
         "requires", "processes", "watchdog", "hang_signal", "success_exit_codes", "restart_prevent_exit_codes",
         "restart_force_exit_codes", "type",
     }  # fmt: skip

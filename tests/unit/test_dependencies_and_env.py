@@ -47,7 +47,7 @@ def test_interpolation_names_the_key_of_a_missing_variable_and_leaves_http_field
         }
     }
     result, problems = interpolate(data, {"BIN": "/bin/app"})
-    assert result["services"]["web"]["command"] == "run /bin/app"
+    assert result["services"]["web"]["command"] == ["run", "/bin/app"]  # split, then expanded per argument
     assert problems == [(("services", "web", "env", "DB"), "variable ${DB_URL} is not set (use ${DB_URL:-default})")]
     assert result["services"]["hook"]["headers"] == {"A": "Bearer ${TOKEN}"}
 
