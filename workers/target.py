@@ -53,14 +53,14 @@ def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, 
             return service.run(ctx)
         finally:
             service.teardown()
-    args = (ctx,) if _wants_context(target, kwargs) else ()
+    args = (ctx,) if wants_context(target, kwargs) else ()
     result = target(*args, **kwargs)
     if inspect.iscoroutine(result):
         return asyncio.run(result)
     return result
 
 
-def _wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
+def wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
     """True when the target's first positional parameter is required and not given by name."""
     try:
         params = list(inspect.signature(func).parameters.values())
