@@ -37,7 +37,7 @@ from supervise.supervisor.store.base import (
 
 log = logging.getLogger("supervise.store")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # fixed width, so text order is time order
 _PRUNE_BATCH: Final = 5000
 
@@ -83,7 +83,13 @@ _SCHEMA: Final = (
     "CREATE INDEX oneshots_by_service ON oneshots (service, at)",
     "CREATE TABLE registrations (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
 )
-_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {1: _SCHEMA}
+_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
+    1: _SCHEMA,
+    2: (
+        "ALTER TABLE runs ADD COLUMN key TEXT",
+        "CREATE INDEX runs_waiting ON runs (state, nominal_time, run_id)",
+    ),
+}
 """Statements that take the schema from version n-1 to n (user_version)."""
 
 _T = TypeVar("_T")
@@ -331,6 +337,27 @@ class SqliteStore:
     def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
         marks = ", ".join("?" * len(states))
         return self._select(f"WHERE state IN ({marks}) ORDER BY created_at, seq", [s.value for s in states])
+
+    def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
+        if after is None:
+            return self._select("WHERE state = ? ORDER BY nominal_time, run_id LIMIT ?", [RunState.PENDING.value, limit])
+        when = encode_time(after[0])
+        return self._select(
+            "WHERE state = ? AND (nominal_time > ? OR (nominal_time = ? AND run_id > ?)) "
+            "ORDER BY nominal_time, run_id LIMIT ?",
+            [RunState.PENDING.value, when, when, after[1], limit],
+        )
+
+    def queued_runs(self, service: str, limit: int) -> list[Run]:
+        return self._select(
+            "WHERE state = ? AND service = ? ORDER BY nominal_time, seq LIMIT ?", [RunState.QUEUED.value, service, limit]
+        )
+
+    def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT count(*) FROM runs WHERE state IN ({marks}) AND service = ?"
+        params = [*(s.value for s in states), service]
+        return int(self._read(lambda conn: conn.execute(sql, params).fetchone()[0]))
 
     def _select(self, tail: str, params: list[object]) -> list[Run]:
         sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {tail}"
