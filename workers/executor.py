@@ -25,6 +25,12 @@ from supervise.workers.service import Service
 from supervise.workers.target import wants_context
 
 DEFAULT_CONCURRENCY = 10
+_shared_loops: set[asyncio.AbstractEventLoop] = set()
+
+
+def is_shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True for a worker's long-lived run loop: clients may keep connection pools on it."""
+    return loop in _shared_loops
 
 
 class Sender(Protocol):
@@ -89,6 +95,7 @@ class RunExecutor:
             loop.run_forever()
 
         self._loop = loop
+        _shared_loops.add(loop)
         self._loop_thread = threading.Thread(target=run_loop, name="supervise-runs-loop", daemon=True)
         self._loop_thread.start()
         ready.wait()
@@ -191,6 +198,7 @@ class RunExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None:
+            _shared_loops.discard(self._loop)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._service is not None:
             self._service.teardown()
