@@ -201,8 +201,8 @@ async def _runs(sup: Supervisor, args: Mapping[str, object]) -> object:
 async def _schedule(sup: Supervisor, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     at = _datetime_arg("schedule", "at", args["at"])
-    oneshot_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
-    return {"id": oneshot_id, "at": at.isoformat()}
+    run_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    return {"id": run_id, "run_id": run_id, "at": at.isoformat()}
 
 
 async def _backfill(sup: Supervisor, args: Mapping[str, object]) -> object:

@@ -463,6 +463,7 @@ class Supervisor(RuntimeChanges):
             env["SUPERVISE_TARGET"] = cfg.target
             if cfg.schedule is not None:
                 env["SUPERVISE_MODE"] = "once" if cfg.schedule.isolation == "process" else "runs"
+                env["SUPERVISE_CONCURRENCY"] = str(cfg.schedule.concurrency)
             paths = [str(self.config.base_dir), env.get("PYTHONPATH", "")]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
             argv: list[str] = python_worker_argv()

@@ -26,6 +26,7 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+READ_YOUR_WRITES_S = 1.0  # `list_runs` waits this long at most for the writes queued before it
 
 
 class QueuedStore:
@@ -40,6 +41,8 @@ class QueuedStore:
         self._wake = threading.Condition()
         self._closing = False
         self.dropped = 0
+        self._enqueued = 0  # writes ever queued
+        self._done = 0  # writes ever finished (written, failed for good, or dropped)
         self.failing_since: str | None = None  # the last error while writes are being retried
         self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
         self._thread.start()
@@ -48,6 +51,18 @@ class QueuedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
+
+    def list_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
+        """`Store.list_runs`, once the writes queued before the call are in (bounded by
+        READ_YOUR_WRITES_S): a run a client just added is listed."""
+        self.wait_written(READ_YOUR_WRITES_S)
+        return self.store.list_runs(*args, **kwargs)
+
+    def wait_written(self, timeout_s: float) -> bool:
+        """Wait until every write queued so far has been done; False at the timeout."""
+        with self._wake:
+            target = self._enqueued
+            return self._wake.wait_for(lambda: self._done >= target, timeout_s)
 
     # -- writes: queued ------------------------------------------------------------------------
 
@@ -85,9 +100,11 @@ class QueuedStore:
             if len(self._queue) >= MAX_QUEUED:
                 self._queue.popleft()
                 self.dropped += 1
+                self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
             self._queue.append((what, write, then))
+            self._enqueued += 1
             self._wake.notify()
 
     def _run(self) -> None:
@@ -128,6 +145,8 @@ class QueuedStore:
             delay = RETRY_FIRST_S
             with self._wake:
                 self._queue.popleft()
+                self._done += 1
+                self._wake.notify_all()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by `timeout_s`), then close the store."""
