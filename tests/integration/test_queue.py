@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -87,7 +87,7 @@ def runs_of(d: Daemon, name: str, **filters: object) -> list[dict[str, object]]:
 
 
 def schedule_burst(d: Daemon, name: str, count: int, *, ahead_s: float = 1.0) -> list[str]:
-    at = datetime.now(timezone.utc) + timedelta(seconds=ahead_s)
+    at = datetime.now(UTC) + timedelta(seconds=ahead_s)
     return [str(d.client.call("schedule", name=name, at=at.isoformat())["run_id"]) for _ in range(count)]
 
 
@@ -140,7 +140,7 @@ def test_a_pending_one_shot_is_listed_and_cancelled_by_id_before_it_runs(daemon_
     assert (listed["run_id"], listed["state"], listed["origin"]) == (run_id, "pending", "oneshot")
     assert d.client.call("cancel", run_id=run_id)["state"] == "cancelled"
     time.sleep(0)  # the cancel is answered; now make sure its time passes without a run
-    wait_for(lambda: datetime.now(timezone.utc) > datetime.fromisoformat(str(listed["nominal_time"])) + timedelta(seconds=0.5), what="its time to pass")
+    wait_for(lambda: datetime.now(UTC) > datetime.fromisoformat(str(listed["nominal_time"])) + timedelta(seconds=0.5), what="its time to pass")
     (after,) = runs_of(d, "later")
     assert after["state"] == "cancelled" and not out.exists()
 
