@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
+from supervise.supervisor.lateness import LatenessHistogram
 from supervise.supervisor.pending import PendingWindow
 from supervise.supervisor.policies import (
     OverlapAction,
@@ -95,7 +96,7 @@ class Scheduler:
         self._window_timer: asyncio.TimerHandle | None = None
         self._window_timer_at: datetime | None = None
         self._refill_timer: asyncio.TimerHandle | None = None
-        self.lateness_observer: Callable[[str, float], None] | None = None  # (service, seconds late) per start
+        self.lateness: dict[str, LatenessHistogram] = {}  # per service: how late its runs started
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -340,7 +341,6 @@ class Scheduler:
                 return run
         else:
             self._store.update_run(run, then=self._on_loop(launch))
-        self._observe_lateness(s, run, now)
         if run.origin is RunOrigin.SCHEDULE:
             s.state = replace(s.state, runs_so_far=s.state.runs_so_far + 1)
             self._store.put_schedule_state(s.name, s.state)
@@ -413,6 +413,7 @@ class Scheduler:
             return
         now = at or self._now()
         active.run = transition(active.run, RunState.RUNNING, at=now, pid=pid)
+        self._observe_lateness(s, active.run, now)
         self._store.update_run(active.run)
         self._host.publish(s.name, "run_started", {"run_id": run_id, "attempt": active.run.attempt})
 
@@ -761,12 +762,28 @@ class Scheduler:
         if total > len(s.queue):
             s.queue.refill(self._store.queued_runs(s.name, s.queue.window), total)
 
-    def _observe_lateness(self, s: Schedule, run: Run, now: datetime) -> None:
-        """Fire lateness: from the time a run was due (nominal plus jitter) to its start here."""
-        due = run.jittered_time if run.origin is RunOrigin.SCHEDULE else run.nominal_time
-        if self.lateness_observer is None or due is None or run.origin in (RunOrigin.BACKFILL, RunOrigin.CATCHUP):
-            return
-        self.lateness_observer(s.name, max(0.0, (now - due).total_seconds()))
+    def _observe_lateness(self, s: Schedule, run: Run, started: datetime) -> None:
+        """Fire lateness: from the time a run was due (nominal plus jitter, or a one-shot's datetime) to its start."""
+        if run.origin is RunOrigin.SCHEDULE:
+            due = run.jittered_time
+        elif run.origin is RunOrigin.ONESHOT:
+            due = run.nominal_time
+        else:
+            return  # manual, catch-up, backfill, retries and re-runs are late by design
+        if due is not None:
+            self.lateness.setdefault(s.name, LatenessHistogram()).observe((started - due).total_seconds())
+
+    def figures(self, name: str) -> dict[str, object]:
+        """Queue depth, runs in flight and fire lateness of a scheduled service (for `metrics`)."""
+        s = self._schedules.get(name)
+        if s is None:
+            return {}
+        histogram = self.lateness.get(name)
+        return {
+            "runs_queued": s.queue.depth,
+            "runs_in_flight": len(s.active),
+            "fire_lateness": histogram.as_dict() if histogram is not None else None,
+        }
 
     def backfill(self, name: str, start: datetime, end: datetime, limit: int = 1000) -> list[str]:
         s = self._require(name)

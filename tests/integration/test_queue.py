@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -108,7 +109,8 @@ def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(
                 "args": {"sleep_s": 0.3},
                 "env": {"RUNS_FILE": str(out)},
             }
-        }
+        },
+        http="127.0.0.1:0",
     )
     d.wait_running_pid("burst")
     # When 12 one-shots fall due at the same moment
@@ -117,6 +119,9 @@ def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(
     assert pending == set(ids)  # listed before they fire
     depth = wait_for(lambda: d.service("burst")["schedule"]["queued"] >= 5 and d.service("burst")["schedule"], what="a queue")
     assert depth["in_flight"] == 2 and depth["concurrency"] == 2
+    scraped = scrape(d)
+    assert 'supervise_runs_in_flight{service="burst"} 2.0' in scraped
+    assert 'supervise_runs_queued{service="burst"}' in scraped
     # Then every one runs, never more than 2 at once, and none is skipped
     done = wait_for(
         lambda: (r := runs_of(d, "burst")) and all(x["state"] in FINAL for x in r) and len(r) == 12 and r,
@@ -129,6 +134,15 @@ def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(
         overlapping = [s for s, f in starts[:i] if f > start]
         assert len(overlapping) <= 1, starts
     assert d.service("burst")["schedule"]["queued"] == 0
+    (figures,) = d.client.call("metrics", name="burst")["services"]
+    assert figures["runs_queued"] == 0 and figures["fire_lateness"]["count"] == 12
+    assert 'supervise_fire_lateness_seconds_count{service="burst"} 12.0' in scrape(d)
+
+
+def scrape(d: Daemon) -> str:
+    address = d.client.call("ping")["http"]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def test_a_pending_one_shot_is_listed_and_cancelled_by_id_before_it_runs(daemon_factory, short_dir: Path) -> None:
