@@ -403,7 +403,7 @@ def next_fires(name: str, count: int, config: str | None, endpoint: str | None, 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--state", help="only runs in this state (succeeded, failed, skipped, lost, ...)")
+@click.option("--state", help="only runs in this state (pending, queued, running, succeeded, failed, skipped, lost, ...)")
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @client_options
@@ -437,7 +437,7 @@ def schedule(name: str, at: str, args_json: str | None, config: str | None, endp
     if extra is not None:
         args["args"] = extra
     result = _call(_obj(config, endpoint, timeout), "schedule", **args)
-    click.echo(f"{name}: one-shot {result['id']} at {result['at']}")
+    click.echo(f"{name}: one-shot run {result['id']} at {result['at']} (pending: see `supervise runs {name} --state pending`)")
 
 
 @cli.command()
