@@ -195,6 +195,8 @@ async def _runs(sup: Supervisor, args: Mapping[str, object]) -> object:
         allowed = ", ".join(s.value for s in RunState)
         raise ProtocolError(ErrorCode.BAD_ARGS, f'runs: argument "state" must be one of {allowed}; got {state!r}') from None
     limit = int(args.get("limit", 20))  # type: ignore[call-overload]
+    if sup.scheduler is not None:
+        await sup.scheduler.written()  # a run a client just added (a one-shot) is listed
     return {"runs": sup.runs(name if isinstance(name, str) else None, states, limit)}
 
 

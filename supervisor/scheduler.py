@@ -593,6 +593,10 @@ class Scheduler:
 
     # -- commands -----------------------------------------------------------------
 
+    async def written(self) -> bool:
+        """Wait until the store writes queued so far are in (bounded): reads then show them."""
+        return await self._store.written()
+
     def has(self, name: str) -> bool:
         return name in self._schedules
 

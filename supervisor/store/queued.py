@@ -11,9 +11,11 @@ synchronous.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-READ_YOUR_WRITES_S = 1.0  # `list_runs` waits this long at most for the writes queued before it
+READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
 class QueuedStore:
@@ -52,11 +54,16 @@ class QueuedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def list_runs(self, *args: Any, **kwargs: Any) -> list[Run]:
-        """`Store.list_runs`, once the writes queued before the call are in (bounded by
-        READ_YOUR_WRITES_S): a run a client just added is listed."""
-        self.wait_written(READ_YOUR_WRITES_S)
-        return self.store.list_runs(*args, **kwargs)
+    async def written(self, timeout_s: float = READ_YOUR_WRITES_S) -> bool:
+        """Wait (without blocking the event loop) until the writes queued so far are done,
+        so that a read shows what a client just added; False at the timeout."""
+        target = self._enqueued
+        deadline = time.monotonic() + timeout_s
+        while self._done < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
 
     def wait_written(self, timeout_s: float) -> bool:
         """Wait until every write queued so far has been done; False at the timeout."""
