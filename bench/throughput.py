@@ -188,6 +188,11 @@ def urls(k: int, kills: int, tag: str, log: Any) -> tuple[list[Row], dict[str, A
         datetime.fromisoformat(a).timestamp() - datetime.fromisoformat(n).timestamp()
         for a, n in db.execute("SELECT started_at, nominal_time FROM runs WHERE origin = 'oneshot' AND started_at IS NOT NULL")
     )
+    durations = sorted(
+        d / 1000 for (d,) in db.execute(
+            "SELECT (julianday(finished_at) - julianday(started_at)) * 86400000 FROM runs WHERE state = 'succeeded'"
+        )
+    )
     db.close()
     shutil.rmtree(workdir, ignore_errors=True)
     first: dict[str, float] = {}
@@ -208,6 +213,8 @@ def urls(k: int, kills: int, tag: str, log: Any) -> tuple[list[Row], dict[str, A
         "lateness_max_s": late[-1] if late else None,
         "start_lateness_p50_s": percentile(starts, 50) if starts else None,
         "start_lateness_p99_s": percentile(starts, 99) if starts else None,
+        "call_duration_p50_s": percentile(durations, 50) if durations else None,
+        "call_duration_p99_s": percentile(durations, 99) if durations else None,
         "states": states,
         "occurrences_succeeded": ok_keys,
         "daemon_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),

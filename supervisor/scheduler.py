@@ -339,6 +339,11 @@ class Scheduler:
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
                 del s.active[run.run_id]
                 return run
+        elif s.config.on_lost == "retry" and self._loop is not None:
+            # Its row exists (pending or queued): a crash before this update lands leaves it
+            # there and the run runs again, with the same key; at least once allows that.
+            self._store.update_run(run)
+            self._loop.call_soon(launch)
         else:
             self._store.update_run(run, then=self._on_loop(launch))
         if run.origin is RunOrigin.SCHEDULE:
@@ -428,7 +433,9 @@ class Scheduler:
         exit_code: int | None = None,
         signal_number: int | None = None,
         lost: bool = False,
+        at: datetime | None = None,
     ) -> None:
+        """The run ended; `at`: when, as the worker saw it (else now)."""
         active = s.active.pop(run_id, None)
         if active is None:
             return
@@ -437,14 +444,15 @@ class Scheduler:
         if run_id in s.waiting_for_worker:
             s.waiting_for_worker.remove(run_id)
         now = self._now()
+        ended = at if at is not None and (active.run.started_at is None or at >= active.run.started_at) else now
         run = active.run
         if run.state is RunState.STARTING and not lost and active.launched:
-            run = transition(run, RunState.RUNNING, at=now)
+            run = transition(run, RunState.RUNNING, at=ended)
         state = RunState.LOST if lost else active.ending_as or (RunState.SUCCEEDED if ok else RunState.FAILED)
         run = transition(
             run,
             state,
-            at=now,
+            at=ended,
             error=error,
             result=result,
             exit_code=exit_code,
@@ -530,12 +538,14 @@ class Scheduler:
         elif kind == "run_progress":
             self._host.publish(name, "run_progress", {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")})
         elif kind == "run_finished":
+            at = fields.get("at")
             self._finish(
                 s,
                 run_id,
                 ok=bool(fields.get("ok")),
                 error=fields.get("traceback") or fields.get("error"),
                 result=fields.get("result"),
+                at=_from_timestamp(at) if isinstance(at, (int, float)) else None,
             )
 
     def on_worker_ready(self, name: str) -> None:

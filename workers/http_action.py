@@ -29,7 +29,7 @@ from supervise.workers.context import JobContext
 MAX_BODY_BYTES = 64 * 1024
 EXCERPT_CHARS = 2000
 MAX_REDIRECTS = 10
-PER_HOST_LIMIT = 64  # connections to one host at once; more calls wait for one in the pool
+PER_HOST_LIMIT = 100  # connections to one host at once; more calls wait for one in the pool
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

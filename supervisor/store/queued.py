@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +30,7 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+BATCH = 500  # writes committed in one transaction at most, when the store offers `batch()`
 READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
@@ -46,6 +49,8 @@ class QueuedStore:
         self._enqueued = 0  # writes ever queued
         self._done = 0  # writes ever finished (written, failed for good, or dropped)
         self.failing_since: str | None = None  # the last error while writes are being retried
+        self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
+        self._batch_failed = False
         self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
         self._thread.start()
 
@@ -122,12 +127,17 @@ class QueuedStore:
                     self._wake.wait()
                 if not self._queue:
                     return
-                what, write, then = self._queue[0]
+                head = [self._queue[0]]
+                if self._batch is not None and not self._batch_failed:
+                    head += itertools.takewhile(lambda w: w[0] != "prune", itertools.islice(self._queue, 1, BATCH))
             try:
-                result = write()
+                results = self._write_all(head)
             except StoreError as e:
+                if len(head) > 1:
+                    self._batch_failed = True  # one at a time until this write is through
+                    continue
                 if self.failing_since is None:
-                    log.error("history write failed (%s): %s; retrying, supervision goes on", what, e)
+                    log.error("history write failed (%s): %s; retrying, supervision goes on", head[0][0], e)
                 self.failing_since = str(e)
                 with self._wake:
                     if self._closing and delay >= RETRY_MAX_S:
@@ -137,8 +147,11 @@ class QueuedStore:
                 delay = min(RETRY_MAX_S, delay * 2)
                 continue
             except Exception:
-                log.exception("history write failed (%s); dropped", what)
-            else:
+                log.exception("history write failed (%s); dropped", head[0][0])
+                results = [None] * len(head)
+                head = head[:1]
+            self._batch_failed = False
+            for (what, _, then), result in zip(head, results, strict=False):
                 if what == "prune" and result:
                     log.info("pruned %s old runs from the history", result)
                 if then is not None:
@@ -147,13 +160,22 @@ class QueuedStore:
                     except RuntimeError:
                         pass  # the event loop closed at shutdown
             if self.failing_since is not None:
-                log.warning("history writes work again (%d waiting)", len(self._queue) - 1)
+                log.warning("history writes work again (%d waiting)", len(self._queue) - len(head))
                 self.failing_since = None
             delay = RETRY_FIRST_S
             with self._wake:
-                self._queue.popleft()
-                self._done += 1
+                for _ in head:
+                    self._queue.popleft()
+                self._done += len(head)
                 self._wake.notify_all()
+
+    def _write_all(self, head: list[tuple[str, Callable[[], object], Callable[[], None] | None]]) -> list[object]:
+        """Run the writes, several in one transaction when the store can (SQLite's `batch`)."""
+        if len(head) == 1 or self._batch is None or self._batch_failed:
+            del head[1:]
+            return [head[0][1]()]
+        with self._batch():
+            return [write() for _, write, _ in head]
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by `timeout_s`), then close the store."""

@@ -137,6 +137,7 @@ class SqliteStore:
         # so a write stuck behind another process's lock does not hold up `runs` or recovery.
         self._read_conn: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._in_batch = False  # inside `batch()`: writes join its transaction
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -245,10 +246,27 @@ class SqliteStore:
         return self._conn
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every write made inside (by this thread): committed at the end,
+        rolled back whole if any write fails. A busy writer commits once for many runs."""
+        with self._write():
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction, committed on success, errors as StoreError."""
         with self._lock:
             conn = self._db()
+            if self._in_batch:  # the batch's transaction holds the lock and commits
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    raise self._error("cannot write to", exc) from exc
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
