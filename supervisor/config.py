@@ -342,8 +342,11 @@ def _check_service(table: Mapping[str, object], values: dict[str, Any], path: Ke
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
     if values.get("watchdog_timeout_ms") is not None and "target" not in values:
         issues.append(((*path, "watchdog"), "applies to Python targets (their code calls ctx.heartbeat())"))
-    if values.get("schedule") is not None and values.get("processes", 1) > 1:
-        issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
+    schedule = values.get("schedule")
+    if schedule is not None and values.get("processes", 1) > 1 and ("target" not in values or schedule.isolation != "worker"):
+        issues.append(
+            ((*path, "processes"), 'must be 1 for a scheduled command or isolation = "process" (use concurrency)')
+        )
     if "target" in values and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), "must be > 0 for a Python target (the time it has to say hello)"))
     backoff = values.get("backoff_ms", _SERVICE_DEFAULTS["backoff_ms"])

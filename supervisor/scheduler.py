@@ -57,6 +57,7 @@ class ActiveRun:
     process: Worker | None = None  # a command run's own process
     ending_as: RunState | None = None  # set by cancel or timeout: the state it will be recorded in
     launched: bool = False  # its worker was told, or its process spawned
+    worker: str | None = None  # the instance (warm worker) it was handed to
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -298,7 +299,7 @@ class Scheduler:
 
     def _admit(self, s: Schedule, run: Run, *, stored: bool) -> Run:
         """An occurrence the overlap policy lets run: start it if a slot is free, else queue it."""
-        if len(s.active) < s.config.concurrency and not s.queue.depth:
+        if len(s.active) < self._capacity(s) and not s.queue.depth:
             return self._start(s, run, stored=stored)
         run = transition(run, RunState.QUEUED, at=self._now())
         (self._store.update_run if stored else self._store.insert_run)(run)
@@ -308,13 +309,28 @@ class Scheduler:
 
     def _drain(self, s: Schedule) -> None:
         """Start queued runs, soonest first, while slots are free."""
-        while len(s.active) < s.config.concurrency:
+        if s.waiting_for_worker:
+            self._dispatch_waiting(s)
+        while len(s.active) < self._capacity(s):
             run = s.queue.pop()
             if run is None:
                 break
             self._start(s, run, stored=True)
         if s.queue.wants_refill:
             self._schedule_refill()
+
+    def _capacity(self, s: Schedule) -> int:
+        """Runs in flight at once: `concurrency` per warm worker (`processes` of them), or in all for commands."""
+        return s.config.concurrency * (len(self._host.expand(s.name)) if s.python else 1)
+
+    def _pick_worker(self, s: Schedule) -> str | None:
+        """The ready warm worker with the fewest runs in flight and a free slot, or None."""
+        load = collections.Counter(a.worker for a in s.active.values() if a.worker is not None)
+        ready = [(load[w], w) for w in self._host.expand(s.name) if self._host.worker_ready(w)]
+        if not ready:
+            return None
+        count, worker = min(ready)
+        return worker if count < s.config.concurrency else None
 
     def _start(self, s: Schedule, run: Run, *, stored: bool | None = None) -> Run:
         now = self._now()
@@ -369,19 +385,21 @@ class Scheduler:
         if s.config.timeout_ms is not None and self._loop is not None:
             active.timers.append(self._loop.call_later(s.config.timeout_ms / 1000, self._on_timeout, s, run_id))
         if s.python:
-            if self._host.worker_ready(s.name):
-                self._dispatch(s, active)
+            worker = self._pick_worker(s)
+            if worker is not None:
+                self._dispatch(s, active, worker)
             else:
                 s.waiting_for_worker.append(run_id)
         else:
             self._spawn_command(s, active)
 
-    def _dispatch(self, s: Schedule, active: ActiveRun) -> None:
+    def _dispatch(self, s: Schedule, active: ActiveRun, worker: str) -> None:
         run = active.run
         active.launched = True
+        active.worker = worker
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
         self._host.send_run(
-            s.name, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt, key=run.idempotency_key
+            worker, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt, key=run.idempotency_key
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -501,8 +519,8 @@ class Scheduler:
             return
         force = ending is RunState.TERMINATED
         if s.python:
-            if not force:
-                self._host.send_cancel(s.name, run_id)
+            if not force and active.worker is not None:
+                self._host.send_cancel(active.worker, run_id)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL if force else signal.SIGTERM)
         if self._loop is not None:
@@ -516,7 +534,7 @@ class Scheduler:
         if s.python:
             # A run that ignores its cancellation can only be ended with its worker.
             log.warning("%s: run %s did not stop within cancel_grace; restarting the worker", s.name, run_id)
-            self._host.restart_worker(s.name)
+            self._host.restart_worker(active.worker or s.name)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL)
 
@@ -527,8 +545,12 @@ class Scheduler:
 
     # -- what the worker channel and the supervisor tell us ----------------------
 
+    def _schedule_of(self, instance: str) -> Schedule | None:
+        """The schedule of a worker instance (`web`, or `web:2` for one of its `processes`)."""
+        return self._schedules.get(instance) or self._schedules.get(instance.partition(":")[0])
+
     def on_worker_message(self, name: str, kind: str, fields: Mapping[str, Any]) -> None:
-        s = self._schedules.get(name)
+        s = self._schedule_of(name)
         if s is None:
             return
         run_id = str(fields.get("run_id"))
@@ -549,22 +571,31 @@ class Scheduler:
             )
 
     def on_worker_ready(self, name: str) -> None:
-        s = self._schedules.get(name)
+        s = self._schedule_of(name)
         if s is None:
             return
+        self._drain(s)
+
+    def _dispatch_waiting(self, s: Schedule) -> None:
+        """Hand runs that wait for a worker to ready workers with free slots."""
         waiting, s.waiting_for_worker = s.waiting_for_worker, []
-        for run_id in waiting:
+        for i, run_id in enumerate(waiting):
             active = s.active.get(run_id)
-            if active is not None:
-                self._dispatch(s, active)
+            if active is None:
+                continue
+            worker = self._pick_worker(s)
+            if worker is None:
+                s.waiting_for_worker.extend(waiting[i:])
+                break
+            self._dispatch(s, active, worker)
 
     def on_worker_exit(self, name: str) -> None:
         """The service's worker is gone: runs it had been handed are lost (and re-run under
         on_lost = "retry"); runs not handed to it yet stay queued for the next worker."""
-        s = self._schedules.get(name)
+        s = self._schedule_of(name)
         if s is None or not s.python:
             return
-        handed = [s.active[r] for r in s.active if r not in s.waiting_for_worker]
+        handed = [a for a in s.active.values() if a.worker == name]
         for active in handed:
             if active.ending_as is None:
                 self._rerun_lost(s, active.run)

@@ -206,7 +206,7 @@ class Supervisor(RuntimeChanges):
         self._store = queued
         self.scheduler = Scheduler(self, queued)
         for name, svc in self._services.items():
-            if svc.config.schedule is not None:
+            if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()

@@ -244,3 +244,38 @@ def test_a_retry_carries_the_same_idempotency_key(daemon_factory, sink: Sink) ->
     (succeeded,) = runs_of(d, "hook", state="succeeded")
     assert (failed["run_id"], failed["key"]) == (run_id, run_id)
     assert succeeded["key"] == run_id and succeeded["attempt"] == 2
+
+
+def test_runs_are_shared_among_the_warm_workers_of_processes_n(daemon_factory, short_dir: Path) -> None:
+    # Given a scheduled Python service with 2 warm workers taking 2 runs each
+    out = short_dir / "runs.txt"
+    d: Daemon = daemon_factory(
+        {
+            "pool": {
+                "target": "tests.children.jobs:record",
+                "manual": True,
+                "processes": 2,
+                "concurrency": 2,
+                "args": {"sleep_s": 0.4},
+                "env": {"RUNS_FILE": str(out)},
+            }
+        }
+    )
+    d.wait_running_pid("pool")
+    d.wait_running_pid("pool:1")
+    # When 12 one-shots fall due together
+    schedule_burst(d, "pool", 12)
+    wait_for(lambda: d.service("pool")["schedule"]["in_flight"] == 4, what="4 runs in flight (2 per worker)")
+    done = wait_for(
+        lambda: len(r := runs_of(d, "pool", state="succeeded")) == 12 and r, timeout_s=30, what="all 12 runs"
+    )
+    # Then both workers ran them, never more than 2 at once each
+    by_pid: dict[int, list[tuple[str, str]]] = {}
+    for r in done:
+        by_pid.setdefault(int(r["result"]["pid"]), []).append((str(r["started_at"]), str(r["finished_at"])))
+    assert len(by_pid) == 2, by_pid.keys()
+    for spans in by_pid.values():
+        spans.sort()
+        for i, (start, _) in enumerate(spans):
+            assert len([s for s, f in spans[:i] if f > start]) <= 1, spans
+    assert not runs_of(d, "pool", state="skipped")
