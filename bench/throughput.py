@@ -69,7 +69,7 @@ class Sink:
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.url = f"http://127.0.0.1:{port}/hook"
             ready.set()
 
