@@ -20,9 +20,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.procs import TAG_VAR, kill_tagged
-
 from bench.plan import Plan
+from bench.procs import TAG_VAR, kill_tagged
 from bench.session import Session, System
 from bench.table import Row
 from bench.workload import Workload

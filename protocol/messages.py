@@ -106,7 +106,7 @@ WORKER_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
     "heartbeat": {"token": FieldType.STR},
     "watchdog": {"token": FieldType.STR},
     "error": {"token": FieldType.STR, "message": FieldType.STR, "traceback": FieldType.STR},
-    "run_started": {"token": FieldType.STR, "run_id": FieldType.STR},
+    "run_started": {"token": FieldType.STR, "run_id": FieldType.STR, "at": FieldType.OPT_NUMBER},
     "run_progress": {
         "token": FieldType.STR,
         "run_id": FieldType.STR,
@@ -120,6 +120,7 @@ WORKER_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "result": FieldType.ANY,
         "error": FieldType.OPT_STR,
         "traceback": FieldType.OPT_STR,
+        "at": FieldType.OPT_NUMBER,
     },
     "metrics": {
         "token": FieldType.STR,
@@ -140,6 +141,7 @@ SUPERVISOR_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "args": FieldType.MAP,
         "nominal_time": FieldType.OPT_STR,
         "attempt": FieldType.INT,
+        "key": FieldType.OPT_STR,
     },
     "cancel": {"run_id": FieldType.STR},
 }

@@ -18,6 +18,7 @@ INSTANCE: Final = "SUPERVISE_INSTANCE"  # the supervisor incarnation that spawne
 HEARTBEAT_INTERVAL_MS: Final = "SUPERVISE_HEARTBEAT_INTERVAL_MS"
 SUPERVISOR_TIMEOUT_MS: Final = "SUPERVISE_SUPERVISOR_TIMEOUT_MS"  # no word from the supervisor this long: exit
 TARGET: Final = "SUPERVISE_TARGET"  # "pkg.mod:func" of a Python service
+CONCURRENCY: Final = "SUPERVISE_CONCURRENCY"  # a warm worker's runs in flight at once (`concurrency`)
 MODE: Final = "SUPERVISE_MODE"  # "runs" (a warm worker of a scheduled service) or "once" (one run, then exit)
 
 # One run of a scheduled service (a command, or a Python target with isolation = "process")
@@ -26,6 +27,7 @@ SCHEDULED_TIME: Final = "SUPERVISE_SCHEDULED_TIME"
 ATTEMPT: Final = "SUPERVISE_ATTEMPT"
 ORIGIN: Final = "SUPERVISE_ORIGIN"
 RUN_ARGS: Final = "SUPERVISE_RUN_ARGS"  # the run's arguments as JSON
+IDEMPOTENCY_KEY: Final = "SUPERVISE_IDEMPOTENCY_KEY"  # stable across the attempts and re-runs of one occurrence
 
 MODE_RUNS: Final = "runs"
 MODE_ONCE: Final = "once"

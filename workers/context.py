@@ -115,9 +115,12 @@ class RunContext(JobContext):
         nominal_time: str | None,
         attempt: int,
         report: Callable[..., None],
+        key: str | None = None,
     ) -> None:
         super().__init__(service=service, worker_id=worker_id)
         self.run_id = run_id
+        # The same for every attempt and re-run of one occurrence: receivers deduplicate on it.
+        self.idempotency_key = key or run_id
         self.nominal_time = nominal_time  # ISO-8601 with offset, None for a manual run
         self.attempt = attempt
         self._report = report

@@ -1,5 +1,11 @@
 """The built-in `http` action: call a URL, in a worker process, within a deadline.
 
+The call is asynchronous (aiohttp): a worker's runs share one event loop and one
+connection pool (at most `PER_HOST_LIMIT` connections to one host), so hundreds
+of calls in flight need no threads. Every call carries `Idempotency-Key: <key>`,
+the run's idempotency key, the same for every attempt and re-run of one
+occurrence, so a receiver can deduplicate.
+
 The supervisor passes the service's configured request and its policy in
 `SUPERVISE_HTTP_POLICY` (JSON): what a run's arguments may override
 (`allow_run_overrides`), and the address policy (`block_private_addresses`,
@@ -8,10 +14,11 @@ The supervisor passes the service's configured request and its policy in
 - a run argument that changes a key not listed in `allow_run_overrides` fails
   the run; `${VAR}` is expanded (from the worker's environment) in configured
   values only, never in values a run supplied;
-- the final URL must be http:// or https:// without credentials;
+- the final URL, and every redirect, must be http:// or https:// without credentials;
 - a URL that is not the configured one, and every redirect to another host, may
   reach only addresses the policy allows, checked after DNS resolution; the
-  connection goes to exactly the addresses checked.
+  connection goes to exactly the addresses checked;
+- credentials (Authorization, Cookie) are not carried to another host.
 
 `request_timeout` is one deadline for the whole request: connecting, every
 redirect, the headers and the body. At most `MAX_BODY_BYTES` of the response
@@ -20,20 +27,20 @@ are read; an excerpt is the run's result.
 
 from __future__ import annotations
 
-import functools
-import http.client
+import asyncio
+import ipaddress
 import json
 import os
 import re
 import socket
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Self
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+from urllib.parse import urljoin
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from supervise.protocol.url_policy import (
     POLICY_VARIABLE,
@@ -47,13 +54,29 @@ from supervise.workers.context import JobContext
 
 MAX_BODY_BYTES = 64 * 1024
 EXCERPT_CHARS = 2000
+MAX_REDIRECTS = 10
+PER_HOST_LIMIT = 100  # connections to one host at once; more calls wait for one in the pool
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 OVERRIDABLE: Final = ("url", "method", "headers", "body")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_CREDENTIAL_HEADERS: Final = ("Authorization", "Proxy-authorization", "Cookie")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+Origin = tuple[str, int]
 
 
 class HttpActionError(RuntimeError):
     """The call failed, was refused by the policy, or answered outside `expect_status`."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request the action sends: what a URL policy gets to see."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
 
 
 def expand(text: str) -> str:
@@ -108,145 +131,63 @@ class HttpPolicy:
             )
 
 
-class _Deadline:
-    """One deadline for a whole request: when it passes, every socket of the request is shut down."""
+def build_request(
+    ctx: JobContext,
+    url: str,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
+    *,
+    policy: HttpPolicy | None = None,
+) -> HttpRequest:
+    """The request of one run: configured `${VAR}`s expanded, the idempotency key added (unless set)."""
+    policy = policy or HttpPolicy()
+    trusted = policy.configured is None  # no policy: everything is the operator's
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+    def final(key: str, value: str) -> str:
+        return expand(value) if trusted or policy.from_config(key, value) else value
 
-    def __enter__(self) -> Self:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def remaining(self) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request_timeout reached")
-        return left
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:
-                _shutdown(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shutdown(sock)
+    configured_headers = trusted or policy.from_config("headers", headers)
+    given = {k: expand(v) if configured_headers else v for k, v in (headers or {}).items()}
+    key = getattr(ctx, "idempotency_key", None)
+    if key and not any(k.lower() == IDEMPOTENCY_HEADER.lower() for k in given):
+        given[IDEMPOTENCY_HEADER] = key
+    return HttpRequest(
+        method=method.upper(),
+        url=final("url", url),
+        headers=given,
+        body=final("body", body).encode() if body is not None else None,
+    )
 
 
-def _shutdown(sock: socket.socket) -> None:
+def check_request(request: HttpRequest, addresses: AddressPolicy, trusted: Origin | None) -> Origin:
+    """Refuse a hop the action must not send (raises HttpActionError); returns its origin.
+
+    The URL's shape is checked here; the addresses of a host name after resolution,
+    by the resolver of the connection pool; an IP-literal host here, since no
+    resolver sees it.
+    """
     try:
-        # Wakes a recv() blocked in another thread (close() would not); the base class's
-        # method, so that a TLS socket is shut down underneath its TLS layer too.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-class _Connector:
-    """Opens the request's TCP connections: through the address policy unless the host is trusted."""
-
-    def __init__(self, policy: AddressPolicy, trusted: tuple[str, int] | None, deadline: _Deadline) -> None:
-        self._policy = policy
-        self._trusted = trusted
-        self._deadline = deadline
-
-    def connect(self, address: tuple[str, int], timeout: object = None, source_address: object = None) -> socket.socket:
-        host, port = address
-        if self._trusted is not None and (host.lower(), port) == self._trusted:
-            sock = socket.create_connection(address, timeout=self._deadline.remaining())
-        else:
-            sock = self._connect_checked(host, port)
-        self._deadline.watch(sock)
-        return sock
-
-    def _connect_checked(self, host: str, port: int) -> socket.socket:
-        error: OSError | None = None
-        for family, sockaddr in self._policy.resolve(host, port):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(self._deadline.remaining())
-                sock.connect(sockaddr)
-                return sock
-            except OSError as e:
-                sock.close()
-                error = e
-        assert error is not None
-        raise error
-
-    def watch(self, sock: socket.socket) -> None:
-        self._deadline.watch(sock)
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, *, connector: _Connector, **kwargs: Any) -> None:
-        super().__init__(host, **kwargs)
-        self._connector = connector
-        self._create_connection = connector.connect  # the hook http.client connects through
-
-    def connect(self) -> None:
-        super().connect()
-        self._connector.watch(self.sock)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, *, connector: _Connector, **kwargs: Any) -> None:
-        super().__init__(host, **kwargs)
-        self._connector = connector
-        self._create_connection = connector.connect
-
-    def connect(self) -> None:
-        super().connect()
-        self._connector.watch(self.sock)  # the TLS socket, which replaced the TCP one
-
-
-class _CheckedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, connector: _Connector) -> None:
-        super().__init__()
-        self._connector = connector
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_HTTPConnection, connector=self._connector), req)
-
-
-class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, connector: _Connector) -> None:
-        super().__init__()
-        self._connector = connector
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connection = functools.partial(_HTTPSConnection, connector=self._connector)
-        return self.do_open(connection, req, context=self._context)  # type: ignore[attr-defined]
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to a plain http(s) URL; credentials never go to another host."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        parts = check_url(request.url)
+    except UrlRefused as e:
+        raise HttpActionError(f"refusing {request.url}: {e}") from None
+    hop = origin(parts)
+    if hop != trusted:
+        host, port = hop
         try:
-            target = check_url(newurl)
-        except UrlRefused as e:
-            raise HttpActionError(f"refusing a redirect to {newurl}: {e}") from None
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and origin(target) != origin(urllib.parse.urlsplit(req.full_url)):
-            for name in _CREDENTIAL_HEADERS:
-                new.remove_header(name)
-        return new
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return hop  # a name: checked after resolution
+        reason = addresses.refusal(address, port)
+        if reason is not None:
+            raise HttpActionError(
+                f"{request.method} {request.url} refused: {host}:{port} is refused: {reason} "
+                f'(block_private_addresses; list it in allow_addresses, e.g. "{host}:{port}", to allow it)'
+            )
+    return hop
 
 
-def call(
+async def call(
     ctx: JobContext,
     url: str,
     method: str = "GET",
@@ -260,54 +201,151 @@ def call(
     given: dict[str, object] = {"url": url, "method": method, "headers": headers or {}, "body": body}
     given.update(expect_status=expect_status, timeout_s=timeout_s)
     policy.check_overrides({k: v for k, v in given.items() if policy.configured is None or k in policy.configured})
-
-    def final(key: str, value: str) -> str:
-        return expand(value) if policy.from_config(key, value) else value
-
     low, high = expect_status or [200, 299]
-    final_url = final("url", url)
-    try:
-        parts = check_url(final_url)
-    except UrlRefused as e:
-        raise HttpActionError(f"refusing {url}: {e}") from None
-    request = urllib.request.Request(
-        final_url,
-        method=method.upper(),
-        data=final("body", body).encode() if body is not None else None,
-        headers={k: expand(v) if policy.from_config("headers", headers) else v for k, v in (headers or {}).items()},
-    )
-    trusted = origin(parts) if policy.from_config("url", url) else None
-    with _Deadline(timeout_s) as deadline:
-        connector = _Connector(policy.addresses, trusted, deadline)
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),
-            _CheckedHTTPHandler(connector),
-            _CheckedHTTPSHandler(connector),
-            _CheckedRedirects,
-        )
-        status, data = _send(opener, request, deadline, f"{method.upper()} {url}")
+    request = build_request(ctx, url, method, headers, body, policy=policy)
+    trusted = None
+    if policy.from_config("url", url):
+        trusted = check_request(request, policy.addresses, None) if _is_http(request.url) else None
+    status, data = await send(request, timeout_s, addresses=policy.addresses, trusted=trusted)
     excerpt = data.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
-    print(f"{method.upper()} {url} -> {status}", flush=True)
     if not low <= status <= high:
-        raise HttpActionError(f"{method.upper()} {url} answered {status}, expected {low}-{high}: {excerpt[:200]}")
+        raise HttpActionError(f"{request.method} {url} answered {status}, expected {low}-{high}: {excerpt[:200]}")
     return {"status": status, "body": excerpt}
 
 
-def _send(
-    opener: urllib.request.OpenerDirector, request: urllib.request.Request, deadline: _Deadline, what: str
-) -> tuple[int, bytes]:
+def _is_http(url: str) -> bool:
     try:
+        check_url(url)
+    except UrlRefused:
+        return False
+    return True
+
+
+async def send(
+    request: HttpRequest,
+    timeout_s: float,
+    *,
+    addresses: AddressPolicy | None = None,
+    trusted: Origin | None = None,
+) -> tuple[int, bytes]:
+    """Send `request` through the worker's pool, following redirects; (status, first bytes of the body).
+
+    `trusted`: the configured URL's origin, connected to without the address check;
+    every other hop is checked against `addresses`.
+    """
+    addresses = addresses if addresses is not None else AddressPolicy()
+    what = f"{request.method} {request.url}"
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _follow(request, addresses, trusted)
+    except TimeoutError:
+        raise HttpActionError(f"{what}: no complete answer within request_timeout ({timeout_s:g} s)") from None
+
+
+async def _follow(request: HttpRequest, addresses: AddressPolicy, trusted: Origin | None) -> tuple[int, bytes]:
+    first = check_request(request, addresses, trusted)
+    for _ in range(MAX_REDIRECTS + 1):
+        hop = check_request(request, addresses, trusted)
+        if hop != first:
+            request = replace(request, headers={k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS})
+        session, owned = _session(addresses, trusted if hop == trusted else None)
         try:
-            with opener.open(request, timeout=deadline.seconds) as response:
-                status, data = int(response.status), response.read(MAX_BODY_BYTES)
-        except urllib.error.HTTPError as e:
-            status, data = e.code, e.read(MAX_BODY_BYTES)
-    except UrlRefused as e:
-        raise HttpActionError(f"{what} refused: {e}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        if deadline.expired:
-            raise HttpActionError(f"{what}: no complete answer within request_timeout ({deadline.seconds:g} s)") from None
-        raise HttpActionError(f"{what} failed: {getattr(e, 'reason', e)}") from None
-    if deadline.expired:
-        raise HttpActionError(f"{what}: no complete answer within request_timeout ({deadline.seconds:g} s)")
-    return status, data
+            async with session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body,
+                allow_redirects=False,
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status in _REDIRECTS and location:
+                    request = _redirected(request, response.status, location)
+                    continue
+                return response.status, await _read_bounded(response)
+        except UrlRefused as e:
+            raise HttpActionError(f"{request.method} {request.url} refused: {e}") from None
+        except aiohttp.ClientError as e:
+            cause = e.__cause__ if isinstance(e.__cause__, UrlRefused) else e
+            raise HttpActionError(f"{request.method} {request.url} failed: {cause}") from None
+        finally:
+            if owned:
+                await session.close()
+    raise HttpActionError(f"{request.method} {request.url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _redirected(request: HttpRequest, status: int, location: str) -> HttpRequest:
+    url = urljoin(request.url, location)
+    if status == 303 or (status in (301, 302) and request.method == "POST"):
+        return replace(request, method="GET", url=url, body=None)
+    return replace(request, url=url)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_BODY_BYTES:
+        chunk = await response.content.read(MAX_BODY_BYTES - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class _PolicyResolver(AbstractResolver):
+    """Resolves host names and keeps only the addresses the policy allows (the trusted origin: all)."""
+
+    def __init__(self, addresses: AddressPolicy, trusted: Origin | None) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._addresses = addresses
+        self._trusted = trusted
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if self._trusted is not None and (host.lower(), port) == self._trusted:
+            return found
+        allowed, refused = self._addresses.split(((r["family"], r["host"]) for r in found), port)
+        if not allowed:
+            reasons = "; ".join(dict.fromkeys(refused))
+            example = f"{refused_address(refused)}:{port}"
+            raise UrlRefused(
+                f"{host}:{port} is refused: {reasons} (block_private_addresses; "
+                f'list it in allow_addresses, e.g. "{example}", to allow it)'
+            )
+        keep = {text for _, text in allowed}
+        return [r for r in found if r["host"] in keep]
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def refused_address(reasons: list[str]) -> str:
+    """The address named by the first refusal reason ("127.0.0.1 is a loopback address")."""
+    return reasons[0].split(" ", 1)[0] if reasons else "ADDRESS"
+
+
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[AddressPolicy, Origin | None], aiohttp.ClientSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _session(addresses: AddressPolicy, trusted: Origin | None) -> tuple[aiohttp.ClientSession, bool]:
+    """The pool of this worker's long-lived run loop for this policy, else a session for one call (owned: close it)."""
+    from supervise.workers.executor import is_shared_loop
+
+    loop = asyncio.get_running_loop()
+    if not is_shared_loop(loop):
+        return _new_session(addresses, trusted), True
+    pools = _sessions.setdefault(loop, {})
+    session = pools.get((addresses, trusted))
+    if session is None or session.closed:
+        session = pools[(addresses, trusted)] = _new_session(addresses, trusted)
+    return session, False
+
+
+def _new_session(addresses: AddressPolicy, trusted: Origin | None) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=PER_HOST_LIMIT, resolver=_PolicyResolver(addresses, trusted))
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+
+__all__ = ["HttpActionError", "HttpPolicy", "HttpRequest", "build_request", "call", "check_request", "expand", "send"]

@@ -2,12 +2,14 @@
 
 The supervisor starts `python -m supervise.workers` with the worker's identity in
 its environment (see `WorkerEnv`). One I/O thread owns the DEALER socket: it
-sends heartbeats, forwards what the main thread queues, and turns stop, pause and
-resume messages into the `JobContext`. The main thread runs the target.
+sends heartbeats, forwards what the other threads queue, and turns stop, pause and
+resume messages into the `JobContext`. The main thread runs the target; a
+scheduled service's runs go to a bounded `RunExecutor` (workers/executor.py).
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
 import os
@@ -23,9 +25,11 @@ from types import FrameType
 
 import zmq
 
+from supervise.protocol import worker_env as E
 from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.errors import ProtocolError
 from supervise.workers.context import JobContext, RunContext
+from supervise.workers.executor import RunExecutor, concurrency_from_env
 from supervise.workers.service import Service
 from supervise.workers.target import call_target, resolve_target
 
@@ -34,6 +38,8 @@ EXIT_TARGET_FAILED = 1
 EXIT_BAD_ENVIRONMENT = 2
 EXIT_SUPERVISOR_GONE = 3
 _SEND_LINGER_MS = 2000
+_SNDHWM = 10_000
+_FLUSH_PER_TURN = 256  # messages sent between two looks at the heartbeat clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +60,15 @@ class WorkerEnv:
     def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> WorkerEnv:
         try:
             return cls(
-                endpoint=environ["SUPERVISE_WORKER_ENDPOINT"],
-                worker_id=environ["SUPERVISE_WORKER_ID"],
-                token=environ["SUPERVISE_TOKEN"],
-                service=environ["SUPERVISE_SERVICE"],
-                target=environ["SUPERVISE_TARGET"],
-                parent_pid=int(environ["SUPERVISE_PPID"]),
-                heartbeat_interval_ms=int(environ["SUPERVISE_HEARTBEAT_INTERVAL_MS"]),
-                supervisor_timeout_ms=int(environ["SUPERVISE_SUPERVISOR_TIMEOUT_MS"]),
-                scheduled=environ.get("SUPERVISE_MODE", "service") == "runs",
+                endpoint=environ[E.WORKER_ENDPOINT],
+                worker_id=environ[E.WORKER_ID],
+                token=environ[E.TOKEN],
+                service=environ[E.SERVICE],
+                target=environ[E.TARGET],
+                parent_pid=int(environ[E.PPID]),
+                heartbeat_interval_ms=int(environ[E.HEARTBEAT_INTERVAL_MS]),
+                supervisor_timeout_ms=int(environ[E.SUPERVISOR_TIMEOUT_MS]),
+                scheduled=environ.get(E.MODE, "service") == E.MODE_RUNS,
             )
         except (KeyError, ValueError) as e:
             raise SystemExit(
@@ -81,20 +87,30 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class Channel:
-    """The worker's side of the worker channel, run by one I/O thread."""
+    """The worker's side of the worker channel, run by one I/O thread.
+
+    The I/O thread sends the heartbeat on time whatever the run traffic: it
+    sends at most `_FLUSH_PER_TURN` queued messages between two looks at the
+    clock, and a message the socket cannot take now (the supervisor is slow to
+    read) waits here, in order, instead of being dropped or raising. `send`
+    never blocks and never raises into a run.
+    """
 
     def __init__(self, env: WorkerEnv, ctx: JobContext) -> None:
         self._env = env
         self._ctx = ctx
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._unsent: collections.deque[bytes] = collections.deque()  # taken from the outbox, not yet accepted by the socket
         self._zctx = zmq.Context()
         self._wake_recv = self._zctx.socket(zmq.PAIR)
         self._wake_recv.bind(f"inproc://wake-{id(self)}")
         self._wake_send = self._zctx.socket(zmq.PAIR)
         self._wake_send.connect(f"inproc://wake-{id(self)}")
         self._wake_lock = threading.Lock()
+        self._wake_pending = False  # one wake-up in the pipe at most: it cannot overflow
         self._thread = threading.Thread(target=self._loop, name="supervise-channel", daemon=True)
         self._closed = threading.Event()
+        self._closing = False
         self.supervisor_lost = threading.Event()
         self.on_run: Callable[[dict[str, object]], None] | None = None
         self.on_cancel: Callable[[str], None] | None = None
@@ -110,24 +126,39 @@ class Channel:
     def close(self) -> None:
         """Flush queued messages (bounded by a linger) and stop the I/O thread."""
         self._outbox.put(None)
-        self._wake()
+        self._wake(force=True)
         self._thread.join(timeout=_SEND_LINGER_MS / 1000 + 1)
-        self._wake_send.close(linger=0)
+        with self._wake_lock:
+            self._closing = True
+            self._wake_send.close(linger=0)
         self._zctx.term()
 
-    def _wake(self) -> None:
+    def _wake(self, *, force: bool = False) -> None:
         with self._wake_lock:
-            self._wake_send.send(b"", zmq.NOBLOCK)
+            if self._closing or (self._wake_pending and not force):
+                return
+            self._wake_pending = True
+            try:
+                self._wake_send.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # a wake-up already waits in the pipe; the I/O thread also looks every heartbeat
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # noqa: BLE001 - the channel is the worker's lifeline: say why it died, then exit
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(EXIT_SUPERVISOR_GONE)
+
+    def _serve(self) -> None:
         env = self._env
         sock = self._zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, env.worker_id.encode())
         sock.setsockopt(zmq.LINGER, _SEND_LINGER_MS)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, _SNDHWM)
         sock.connect(env.endpoint)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_recv, zmq.POLLIN)
         heartbeat = encode_worker_message("heartbeat", token=env.token)
         watchdog = encode_worker_message("watchdog", token=env.token)
@@ -138,28 +169,25 @@ class Channel:
             while True:
                 now = time.monotonic()
                 if now >= next_beat:
-                    sock.send(heartbeat, zmq.NOBLOCK)
-                    if self._ctx.take_watchdog():
-                        sock.send(watchdog, zmq.NOBLOCK)
-                    metrics = self._ctx.take_metrics()
-                    if metrics is not None:
-                        counters, gauges = metrics
-                        sock.send(
-                            encode_worker_message("metrics", token=env.token, counters=counters, gauges=gauges),
-                            zmq.NOBLOCK,
-                        )
+                    self._beat(sock, heartbeat, watchdog)
                     next_beat = now + interval_s
                 if (now - last_heard) * 1000 > env.supervisor_timeout_ms:
                     self._supervisor_gone(now - last_heard)
                     return
-                events = dict(poller.poll(timeout=max(0.0, next_beat - time.monotonic()) * 1000))
+                # POLLOUT only while something waits for room, or poll would return at once forever.
+                poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
+                backlog = bool(self._unsent) or self._wake_pending
+                timeout_ms = 0 if backlog and not self._unsent else max(0.0, next_beat - time.monotonic()) * 1000
+                events = dict(poller.poll(timeout=timeout_ms))
                 if self._wake_recv in events:
                     while self._wake_recv.poll(0):
                         self._wake_recv.recv()
-                    if self._flush(sock):
-                        return
-                if sock in events:
-                    while sock.poll(0):
+                if self._flush(sock):
+                    return
+                if events.get(sock, 0) & zmq.POLLIN:
+                    for _ in range(_FLUSH_PER_TURN):
+                        if not sock.poll(0):
+                            break
                         last_heard = time.monotonic()
                         self._handle(sock.recv())
         except zmq.ZMQError:
@@ -169,20 +197,50 @@ class Channel:
             sock.close()
             self._wake_recv.close(linger=0)
 
-    def _flush(self, sock: zmq.Socket[bytes]) -> bool:
-        """Send what is queued; True when the closing sentinel was reached."""
-        while True:
-            try:
-                frame = self._outbox.get_nowait()
-            except queue.Empty:
-                return False
-            if frame is None:
-                self._closed.set()
-                return True
+    def _beat(self, sock: zmq.Socket[bytes], heartbeat: bytes, watchdog: bytes) -> None:
+        """Heartbeat, watchdog and metrics: dropped (not queued) when the socket is full, being periodic."""
+        frames = [heartbeat]
+        if self._ctx.take_watchdog():
+            frames.append(watchdog)
+        metrics = self._ctx.take_metrics()
+        if metrics is not None:
+            counters, gauges = metrics
+            frames.append(encode_worker_message("metrics", token=self._env.token, counters=counters, gauges=gauges))
+        for frame in frames:
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
-                pass  # the supervisor is not reading; dropping beats blocking the worker
+                return
+
+    def _flush(self, sock: zmq.Socket[bytes]) -> bool:
+        """Send up to `_FLUSH_PER_TURN` queued messages, in order; True when the closing sentinel was reached."""
+        with self._wake_lock:
+            self._wake_pending = False  # anything queued after this point wakes us again
+        for _ in range(_FLUSH_PER_TURN):
+            if not self._unsent:
+                try:
+                    frame = self._outbox.get_nowait()
+                except queue.Empty:
+                    return False
+                if frame is None:
+                    return self._drain_at_close(sock)
+                self._unsent.append(frame)
+            try:
+                sock.send(self._unsent[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return False  # the supervisor is not reading now; kept, sent when there is room
+            self._unsent.popleft()
+        with self._wake_lock:
+            self._wake_pending = True  # more may be waiting: poll without sleeping
+        return False
+
+    def _drain_at_close(self, sock: zmq.Socket[bytes]) -> bool:
+        self._closed.set()
+        deadline = time.monotonic() + _SEND_LINGER_MS / 1000
+        while self._unsent and time.monotonic() < deadline:
+            if sock.poll(50, zmq.POLLOUT):
+                sock.send(self._unsent.popleft(), zmq.NOBLOCK)
+        return True
 
     def _handle(self, frame: bytes) -> None:
         try:
@@ -190,16 +248,20 @@ class Channel:
         except ProtocolError as e:
             print(f"supervise worker: ignoring a bad message from the supervisor: {e}", file=sys.stderr)
             return
-        if msg.kind == "run" and self.on_run is not None:
-            self.on_run(msg.fields)
-        elif msg.kind == "cancel" and self.on_cancel is not None:
-            self.on_cancel(str(msg.fields["run_id"]))
-        elif msg.kind == "stop":
-            self._ctx.cancel()
-        elif msg.kind == "pause":
-            self._ctx.pause()
-        elif msg.kind == "resume":
-            self._ctx.resume()
+        try:
+            if msg.kind == "run" and self.on_run is not None:
+                self.on_run(msg.fields)
+            elif msg.kind == "cancel" and self.on_cancel is not None:
+                self.on_cancel(str(msg.fields["run_id"]))
+            elif msg.kind == "stop":
+                self._ctx.cancel()
+            elif msg.kind == "pause":
+                self._ctx.pause()
+            elif msg.kind == "resume":
+                self._ctx.resume()
+        except Exception:  # noqa: BLE001 - one bad message must not end the channel
+            print(f"supervise worker: could not handle a {msg.kind!r} message:", file=sys.stderr)
+            traceback.print_exc()
 
     def _supervisor_gone(self, silent_s: float) -> None:
         print(
@@ -217,7 +279,7 @@ def main() -> int:
     """Entry point of `python -m supervise.workers`; returns the process exit code."""
     env = WorkerEnv.from_environ(os.environ)
     die_with_parent(env.parent_pid)
-    if os.environ.get("SUPERVISE_MODE") == "once":
+    if os.environ.get(E.MODE) == E.MODE_ONCE:
         return run_once(env)
     ctx = JobContext(service=env.service, worker_id=env.worker_id)
 
@@ -235,7 +297,13 @@ def main() -> int:
             return _report(channel, f"cannot load target {env.target}: {type(e).__name__}: {e}", e)
         if env.scheduled:
             try:
-                runs = RunExecutor(env, ctx, channel, target)
+                runs = RunExecutor(
+                    service=env.service,
+                    worker_id=env.worker_id,
+                    channel=channel,
+                    target=target,
+                    concurrency=concurrency_from_env(os.environ),
+                )
             except BaseException as e:  # noqa: BLE001 - a failing setup() is the target's failure
                 return _report(channel, f"setup failed: {type(e).__name__}: {e}", e)
             channel.on_run, channel.on_cancel = runs.start, runs.cancel
@@ -255,96 +323,18 @@ def main() -> int:
         channel.close()
 
 
-class RunExecutor:
-    """Runs of a scheduled service: each in its own thread, each with its own `RunContext`."""
-
-    def __init__(self, env: WorkerEnv, ctx: JobContext, channel: Channel, target: Callable[..., object] | type) -> None:
-        self._env = env
-        self._ctx = ctx
-        self._channel = channel
-        self._service = target() if isinstance(target, type) and issubclass(target, Service) else None
-        if self._service is not None:
-            self._service.setup()  # once per worker; teardown() in close()
-        self._target = self._service.run_once if self._service is not None else target
-        self._runs: dict[str, tuple[RunContext, threading.Thread]] = {}
-        self._lock = threading.Lock()
-
-    def start(self, fields: dict[str, object]) -> None:
-        """Called on the I/O thread for a "run" message; the run goes on its own thread."""
-        run_id = str(fields["run_id"])
-        run_ctx = RunContext(
-            service=self._env.service,
-            worker_id=self._env.worker_id,
-            run_id=run_id,
-            nominal_time=fields.get("nominal_time"),  # type: ignore[arg-type]
-            attempt=int(fields.get("attempt") or 1),  # type: ignore[call-overload]
-            report=self._channel.send,
-        )
-        args = dict(fields.get("args") or {})  # type: ignore[call-overload]
-        thread = threading.Thread(target=self._execute, args=(run_ctx, args), name=f"run-{run_id[:8]}", daemon=True)
-        with self._lock:
-            self._runs[run_id] = (run_ctx, thread)
-        thread.start()
-
-    def _execute(self, run_ctx: RunContext, args: dict[str, object]) -> None:
-        self._channel.send("run_started", run_id=run_ctx.run_id)
-        try:
-            result = call_target(self._target, run_ctx, args)  # type: ignore[arg-type]
-            fields: dict[str, object] = {"ok": True, "result": _plain(result), "error": None, "traceback": None}
-        except BaseException as e:  # noqa: BLE001 - a run's failure is reported, the worker lives on
-            fields = {"ok": False, "result": None, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            print(fields["traceback"], file=sys.stderr, end="", flush=True)
-        if run_ctx.cancelled and not fields["ok"]:
-            fields["error"] = f"cancelled: {fields['error']}"
-        self._channel.send("run_finished", run_id=run_ctx.run_id, **fields)
-        with self._lock:
-            self._runs.pop(run_ctx.run_id, None)
-
-    def cancel(self, run_id: str) -> None:
-        with self._lock:
-            entry = self._runs.get(run_id)
-        if entry is not None:
-            entry[0].cancel()
-
-    def close(self) -> None:
-        """Cancel the runs in flight, wait for them, and tear the service down."""
-        self.cancel_all_and_wait()
-        if self._service is not None:
-            self._service.teardown()
-
-    def cancel_all_and_wait(self, timeout_s: float = 30.0) -> None:
-        with self._lock:
-            entries = list(self._runs.values())
-        for run_ctx, _ in entries:
-            run_ctx.cancel()
-        deadline = time.monotonic() + timeout_s
-        for _, thread in entries:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def _plain(value: object) -> object:
-    """A run's result as the wire can carry it: msgpack-able, or its repr."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return repr(value)
-
-
 def run_once(env: WorkerEnv) -> int:
     """isolation = "process": this process is one run; the exit code is its outcome."""
     ctx = RunContext(
         service=env.service,
         worker_id=env.worker_id,
-        run_id=os.environ.get("SUPERVISE_RUN_ID", ""),
-        nominal_time=os.environ.get("SUPERVISE_SCHEDULED_TIME") or None,
-        attempt=int(os.environ.get("SUPERVISE_ATTEMPT", "1")),
+        run_id=os.environ.get(E.RUN_ID, ""),
+        nominal_time=os.environ.get(E.SCHEDULED_TIME) or None,
+        attempt=int(os.environ.get(E.ATTEMPT, "1")),
         report=lambda *a, **k: None,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
-    args = json.loads(os.environ.get("SUPERVISE_RUN_ARGS") or "{}")
+    args = json.loads(os.environ.get(E.RUN_ARGS) or "{}")
     try:
         target = resolve_target(env.target)
         service = target() if isinstance(target, type) and issubclass(target, Service) else None

@@ -54,7 +54,7 @@ def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, 
             return service.run(ctx)
         finally:
             service.teardown()
-    args = (ctx,) if _wants_context(target, kwargs) else ()
+    args = (ctx,) if wants_context(target, kwargs) else ()
     result = target(*args, **kwargs)
     if inspect.iscoroutine(result):
         return asyncio.run(result)
@@ -65,7 +65,7 @@ CONTEXT_NAMES = frozenset({"ctx", "context"})
 _CONTEXT_TYPE = re.compile(r"\b(JobContext|RunContext)\b")
 
 
-def _wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
+def wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> bool:
     """True when the target's first positional parameter is for the context.
 
     That is when it is required, or named `ctx`/`context`, or annotated with

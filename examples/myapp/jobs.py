@@ -40,3 +40,21 @@ class Flaky(Service):
         while not ctx.wait(0.5):
             if time.monotonic() - self.started > lifetime:
                 raise RuntimeError("flaky crashed, as it does now and then")
+
+
+def check_inbox(ctx: JobContext) -> dict[str, int]:
+    """A scheduled run: look at an inbox once; the return value is the run's result."""
+    ctx.count("inbox_checks")
+    return {"new": 0}
+
+
+def sync_data(ctx: JobContext, region: str = "eu") -> dict[str, object]:
+    """A scheduled run with arguments; a long one would check `ctx.cancelled` (timeouts cancel it)."""
+    rows = random.randint(0, 100)
+    ctx.wait(0.2)
+    return {"region": region, "rows": rows}
+
+
+def nightly_report(ctx: JobContext) -> str:
+    """A cron run; `ctx.nominal_time` is the night it is for, even when it runs late after downtime."""
+    return f"report for {getattr(ctx, 'nominal_time', None)}"

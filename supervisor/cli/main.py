@@ -455,7 +455,7 @@ def next_fires(name: str, count: int, config: str | None, endpoint: str | None, 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--state", help="only runs in this state (succeeded, failed, skipped, lost, ...)")
+@click.option("--state", help="only runs in this state (pending, queued, running, succeeded, failed, skipped, lost, ...)")
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @client_options
@@ -492,7 +492,7 @@ def schedule(
     if extra is not None:
         args["args"] = extra
     result = _call(_obj(config, endpoint, timeout), "schedule", **args)
-    _print(result, as_json, lambda r: f"{name}: one-shot {r['id']} at {r['at']}")
+    _print(result, as_json, lambda r: f"{name}: one-shot run {r['id']} at {r['at']} (pending: see `supervise runs {name} --state pending`)")
 
 
 @cli.command()

@@ -84,6 +84,7 @@ def schedule_table(services: Sequence[Mapping[str, Any]]) -> str:
                 sched.get("next_fire") or "-",
                 f"{last.get('state', '-')} {last.get('finished_at') or ''}".strip(),
                 str(sched.get("running", 0)),
+                str(sched.get("queued", 0)),
             ]
         )
-    return table(["SCHEDULED", "TRIGGER", "NEXT FIRE", "LAST RUN", "RUNNING"], rows)
+    return table(["SCHEDULED", "TRIGGER", "NEXT FIRE", "LAST RUN", "RUNNING", "QUEUED"], rows)

@@ -287,8 +287,11 @@ def _check_service(
         issues.append(((*path, "type"), '"notify" applies to long-running commands, not scheduled ones'))
     elif values.get("notify") and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), 'must be > 0 for type = "notify" (the time it has to send READY=1)'))
-    if values.get("schedule") is not None and values.get("processes", 1) > 1:
-        issues.append(((*path, "processes"), "must be 1 for a scheduled service (use overlap and max_concurrent)"))
+    schedule = values.get("schedule")
+    if schedule is not None and values.get("processes", 1) > 1 and ("target" not in values or schedule.isolation != "worker"):
+        issues.append(
+            ((*path, "processes"), 'must be 1 for a scheduled command or isolation = "process" (use concurrency)')
+        )
     prevent, force = values.get("restart_prevent_exit_codes"), values.get("restart_force_exit_codes")
     if prevent is not None and force is not None:
         both = sorted(prevent.codes & force.codes) + [signal.Signals(s).name for s in sorted(prevent.signals & force.signals)]

@@ -45,6 +45,8 @@ POLICY_KEYS: Final = frozenset(
         "cancel_grace",
         "retries",
         "isolation",
+        "concurrency",
+        "on_lost",
     }
 )
 HTTP_KEYS: Final = frozenset(
@@ -64,6 +66,9 @@ HTTP_KEYS: Final = frozenset(
 OVERRIDABLE: Final = ("url", "method", "headers", "body")
 SCHEDULE_KEYS: Final = TRIGGER_KEYS | POLICY_KEYS | HTTP_KEYS
 HTTP_TARGET: Final = "supervise.workers.http_action:call"
+DEFAULT_CONCURRENCY: Final = 10  # runs at once per worker (per service for commands)
+HTTP_CONCURRENCY: Final = 100  # the http action's calls are asynchronous: many at once cost no threads
+ON_LOST: Final = ("retry", "abandon")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,8 @@ class ScheduleConfig:
     retry: RetryPolicy | None = None
     isolation: str = "worker"  # Python targets: "worker" (warm, one process for all runs) | "process" (one per run)
     http: HttpActionPolicy | None = None  # set for action = "http"
+    concurrency: int = DEFAULT_CONCURRENCY  # runs in flight at once; more wait in the queue (state queued)
+    on_lost: str = "abandon"  # a started run whose worker was lost: "retry" (a new attempt, same key) | "abandon"
 
     @property
     def slots(self) -> int | None:
@@ -144,6 +151,11 @@ def parse_schedule(name: str, table: Mapping[str, object]) -> tuple[ScheduleConf
     read("cancel_grace", parse_duration_ms, "cancel_grace_ms")
     read("retries", _retry, "retry")
     read("isolation", _isolation)
+    read("concurrency", _positive_int)
+    read("on_lost", _on_lost)
+    http = table.get("action") == "http"
+    values.setdefault("concurrency", HTTP_CONCURRENCY if http else DEFAULT_CONCURRENCY)
+    values.setdefault("on_lost", "retry" if http or "retries" in table else "abandon")
     if table.get("action") is not None:
         problems += _check_http(table)
         values["http"] = _http_policy(table, problems)
@@ -210,6 +222,12 @@ def _http_policy(table: Mapping[str, object], problems: list[tuple[str, str]]) -
         problems.append(("allow_addresses", str(e)))
         allow = []
     return HttpActionPolicy(tuple(overrides), block, tuple(allow))  # type: ignore[arg-type]
+
+
+def _on_lost(value: object) -> str:
+    if value not in ON_LOST:
+        raise ValueError(f'expected "retry" (run it again, same idempotency key) or "abandon" (record it lost), got {value!r}')
+    return str(value)
 
 
 def _isolation(value: object) -> str:

@@ -25,6 +25,7 @@ class RunState(StrEnum):
     PENDING = "pending"  # materialised ahead of its nominal time (backfill, a one-shot in the future)
     DUE = "due"  # its time has come; waiting for the overlap decision or a claim
     BUFFERED = "buffered"  # waiting for a running run to finish (buffer_one / buffer_all)
+    QUEUED = "queued"  # admitted, waiting in the service's queue for a free slot (concurrency)
     STARTING = "starting"  # claimed; the worker is being spawned (a crash here leaves it `lost`)
     RUNNING = "running"  # the worker process is executing it
     SUCCEEDED = "succeeded"  # final: finished with success (exit 0 / no exception)
@@ -60,7 +61,8 @@ class RunOrigin(StrEnum):
     BACKFILL = "backfill"  # materialised on request for a past time range
     MANUAL = "manual"  # run-now
     RETRY = "retry"  # another attempt of a failed or timed-out run
-    RECOVERY = "recovery"  # a re-run of a run found `lost` after a crash (on_lost = rerun)
+    RECOVERY = "recovery"  # a re-run of a run found `lost` after a crash (on_lost = retry)
+    ONESHOT = "oneshot"  # added for one datetime by the `schedule` command
 
 
 FINAL: Final = frozenset(
@@ -87,12 +89,17 @@ ACTIVE: Final = frozenset({RunState.STARTING, RunState.RUNNING})
 """States that hold an overlap slot and a worker: found `lost` after a crash."""
 
 _STOPPED: Final = frozenset({RunState.CANCELLED, RunState.TERMINATED})
+_ADMIT: Final = frozenset({RunState.QUEUED, RunState.STARTING, RunState.SKIPPED, RunState.CANCELLED})
 ALLOWED: Final[Mapping[RunState, frozenset[RunState]]] = {
-    RunState.PENDING: frozenset({RunState.DUE, RunState.SKIPPED, RunState.CANCELLED}),
-    RunState.DUE: frozenset({RunState.BUFFERED, RunState.STARTING, RunState.SKIPPED, RunState.CANCELLED}),
-    RunState.BUFFERED: frozenset({RunState.STARTING, RunState.SKIPPED, RunState.CANCELLED}),
-    RunState.RETRY_WAIT: frozenset({RunState.STARTING, RunState.SKIPPED, RunState.CANCELLED}),
-    RunState.STARTING: frozenset({RunState.RUNNING, RunState.FAILED, RunState.LOST, RunState.SKIPPED} | _STOPPED),
+    RunState.PENDING: frozenset({RunState.DUE, RunState.BUFFERED} | _ADMIT),
+    RunState.DUE: frozenset({RunState.BUFFERED} | _ADMIT),
+    RunState.BUFFERED: _ADMIT,
+    RunState.QUEUED: frozenset({RunState.STARTING, RunState.SKIPPED, RunState.CANCELLED}),
+    RunState.RETRY_WAIT: _ADMIT,
+    # back to `queued`: admitted but never handed to a worker (its worker was lost first)
+    RunState.STARTING: frozenset(
+        {RunState.RUNNING, RunState.FAILED, RunState.LOST, RunState.SKIPPED, RunState.QUEUED} | _STOPPED
+    ),
     RunState.RUNNING: frozenset(
         {RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.LOST} | _STOPPED
     ),
@@ -132,6 +139,12 @@ class Run:
     signal: int | None = None
     error: str | None = None
     result: JSONValue = field(default=None, hash=False)
+    key: str | None = None  # the idempotency key: the first attempt's run id, kept by retries and re-runs
+
+    @property
+    def idempotency_key(self) -> str:
+        """What the run's calls carry for receivers to deduplicate on: the same for every attempt."""
+        return self.key or self.run_id
 
     @property
     def is_final(self) -> bool:
@@ -226,7 +239,7 @@ def new_retry(failed: Run, *, at: datetime, run_id: str | None = None) -> Run:
         jittered_time=failed.jittered_time,
         run_id=run_id,
     )
-    return replace(run, reason=f"retry of {failed.run_id}")
+    return replace(run, reason=f"retry of {failed.run_id}", key=failed.idempotency_key)
 
 
 def transition(

@@ -203,14 +203,16 @@ async def _runs(sup: ControlApi, args: Mapping[str, object]) -> object:
         allowed = ", ".join(s.value for s in RunState)
         raise ProtocolError(ErrorCode.BAD_ARGS, f'runs: argument "state" must be one of {allowed}; got {state!r}') from None
     limit = int(args.get("limit", 20))  # type: ignore[call-overload]
+    if sup.scheduler is not None:
+        await sup.scheduler.written()  # a run a client just added (a one-shot) is listed
     return {"runs": sup.runs(name if isinstance(name, str) else None, states, limit)}
 
 
 async def _schedule(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     at = _datetime_arg("schedule", "at", args["at"])
-    oneshot_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
-    return {"id": oneshot_id, "at": at.isoformat()}
+    run_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    return {"id": run_id, "run_id": run_id, "at": at.isoformat()}
 
 
 async def _backfill(sup: ControlApi, args: Mapping[str, object]) -> object:

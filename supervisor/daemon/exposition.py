@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -92,6 +92,9 @@ def _service_families(services: list[Mapping[str, Any]]) -> Iterator[Metric]:
     durations = Metric("supervise_service_run_duration_seconds", "Run durations: quantiles over the last runs, count and sum over all.", "summary")
     custom_c = CounterMetricFamily("supervise_service_custom_counter", "A worker's own counters (ctx.count), over all incarnations.", labels=["service", "name"])
     custom_g = GaugeMetricFamily("supervise_service_custom_gauge", "A worker's own gauges (ctx.gauge), last value.", labels=["service", "name"])
+    queued = GaugeMetricFamily("supervise_runs_queued", "Runs waiting in the service's queue for a free slot.", labels=S)
+    in_flight = GaugeMetricFamily("supervise_runs_in_flight", "Runs started and not finished (at most concurrency).", labels=S)
+    lateness = HistogramMetricFamily("supervise_fire_lateness_seconds", "How long after its time each run started.", labels=S)
     for svc in services:
         name = str(svc["name"])
         labels = [name]
@@ -134,5 +137,12 @@ def _service_families(services: list[Mapping[str, Any]]) -> Iterator[Metric]:
             custom_c.add_metric([name, metric], value)
         for metric, value in (svc.get("gauges") or {}).items():
             custom_g.add_metric([name, metric], value)
+        if "runs_queued" in svc:
+            queued.add_metric(labels, svc["runs_queued"])
+            in_flight.add_metric(labels, svc["runs_in_flight"])
+        late = svc.get("fire_lateness")
+        if late:
+            lateness.add_metric(labels, [(b, float(n)) for b, n in late["buckets"]], late["sum_s"])
     yield from (up, healthy, state, critical, uptime, heartbeat, restarts, window, spawns, exits, codes, signals)
     yield from (cpu, cpu_s, rss, limit, threads, fds, children, runs, durations, custom_c, custom_g)
+    yield from (queued, in_flight, lateness)

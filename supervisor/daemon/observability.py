@@ -205,6 +205,7 @@ class Observability:
             "last_error": r.last_error,
             "max_memory_bytes": cfg.max_memory_bytes,
             **figures,
+            **(self._sup.scheduler.figures(svc.name) if self._sup.scheduler is not None else {}),
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -86,6 +86,7 @@ def worker_spawn_request(svc: ServiceRuntime, sup: SupervisorConfig, *, base_dir
         env[E.TARGET] = cfg.target
         if cfg.schedule is not None:
             env[E.MODE] = E.MODE_ONCE if cfg.schedule.isolation == "process" else E.MODE_RUNS
+            env[E.CONCURRENCY] = str(cfg.schedule.concurrency)
         paths = [str(base_dir), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         argv: list[str] = python_worker_argv()

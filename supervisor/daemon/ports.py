@@ -47,8 +47,8 @@ class SchedulerHost(Protocol):
         """Ask the service's warm worker to cancel a run."""
         ...
 
-    def restart_worker(self, name: str) -> None:
-        """Restart the service's warm worker (through its state machine)."""
+    def expand(self, name: str) -> list[str]:
+        """The instance names of a service (`processes = N` warm workers share its runs)."""
         ...
 
     def kill_worker(self, name: str, reason: str) -> None:

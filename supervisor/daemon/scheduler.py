@@ -17,11 +17,14 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from supervise.protocol import worker_env as E
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.config.schedule import ScheduleConfig
+from supervise.supervisor.core.lateness import LatenessHistogram
+from supervise.supervisor.core.pending import PendingWindow
 from supervise.supervisor.core.policies import (
     OverlapAction,
     decide_catchup,
@@ -30,6 +33,7 @@ from supervise.supervisor.core.policies import (
     jitter_ms,
     should_retry,
 )
+from supervise.supervisor.core.run_queue import RunQueue
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
 from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
@@ -43,7 +47,9 @@ log = logging.getLogger("supervise.scheduler")
 PRUNE_EVERY_S = 3600.0
 MAX_TIMER_S = 30.0  # re-read the wall clock at least this often, so clock jumps are noticed
 IN_FLIGHT = frozenset({RunState.STARTING, RunState.RUNNING})
-WAITING = frozenset({RunState.DUE, RunState.BUFFERED, RunState.PENDING})
+WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their time passed meanwhile
+REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
+LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ActiveRun:
     process: Worker | None = None  # a command run's own process
     ending_as: RunState | None = None  # set by cancel or timeout: the state it will be recorded in
     launched: bool = False  # its worker was told, or its process spawned
+    worker: str | None = None  # the instance (warm worker) it was handed to
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -70,6 +77,7 @@ class Schedule:
     waiting_for_worker: list[str] = field(default_factory=list)
     last_run: Run | None = None  # the newest final run (not skipped) that `status` shows
     last_run_read_at: float | None = None  # monotonic time of the last read of it from the store
+    queue: RunQueue = field(default_factory=RunQueue)  # admitted runs waiting for a free slot (concurrency)
 
 
 # `status` shows each schedule's last run: read from the store at most this often (a
@@ -95,6 +103,11 @@ class Scheduler:
         self._schedules: dict[str, Schedule] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
+        self._window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
+        self._window_timer: asyncio.TimerHandle | None = None
+        self._window_timer_at: datetime | None = None
+        self._refill_timer: asyncio.TimerHandle | None = None
+        self.lateness: dict[str, LatenessHistogram] = {}  # per service: how late its runs started
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -121,19 +134,23 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         now = self._now()
         for run in self._store.runs_in_states(IN_FLIGHT | WAITING):
-            if run.service not in self._schedules:
+            s = self._schedules.get(run.service)
+            if s is None:
                 continue
             if run.state in IN_FLIGHT:
                 self._store.update_run(transition(run, RunState.LOST, at=now, reason="the supervisor stopped while it ran"))
                 log.warning("%s: run %s was lost (the supervisor stopped while it ran)", run.service, run.run_id)
+                self._rerun_lost(s, run)
             else:
                 self._store.update_run(transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED)))
         for s in self._schedules.values():
+            self._refill_queue(s)
             if s.config.trigger.kind == "on_start":
                 s.state = replace(s.state, runs_so_far=0, last_fired=None)  # once per supervisor start
             elif not s.state.paused:
                 self._catch_up(s, now)
             self._arm(s)
+            self._drain(s)
         self._prune()
 
     def _prune(self) -> None:
@@ -149,8 +166,9 @@ class Scheduler:
             self._prune_timer = self._loop.call_later(PRUNE_EVERY_S, self._prune)
 
     def close(self) -> None:
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
+        for timer in (self._prune_timer, self._window_timer, self._refill_timer):
+            if timer is not None:
+                timer.cancel()
         for s in self._schedules.values():
             if s.timer is not None:
                 s.timer.cancel()
@@ -245,14 +263,22 @@ class Scheduler:
     # -- occurrences and runs ---------------------------------------------------
 
     def _occur(
-        self, s: Schedule, nominal: datetime | None, origin: RunOrigin, args: Mapping[str, Any] | None = None, attempt: int = 1
+        self,
+        s: Schedule,
+        nominal: datetime | None,
+        origin: RunOrigin,
+        args: Mapping[str, Any] | None = None,
+        attempt: int = 1,
+        key: str | None = None,
     ) -> Run:
-        """A new occurrence is due: start it, buffer it, or skip it, as the overlap policy says."""
+        """A new occurrence is due: start it, queue it, buffer it, or skip it, as the overlap policy says."""
         now = self._now()
         run_args = {**s.config.args, **(args or {})}
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
-        run = replace(run, args=run_args, attempt=attempt, jittered_time=s.next_at if origin is RunOrigin.SCHEDULE else now)
-        running = len(s.active) + len(s.waiting_for_worker)
+        run = replace(
+            run, args=run_args, attempt=attempt, key=key, jittered_time=s.next_at if origin is RunOrigin.SCHEDULE else now
+        )
+        running = len(s.active) + s.queue.depth
         decision = decide_overlap(
             s.config.overlap,
             running=running,
@@ -267,7 +293,7 @@ class Scheduler:
             self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(decision.reason)})
             return run
         if decision.action is OverlapAction.START:
-            return self._start(s, run)
+            return self._admit(s, run, stored=False)
         run = transition(run, RunState.BUFFERED, at=now)
         self._store.insert_run(run)
         if decision.action is OverlapAction.BUFFER:
@@ -280,10 +306,45 @@ class Scheduler:
             self._end_early(s, active, ending, f"replaced by run {run.run_id}")
         return run
 
-    def _start(self, s: Schedule, run: Run) -> Run:
+    def _admit(self, s: Schedule, run: Run, *, stored: bool) -> Run:
+        """An occurrence the overlap policy lets run: start it if a slot is free, else queue it."""
+        if len(s.active) < self._capacity(s) and not s.queue.depth:
+            return self._start(s, run, stored=stored)
+        run = transition(run, RunState.QUEUED, at=self._now())
+        (self._store.update_run if stored else self._store.insert_run)(run)
+        s.queue.push(run)
+        self._drain(s)
+        return run
+
+    def _drain(self, s: Schedule) -> None:
+        """Start queued runs, soonest first, while slots are free."""
+        if s.waiting_for_worker:
+            self._dispatch_waiting(s)
+        while len(s.active) < self._capacity(s):
+            run = s.queue.pop()
+            if run is None:
+                break
+            self._start(s, run, stored=True)
+        if s.queue.wants_refill:
+            self._schedule_refill()
+
+    def _capacity(self, s: Schedule) -> int:
+        """Runs in flight at once: `concurrency` per warm worker (`processes` of them), or in all for commands."""
+        return s.config.concurrency * (len(self._host.expand(s.name)) if s.python else 1)
+
+    def _pick_worker(self, s: Schedule) -> str | None:
+        """The ready warm worker with the fewest runs in flight and a free slot, or None."""
+        load = collections.Counter(a.worker for a in s.active.values() if a.worker is not None)
+        ready = [(load[w], w) for w in self._host.expand(s.name) if self._host.worker_ready(w)]
+        if not ready:
+            return None
+        count, worker = min(ready)
+        return worker if count < s.config.concurrency else None
+
+    def _start(self, s: Schedule, run: Run, *, stored: bool | None = None) -> Run:
         now = self._now()
         deadline_from = run.jittered_time or run.created_at
-        first_write = run.state is not RunState.BUFFERED
+        first_write = run.state is not RunState.BUFFERED if stored is None else not stored
         if s.config.start_deadline_ms is not None and is_past_deadline(deadline_from, s.config.start_deadline_ms, now):
             run = transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED_DEADLINE))
             (self._store.insert_run if first_write else self._store.update_run)(run)
@@ -303,6 +364,11 @@ class Scheduler:
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
                 del s.active[run.run_id]
                 return run
+        elif s.config.on_lost == "retry" and self._loop is not None:
+            # Its row exists (pending or queued): a crash before this update lands leaves it
+            # there and the run runs again, with the same key; at least once allows that.
+            self._store.update_run(run)
+            self._loop.call_soon(launch)
         else:
             self._store.update_run(run, then=self._on_loop(launch))
         if run.origin is RunOrigin.SCHEDULE:
@@ -328,28 +394,33 @@ class Scheduler:
         if s.config.timeout_ms is not None and self._loop is not None:
             active.timers.append(self._loop.call_later(s.config.timeout_ms / 1000, self._on_timeout, s, run_id))
         if s.python:
-            if self._host.worker_ready(s.name):
-                self._dispatch(s, active)
+            worker = self._pick_worker(s)
+            if worker is not None:
+                self._dispatch(s, active, worker)
             else:
                 s.waiting_for_worker.append(run_id)
         else:
             self._spawn_command(s, active)
 
-    def _dispatch(self, s: Schedule, active: ActiveRun) -> None:
+    def _dispatch(self, s: Schedule, active: ActiveRun, worker: str) -> None:
         run = active.run
         active.launched = True
+        active.worker = worker
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
-        self._host.send_run(s.name, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt)
+        self._host.send_run(
+            worker, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt, key=run.idempotency_key
+        )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
         run = active.run
         active.launched = True
         env = {
-            "SUPERVISE_RUN_ID": run.run_id,
-            "SUPERVISE_SCHEDULED_TIME": run.nominal_time.isoformat() if run.nominal_time else "",
-            "SUPERVISE_ATTEMPT": str(run.attempt),
-            "SUPERVISE_ORIGIN": str(run.origin),
-            "SUPERVISE_RUN_ARGS": json.dumps(dict(run.args)),
+            E.RUN_ID: run.run_id,
+            E.SCHEDULED_TIME: run.nominal_time.isoformat() if run.nominal_time else "",
+            E.ATTEMPT: str(run.attempt),
+            E.IDEMPOTENCY_KEY: run.idempotency_key,
+            E.ORIGIN: str(run.origin),
+            E.RUN_ARGS: json.dumps(dict(run.args)),
         }
 
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
@@ -367,12 +438,14 @@ class Scheduler:
         error = None if ok else (f"exited with code {code}" if code is not None else f"killed by signal {sig}")
         self._finish(s, run_id, ok=ok, error=error, exit_code=code, signal_number=sig)
 
-    def _mark_running(self, s: Schedule, run_id: str, pid: int | None = None) -> None:
+    def _mark_running(self, s: Schedule, run_id: str, pid: int | None = None, at: datetime | None = None) -> None:
+        """The run began: `at` is when, as the worker saw it (its start is not late by the channel's batching)."""
         active = s.active.get(run_id)
         if active is None or active.run.state is not RunState.STARTING:
             return
-        now = self._now()
+        now = at or self._now()
         active.run = transition(active.run, RunState.RUNNING, at=now, pid=pid)
+        self._observe_lateness(s, active.run, now)
         self._store.update_run(active.run)
         self._host.publish(s.name, "run_started", {"run_id": run_id, "attempt": active.run.attempt})
 
@@ -387,7 +460,9 @@ class Scheduler:
         exit_code: int | None = None,
         signal_number: int | None = None,
         lost: bool = False,
+        at: datetime | None = None,
     ) -> None:
+        """The run ended; `at`: when, as the worker saw it (else now)."""
         active = s.active.pop(run_id, None)
         if active is None:
             return
@@ -396,14 +471,15 @@ class Scheduler:
         if run_id in s.waiting_for_worker:
             s.waiting_for_worker.remove(run_id)
         now = self._now()
+        ended = at if at is not None and (active.run.started_at is None or at >= active.run.started_at) else now
         run = active.run
         if run.state is RunState.STARTING and not lost and active.launched:
-            run = transition(run, RunState.RUNNING, at=now)
+            run = transition(run, RunState.RUNNING, at=ended)
         state = RunState.LOST if lost else active.ending_as or (RunState.SUCCEEDED if ok else RunState.FAILED)
         run = transition(
             run,
             state,
-            at=now,
+            at=ended,
             error=error,
             result=result,
             exit_code=exit_code,
@@ -416,6 +492,7 @@ class Scheduler:
             s.name, "run_finished", {"run_id": run_id, "state": str(state), "duration_ms": run.duration_ms, "error": error}
         )
         self._retry_if_wanted(s, run)
+        self._drain(s)
         self._start_buffered(s)
         if s.config.trigger.kind == "after_finish" or s.next_nominal is None:
             self._arm(s)
@@ -429,13 +506,14 @@ class Scheduler:
             return
         log.info("%s: run %s %s; retrying in %d ms (attempt %d)", s.name, run.run_id, run.state, delay_ms, run.attempt + 1)
         self._loop.call_later(
-            delay_ms / 1000, lambda: self._occur(s, run.nominal_time, RunOrigin.RETRY, run.args, run.attempt + 1)
+            delay_ms / 1000,
+            lambda: self._occur(s, run.nominal_time, RunOrigin.RETRY, run.args, run.attempt + 1, run.idempotency_key),
         )
 
     def _start_buffered(self, s: Schedule) -> None:
         slots = s.config.slots
-        while s.buffered and (slots is None or len(s.active) < slots):
-            self._start(s, s.buffered.popleft())
+        while s.buffered and (slots is None or len(s.active) + s.queue.depth < slots):
+            self._admit(s, s.buffered.popleft(), stored=True)
 
     def _end_early(self, s: Schedule, active: ActiveRun, ending: RunState, reason: str) -> None:
         """Cancel (cooperatively, then by force after cancel_grace) or terminate a run in flight."""
@@ -449,8 +527,8 @@ class Scheduler:
             return
         force = ending is RunState.TERMINATED
         if s.python:
-            if not force:
-                self._host.send_cancel(s.name, run_id)
+            if not force and active.worker is not None:
+                self._host.send_cancel(active.worker, run_id)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL if force else signal.SIGTERM)
         if self._loop is not None:
@@ -466,7 +544,7 @@ class Scheduler:
             # worker's exit ends the run (in the state it was ending as) and any other it held.
             reason = f"run {run_id} did not stop within cancel_grace; SIGKILL to the worker's process group"
             log.warning("%s: %s", s.name, reason)
-            self._host.kill_worker(s.name, reason)
+            self._host.kill_worker(active.worker or s.name, reason)
         elif active.process is not None:
             active.process.signal_group(signal.SIGKILL)
 
@@ -477,47 +555,98 @@ class Scheduler:
 
     # -- what the worker channel and the supervisor tell us ----------------------
 
+    def _schedule_of(self, instance: str) -> Schedule | None:
+        """The schedule of a worker instance (`web`, or `web:2` for one of its `processes`)."""
+        return self._schedules.get(instance) or self._schedules.get(instance.partition(":")[0])
+
     def on_worker_message(self, name: str, kind: str, fields: Mapping[str, Any]) -> None:
-        s = self._schedules.get(name)
+        s = self._schedule_of(name)
         if s is None:
             return
         run_id = str(fields.get("run_id"))
         if kind == "run_started":
-            self._mark_running(s, run_id)
+            at = fields.get("at")
+            self._mark_running(s, run_id, at=_from_timestamp(at) if isinstance(at, (int, float)) else None)
         elif kind == "run_progress":
             self._host.publish(name, "run_progress", {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")})
         elif kind == "run_finished":
+            at = fields.get("at")
             self._finish(
                 s,
                 run_id,
                 ok=bool(fields.get("ok")),
                 error=fields.get("traceback") or fields.get("error"),
                 result=fields.get("result"),
+                at=_from_timestamp(at) if isinstance(at, (int, float)) else None,
             )
 
     def on_worker_ready(self, name: str) -> None:
-        s = self._schedules.get(name)
+        s = self._schedule_of(name)
         if s is None:
             return
+        self._drain(s)
+
+    def _dispatch_waiting(self, s: Schedule) -> None:
+        """Hand runs that wait for a worker to ready workers with free slots."""
         waiting, s.waiting_for_worker = s.waiting_for_worker, []
-        for run_id in waiting:
+        for i, run_id in enumerate(waiting):
             active = s.active.get(run_id)
-            if active is not None:
-                self._dispatch(s, active)
+            if active is None:
+                continue
+            worker = self._pick_worker(s)
+            if worker is None:
+                s.waiting_for_worker.extend(waiting[i:])
+                break
+            self._dispatch(s, active, worker)
 
     def on_worker_exit(self, name: str) -> None:
-        """The service's worker is gone: its runs in flight are lost."""
-        s = self._schedules.get(name)
+        """The service's worker is gone: runs it had been handed are lost (and re-run under
+        on_lost = "retry"); runs not handed to it yet stay queued for the next worker."""
+        s = self._schedule_of(name)
         if s is None or not s.python:
             return
-        for run_id in [r for r in s.active if r not in s.waiting_for_worker]:
-            active = s.active[run_id]
+        handed = [a for a in s.active.values() if a.worker == name]
+        for active in handed:
+            if active.ending_as is None:
+                self._rerun_lost(s, active.run)
+        for active in handed:
+            run_id = active.run.run_id
             if active.ending_as is not None:
                 self._finish(s, run_id, ok=False, error=active.run.reason)
             else:
                 self._finish(s, run_id, ok=False, error="the worker exited during the run", lost=True)
 
+    def _rerun_lost(self, s: Schedule, lost: Run) -> None:
+        """on_lost = "retry": queue a new attempt of a lost run, with the same idempotency key."""
+        if s.config.on_lost != "retry":
+            return
+        limit = s.config.retry.max + 1 if s.config.retry is not None else LOST_RERUN_LIMIT
+        if lost.attempt >= limit:
+            log.warning("%s: run %s was lost on attempt %d of %d; not run again", s.name, lost.run_id, lost.attempt, limit)
+            return
+        now = self._now()
+        rerun = new_run(
+            s.name,
+            at=now,
+            nominal_time=lost.nominal_time,
+            origin=RunOrigin.RECOVERY,
+            attempt=lost.attempt + 1,
+            args=lost.args,
+            jittered_time=lost.jittered_time or lost.created_at,
+        )
+        rerun = transition(replace(rerun, key=lost.idempotency_key, reason=f"re-run of lost run {lost.run_id}"), RunState.QUEUED, at=now)
+        self._store.insert_run(rerun)
+        s.queue.push(rerun)
+        log.info("%s: run %s was lost with its worker; queued again as %s (attempt %d)", s.name, lost.run_id, rerun.run_id, rerun.attempt)
+        self._host.publish(
+            s.name, "run_requeued", {"run_id": rerun.run_id, "lost_run_id": lost.run_id, "attempt": rerun.attempt, "key": rerun.idempotency_key}
+        )
+
     # -- commands -----------------------------------------------------------------
+
+    async def written(self) -> bool:
+        """Wait until the store writes queued so far are in (bounded): reads then show them."""
+        return await self._store.written()
 
     def has(self, name: str) -> bool:
         return name in self._schedules
@@ -540,13 +669,29 @@ class Scheduler:
             for run in s.buffered:
                 if run.run_id == run_id:
                     s.buffered.remove(run)
-                    run = transition(run, RunState.CANCELLED, at=self._now(), reason="cancelled by request")
-                    self._ended(s, run)
-                    return run
+                    return self._cancel_waiting(s, run)
+            queued = s.queue.remove(run_id)
+            if queued is not None:
+                return self._cancel_waiting(s, queued)
+        pending = self._window.remove(run_id)
+        if pending is not None and pending.service in self._schedules:
+            return self._cancel_waiting(self._schedules[pending.service], pending)
         run = self._store.get_run(run_id)
         if run is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{run_id}"')
+        owner = self._schedules.get(run.service)
+        if owner is not None and run.state in (RunState.PENDING, RunState.QUEUED):
+            # Beyond the in-memory windows: only a row so far.
+            if run.state is RunState.QUEUED:
+                owner.queue.spilled = max(0, owner.queue.spilled - 1)
+            return self._cancel_waiting(owner, run)
         raise ProtocolError(ErrorCode.CONFLICT, f"run {run_id} is already {run.state}; nothing to cancel")
+
+    def _cancel_waiting(self, s: Schedule, run: Run) -> Run:
+        run = transition(run, RunState.CANCELLED, at=self._now(), reason="cancelled by request")
+        self._ended(s, run)
+        self._host.publish(s.name, "run_finished", {"run_id": run.run_id, "state": str(run.state), "duration_ms": None, "error": None})
+        return run
 
     def pause(self, name: str) -> None:
         s = self._require(name)
@@ -581,30 +726,119 @@ class Scheduler:
         return times
 
     def schedule_at(self, name: str, at: datetime, args: Mapping[str, Any] | None) -> str:
-        """A one-shot occurrence at `at`, persisted; fires through its own timer."""
+        """A one-shot occurrence at `at`: a `pending` run, in the store at once; returns its run id.
+
+        Only the soonest pending runs are held in memory (`PendingWindow`); the others
+        are read from the store as those fire.
+        """
         s = self._require(name)
-        oneshot_id = self._store.add_oneshot(name, at, dict(args or {}))
-        self._arm_oneshot(s, oneshot_id, at, args)
-        return oneshot_id
-
-    def _arm_oneshot(self, s: Schedule, oneshot_id: str, at: datetime, args: Mapping[str, Any] | None) -> None:
-        assert self._loop is not None
-
-        def fire() -> None:
-            now = self._now()
-            if now < at:
-                self._loop.call_later(min(MAX_TIMER_S, (at - now).total_seconds()), fire)  # type: ignore[union-attr]
-                return
-            self._store.remove_oneshot(oneshot_id)
-            self._occur(s, at, RunOrigin.SCHEDULE, args)
-
-        self._loop.call_later(min(MAX_TIMER_S, max(0.0, (at - self._now()).total_seconds())), fire)
+        now = self._now()
+        run = new_run(
+            name, at=now, nominal_time=at, origin=RunOrigin.ONESHOT, state=RunState.PENDING, args={**s.config.args, **(args or {})}
+        )
+        if not self._store.insert_run(run):
+            raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
+        if self._window.add(run):
+            self._arm_window()
+        return run.run_id
 
     def arm_stored_oneshots(self) -> None:
+        """Load the soonest pending one-shots (one-shots stored by an older version become pending runs first)."""
         for oneshot in self._store.list_oneshots():
-            s = self._schedules.get(oneshot.service)
-            if s is not None:
-                self._arm_oneshot(s, oneshot.id, oneshot.at, oneshot.args)
+            if oneshot.service in self._schedules:
+                s = self._schedules[oneshot.service]
+                run = new_run(
+                    oneshot.service,
+                    at=self._now(),
+                    nominal_time=oneshot.at,
+                    origin=RunOrigin.ONESHOT,
+                    state=RunState.PENDING,
+                    args={**s.config.args, **oneshot.args},
+                    run_id=oneshot.id,
+                )
+                self._store.store.insert_run(run)
+                self._store.store.remove_oneshot(oneshot.id)
+        self._refill_window()
+
+    def _arm_window(self) -> None:
+        """One timer for the soonest pending run (re-armed when a sooner one is added)."""
+        nxt = self._window.next_at
+        if self._loop is None or nxt is None:
+            return
+        if self._window_timer is not None:
+            if self._window_timer_at is not None and self._window_timer_at <= nxt:
+                return
+            self._window_timer.cancel()
+        delay = min(MAX_TIMER_S, max(0.0, (nxt - self._now()).total_seconds()))
+        self._window_timer_at = nxt
+        self._window_timer = self._loop.call_later(delay, self._on_window_timer)
+
+    def _on_window_timer(self) -> None:
+        self._window_timer = self._window_timer_at = None
+        for run in self._window.due(self._now()):
+            s = self._schedules.get(run.service)
+            if s is None:
+                continue  # its service is gone: the row stays pending, for when it comes back
+            try:
+                self._admit(s, run, stored=True)
+            except StoreError as e:
+                log.error("%s: could not start one-shot run %s: %s", s.name, run.run_id, e)
+        if self._window.wants_more:
+            self._schedule_refill()
+        self._arm_window()
+
+    def _schedule_refill(self) -> None:
+        if self._loop is not None and self._refill_timer is None:
+            self._refill_timer = self._loop.call_soon(self._refill)
+
+    def _refill(self) -> None:
+        """Read the next pending and queued runs from the store, once the writes queued before have landed."""
+        self._refill_timer = None
+        if self._store.pending:  # a row still being written must not be skipped past (or read twice)
+            assert self._loop is not None
+            self._refill_timer = self._loop.call_later(REFILL_RETRY_S, self._refill)
+            return
+        if self._window.wants_more:
+            self._refill_window()
+        for s in self._schedules.values():
+            if s.queue.wants_refill:
+                self._refill_queue(s)
+                self._drain(s)
+
+    def _refill_window(self) -> None:
+        asked = self._window.room
+        if asked == 0:
+            return
+        self._window.load(self._store.pending_runs(self._window.horizon, asked), asked)
+        self._arm_window()
+
+    def _refill_queue(self, s: Schedule) -> None:
+        total = self._store.count_runs(s.name, {RunState.QUEUED})
+        if total > len(s.queue):
+            s.queue.refill(self._store.queued_runs(s.name, s.queue.window), total)
+
+    def _observe_lateness(self, s: Schedule, run: Run, started: datetime) -> None:
+        """Fire lateness: from the time a run was due (nominal plus jitter, or a one-shot's datetime) to its start."""
+        if run.origin is RunOrigin.SCHEDULE:
+            due = run.jittered_time
+        elif run.origin is RunOrigin.ONESHOT:
+            due = run.nominal_time
+        else:
+            return  # manual, catch-up, backfill, retries and re-runs are late by design
+        if due is not None:
+            self.lateness.setdefault(s.name, LatenessHistogram()).observe((started - due).total_seconds())
+
+    def figures(self, name: str) -> dict[str, object]:
+        """Queue depth, runs in flight and fire lateness of a scheduled service (for `metrics`)."""
+        s = self._schedules.get(name)
+        if s is None:
+            return {}
+        histogram = self.lateness.get(name)
+        return {
+            "runs_queued": s.queue.depth,
+            "runs_in_flight": len(s.active),
+            "fire_lateness": histogram.as_dict() if histogram is not None else None,
+        }
 
     def backfill(self, name: str, start: datetime, end: datetime, limit: int = 1000) -> list[str]:
         s = self._require(name)
@@ -644,9 +878,17 @@ class Scheduler:
             "next_fire": s.next_at.isoformat() if s.next_at else None,
             "running": len(s.active),
             "buffered": len(s.buffered),
+            "queued": s.queue.depth,
+            "in_flight": len(s.active),
+            "concurrency": s.config.concurrency,
+            "on_lost": s.config.on_lost,
             "runs_so_far": s.state.runs_so_far,
             "last_run": _run_summary(last) if last is not None else None,
         }
+
+
+def _from_timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _newer(cached: Run | None, other: Run) -> Run:
@@ -693,4 +935,5 @@ def run_to_dict(run: Run) -> dict[str, object]:
         "signal": run.signal,
         "error": run.error,
         "result": run.result,
+        "key": run.idempotency_key,
     }

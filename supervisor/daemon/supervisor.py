@@ -198,7 +198,7 @@ class Supervisor:
         sup = self.config.supervisor
         self.scheduler = Scheduler(self, queued, history_keep=sup.history_keep, history_max_age_ms=sup.history_max_age_ms)
         for name, svc in self._services.items():
-            if svc.config.schedule is not None:
+            if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()
@@ -450,9 +450,6 @@ class Supervisor:
 
     def send_cancel(self, name: str, run_id: str) -> None:
         self._pool.send(self._services[name], "cancel", run_id=run_id)
-
-    def restart_worker(self, name: str) -> None:
-        self._feed(name, core.RestartRequested())
 
     def kill_worker(self, name: str, reason: str) -> None:
         """SIGKILL a worker's process group now and start a fresh worker (no restart policy)."""

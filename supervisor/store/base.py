@@ -90,6 +90,7 @@ RUN_COLUMNS: Final = (
     "signal",
     "error",
     "result",
+    "key",
 )
 """Run fields in table-column order; the tables add `seq` (insertion order) and `family`."""
 _TIMES: Final = ("nominal_time", "created_at", "jittered_time", "started_at", "finished_at")
@@ -104,6 +105,15 @@ def occurrence_family(origin: RunOrigin) -> str:
     if origin in (RunOrigin.BACKFILL, RunOrigin.MANUAL):
         return origin.value
     return "schedule"
+
+
+def run_family(run: Run) -> str:
+    """The uniqueness family of a run: `occurrence_family`, except that a one-shot, and a
+    retry or re-run that carries an idempotency key, are a family of their own (two
+    one-shots of one service at the same time are two occurrences)."""
+    if run.origin is RunOrigin.ONESHOT or (run.key is not None and run.origin in (RunOrigin.RETRY, RunOrigin.RECOVERY)):
+        return f"key:{run.idempotency_key}"
+    return occurrence_family(run.origin)
 
 
 class Store(Protocol):
@@ -167,6 +177,21 @@ class Store(Protocol):
     def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
         """Every run in one of `states`, oldest first: recovery finds `starting`/`running`
         rows left by a crash and marks them lost."""
+        ...
+
+    def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
+        """Runs in `pending` (one-shots waiting for their time), of every service, in
+        (nominal_time, run_id) order, strictly after `after`: the scheduler's window reads
+        the next ones as it drains."""
+        ...
+
+    def queued_runs(self, service: str, limit: int) -> list[Run]:
+        """The service's runs in `queued`, in (nominal_time, insertion) order: loaded into the
+        scheduler's queue at start and as its window drains."""
+        ...
+
+    def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
+        """How many runs of `service` are in one of `states`."""
         ...
 
     def claim_due(self, service: str, nominal_time: datetime, node: str) -> Run | None:
@@ -250,7 +275,7 @@ def run_to_row(run: Run, encode_time: Callable[[datetime], object]) -> dict[str,
         elif name == "result":
             value = None if value is None else to_json(value)
         row[name] = value
-    row["family"] = occurrence_family(run.origin)
+    row["family"] = run_family(run)
     return row
 
 

@@ -37,7 +37,7 @@ from supervise.supervisor.store.base import (
 
 log = logging.getLogger("supervise.store")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _PRUNE_BATCH: Final = 5000
 _JSON_COLUMNS: Final = ("args", "result")
 
@@ -83,7 +83,13 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
     "CREATE INDEX oneshots_by_service ON {s}.oneshots (service, at)",
     "CREATE TABLE {s}.registrations (name text PRIMARY KEY, spec jsonb NOT NULL)",
 )
-_MIGRATIONS: Final[Mapping[int, tuple[LiteralString, ...]]] = {1: _SCHEMA}
+_MIGRATIONS: Final[Mapping[int, tuple[LiteralString, ...]]] = {
+    1: _SCHEMA,
+    2: (
+        "ALTER TABLE {s}.runs ADD COLUMN key text",
+        "CREATE INDEX runs_waiting ON {s}.runs (state, nominal_time, run_id)",
+    ),
+}
 
 _SELECT_RUN: Final = ", ".join(f"{c}::text AS {c}" if c in _JSON_COLUMNS else c for c in RUN_COLUMNS)
 _T = TypeVar("_T")
@@ -286,6 +292,24 @@ class PostgresStore:
 
     def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
         return self._select("WHERE state = ANY(%s) ORDER BY created_at, seq", [[s.value for s in states]])
+
+    def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
+        if after is None:
+            return self._select("WHERE state = %s ORDER BY nominal_time, run_id LIMIT %s", [RunState.PENDING.value, limit])
+        return self._select(
+            "WHERE state = %s AND (nominal_time, run_id) > (%s, %s) ORDER BY nominal_time, run_id LIMIT %s",
+            [RunState.PENDING.value, utc(after[0]), after[1], limit],
+        )
+
+    def queued_runs(self, service: str, limit: int) -> list[Run]:
+        return self._select(
+            "WHERE state = %s AND service = %s ORDER BY nominal_time, seq LIMIT %s", [RunState.QUEUED.value, service, limit]
+        )
+
+    def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
+        query = self._q("SELECT count(*) AS n FROM {s}.runs WHERE state = ANY(%s) AND service = %s")
+        row = self._call(lambda conn: conn.execute(query, ([s.value for s in states], service)).fetchone())
+        return int(row["n"]) if row else 0
 
     def _select(self, tail: str, params: list[object]) -> list[Run]:
         query = self._q(f"SELECT {_SELECT_RUN} FROM {{s}}.runs {tail}")  # nosec B608 # tail is a constant clause of this module; values are %s parameters

@@ -11,10 +11,14 @@ synchronous.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +30,8 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+BATCH = 500  # writes committed in one transaction at most, when the store offers `batch()`
+READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
 class QueuedStore:
@@ -40,7 +46,11 @@ class QueuedStore:
         self._wake = threading.Condition()
         self._closing = False
         self.dropped = 0
+        self._enqueued = 0  # writes ever queued
+        self._done = 0  # writes ever finished (written, failed for good, or dropped)
         self.failing_since: str | None = None  # the last error while writes are being retried
+        self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
+        self._batch_failed = False
         self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
         self._thread.start()
 
@@ -48,6 +58,23 @@ class QueuedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
+
+    async def written(self, timeout_s: float = READ_YOUR_WRITES_S) -> bool:
+        """Wait (without blocking the event loop) until the writes queued so far are done,
+        so that a read shows what a client just added; False at the timeout."""
+        target = self._enqueued
+        deadline = time.monotonic() + timeout_s
+        while self._done < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+    def wait_written(self, timeout_s: float) -> bool:
+        """Wait until every write queued so far has been done; False at the timeout."""
+        with self._wake:
+            target = self._enqueued
+            return self._wake.wait_for(lambda: self._done >= target, timeout_s)
 
     # -- writes: queued ------------------------------------------------------------------------
 
@@ -85,9 +112,11 @@ class QueuedStore:
             if len(self._queue) >= MAX_QUEUED:
                 self._queue.popleft()
                 self.dropped += 1
+                self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
             self._queue.append((what, write, then))
+            self._enqueued += 1
             self._wake.notify()
 
     def _run(self) -> None:
@@ -98,12 +127,17 @@ class QueuedStore:
                     self._wake.wait()
                 if not self._queue:
                     return
-                what, write, then = self._queue[0]
+                head = [self._queue[0]]
+                if self._batch is not None and not self._batch_failed:
+                    head += itertools.takewhile(lambda w: w[0] != "prune", itertools.islice(self._queue, 1, BATCH))
             try:
-                result = write()
+                results = self._write_all(head)
             except StoreError as e:
+                if len(head) > 1:
+                    self._batch_failed = True  # one at a time until this write is through
+                    continue
                 if self.failing_since is None:
-                    log.error("history write failed (%s): %s; retrying, supervision goes on", what, e)
+                    log.error("history write failed (%s): %s; retrying, supervision goes on", head[0][0], e)
                 self.failing_since = str(e)
                 with self._wake:
                     if self._closing and delay >= RETRY_MAX_S:
@@ -113,8 +147,11 @@ class QueuedStore:
                 delay = min(RETRY_MAX_S, delay * 2)
                 continue
             except Exception:
-                log.exception("history write failed (%s); dropped", what)
-            else:
+                log.exception("history write failed (%s); dropped", head[0][0])
+                results = [None] * len(head)
+                head = head[:1]
+            self._batch_failed = False
+            for (what, _, then), result in zip(head, results, strict=False):
                 if what == "prune" and result:
                     log.info("pruned %s old runs from the history", result)
                 if then is not None:
@@ -123,11 +160,22 @@ class QueuedStore:
                     except RuntimeError:
                         pass  # the event loop closed at shutdown
             if self.failing_since is not None:
-                log.warning("history writes work again (%d waiting)", len(self._queue) - 1)
+                log.warning("history writes work again (%d waiting)", len(self._queue) - len(head))
                 self.failing_since = None
             delay = RETRY_FIRST_S
             with self._wake:
-                self._queue.popleft()
+                for _ in head:
+                    self._queue.popleft()
+                self._done += len(head)
+                self._wake.notify_all()
+
+    def _write_all(self, head: list[tuple[str, Callable[[], object], Callable[[], None] | None]]) -> list[object]:
+        """Run the writes, several in one transaction when the store can (SQLite's `batch`)."""
+        if len(head) == 1 or self._batch is None or self._batch_failed:
+            del head[1:]
+            return [head[0][1]()]
+        with self._batch():
+            return [write() for _, write, _ in head]
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by `timeout_s`), then close the store."""

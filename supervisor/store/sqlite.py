@@ -38,7 +38,7 @@ from supervise.supervisor.store.base import (
 
 log = logging.getLogger("supervise.store")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # fixed width, so text order is time order
 _PRUNE_BATCH: Final = 5000
 
@@ -84,7 +84,13 @@ _SCHEMA: Final = (
     "CREATE INDEX oneshots_by_service ON oneshots (service, at)",
     "CREATE TABLE registrations (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
 )
-_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {1: _SCHEMA}
+_MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
+    1: _SCHEMA,
+    2: (
+        "ALTER TABLE runs ADD COLUMN key TEXT",
+        "CREATE INDEX runs_waiting ON runs (state, nominal_time, run_id)",
+    ),
+}
 """Statements that take the schema from version n-1 to n (user_version)."""
 
 _T = TypeVar("_T")
@@ -132,6 +138,7 @@ class SqliteStore:
         # so a write stuck behind another process's lock does not hold up `runs` or recovery.
         self._read_conn: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._in_batch = False  # inside `batch()`: writes join its transaction
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -244,10 +251,27 @@ class SqliteStore:
         return self._conn
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every write made inside (by this thread): committed at the end,
+        rolled back whole if any write fails. A busy writer commits once for many runs."""
+        with self._write():
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction, committed on success, errors as StoreError."""
         with self._lock:
             conn = self._db()
+            if self._in_batch:  # the batch's transaction holds the lock and commits
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    raise self._error("cannot write to", exc) from exc
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -331,11 +355,35 @@ class SqliteStore:
             where.append("created_at < ?")
             params.append(encode_time(before))
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return self._select(f"{clause} ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit])
+        # One service's runs in some states: walk (state, service, created_at) backwards, not
+        # every run of the service (a million pending one-shots before its last finished run).
+        hint = "INDEXED BY runs_by_state " if service is not None and states is not None else ""
+        return self._select(f"{hint}{clause} ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit])
 
     def runs_in_states(self, states: set[RunState] | frozenset[RunState]) -> list[Run]:
         marks = ", ".join("?" * len(states))
         return self._select(f"WHERE state IN ({marks}) ORDER BY created_at, seq", [s.value for s in states])
+
+    def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
+        if after is None:
+            return self._select("WHERE state = ? ORDER BY nominal_time, run_id LIMIT ?", [RunState.PENDING.value, limit])
+        when = encode_time(after[0])
+        return self._select(
+            "WHERE state = ? AND (nominal_time > ? OR (nominal_time = ? AND run_id > ?)) "
+            "ORDER BY nominal_time, run_id LIMIT ?",
+            [RunState.PENDING.value, when, when, after[1], limit],
+        )
+
+    def queued_runs(self, service: str, limit: int) -> list[Run]:
+        return self._select(
+            "WHERE state = ? AND service = ? ORDER BY nominal_time, seq LIMIT ?", [RunState.QUEUED.value, service, limit]
+        )
+
+    def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT count(*) FROM runs WHERE state IN ({marks}) AND service = ?"
+        params = [*(s.value for s in states), service]
+        return int(self._read(lambda conn: conn.execute(sql, params).fetchone()[0]))
 
     def _select(self, tail: str, params: list[object]) -> list[Run]:
         sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {tail}"  # nosec B608 # tail is a constant clause of this module; values are ? parameters

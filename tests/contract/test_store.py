@@ -365,6 +365,63 @@ def test_open_is_idempotent_and_a_closed_store_says_so(store_spec: dict[str, str
         assert len(again.list_runs()) == 1
 
 
+# -- the queue and the window of pending one-shots ------------------------------------------------------
+
+
+def oneshot(service: str, at: datetime, run_id: str | None = None) -> Run:
+    return new_run(service, at=T0, nominal_time=at, origin=RunOrigin.ONESHOT, state=RunState.PENDING, run_id=run_id)
+
+
+def test_two_one_shots_at_the_same_time_are_two_occurrences(store: Store) -> None:
+    assert store.insert_run(oneshot("hook", T0)) is True
+    assert store.insert_run(oneshot("hook", T0)) is True
+    assert store.insert_run(due("hook")) is True  # and the schedule's own occurrence at that time too
+    assert len(store.list_runs("hook", states={RunState.PENDING})) == 2
+
+
+def test_pending_runs_come_in_time_order_and_page_after_a_key(store: Store) -> None:
+    # Given one-shots of two services inserted out of order, two of them at the same time
+    times = [T0 + timedelta(seconds=s) for s in (30, 10, 20, 10, 40)]
+    runs = [oneshot("a" if i % 2 else "b", t, run_id=f"{i:032x}") for i, t in enumerate(times)]
+    store.insert_runs(runs)
+    store.insert_run(transition(oneshot("a", T0, run_id="f" * 32), RunState.CANCELLED, at=T0))  # not pending
+    # When read in pages of two
+    first = store.pending_runs(None, 2)
+    last = first[-1]
+    assert last.nominal_time is not None
+    rest = store.pending_runs((last.nominal_time, last.run_id), 10)
+    # Then every pending run comes once, by (time, run id)
+    order = [(r.nominal_time, r.run_id) for r in first + rest]
+    assert order == sorted((r.nominal_time, r.run_id) for r in runs)
+    assert store.pending_runs((T0 + timedelta(seconds=40), "f" * 32), 10) == []
+
+
+def test_queued_runs_of_one_service_come_in_nominal_time_order(store: Store) -> None:
+    def queued(minute: int, service: str = "hook") -> Run:
+        return transition(due(service, minute), RunState.QUEUED, at=T0)
+
+    store.insert_runs([queued(3), queued(1), queued(2), queued(0, "other"), due("hook", 5)])
+    got = store.queued_runs("hook", 10)
+    assert [r.nominal_time for r in got] == [T0 + timedelta(minutes=m) for m in (1, 2, 3)]
+    assert all(r.state is RunState.QUEUED for r in got)
+    assert len(store.queued_runs("hook", 2)) == 2
+    assert store.count_runs("hook", {RunState.QUEUED}) == 3
+    assert store.count_runs("hook", {RunState.QUEUED, RunState.DUE}) == 4
+    assert store.count_runs("nobody", {RunState.QUEUED}) == 0
+
+
+def test_a_retry_keeps_the_idempotency_key_and_is_its_own_occurrence(store: Store) -> None:
+    first = oneshot("hook", T0)
+    retry = replace(
+        new_run("hook", at=T0, nominal_time=T0, origin=RunOrigin.RECOVERY, attempt=2), key=first.idempotency_key
+    )
+    assert store.insert_run(first) and store.insert_run(retry)
+    back = store.get_run(retry.run_id)
+    assert back is not None and back.key == first.run_id and back.idempotency_key == first.run_id
+    again = replace(retry, run_id="e" * 32)
+    assert store.insert_run(again) is False  # the same attempt of the same key: one row
+
+
 def test_store_error_is_a_supervise_error() -> None:
     assert issubclass(StoreError, SuperviseError)
 
@@ -377,7 +434,7 @@ def test_sqlite_uses_wal_normal_sync_and_incremental_vacuum(tmp_path: Path) -> N
         conn = sqlite3.connect(tmp_path / "h.db")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         conn.close()
 
 

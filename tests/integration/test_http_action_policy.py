@@ -7,6 +7,7 @@ built from it, and `call` gets the configured arguments merged with a run's.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import socket
@@ -108,7 +109,7 @@ def run_action(monkeypatch: pytest.MonkeyPatch, service: dict[str, Any], run_arg
     for name, value in svc.env.items():
         monkeypatch.setenv(name, value)
     args = {**svc.schedule.args, **(run_args or {})}
-    return call(JobContext(service="hook", worker_id="hook/1"), **args)
+    return asyncio.run(call(JobContext(service="hook", worker_id="hook/1"), **args))
 
 
 # -- F3: what a run may change, and the URL's shape ----------------------------------------------
@@ -249,4 +250,4 @@ def test_without_a_policy_in_the_environment_every_address_is_checked(monkeypatc
     monkeypatch.delenv(POLICY_VARIABLE, raising=False)
     assert POLICY_VARIABLE not in os.environ
     with pytest.raises(HttpActionError, match="loopback"):
-        call(JobContext(service="hook", worker_id="hook/1"), url=f"{server.url}/x")
+        asyncio.run(call(JobContext(service="hook", worker_id="hook/1"), url=f"{server.url}/x"))

@@ -28,7 +28,7 @@ WORKER_SAMPLES: dict[str, dict[str, object]] = {
     "heartbeat": {"token": TOKEN},
     "watchdog": {"token": TOKEN},
     "error": {"token": TOKEN, "message": "boom", "traceback": "Traceback ...\nValueError: boom"},
-    "run_started": {"token": TOKEN, "run_id": "r-1"},
+    "run_started": {"token": TOKEN, "run_id": "r-1", "at": 1767225600.25},
     "run_progress": {"token": TOKEN, "run_id": "r-1", "progress": 0.5, "message": "half way"},
     "run_finished": {
         "token": TOKEN,
@@ -37,6 +37,7 @@ WORKER_SAMPLES: dict[str, dict[str, object]] = {
         "result": {"rows": [1, 2, 3]},
         "error": None,
         "traceback": None,
+        "at": 1767225601.5,
     },
     "metrics": {"token": TOKEN, "counters": {"jobs": 3}, "gauges": {"queue": 1.5}},
     "log": {"token": TOKEN, "level": "info", "message": "ready"},
@@ -51,6 +52,7 @@ SUPERVISOR_SAMPLES: dict[str, dict[str, object]] = {
         "args": {"n": 1},
         "nominal_time": "2025-01-01T00:00:00Z",
         "attempt": 1,
+        "key": "r-0",
     },
     "cancel": {"run_id": "r-1"},
 }

@@ -36,6 +36,7 @@ def run_in(state: RunState) -> Run:
         S.PENDING: [],
         S.DUE: [],
         S.BUFFERED: [S.BUFFERED],
+        S.QUEUED: [S.QUEUED],
         S.STARTING: [S.STARTING],
         S.RUNNING: [S.STARTING, S.RUNNING],
         S.RETRY_WAIT: [],

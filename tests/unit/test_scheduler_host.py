@@ -52,8 +52,8 @@ class FakeHost:
     def send_cancel(self, name: str, run_id: str) -> None:
         self.cancels.append(run_id)
 
-    def restart_worker(self, name: str) -> None:
-        self.restarts.append(name)
+    def expand(self, name: str) -> list[str]:
+        return [name]
 
     def kill_worker(self, name: str, reason: str) -> None:
         self.restarts.append(name)
