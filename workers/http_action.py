@@ -304,7 +304,7 @@ class _PolicyResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         if self._trusted is not None and (host.lower(), port) == self._trusted:
             return found
-        allowed, refused = self._addresses.split(((r["family"], r["host"]) for r in found), port)
+        allowed, refused = self._addresses.split(((socket.AddressFamily(r["family"]), r["host"]) for r in found), port)
         if not allowed:
             reasons = "; ".join(dict.fromkeys(refused))
             example = f"{refused_address(refused)}:{port}"

@@ -178,7 +178,7 @@ class Channel:
                 poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
                 backlog = bool(self._unsent) or self._wake_pending
                 timeout_ms = 0 if backlog and not self._unsent else max(0.0, next_beat - time.monotonic()) * 1000
-                events = dict(poller.poll(timeout=timeout_ms))
+                events = dict(poller.poll(timeout=round(timeout_ms)))
                 if self._wake_recv in events:
                     while self._wake_recv.poll(0):
                         self._wake_recv.recv()
@@ -345,7 +345,7 @@ def run_once(env: WorkerEnv) -> int:
             finally:
                 service.teardown()
         else:
-            call_target(target, ctx, args)  # type: ignore[arg-type]
+            call_target(target, ctx, args)
     except BaseException as e:  # noqa: BLE001 - printed to the log; the exit code reports it
         traceback.print_exception(e, file=sys.stderr)
         return EXIT_TARGET_FAILED

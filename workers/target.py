@@ -51,7 +51,8 @@ def call_target(target: Callable[..., object] | type[Service], ctx: JobContext, 
         service = target()
         service.setup()
         try:
-            return service.run(ctx)
+            service.run(ctx)
+            return None
         finally:
             service.teardown()
     args = (ctx,) if wants_context(target, kwargs) else ()

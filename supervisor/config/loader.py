@@ -250,6 +250,7 @@ def _parse_service(
         if table.get("action") == "http" and not problems:
             values["target"] = HTTP_TARGET
             args = {**http_args(table), **(schedule.args if schedule else {})}
+            assert schedule is not None  # no problems: it parsed
             values["schedule"] = replace(schedule, args=MappingProxyType(args))
             table = {**table, "target": HTTP_TARGET}
     values.setdefault("cwd", ctx.base_dir)
