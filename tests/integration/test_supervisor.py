@@ -197,11 +197,17 @@ def test_status_json_has_the_documented_fields(daemon_factory) -> None:
     d.wait_running_pid("py")
     out = json.loads(d.cli("status", "--json").stdout)
     (svc,) = out["services"]
-    live = {"name", "state", "pid", "uptime", "restarts", "heartbeat_age", "last_exit", "last_error", "cpu_percent", "rss_bytes", "schedule"}
+    live = {
+        "name", "state", "pid", "uptime", "restarts", "heartbeat_age", "last_exit", "last_error", "status_text",
+        "cpu_percent", "rss_bytes", "schedule",
+    }  # fmt: skip
     assert set(svc) == live
     assert svc["name"] == "py" and svc["state"] == "RUNNING" and svc["heartbeat_age"] is not None
     (detailed,) = json.loads(d.cli("status", "--json", "--detail").stdout)["services"]
-    facts = {"service", "instance", "kind", "critical", "origin", "incarnation", "backoff_remaining", "max_memory_bytes"}
+    facts = {
+        "service", "instance", "kind", "type", "main_pid", "notify_phase", "critical", "origin", "incarnation",
+        "backoff_remaining", "max_memory_bytes",
+    }  # fmt: skip
     assert set(detailed) == live | facts | {"log_dropped_bytes", "log_write_errors", "metrics"}
     assert (detailed["kind"], detailed["origin"], detailed["incarnation"]) == ("python", "config", 1)
 
