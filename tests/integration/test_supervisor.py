@@ -290,6 +290,7 @@ def test_a_missing_executable_fails_only_its_own_service(daemon_factory, short_d
     assert svc["restarts"] == 2 and svc["pid"] is None
     assert svc["last_exit"]["cause"] == "spawn_failed"
     assert f"No such file or directory: {ghost}" in svc["last_error"]
+    assert "ENOENT: No such file or directory" in d.cli("status").stdout  # the table shows the OS's words
     assert "services.ghost.command" in d.log()  # the daemon's log says which key, at start
 
     # A reload with another such service applies; everything else runs on.
