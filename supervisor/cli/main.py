@@ -358,6 +358,8 @@ def check(config: str, strict: bool, as_json: bool) -> None:
         for problem in cfg.warnings:
             click.echo(f"warning: {problem.render(config)}", err=True)
     if strict and cfg.warnings:
+        if not as_json:
+            click.echo(f"{config}: {len(cfg.warnings)} warning(s), and --strict makes them fail the check", err=True)
         sys.exit(Exit.FAILED)
 
 

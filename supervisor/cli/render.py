@@ -31,6 +31,8 @@ def status_table(result: Mapping[str, Any]) -> str:
     for svc in result["services"]:
         last_exit = svc.get("last_exit") or {}
         error = (svc.get("last_error") or "").strip().splitlines()
+        if last_exit.get("cause") == "spawn_failed":
+            error = error[:1]  # what the OS said (ENOENT: No such file ...), not the give-up line after it
         rows.append(
             [
                 svc["name"],

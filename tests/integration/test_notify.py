@@ -31,8 +31,7 @@ def test_a_notify_service_is_started_on_ready_and_shows_its_status(daemon_factor
     assert svc["pid"] == spawned and svc["status_text"] == "serving"
     assert d.service("svc")["main_pid"] == spawned
     assert d.cli("stop", "svc").returncode == 0
-    stopping = events(d, "svc", "stopping")
-    assert stopping, "STOPPING=1 is recorded"
+    wait_for(lambda: events(d, "svc", "stopping"), what="STOPPING=1 recorded as an event")
     assert d.service("svc")["last_exit"]["cause"] == "stopped"
 
 

@@ -179,6 +179,9 @@ def test_processes_runs_identical_instances_and_scale_changes_their_number(daemo
     after = {s["name"]: s["pid"] for s in d.client.call("status", name="pool")["services"]}
     assert after == {"pool": pids["pool"], "pool:1": pids["pool:1"]}  # the highest instances went
     assert not alive(pids["pool:2"])
+    # An update of another key keeps the scale.
+    assert d.client.call("update", name="pool", spec={"max_restarts": 7})["changed"] == ["max_restarts"]
+    assert [s["name"] for s in d.client.call("status", name="pool")["services"]] == ["pool", "pool:1"]
     # One instance can be acted on alone; the service name acts on all.
     assert "pool:1: STOPPED" in d.cli("stop", "pool:1").stdout
     assert d.service("pool")["pid"] == pids["pool"]

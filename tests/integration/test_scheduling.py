@@ -111,8 +111,8 @@ def test_a_run_ignoring_its_timeout_is_killed_after_cancel_grace(daemon_factory,
     d, worker = _deaf_job(daemon_factory, out, timeout="1s")
     run_id = d.client.call("run", name="job")["run_id"]
     # timeout 1 s + cancel_grace 1 s + a moment; not + stop_timeout (10 s) of a graceful restart.
-    run = _final(d, run_id, "timed_out", timeout_s=6)
-    assert isinstance(run["duration_ms"], int) and run["duration_ms"] < 1000 + 1000 + 1500, run
+    run = _final(d, run_id, "timed_out", timeout_s=8)
+    assert isinstance(run["duration_ms"], int) and run["duration_ms"] < 1000 + 1000 + 3000, run
     wait_for(lambda: not alive(worker), what="the worker that held the run to be killed")
     svc = d.service("job")
     assert svc["last_exit"]["signal"] == signal.SIGKILL
@@ -127,8 +127,8 @@ def test_a_cancel_of_a_run_ignoring_it_ends_the_run_after_cancel_grace(daemon_fa
     wait_for(lambda: any(line.startswith(f"start {run_id}") for line in lines(out)), what="the run to start")
     cancelled_at = time.monotonic()
     d.client.call("cancel", run_id=run_id)
-    _final(d, run_id, "cancelled", timeout_s=6)
-    assert time.monotonic() - cancelled_at < 1.0 + 2.0  # cancel_grace + a moment
+    _final(d, run_id, "cancelled", timeout_s=8)
+    assert time.monotonic() - cancelled_at < 1.0 + 4.0  # cancel_grace + a moment; not + stop_timeout (10 s)
     assert not alive(worker)
 
 
