@@ -1,12 +1,7 @@
-"""The installed version of supervise: one source, the package metadata (pyproject.toml)."""
+"""The version of supervise: its one source (pyproject.toml reads it from here)."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    VERSION: str = version("supervise")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    VERSION = "0+unknown"
+VERSION = "0.1.0"
 
 __all__ = ["VERSION"]
