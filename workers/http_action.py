@@ -203,9 +203,7 @@ async def call(
     policy.check_overrides({k: v for k, v in given.items() if policy.configured is None or k in policy.configured})
     low, high = expect_status or [200, 299]
     request = build_request(ctx, url, method, headers, body, policy=policy)
-    trusted = None
-    if policy.from_config("url", url):
-        trusted = check_request(request, policy.addresses, None) if _is_http(request.url) else None
+    trusted = _origin_of(request.url) if policy.from_config("url", url) else None
     status, data = await send(request, timeout_s, addresses=policy.addresses, trusted=trusted)
     excerpt = data.decode("utf-8", errors="replace")[:EXCERPT_CHARS]
     if not low <= status <= high:
@@ -213,12 +211,12 @@ async def call(
     return {"status": status, "body": excerpt}
 
 
-def _is_http(url: str) -> bool:
+def _origin_of(url: str) -> Origin | None:
+    """The origin of a well-formed http(s) URL (the configured one is trusted); None otherwise."""
     try:
-        check_url(url)
+        return origin(check_url(url))
     except UrlRefused:
-        return False
-    return True
+        return None
 
 
 async def send(
