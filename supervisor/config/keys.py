@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
+from supervise.supervisor.config.notify import parse_rule
 from supervise.supervisor.core.units import (
     parse_duration_ms,
     parse_size_bytes,
@@ -332,6 +333,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "requires": Key("requires", _names),
         "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
+        "notify": Key("notify", lambda value, ctx: parse_rule(value)),  # docs/notifications.md
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )

@@ -41,6 +41,7 @@ from supervise.supervisor.config.model import (
     ServiceConfig,
     SupervisorConfig,
 )
+from supervise.supervisor.config.notify import check_targets, declared_channels, parse_notify
 from supervise.supervisor.config.positions import locate_keys
 from supervise.supervisor.config.schedule import (
     HTTP_TARGET,
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_TOP_LEVEL_KEYS = ("supervisor", "services")
+_TOP_LEVEL_KEYS = ("supervisor", "services", "notify")
 # With slots=True the class attributes are slot descriptors, not the defaults.
 _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
     f.name: f.default for f in fields(ServiceConfig) if f.default is not MISSING
@@ -160,9 +161,14 @@ def parse_config(
             services[service.name] = service
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
+    notify = parse_notify(data.get("notify", {}), issues)
+    for name, service in services.items():
+        if service.notify is not None:
+            declared = declared_channels(data.get("notify"))
+            issues += check_targets(service.notify, declared, ("services", name, "notify", "to"))
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
-    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services))
+    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services), notify)
 
 
 def parse_service(

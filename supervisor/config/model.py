@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.supervisor.config.keys import RestartMode
+from supervise.supervisor.config.notify import NotifyConfig, NotifyRule
 from supervise.supervisor.config.schedule import ScheduleConfig
 
 __all__ = ["START_TIMEOUT_COMMAND_MS", "START_TIMEOUT_TARGET_MS", "Config", "ServiceConfig", "SupervisorConfig"]
@@ -51,6 +52,7 @@ class ServiceConfig:
     processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
+    notify: NotifyRule | None = None  # key notify; None: [notify] default applies
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same immutable shapes as parsing.
@@ -116,3 +118,4 @@ class Config:
     base_dir: Path  # relative paths resolve against it
     supervisor: SupervisorConfig
     services: Mapping[str, ServiceConfig]
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify]: channels and the default rule

@@ -27,6 +27,7 @@ from supervise.supervisor.config.loader import (
     parse_config,
     parse_service,
 )
+from supervise.supervisor.config.notify import NotifyRule
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 
 
@@ -94,6 +95,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         max_memory = "300MB"
         requires = ["report"]
         processes = 2
+        notify = {{ on = ["failure"] }}
 
         [services.report]
         target = "reports.jobs:nightly"
@@ -145,6 +147,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     max_memory_bytes=300_000_000,
                     requires=("report",),
                     processes=2,
+                    notify=NotifyRule(on=("failure",)),
                 ),
                 "report": ServiceConfig.for_target(
                     "report", "reports.jobs:nightly", cwd=tmp_path, watchdog_timeout_ms=30_000
@@ -162,7 +165,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "command", "target", "critical", "autostart", "restart", "max_restarts", "restart_window",
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "umask", "max_memory",
-        "requires", "processes", "watchdog",
+        "requires", "processes", "watchdog", "notify",
     }  # fmt: skip
 
 

@@ -1,0 +1,150 @@
+"""The [notify] tables: channels, rules and templates, and the config errors that name their key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from supervise.supervisor.config.loader import load_config, parse_config
+from supervise.supervisor.config.notify import EmailChannel, NotifyRule, TlsMode, WebhookChannel
+from supervise.supervisor.core.errors import ConfigError
+
+
+def errors(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "supervise.toml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return [f"{p.key}: {p.problem}" for p in caught.value.problems]
+
+
+def test_channels_and_rules_are_parsed(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "notify": {
+                "default": {"on": ["failure", "fatal"], "to": ["ops"]},
+                "ops": {"type": "webhook", "url": "https://hooks.example.com/x", "secret": "s3", "backoff": "1s"},
+                "chat": {"type": "webhook", "preset": "slack", "url": "https://hooks.slack.com/services/T/B/X"},
+                "mail": {
+                    "type": "email",
+                    "host": "smtp.example.com",
+                    "tls": "tls",
+                    "user": "u",
+                    "password": "p",
+                    "from": "supervise@example.com",
+                    "to": "ops@example.com",
+                    "subject": "{{ service }} {{ event }}",
+                },
+            },
+            "services": {"a": {"command": "true", "notify": {"on": ["missed"], "to": ["mail"], "min_interval": "10m"}}},
+        }
+    )
+    ops = config.notify.channels["ops"]
+    assert isinstance(ops, WebhookChannel) and ops.secret == "s3" and ops.backoff_ms == 1000 and ops.method == "POST"
+    mail = config.notify.channels["mail"]
+    assert isinstance(mail, EmailChannel)
+    assert (mail.port, mail.tls, mail.to) == (465, TlsMode.TLS, ("ops@example.com",))
+    assert mail.sender == "supervise@example.com"
+    assert config.notify.default == NotifyRule(on=("failure", "fatal"), to=("ops",))
+    assert config.services["a"].notify == NotifyRule(on=("missed",), to=("mail",), min_interval_ms=600_000)
+
+
+def test_without_a_notify_table_nothing_is_sent() -> None:
+    config = parse_config({"services": {"a": {"command": "true"}}})
+    assert config.notify.channels == {} and config.notify.default is None and config.services["a"].notify is None
+
+
+def test_a_template_error_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        """
+        [notify.ops]
+        type = "webhook"
+        url = "http://127.0.0.1:9/hook"
+        body = "{{ service }} {{ nope }}"
+
+        [notify.mail]
+        type = "email"
+        host = "localhost"
+        from = "a@example.com"
+        to = ["b@example.com"]
+        subject = "{% if %}"
+        """,
+    )
+    assert found[0].startswith("notify.ops.body: template error: 'nope' is undefined")
+    assert found[1].startswith("notify.mail.subject: template error at line 1")
+
+
+def test_the_sandbox_refuses_unsafe_templates(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        """
+        [notify.ops]
+        type = "webhook"
+        url = "http://127.0.0.1:9/hook"
+        body = "{{ service.__class__.__mro__ }}"
+        """,
+    )
+    assert len(found) == 1 and "unsafe" in found[0] and found[0].startswith("notify.ops.body: template error")
+
+
+def test_an_unknown_channel_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        """
+        [notify]
+        default = { to = ["pager"] }
+
+        [notify.ops]
+        type = "webhook"
+        url = "http://127.0.0.1:9/hook"
+
+        [services.a]
+        command = "true"
+        notify = { on = ["failure"], to = ["ops", "chat"] }
+        """,
+    )
+    assert found == [
+        'notify.default.to: unknown channel "pager" (defined: ops)',
+        'services.a.notify.to: unknown channel "chat" (defined: ops)',
+    ]
+
+
+def test_bad_channel_and_rule_values_name_their_key(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        """
+        [notify.ops]
+        type = "webhook"
+        url = "ftp://x"
+        method = "DELETE"
+        preset = "teams"
+
+        [notify.mail]
+        type = "email"
+        tls = "ssl"
+        to = []
+
+        [notify.x]
+        type = "pager"
+
+        [services.a]
+        command = "true"
+        notify = { on = ["exploded"], to = ["ops"] }
+        """,
+    )
+    keys = sorted(line.split(":", 1)[0] for line in found)
+    assert keys == sorted([
+        "notify.ops.url",
+        "notify.ops.method",
+        "notify.ops.preset",
+        "notify.mail.host",
+        "notify.mail.tls",
+        "notify.mail.from",
+        "notify.mail.to",
+        "notify.x.type",
+        "services.a.notify",
+    ])
+    assert 'unknown event "exploded"' in found[-1]
