@@ -87,3 +87,20 @@ def schedule_table(services: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return table(["SCHEDULED", "TRIGGER", "NEXT FIRE", "LAST RUN", "RUNNING"], rows)
+
+
+def notifications_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The outbox, newest first: one line per message and channel."""
+    shown = [
+        [
+            str(n.get("created_at", ""))[:19],
+            n["service"],
+            n["event"],
+            n["channel"],
+            n["state"],
+            str(n["attempts"]),
+            (n.get("last_error") or n.get("summary") or "")[:70],
+        ]
+        for n in rows
+    ]
+    return table(["CREATED", "SERVICE", "EVENT", "CHANNEL", "STATE", "TRIES", "LAST ERROR / SUMMARY"], shown)

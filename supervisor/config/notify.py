@@ -75,6 +75,7 @@ SAMPLE_MESSAGE: Final[Mapping[str, Any]] = MappingProxyType(
         "counts": {"failure": 1},
         "digest": False,
         "time": "2026-01-01T00:00:00+00:00",
+        "since": None,
         "host": "host.example.com",
         "command": "supervise runs report",
         "detail": {},
