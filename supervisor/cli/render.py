@@ -49,6 +49,12 @@ def status_table(result: Mapping[str, Any]) -> str:
     sup = result.get("supervisor") or {}
     if sup and not sup.get("healthy", True):
         out += "\n\nunhealthy: a critical service is not up (FATAL, BACKOFF or STARTING)"
+    notes = sup.get("notifications") or {}
+    if notes.get("failed"):  # docs/notifications.md
+        out += (
+            f"\n\nnotifications: {notes.get('sent', 0)} sent, {notes['failed']} failed attempts, "
+            f"{notes.get('given_up', 0)} given up; last error: {notes.get('last_error')}"
+        )
     return out
 
 

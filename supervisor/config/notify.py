@@ -67,6 +67,7 @@ SAMPLE_MESSAGE: Final[Mapping[str, Any]] = MappingProxyType(
         "text": "report: run 0f3a failed\nerror: exit status 1",
         "error": "exit status 1",
         "error_lines": ["exit status 1"],
+        "output_lines": ["Traceback (most recent call last):", "OSError: disk full"],
         "run_id": "0f3a",
         "state": "failed",
         "attempt": 1,

@@ -48,7 +48,8 @@ TIMESTAMP_HEADER = "X-Supervise-Timestamp"
 ID_HEADER = "X-Supervise-Notification-Id"
 SLACK_TEXT = (
     "{% if event in ('recovered', 'success') %}:white_check_mark:{% else %}:rotating_light:{% endif %} "
-    "*{{ summary }}*{% if error_lines %}\n```{{ error_lines | join('\n') }}```{% endif %}\n"
+    "*{{ summary }}*"
+    "{% if error_lines or output_lines %}\n```{{ (error_lines + output_lines) | join('\n') }}```{% endif %}\n"
     "_{{ host }} · {{ time }} · `{{ command }}`_"
 )
 

@@ -18,6 +18,7 @@ import logging
 import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from supervise.supervisor.config.model import Config, ServiceConfig
@@ -28,6 +29,7 @@ from supervise.supervisor.core.policies import should_retry
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.core.units import format_duration_ms
 from supervise.supervisor.daemon.delivery import Deliverer
+from supervise.supervisor.daemon.logtail import tail
 from supervise.supervisor.store.base import Notification, NotificationStore
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ log = logging.getLogger("supervise.notify")
 
 _T = TypeVar("_T")
 ERROR_LINES = 10  # of a run's or service's error, in a message
+OUTPUT_LINES = 5  # of the service's log, in a message about a failure
+_GOOD = frozenset({"recovered", "success"})
+PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
 
 
@@ -107,11 +112,27 @@ class Notifier:
         return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
 
     async def _tick_forever(self) -> None:
+        pruned_at: int | None = None
         while True:
-            for alert in self._gate.due(self._clock.monotonic_ms()):
+            now_ms = self._clock.monotonic_ms()
+            for alert in self._gate.due(now_ms):
                 self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
+            if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
+                pruned_at = now_ms
+                await self._prune()
             await self.deliverer.deliver_due()
             await self.deliverer.wait(1.0)
+
+    async def _prune(self) -> None:
+        """Delivered and failed rows older than history_max_age go; pending ones stay."""
+        before = self._clock.wall() - timedelta(milliseconds=self._host.config.supervisor.history_max_age_ms)
+        try:
+            deleted = await self.in_store(self._store.prune_notifications, before)
+        except Exception as exc:
+            log.warning("could not prune the notifications outbox: %s", exc)
+            return
+        if deleted:
+            log.info("pruned %d old notifications", deleted)
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -198,29 +219,49 @@ class Notifier:
         rule = self.rule_for(cfg)
         if rule is None:
             return
-        now = self._clock.wall()
-        payload = self._payload(alert, cfg, detail, now)
-        for channel in rule.to:
+        payload = self._payload(alert, cfg, detail, self._clock.wall())
+        sup = self._host.config.supervisor
+        log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
+        self.queued += len(rule.to)
+        future = self._executor.submit(self._write, payload, rule.to, fact, log_path, sup.log_backups)
+        future.add_done_callback(self._written)
+
+    def _write(
+        self, payload: dict[str, Any], channels: tuple[str, ...], fact: str, log_path: Path | None, backups: int
+    ) -> None:
+        """On the notifier's thread: add the log's last lines, then one outbox row per channel."""
+        output: list[str] = []
+        if log_path is not None:
+            try:
+                output = [line[:300] for line in tail(log_path, OUTPUT_LINES, backups=backups).lines]
+            except OSError:
+                output = []
+        payload["output_lines"] = output
+        payload["text"] = _text(payload)
+        now = datetime.fromisoformat(payload["time"])
+        for channel in channels:
+            row_id = f"{fact}|{payload['event']}|{channel}"
             row = Notification(
-                id=f"{fact}|{alert.event}|{channel}",
+                id=row_id,
                 channel=channel,
-                service=alert.subject,
-                event=alert.event,
-                payload={**payload, "id": f"{fact}|{alert.event}|{channel}"},
+                service=payload["service"],
+                event=payload["event"],
+                payload={**payload, "id": row_id},
                 created_at=now,
                 next_attempt_at=now,
             )
-            self.queued += 1
-            future = self._executor.submit(self._store.add_notification, row)
-            future.add_done_callback(self._written)
+            self._store.add_notification(row)
 
-    def _written(self, future: concurrent.futures.Future[bool]) -> None:
+    def _written(self, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
         if error is not None:
             log.error("could not write a notification to the outbox: %s", error)
             return
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.deliverer.wake)
+            try:
+                self._loop.call_soon_threadsafe(self.deliverer.wake)
+            except RuntimeError:  # closed meanwhile
+                pass
 
     def _payload(
         self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime
@@ -233,34 +274,17 @@ class Notifier:
             except LookupError:
                 error = None
         error_text = str(error) if error else ""
-        lines = error_text.splitlines()[:ERROR_LINES]
         run_id = detail.get("run_id")
         since = None
         if alert.failing_since_ms is not None:
             since = now - timedelta(milliseconds=self._clock.monotonic_ms() - alert.failing_since_ms)
-        summary = _summary(alert, detail, since, now)
-        command = f"supervise runs {cfg.name}" if run_id else f"supervise logs {cfg.name}"
-        text = "\n".join(
-            [
-                summary,
-                "",
-                f"service: {cfg.name}",
-                f"event:   {alert.event}" + (f" ({_counts(alert.counts)})" if alert.count > 1 else ""),
-                f"when:    {now.isoformat(timespec='seconds')}",
-                f"host:    {self._hostname}",
-                *([f"run:     {run_id}"] if run_id else []),
-                *(["error:", *(f"  {line}" for line in lines)] if lines else []),
-                "",
-                f"more:    {command}",
-            ]
-        )
         return {
             "service": cfg.name,
             "event": alert.event,
-            "summary": summary,
-            "text": text,
+            "summary": _summary(alert, detail, since, now),
             "error": error_text or None,
-            "error_lines": lines,
+            "error_lines": error_text.splitlines()[:ERROR_LINES],
+            "output_lines": [],
             "run_id": run_id,
             "state": detail.get("state"),
             "attempt": detail.get("attempt"),
@@ -271,7 +295,7 @@ class Notifier:
             "time": now.isoformat(),
             "since": since.isoformat() if since is not None else None,
             "host": self._hostname,
-            "command": command,
+            "command": f"supervise runs {cfg.name}" if run_id else f"supervise logs {cfg.name}",
             "detail": {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
         }
 
@@ -296,6 +320,26 @@ def _run_event(state: str, attempt: object, cfg: ServiceConfig) -> str | None:
     return {RunState.TIMED_OUT: "timed_out", RunState.LOST: "lost", RunState.SUCCEEDED: "success"}.get(
         RunState(state) if state in RunState._value2member_map_ else RunState.PENDING
     )
+
+
+def _text(p: Mapping[str, Any]) -> str:
+    """The plain-text body: what, where, when, the error's first lines, the log's last, how to see more."""
+    counts = f" ({_counts(p['counts'])})" if p["count"] > 1 else ""
+    lines = [
+        p["summary"],
+        "",
+        f"service: {p['service']}",
+        f"event:   {p['event']}{counts}",
+        f"when:    {datetime.fromisoformat(p['time']).isoformat(timespec='seconds')}",
+        f"host:    {p['host']}",
+    ]
+    if p["run_id"]:
+        lines.append(f"run:     {p['run_id']}")
+    if p["error_lines"]:
+        lines += ["error:", *(f"  {line}" for line in p["error_lines"])]
+    if p["output_lines"]:
+        lines += ["output (the log's last lines):", *(f"  {line}" for line in p["output_lines"])]
+    return "\n".join([*lines, "", f"more:    {p['command']}"])
 
 
 def _counts(counts: Mapping[str, int]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from supervise.protocol import RemoteError
 from tests.conftest import REPO, Daemon, start_daemon, stop_daemon, toml_value, wait_for
 
 SECRET = "s3cret-for-tests"
@@ -322,3 +323,19 @@ def test_a_channel_that_cannot_deliver_never_slows_supervision(
         assert time.monotonic() - stopping < 10  # a hung SMTP attempt does not hold the shutdown either
     finally:
         silent.close()
+
+
+def test_services_added_at_runtime_take_notify_rules_and_unknown_channels_are_refused(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    receiver.start()
+    d = launch(write(short_dir, {"chat": webhook(receiver, preset="slack")}, {}))
+    with pytest.raises(RemoteError, match=r'services\.late\.notify\.to: unknown channel "pager"'):
+        d.client.call("add", name="late", spec={**FAILING_JOB, "notify": {"to": ["pager"]}})
+    d.client.call("add", name="late", spec={**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}})
+    d.client.call("run", name="late")
+    (row,) = settled(d)
+    assert row["state"] == "delivered"
+    (request,) = receiver.requests
+    text = verify(request)["text"]  # the Slack preset: {"text": ...}
+    assert text.startswith(":rotating_light: *late: run ") and "disk full: /var/reports" in text

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from supervise.supervisor.config.loader import load_config, parse_config
-from supervise.supervisor.config.notify import EmailChannel, NotifyRule, TlsMode, WebhookChannel
+from supervise.supervisor.config.notify import (
+    SAMPLE_MESSAGE,
+    EmailChannel,
+    NotifyRule,
+    TlsMode,
+    WebhookChannel,
+    compile_template,
+)
 from supervise.supervisor.core.errors import ConfigError
 
 
@@ -148,3 +158,33 @@ def test_bad_channel_and_rule_values_name_their_key(tmp_path: Path) -> None:
         "services.a.notify",
     ])
     assert 'unknown event "exploded"' in found[-1]
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "notifications.md"
+
+
+def doc_blocks() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_the_copy_paste_examples_of_the_docs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/x")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    slack, text, email = doc_blocks()[:3]
+    for example in (slack, email):
+        path = tmp_path / "supervise.toml"
+        path.write_text(example)
+        assert load_config(path).notify.channels
+    channel = slack + text
+    path = tmp_path / "supervise.toml"
+    path.write_text(channel)
+    assert load_config(path).notify.channels["slack"].text is not None  # type: ignore[union-attr]
+
+
+def test_the_json_body_example_of_the_docs_renders_valid_json() -> None:
+    (body,) = [b for b in doc_blocks() if b.startswith("body =")]
+    source = tomllib.loads(body)["body"]
+    template = compile_template(source)
+    for event in ("failure", "recovered"):
+        rendered = json.loads(template.render({**SAMPLE_MESSAGE, "event": event}))
+        assert rendered["severity"] == ("info" if event == "recovered" else "error")
