@@ -43,6 +43,7 @@ log = logging.getLogger("supervise.notify")
 
 BATCH = 50  # rows read per pass; a pass sends them concurrently
 SMTP_THREADS = 4  # SMTP sessions at once
+LEASE_MARGIN_MS = 30_000  # a claimed row is not claimed again before its attempt's timeout plus this
 SIGNATURE_HEADER = "X-Supervise-Signature"
 TIMESTAMP_HEADER = "X-Supervise-Timestamp"
 ID_HEADER = "X-Supervise-Notification-Id"
@@ -98,6 +99,7 @@ class Deliverer:
         self._session: Any = None  # aiohttp.ClientSession, opened in `open`
         self._smtp = asyncio.Semaphore(SMTP_THREADS)
         self._templates: dict[str, jinja2.Template] = {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # attempts under way, by row id
         self.sent = 0
         self.failed = 0  # failed attempts
         self.given_up = 0  # rows that reached `failed`
@@ -109,6 +111,11 @@ class Deliverer:
         self._session = aiohttp.ClientSession()
 
     async def close(self) -> None:
+        """Stop the attempts under way (their rows are tried again after the lease) and the HTTP session."""
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -128,15 +135,29 @@ class Deliverer:
         return {"sent": self.sent, "failed": self.failed, "given_up": self.given_up, "last_error": self.last_error}
 
     async def deliver_due(self) -> None:
-        """One pass: every row due now, sent concurrently, each attempt recorded."""
+        """Claim the rows due now and start one attempt for each, on tasks of their own."""
+        now = self._wall()
+        longest = max((c.timeout_ms for c in self._channels().values()), default=0)
+        until = now + timedelta(milliseconds=longest + LEASE_MARGIN_MS)
         try:
-            due = await self._in_store(self._store.due_notifications, self._wall(), BATCH)
+            due = await self._in_store(self._store.claim_notifications, now, until, BATCH)
         except Exception as exc:  # the store is down: try again at the next tick
             log.error("cannot read the notifications outbox: %s", exc)
             return
-        if due:
-            await asyncio.gather(*(self._deliver(n) for n in due))
-            self._wake.set()  # there may be more than one batch
+        for n in due:
+            if n.id in self._in_flight:
+                continue  # an attempt that outlived its lease: let it finish
+            self._in_flight[n.id] = asyncio.create_task(self._attempt(n), name=f"supervise-notify-{n.id}")
+        if len(due) == BATCH:
+            self._wake.set()  # there may be more
+
+    async def _attempt(self, n: Notification) -> None:
+        try:
+            await self._deliver(n)
+        except Exception:
+            log.exception("notification %s: delivery failed unexpectedly", n.id)
+        finally:
+            self._in_flight.pop(n.id, None)
 
     async def _deliver(self, n: Notification) -> None:
         channel = self._channels().get(n.channel)

@@ -151,6 +151,16 @@ class NotificationStore(Protocol):
         """Pending notifications whose next attempt is at or before `now`, oldest first."""
         ...
 
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        """Take the due notifications (as `due_notifications`) for one delivery attempt.
+
+        Each row returned has its next attempt moved to `until`, in the same
+        transaction (rows locked by another claimer are skipped), so no other
+        supervisor sharing the store takes it before `until`: a lease that
+        `record_attempt` ends, and that expires if its holder dies.
+        """
+        ...
+
     def next_notification_at(self) -> datetime | None:
         """When the soonest pending notification is due, or None when none is pending."""
         ...

@@ -455,6 +455,23 @@ class PostgresStore:
             [NotificationState.PENDING.value, utc(now), limit],
         )
 
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        columns = ", ".join("n.payload::text AS payload" if c == "payload" else f"n.{c}" for c in NOTIFICATION_COLUMNS)
+        query = self._q(
+            "WITH c AS (SELECT seq FROM {s}.notifications WHERE state = %s AND next_attempt_at <= %s "
+            "ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {{s}}.notifications n SET next_attempt_at = %s FROM c WHERE n.seq = c.seq RETURNING {columns}"
+        )
+        params = (NotificationState.PENDING.value, utc(now), limit, utc(until))
+
+        def claim(conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+            with conn.transaction():
+                return conn.execute(query, params).fetchall()
+
+        rows = self._call(claim)
+        found = [row_to_notification(row, _decode_time) for row in rows]
+        return sorted(found, key=lambda n: n.created_at)
+
     def next_notification_at(self) -> datetime | None:
         query = self._q("SELECT min(next_attempt_at) AS at FROM {s}.notifications WHERE state = %s")
         row = self._call(lambda conn: conn.execute(query, (NotificationState.PENDING.value,)).fetchone())

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
@@ -512,6 +513,19 @@ class SqliteStore:
             "WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
             [NotificationState.PENDING.value, encode_time(now), limit],
         )
+
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        select = (
+            f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications WHERE state = ? AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, seq LIMIT ?"
+        )
+        with self._write() as conn:
+            rows = conn.execute(select, (NotificationState.PENDING.value, encode_time(now), limit)).fetchall()
+            conn.executemany(
+                "UPDATE notifications SET next_attempt_at = ? WHERE id = ?",
+                [(encode_time(until), row["id"]) for row in rows],
+            )
+        return [replace(row_to_notification(row, decode_time), next_attempt_at=utc(until)) for row in rows]
 
     def next_notification_at(self) -> datetime | None:
         row = self._read(

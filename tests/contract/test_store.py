@@ -589,3 +589,46 @@ def test_the_outbox_survives_a_reopen(store_spec: dict[str, str]) -> None:
         first.add_notification(notification("a"))
     with make_store(store_spec) as second:
         assert [n.id for n in second.due_notifications(T0)] == ["a|ops"]
+
+
+def test_claimed_notifications_are_not_claimed_again_until_their_lease_ends(store: Store) -> None:
+    store.add_notification(notification("a"))
+    store.add_notification(notification("b", minute=1))
+    lease_end = T0 + timedelta(minutes=5)
+    (claimed,) = store.claim_notifications(T0, lease_end)
+    assert (claimed.id, claimed.next_attempt_at) == ("a|ops", lease_end)
+    assert store.claim_notifications(T0 + timedelta(minutes=2), lease_end) == [
+        replace(notification("b", minute=1), next_attempt_at=lease_end)
+    ]
+    assert store.claim_notifications(T0 + timedelta(minutes=4), lease_end) == []  # both held
+    (again,) = store.claim_notifications(lease_end, lease_end + timedelta(minutes=5), limit=1)
+    assert again.id == "a|ops"  # its holder never recorded an attempt: the lease expired
+    assert store.record_attempt("a|ops", at=lease_end, error=None, retry_at=None)
+    assert [n.id for n in store.claim_notifications(lease_end + timedelta(hours=1), lease_end)] == ["b|ops"]
+
+
+def test_racing_processes_claim_each_notification_exactly_once(store: Store, store_spec: dict[str, str]) -> None:
+    for i in range(40):
+        store.add_notification(notification(f"n{i}"))
+    script = (
+        "import json, sys\n"
+        "from datetime import datetime, timedelta\n"
+        "from tests.contract.conftest import make_store\n"
+        "spec = json.loads(sys.argv[1]); now = datetime.fromisoformat(sys.argv[2])\n"
+        "with make_store(spec) as s:\n"
+        "    got = []\n"
+        "    for _ in range(20):\n"
+        "        got += [n.id for n in s.claim_notifications(now, now + timedelta(hours=1), limit=3)]\n"
+        "print(json.dumps(got))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(store_spec), T0.isoformat()],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(3)
+    ]
+    claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    every = [i for got in claimed for i in got]
+    assert sorted(every) == sorted(f"n{i}|ops" for i in range(40))  # each exactly once

@@ -267,7 +267,9 @@ def test_a_receiver_down_for_10_s_gets_the_message_once_when_it_comes_back(
 def test_a_supervisor_killed_before_delivery_delivers_once_after_restart(
     launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
 ) -> None:
-    channel = webhook(receiver, backoff="500ms", backoff_max="1s", max_attempts=100)
+    # backoff 3s: the kill lands between two attempts, not inside one (an attempt cut short by the kill
+    # would be retried only once its lease ends, 40 s later)
+    channel = webhook(receiver, backoff="3s", backoff_max="3s", max_attempts=100)
     job = {**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}}
     config = write(short_dir, {"chat": channel}, {"report": job})
     first = launch(config)
