@@ -341,3 +341,70 @@ def test_services_added_at_runtime_take_notify_rules_and_unknown_channels_are_re
     (request,) = receiver.requests
     text = verify(request)["text"]  # the Slack preset: {"text": ...}
     assert text.startswith(":rotating_light: *late: run ") and "disk full: /var/reports" in text
+
+
+def test_retries_exhausted_is_one_message_for_the_last_attempt(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    receiver.start()
+    job = {
+        "target": "tests.children.jobs:fail",
+        "manual": True,
+        "retries": {"max": 2, "backoff": "fixed", "initial": "50ms"},
+        "notify": {"on": ["retries_exhausted"], "to": ["chat"]},
+    }
+    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"flaky": job}))
+    d.client.call("run", name="flaky")
+    wait_for(lambda: len(d.client.call("runs", name="flaky", state="failed")["runs"]) == 3, what="3 failed attempts")
+    (row,) = settled(d)
+    (request,) = receiver.requests
+    body = verify(request)
+    assert (row["event"], body["event"], body["attempt"]) == ("retries_exhausted", "retries_exhausted", 3)
+    assert body["error_lines"][-1] == "RuntimeError: attempt 3 failed"
+
+
+def test_a_job_that_fails_then_succeeds_sends_failure_then_recovered(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    receiver.start()
+    flag = short_dir / "fixed"
+    job = {"command": ["sh", "-c", f"test -f {flag}"], "manual": True}
+    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"report": {**job, "notify": {"to": ["chat"]}}}))
+    for state in ("failed", "failed", "succeeded", "succeeded"):
+        if state == "succeeded":
+            flag.touch()
+        run_id = d.client.call("run", name="report")["run_id"]
+
+        def ended(run_id: str = run_id, state: str = state) -> bool:
+            return any(r["run_id"] == run_id for r in d.client.call("runs", state=state)["runs"])
+
+        wait_for(ended, what=f"run {run_id} {state}")
+    settled(d)
+    sent = [verify(r) for r in receiver.requests]
+    assert [b["event"] for b in sent] == ["failure", "recovered"]
+    assert sent[1]["count"] == 2 and sent[1]["summary"].startswith("report: recovered after 2 failures")
+
+
+def test_a_crash_looping_service_that_comes_up_stable_sends_recovered(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    receiver.start()
+    marks = short_dir / "marks"
+    script = (
+        f'echo x >> {marks}; [ "$(wc -l < {marks})" -gt 3 ] && exec sleep 1000; '
+        f'echo "crash $(wc -l < {marks})" >&2; exit 2'
+    )
+    svc = {
+        "command": ["sh", "-c", script],
+        "backoff": "50ms",
+        "backoff_max": "50ms",
+        "stable_after": "1s",
+        "notify": {"on": ["failure", "recovered"], "to": ["chat"]},
+    }
+    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"web": svc}))
+    wait_for(lambda: len(receiver.requests) == 2, timeout_s=20, what="failure and recovered")
+    first, second = (verify(r) for r in receiver.requests)
+    assert (first["event"], first["summary"]) == ("failure", "web: exited with code 2")
+    assert first["output_lines"][-1] == "crash 1" and first["command"] == "supervise logs web"
+    assert (second["event"], second["count"]) == ("recovered", 3)
+    assert d.state("web") == "RUNNING"
