@@ -37,6 +37,7 @@ __all__ = [
     "CHANNEL_NAME",
     "DEFAULT_MIN_INTERVAL_MS",
     "EVENTS",
+    "INLINE",
     "EmailChannel",
     "NotifyConfig",
     "NotifyRule",
@@ -56,7 +57,8 @@ EVENTS: Final = ("failure", "retries_exhausted", "timed_out", "lost", "missed", 
 DEFAULT_MIN_INTERVAL_MS: Final = 5 * 60_000
 DEFAULT_ON: Final = ("failure", "retries_exhausted", "timed_out", "lost", "missed", "fatal", "recovered")
 CHANNEL_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_RESERVED: Final = frozenset({"default"})
+INLINE: Final = "webhook"  # the channel name of a rule's own webhook, in the outbox (unique per service)
+_RESERVED: Final = frozenset({"default"})  # and INLINE
 
 SAMPLE_MESSAGE: Final[Mapping[str, Any]] = MappingProxyType(
     {
@@ -123,6 +125,12 @@ class NotifyRule:
     on: tuple[str, ...] = DEFAULT_ON
     to: tuple[str, ...] = ()
     min_interval_ms: int = DEFAULT_MIN_INTERVAL_MS  # at most one digest per this, per service and rule
+    webhook: WebhookChannel | None = None  # a service's own webhook (key webhook), besides `to`
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The channel names messages go to: `to`, and `INLINE` for the rule's own webhook."""
+        return self.to + ((INLINE,) if self.webhook is not None else ())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,9 +205,9 @@ def parse_rule(value: object) -> NotifyRule:
     """
     if not isinstance(value, Mapping):
         raise ValueError(f'expected a table like {{ on = ["failure"], to = ["ops"] }}, got {type_name(value)}')
-    unknown = [k for k in value if k not in ("on", "to", "min_interval")]
+    unknown = [k for k in value if k not in ("on", "to", "min_interval", "webhook")]
     if unknown:
-        raise ValueError(f'unknown key "{unknown[0]}" (expected on, to, min_interval)')
+        raise ValueError(f'unknown key "{unknown[0]}" (expected on, to, min_interval, webhook)')
     on = value.get("on", list(DEFAULT_ON))
     if not isinstance(on, list) or not all(isinstance(e, str) for e in on):
         raise ValueError(f"on: expected a list of event names, got {show_value(on)}")
@@ -217,7 +225,25 @@ def parse_rule(value: object) -> NotifyRule:
             interval = parse_duration_ms(value["min_interval"])
         except ValueError as exc:
             raise ValueError(f"min_interval: {exc}") from exc
-    return NotifyRule(on=tuple(dict.fromkeys(on)), to=tuple(dict.fromkeys(to)), min_interval_ms=interval)
+    webhook = _inline_webhook(value["webhook"]) if "webhook" in value else None
+    return NotifyRule(
+        on=tuple(dict.fromkeys(on)), to=tuple(dict.fromkeys(to)), min_interval_ms=interval, webhook=webhook
+    )
+
+
+def _inline_webhook(value: object) -> WebhookChannel:
+    """A rule's own webhook: a URL, or a table of the webhook channel keys (`type` implied)."""
+    table = {"url": value} if isinstance(value, str) else value
+    if not isinstance(table, Mapping):
+        example = '{ url = "https://...", secret = "..." }'
+        raise ValueError(f"webhook: expected a URL or a table like {example}, got {type_name(value)}")
+    problems: Problems = []
+    channel = _parse_channel(INLINE, {"type": "webhook", **table}, ("webhook",), problems)
+    if channel is None or problems:
+        path, message = problems[0]
+        raise ValueError(f"{'.'.join(path)}: {message}")
+    assert isinstance(channel, WebhookChannel)
+    return channel
 
 
 def parse_notify(table: object, problems: Problems) -> NotifyConfig:
@@ -235,8 +261,10 @@ def parse_notify(table: object, problems: Problems) -> NotifyConfig:
             except ValueError as exc:
                 problems.append(((*path, "default"), str(exc)))
             continue
-        if not CHANNEL_NAME.fullmatch(name) or name in _RESERVED:
-            problems.append(((*path, name), f"channel names must match {CHANNEL_NAME.pattern}"))
+        if not CHANNEL_NAME.fullmatch(name) or name in _RESERVED or name == INLINE:
+            problems.append(
+                ((*path, name), f'channel names must match {CHANNEL_NAME.pattern}, and not be "default" or "{INLINE}"')
+            )
             continue
         channel = _parse_channel(name, value, (*path, name), problems)
         if channel is not None:

@@ -75,7 +75,9 @@ class Deliverer:
     """Sends what the outbox holds; one per supervisor, driven by the notifier's task.
 
     Args:
-        channels: the configured channels now (a reload may change them).
+        channel: the channel a row goes to, by (service, channel name), as configured now
+            (a reload may change it); None when there is no such channel any more.
+        longest_timeout_ms: the longest `timeout` of the channels (claims outlast it).
         in_store: runs a store call off the event loop, in order with outbox writes.
         wall: the wall clock (row times are wall times).
         publish: emits an event (`notification_failed`, `notification_sent`).
@@ -85,18 +87,20 @@ class Deliverer:
         self,
         store: NotificationStore,
         *,
-        channels: Callable[[], Mapping[str, Channel]],
+        channel: Callable[[str, str], Channel | None],
+        longest_timeout_ms: Callable[[], int],
         in_store: InStore,
         wall: Callable[[], datetime],
         publish: Callable[[str, str, Mapping[str, object]], None],
     ) -> None:
         self._store = store
-        self._channels = channels
+        self._channel = channel
+        self._longest_timeout_ms = longest_timeout_ms
         self._in_store = in_store
         self._wall = wall
         self._publish = publish
         self._wake = asyncio.Event()
-        self._session: Any = None  # aiohttp.ClientSession, opened in `open`
+        self._session: Any = None  # aiohttp.ClientSession, opened at the first webhook
         self._smtp = asyncio.Semaphore(SMTP_THREADS)
         self._templates: dict[str, jinja2.Template] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # attempts under way, by row id
@@ -104,11 +108,6 @@ class Deliverer:
         self.failed = 0  # failed attempts
         self.given_up = 0  # rows that reached `failed`
         self.last_error: str | None = None
-
-    async def open(self) -> None:
-        import aiohttp  # slow to import: only when notifications are configured
-
-        self._session = aiohttp.ClientSession()
 
     async def close(self) -> None:
         """Stop the attempts under way (their rows are tried again after the lease) and the HTTP session."""
@@ -137,9 +136,11 @@ class Deliverer:
     async def deliver_due(self) -> None:
         """Claim the rows due now and start one attempt for each, on tasks of their own."""
         now = self._wall()
-        longest = max((c.timeout_ms for c in self._channels().values()), default=0)
-        until = now + timedelta(milliseconds=longest + LEASE_MARGIN_MS)
+        until = now + timedelta(milliseconds=self._longest_timeout_ms() + LEASE_MARGIN_MS)
         try:
+            soonest = await self._in_store(self._store.next_notification_at)  # a read: no write lock when idle
+            if soonest is None or soonest > now:
+                return
             due = await self._in_store(self._store.claim_notifications, now, until, BATCH)
         except Exception as exc:  # the store is down: try again at the next tick
             log.error("cannot read the notifications outbox: %s", exc)
@@ -160,7 +161,7 @@ class Deliverer:
             self._in_flight.pop(n.id, None)
 
     async def _deliver(self, n: Notification) -> None:
-        channel = self._channels().get(n.channel)
+        channel = self._channel(n.service, n.channel)
         error: DeliveryError | None = None
         if channel is None:
             error = DeliveryError(f'channel "{n.channel}" is no longer configured', permanent=True)
@@ -236,7 +237,8 @@ class Deliverer:
         headers[ID_HEADER] = n.id
         if channel.secret:
             headers[SIGNATURE_HEADER] = sign(channel.secret, timestamp, body)
-        assert self._session is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession()  # at the first webhook: aiohttp is slow to import
         timeout = aiohttp.ClientTimeout(total=channel.timeout_ms / 1000)
         try:
             async with self._session.request(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from supervise.supervisor.config.model import Config, ServiceConfig
-from supervise.supervisor.config.notify import NotifyRule
+from supervise.supervisor.config.notify import INLINE, Channel, NotifyRule
 from supervise.supervisor.core.alerts import Alert, AlertGate
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.policies import should_retry
@@ -55,6 +55,8 @@ class NotifyHost(Protocol):
 
     def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None: ...
 
+    def service_names(self) -> list[str]: ...
+
 
 class Notifier:
     """Decides what to send and writes it to the outbox; owns the `Deliverer`.
@@ -81,7 +83,8 @@ class Notifier:
         self.queued = 0  # rows written to the outbox by this supervisor
         self.deliverer = Deliverer(
             store,
-            channels=lambda: host.config.notify.channels,
+            channel=self.channel,
+            longest_timeout_ms=self._longest_timeout_ms,
             in_store=self.in_store,
             wall=clock.wall,
             publish=host.publish,
@@ -92,7 +95,6 @@ class Notifier:
     async def start(self) -> None:
         """Start delivering: rows left by an earlier run of this supervisor go first."""
         self._loop = asyncio.get_running_loop()
-        await self.deliverer.open()
         self._task = asyncio.create_task(self._tick_forever(), name="supervise-notify")
 
     async def close(self) -> None:
@@ -207,7 +209,25 @@ class Notifier:
     def rule_for(self, cfg: ServiceConfig) -> NotifyRule | None:
         """The service's own rule, else `[notify] default`; None when it has no channel."""
         rule = cfg.notify if cfg.notify is not None else self._host.config.notify.default
-        return rule if rule is not None and rule.to else None
+        return rule if rule is not None and rule.targets else None
+
+    def channel(self, service: str, name: str) -> Channel | None:
+        """Where a row goes: a `[notify.NAME]` channel, or the service's own webhook (INLINE)."""
+        if name != INLINE:
+            return self._host.config.notify.channels.get(name)
+        try:
+            rule = self._host.require(service).config.notify
+        except LookupError:
+            return None
+        return rule.webhook if rule is not None else None
+
+    def _longest_timeout_ms(self) -> int:
+        timeouts = [c.timeout_ms for c in self._host.config.notify.channels.values()]
+        for name in self._host.service_names():
+            rule = self._host.require(name).config.notify
+            if rule is not None and rule.webhook is not None:
+                timeouts.append(rule.webhook.timeout_ms)
+        return max(timeouts, default=0)
 
     # -- rows out ----------------------------------------------------------------------------
 
@@ -222,8 +242,8 @@ class Notifier:
         payload = self._payload(alert, cfg, detail, self._clock.wall())
         sup = self._host.config.supervisor
         log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
-        self.queued += len(rule.to)
-        future = self._executor.submit(self._write, payload, rule.to, fact, log_path, sup.log_backups)
+        self.queued += len(rule.targets)
+        future = self._executor.submit(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
         future.add_done_callback(self._written)
 
     def _write(

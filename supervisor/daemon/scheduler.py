@@ -415,7 +415,13 @@ class Scheduler:
         self._host.publish(
             s.name,
             "run_finished",
-            {"run_id": run_id, "state": str(state), "duration_ms": run.duration_ms, "error": error, "attempt": run.attempt},
+            {
+                "run_id": run_id,
+                "state": str(state),
+                "duration_ms": run.duration_ms,
+                "error": error,
+                "attempt": run.attempt,
+            },
         )
         self._retry_if_wanted(s, run)
         self._start_buffered(s)

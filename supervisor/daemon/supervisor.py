@@ -129,7 +129,7 @@ class Supervisor:
         self.changes = RuntimeChanges(self, self._services)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
-        self.notifier: Notifier | None = None  # when [notify] has channels (docs/notifications.md)
+        self.notifier: Notifier | None = None  # docs/notifications.md; set in start
         for cfg in config.services.values():
             self.register(cfg)
 
@@ -204,7 +204,7 @@ class Supervisor:
         self.scheduler.arm_stored_oneshots()
 
     async def _start_notifier(self) -> None:
-        if not self.config.notify.channels or self.store is None:
+        if self.store is None:
             return
         instance = self.observability.events.instance
         self.notifier = Notifier(self, self.store.store, clock=self._clock, instance=instance)

@@ -342,6 +342,15 @@ def test_services_added_at_runtime_take_notify_rules_and_unknown_channels_are_re
     text = verify(request)["text"]  # the Slack preset: {"text": ...}
     assert text.startswith(":rotating_light: *late: run ") and "disk full: /var/reports" in text
 
+    # "tell me when my job ran": a task added through the API with a webhook of its own
+    own = {"on": ["success"], "webhook": {"url": receiver.url, "secret": SECRET}}
+    d.client.call("add", name="task", spec={"command": "true", "manual": True, "notify": own})
+    run_id = d.client.call("run", name="task")["run_id"]
+    rows = wait_for(lambda: [r for r in settled(d) if r["service"] == "task"], what="the task's notification")
+    assert [(r["channel"], r["event"], r["state"]) for r in rows] == [("webhook", "success", "delivered")]
+    body = verify(receiver.requests[-1])
+    assert (body["service"], body["event"], body["run_id"]) == ("task", "success", run_id)
+
 
 def test_retries_exhausted_is_one_message_for_the_last_attempt(
     launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver

@@ -188,3 +188,33 @@ def test_the_json_body_example_of_the_docs_renders_valid_json() -> None:
     for event in ("failure", "recovered"):
         rendered = json.loads(template.render({**SAMPLE_MESSAGE, "event": event}))
         assert rendered["severity"] == ("info" if event == "recovered" else "error")
+
+
+def test_a_rule_may_carry_its_own_webhook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPORT_HOOK_SECRET", "s")
+    (example,) = [b for b in doc_blocks() if "nightly-export" in b]
+    path = tmp_path / "supervise.toml"
+    path.write_text(example)
+    rule = load_config(path).services["nightly-export"].notify
+    assert rule is not None and rule.webhook is not None
+    assert (rule.webhook.url, rule.webhook.secret) == ("https://ci.example.com/hooks/export", "s")
+    assert rule.targets == ("webhook",)
+    short = parse_config({"services": {"a": {"command": "true", "notify": {"webhook": "http://127.0.0.1:9/x"}}}})
+    assert short.services["a"].notify.webhook.url == "http://127.0.0.1:9/x"  # type: ignore[union-attr]
+
+
+def test_a_bad_own_webhook_and_a_channel_named_webhook_are_config_errors(tmp_path: Path) -> None:
+    found = errors(
+        tmp_path,
+        """
+        [notify.webhook]
+        type = "webhook"
+        url = "http://127.0.0.1:9/hook"
+
+        [services.a]
+        command = "true"
+        notify = { webhook = { url = "ftp://x" } }
+        """,
+    )
+    assert found[0].startswith("notify.webhook: channel names must match")
+    assert found[1].startswith("services.a.notify: webhook.url: expected an http:// or https:// URL")
