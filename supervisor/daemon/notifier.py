@@ -139,9 +139,15 @@ class Notifier:
     # -- events in ---------------------------------------------------------------------------
 
     def observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
-        """An `EventLog` listener: every event of the supervisor passes here."""
+        """An `EventLog` listener: every event of the supervisor passes here; it never raises."""
         if kind.startswith("notification"):
             return
+        try:
+            self._observe(service, kind, detail)
+        except Exception:  # a notification problem must not reach the state machine that emitted the event
+            log.exception("notifications: could not handle %s event of %s", kind, service)
+
+    def _observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         try:
             svc = self._host.require(service)
         except LookupError:
