@@ -246,9 +246,10 @@ class Deliverer:
             ) as response:
                 if response.status >= 300:
                     text = (await response.text(errors="replace"))[:200]
-                    raise DeliveryError(f"HTTP {response.status} from {channel.url}: {text}".strip())
+                    raise DeliveryError(f"HTTP {response.status}: {text}".strip())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryError(f"{channel.url}: {type(exc).__name__}: {exc}".strip()) from exc
+            # Not the URL: a Slack-style URL is itself a secret, and errors are shown to read-only clients.
+            raise DeliveryError(f"{type(exc).__name__}: {exc}".strip().replace(channel.url, "<url>")) from exc
 
     async def _send_email(self, channel: EmailChannel, n: Notification) -> None:
         subject = " ".join(self._render(channel.subject, n.payload).split())[:200]
