@@ -81,6 +81,7 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self.queued = 0  # rows written to the outbox by this supervisor
+        self._closed = False
         self.deliverer = Deliverer(
             store,
             channel=self.channel,
@@ -98,6 +99,7 @@ class Notifier:
         self._task = asyncio.create_task(self._tick_forever(), name="supervise-notify")
 
     async def close(self) -> None:
+        self._closed = True
         for handle in self._stable_timers.values():
             handle.cancel()
         self._stable_timers.clear()
@@ -140,7 +142,7 @@ class Notifier:
 
     def observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         """An `EventLog` listener: every event of the supervisor passes here; it never raises."""
-        if kind.startswith("notification"):
+        if self._closed or kind.startswith("notification"):
             return
         try:
             self._observe(service, kind, detail)

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -114,8 +115,10 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 # -- the daemon --------------------------------------------------------------------------------------
 
 
-def write(folder: Path, notify: dict[str, dict[str, object]], services: dict[str, dict[str, object]]) -> Path:
-    lines = ["[supervisor]", 'state_dir = "state"']
+def write(
+    folder: Path, notify: dict[str, dict[str, object]], services: dict[str, dict[str, object]], **supervisor: object
+) -> Path:
+    lines = ["[supervisor]", 'state_dir = "state"', *(f"{k} = {toml_value(v)}" for k, v in supervisor.items())]
     for name, keys in notify.items():
         lines.append(f"\n[notify.{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
@@ -214,6 +217,9 @@ def test_a_failing_job_sends_exactly_one_email_and_one_signed_webhook(
     assert f"run:     {run_id}" in text and "more:    supervise runs report" in text
     status = d.client.call("status")["supervisor"]["notifications"]
     assert (status["sent"], status["failed"]) == (2, 0)
+    listing = d.cli("notifications")
+    assert listing.returncode == 0 and listing.stdout.count("delivered") == 2, listing.stderr
+    assert d.cli("notifications", "--failed").stdout.strip().startswith("CREATED")  # the header, no rows
 
 
 def test_a_crash_loop_of_50_restarts_sends_at_most_3_messages(
@@ -288,6 +294,31 @@ def test_a_supervisor_killed_before_delivery_delivers_once_after_restart(
     (request,) = receiver.requests
     assert request.headers["X-Supervise-Notification-Id"] == pending["id"]
     assert verify(request)["event"] == "failure"
+
+
+def test_with_a_postgresql_store_a_killed_supervisor_delivers_once_after_restart(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    from tests.contract.conftest import drop_schema, postgres_dsn
+
+    dsn = postgres_dsn()
+    schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
+    try:
+        channel = webhook(receiver, backoff="3s", backoff_max="3s")
+        job = {**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}}
+        config = write(short_dir, {"chat": channel}, {"report": job}, store=f"{dsn}?schema={schema}")
+        first = launch(config)
+        first.client.call("run", name="report")
+        wait_for(lambda: (rows := outbox(first)) and rows[0]["attempts"] >= 1, what="a first, failed attempt")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        receiver.start()
+        second = launch(config)
+        (row,) = settled(second)
+        assert (row["state"], len(receiver.requests)) == ("delivered", 1)
+        stop_daemon(second)
+    finally:
+        drop_schema(dsn, schema)
 
 
 def test_a_channel_that_cannot_deliver_never_slows_supervision(
