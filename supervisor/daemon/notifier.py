@@ -119,12 +119,15 @@ class Notifier:
         pruned_at: int | None = None
         while True:
             now_ms = self._clock.monotonic_ms()
-            for alert in self._gate.due(now_ms):
-                self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
-            if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
-                pruned_at = now_ms
-                await self._prune()
-            await self.deliverer.deliver_due()
+            try:
+                for alert in self._gate.due(now_ms):
+                    self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
+                if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
+                    pruned_at = now_ms
+                    await self._prune()
+                await self.deliverer.deliver_due()
+            except Exception:  # keep delivering: one bad pass must not end notifications
+                log.exception("notifications: a delivery pass failed; trying again in 1 s")
             await self.deliverer.wait(1.0)
 
     async def _prune(self) -> None:
