@@ -480,6 +480,24 @@ def runs(
 
 
 @cli.command()
+@click.option("--failed", is_flag=True, help="only notifications given up on")
+@click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@client_options
+def notifications(
+    failed: bool, limit: int, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None
+) -> None:
+    """The notifications outbox, newest first: what was sent, what is retried, what failed."""
+    result = _call(_obj(config, endpoint, timeout), "notifications", failed=failed, limit=limit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    from supervise.supervisor.cli.render import notifications_table
+
+    click.echo(notifications_table(result["notifications"]))
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--at", "at", required=True, help="ISO-8601 datetime with offset, e.g. 2026-12-01T09:00:00+01:00")
 @click.option("--args", "args_json", help="keyword arguments of that run, as a JSON object")

@@ -51,6 +51,12 @@ def status_table(result: Mapping[str, Any]) -> str:
     sup = result.get("supervisor") or {}
     if sup and not sup.get("healthy", True):
         out += "\n\nunhealthy: a critical service is not up (FATAL, BACKOFF or STARTING)"
+    notes = sup.get("notifications") or {}
+    if notes.get("failed"):  # docs/notifications.md
+        out += (
+            f"\n\nnotifications: {notes.get('sent', 0)} sent, {notes['failed']} failed attempts, "
+            f"{notes.get('given_up', 0)} given up; last error: {notes.get('last_error')}"
+        )
     return out
 
 
@@ -90,3 +96,20 @@ def schedule_table(services: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return table(["SCHEDULED", "TRIGGER", "NEXT FIRE", "LAST RUN", "RUNNING", "QUEUED"], rows)
+
+
+def notifications_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The outbox, newest first: one line per message and channel."""
+    shown = [
+        [
+            str(n.get("created_at", ""))[:19],
+            n["service"],
+            n["event"],
+            n["channel"],
+            n["state"],
+            str(n["attempts"]),
+            (n.get("last_error") or n.get("summary") or "")[:70],
+        ]
+        for n in rows
+    ]
+    return table(["CREATED", "SERVICE", "EVENT", "CHANNEL", "STATE", "TRIES", "LAST ERROR / SUMMARY"], shown)

@@ -22,6 +22,7 @@ from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
 from supervise.protocol.url_policy import parse_allow_list
+from supervise.supervisor.config.notify import parse_rule
 from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
     parse_duration_ms,
@@ -359,7 +360,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "stop_signal": Key("stop_signal", _signal),
         "stop_timeout": Key("stop_timeout_ms", _duration(positive=True)),
         "hang_signal": Key("hang_signal", _signal),
-        "type": Key("notify", _service_type),
+        "type": Key("sd_notify", _service_type),
         "success_exit_codes": Key("success_exit_codes", _exit_statuses),
         "restart_prevent_exit_codes": Key("restart_prevent_exit_codes", _exit_statuses),
         "restart_force_exit_codes": Key("restart_force_exit_codes", _exit_statuses),
@@ -372,6 +373,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "requires": Key("requires", _names),
         "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
+        "notify": Key("notify", lambda value, ctx: parse_rule(value)),  # docs/notifications.md
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )

@@ -43,6 +43,7 @@ from supervise.supervisor.config.model import (
     SupervisorConfig,
 )
 from supervise.supervisor.config.nesting import depth_problem, too_deep
+from supervise.supervisor.config.notify import check_targets, declared_channels, parse_notify
 from supervise.supervisor.config.positions import locate_keys
 from supervise.supervisor.config.schedule import (
     HTTP_TARGET,
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_TOP_LEVEL_KEYS = ("supervisor", "services")
+_TOP_LEVEL_KEYS = ("supervisor", "services", "notify")
 # With slots=True the class attributes are slot descriptors, not the defaults.
 _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
     f.name: f.default for f in fields(ServiceConfig) if f.default is not MISSING
@@ -177,9 +178,16 @@ def parse_config(
         issues += _notify_socket_problems(supervisor.state_dir, services)
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
+    notify = parse_notify(data.get("notify", {}), issues)
+    for name, service in services.items():
+        if service.notify is not None:
+            declared = declared_channels(data.get("notify"))
+            issues += check_targets(service.notify, declared, ("services", name, "notify", "to"))
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
-    return Config(source, ctx.base_dir, supervisor, MappingProxyType(services), tuple(_problems(warnings, text)))
+    return Config(
+        source, ctx.base_dir, supervisor, MappingProxyType(services), notify=notify, warnings=tuple(_problems(warnings, text))
+    )
 
 
 def parse_service(
@@ -254,7 +262,7 @@ def _parse_service(
             values["schedule"] = replace(schedule, args=MappingProxyType(args))
             table = {**table, "target": HTTP_TARGET}
     values.setdefault("cwd", ctx.base_dir)
-    slow_start = "target" in table or values.get("notify", False)  # waits for a hello, or READY=1
+    slow_start = "target" in table or values.get("sd_notify", False)  # waits for a hello, or READY=1
     values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if slow_start else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:
         values["restart"] = RestartMode.ON_FAILURE  # a critical service always gets its restarts
@@ -279,14 +287,14 @@ def _check_service(
 
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
-    if values.get("watchdog_timeout_ms") is not None and "target" not in values and not values.get("notify"):
+    if values.get("watchdog_timeout_ms") is not None and "target" not in values and not values.get("sd_notify"):
         message = 'applies to Python targets (their code calls ctx.heartbeat()) and type = "notify" commands (WATCHDOG=1)'
         issues.append(((*path, "watchdog"), message))
-    if values.get("notify") and "target" in table:
+    if values.get("sd_notify") and "target" in table:
         issues.append(((*path, "type"), '"notify" applies to commands (a Python target says hello on its own)'))
-    elif values.get("notify") and values.get("schedule") is not None:
+    elif values.get("sd_notify") and values.get("schedule") is not None:
         issues.append(((*path, "type"), '"notify" applies to long-running commands, not scheduled ones'))
-    elif values.get("notify") and values.get("start_timeout_ms") == 0:
+    elif values.get("sd_notify") and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), 'must be > 0 for type = "notify" (the time it has to send READY=1)'))
     schedule = values.get("schedule")
     if schedule is not None and values.get("processes", 1) > 1 and ("target" not in values or schedule.isolation != "worker"):
@@ -333,7 +341,7 @@ def _notify_socket_problems(state_dir: Path, services: Mapping[str, ServiceConfi
     issues: _Issues = []
     for name, service in services.items():
         last = name if service.processes == 1 else f"{name}:{service.processes - 1}"
-        too_long = ipc_too_long(str(notify_socket_path(state_dir, last))) if service.notify else None
+        too_long = ipc_too_long(str(notify_socket_path(state_dir, last))) if service.sd_notify else None
         if too_long is not None:
             issues.append((("services", name, "type"), f"its NOTIFY_SOCKET: {too_long} (use a shorter state_dir or name)"))
     return issues

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.supervisor.config.keys import RestartMode
+from supervise.supervisor.config.notify import NotifyConfig, NotifyRule
 from supervise.supervisor.config.schedule import ScheduleConfig
 from supervise.supervisor.core.errors import ConfigProblem
 from supervise.supervisor.core.restart import NO_EXIT_STATUSES, ExitStatuses
@@ -47,7 +48,7 @@ class ServiceConfig:
     success_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # clean besides exit 0 (systemd's SuccessExitStatus)
     restart_prevent_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
     restart_force_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # always restarted after these (RestartForceExitStatus)
-    notify: bool = False  # key type = "notify": started once it sends READY=1 on its NOTIFY_SOCKET
+    sd_notify: bool = False  # key type = "notify": started once it sends READY=1 on its NOTIFY_SOCKET
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path  # absolute
     user: str | None = None
@@ -62,6 +63,7 @@ class ServiceConfig:
     # The [services.NAME] table it was parsed from: what `update` patches. Not compared:
     # two tables that mean the same service are the same service.
     table: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    notify: NotifyRule | None = None  # key notify; None: [notify] default applies
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same immutable shapes as parsing.
@@ -131,3 +133,4 @@ class Config:
     # What will not stop the config from starting but will stop a service: a command's
     # executable that is missing now (it may be deployed, or its mount appear, later).
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify]: channels and the default rule

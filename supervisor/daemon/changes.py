@@ -52,6 +52,9 @@ class RuntimeChanges:
         missing = [d for d in cfg.requires if d not in self._services]
         if missing:
             raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.requires: unknown service "{missing[0]}"')
+        unknown = [c for c in (cfg.notify.to if cfg.notify else ()) if c not in self._host.config.notify.channels]
+        if unknown:  # docs/notifications.md
+            raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.notify.to: unknown channel "{unknown[0]}"')
         assert self._host.store is not None
         self._host.store.put_registration(name, dict(table))
         self._add_config_service(replace(cfg, origin="runtime"))

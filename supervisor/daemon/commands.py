@@ -273,6 +273,11 @@ async def _events(sup: ControlApi, args: Mapping[str, object]) -> object:
     return sup.observability.events_since(since, service=service if isinstance(service, str) else None, limit=limit)
 
 
+async def _notifications(sup: ControlApi, args: Mapping[str, object]) -> object:
+    limit = int(args.get("limit", 20))  # type: ignore[call-overload]
+    return {"notifications": await sup.notifications(failed_only=args.get("failed") is True, limit=limit)}
+
+
 async def _logs(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = str(args["name"])
     sup.require(name)
@@ -412,6 +417,15 @@ COMMANDS: dict[str, Command] = {
             _logs,
             "The last lines of a service's captured stdout/stderr, across rotated files, and where to follow from.",
             {"name": Arg(str, True, "the service"), "lines": Arg(int, doc="how many (default 100)", min=0, max=10_000)},
+        ),
+        Command(
+            "notifications",
+            _notifications,
+            "The notifications outbox, newest first: each message per channel, its state, attempts and last error.",
+            {
+                "failed": Arg(bool, doc="only those given up on"),
+                "limit": Arg(int, doc="at most this many (default 20)", min=1, max=10_000),
+            },
         ),
     ]
 }

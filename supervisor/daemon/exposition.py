@@ -65,6 +65,19 @@ def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
         "supervise_bad_worker_messages", "Worker messages dropped: undecodable, unknown sender or wrong token.",
         value=sup.get("bad_worker_messages", 0),
     )
+    notifications = sup.get("notifications")
+    if notifications is not None:  # docs/notifications.md
+        yield CounterMetricFamily(
+            "supervise_notifications_sent", "Notifications delivered.", value=notifications.get("sent", 0)
+        )
+        yield CounterMetricFamily(
+            "supervise_notifications_failed", "Notification delivery attempts that failed.",
+            value=notifications.get("failed", 0),
+        )
+        yield CounterMetricFamily(
+            "supervise_notifications_given_up", "Notifications that used up their attempts.",
+            value=notifications.get("given_up", 0),
+        )
 
 
 def _service_families(services: list[Mapping[str, Any]]) -> Iterator[Metric]:

@@ -72,6 +72,7 @@ class Observability:
         self._task: asyncio.Task[None] | None = None
         self.http: HttpServer | None = None
         self._registry: Any = None  # prometheus_client's, built at the first scrape
+        self.notifications: Callable[[], Mapping[str, object]] | None = None  # the notifier's counters, if any
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -176,6 +177,7 @@ class Observability:
                 "bad_worker_messages": self._sup.bad_worker_messages,
                 "control": self._sup.control_counters(),
                 "sample_interval_s": self.sample_interval_s,
+                "notifications": self.notifications() if self.notifications is not None else None,
             },
             "services": services,
         }

@@ -201,6 +201,10 @@ class ControlApi(ServiceView, Protocol):
         """Stop every service and the daemon."""
         ...
 
+    async def notifications(self, *, failed_only: bool, limit: int) -> list[dict[str, object]]:
+        """The notifications outbox, newest first."""
+        ...
+
 
 __all__ = [
     "ChangesHost",

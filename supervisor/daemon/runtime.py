@@ -34,7 +34,7 @@ def instance_name(service: str, instance: int) -> str:
 
 
 PROCESS_FIELDS = frozenset(
-    {"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms", "notify"}
+    {"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms", "sd_notify"}
 )
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
@@ -66,7 +66,7 @@ def service_spec(cfg: ServiceConfig) -> core.ServiceSpec:
         stop_timeout_ms=cfg.stop_timeout_ms,
         watchdog_timeout_ms=cfg.watchdog_timeout_ms,
         hang_signal=int(cfg.hang_signal),
-        notify=cfg.notify,
+        notify=cfg.sd_notify,
         exit_rules=ExitRules(cfg.success_exit_codes, cfg.restart_prevent_exit_codes, cfg.restart_force_exit_codes),
     )
 

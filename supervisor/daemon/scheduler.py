@@ -489,7 +489,15 @@ class Scheduler:
         self._ended(s, run)
         s.last_finished = now
         self._host.publish(
-            s.name, "run_finished", {"run_id": run_id, "state": str(state), "duration_ms": run.duration_ms, "error": error}
+            s.name,
+            "run_finished",
+            {
+                "run_id": run_id,
+                "state": str(state),
+                "duration_ms": run.duration_ms,
+                "error": error,
+                "attempt": run.attempt,
+            },
         )
         self._retry_if_wanted(s, run)
         self._drain(s)

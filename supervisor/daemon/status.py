@@ -59,7 +59,7 @@ def status_row_detail(
         "service": svc.config.name,
         "instance": svc.instance,
         "kind": "python" if svc.config.is_python else "command",
-        "type": "notify" if svc.config.notify else "simple",
+        "type": "notify" if svc.config.sd_notify else "simple",
         "main_pid": r.main_pid,
         "notify_phase": r.notify_phase,
         "critical": svc.config.critical,

@@ -46,6 +46,7 @@ from supervise.supervisor.daemon.commands import Command
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.daemon.notifier import Notifier
 from supervise.supervisor.daemon.observability import Observability
 from supervise.supervisor.daemon.pool import PoolHooks, WorkerPool
 from supervise.supervisor.daemon.ports import ExitCallback
@@ -131,6 +132,7 @@ class Supervisor:
         self.changes = RuntimeChanges(self, self._services)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
+        self.notifier: Notifier | None = None  # docs/notifications.md; set in start
         for cfg in config.services.values():
             self.register(cfg)
 
@@ -186,6 +188,7 @@ class Supervisor:
             sup.control_endpoint,
         )
         self._start_scheduler()
+        await self._start_notifier()
         self._restore_registrations()
         self.start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
@@ -202,6 +205,19 @@ class Supervisor:
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
         self.scheduler.arm_stored_oneshots()
+
+    async def _start_notifier(self) -> None:
+        if self.store is None:
+            return
+        instance = self.observability.events.instance
+        self.notifier = Notifier(self, self.store.store, clock=self._clock, instance=instance)
+        self.observability.events.listeners.append(self.notifier.observe)
+        self.observability.notifications = self.notifier.summary
+        await self.notifier.start()
+
+    async def notifications(self, *, failed_only: bool, limit: int) -> list[dict[str, object]]:
+        """The outbox, newest first (`supervise notifications`)."""
+        return [] if self.notifier is None else await self.notifier.listing(failed_only=failed_only, limit=limit)
 
     def _restore_registrations(self) -> None:
         """Services added at runtime by an earlier run of this supervisor come back."""
@@ -291,6 +307,8 @@ class Supervisor:
                 svc.log.close()
         if self.scheduler is not None:
             self.scheduler.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         if self.store is not None:
             self.store.close()
         await self.observability.close()
@@ -401,7 +419,7 @@ class Supervisor:
 
     def _command_env(self, svc: ServiceRuntime) -> Mapping[str, str]:
         """What a `type = "notify"` command gets besides the worker contract: its NOTIFY_SOCKET."""
-        if not svc.config.notify:
+        if not svc.config.sd_notify:
             return {}
         return self._notify_sockets.env_for(svc.name, svc.config.watchdog_timeout_ms)
 
@@ -549,7 +567,11 @@ class Supervisor:
         row = status_row_detail if detail else status_row
         resources, scheduler = self.observability.resources, self.scheduler
         return {
-            "supervisor": {**self.ping(), "healthy": self.healthy()},
+            "supervisor": {
+                **self.ping(),
+                "healthy": self.healthy(),
+                **({"notifications": self.notifier.summary()} if self.notifier is not None else {}),
+            },
             "services": [row(self._services[n], now_ms, resources, scheduler) for n in names],
         }
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Final, Protocol, Self
 
 from supervise.protocol.errors import SuperviseError
@@ -116,7 +117,117 @@ def run_family(run: Run) -> str:
     return occurrence_family(run.origin)
 
 
-class Store(Protocol):
+
+# -- notifications outbox ---------------------------------------------------------------------------
+
+
+class NotificationState(StrEnum):
+    """Where an outbox row is: waiting for (another) attempt, delivered, or given up on."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # max_attempts used up, or it cannot be sent (its channel is gone)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """One message for one channel, in the outbox until it is delivered or given up on.
+
+    `id` is the deduplication key, `(run or service, event, incarnation)` plus the
+    channel: adding a notification whose id exists changes nothing, so the same
+    fact never produces two.
+    """
+
+    id: str
+    channel: str
+    service: str
+    event: str
+    payload: Mapping[str, JSONValue] = field(default_factory=dict, hash=False)  # the template variables
+    state: NotificationState = NotificationState.PENDING
+    attempts: int = 0
+    created_at: datetime
+    next_attempt_at: datetime
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class NotificationStore(Protocol):
+    """The outbox methods of a `Store` (kept apart from the run methods)."""
+
+    def add_notification(self, notification: Notification) -> bool:
+        """Insert a pending notification; False (and nothing changes) when its id exists."""
+        ...
+
+    def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        """Pending notifications whose next attempt is at or before `now`, oldest first."""
+        ...
+
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        """Take the due notifications (as `due_notifications`) for one delivery attempt.
+
+        Each row returned has its next attempt moved to `until`, in the same
+        transaction (rows locked by another claimer are skipped), so no other
+        supervisor sharing the store takes it before `until`: a lease that
+        `record_attempt` ends, and that expires if its holder dies.
+        """
+        ...
+
+    def next_notification_at(self) -> datetime | None:
+        """When the soonest pending notification is due, or None when none is pending."""
+        ...
+
+    def record_attempt(
+        self, notification_id: str, *, at: datetime, error: str | None, retry_at: datetime | None
+    ) -> bool:
+        """Count one delivery attempt: delivered when `error` is None, else pending again
+        until `retry_at`, or failed when `retry_at` is None. False for an unknown or no
+        longer pending id (nothing changes)."""
+        ...
+
+    def list_notifications(self, *, failed_only: bool = False, limit: int = 100) -> list[Notification]:
+        """Notifications newest first; with `failed_only`, those given up on."""
+        ...
+
+    def prune_notifications(self, before: datetime) -> int:
+        """Delete delivered and failed notifications created before `before`; returns how many."""
+        ...
+
+
+NOTIFICATION_COLUMNS: Final = (
+    "id",
+    "channel",
+    "service",
+    "event",
+    "payload",
+    "state",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "last_error",
+    "delivered_at",
+)
+
+
+def row_to_notification(row: Mapping[str, Any], decode_time: Callable[[Any], datetime]) -> Notification:
+    """Rebuild a notification from a row mapping that has the `NOTIFICATION_COLUMNS`."""
+    payload = row["payload"]
+    delivered = row["delivered_at"]
+    return Notification(
+        id=row["id"],
+        channel=row["channel"],
+        service=row["service"],
+        event=row["event"],
+        payload=json.loads(payload) if isinstance(payload, str) else payload,
+        state=NotificationState(row["state"]),
+        attempts=row["attempts"],
+        created_at=decode_time(row["created_at"]),
+        next_attempt_at=decode_time(row["next_attempt_at"]),
+        last_error=row["last_error"],
+        delivered_at=None if delivered is None else decode_time(delivered),
+    )
+
+
+class Store(NotificationStore, Protocol):
     """Persistence for runs, schedule state, one-shots and runtime registrations.
 
     Every method is one short transaction. Datetimes go in aware and come back

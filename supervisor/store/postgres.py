@@ -24,11 +24,15 @@ from psycopg.rows import dict_row
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,
+    NOTIFICATION_COLUMNS,
     RUN_COLUMNS,
     UNFINISHED,
+    Notification,
+    NotificationState,
     OneShot,
     ScheduleState,
     StoreError,
+    row_to_notification,
     row_to_run,
     run_to_row,
     to_json,
@@ -91,6 +95,26 @@ _MIGRATIONS: Final[Mapping[int, tuple[LiteralString, ...]]] = {
     ),
 }
 
+# The notifications outbox: created if missing at every open, apart from the versioned run schema.
+_OUTBOX_SCHEMA: Final[tuple[LiteralString, ...]] = (
+    """CREATE TABLE IF NOT EXISTS {s}.notifications (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        channel text NOT NULL,
+        service text NOT NULL,
+        event text NOT NULL,
+        payload jsonb NOT NULL,
+        state text NOT NULL,
+        attempts integer NOT NULL,
+        created_at timestamptz NOT NULL,
+        next_attempt_at timestamptz NOT NULL,
+        last_error text,
+        delivered_at timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS notifications_due ON {s}.notifications (state, next_attempt_at, seq)",
+    "CREATE INDEX IF NOT EXISTS notifications_by_created ON {s}.notifications (created_at, seq)",
+)
+
 _SELECT_RUN: Final = ", ".join(f"{c}::text AS {c}" if c in _JSON_COLUMNS else c for c in RUN_COLUMNS)
 _T = TypeVar("_T")
 
@@ -144,6 +168,7 @@ class PostgresStore:
                 self._opened = True
                 try:
                     self._call(self._migrate)
+                    self._call(self._create_outbox)
                 except BaseException:
                     self.close()
                     raise
@@ -417,6 +442,104 @@ class PostgresStore:
         for start in range(0, len(victims), _PRUNE_BATCH):
             self._call(delete_batch(victims[start : start + _PRUNE_BATCH]))
         return len(victims)
+
+    # -- notifications outbox ---------------------------------------------------------------------
+
+    def _create_outbox(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:{self.schema}",))
+            for statement in _OUTBOX_SCHEMA:
+                conn.execute(self._q(statement))
+
+    def add_notification(self, notification: Notification) -> bool:
+        n = notification
+        values = ", ".join("%s::jsonb" if c == "payload" else "%s" for c in NOTIFICATION_COLUMNS)
+        query = self._q(
+            f"INSERT INTO {{s}}.notifications ({', '.join(NOTIFICATION_COLUMNS)}) VALUES ({values}) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        row = (
+            n.id,
+            n.channel,
+            n.service,
+            n.event,
+            to_json(dict(n.payload)),
+            n.state.value,
+            n.attempts,
+            utc(n.created_at),
+            utc(n.next_attempt_at),
+            n.last_error,
+            utc(n.delivered_at) if n.delivered_at else None,
+        )
+        return self._call(lambda conn: conn.execute(query, row).rowcount == 1)
+
+    def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        return self._notifications(
+            "WHERE state = %s AND next_attempt_at <= %s ORDER BY next_attempt_at, seq LIMIT %s",
+            [NotificationState.PENDING.value, utc(now), limit],
+        )
+
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        columns = ", ".join("n.payload::text AS payload" if c == "payload" else f"n.{c}" for c in NOTIFICATION_COLUMNS)
+        query = self._q(
+            "WITH c AS (SELECT seq FROM {s}.notifications WHERE state = %s AND next_attempt_at <= %s "
+            "ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {{s}}.notifications n SET next_attempt_at = %s FROM c WHERE n.seq = c.seq RETURNING {columns}"
+        )
+        params = (NotificationState.PENDING.value, utc(now), limit, utc(until))
+
+        def claim(conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+            with conn.transaction():
+                return conn.execute(query, params).fetchall()
+
+        rows = self._call(claim)
+        found = [row_to_notification(row, _decode_time) for row in rows]
+        return sorted(found, key=lambda n: n.created_at)
+
+    def next_notification_at(self) -> datetime | None:
+        query = self._q("SELECT min(next_attempt_at) AS at FROM {s}.notifications WHERE state = %s")
+        row = self._call(lambda conn: conn.execute(query, (NotificationState.PENDING.value,)).fetchone())
+        return _decode_time(row["at"]) if row is not None and row["at"] is not None else None
+
+    def record_attempt(
+        self, notification_id: str, *, at: datetime, error: str | None, retry_at: datetime | None
+    ) -> bool:
+        if error is None:
+            state, next_at, delivered = NotificationState.DELIVERED, at, at
+        else:
+            state = NotificationState.PENDING if retry_at is not None else NotificationState.FAILED
+            next_at, delivered = retry_at or at, None
+        query = self._q(
+            "UPDATE {s}.notifications SET attempts = attempts + 1, state = %s, next_attempt_at = %s, "
+            "last_error = coalesce(%s, last_error), delivered_at = %s WHERE id = %s AND state = %s"
+        )
+        params = (
+            state.value,
+            utc(next_at),
+            error,
+            utc(delivered) if delivered else None,
+            notification_id,
+            NotificationState.PENDING.value,
+        )
+        return self._call(lambda conn: conn.execute(query, params).rowcount == 1)
+
+    def list_notifications(self, *, failed_only: bool = False, limit: int = 100) -> list[Notification]:
+        if failed_only:
+            return self._notifications(
+                "WHERE state = %s ORDER BY created_at DESC, seq DESC LIMIT %s", [NotificationState.FAILED.value, limit]
+            )
+        return self._notifications("ORDER BY created_at DESC, seq DESC LIMIT %s", [limit])
+
+    def prune_notifications(self, before: datetime) -> int:
+        query = self._q("DELETE FROM {s}.notifications WHERE state != %s AND created_at < %s")
+        params = (NotificationState.PENDING.value, utc(before))
+        return self._call(lambda conn: max(conn.execute(query, params).rowcount, 0))
+
+    def _notifications(self, tail: LiteralString, params: list[object]) -> list[Notification]:
+        columns = ", ".join("payload::text AS payload" if c == "payload" else c for c in NOTIFICATION_COLUMNS)
+        query = self._q(f"SELECT {columns} FROM {{s}}.notifications {tail}")
+        rows = self._call(lambda conn: conn.execute(query, params).fetchall())
+        return [row_to_notification(row, _decode_time) for row in rows]
 
 
 def _describe_dsn(dsn: str) -> str:

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
@@ -23,13 +24,17 @@ from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.private_files import make_database_private
 from supervise.supervisor.store.base import (
     CLAIMABLE,
+    NOTIFICATION_COLUMNS,
     RUN_COLUMNS,
     UNFINISHED,
     CorruptionRecovery,
+    Notification,
+    NotificationState,
     OneShot,
     ScheduleState,
     StoreError,
     from_json,
+    row_to_notification,
     row_to_run,
     run_to_row,
     to_json,
@@ -92,6 +97,26 @@ _MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
     ),
 }
 """Statements that take the schema from version n-1 to n (user_version)."""
+
+# The notifications outbox: created if missing at every open, apart from the versioned run schema.
+_OUTBOX_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS notifications (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        channel TEXT NOT NULL,
+        service TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        delivered_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at, seq)",
+    "CREATE INDEX IF NOT EXISTS notifications_by_created ON notifications (created_at, seq)",
+)
 
 _T = TypeVar("_T")
 
@@ -156,6 +181,7 @@ class SqliteStore:
             try:
                 self._conn = self._connect()
                 self._migrate(self._conn)
+                self._create_outbox(self._conn)
                 self._read_conn = self._connect()
             except sqlite3.Error as exc:
                 self.close()
@@ -500,6 +526,108 @@ class SqliteStore:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.OperationalError as exc:  # busy: the next prune reclaims
                 log.warning("history database %s: could not reclaim free pages now (%s)", self.path, exc)
+
+    # -- notifications outbox ---------------------------------------------------------------------
+
+    def _create_outbox(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _OUTBOX_SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def add_notification(self, notification: Notification) -> bool:
+        n = notification
+        row = (
+            n.id,
+            n.channel,
+            n.service,
+            n.event,
+            to_json(dict(n.payload)),
+            n.state.value,
+            n.attempts,
+            encode_time(n.created_at),
+            encode_time(n.next_attempt_at),
+            n.last_error,
+            encode_time(n.delivered_at) if n.delivered_at else None,
+        )
+        sql = (
+            f"INSERT INTO notifications ({', '.join(NOTIFICATION_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(NOTIFICATION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+        )
+        with self._write() as conn:
+            return conn.execute(sql, row).rowcount == 1
+
+    def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:
+        return self._notifications(
+            "WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
+            [NotificationState.PENDING.value, encode_time(now), limit],
+        )
+
+    def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
+        select = (
+            f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications WHERE state = ? AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, seq LIMIT ?"
+        )
+        with self._write() as conn:
+            rows = conn.execute(select, (NotificationState.PENDING.value, encode_time(now), limit)).fetchall()
+            conn.executemany(
+                "UPDATE notifications SET next_attempt_at = ? WHERE id = ?",
+                [(encode_time(until), row["id"]) for row in rows],
+            )
+        return [replace(row_to_notification(row, decode_time), next_attempt_at=utc(until)) for row in rows]
+
+    def next_notification_at(self) -> datetime | None:
+        row = self._read(
+            lambda conn: conn.execute(
+                "SELECT min(next_attempt_at) FROM notifications WHERE state = ?", (NotificationState.PENDING.value,)
+            ).fetchone()
+        )
+        return decode_time(row[0]) if row[0] is not None else None
+
+    def record_attempt(
+        self, notification_id: str, *, at: datetime, error: str | None, retry_at: datetime | None
+    ) -> bool:
+        if error is None:
+            state, next_at, delivered = NotificationState.DELIVERED, at, at
+        else:
+            state = NotificationState.PENDING if retry_at is not None else NotificationState.FAILED
+            next_at, delivered = retry_at or at, None
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    "UPDATE notifications SET attempts = attempts + 1, state = ?, next_attempt_at = ?, "
+                    "last_error = coalesce(?, last_error), delivered_at = ? WHERE id = ? AND state = ?",
+                    (
+                        state.value,
+                        encode_time(next_at),
+                        error,
+                        encode_time(delivered) if delivered else None,
+                        notification_id,
+                        NotificationState.PENDING.value,
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    def list_notifications(self, *, failed_only: bool = False, limit: int = 100) -> list[Notification]:
+        where, params = ("WHERE state = ? ", [NotificationState.FAILED.value]) if failed_only else ("", [])
+        return self._notifications(f"{where}ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit])
+
+    def prune_notifications(self, before: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM notifications WHERE state != ? AND created_at < ?",
+                (NotificationState.PENDING.value, encode_time(before)),
+            ).rowcount
+
+    def _notifications(self, tail: str, params: list[object]) -> list[Notification]:
+        sql = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications {tail}"
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [row_to_notification(row, decode_time) for row in rows]
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -27,7 +27,7 @@ from supervise.supervisor.core.runs import (
     transition,
 )
 from supervise.supervisor.store import ScheduleState, Store, StoreError, open_store
-from supervise.supervisor.store.base import CLAIMABLE
+from supervise.supervisor.store.base import CLAIMABLE, Notification, NotificationState
 from supervise.supervisor.store.sqlite import SqliteStore
 from tests.contract.conftest import make_store
 
@@ -564,3 +564,128 @@ def test_postgres_unreachable_raises_store_error_after_retries() -> None:
         store.open()
     assert "secret" not in str(caught.value)
     assert waits == [0.1, 0.2]
+
+
+# -- notifications outbox -------------------------------------------------------------------------
+
+
+def notification(key: str, *, channel: str = "ops", minute: int = 0, **kw: object) -> Notification:
+    at = T0 + timedelta(minutes=minute)
+    values: dict[str, object] = {
+        "id": f"{key}|{channel}",
+        "channel": channel,
+        "service": "report",
+        "event": "failure",
+        "payload": {"summary": "report failed", "count": 1, "error_lines": ["boom"]},
+        "created_at": at,
+        "next_attempt_at": at,
+    }
+    return Notification(**(values | kw))  # type: ignore[arg-type]
+
+
+def test_a_notification_reads_back_equal_and_its_key_is_inserted_once(store: Store) -> None:
+    first = notification("run:1|failure")
+    assert store.add_notification(first)
+    assert not store.add_notification(replace(first, payload={"summary": "a second fact"}))
+    assert store.list_notifications() == [first]
+
+
+def test_due_notifications_are_pending_ones_whose_time_has_come_oldest_first(store: Store) -> None:
+    for minute, key in ((2, "b"), (0, "a"), (5, "later")):
+        store.add_notification(notification(key, minute=minute))
+    assert [n.id for n in store.due_notifications(T0 + timedelta(minutes=3))] == ["a|ops", "b|ops"]
+    assert [n.id for n in store.due_notifications(T0 + timedelta(minutes=3), limit=1)] == ["a|ops"]
+    assert store.next_notification_at() == T0
+
+
+def test_record_attempt_retries_then_delivers_and_counts_attempts(store: Store) -> None:
+    store.add_notification(notification("a"))
+    retry_at = T0 + timedelta(seconds=2)
+    assert store.record_attempt("a|ops", at=T0, error="HTTP 503", retry_at=retry_at)
+    assert store.due_notifications(T0) == []
+    assert store.next_notification_at() == retry_at
+    assert store.record_attempt("a|ops", at=retry_at, error=None, retry_at=None)
+    (done,) = store.list_notifications()
+    assert (done.state, done.attempts, done.delivered_at, done.last_error) == (
+        NotificationState.DELIVERED,
+        2,
+        retry_at,
+        "HTTP 503",
+    )
+    assert store.next_notification_at() is None
+    assert not store.record_attempt("a|ops", at=retry_at, error=None, retry_at=None)  # delivered stays delivered
+    assert store.list_notifications()[0].attempts == 2
+
+
+def test_a_notification_out_of_attempts_is_failed_and_listed_as_such(store: Store) -> None:
+    store.add_notification(notification("a"))
+    store.add_notification(notification("b", minute=1))
+    store.record_attempt("a|ops", at=T0, error="connection refused", retry_at=None)
+    (failed,) = store.list_notifications(failed_only=True)
+    assert (failed.id, failed.state, failed.attempts, failed.last_error) == (
+        "a|ops",
+        NotificationState.FAILED,
+        1,
+        "connection refused",
+    )
+    assert [n.id for n in store.list_notifications()] == ["b|ops", "a|ops"]  # newest first
+
+
+def test_prune_notifications_keeps_pending_ones(store: Store) -> None:
+    store.add_notification(notification("old-delivered"))
+    store.add_notification(notification("old-pending"))
+    store.add_notification(notification("new-delivered", minute=10))
+    for key in ("old-delivered|ops", "new-delivered|ops"):
+        store.record_attempt(key, at=T0, error=None, retry_at=None)
+    assert store.prune_notifications(T0 + timedelta(minutes=5)) == 1
+    assert {n.id for n in store.list_notifications()} == {"old-pending|ops", "new-delivered|ops"}
+
+
+def test_the_outbox_survives_a_reopen(store_spec: dict[str, str]) -> None:
+    with make_store(store_spec) as first:
+        first.add_notification(notification("a"))
+    with make_store(store_spec) as second:
+        assert [n.id for n in second.due_notifications(T0)] == ["a|ops"]
+
+
+def test_claimed_notifications_are_not_claimed_again_until_their_lease_ends(store: Store) -> None:
+    store.add_notification(notification("a"))
+    store.add_notification(notification("b", minute=1))
+    lease_end = T0 + timedelta(minutes=5)
+    (claimed,) = store.claim_notifications(T0, lease_end)
+    assert (claimed.id, claimed.next_attempt_at) == ("a|ops", lease_end)
+    assert store.claim_notifications(T0 + timedelta(minutes=2), lease_end) == [
+        replace(notification("b", minute=1), next_attempt_at=lease_end)
+    ]
+    assert store.claim_notifications(T0 + timedelta(minutes=4), lease_end) == []  # both held
+    (again,) = store.claim_notifications(lease_end, lease_end + timedelta(minutes=5), limit=1)
+    assert again.id == "a|ops"  # its holder never recorded an attempt: the lease expired
+    assert store.record_attempt("a|ops", at=lease_end, error=None, retry_at=None)
+    assert [n.id for n in store.claim_notifications(lease_end + timedelta(hours=1), lease_end)] == ["b|ops"]
+
+
+def test_racing_processes_claim_each_notification_exactly_once(store: Store, store_spec: dict[str, str]) -> None:
+    for i in range(40):
+        store.add_notification(notification(f"n{i}"))
+    script = (
+        "import json, sys\n"
+        "from datetime import datetime, timedelta\n"
+        "from tests.contract.conftest import make_store\n"
+        "spec = json.loads(sys.argv[1]); now = datetime.fromisoformat(sys.argv[2])\n"
+        "with make_store(spec) as s:\n"
+        "    got = []\n"
+        "    for _ in range(20):\n"
+        "        got += [n.id for n in s.claim_notifications(now, now + timedelta(hours=1), limit=3)]\n"
+        "print(json.dumps(got))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(store_spec), T0.isoformat()],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(3)
+    ]
+    claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    every = [i for got in claimed for i in got]
+    assert sorted(every) == sorted(f"n{i}|ops" for i in range(40))  # each exactly once

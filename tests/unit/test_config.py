@@ -27,6 +27,7 @@ from supervise.supervisor.config.loader import (
     parse_config,
     parse_service,
 )
+from supervise.supervisor.config.notify import NotifyRule
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 from supervise.supervisor.core.restart import ExitStatuses
 
@@ -101,6 +102,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         max_memory = "300MB"
         requires = ["report"]
         processes = 2
+        notify = {{ on = ["failure"] }}
 
         [services.report]
         target = "reports.jobs:nightly"
@@ -149,7 +151,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     success_exit_codes=ExitStatuses(frozenset({3}), frozenset({signal.SIGUSR2})),
                     restart_prevent_exit_codes=ExitStatuses(frozenset({75})),
                     restart_force_exit_codes=ExitStatuses(frozenset({9}), frozenset({signal.SIGHUP})),
-                    notify=True,
+                    sd_notify=True,
                     env={"PORT": "8080", "DEBUG": "true", "NAME": "web", "RATIO": "0.5"},
                     cwd=tmp_path / "app",
                     user=user,
@@ -158,6 +160,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
                     max_memory_bytes=300_000_000,
                     requires=("report",),
                     processes=2,
+                    notify=NotifyRule(on=("failure",)),
                 ),
                 "report": ServiceConfig.for_target(
                     "report", "reports.jobs:nightly", cwd=tmp_path, watchdog_timeout_ms=30_000
@@ -176,7 +179,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "inherit_env", "umask", "max_memory",
         "requires", "processes", "watchdog", "hang_signal", "success_exit_codes", "restart_prevent_exit_codes",
-        "restart_force_exit_codes", "type",
+        "restart_force_exit_codes", "type", "notify",
     }  # fmt: skip
 
 
@@ -951,7 +954,7 @@ def test_start_timeout_0s_means_running_at_spawn_for_commands_but_not_for_python
 
 def test_type_notify_is_for_long_running_commands_and_waits_30s_by_default(tmp_path: Path) -> None:
     config = parse_config({"services": {"n": {"command": "sh", "type": "notify", "watchdog": "5s"}}}, base_dir=tmp_path)
-    assert config.services["n"].notify and config.services["n"].start_timeout_ms == 30_000
+    assert config.services["n"].sd_notify and config.services["n"].start_timeout_ms == 30_000
     for table, problem in (
         ({"target": "a.b:c", "type": "notify"}, 'services.t.type: "notify" applies to commands'),
         ({"command": "sh", "type": "notify", "every": "5m"}, 'services.t.type: "notify" applies to long-running commands'),

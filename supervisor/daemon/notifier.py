@@ -1,0 +1,420 @@
+"""Notifications, the deciding half: events in, outbox rows out.
+
+The `Notifier` listens to every event (`EventLog.listeners`), turns the ones
+that matter into notification events (failure, retries_exhausted, timed_out,
+lost, missed, fatal, recovered, success), passes them through the pure
+`AlertGate` (no storms) and writes one outbox row per message and channel.
+Each row's id is its fact, `(run or service incarnation, event)`, plus the
+channel, so the same fact never produces two rows. Store calls run on one
+thread of their own, in order: the event loop never waits for the database.
+Delivery is delivery.py, on an asyncio task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from supervise.supervisor.config.model import Config, ServiceConfig
+from supervise.supervisor.config.notify import INLINE, Channel, NotifyRule
+from supervise.supervisor.core.alerts import Alert, AlertGate
+from supervise.supervisor.core.clock import Clock
+from supervise.supervisor.core.policies import should_retry
+from supervise.supervisor.core.runs import RunState
+from supervise.supervisor.core.units import format_duration_ms
+from supervise.supervisor.daemon.delivery import Deliverer
+from supervise.supervisor.daemon.logtail import tail
+from supervise.supervisor.store.base import Notification, NotificationStore
+
+if TYPE_CHECKING:
+    from supervise.supervisor.daemon.runtime import ServiceRuntime
+
+log = logging.getLogger("supervise.notify")
+
+_T = TypeVar("_T")
+ERROR_LINES = 10  # of a run's or service's error, in a message
+OUTPUT_LINES = 5  # of the service's log, in a message about a failure
+_GOOD = frozenset({"recovered", "success"})
+PRUNE_EVERY_MS = 3_600_000
+_MISSED = frozenset({"missed", "missed_deadline"})
+
+
+class NotifyHost(Protocol):
+    """What the notifier needs from the daemon."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def require(self, name: str) -> ServiceRuntime: ...
+
+    def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None: ...
+
+    def service_names(self) -> list[str]: ...
+
+
+class Notifier:
+    """Decides what to send and writes it to the outbox; owns the `Deliverer`.
+
+    Args:
+        host: the daemon (config, services, events).
+        store: where the outbox lives (the history store).
+        clock: monotonic time for the storm policy, wall time for rows.
+        instance: tells this supervisor start's service incarnations from an earlier start's.
+    """
+
+    def __init__(self, host: NotifyHost, store: NotificationStore, *, clock: Clock, instance: str) -> None:
+        self._host = host
+        self._store = store
+        self._clock = clock
+        self._instance = instance
+        self._gate = AlertGate()
+        self._hostname = socket.gethostname()
+        self._incarnations: dict[str, int] = {}  # service instance -> its latest spawned incarnation
+        self._stable_timers: dict[str, asyncio.TimerHandle] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-notify-store")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.queued = 0  # rows written to the outbox by this supervisor
+        self._closed = False
+        self.deliverer = Deliverer(
+            store,
+            channel=self.channel,
+            longest_timeout_ms=self._longest_timeout_ms,
+            in_store=self.in_store,
+            wall=clock.wall,
+            publish=host.publish,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivering: rows left by an earlier run of this supervisor go first."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._tick_forever(), name="supervise-notify")
+
+    async def close(self) -> None:
+        self._closed = True
+        for handle in self._stable_timers.values():
+            handle.cancel()
+        self._stable_timers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.deliverer.close()
+        self._executor.shutdown(wait=True)  # rows already decided are written
+
+    async def in_store(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a store call on the notifier's thread (in order with the outbox writes)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
+
+    async def _tick_forever(self) -> None:
+        pruned_at: int | None = None
+        while True:
+            now_ms = self._clock.monotonic_ms()
+            try:
+                for alert in self._gate.due(now_ms):
+                    self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
+                if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
+                    pruned_at = now_ms
+                    await self._prune()
+                await self.deliverer.deliver_due()
+            except Exception:  # keep delivering: one bad pass must not end notifications
+                log.exception("notifications: a delivery pass failed; trying again in 1 s")
+            await self.deliverer.wait(1.0)
+
+    async def _prune(self) -> None:
+        """Delivered and failed rows older than history_max_age go; pending ones stay."""
+        before = self._clock.wall() - timedelta(milliseconds=self._host.config.supervisor.history_max_age_ms)
+        try:
+            deleted = await self.in_store(self._store.prune_notifications, before)
+        except Exception as exc:
+            log.warning("could not prune the notifications outbox: %s", exc)
+            return
+        if deleted:
+            log.info("pruned %d old notifications", deleted)
+
+    # -- events in ---------------------------------------------------------------------------
+
+    def observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        """An `EventLog` listener: every event of the supervisor passes here; it never raises."""
+        if self._closed or kind.startswith("notification"):
+            return
+        try:
+            self._observe(service, kind, detail)
+        except Exception:  # a notification problem must not reach the state machine that emitted the event
+            log.exception("notifications: could not handle %s event of %s", kind, service)
+
+    def _observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        try:
+            svc = self._host.require(service)
+        except LookupError:
+            return
+        cfg = svc.config
+        incarnation = detail.get("incarnation")
+        if kind == "spawned" and isinstance(incarnation, int):
+            self._incarnations[service] = incarnation
+            return
+        if kind == "state" and detail.get("to") == "RUNNING":
+            self._arm_stable(service, cfg)
+            return
+        found = self._classify(service, kind, detail, cfg)
+        if found is not None:
+            event, fact = found
+            self._feed(cfg, event, fact, detail)
+
+    def _classify(
+        self, service: str, kind: str, detail: Mapping[str, object], cfg: ServiceConfig
+    ) -> tuple[str, str] | None:
+        """(notification event, fact key) for an event that matters, else None."""
+        incarnation = f"svc:{service}:{self._instance}:{self._incarnations.get(service, 0)}"
+        if kind == "run_finished":
+            event = _run_event(str(detail.get("state")), detail.get("attempt"), cfg)
+            return None if event is None else (event, f"run:{detail.get('run_id')}")
+        if kind == "run_skipped" and detail.get("reason") in _MISSED:
+            return "missed", f"run:{detail.get('run_id')}"
+        if kind == "exited" and detail.get("cause") != "stopped" and (detail.get("code") or detail.get("signal")):
+            return "failure", incarnation
+        if kind == "spawn_failed":
+            return "failure", incarnation
+        if kind == "fatal":
+            return "fatal", incarnation
+        return None
+
+    def _arm_stable(self, service: str, cfg: ServiceConfig) -> None:
+        """A service RUNNING for stable_after (with no new failure) has recovered."""
+        if self._loop is None or not self._gate.failing(cfg.name):
+            return
+        old = self._stable_timers.pop(service, None)
+        if old is not None:
+            old.cancel()
+        incarnation = self._incarnations.get(service, 0)
+
+        def check() -> None:
+            self._stable_timers.pop(service, None)
+            try:
+                svc = self._host.require(service)
+            except LookupError:
+                return
+            if str(svc.record.state) == "RUNNING" and svc.record.incarnation == incarnation:
+                self._feed(cfg, "recovered", f"svc:{service}:{self._instance}:{incarnation}", {})
+
+        self._stable_timers[service] = self._loop.call_later(cfg.stable_after_ms / 1000, check)
+
+    def _feed(self, cfg: ServiceConfig, event: str, fact: str, detail: Mapping[str, object]) -> None:
+        rule = self.rule_for(cfg)
+        if rule is None:
+            return
+        now_ms = self._clock.monotonic_ms()
+        alerts = self._gate.observe(cfg.name, event, on=rule.on, min_interval_ms=rule.min_interval_ms, now_ms=now_ms)
+        for alert in alerts:
+            self._queue(alert, fact=fact, detail=detail)
+
+    def rule_for(self, cfg: ServiceConfig) -> NotifyRule | None:
+        """The service's own rule, else `[notify] default`; None when it has no channel."""
+        rule = cfg.notify if cfg.notify is not None else self._host.config.notify.default
+        return rule if rule is not None and rule.targets else None
+
+    def channel(self, service: str, name: str) -> Channel | None:
+        """Where a row goes: a `[notify.NAME]` channel, or the service's own webhook (INLINE)."""
+        if name != INLINE:
+            return self._host.config.notify.channels.get(name)
+        try:
+            rule = self._host.require(service).config.notify
+        except LookupError:
+            return None
+        return rule.webhook if rule is not None else None
+
+    def _longest_timeout_ms(self) -> int:
+        timeouts = [c.timeout_ms for c in self._host.config.notify.channels.values()]
+        for name in self._host.service_names():
+            rule = self._host.require(name).config.notify
+            if rule is not None and rule.webhook is not None:
+                timeouts.append(rule.webhook.timeout_ms)
+        return max(timeouts, default=0)
+
+    # -- rows out ----------------------------------------------------------------------------
+
+    def _queue(self, alert: Alert, *, fact: str, detail: Mapping[str, object]) -> None:
+        try:
+            cfg = self._host.require(alert.subject).config
+        except LookupError:
+            return
+        rule = self.rule_for(cfg)
+        if rule is None:
+            return
+        payload = self._payload(alert, cfg, detail, self._clock.wall())
+        sup = self._host.config.supervisor
+        log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
+        self.queued += len(rule.targets)
+        future = self._executor.submit(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
+        future.add_done_callback(self._written)
+
+    def _write(
+        self, payload: dict[str, Any], channels: tuple[str, ...], fact: str, log_path: Path | None, backups: int
+    ) -> None:
+        """On the notifier's thread: add the log's last lines, then one outbox row per channel."""
+        output: list[str] = []
+        if log_path is not None:
+            try:
+                output = [line[:300] for line in tail(log_path, OUTPUT_LINES, backups=backups).lines]
+            except OSError:
+                output = []
+        payload["output_lines"] = output
+        payload["text"] = _text(payload)
+        now = datetime.fromisoformat(payload["time"])
+        for channel in channels:
+            row_id = f"{fact}|{payload['event']}|{channel}"
+            row = Notification(
+                id=row_id,
+                channel=channel,
+                service=payload["service"],
+                event=payload["event"],
+                payload={**payload, "id": row_id},
+                created_at=now,
+                next_attempt_at=now,
+            )
+            self._store.add_notification(row)
+
+    def _written(self, future: concurrent.futures.Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            log.error("could not write a notification to the outbox: %s", error)
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self.deliverer.wake)
+            except RuntimeError:  # closed meanwhile
+                pass
+
+    def _payload(
+        self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime
+    ) -> dict[str, Any]:
+        """The template variables of a message (SAMPLE_MESSAGE in config/notify.py lists them)."""
+        error = detail.get("error") or detail.get("reason")
+        if error is None and alert.event in ("failure", "fatal"):
+            try:
+                error = self._host.require(alert.subject).record.last_error
+            except LookupError:
+                error = None
+        error_text = str(error) if error else ""
+        run_id = detail.get("run_id")
+        since = None
+        if alert.failing_since_ms is not None:
+            since = now - timedelta(milliseconds=self._clock.monotonic_ms() - alert.failing_since_ms)
+        return {
+            "service": cfg.name,
+            "event": alert.event,
+            "summary": _summary(alert, detail, since, now),
+            "error": error_text or None,
+            "error_lines": error_text.splitlines()[:ERROR_LINES],
+            "output_lines": [],
+            "run_id": run_id,
+            "state": detail.get("state"),
+            "attempt": detail.get("attempt"),
+            "incarnation": self._incarnations.get(alert.subject),
+            "count": alert.count,
+            "counts": alert.counts,
+            "digest": alert.event == "digest",
+            "time": now.isoformat(),
+            "since": since.isoformat() if since is not None else None,
+            "host": self._hostname,
+            "command": f"supervise runs {cfg.name}" if run_id else f"supervise logs {cfg.name}",
+            "detail": {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
+        }
+
+    # -- what status, metrics and the `notifications` command show -------------------------
+
+    def summary(self) -> dict[str, object]:
+        """Counters for `status` and `/metrics`."""
+        return {"queued": self.queued, **self.deliverer.counters()}
+
+    async def listing(self, *, failed_only: bool, limit: int) -> list[dict[str, object]]:
+        """The `notifications` command's rows, newest first."""
+        rows = await self.in_store(self._store.list_notifications, failed_only=failed_only, limit=limit)
+        return [notification_to_dict(n) for n in rows]
+
+
+def _run_event(state: str, attempt: object, cfg: ServiceConfig) -> str | None:
+    if state == RunState.FAILED:
+        retry = cfg.schedule.retry if cfg.schedule is not None else None
+        if retry is not None and isinstance(attempt, int) and should_retry(retry, RunState.FAILED, attempt) is None:
+            return "retries_exhausted"
+        return "failure"
+    return {RunState.TIMED_OUT: "timed_out", RunState.LOST: "lost", RunState.SUCCEEDED: "success"}.get(
+        RunState(state) if state in RunState._value2member_map_ else RunState.PENDING
+    )
+
+
+def _text(p: Mapping[str, Any]) -> str:
+    """The plain-text body: what, where, when, the error's first lines, the log's last, how to see more."""
+    counts = f" ({_counts(p['counts'])})" if p["count"] > 1 else ""
+    lines = [
+        p["summary"],
+        "",
+        f"service: {p['service']}",
+        f"event:   {p['event']}{counts}",
+        f"when:    {datetime.fromisoformat(p['time']).isoformat(timespec='seconds')}",
+        f"host:    {p['host']}",
+    ]
+    if p["run_id"]:
+        lines.append(f"run:     {p['run_id']}")
+    if p["error_lines"]:
+        lines += ["error:", *(f"  {line}" for line in p["error_lines"])]
+    if p["output_lines"]:
+        lines += ["output (the log's last lines):", *(f"  {line}" for line in p["output_lines"])]
+    return "\n".join([*lines, "", f"more:    {p['command']}"])
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _summary(alert: Alert, detail: Mapping[str, object], since: datetime | None, now: datetime) -> str:
+    name = alert.subject
+    run = f"run {str(detail['run_id'])[:12]}" if detail.get("run_id") else None
+    for_how_long = f" for {format_duration_ms(int((now - since).total_seconds() * 1000))}" if since else ""
+    match alert.event:
+        case "digest":
+            return f"{name}: {alert.count} more events{for_how_long} ({_counts(alert.counts)})"
+        case "recovered":
+            return f"{name}: recovered after {alert.count} failures{for_how_long}"
+        case "fatal":
+            return f"{name}: FATAL, gave up restarting ({detail.get('reason') or 'too many restarts'})"
+        case "missed":
+            return f"{name}: {run or 'a run'} was missed ({detail.get('reason')})"
+        case "success":
+            return f"{name}: {run or 'run'} succeeded"
+        case "retries_exhausted":
+            return f"{name}: {run or 'a run'} failed, retries exhausted (attempt {detail.get('attempt')})"
+        case "timed_out" | "lost":
+            return f"{name}: {run or 'a run'} {alert.event.replace('_', ' ')}"
+    if run:
+        return f"{name}: {run} failed"
+    code, sig = detail.get("code"), detail.get("signal")
+    how = f"killed by signal {sig}" if sig else f"exited with code {code}" if code is not None else "failed to start"
+    return f"{name}: {how}"
+
+
+def notification_to_dict(n: Notification) -> dict[str, object]:
+    """An outbox row as the `notifications` command returns it."""
+    return {
+        "id": n.id,
+        "channel": n.channel,
+        "service": n.service,
+        "event": n.event,
+        "state": str(n.state),
+        "attempts": n.attempts,
+        "created_at": n.created_at.isoformat(),
+        "next_attempt_at": n.next_attempt_at.isoformat(),
+        "delivered_at": n.delivered_at.isoformat() if n.delivered_at else None,
+        "last_error": n.last_error,
+        "summary": n.payload.get("summary"),
+    }
