@@ -15,7 +15,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float |
     try:
         while await asyncio.wait_for(reader.read(1024), seconds):
             pass
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return None
     except ConnectionError:
         pass
