@@ -95,7 +95,7 @@ class _Guarded(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._guard.active += 1
         self._transport = transport
-        self._inner.connection_made(_WatchedTransport(transport, self))
+        self._inner.connection_made(_WatchedTransport(transport, self))  # type: ignore[arg-type]  # a proxy of it
         self._schedule()
 
     def connection_lost(self, exc: Exception | None) -> None:
