@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from supervise.protocol.url_policy import POLICY_VARIABLE, AddressPolicy, parse_allow_list
+from supervise.protocol.url_policy import (
+    POLICY_VARIABLE,
+    AddressPolicy,
+    parse_allow_list,
+)
 
 OVERRIDABLE: Final = ("url", "method", "headers", "body")
 
