@@ -150,6 +150,8 @@ def test_variables_are_expanded_in_configured_values_only(monkeypatch: pytest.Mo
 def test_credentials_in_the_configured_url_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="credentials in the URL"):
         parse_config({"services": {"hook": {"action": "http", "url": "https://user:${TOKEN}@example.com/"}}})
+    with pytest.raises(ConfigError, match=r"services\.hook\.args: expected an http:// or https:// URL in args\.url"):
+        parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "args": {"url": "ftp://x/"}}}})
     with pytest.raises(ConfigError, match="allow_run_overrides: expected a list of"):
         parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "allow_run_overrides": ["expect_status"]}}})
     with pytest.raises(ConfigError, match="allow_addresses: 'localhost' is not an IP address"):
