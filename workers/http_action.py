@@ -1,4 +1,4 @@
-"""The built-in `http` action: call a URL, in a worker process, within a deadline.
+"""The built-in `http` action: call a URL, in a worker process, with a timeout.
 
 The call is asynchronous (aiohttp): a worker's runs share one event loop and one
 connection pool (at most `PER_HOST_LIMIT` connections to one host), so hundreds
@@ -29,35 +29,27 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 import re
 import socket
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from supervise.protocol.url_policy import (
-    POLICY_VARIABLE,
-    AddressPolicy,
-    UrlRefused,
-    check_url,
-    origin,
-    parse_allow_list,
-)
+from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin
 from supervise.workers.context import JobContext
+from supervise.workers.http_policy import HttpPolicy, OverrideRefused
 
 MAX_BODY_BYTES = 64 * 1024
 EXCERPT_CHARS = 2000
 MAX_REDIRECTS = 10
 PER_HOST_LIMIT = 100  # connections to one host at once; more calls wait for one in the pool
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-OVERRIDABLE: Final = ("url", "method", "headers", "body")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
@@ -66,7 +58,7 @@ Origin = tuple[str, int]
 
 
 class HttpActionError(RuntimeError):
-    """The call failed, was refused by the policy, or answered outside `expect_status`."""
+    """The call failed, was refused by the service's policy, or answered outside `expect_status`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,48 +79,6 @@ def expand(text: str) -> str:
         return os.environ[name]
 
     return _VAR.sub(value, text)
-
-
-@dataclass(frozen=True, slots=True)
-class HttpPolicy:
-    """The service's configured request and what a run may change of it."""
-
-    configured: Mapping[str, Any] | None = None  # None: nothing is known to come from the config
-    allow_run_overrides: frozenset[str] = frozenset()
-    addresses: AddressPolicy = field(default_factory=AddressPolicy)
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> HttpPolicy:
-        text = environ.get(POLICY_VARIABLE)
-        if not text:
-            return cls()
-        data = json.loads(text)
-        return cls(
-            configured=data.get("configured"),
-            allow_run_overrides=frozenset(data.get("allow_run_overrides", ())),
-            addresses=AddressPolicy(
-                block_private=bool(data.get("block_private_addresses", True)),
-                allow=parse_allow_list(data.get("allow_addresses", [])),
-            ),
-        )
-
-    def from_config(self, key: str, value: object) -> bool:
-        """True when `value` is what the config says for `key` (so it may be expanded and trusted)."""
-        return self.configured is not None and key in self.configured and self.configured[key] == value
-
-    def check_overrides(self, given: Mapping[str, object]) -> None:
-        """Refuse a run argument that changes a configured key not listed in `allow_run_overrides`."""
-        if self.configured is None:
-            return
-        for key, value in given.items():
-            if self.from_config(key, value) or key in self.allow_run_overrides:
-                continue
-            allowed = ", ".join(sorted(self.allow_run_overrides)) or "none"
-            hint = f' (allow_run_overrides = ["{key}"] allows it)' if key in OVERRIDABLE else ""
-            raise HttpActionError(
-                f'run argument "{key}" may not change the configured value; this service allows '
-                f"overrides of: {allowed}{hint}"
-            )
 
 
 def build_request(
@@ -197,10 +147,14 @@ async def call(
     timeout_s: float = 30.0,
 ) -> dict[str, object]:
     """Make the request; returns `{"status", "body"}` or raises HttpActionError."""
+    low, high = expect_status or [200, 299]
     policy = HttpPolicy.from_environ(os.environ)
     given: dict[str, object] = {"url": url, "method": method, "headers": headers or {}, "body": body}
     given.update(expect_status=expect_status, timeout_s=timeout_s)
-    policy.check_overrides({k: v for k, v in given.items() if policy.configured is None or k in policy.configured})
+    try:
+        policy.check_overrides({k: v for k, v in given.items() if policy.configured is None or k in policy.configured})
+    except OverrideRefused as e:
+        raise HttpActionError(str(e)) from None
     low, high = expect_status or [200, 299]
     request = build_request(ctx, url, method, headers, body, policy=policy)
     trusted = _origin_of(request.url) if policy.from_config("url", url) else None

@@ -8,6 +8,7 @@ exit code from `Exit`, in one place (`main`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from enum import IntEnum
@@ -241,15 +242,18 @@ def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn
 def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
     import asyncio
-    import logging
 
     from supervise.supervisor.core.errors import AlreadyRunning, ConfigError
+    from supervise.supervisor.daemon.descriptors import raise_open_files_limit
     from supervise.supervisor.daemon.logformat import configure_logging
     from supervise.supervisor.daemon.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
     for problem in config.warnings:
         logging.getLogger("supervise").warning("%s", problem.render(config.source))
+    before, after = raise_open_files_limit()  # connections cost descriptors; docs/security.md
+    if after != before:
+        logging.getLogger("supervise").debug("open files limit raised from %d to %d", before, after)
     supervisor = Supervisor(config, handle_signals=True)
 
     async def run() -> None:

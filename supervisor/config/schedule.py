@@ -183,11 +183,15 @@ def _check_http(table: Mapping[str, object]) -> list[tuple[str, str]]:
     problems = []
     if table.get("action") != "http":
         problems.append(("action", f'expected "http", got {table.get("action")!r}'))
-    url = table.get("url")
-    if not isinstance(url, str) or not re.match(r"^https?://", url):
-        problems.append(("url", "expected an http:// or https:// URL"))
-    elif "@" in urllib.parse.urlsplit(url).netloc:
-        problems.append(("url", "credentials in the URL (user:password@) are refused; send them in a header"))
+    args = table.get("args")
+    urls = [("url", table.get("url"))]
+    if isinstance(args, Mapping) and "url" in args:
+        urls.append(("args", args["url"]))  # merged over `url`: the same rules
+    for key, url in urls:
+        if not isinstance(url, str) or not re.match(r"^https?://", url):
+            problems.append((key, "expected an http:// or https:// URL" + (" in args.url" if key == "args" else "")))
+        elif "@" in urllib.parse.urlsplit(url).netloc:
+            problems.append((key, "credentials in the URL (user:password@) are refused; send them in a header"))
     if "command" in table or "target" in table:
         problems.append(("action", "an http action has no command or target"))
     method = table.get("method", "GET")

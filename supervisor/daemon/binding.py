@@ -8,6 +8,7 @@ the others are asyncio sockets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -26,11 +27,14 @@ from supervise.supervisor.daemon.curve import (
     load_curve_server,
     tcp_endpoints,
 )
+from supervise.supervisor.daemon.descriptors import DescriptorWatch
 
 if TYPE_CHECKING:
     from zmq.auth.asyncio import AsyncioAuthenticator
 
 log = logging.getLogger("supervise")
+
+HANDSHAKE_IVL_MS = 3000
 
 
 class Endpoints:
@@ -44,6 +48,7 @@ class Endpoints:
         self.events: zmq.asyncio.Socket | None = None
         self.curve: CurveServer | None = None
         self._auth: AsyncioAuthenticator | None = None  # ZAP for tcp:// endpoints with CURVE
+        self._watch: asyncio.Task[None] | None = None  # DescriptorWatch, with tcp:// endpoints
 
     def bind(self) -> None:
         """Bind control, worker and events endpoints (ipc files 0600); CURVE first on tcp://."""
@@ -57,6 +62,29 @@ class Endpoints:
         self.workers = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
         # Set before bind: libzmq copies socket options into each subscriber's pipe at bind time.
         self.events = self._bound(zmq.PUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
+        if tcp_endpoints(sup):
+            watch = DescriptorWatch(self._pause_tcp, self._resume_tcp)
+            self._watch = asyncio.get_running_loop().create_task(watch.run(), name="supervise-descriptors")
+
+    def _tcp_sockets(self) -> list[tuple[Any, str]]:
+        sup = self.config.supervisor
+        pairs = [(self.control, sup.control_endpoint), (self.events, sup.events_endpoint)]
+        return [(sock, endpoint) for sock, endpoint in pairs if sock is not None and endpoint.startswith("tcp://")]
+
+    def _pause_tcp(self) -> None:
+        """Stop accepting on the tcp:// endpoints (descriptors are short); connected clients stay."""
+        for sock, endpoint in self._tcp_sockets():
+            try:
+                sock.unbind(endpoint)
+            except zmq.ZMQError as e:
+                log.warning("could not stop listening on %s: %s", endpoint, e)
+
+    def _resume_tcp(self) -> None:
+        for sock, endpoint in self._tcp_sockets():
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as e:  # retried at the next pause/resume cycle
+                log.warning("could not listen on %s again: %s", endpoint, e)
 
     def _bound(
         self, kind: int, endpoint: str, context: zmq.Context[Any] | None = None, options: Mapping[int, int] = {}
@@ -72,6 +100,9 @@ class Endpoints:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
             sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
+            # A connection that has not finished its handshake (CURVE's, or ZMTP's own) in
+            # 3 s is dropped: idle connections must not pile up and use up descriptors.
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
             if self.curve is not None:
                 self.curve.configure(sock)
         sock.bind(endpoint)
@@ -108,6 +139,9 @@ class Endpoints:
 
     def close(self) -> None:
         """Close whatever is open (also after a failed bind) and remove the ipc files."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None

@@ -13,9 +13,12 @@ client's public key, from the frame metadata) is checked: a read-only key gets
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -30,6 +33,47 @@ log = logging.getLogger("supervise.control")
 
 MAX_IN_FLIGHT = 256
 MAX_IN_FLIGHT_PER_PEER = 32  # one client's share, so that it cannot take every slot
+BACKLOG = 64  # received requests held while small ones are served before large ones
+LARGE_FRAME_BYTES = 64 * 1024  # decoding a frame this large can take milliseconds
+
+
+LARGE_BYTES_PER_PEER_S = 2 * 1024 * 1024  # large frames one client may have decoded per second
+LARGE_BYTES_BURST = 4 * 1024 * 1024
+
+
+class _LargeFrameBudget:
+    """A token bucket per client for the bytes of large frames: past it, a large frame is refused undecoded."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, at)
+
+    def allow(self, peer: bytes, size: int, now: float) -> bool:
+        tokens, at = self._buckets.get(peer, (LARGE_BYTES_BURST, now))
+        tokens = min(LARGE_BYTES_BURST, tokens + (now - at) * LARGE_BYTES_PER_PEER_S)
+        allowed = tokens >= size
+        self._buckets[peer] = (tokens - size if allowed else tokens, now)
+        if len(self._buckets) > 10_000:  # forget the oldest clients: identities are cheap
+            for stale in list(self._buckets)[:5_000]:
+                del self._buckets[stale]
+        return allowed
+
+
+class _Backlog:
+    """Received, undecoded requests: small ones first, large ones in the order they came."""
+
+    def __init__(self) -> None:
+        self._small: collections.deque[tuple[list[bytes], str | None]] = collections.deque()
+        self._large: collections.deque[tuple[list[bytes], str | None]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._small) + len(self._large)
+
+    def add(self, frames: list[bytes], user: str | None) -> None:
+        large = sum(len(f) for f in frames) > LARGE_FRAME_BYTES
+        (self._large if large else self._small).append((frames, user))
+
+    def next(self) -> tuple[list[bytes], str | None]:
+        return self._small.popleft() if self._small else self._large.popleft()
 
 
 def error_code_for(error: SuperviseError) -> ErrorCode:
@@ -62,38 +106,53 @@ class ControlServer:
         self._readonly = readonly or None  # ZAP User-Id (Z85 public key) -> key name, of read-only keys
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_peer: dict[bytes, int] = {}  # requests in flight per ROUTER identity
+        self._large = _LargeFrameBudget()
+        self.rate_limited = 0  # large frames refused undecoded
         self.bad_requests = 0
         self.dropped_replies = 0
         self.forbidden = 0
 
     async def serve(self) -> None:
+        backlog = _Backlog()
         while True:
             try:
-                frames, user = await self._receive()
+                if not backlog:
+                    backlog.add(*await self._receive())
+                # Take in what is already waiting (without waiting), so that a small request
+                # such as a ping is not stuck behind large frames queued by another client.
+                while len(backlog) < BACKLOG and cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    backlog.add(*await self._receive())
             except zmq.ZMQError:
                 if self._sock.closed:
                     return
                 raise
-            envelope, body = split_envelope(frames)
-            try:
-                request_id, command, args = self._parse(body)
-            except SuperviseError as e:
-                self._send(envelope, self._error_reply(e, None))
-                await asyncio.sleep(0)
-                continue
-            denied = self._denied(user, command)
-            if denied is not None:
-                self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
-                await asyncio.sleep(0)
-                continue
-            peer = envelope[0] if envelope else b""
-            if len(self._tasks) >= MAX_IN_FLIGHT or self._per_peer.get(peer, 0) >= MAX_IN_FLIGHT_PER_PEER:
-                self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
-            else:
-                self._start(peer, envelope, request_id, command, args)
+            self._handle(*backlog.next())
             # Let the handlers, heartbeats and timers run between two requests: a client
-            # with many requests queued must not hold the loop while it is decoded.
+            # with many requests queued must not hold the loop while they are decoded.
             await asyncio.sleep(0)
+
+    def _handle(self, frames: list[bytes], user: str | None) -> None:
+        envelope, body = split_envelope(frames)
+        size = sum(len(f) for f in body)
+        peer = envelope[0] if envelope else b""
+        if size > LARGE_FRAME_BYTES and not self._large.allow(peer, size, time.monotonic()):
+            self.rate_limited += 1
+            message = "too many large requests from this client; retry in a second"
+            self._send(envelope, encode_error(None, ErrorCode.RATE_LIMITED, message))
+            return
+        try:
+            request_id, command, args = self._parse(body)
+        except SuperviseError as e:
+            self._send(envelope, self._error_reply(e, None))
+            return
+        denied = self._denied(user, command)
+        if denied is not None:
+            self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
+            return
+        if len(self._tasks) >= MAX_IN_FLIGHT or self._per_peer.get(peer, 0) >= MAX_IN_FLIGHT_PER_PEER:
+            self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
+            return
+        self._start(peer, envelope, request_id, command, args)
 
     def _start(self, peer: bytes, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
         task = asyncio.create_task(self._run(envelope, request_id, command, args))

@@ -8,10 +8,13 @@ read in-memory state, so a probe never waits on a worker.
   healthy, else 503, with a JSON body (see `Observability.health`).
 - `GET /health/live`: 200 while the supervisor's loop answers.
 - `GET /metrics`: Prometheus text (or OpenMetrics, if the scraper asks for it).
+
+Connections are capped in number and in time (http_guard.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -20,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
+from supervise.supervisor.daemon.http_guard import ConnectionGuard
 
 log = logging.getLogger("supervise")
 
@@ -42,6 +46,7 @@ class HttpServer:
         self._health = health
         self._scrape = scrape
         self._runner: web.AppRunner | None = None
+        self.guard = ConnectionGuard()
 
     async def start(self) -> str:
         """Listen; returns "host:port" with the real port (port 0 picks a free one).
@@ -58,7 +63,7 @@ class HttpServer:
         await runner.setup()
         host, port = split_host_port(self.address)
         try:
-            await web.TCPSite(runner, host, port).start()
+            await _GuardedSite(runner, self.guard, host, port).start()
         except OSError as e:
             await runner.cleanup()
             problem = f"cannot listen on {self.address}: {e.strerror or e}; choose another address, or port 0 for any free one"
@@ -85,6 +90,22 @@ class HttpServer:
     async def _on_metrics(self, request: web.Request) -> web.Response:
         body, content_type = self._scrape(request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+class _GuardedSite(web.TCPSite):
+    """aiohttp's TCP site with every connection passed through a `ConnectionGuard`."""
+
+    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, host: str, port: int) -> None:
+        super().__init__(runner, host, port)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+        )
 
 
 def _dumps(obj: object) -> str:

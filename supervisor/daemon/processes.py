@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervise.supervisor.daemon.account import Account
+from supervise.supervisor.daemon.descriptors import restore_worker_limit
 from supervise.supervisor.daemon.output import PipeReader, RotatingLog
 
 
@@ -126,6 +127,7 @@ def spawn(
         extra_groups=extra_groups,
         umask=-1 if request.umask is None else request.umask,
     )
+    restore_worker_limit(popen.pid)
     return Worker(loop, popen, log, on_exit)
 
 

@@ -152,6 +152,8 @@ def test_variables_are_expanded_in_configured_values_only(monkeypatch: pytest.Mo
 def test_credentials_in_the_configured_url_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="credentials in the URL"):
         parse_config({"services": {"hook": {"action": "http", "url": "https://user:${TOKEN}@example.com/"}}})
+    with pytest.raises(ConfigError, match=r"services\.hook\.args: expected an http:// or https:// URL in args\.url"):
+        parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "args": {"url": "ftp://x/"}}}})
     with pytest.raises(ConfigError, match="allow_run_overrides: expected a list of"):
         parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "allow_run_overrides": ["expect_status"]}}})
     with pytest.raises(ConfigError, match="allow_addresses: 'localhost' is not an IP address"):
@@ -251,3 +253,27 @@ def test_without_a_policy_in_the_environment_every_address_is_checked(monkeypatc
     assert POLICY_VARIABLE not in os.environ
     with pytest.raises(HttpActionError, match="loopback"):
         asyncio.run(call(JobContext(service="hook", worker_id="hook/1"), url=f"{server.url}/x"))
+
+
+# -- through a real daemon: the supervisor hands the policy to the worker --------------------------
+
+
+def test_a_run_through_the_daemon_may_not_redirect_the_action(daemon_factory: Callable[..., Any], servers: Callable[[str], Server]) -> None:
+    from tests.conftest import wait_for
+
+    server = servers("127.0.0.1")
+    d = daemon_factory({"hook": {"action": "http", "url": f"{server.url}/configured", "env": {"HOOK_TOKEN": "s3cret"}}})
+    d.wait_running_pid("hook")
+
+    def finished(run_id: str) -> dict[str, Any]:
+        def look() -> dict[str, Any] | None:
+            runs = d.client.call("runs", name="hook", limit=10)["runs"]
+            return next((r for r in runs if r["run_id"] == run_id and r["state"] in ("succeeded", "failed")), None)
+
+        return wait_for(look, what=f"run {run_id} to finish")
+
+    refused = finished(d.client.call("run", name="hook", args={"url": f"{server.url}/?t=${{HOOK_TOKEN}}"})["run_id"])
+    assert refused["state"] == "failed" and 'run argument "url" may not change' in str(refused["error"])
+    ok = finished(d.client.call("run", name="hook")["run_id"])
+    assert ok["state"] == "succeeded"
+    assert [path for _, path, _ in server.seen] == ["/configured"]  # the configured call only

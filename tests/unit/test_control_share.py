@@ -74,3 +74,40 @@ def test_the_value_walk_still_rejects_timestamps_bin_keys_and_depth() -> None:
     with pytest.raises(DecodeError, match="nesting exceeds depth 8"):
         unpack(pack({"a": [[[[[[[[1]]]]]]]]}))
     assert unpack(pack({"a": [[[[[[[1]]]]]]]})) == {"a": [[[[[[[1]]]]]]]}
+
+
+def test_large_frames_beyond_a_clients_budget_are_refused_without_decoding() -> None:
+    heavy = encode_request(1, "status", {"name": [[[1] * 1000] * 30] * 34})  # about 1 MiB
+
+    async def scenario() -> tuple[list[str | None], list[str | None]]:
+        async def call(command: str, args: dict[str, object]) -> object:
+            return {}
+
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.bind("inproc://budget")
+        greedy, other = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        greedy.connect("inproc://budget")
+        other.connect("inproc://budget")
+        server = ControlServer(router, call)
+        serving = asyncio.create_task(server.serve())
+        try:
+            for _ in range(10):
+                await greedy.send(heavy)
+            await other.send(heavy)
+            mine = [decode_reply(await asyncio.wait_for(greedy.recv(), 10)).error_code for _ in range(10)]
+            theirs = [decode_reply(await asyncio.wait_for(other.recv(), 10)).error_code]
+            return mine, theirs
+        finally:
+            await server.close()
+            router.close(linger=0)
+            serving.cancel()
+            greedy.close(linger=0)
+            other.close(linger=0)
+            ctx.term()
+
+    mine, theirs = asyncio.run(scenario())
+    # A 4 MiB burst is decoded, then 2 MiB a second: most of the rest is refused undecoded
+    # (how many depends on how long the four decodes took).
+    assert mine[:4] == ["too_large"] * 4 and "rate_limited" in mine and set(mine) == {"too_large", "rate_limited"}
+    assert theirs == ["too_large"]  # another client's budget is its own

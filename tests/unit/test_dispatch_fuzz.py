@@ -215,6 +215,10 @@ class FakeRouter:
             raise zmq.ZMQError(zmq.ENOTSOCK)
         return self._incoming.pop(0)
 
+    def getsockopt(self, option: int) -> int:
+        assert option == zmq.EVENTS
+        return zmq.POLLIN if self._incoming else 0
+
     def send_multipart(self, frames: list[bytes], flags: int = 0) -> asyncio.Future[None]:
         self.sent.append(frames)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
