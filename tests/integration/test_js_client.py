@@ -102,6 +102,7 @@ def test_a_timed_out_request_leaves_the_library_client_usable(node: str, live: D
     (async () => {
       const client = new Client(process.argv[2], { timeoutMs: 5000 });
       const out = {};
+      await client.ping();  // connected: the stop below is delivered at once, however busy the machine
       try {
         await client.request("stop", { name: "stubborn" }, { timeoutMs: 200 });
       } catch (error) {
