@@ -95,6 +95,7 @@ class Scheduler:
         self._schedules: dict[str, Schedule] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
+        self._oneshot_timers: dict[str, asyncio.TimerHandle] = {}  # pending one-shots, by id
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -591,12 +592,25 @@ class Scheduler:
         def fire() -> None:
             now = self._now()
             if now < at:
-                self._loop.call_later(min(MAX_TIMER_S, (at - now).total_seconds()), fire)  # type: ignore[union-attr]
+                self._oneshot_timers[oneshot_id] = self._loop.call_later(  # type: ignore[union-attr]
+                    min(MAX_TIMER_S, (at - now).total_seconds()), fire
+                )
                 return
+            self._oneshot_timers.pop(oneshot_id, None)
             self._store.remove_oneshot(oneshot_id)
             self._occur(s, at, RunOrigin.SCHEDULE, args)
 
-        self._loop.call_later(min(MAX_TIMER_S, max(0.0, (at - self._now()).total_seconds())), fire)
+        delay = min(MAX_TIMER_S, max(0.0, (at - self._now()).total_seconds()))
+        self._oneshot_timers[oneshot_id] = self._loop.call_later(delay, fire)
+
+    def cancel_oneshot(self, oneshot_id: str) -> bool:
+        """Drop a one-shot occurrence that has not fired; False when it has (or never existed)."""
+        timer = self._oneshot_timers.pop(oneshot_id, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        self._store.remove_oneshot(oneshot_id)
+        return True
 
     def arm_stored_oneshots(self) -> None:
         for oneshot in self._store.list_oneshots():

@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.protocol.version import VERSION
@@ -64,6 +64,9 @@ from supervise.supervisor.daemon.status import (
 )
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
+
+if TYPE_CHECKING:
+    from supervise.supervisor.api import ApiServer
 
 log = logging.getLogger("supervise")
 
@@ -126,6 +129,12 @@ class Supervisor:
         )
         self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
         self.changes = RuntimeChanges(self, self._services)
+        self.api: ApiServer | None = None
+        if config.supervisor.http is not None:
+            from supervise.supervisor.api import ApiServer  # pydantic and aiohttp: only when HTTP is on
+
+            self.api = ApiServer(self, self.observability.events, config.supervisor)
+            self.observability.http_mounts.append(self.api.mount)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         for cfg in config.services.values():
