@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -93,10 +94,16 @@ class ApiServer:
         async def openapi(request: web.Request) -> web.Response:
             return web.json_response(spec)
 
+        shapes = [(re.compile(re.sub(r"{\w+}", "[^/]+", PREFIX + r.path) + "$"), r.method) for r in routes]
+
         async def unknown(request: web.Request) -> web.Response:
-            return problem_response(
-                ApiError(404, "Not Found", f"no endpoint {request.method} {request.path[:200]}"), None
-            )
+            allowed = sorted({method for shape, method in shapes if shape.match(request.path)})
+            if allowed:
+                error = ApiError(405, "Method Not Allowed", f"{request.path[:200]} answers {', '.join(allowed)}")
+                error.headers["Allow"] = ", ".join(allowed)
+            else:
+                error = ApiError(404, "Not Found", f"no endpoint {request.method} {request.path[:200]}")
+            return problem_response(error, None)
 
         app.router.add_get(PREFIX + "/openapi.json", openapi)
         app.router.add_route("*", PREFIX + "/{tail:.*}", unknown)
