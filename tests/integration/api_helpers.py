@@ -58,7 +58,9 @@ def call(method: str, url: str, **kwargs: Any) -> Answer:
     return asyncio.run(go())
 
 
-def read_sse(url: str, *, token: str, headers: Mapping[str, str] | None = None, until: Any = None, timeout_s: float = 20) -> list[dict[str, Any]]:
+def read_sse(
+    url: str, *, token: str, headers: Mapping[str, str] | None = None, until: Any = None, timeout_s: float = 20
+) -> list[dict[str, Any]]:
     """Events of an SSE stream, parsed, until the stream ends or `until(events)` is true."""
 
     async def go() -> list[dict[str, Any]]:

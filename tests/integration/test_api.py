@@ -120,7 +120,9 @@ def test_openapi_document_is_generated_from_the_models_and_served_without_a_toke
     doc = answer.json
     assert doc["openapi"] == "3.1.0"
     create_task = doc["paths"]["/api/v1/tasks"]["post"]
-    assert create_task["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskCreate"}
+    assert create_task["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TaskCreate"
+    }
     assert "201" in create_task["responses"] and "422" in create_task["responses"]
     schema = doc["components"]["schemas"]["TaskCreate"]
     assert schema["additionalProperties"] is False
@@ -217,7 +219,9 @@ def test_services_add_act_scale_logs_update_and_remove(api: Api) -> None:
 
 def test_service_errors_name_the_key_and_change_nothing(api: Api) -> None:
     before = api.call("GET", "/services").json
-    bad = api.call("POST", "/services", body={"name": "bad", "spec": {"command": ["sleep", "1"], "restart": "sometimes"}})
+    bad = api.call(
+        "POST", "/services", body={"name": "bad", "spec": {"command": ["sleep", "1"], "restart": "sometimes"}}
+    )
     assert "/spec/restart" in pointers(bad)
     problem(api.call("POST", "/services", body={"name": "web", "spec": {"command": ["true"]}}), 409)
     traversal = api.call("POST", "/services", body={"name": "../etc", "spec": {"command": ["true"]}})
@@ -242,7 +246,12 @@ def test_jobs_create_patch_run_skip_pause_resume_delete(api: Api) -> None:
     assert "Asia/Kolkata" in patched.json["trigger"]
     next_fire = datetime.fromisoformat(patched.json["next_fire"])
     assert next_fire.astimezone(UTC).strftime("%H:%M") == "20:30"  # 02:00 in Kolkata
-    assert patched.json["spec"] == {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata", "args": {"a": 1}}
+    assert patched.json["spec"] == {
+        "command": ["true"],
+        "cron": "0 2 * * *",
+        "timezone": "Asia/Kolkata",
+        "args": {"a": 1},
+    }
     started = api.call("POST", "/jobs/tick/run", body={"args": {"b": 2}})
     assert started.status == 202, started.text
     run = wait_run(api, started.json["run_id"], {"succeeded"})
@@ -267,11 +276,15 @@ def test_job_bad_input_is_422_with_field_paths(api: Api) -> None:
     def bad(body: dict[str, Any]) -> dict[str, str]:
         return pointers(api.call("POST", "/jobs", body=body))
 
-    assert "timezone" in bad({"name": "j", "command": ["true"], "every": "1h", "start": "2026-12-01T09:00:00"})["/start"]
+    assert (
+        "timezone" in bad({"name": "j", "command": ["true"], "every": "1h", "start": "2026-12-01T09:00:00"})["/start"]
+    )
     assert "never fires" in " ".join(bad({"name": "j", "command": ["true"], "cron": "0 0 31 2 *"}).values())
     assert bad({"name": "j", "command": ["true"], "every": "1h", "colour": "red"})["/colour"] == "unknown field"
     assert "/every" in bad({"name": "j", "command": ["true"], "every": 5})
-    assert "exactly one of command" in " ".join(bad({"name": "j", "command": ["true"], "target": "a:b", "every": "1h"}).values())
+    assert "exactly one of command" in " ".join(
+        bad({"name": "j", "command": ["true"], "target": "a:b", "every": "1h"}).values()
+    )
     assert "/retries/max" in bad({"name": "j", "command": ["true"], "every": "1h", "retries": {"max": -1}})
     assert "/name" in bad({"name": "J!", "command": ["true"], "every": "1h"})
     problem(api.call("GET", "/jobs/j"), 404)
@@ -326,7 +339,13 @@ def test_runs_filter_by_job_and_state_page_with_a_cursor_cancel_and_retry(api: A
 
 def test_a_task_calls_its_url_at_its_time_with_its_body_and_headers(api: Api) -> None:
     at = datetime.now(UTC) + timedelta(seconds=1)
-    body = {"url": f"{api.receiver.url}/hook?x=1", "method": "PUT", "headers": {"X-Trace": "abc"}, "body": {"order": 42}, "at": at.isoformat()}
+    body = {
+        "url": f"{api.receiver.url}/hook?x=1",
+        "method": "PUT",
+        "headers": {"X-Trace": "abc"},
+        "body": {"order": 42},
+        "at": at.isoformat(),
+    }
     created = api.call("POST", "/tasks", "operator", body=body)
     assert created.status == 201, created.text
     task = created.json
@@ -411,7 +430,9 @@ def test_idempotency_key_returns_the_first_answer_and_refuses_another_body(api: 
     assert first.status == again.status == 201
     assert again.json["id"] == first.json["id"] and again.headers["Idempotent-Replayed"] == "true"
     assert again.headers["Location"] == first.headers["Location"]
-    other = api.call("POST", "/tasks", "operator", body={**body, "method": "GET"}, headers={"Idempotency-Key": "order-7"})
+    other = api.call(
+        "POST", "/tasks", "operator", body={**body, "method": "GET"}, headers={"Idempotency-Key": "order-7"}
+    )
     assert "Idempotency-Key" in problem(other, 409)["detail"]
     ids = [t["id"] for t in api.call("GET", "/tasks?limit=500").json["tasks"]]
     assert ids.count(first.json["id"]) == 1
@@ -470,7 +491,10 @@ def test_a_tenant_over_its_pending_task_quota_gets_429_with_retry_after(api: Api
     assert api.call("POST", "/tasks", "acme-operator", body={"url": api.receiver.url, "at": in_an_hour()}).status == 201
     api.call("DELETE", f"/tasks/{made[0]}", "quota-operator")
     assert wait_for(
-        lambda: api.call("POST", "/tasks", "quota-operator", body={"url": api.receiver.url, "at": in_an_hour()}).status == 201,
+        lambda: (
+            api.call("POST", "/tasks", "quota-operator", body={"url": api.receiver.url, "at": in_an_hour()}).status
+            == 201
+        ),
         what="a slot after a cancel",
     )
 
