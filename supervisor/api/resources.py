@@ -15,7 +15,7 @@ import binascii
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -51,7 +51,7 @@ from supervise.supervisor.api.ports import ApiHost, EventRing
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
 from supervise.supervisor.api.store import ApiStore, Role, TaskRow
 from supervise.supervisor.core.errors import ServiceNotFound
-from supervise.supervisor.core.runs import FINAL, RunState
+from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.scheduler import run_to_dict
 
@@ -62,6 +62,7 @@ NAME = r"[a-z][a-z0-9_-]{0,62}"
 RESERVED_PREFIX = "api-"  # the task services: created by the API itself
 SSE_KEEPALIVE_S = 15.0
 TASK_RUN_SCAN = 1000  # runs of a task service read to find a task's run
+RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
 class Resources:
@@ -396,13 +397,12 @@ class Resources:
         runs = self._task_runs(row)
         if runs:
             last = runs[0]
-            final = last.state in FINAL
             view.update(
-                state=str(last.state) if final or row.cancelled_at is None else "cancelled",
+                state=_task_state(last, int(request.get("retries", {}).get("max", 0))),
                 attempts=len(runs),
                 run=Run.model_validate(run_to_dict(last)),
                 result=last.result,
-                error=last.error.strip().splitlines()[-1] if last.error else None,
+                error=_exception_text(last.error),
             )
         elif row.cancelled_at is not None:
             view["state"] = "cancelled"
@@ -779,6 +779,22 @@ class Resources:
             ),
         ]
         return out
+
+
+def _exception_text(error: str | None) -> str | None:
+    """The exception of a traceback without its frames (its message may span lines)."""
+    if not error:
+        return None
+    lines = error.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
+    return "\n".join(lines[frames[-1] + 1 :] if frames and frames[-1] + 1 < len(lines) else lines[-1:])
+
+
+def _task_state(last: Any, retries: int) -> str:
+    """The state of a task from its newest run: `retry_wait` while a retry is still to come."""
+    retried = last.state in (RunState.FAILED, RunState.TIMED_OUT) and last.attempt <= retries
+    recent = last.finished_at is not None and datetime.now(UTC) - last.finished_at < RETRY_WAIT_AT_MOST
+    return "retry_wait" if retried and recent else str(last.state)
 
 
 def _sse(kind: str, data: object, event_id: str | None) -> bytes:

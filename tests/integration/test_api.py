@@ -381,6 +381,23 @@ def test_a_task_at_a_past_time_runs_now_and_a_failing_call_is_failed(api: Api) -
     assert "answered 500" in done["error"]
 
 
+def test_a_failing_task_is_retried_and_shows_retry_wait_between_attempts(api: Api) -> None:
+    body = {"url": f"{api.receiver.url}/fail/retried", "retries": {"max": 1}}
+    task = api.call("POST", "/tasks", "operator", body=body).json
+    states: list[str] = []
+
+    def final() -> dict[str, Any] | None:
+        seen = api.call("GET", f"/tasks/{task['id']}").json
+        states.append(seen["state"])
+        return seen if seen["state"] == "failed" else None
+
+    done = wait_for(final, timeout_s=30, what="both attempts to fail", interval_s=0.05)
+    assert done["attempts"] == 2 and done["run"]["attempt"] == 2 and done["run"]["origin"] == "retry"
+    assert "retry_wait" in states
+    calls = [r for r in api.receiver.requests if r["headers"].get("X-Supervise-Task") == task["id"]]
+    assert len(calls) == 2
+
+
 def test_deleting_a_task_cancels_it_if_it_has_not_run(api: Api) -> None:
     created = api.call("POST", "/tasks", "operator", body={"url": api.receiver.url, "at": in_an_hour()}).json
     deleted = api.call("DELETE", f"/tasks/{created['id']}", "operator")
