@@ -61,7 +61,8 @@ TASK_ID = r"[0-9a-f]{32}"
 NAME = r"[a-z][a-z0-9_-]{0,62}"
 RESERVED_PREFIX = "api-"  # the task services: created by the API itself
 SSE_KEEPALIVE_S = 15.0
-TASK_RUN_SCAN = 1000  # runs of a task service read to find a task's run
+TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
+PENDING_RECOUNT_S = 1.0
 RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
@@ -75,6 +76,7 @@ class Resources:
         self.max_pending_tasks = max_pending_tasks
         self._owners = store.owners()
         self._task_services = asyncio.Lock()
+        self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
         self._wake = asyncio.Event()
         self.closing = asyncio.Event()
         events.listeners.append(self._on_event)
@@ -358,6 +360,7 @@ class Resources:
             None,
         )
         self.store.add_task(row)
+        self._pending_changed(call.tenant, +1)
         return Reply(self._task(row), 201, {"Location": f"{PREFIX}/tasks/{task_id}"})
 
     async def _task_service(self, tenant: str | None, retries: int) -> str:
@@ -378,11 +381,22 @@ class Resources:
         return name
 
     def _pending_tasks(self, tenant: str | None) -> int:
+        """A tenant's tasks waiting for their time: counted at most every PENDING_RECOUNT_S, tracked between."""
+        now = time.monotonic()
+        cached = self._pending.get(tenant)
+        if cached is not None and now - cached[1] < PENDING_RECOUNT_S:
+            return cached[0]
         store = self.host.store
-        if store is None:
-            return 0
         prefix = f"{RESERVED_PREFIX}tasks-{tenant}-r" if tenant else f"{RESERVED_PREFIX}tasks-r"
-        return sum(1 for o in store.list_oneshots() if o.service.startswith(prefix))
+        services = [n for n in self.host.service_names() if n.startswith(prefix)]
+        count = sum(len(store.list_oneshots(s)) for s in services) if store is not None else 0
+        self._pending[tenant] = (count, now)
+        return count
+
+    def _pending_changed(self, tenant: str | None, delta: int) -> None:
+        cached = self._pending.get(tenant)
+        if cached is not None:
+            self._pending[tenant] = (max(0, cached[0] + delta), cached[1])
 
     def _task(self, row: TaskRow) -> Task:
         request = row.request
@@ -417,8 +431,15 @@ class Resources:
         store = self.host.store
         if store is None:
             return []
-        found = store.list_runs(row.service, limit=TASK_RUN_SCAN)
-        return [r for r in found if (r.args.get("headers") or {}).get(TASK_HEADER) == row.id]
+        oldest = datetime.fromisoformat(row.at) - timedelta(seconds=1)  # a task's runs are created after its time
+        found: list[Any] = []
+        before = None
+        while True:
+            page = store.list_runs(row.service, limit=TASK_RUN_PAGE, before=before)
+            found += [r for r in page if (r.args.get("headers") or {}).get(TASK_HEADER) == row.id]
+            if len(page) < TASK_RUN_PAGE or page[-1].created_at < oldest:
+                return found
+            before = page[-1].created_at
 
     def _visible_task(self, call: Call) -> TaskRow:
         task_id = call.param("task_id")
@@ -451,6 +472,7 @@ class Resources:
                 409, "Conflict", f"task {row.id} is {task.state}: it has already started; cancel its run instead"
             )
         self.store.cancel_task(row.id)
+        self._pending_changed(row.tenant, -1)
         cancelled = self.store.task(row.id)
         assert cancelled is not None
         return Reply(self._task(cancelled))

@@ -31,6 +31,7 @@ FILE_NAME = "api.db"
 TOKEN_RE = re.compile(r"svt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TENANT_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+AUDIT_KEEP = 100_000  # audit entries kept (the newest)
 _DUMMY_HASH = hashlib.sha256(b"not a token").hexdigest()
 
 _SCHEMA = """
@@ -48,10 +49,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     request TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant, seq);
 CREATE TABLE IF NOT EXISTS idempotency (
     token_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,
     body TEXT NOT NULL, headers TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (token_id, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 """
 
 
@@ -224,7 +228,8 @@ class ApiStore:
     # -- audit ---------------------------------------------------------------------
 
     def audit(self, token: Token | None, remote: str | None, method: str, path: str, status: int, detail: str) -> None:
-        self._db.execute(
+        """Record one call; the oldest entries beyond AUDIT_KEEP are deleted, a thousand at a time."""
+        cur = self._db.execute(
             "INSERT INTO audit (ts, token, tenant, remote, method, path, status, detail) VALUES (?,?,?,?,?,?,?,?)",
             (
                 time.time(),
@@ -237,6 +242,9 @@ class ApiStore:
                 detail[:1000],
             ),
         )
+        seq = cur.lastrowid or 0
+        if seq % 1000 == 0 and seq > AUDIT_KEEP:
+            self._db.execute("DELETE FROM audit WHERE seq <= ?", (seq - AUDIT_KEEP,))
 
     def audit_entries(self, limit: int = 100, tenant: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` audit entries, oldest first."""
