@@ -408,6 +408,10 @@ class Resources:
             "method": request["method"],
             "created_at": datetime.fromtimestamp(row.created_at, UTC).isoformat(),
         }
+        if row.cancelled_at is not None:
+            return Task.model_validate({**view, "state": "cancelled"})
+        if datetime.fromisoformat(row.at) > datetime.now(UTC) + timedelta(seconds=1):
+            return Task.model_validate({**view, "state": "scheduled"})  # its time has not come: no run to look for
         runs = self._task_runs(row)
         if runs:
             last = runs[0]
@@ -418,8 +422,6 @@ class Resources:
                 result=last.result,
                 error=_exception_text(last.error),
             )
-        elif row.cancelled_at is not None:
-            view["state"] = "cancelled"
         else:
             store = self.host.store
             waiting = store is not None and any(o.id == row.oneshot_id for o in store.list_oneshots(row.service))
