@@ -63,6 +63,7 @@ RESERVED_PREFIX = "api-"  # the task services: created by the API itself
 SSE_KEEPALIVE_S = 15.0
 TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
 PENDING_RECOUNT_S = 1.0
+TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
 RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
@@ -136,6 +137,7 @@ class Resources:
     async def create_service(self, call: Call) -> Reply:
         body: ServiceCreate = call.body
         self._check_new_name(call, body.name)
+        check_tenant_spec(call, body.spec, "/spec")
         result = await self.command("add", name=body.name, spec=body.spec)
         self.set_owner(body.name, call.tenant)
         return Reply(result, 201, {"Location": f"{PREFIX}/services/{body.name}"})
@@ -154,6 +156,7 @@ class Resources:
     async def update_service(self, call: Call) -> Reply:
         name = self.require_visible(call, call.param("name"))
         body: ServiceUpdate = call.body
+        check_tenant_spec(call, body.spec, "/spec")
         return Reply(await self.command("update", name=name, spec=body.spec))
 
     async def delete_service(self, call: Call) -> Reply:
@@ -215,6 +218,7 @@ class Resources:
     async def create_job(self, call: Call) -> Reply:
         body: JobCreate = call.body
         self._check_new_name(call, body.name)
+        check_tenant_spec(call, body.table(), "")
         await self.command("add", name=body.name, spec=body.table())
         self.set_owner(body.name, call.tenant)
         return Reply(self._job(body.name), 201, {"Location": f"{PREFIX}/jobs/{body.name}"})
@@ -243,6 +247,7 @@ class Resources:
             check_job_table(table)
         except ValueError as e:
             raise ApiError(422, "Invalid request", str(e), errors=[{"pointer": "/", "detail": str(e)}]) from None
+        check_tenant_spec(call, table, "")
         await self.command("update", name=name, spec=table)
         return Reply(self._job(name))
 
@@ -803,6 +808,22 @@ class Resources:
             ),
         ]
         return out
+
+
+def check_tenant_spec(call: Call, table: dict[str, Any], where: str) -> None:
+    """A tenant's token runs only registered jobs: no commands, users, directories or dependencies of its own."""
+    if call.tenant is None:
+        return
+    for key in TENANT_FORBIDDEN_KEYS:
+        if key in table:
+            raise ApiError(403, "Forbidden", f"{where}/{key}: a tenant's token may not set {key}; use a registered job")
+    target = table.get("target")
+    if target is not None and "@" not in str(target):
+        raise ApiError(
+            403,
+            "Forbidden",
+            f'{where}/target: a tenant\'s token names a registered job, "package.module@job-name", not {target!r}',
+        )
 
 
 def _exception_text(error: str | None) -> str | None:

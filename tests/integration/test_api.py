@@ -468,8 +468,23 @@ def test_tenants_see_only_their_own_objects_and_others_answer_404(api: Api) -> N
     assert task["id"] in [t["id"] for t in api.call("GET", "/tasks", "acme-viewer").json["tasks"]]
     assert task["id"] in [t["id"] for t in api.call("GET", "/tasks").json["tasks"]]  # tenant-less admin: everything
 
-    job = api.call("POST", "/jobs", "acme-admin", body={"name": "acme-report", "command": ["true"], "manual": True})
-    assert job.status == 201 and job.json["tenant"] == "acme"
+    registered = {
+        "name": "acme-report",
+        "target": "tests.children.jobs@settle-merchants",
+        "manual": True,
+        "args": {"merchant": "M1"},
+        "env": {"RUNS_FILE": str(api.folder / "acme-runs.txt"), "PYTHONPATH": str(REPO)},
+    }
+    commanded = {k: v for k, v in registered.items() if k != "target"} | {"command": ["sh", "-c", "id"]}
+    assert "/command" in problem(api.call("POST", "/jobs", "acme-admin", body=commanded), 403)["detail"]
+    anything = {**registered, "target": "os:system"}
+    assert "/target" in problem(api.call("POST", "/jobs", "acme-admin", body=anything), 403)["detail"]
+    spec = {"target": "tests.children.jobs@settle-merchants", "manual": True}
+    for key, value in (("user", "root"), ("cwd", "/"), ("requires", ["web"])):
+        refused = api.call("POST", "/services", "acme-admin", body={"name": "acme-x", "spec": {**spec, key: value}})
+        assert f"/spec/{key}" in problem(refused, 403)["detail"]
+    job = api.call("POST", "/jobs", "acme-admin", body=registered)
+    assert job.status == 201 and job.json["tenant"] == "acme", job.text
     run_id = api.call("POST", "/jobs/acme-report/run", "acme-operator", body={}).json["run_id"]
     wait_run(api, run_id, {"succeeded"}, who="acme-viewer")
     for path in ("/jobs/acme-report", "/services/acme-report", f"/runs/{run_id}", "/runs?job=acme-report"):
