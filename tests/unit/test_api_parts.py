@@ -142,3 +142,10 @@ def test_the_exception_of_a_traceback_keeps_a_message_that_spans_lines() -> None
     tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    g()\nE: answered 501: <p>\nError</p>\n'
     assert _exception_text(tb) == "E: answered 501: <p>\nError</p>"
     assert _exception_text("plain") == "plain" and _exception_text(None) is None
+
+
+def test_the_endpoint_table_of_docs_api_md_is_the_route_table() -> None:
+    from supervise.supervisor.api.openapi import reference_markdown
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert reference_markdown(Resources.__new__(Resources).routes()) in text
