@@ -76,7 +76,10 @@ async def _measure(base: str, token: str, tasks: int, services: int, receiver: s
             async with session.get(f"{base}/services") as r:
                 await r.read()
             latencies.append((time.perf_counter() - started) * 1000)
-        print(f"GET /api/v1/services, {services} services: p50 {_pct(latencies, 0.5):.1f} ms, p95 {_pct(latencies, 0.95):.1f} ms")
+        print(
+            f"GET /api/v1/services, {services} services:"
+            f" p50 {_pct(latencies, 0.5):.1f} ms, p95 {_pct(latencies, 0.95):.1f} ms"
+        )
 
         numbers = iter(range(tasks))
 
@@ -88,7 +91,10 @@ async def _measure(base: str, token: str, tasks: int, services: int, receiver: s
         started = time.perf_counter()
         await asyncio.gather(*(create() for _ in range(IN_FLIGHT)))
         elapsed = time.perf_counter() - started
-        print(f"POST /api/v1/tasks: {tasks} in {elapsed:.2f} s, {tasks / elapsed:.0f}/s ({IN_FLIGHT} in flight, keep-alive)")
+        print(
+            f"POST /api/v1/tasks: {tasks} in {elapsed:.2f} s, {tasks / elapsed:.0f}/s"
+            f" ({IN_FLIGHT} in flight, keep-alive)"
+        )
 
         due = datetime.now(UTC) + timedelta(seconds=2)
         ids = []
