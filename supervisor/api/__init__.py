@@ -121,7 +121,7 @@ class ApiServer:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         if self.resources is not None:
-            self.resources.closing.set()  # event streams end, so the server can close
+            self.resources.close()  # event streams end, so the server can close
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self.store is not None:

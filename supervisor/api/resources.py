@@ -111,6 +111,11 @@ class Resources:
         else:
             self._owners[service] = tenant
 
+    def close(self) -> None:
+        """End every event stream (the server is shutting down)."""
+        self.closing.set()
+        self._on_event("", "", None)
+
     def _on_event(self, service: str, kind: str, detail: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from supervise.supervisor.api.store import ApiStore, Role
 from tests.conftest import start_daemon, stop_daemon, wait_for, write_config
-from tests.integration.api_helpers import call
+from tests.integration.api_helpers import call, read_sse
 from tests.integration.test_api import make_tokens
 
 FOREVER = "tests.children.targets:forever"
@@ -101,3 +102,30 @@ def test_a_non_loopback_address_starts_with_a_token_or_insecure_http(short_dir: 
         assert "without TLS" in daemon.log()
     finally:
         stop_daemon(daemon)
+
+
+def test_an_open_event_stream_ends_when_the_daemon_stops(short_dir: Path) -> None:
+    config = write_config(short_dir, {"web": {"target": FOREVER}}, http="127.0.0.1:0")
+    tokens = make_tokens(short_dir / "state", {"watcher": (Role.VIEWER, None)})
+    daemon = start_daemon(config)
+    url = "http://" + daemon.client.call("ping")["http"] + "/api/v1/events?since=0"
+    connected = threading.Event()
+    seen: list[list[dict[str, object]]] = []
+
+    def follow() -> None:
+        seen.append(
+            read_sse(url, token=tokens["watcher"], until=lambda events: connected.set() and False, timeout_s=60)
+        )
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    try:
+        assert connected.wait(20)
+        started = time.monotonic()
+        stop_daemon(daemon)
+        reader.join(30)
+        assert not reader.is_alive() and seen and seen[0]
+        assert time.monotonic() - started < 10  # not held open until a keep-alive or a server timeout
+    finally:
+        stop_daemon(daemon)
+        reader.join(5)
