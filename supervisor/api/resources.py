@@ -51,7 +51,7 @@ from supervise.supervisor.api.ports import ApiHost, EventRing
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
 from supervise.supervisor.api.store import ApiStore, Role, TaskRow
 from supervise.supervisor.core.errors import ServiceNotFound
-from supervise.supervisor.core.runs import RunState
+from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.scheduler import run_to_dict
 
@@ -63,6 +63,8 @@ RESERVED_PREFIX = "api-"  # the task services: created by the API itself
 SSE_KEEPALIVE_S = 15.0
 TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
 PENDING_RECOUNT_S = 1.0
+ENDED_TASKS_KEPT = 10_000
+FINAL_TASK_STATES = frozenset(str(s) for s in FINAL)
 TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
 RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
@@ -78,6 +80,7 @@ class Resources:
         self._owners = store.owners()
         self._task_services = asyncio.Lock()
         self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
+        self._ended_tasks: dict[str, Task] = {}  # in insertion order: the oldest is dropped first
         self._wake = asyncio.Event()
         self.closing = asyncio.Event()
         events.listeners.append(self._on_event)
@@ -420,6 +423,9 @@ class Resources:
         }
         if row.cancelled_at is not None:
             return Task.model_validate({**view, "state": "cancelled"})
+        ended = self._ended_tasks.get(row.id)
+        if ended is not None:
+            return ended
         if datetime.fromisoformat(row.at) > datetime.now(UTC) + timedelta(seconds=1):
             return Task.model_validate({**view, "state": "scheduled"})  # its time has not come: no run to look for
         runs = self._task_runs(row)
@@ -432,11 +438,21 @@ class Resources:
                 result=last.result,
                 error=_exception_text(last.error),
             )
+            if view["state"] in FINAL_TASK_STATES:
+                task = Task.model_validate(view)
+                self._remember_ended(task)
+                return task
         else:
             store = self.host.store
             waiting = store is not None and any(o.id == row.oneshot_id for o in store.list_oneshots(row.service))
             view["state"] = "scheduled" if waiting else "starting"
         return Task.model_validate(view)
+
+    def _remember_ended(self, task: Task) -> None:
+        """A task in a final state never changes again: keep its view, the newest ENDED_TASKS_KEPT of them."""
+        if len(self._ended_tasks) >= ENDED_TASKS_KEPT:
+            del self._ended_tasks[next(iter(self._ended_tasks))]
+        self._ended_tasks[task.id] = task
 
     def _task_runs(self, row: TaskRow) -> list[Any]:
         """The runs of a task, newest first (one per attempt)."""
