@@ -193,6 +193,8 @@ class Supervisor:
         )
         self._start_scheduler()
         self._restore_registrations()
+        assert self.scheduler is not None
+        self.scheduler.arm_stored_oneshots()  # after the registrations: one-shots of runtime services too
         self.start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
@@ -207,7 +209,6 @@ class Supervisor:
             if svc.config.schedule is not None:
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
-        self.scheduler.arm_stored_oneshots()
 
     def _restore_registrations(self) -> None:
         """Services added at runtime by an earlier run of this supervisor come back."""

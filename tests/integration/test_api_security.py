@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +16,7 @@ import pytest
 
 from supervise.supervisor.api.store import ApiStore, Role
 from tests.conftest import start_daemon, stop_daemon, wait_for, write_config
-from tests.integration.api_helpers import call, read_sse
+from tests.integration.api_helpers import call, read_sse, start_receiver
 from tests.integration.test_api import make_tokens
 
 FOREVER = "tests.children.targets:forever"
@@ -129,3 +130,33 @@ def test_an_open_event_stream_ends_when_the_daemon_stops(short_dir: Path) -> Non
     finally:
         stop_daemon(daemon)
         reader.join(5)
+
+
+def test_a_pending_task_is_called_after_a_daemon_restart(short_dir: Path) -> None:
+    config = write_config(short_dir, {}, http="127.0.0.1:0")
+    tokens = make_tokens(short_dir / "state", {"ops": (Role.OPERATOR, None)})
+    receiver = start_receiver()
+    daemon = start_daemon(config)
+    try:
+        base = "http://" + daemon.client.call("ping")["http"] + "/api/v1"
+        at = datetime.now(UTC) + timedelta(seconds=6)
+        created = call("POST", f"{base}/tasks", token=tokens["ops"], body={"url": receiver.url, "at": at.isoformat()})
+        assert created.status == 201, created.text
+        cancelled = call("POST", f"{base}/tasks", token=tokens["ops"], body={"url": receiver.url, "at": at.isoformat()})
+        stop_daemon(daemon)
+        assert receiver.requests == []
+        daemon = start_daemon(config)
+        base = "http://" + daemon.client.call("ping")["http"] + "/api/v1"
+        assert call("DELETE", f"{base}/tasks/{cancelled.json['id']}", token=tokens["ops"]).json["state"] == "cancelled"
+        task = created.json["id"]
+        done = wait_for(
+            lambda: (t := call("GET", f"{base}/tasks/{task}", token=tokens["ops"]).json)["state"] == "succeeded" and t,
+            timeout_s=30,
+            what="the task to run after the restart",
+            interval_s=0.1,
+        )
+        assert datetime.fromisoformat(done["run"]["started_at"]) >= at - timedelta(milliseconds=5)
+        assert [r["headers"]["X-Supervise-Task"] for r in receiver.requests] == [task]
+    finally:
+        stop_daemon(daemon)
+        receiver.close()
