@@ -905,6 +905,16 @@ def run_service(name: str, config: str, log_level: str) -> None:
     _serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
 
 
+def _add_api_commands() -> None:
+    from supervise.supervisor.cli.api_admin import audit, token
+
+    cli.add_command(token)
+    cli.add_command(audit)
+
+
+_add_api_commands()
+
+
 def main() -> None:
     cli(prog_name="supervise")
 

@@ -396,5 +396,7 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "curve_readonly_clients": Key("curve_readonly_clients", _key_directory),
         "insecure": Key("insecure", _boolean),
         "allow_addresses": Key("allow_addresses", _allow_addresses),
+        "insecure_http": Key("insecure_http", _boolean),
+        "tenant_max_pending_tasks": Key("tenant_max_pending_tasks", _positive_count_any),
     }
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +29,8 @@ log = logging.getLogger("supervise")
 
 Health = Callable[[], tuple[bool, Mapping[str, Any]]]
 Scrape = Callable[[str | None], tuple[bytes, str]]
+Mount = Callable[[web.Application], None]
+"""Adds routes to the application before it serves (the HTTP API); may raise ConfigError."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -40,8 +42,9 @@ def split_host_port(address: str) -> tuple[str, int]:
 class HttpServer:
     """An aiohttp server bound to one address; `start` returns where it listens."""
 
-    def __init__(self, address: str, *, health: Health, scrape: Scrape) -> None:
+    def __init__(self, address: str, *, health: Health, scrape: Scrape, mounts: Sequence[Mount] = ()) -> None:
         self.address = address
+        self._mounts = mounts
         self.bound: str | None = None
         self._health = health
         self._scrape = scrape
@@ -59,6 +62,8 @@ class HttpServer:
         app.router.add_get("/health/ready", self._on_health)
         app.router.add_get("/health/live", self._on_live)
         app.router.add_get("/metrics", self._on_metrics)
+        for mount in self._mounts:
+            mount(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         host, port = split_host_port(self.address)

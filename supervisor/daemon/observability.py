@@ -71,6 +71,7 @@ class Observability:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self.http: HttpServer | None = None
+        self.http_mounts: list[Callable[[Any], None]] = []  # more routes for the HTTP server (the API)
         self._registry: Any = None  # prometheus_client's, built at the first scrape
         self.notifications: Callable[[], Mapping[str, object]] | None = None  # the notifier's counters, if any
 
@@ -83,7 +84,7 @@ class Observability:
         if address is not None:
             from supervise.supervisor.daemon.http import HttpServer  # aiohttp is slow to import: only when asked for
 
-            self.http = HttpServer(address, health=self.health, scrape=self.scrape)
+            self.http = HttpServer(address, health=self.health, scrape=self.scrape, mounts=self.http_mounts)
             await self.http.start()
         self._sampler = Sampler()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-sampler")

@@ -750,6 +750,17 @@ class Scheduler:
             self._arm_window()
         return run.run_id
 
+    def cancel_oneshot(self, run_id: str) -> bool:
+        """Cancel a one-shot (or any run) that has not started; False when it has, or never existed."""
+        run = self._store.get_run(run_id)
+        if run is None or run.state not in (RunState.PENDING, RunState.DUE, RunState.BUFFERED, RunState.QUEUED):
+            return False
+        try:
+            self.cancel(run_id)
+        except ProtocolError:
+            return False
+        return True
+
     def arm_stored_oneshots(self) -> None:
         """Load the soonest pending one-shots (one-shots stored by an older version become pending runs first)."""
         for oneshot in self._store.list_oneshots():

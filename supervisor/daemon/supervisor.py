@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.protocol.version import VERSION
@@ -66,6 +66,9 @@ from supervise.supervisor.daemon.status import (
 )
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
+
+if TYPE_CHECKING:
+    from supervise.supervisor.api import ApiServer
 
 log = logging.getLogger("supervise")
 
@@ -130,6 +133,12 @@ class Supervisor:
         self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
         self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
         self.changes = RuntimeChanges(self, self._services)
+        self.api: ApiServer | None = None
+        if config.supervisor.http is not None:
+            from supervise.supervisor.api import ApiServer  # pydantic and aiohttp: only when HTTP is on
+
+            self.api = ApiServer(self, self.observability.events, config.supervisor)
+            self.observability.http_mounts.append(self.api.mount)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         self.notifier: Notifier | None = None  # docs/notifications.md; set in start
@@ -190,6 +199,8 @@ class Supervisor:
         self._start_scheduler()
         await self._start_notifier()
         self._restore_registrations()
+        assert self.scheduler is not None
+        self.scheduler.arm_stored_oneshots()  # after the registrations: one-shots of runtime services too
         self.start_in_order([n for n, s in self._services.items() if s.config.autostart])
 
     def _start_scheduler(self) -> None:
@@ -204,7 +215,6 @@ class Supervisor:
             if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
         self.scheduler.start()
-        self.scheduler.arm_stored_oneshots()
 
     async def _start_notifier(self) -> None:
         if self.store is None:

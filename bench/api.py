@@ -1,0 +1,154 @@
+"""`python -m bench.api [--tasks N] [--services N]`: figures of the HTTP API of one supervise daemon.
+
+- task creation through `POST /api/v1/tasks`, 16 requests in flight on one keep-alive session;
+- `GET /api/v1/services` with N services, p50 and p95 of 200 sequential requests;
+- fire lateness of tasks created through the API: 50 tasks due 2 s ahead call a local
+  HTTP server, which notes when each call arrives (arrival - `at`, p50 and p95).
+
+supervise alone, from the repository root with supervise installed in place; the daemon
+and its workers are stopped at the end. Prints one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from supervise.protocol.client import Client
+from supervise.supervisor.api.store import ApiStore, Role
+
+IN_FLIGHT = 16
+LATENESS_TASKS = 50
+
+
+def _config(folder: Path, services: int) -> Path:
+    lines = ["[supervisor]", 'state_dir = "state"', 'http = "127.0.0.1:0"', "tenant_max_pending_tasks = 1000000"]
+    for i in range(services):
+        lines += [f"[services.s{i:03d}]", 'command = ["sleep", "100000"]']
+    path = folder / "supervise.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _receiver(arrivals: dict[str, float]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            arrivals[self.headers.get("X-Supervise-Task", "?")] = time.time()
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(base: str, token: str, tasks: int, services: int, receiver: str, arrivals: dict[str, float]) -> None:
+    far = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        async with session.post(f"{base}/tasks", json={"url": receiver, "at": far}) as r:
+            assert r.status == 201, await r.text()  # the first one also creates the task service
+        latencies = []
+        for _ in range(200):
+            started = time.perf_counter()
+            async with session.get(f"{base}/services") as r:
+                await r.read()
+            latencies.append((time.perf_counter() - started) * 1000)
+        print(
+            f"GET /api/v1/services, {services} services:"
+            f" p50 {_pct(latencies, 0.5):.1f} ms, p95 {_pct(latencies, 0.95):.1f} ms"
+        )
+
+        numbers = iter(range(tasks))
+
+        async def create() -> None:
+            for _ in numbers:
+                async with session.post(f"{base}/tasks", json={"url": receiver, "at": far}) as r:
+                    assert r.status == 201, await r.text()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(create() for _ in range(IN_FLIGHT)))
+        elapsed = time.perf_counter() - started
+        print(
+            f"POST /api/v1/tasks: {tasks} in {elapsed:.2f} s, {tasks / elapsed:.0f}/s"
+            f" ({IN_FLIGHT} in flight, keep-alive)"
+        )
+
+        due = datetime.now(UTC) + timedelta(seconds=2)
+        ids = []
+        for _ in range(LATENESS_TASKS):
+            async with session.post(f"{base}/tasks", json={"url": receiver, "at": due.isoformat()}) as r:
+                ids.append((await r.json())["id"])
+        deadline = time.time() + 60
+        while len([i for i in ids if i in arrivals]) < len(ids) and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        late = [(arrivals[i] - due.timestamp()) * 1000 for i in ids if i in arrivals]
+        print(
+            f"fire lateness of {len(late)}/{len(ids)} API tasks due together: p50 {statistics.median(late):.0f} ms,"
+            f" p95 {_pct(late, 0.95):.0f} ms, max {max(late):.0f} ms"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=2000, help="tasks to create (default 2000)")
+    ap.add_argument("--services", type=int, default=200, help="services to list (default 200)")
+    args = ap.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="sv-bench-api-", dir="/tmp"))
+    arrivals: dict[str, float] = {}
+    server = _receiver(arrivals)
+    config = _config(folder, args.services)
+    store = ApiStore(folder / "state")
+    token, _ = store.create_token("bench", Role.ADMIN, None, None)
+    store.close()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "supervise.supervisor", "start", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(f"ipc://{folder}/state/control.sock", timeout_s=5.0)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                address = client.call("ping", retries=0)["http"]
+                break
+            except Exception:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        receiver = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        asyncio.run(_measure(f"http://{address}/api/v1", token, args.tasks, args.services, receiver, arrivals))
+    finally:
+        client.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=120)
+        server.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

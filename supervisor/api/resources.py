@@ -1,0 +1,893 @@
+"""The resources of `/api/v1`: services, jobs, runs, tasks, events.
+
+Every action goes through the control commands (`daemon/commands.py`, looked up
+with `resolve`, the same handlers and argument checks as the ZeroMQ socket);
+only paging reads the run history directly. A token with a tenant sees only
+what belongs to its tenant (`owners`); anything else answers 404, as if it did
+not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from supervise.supervisor.api.models import (
+    TASK_HEADER,
+    ActionResult,
+    Cancelled,
+    EventsQuery,
+    Job,
+    JobCreate,
+    JobList,
+    JobPatch,
+    Logs,
+    LogsQuery,
+    Run,
+    RunNowRequest,
+    RunPage,
+    RunsQuery,
+    RunStarted,
+    ScaleRequest,
+    ServiceCreate,
+    ServiceList,
+    ServiceUpdate,
+    Skipping,
+    Task,
+    TaskCreate,
+    TaskList,
+    TasksQuery,
+    check_job_table,
+)
+from supervise.supervisor.api.ports import ApiHost, EventRing
+from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
+from supervise.supervisor.api.store import ApiStore, Role, TaskRow
+from supervise.supervisor.core.errors import ServiceNotFound
+from supervise.supervisor.core.runs import FINAL, RunState
+from supervise.supervisor.daemon.commands import resolve
+from supervise.supervisor.daemon.scheduler import run_to_dict
+
+TRIGGER_KINDS = ("every", "cron", "at", "manual")
+RUN_ID = r"[0-9a-f]{32}"
+TASK_ID = r"[0-9a-f]{32}"
+NAME = r"[a-z][a-z0-9_-]{0,62}"
+RESERVED_PREFIX = "api-"  # the task services: created by the API itself
+SSE_KEEPALIVE_S = 15.0
+TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
+PENDING_RECOUNT_S = 1.0
+ENDED_TASKS_KEPT = 10_000
+FINAL_TASK_STATES = frozenset(str(s) for s in FINAL)
+TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
+RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
+
+
+class Resources:
+    """The handlers; `routes()` is the table the pipeline serves and openapi.py documents."""
+
+    def __init__(self, host: ApiHost, store: ApiStore, events: EventRing, *, max_pending_tasks: int) -> None:
+        self.host = host
+        self.store = store
+        self.events = events
+        self.max_pending_tasks = max_pending_tasks
+        self._owners = store.owners()
+        self._task_services = asyncio.Lock()
+        self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
+        self._ended_tasks: dict[str, Task] = {}  # in insertion order: the oldest is dropped first
+        self._wake = asyncio.Event()
+        self.closing = asyncio.Event()
+        events.listeners.append(self._on_event)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def command(self, command_name: str, /, **args: object) -> Any:
+        """Run a control command exactly as the control socket would."""
+        command, valid = resolve(command_name, {k: v for k, v in args.items() if v is not None})
+        return await command.handler(self.host, valid)
+
+    def owner(self, service: str) -> str | None:
+        return self._owners.get(service.split(":")[0])
+
+    def visible(self, call: Call, service: str) -> bool:
+        return call.tenant is None or self.owner(service) == call.tenant
+
+    def require_visible(self, call: Call, name: str, what: str = "service") -> str:
+        try:
+            self.host.require(name)
+        except ServiceNotFound:
+            raise not_found(f'{what} "{name}"') from None
+        if not self.visible(call, name):
+            raise not_found(f'{what} "{name}"')
+        return name
+
+    def set_owner(self, service: str, tenant: str | None) -> None:
+        self.store.set_owner(service, tenant)
+        if tenant is None:
+            self._owners.pop(service, None)
+        else:
+            self._owners[service] = tenant
+
+    def close(self) -> None:
+        """End every event stream (the server is shutting down)."""
+        self.closing.set()
+        self._on_event("", "", None)
+
+    def _on_event(self, service: str, kind: str, detail: object) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    # -- services --------------------------------------------------------------------------------
+
+    async def list_services(self, call: Call) -> Reply:
+        rows = [self._with_tenant(r) for r in self._rows(None) if self.visible(call, r["name"])]
+        return Reply(ServiceList.model_validate({"services": rows}))
+
+    def _with_tenant(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "tenant": self.owner(row["name"])}
+
+    async def get_service(self, call: Call) -> Reply:
+        name = self.require_visible(call, call.param("name"))
+        rows = [self._with_tenant(r) for r in self._rows(name)]
+        return Reply(ServiceList.model_validate({"services": rows}))
+
+    def _rows(self, name: str | None) -> list[dict[str, Any]]:
+        services = self.host.status(name, detail=name is not None)["services"]
+        assert isinstance(services, list)
+        return services
+
+    async def create_service(self, call: Call) -> Reply:
+        body: ServiceCreate = call.body
+        self._check_new_name(call, body.name)
+        check_tenant_spec(call, body.spec, "/spec")
+        result = await self.command("add", name=body.name, spec=body.spec)
+        self.set_owner(body.name, call.tenant)
+        return Reply(result, 201, {"Location": f"{PREFIX}/services/{body.name}"})
+
+    def _check_new_name(self, call: Call, name: str) -> None:
+        if name.startswith(RESERVED_PREFIX):
+            raise ApiError(
+                422,
+                "Invalid request",
+                f'/name: names starting with "{RESERVED_PREFIX}" are reserved',
+                errors=[{"pointer": "/name", "detail": f'names starting with "{RESERVED_PREFIX}" are reserved'}],
+            )
+        if name in self.host.service_names():
+            raise ApiError(409, "Conflict", f'the name "{name}" is taken; choose another')
+
+    async def update_service(self, call: Call) -> Reply:
+        name = self.require_visible(call, call.param("name"))
+        body: ServiceUpdate = call.body
+        check_tenant_spec(call, body.spec, "/spec")
+        return Reply(await self.command("update", name=name, spec=body.spec))
+
+    async def delete_service(self, call: Call) -> Reply:
+        name = self.require_visible(call, call.param("name"))
+        result = await self.command("remove", name=name)
+        self.set_owner(name, None)
+        return Reply(result)
+
+    def service_action(self, action: str) -> Any:
+        async def handler(call: Call) -> Reply:
+            name = self.require_visible(call, call.param("name"))
+            return Reply(ActionResult.model_validate(await self.command(action, name=name)))
+
+        return handler
+
+    async def scale_service(self, call: Call) -> Reply:
+        name = self.require_visible(call, call.param("name"))
+        body: ScaleRequest = call.body
+        return Reply(await self.command("scale", name=name, processes=body.processes))
+
+    async def service_logs(self, call: Call) -> Reply:
+        name = self.require_visible(call, call.param("name"))
+        query: LogsQuery = call.query
+        found = await self.command("logs", name=name, lines=query.lines)
+        return Reply(Logs(lines=found["lines"], offset=found["offset"]))
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def _job(self, name: str) -> Job:
+        scheduler = self.host.scheduler
+        described = scheduler.describe(name) if scheduler is not None else None
+        if described is None:
+            raise not_found(f'job "{name}"')
+        spec = self._registration(name)
+        return Job(name=name, tenant=self.owner(name), spec=spec, **described)  # type: ignore[arg-type]
+
+    def _registration(self, name: str) -> dict[str, Any] | None:
+        store = self.host.store
+        return store.list_registrations().get(name) if store is not None else None
+
+    def _job_names(self, call: Call) -> list[str]:
+        scheduler = self.host.scheduler
+        if scheduler is None:
+            return []
+        return [n for n in self.host.service_names() if scheduler.has(n) and self.visible(call, n)]
+
+    async def list_jobs(self, call: Call) -> Reply:
+        return Reply(JobList(jobs=[self._job(n) for n in self._job_names(call)]))
+
+    def _require_job(self, call: Call) -> str:
+        name = call.param("name")
+        if name not in self._job_names(call):
+            raise not_found(f'job "{name}"')
+        return name
+
+    async def get_job(self, call: Call) -> Reply:
+        return Reply(self._job(self._require_job(call)))
+
+    async def create_job(self, call: Call) -> Reply:
+        body: JobCreate = call.body
+        self._check_new_name(call, body.name)
+        check_tenant_spec(call, body.table(), "")
+        await self.command("add", name=body.name, spec=body.table())
+        self.set_owner(body.name, call.tenant)
+        return Reply(self._job(body.name), 201, {"Location": f"{PREFIX}/jobs/{body.name}"})
+
+    async def patch_job(self, call: Call) -> Reply:
+        name = self._require_job(call)
+        body: JobPatch = call.body
+        old = self._registration(name)
+        if old is None:
+            raise ApiError(409, "Conflict", f'job "{name}" is declared in the config file; change it there and reload')
+        patch = body.model_dump(exclude_unset=True, mode="json")
+        table = dict(old)
+        if any(k in patch for k in TRIGGER_KINDS):
+            for kind in TRIGGER_KINDS:
+                table.pop(kind, None)
+        if "command" in patch:
+            table.pop("target", None)
+        if "target" in patch:
+            table.pop("command", None)
+        for key, value in patch.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        try:
+            check_job_table(table)
+        except ValueError as e:
+            raise ApiError(422, "Invalid request", str(e), errors=[{"pointer": "/", "detail": str(e)}]) from None
+        check_tenant_spec(call, table, "")
+        await self.command("update", name=name, spec=table)
+        return Reply(self._job(name))
+
+    async def delete_job(self, call: Call) -> Reply:
+        name = self._require_job(call)
+        result = await self.command("remove", name=name)
+        self.set_owner(name, None)
+        return Reply(result)
+
+    def job_pause(self, action: str) -> Any:
+        async def handler(call: Call) -> Reply:
+            name = self._require_job(call)
+            await self.command(action, name=name)
+            return Reply(self._job(name))
+
+        return handler
+
+    async def job_run(self, call: Call) -> Reply:
+        name = self._require_job(call)
+        body: RunNowRequest = call.body
+        started = await self.command("run", name=name, args=body.args)
+        return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
+
+    async def job_skip(self, call: Call) -> Reply:
+        name = self._require_job(call)
+        return Reply(Skipping.model_validate(await self.command("skip", name=name)))
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    async def list_runs(self, call: Call) -> Reply:
+        query: RunsQuery = call.query
+        store = self.host.store
+        if store is None:
+            return Reply(RunPage(runs=[], next_cursor=None))
+        if query.job is not None and not (query.job in self.host.service_names() and self.visible(call, query.job)):
+            raise not_found(f'job "{query.job}"')
+        before = _decode_cursor(query.cursor) if query.cursor else query.until
+        states = {RunState(query.state)} if query.state else None
+        services: list[str | None] = (
+            [query.job] if query.job else ([None] if call.tenant is None else self._tenant_services(call))
+        )
+        found = []
+        for service in services:
+            found += store.list_runs(service, states=states, limit=query.limit + 1, before=before)
+        found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        if query.since is not None:
+            found = [r for r in found if r.created_at >= query.since]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        cursor = _encode_cursor(page[-1].created_at) if more and page else None
+        return Reply(RunPage(runs=[Run.model_validate(run_to_dict(r)) for r in page], next_cursor=cursor))
+
+    def _tenant_services(self, call: Call) -> list[str | None]:
+        return [s for s, t in self._owners.items() if t == call.tenant]
+
+    def _visible_run(self, call: Call) -> Any:
+        run_id = call.param("run_id")
+        store = self.host.store
+        run = store.get_run(run_id) if store is not None else None
+        if run is None or not self.visible(call, run.service):
+            raise not_found(f'run "{run_id}"')
+        return run
+
+    async def get_run(self, call: Call) -> Reply:
+        return Reply(Run.model_validate(run_to_dict(self._visible_run(call))))
+
+    async def cancel_run(self, call: Call) -> Reply:
+        run = self._visible_run(call)
+        return Reply(Cancelled.model_validate(await self.command("cancel", run_id=run.run_id)))
+
+    async def retry_run(self, call: Call) -> Reply:
+        run = self._visible_run(call)
+        if run.state not in (
+            RunState.FAILED,
+            RunState.TIMED_OUT,
+            RunState.LOST,
+            RunState.CANCELLED,
+            RunState.TERMINATED,
+        ):
+            raise ApiError(
+                409,
+                "Conflict",
+                f"run {run.run_id} is {run.state}; only a failed, timed out, lost, cancelled or terminated run"
+                " is retried",
+            )
+        started = await self.command("run", name=run.service, args=dict(run.args))
+        return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    async def create_task(self, call: Call) -> Reply:
+        body: TaskCreate = call.body
+        service = await self._task_service(call.tenant, body.retries.max)
+        pending = self._pending_tasks(call.tenant)
+        if pending >= self.max_pending_tasks:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                f"the tenant has {pending} pending tasks, its quota is {self.max_pending_tasks};"
+                " retry when some have run",
+                headers={"Retry-After": "60"},
+            )
+        task_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        at = body.at if body.at is not None and body.at > now else now
+        scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
+        row = TaskRow(
+            task_id,
+            call.tenant,
+            service,
+            scheduled["id"],
+            at.isoformat(),
+            body.model_dump(mode="json"),
+            time.time(),
+            None,
+        )
+        self.store.add_task(row)
+        self._pending_changed(call.tenant, +1)
+        return Reply(self._task(row), 201, {"Location": f"{PREFIX}/tasks/{task_id}"})
+
+    async def _task_service(self, tenant: str | None, retries: int) -> str:
+        name = f"{RESERVED_PREFIX}tasks-{tenant}-r{retries}" if tenant else f"{RESERVED_PREFIX}tasks-r{retries}"
+        async with self._task_services:
+            if name not in self.host.service_names():
+                table = {
+                    "action": "http",
+                    "url": "http://127.0.0.1:9/",  # every task brings its own
+                    "manual": True,
+                    "allow_run_overrides": ["url", "method", "headers", "body"],
+                    "concurrency": 100,
+                    "retries": {"max": retries, "backoff": "exponential", "initial": "1s", "max_delay": "5m"},
+                }
+                await self.command("add", name=name, spec=table)
+                self.set_owner(name, tenant)
+        return name
+
+    def _pending_tasks(self, tenant: str | None) -> int:
+        """A tenant's tasks waiting for their time: counted at most every PENDING_RECOUNT_S, tracked between."""
+        now = time.monotonic()
+        cached = self._pending.get(tenant)
+        if cached is not None and now - cached[1] < PENDING_RECOUNT_S:
+            return cached[0]
+        store = self.host.store
+        prefix = f"{RESERVED_PREFIX}tasks-{tenant}-r" if tenant else f"{RESERVED_PREFIX}tasks-r"
+        services = [n for n in self.host.service_names() if n.startswith(prefix)]
+        count = sum(store.count_runs(s, {RunState.PENDING}) for s in services) if store is not None else 0
+        self._pending[tenant] = (count, now)
+        return count
+
+    def _pending_changed(self, tenant: str | None, delta: int) -> None:
+        cached = self._pending.get(tenant)
+        if cached is not None:
+            self._pending[tenant] = (max(0, cached[0] + delta), cached[1])
+
+    def _task(self, row: TaskRow) -> Task:
+        request = row.request
+        view: dict[str, Any] = {
+            "id": row.id,
+            "tenant": row.tenant,
+            "at": row.at,
+            "url": request["url"],
+            "method": request["method"],
+            "created_at": datetime.fromtimestamp(row.created_at, UTC).isoformat(),
+        }
+        if row.cancelled_at is not None:
+            return Task.model_validate({**view, "state": "cancelled"})
+        ended = self._ended_tasks.get(row.id)
+        if ended is not None:
+            return ended
+        if datetime.fromisoformat(row.at) > datetime.now(UTC) + timedelta(seconds=1):
+            return Task.model_validate({**view, "state": "scheduled"})  # its time has not come: no run to look for
+        runs = self._task_runs(row)
+        if runs:
+            last = runs[0]
+            view.update(
+                state=_task_state(last, int(request.get("retries", {}).get("max", 0))),
+                attempts=len(runs),
+                run=Run.model_validate(run_to_dict(last)),
+                result=last.result,
+                error=_exception_text(last.error),
+            )
+            if view["state"] in FINAL_TASK_STATES:
+                task = Task.model_validate(view)
+                self._remember_ended(task)
+                return task
+        else:
+            store = self.host.store
+            run = store.get_run(row.oneshot_id) if store is not None else None
+            waiting = run is None or run.state is RunState.PENDING  # None: its row is still being written
+            view["state"] = "scheduled" if waiting else "starting"
+        return Task.model_validate(view)
+
+    def _remember_ended(self, task: Task) -> None:
+        """A task in a final state never changes again: keep its view, the newest ENDED_TASKS_KEPT of them."""
+        if len(self._ended_tasks) >= ENDED_TASKS_KEPT:
+            del self._ended_tasks[next(iter(self._ended_tasks))]
+        self._ended_tasks[task.id] = task
+
+    def _task_runs(self, row: TaskRow) -> list[Any]:
+        """The runs of a task, newest first (one per attempt)."""
+        store = self.host.store
+        if store is None:
+            return []
+        oldest = datetime.fromisoformat(row.at) - timedelta(seconds=1)  # a task's runs are created after its time
+        found: list[Any] = []
+        before = None
+        while True:
+            page = store.list_runs(row.service, limit=TASK_RUN_PAGE, before=before)
+            found += [r for r in page if (r.args.get("headers") or {}).get(TASK_HEADER) == row.id]
+            if len(page) < TASK_RUN_PAGE or page[-1].created_at < oldest:
+                return found
+            before = page[-1].created_at
+
+    def _visible_task(self, call: Call) -> TaskRow:
+        task_id = call.param("task_id")
+        row = self.store.task(task_id)
+        if row is None or (call.tenant is not None and row.tenant != call.tenant):
+            raise not_found(f'task "{task_id}"')
+        return row
+
+    async def get_task(self, call: Call) -> Reply:
+        return Reply(self._task(self._visible_task(call)))
+
+    async def list_tasks(self, call: Call) -> Reply:
+        query: TasksQuery = call.query
+        before = _decode_cursor(query.cursor).timestamp() if query.cursor else None
+        rows = self.store.tasks(call.tenant, everyone=call.tenant is None, limit=query.limit + 1, before=before)
+        page = rows[: query.limit]
+        cursor = None
+        if len(rows) > query.limit and page:
+            cursor = _encode_cursor(datetime.fromtimestamp(page[-1].created_at, UTC))
+        return Reply(TaskList(tasks=[self._task(r) for r in page], next_cursor=cursor))
+
+    async def cancel_task(self, call: Call) -> Reply:
+        row = self._visible_task(call)
+        if row.cancelled_at is not None:
+            return Reply(self._task(row))
+        scheduler = self.host.scheduler
+        if scheduler is None or not scheduler.cancel_oneshot(row.oneshot_id):
+            task = self._task(row)
+            raise ApiError(
+                409, "Conflict", f"task {row.id} is {task.state}: it has already started; cancel its run instead"
+            )
+        self.store.cancel_task(row.id)
+        self._pending_changed(row.tenant, -1)
+        cancelled = self.store.task(row.id)
+        assert cancelled is not None
+        return Reply(self._task(cancelled))
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def stream_events(self, call: Call) -> web.StreamResponse:
+        query: EventsQuery = call.query
+        if query.service is not None and not (
+            query.service in self.host.service_names() and self.visible(call, query.service)
+        ):
+            raise not_found(f'service "{query.service}"')
+        seq = self._resume_from(call.request.headers.get("Last-Event-ID"), query.since)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(call.request)
+        first = True
+        while not self.closing.is_set():
+            wake = self._wake
+            got = self.events.since(seq, service=query.service, limit=1000)
+            if first and got["missed"]:
+                await response.write(_sse("missed", {"missed": got["missed"]}, None))
+            first = False
+            for event in got["events"]:
+                seq = event["seq"]
+                if self.visible(call, event["service"]):
+                    await response.write(_sse(event["kind"], event, f"{self.events.instance}:{seq}"))
+            if got["more"]:
+                continue
+            if not query.follow:
+                break
+            if not await wait_event(wake, SSE_KEEPALIVE_S):
+                await response.write(b": keep-alive\n\n")
+        return response
+
+    def _resume_from(self, last_event_id: str | None, since: int | None) -> int:
+        if last_event_id:
+            instance, _, number = last_event_id.partition(":")
+            if instance == self.events.instance and number.isdigit():
+                return int(number)
+            return 0  # another supervisor's numbering, or garbage: replay what is kept
+        return since if since is not None else self.events.seq
+
+    # -- the table ------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+        name = {"name": NAME}
+        out = [
+            Route(
+                "GET",
+                "/services",
+                self.list_services,
+                V,
+                "List services and their state",
+                "services",
+                response=ServiceList,
+            ),
+            Route(
+                "POST",
+                "/services",
+                self.create_service,
+                A,
+                "Add a service",
+                "services",
+                body=ServiceCreate,
+                status=201,
+                errors=(409, 422),
+            ),
+            Route(
+                "GET",
+                "/services/{name}",
+                self.get_service,
+                V,
+                "A service's instances, in detail",
+                "services",
+                response=ServiceList,
+                errors=(404,),
+                path_patterns=name,
+            ),
+            Route(
+                "PUT",
+                "/services/{name}",
+                self.update_service,
+                A,
+                "Replace a service's settings",
+                "services",
+                body=ServiceUpdate,
+                errors=(404, 409, 422),
+                path_patterns=name,
+            ),
+            Route(
+                "DELETE",
+                "/services/{name}",
+                self.delete_service,
+                A,
+                "Stop and remove a service",
+                "services",
+                errors=(404, 409),
+                path_patterns=name,
+            ),
+            Route(
+                "POST",
+                "/services/{name}/scale",
+                self.scale_service,
+                A,
+                "Run N processes of a service",
+                "services",
+                body=ScaleRequest,
+                errors=(404, 409, 422),
+                path_patterns=name,
+            ),
+            Route(
+                "GET",
+                "/services/{name}/logs",
+                self.service_logs,
+                V,
+                "The last lines of a service's output",
+                "services",
+                query=LogsQuery,
+                response=Logs,
+                errors=(404,),
+                path_patterns=name,
+            ),
+        ]
+        for action in ("start", "stop", "restart", "pause", "resume"):
+            out.append(
+                Route(
+                    "POST",
+                    f"/services/{{name}}/{action}",
+                    self.service_action(action),
+                    OP,
+                    f"{action.capitalize()} a service",
+                    "services",
+                    response=ActionResult,
+                    errors=(404, 409),
+                    path_patterns=name,
+                )
+            )
+        out += [
+            Route("GET", "/jobs", self.list_jobs, V, "List scheduled services", "jobs", response=JobList),
+            Route(
+                "POST",
+                "/jobs",
+                self.create_job,
+                A,
+                "Add a scheduled service",
+                "jobs",
+                body=JobCreate,
+                response=Job,
+                status=201,
+                errors=(409, 422),
+            ),
+            Route(
+                "GET",
+                "/jobs/{name}",
+                self.get_job,
+                V,
+                "A job: trigger, next fire, last run",
+                "jobs",
+                response=Job,
+                errors=(404,),
+                path_patterns=name,
+            ),
+            Route(
+                "PATCH",
+                "/jobs/{name}",
+                self.patch_job,
+                A,
+                "Change a job (a new trigger reschedules it)",
+                "jobs",
+                body=JobPatch,
+                response=Job,
+                errors=(404, 409, 422),
+                path_patterns=name,
+            ),
+            Route(
+                "DELETE",
+                "/jobs/{name}",
+                self.delete_job,
+                A,
+                "Remove a job",
+                "jobs",
+                errors=(404, 409),
+                path_patterns=name,
+            ),
+            Route(
+                "POST",
+                "/jobs/{name}/pause",
+                self.job_pause("pause"),
+                OP,
+                "Stop firing a job",
+                "jobs",
+                response=Job,
+                errors=(404,),
+                path_patterns=name,
+            ),
+            Route(
+                "POST",
+                "/jobs/{name}/resume",
+                self.job_pause("resume"),
+                OP,
+                "Fire a job again, from now on",
+                "jobs",
+                response=Job,
+                errors=(404,),
+                path_patterns=name,
+            ),
+            Route(
+                "POST",
+                "/jobs/{name}/run",
+                self.job_run,
+                OP,
+                "Run a job now",
+                "jobs",
+                body=RunNowRequest,
+                response=RunStarted,
+                status=202,
+                errors=(404, 409, 422),
+                path_patterns=name,
+            ),
+            Route(
+                "POST",
+                "/jobs/{name}/skip",
+                self.job_skip,
+                OP,
+                "Skip a job's next occurrence",
+                "jobs",
+                response=Skipping,
+                errors=(404,),
+                path_patterns=name,
+            ),
+            Route(
+                "GET",
+                "/runs",
+                self.list_runs,
+                V,
+                "Run history, newest first, a page at a time",
+                "runs",
+                query=RunsQuery,
+                response=RunPage,
+                errors=(404,),
+            ),
+            Route(
+                "GET",
+                "/runs/{run_id}",
+                self.get_run,
+                V,
+                "One run",
+                "runs",
+                response=Run,
+                errors=(404,),
+                path_patterns={"run_id": RUN_ID},
+            ),
+            Route(
+                "POST",
+                "/runs/{run_id}/cancel",
+                self.cancel_run,
+                OP,
+                "Cancel a run",
+                "runs",
+                response=Cancelled,
+                errors=(404, 409),
+                path_patterns={"run_id": RUN_ID},
+            ),
+            Route(
+                "POST",
+                "/runs/{run_id}/retry",
+                self.retry_run,
+                OP,
+                "Run a failed run's job again with its arguments",
+                "runs",
+                response=RunStarted,
+                status=202,
+                errors=(404, 409),
+                path_patterns={"run_id": RUN_ID},
+            ),
+            Route(
+                "POST",
+                "/tasks",
+                self.create_task,
+                OP,
+                "Call a URL at a datetime",
+                "tasks",
+                body=TaskCreate,
+                response=Task,
+                status=201,
+                errors=(422, 429),
+            ),
+            Route(
+                "GET", "/tasks", self.list_tasks, V, "Tasks, newest first", "tasks", query=TasksQuery, response=TaskList
+            ),
+            Route(
+                "GET",
+                "/tasks/{task_id}",
+                self.get_task,
+                V,
+                "A task: its state and result",
+                "tasks",
+                response=Task,
+                errors=(404,),
+                path_patterns={"task_id": TASK_ID},
+            ),
+            Route(
+                "DELETE",
+                "/tasks/{task_id}",
+                self.cancel_task,
+                OP,
+                "Cancel a task that has not started",
+                "tasks",
+                response=Task,
+                errors=(404, 409),
+                path_patterns={"task_id": TASK_ID},
+            ),
+            Route(
+                "GET",
+                "/events",
+                self.stream_events,
+                V,
+                "Server-Sent Events, resumable with Last-Event-ID",
+                "events",
+                query=EventsQuery,
+                errors=(404,),
+                stream=True,
+            ),
+        ]
+        return out
+
+
+def check_tenant_spec(call: Call, table: dict[str, Any], where: str) -> None:
+    """A tenant's token runs only registered jobs: no commands, users, directories or dependencies of its own."""
+    if call.tenant is None:
+        return
+    for key in TENANT_FORBIDDEN_KEYS:
+        if key in table:
+            raise ApiError(403, "Forbidden", f"{where}/{key}: a tenant's token may not set {key}; use a registered job")
+    target = table.get("target")
+    if target is not None and "@" not in str(target):
+        raise ApiError(
+            403,
+            "Forbidden",
+            f'{where}/target: a tenant\'s token names a registered job, "package.module@job-name", not {target!r}',
+        )
+
+
+def _exception_text(error: str | None) -> str | None:
+    """The exception of a traceback without its frames (its message may span lines)."""
+    if not error:
+        return None
+    lines = error.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
+    return "\n".join(lines[frames[-1] + 1 :] if frames and frames[-1] + 1 < len(lines) else lines[-1:])
+
+
+def _task_state(last: Any, retries: int) -> str:
+    """The state of a task from its newest run: `retry_wait` while a retry is still to come."""
+    retried = last.state in (RunState.FAILED, RunState.TIMED_OUT) and last.attempt <= retries
+    recent = last.finished_at is not None and datetime.now(UTC) - last.finished_at < RETRY_WAIT_AT_MOST
+    if retried and recent:
+        return "retry_wait"
+    return "scheduled" if last.state is RunState.PENDING else str(last.state)
+
+
+def _sse(kind: str, data: object, event_id: str | None) -> bytes:
+    lines = [f"event: {kind}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(data, default=str, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _encode_cursor(created_at: datetime) -> str:
+    return base64.urlsafe_b64encode(created_at.astimezone(UTC).isoformat().encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> datetime:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when = datetime.fromisoformat(text)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            422,
+            "Invalid request",
+            "query:/cursor: not a cursor this API returned",
+            errors=[{"pointer": "query:/cursor", "detail": "not a cursor this API returned"}],
+        ) from None
+    if when.utcoffset() is None:
+        raise ApiError(422, "Invalid request", "query:/cursor: not a cursor this API returned")
+    return when

@@ -1,0 +1,329 @@
+"""What the HTTP API keeps: tokens (hashed), the audit log, owners, tasks, idempotent answers.
+
+One SQLite file, `api.db` in the state directory (mode 0600), written both by
+the daemon and by `supervise token ...` / `supervise audit` (WAL, so a reader
+never waits on a writer). A token is shown once, at creation: only the SHA-256
+of its secret part is stored, and the secret is compared in constant time.
+
+Token format: `svt_<id>_<secret>`: the id (12 hex digits) finds the row, the
+secret (43 url-safe characters, 256 bits) proves the holder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "api.db"
+TOKEN_RE = re.compile(r"svt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TENANT_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+AUDIT_KEEP = 100_000  # audit entries kept (the newest)
+_DUMMY_HASH = hashlib.sha256(b"not a token").hexdigest()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, hash TEXT NOT NULL, role TEXT NOT NULL,
+    tenant TEXT, created_at REAL NOT NULL, expires_at REAL, revoked_at REAL, last_used_at REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, token TEXT, tenant TEXT, remote TEXT,
+    method TEXT NOT NULL, path TEXT NOT NULL, status INTEGER NOT NULL, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS owners (service TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, tenant TEXT, service TEXT NOT NULL, oneshot_id TEXT NOT NULL, at TEXT NOT NULL,
+    request TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_tenant ON tasks (tenant, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant, seq);
+CREATE TABLE IF NOT EXISTS idempotency (
+    token_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,
+    body TEXT NOT NULL, headers TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (token_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
+"""
+
+
+class Role(IntEnum):
+    """What a token may do; each role may do everything of the ones below it."""
+
+    VIEWER = 1  # reads
+    OPERATOR = 2  # also acts: start/stop/..., runs now, cancels, creates tasks
+    ADMIN = 3  # also manages: creates, changes and deletes jobs and services
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(f'role must be viewer, operator or admin, got "{text}"') from None
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A stored token (never its secret)."""
+
+    id: str
+    name: str
+    role: Role
+    tenant: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(value: float | None) -> str | None:
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds") if value is not None else None
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": str(self.role),
+            "tenant": self.tenant,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+            "last_used_at": iso(self.last_used_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    id: str
+    tenant: str | None
+    service: str
+    oneshot_id: str
+    at: str
+    request: dict[str, Any]
+    created_at: float
+    cancelled_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """The first answer to a POST with an `Idempotency-Key`."""
+
+    fingerprint: str
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiStore:
+    """The API's SQLite file; every method is one short transaction."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = state_dir / FILE_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(self.path, 0o600)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- tokens ------------------------------------------------------------------
+
+    def create_token(
+        self, name: str, role: Role, tenant: str | None, expires_in: timedelta | None
+    ) -> tuple[str, Token]:
+        """A new token; returns its full text (shown once, never stored) and its row."""
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f'token name must match {NAME_RE.pattern}, got "{name}"')
+        if tenant is not None and not TENANT_RE.fullmatch(tenant):
+            raise ValueError(f'tenant must match {TENANT_RE.pattern}, got "{tenant}"')
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        now = time.time()
+        expires = now + expires_in.total_seconds() if expires_in is not None else None
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO tokens (id, name, hash, role, tenant, created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
+                    (token_id, name, _hash(secret), str(role), tenant, now, expires),
+                )
+        except sqlite3.IntegrityError:
+            raise ValueError(f'a token named "{name}" exists; revoke it or choose another name') from None
+        return f"svt_{token_id}_{secret}", Token(token_id, name, role, tenant, now, expires, None, None)
+
+    def tokens(self) -> list[Token]:
+        rows = self._db.execute(
+            "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at"
+            " FROM tokens ORDER BY created_at"
+        ).fetchall()
+        return [Token(r[0], r[1], Role.parse(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def usable_token_count(self) -> int:
+        now = time.time()
+        return sum(1 for t in self.tokens() if t.usable(now))
+
+    def revoke(self, name_or_id: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE (name = ? OR id = ?) AND revoked_at IS NULL",
+                (time.time(), name_or_id, name_or_id),
+            )
+        return cur.rowcount > 0
+
+    def verify(self, text: str) -> Token | None:
+        """The usable token `text` is, or None; the secret is compared in constant time."""
+        match = TOKEN_RE.fullmatch(text)
+        token_id, secret = (match[1], match[2]) if match else ("", text)
+        row = self._db.execute(
+            "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash"
+            " FROM tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        stored = row[8] if row is not None else _DUMMY_HASH  # the same work whether the id exists or not
+        if not hmac.compare_digest(stored, _hash(secret)) or row is None or match is None:
+            return None
+        token = Token(row[0], row[1], Role.parse(row[2]), row[3], row[4], row[5], row[6], row[7])
+        now = time.time()
+        if not token.usable(now):
+            return None
+        if token.last_used_at is None or now - token.last_used_at > 60:
+            self._db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
+        return token
+
+    # -- audit ---------------------------------------------------------------------
+
+    def audit(self, token: Token | None, remote: str | None, method: str, path: str, status: int, detail: str) -> None:
+        """Record one call; the oldest entries beyond AUDIT_KEEP are deleted, a thousand at a time."""
+        cur = self._db.execute(
+            "INSERT INTO audit (ts, token, tenant, remote, method, path, status, detail) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                time.time(),
+                token.name if token else None,
+                token.tenant if token else None,
+                remote,
+                method,
+                path,
+                status,
+                detail[:1000],
+            ),
+        )
+        seq = cur.lastrowid or 0
+        if seq % 1000 == 0 and seq > AUDIT_KEEP:
+            self._db.execute("DELETE FROM audit WHERE seq <= ?", (seq - AUDIT_KEEP,))
+
+    def audit_entries(self, limit: int = 100, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` audit entries, oldest first."""
+        where, params = ("WHERE tenant = ?", [tenant]) if tenant is not None else ("", [])
+        rows = self._db.execute(
+            "SELECT seq, ts, token, tenant, remote, method, path, status, detail FROM audit"
+            f" {where} ORDER BY seq DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        keys = ("seq", "ts", "token", "tenant", "remote", "method", "path", "status", "detail")
+        entries = [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
+        for e in entries:
+            e["ts"] = datetime.fromtimestamp(e["ts"], UTC).isoformat(timespec="milliseconds")
+        return entries
+
+    # -- owners: which tenant a service belongs to -------------------------------------
+
+    def owners(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT service, tenant FROM owners").fetchall())
+
+    def set_owner(self, service: str, tenant: str | None) -> None:
+        if tenant is None:
+            self._db.execute("DELETE FROM owners WHERE service = ?", (service,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO owners (service, tenant) VALUES (?, ?)", (service, tenant))
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def add_task(self, row: TaskRow) -> None:
+        self._db.execute(
+            "INSERT INTO tasks (id, tenant, service, oneshot_id, at, request, created_at) VALUES (?,?,?,?,?,?,?)",
+            (row.id, row.tenant, row.service, row.oneshot_id, row.at, json.dumps(row.request), row.created_at),
+        )
+
+    def task(self, task_id: str) -> TaskRow | None:
+        row = self._db.execute(
+            "SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks WHERE id = ?",
+            (task_id,),
+        ).fetchone()
+        return _task(row) if row else None
+
+    def tasks(self, tenant: str | None, *, everyone: bool, limit: int, before: float | None) -> list[TaskRow]:
+        """Tasks newest first: of `tenant` (or of every tenant when `everyone`), created before `before`."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if not everyone:
+            clauses.append("tenant IS ?")
+            params.append(tenant)
+        if before is not None:
+            clauses.append("created_at < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks {where}"
+            " ORDER BY created_at DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [_task(r) for r in rows]
+
+    def cancel_task(self, task_id: str) -> None:
+        self._db.execute("UPDATE tasks SET cancelled_at = ? WHERE id = ?", (time.time(), task_id))
+
+    # -- idempotency ---------------------------------------------------------------------
+
+    def remembered(self, token_id: str, key: str) -> Remembered | None:
+        row = self._db.execute(
+            "SELECT fingerprint, status, body, headers FROM idempotency WHERE token_id = ? AND key = ?", (token_id, key)
+        ).fetchone()
+        return Remembered(row[0], row[1], row[2], json.loads(row[3])) if row else None
+
+    def remember(self, token_id: str, key: str, answer: Remembered, keep_s: float = 86_400) -> None:
+        now = time.time()
+        self._db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - keep_s,))
+        self._db.execute(
+            "INSERT OR IGNORE INTO idempotency (token_id, key, fingerprint, status, body, headers, created_at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (token_id, key, answer.fingerprint, answer.status, answer.body, json.dumps(answer.headers), now),
+        )
+
+
+def _task(row: Any) -> TaskRow:
+    return TaskRow(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6], row[7])
