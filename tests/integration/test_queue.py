@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "terminated", "lost", "skipped"}
 
@@ -279,3 +279,25 @@ def test_runs_are_shared_among_the_warm_workers_of_processes_n(daemon_factory, s
         for i, (start, _) in enumerate(spans):
             assert len([s for s, f in spans[:i] if f > start]) <= 1, spans
     assert not runs_of(d, "pool", state="skipped")
+
+
+def test_pending_one_shots_survive_a_restart_and_fire_once(short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    config = write_config(
+        short_dir, {"later": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}}
+    )
+    d = start_daemon(config)
+    try:
+        d.wait_running_pid("later")
+        ids = schedule_burst(d, "later", 5, ahead_s=4.0)
+    finally:
+        stop_daemon(d)
+    assert not out.exists()
+    d2 = start_daemon(config)
+    try:
+        assert {r["run_id"] for r in runs_of(d2, "later", state="pending")} == set(ids)
+        done = wait_for(lambda: len(r := runs_of(d2, "later", state="succeeded")) == 5 and r, timeout_s=20, what="5 runs")
+        assert {r["run_id"] for r in done} == set(ids)
+        assert sorted(line.split()[0] for line in out.read_text().splitlines()) == sorted(ids)  # each ran once
+    finally:
+        stop_daemon(d2)
