@@ -347,7 +347,7 @@ COMMANDS: dict[str, Command] = {
         Command(
             "runs",
             _runs,
-            "Run history, newest first.",
+            "Run history, newest first, with the runs still to come (pending, queued); each with its idempotency key.",
             {
                 "name": Arg(str, doc="only this service"),
                 "state": Arg(str, doc="only runs in this state"),
@@ -357,7 +357,7 @@ COMMANDS: dict[str, Command] = {
         Command(
             "schedule",
             _schedule,
-            "Add a one-shot occurrence of a service at a datetime (persisted).",
+            "Add a one-shot occurrence of a service at a datetime: a pending run, stored at once; replies {id, run_id, at} (id = run_id, for cancel and runs).",
             {"name": Arg(str, True), "at": Arg(str, True, "ISO-8601 with offset"), "args": Arg(dict)},
             True,
         ),
