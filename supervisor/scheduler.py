@@ -320,8 +320,15 @@ class Scheduler:
             self._schedule_refill()
 
     def _capacity(self, s: Schedule) -> int:
-        """Runs in flight at once: `concurrency` per warm worker (`processes` of them), or in all for commands."""
-        return s.config.concurrency * (len(self._host.expand(s.name)) if s.python else 1)
+        """Runs handed out at once: `_per_worker` per warm worker (`processes` of them), or `concurrency` for commands."""
+        return self._per_worker(s) * len(self._host.expand(s.name)) if s.python else s.config.concurrency
+
+    @staticmethod
+    def _per_worker(s: Schedule) -> int:
+        """Runs one warm worker holds: `concurrency` running, and as many again waiting in it
+        when runs may run twice (on_lost = "retry"), so a slot that frees is refilled at once
+        rather than when its result has crossed the channel. The worker runs `concurrency`."""
+        return s.config.concurrency * (2 if s.config.on_lost == "retry" else 1)
 
     def _pick_worker(self, s: Schedule) -> str | None:
         """The ready warm worker with the fewest runs in flight and a free slot, or None."""
@@ -330,7 +337,7 @@ class Scheduler:
         if not ready:
             return None
         count, worker = min(ready)
-        return worker if count < s.config.concurrency else None
+        return worker if count < self._per_worker(s) else None
 
     def _start(self, s: Schedule, run: Run, *, stored: bool | None = None) -> Run:
         now = self._now()
@@ -596,6 +603,13 @@ class Scheduler:
         if s is None or not s.python:
             return
         handed = [a for a in s.active.values() if a.worker == name]
+        if s.config.on_lost == "retry":
+            # Not reported started: back to the queue as they are (a start the worker had no time
+            # to report runs again, with the same key: at least once).
+            waiting = [a for a in handed if a.run.state is RunState.STARTING and a.ending_as is None]
+            for active in waiting:
+                self._requeue(s, active)
+            handed = [a for a in handed if a not in waiting]
         for active in handed:
             if active.ending_as is None:
                 self._rerun_lost(s, active.run)
@@ -605,6 +619,15 @@ class Scheduler:
                 self._finish(s, run_id, ok=False, error=active.run.reason)
             else:
                 self._finish(s, run_id, ok=False, error="the worker exited during the run", lost=True)
+
+    def _requeue(self, s: Schedule, active: ActiveRun) -> None:
+        """A run handed to a worker that died before starting it: queued again, unchanged."""
+        s.active.pop(active.run.run_id, None)
+        for handle in active.timers:
+            handle.cancel()
+        run = transition(active.run, RunState.QUEUED, at=self._now())
+        self._store.update_run(run)
+        s.queue.push(run)
 
     def _rerun_lost(self, s: Schedule, lost: Run) -> None:
         """on_lost = "retry": queue a new attempt of a lost run, with the same idempotency key."""
