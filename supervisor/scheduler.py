@@ -96,7 +96,7 @@ class Scheduler:
         self._window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
         self._window_timer: asyncio.TimerHandle | None = None
         self._window_timer_at: datetime | None = None
-        self._refill_timer: asyncio.TimerHandle | None = None
+        self._refill_timer: asyncio.Handle | None = None
         self.lateness: dict[str, LatenessHistogram] = {}  # per service: how late its runs started
 
     # -- lifecycle ----------------------------------------------------------

@@ -65,7 +65,7 @@ class RunExecutor:
         self._service = target() if isinstance(target, type) and issubclass(target, Service) else None
         if self._service is not None:
             self._service.setup()  # once per worker; teardown() in close()
-        self._target: Callable[..., object] = self._service.run_once if self._service is not None else target  # type: ignore[assignment]
+        self._target: Callable[..., object] = self._service.run_once if self._service is not None else target
         self._is_async = inspect.iscoroutinefunction(self._target)
         self._runs: dict[str, tuple[RunContext, Future[None]]] = {}
         self._lock = threading.Lock()

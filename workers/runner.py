@@ -175,7 +175,7 @@ class Channel:
                 # POLLOUT only while something waits for room, or poll would return at once forever.
                 poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
                 backlog = bool(self._unsent) or self._wake_pending
-                timeout_ms = 0 if backlog and not self._unsent else max(0.0, next_beat - time.monotonic()) * 1000
+                timeout_ms = 0 if backlog and not self._unsent else int(max(0.0, next_beat - time.monotonic()) * 1000)
                 events = dict(poller.poll(timeout=timeout_ms))
                 if self._wake_recv in events:
                     while self._wake_recv.poll(0):
