@@ -30,7 +30,7 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-BATCH = 500  # writes committed in one transaction at most, when the store offers `batch()`
+BATCH = 64  # writes committed in one transaction at most, when the store offers `batch()`
 READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
