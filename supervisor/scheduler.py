@@ -118,6 +118,8 @@ class Scheduler:
             s.timer.cancel()
         for active in list(s.active.values()):
             self._end_early(s, active, RunState.CANCELLED, "the service was removed")
+        for run in s.queue.runs():
+            self._ended(s, transition(run, RunState.CANCELLED, at=self._now(), reason="the service was removed"))
 
     def start(self) -> None:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
