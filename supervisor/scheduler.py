@@ -795,6 +795,12 @@ class Scheduler:
             if s is None:
                 continue  # its service is gone: the row stays pending, for when it comes back
             try:
+                if self._store.shared:
+                    # Every supervisor sharing the store holds this row: the one whose
+                    # compare-and-set moves it out of `pending` runs it.
+                    run = transition(run, RunState.DUE, at=self._now())
+                    if not self._store.store.update_run(run, expected_state=RunState.PENDING):
+                        continue
                 self._admit(s, run, stored=True)
             except StoreError as e:
                 log.error("%s: could not start one-shot run %s: %s", s.name, run.run_id, e)

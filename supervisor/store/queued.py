@@ -104,6 +104,11 @@ class QueuedStore:
         return 0  # counted and logged by the writer
 
     @property
+    def shared(self) -> bool:
+        """Several supervisors use this store (PostgreSQL): claims must be compare-and-set."""
+        return self._shared
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 
