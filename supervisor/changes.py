@@ -77,7 +77,7 @@ class RuntimeChanges:
         instances = self.expand(name)
         await self.act("stop", instances, wait=True)
         if self.scheduler is not None:
-            self.scheduler.remove(name)
+            self.scheduler.remove(name, cancel_waiting=True)
         for instance_name in instances:
             self._forget(instance_name)
         if self._store is not None:

@@ -106,11 +106,17 @@ class Scheduler:
         self._schedules[name] = Schedule(name, config, python, state)
 
     def arm(self, name: str) -> None:
-        """Arm a schedule added after `start` (a service added at runtime)."""
-        self._arm(self._schedules[name])
+        """Arm a schedule added after `start` (a service added at runtime, or changed): its
+        queued runs in the store come back into its queue."""
+        s = self._schedules[name]
+        self._arm(s)
+        if self._loop is not None:
+            self._refill_queue(s)
+            self._drain(s)
 
-    def remove(self, name: str) -> None:
-        """Forget a schedule (its service is being removed): no more fires; runs in flight end."""
+    def remove(self, name: str, *, cancel_waiting: bool = False) -> None:
+        """Forget a schedule: no more fires; runs in flight end. Its queued runs stay in the
+        store for the schedule that replaces it, unless `cancel_waiting` (the service is gone)."""
         s = self._schedules.pop(name, None)
         if s is None:
             return
@@ -118,8 +124,9 @@ class Scheduler:
             s.timer.cancel()
         for active in list(s.active.values()):
             self._end_early(s, active, RunState.CANCELLED, "the service was removed")
-        for run in s.queue.runs():
-            self._ended(s, transition(run, RunState.CANCELLED, at=self._now(), reason="the service was removed"))
+        if cancel_waiting:
+            for run in s.queue.runs():
+                self._ended(s, transition(run, RunState.CANCELLED, at=self._now(), reason="the service was removed"))
 
     def start(self) -> None:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
