@@ -330,6 +330,7 @@ def run_once(env: WorkerEnv) -> int:
         nominal_time=os.environ.get("SUPERVISE_SCHEDULED_TIME") or None,
         attempt=int(os.environ.get("SUPERVISE_ATTEMPT", "1")),
         report=lambda *a, **k: None,
+        key=os.environ.get("SUPERVISE_IDEMPOTENCY_KEY") or None,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
     args = json.loads(os.environ.get("SUPERVISE_RUN_ARGS") or "{}")
