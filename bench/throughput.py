@@ -115,7 +115,7 @@ class Daemon:
             try:
                 if all(s["state"] == "RUNNING" for s in self.client.call("status")["services"]):
                     return time.monotonic() - began
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # noqa: BLE001, S110 - not up yet
                 pass
             time.sleep(0.02)
         raise RuntimeError("the daemon did not come up")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p", type=int, default=100_000)
     args = ap.parse_args(argv)
     tag = f"tp{os.getpid()}"
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
         if args.what == "urls":
             _, figures = urls(args.k, args.kills, tag, log)
