@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from supervise.protocol.errors import SuperviseError
 
 from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
 
@@ -328,3 +329,21 @@ def test_a_pending_one_shot_in_a_shared_postgresql_store_runs_on_one_supervisor(
         for d in daemons:
             stop_daemon(d)
         drop_schema(dsn, schema)
+
+
+def test_many_one_shots_are_added_in_one_schedule_request(daemon_factory, short_dir: Path) -> None:
+    out = short_dir / "runs.txt"
+    d: Daemon = daemon_factory({"batch": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}})
+    d.wait_running_pid("batch")
+    at = datetime.now(UTC) + timedelta(hours=1)
+    runs = [{"at": (at + timedelta(seconds=i)).isoformat(), "args": {"region": f"r{i}"}} for i in range(500)]
+    ids = d.client.call("schedule", name="batch", runs=runs)["run_ids"]
+    assert len(set(ids)) == 500
+    listed = runs_of(d, "batch", state="pending")
+    assert {r["run_id"] for r in listed} == set(ids)
+    assert {r["args"]["region"] for r in listed} == {f"r{i}" for i in range(500)}
+    # A bad entry refuses the whole request, naming it
+    bad = [{"at": at.isoformat()}, {"at": "tomorrow"}]
+    with pytest.raises(SuperviseError, match=r"runs\[1\]\.at"):
+        d.client.call("schedule", name="batch", runs=bad)
+    assert len(runs_of(d, "batch")) == 500
