@@ -210,9 +210,12 @@ async def _schedule(sup: Supervisor, args: Mapping[str, object]) -> object:
         raise ProtocolError(ErrorCode.BAD_ARGS, 'schedule: give "at" (one run) or "runs" (a list of {at, args}), not both')
     if "runs" in args:
         entries = _schedule_batch(args["runs"])
-        return {"run_ids": [scheduler.schedule_at(name, at, run_args) for at, run_args in entries]}
+        run_ids = [scheduler.schedule_at(name, at, run_args) for at, run_args in entries]
+        await scheduler.keep_up()
+        return {"run_ids": run_ids}
     at = _datetime_arg("schedule", "at", args["at"])
     run_id = scheduler.schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    await scheduler.keep_up()
     return {"id": run_id, "run_id": run_id, "at": at.isoformat()}
 
 

@@ -48,6 +48,8 @@ MAX_TIMER_S = 30.0  # re-read the wall clock at least this often, so clock jumps
 IN_FLIGHT = frozenset({RunState.STARTING, RunState.RUNNING})
 WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their time passed meanwhile
 REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
+WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
+BACKLOG_WAIT_S = 30.0
 LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
@@ -669,6 +671,13 @@ class Scheduler:
     async def written(self) -> bool:
         """Wait until the store writes queued so far are in (bounded): reads then show them."""
         return await self._store.written()
+
+    async def keep_up(self) -> None:
+        """Back-pressure for clients adding runs: while more than WRITE_BACKLOG writes wait
+        for the store, wait until they are in (so nothing a client was told is stored is
+        dropped by a full write queue, and memory stays bounded)."""
+        if self._store.pending > WRITE_BACKLOG:
+            await self._store.written(timeout_s=BACKLOG_WAIT_S)
 
     def has(self, name: str) -> bool:
         return name in self._schedules
