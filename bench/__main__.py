@@ -12,7 +12,7 @@ import time
 import uuid
 from importlib.metadata import version
 
-from bench import latency, lifecycle, overhead, procs, supervise_only, venv
+from bench import latency, lifecycle, overhead, procs, supervise_only, throughput, venv
 from bench.plan import Plan
 from bench.session import REPO, System
 from bench.table import Row, render
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario",
         action="append",
         metavar="NAME",
-        help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang",
+        help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls",
     )
     ap.add_argument(
         "--json", metavar="FILE", help="also write the rows, with every sample, as JSON"
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "schedule (supervise only)",
                     lambda: supervise_only.lateness(systems[0], plan, tag, log),
+                ),
+                (
+                    "url calls (supervise only)",
+                    lambda: throughput.run(plan, tag, log),
                 ),
             ]
             if systems[0].name == "supervise"

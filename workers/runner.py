@@ -177,8 +177,8 @@ class Channel:
                 # POLLOUT only while something waits for room, or poll would return at once forever.
                 poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
                 backlog = bool(self._unsent) or self._wake_pending
-                timeout_ms = 0 if backlog and not self._unsent else max(0.0, next_beat - time.monotonic()) * 1000
-                events = dict(poller.poll(timeout=round(timeout_ms)))
+                timeout_ms = 0 if backlog and not self._unsent else int(max(0.0, next_beat - time.monotonic()) * 1000)
+                events = dict(poller.poll(timeout=timeout_ms))
                 if self._wake_recv in events:
                     while self._wake_recv.poll(0):
                         self._wake_recv.recv()
@@ -332,6 +332,7 @@ def run_once(env: WorkerEnv) -> int:
         nominal_time=os.environ.get(E.SCHEDULED_TIME) or None,
         attempt=int(os.environ.get(E.ATTEMPT, "1")),
         report=lambda *a, **k: None,
+        key=os.environ.get("SUPERVISE_IDEMPOTENCY_KEY") or None,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
     args = json.loads(os.environ.get(E.RUN_ARGS) or "{}")

@@ -70,7 +70,7 @@ class RuntimeChanges:
         instances = self._services.expand(name)
         await self._host.act("stop", instances, wait=True)
         if self._host.scheduler is not None:
-            self._host.scheduler.remove(name)
+            self._host.scheduler.remove(name, cancel_waiting=True)
         for instance_name in instances:
             self._host.forget(instance_name)
         if self._host.store is not None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.core.runs import RunState
@@ -208,11 +208,39 @@ async def _runs(sup: ControlApi, args: Mapping[str, object]) -> object:
     return {"runs": sup.runs(name if isinstance(name, str) else None, states, limit)}
 
 
+MAX_SCHEDULE_BATCH = 1000
+
+
 async def _schedule(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
+    scheduler = sup.require_scheduler(name)
+    if ("at" in args) == ("runs" in args):
+        raise ProtocolError(ErrorCode.BAD_ARGS, 'schedule: give "at" (one run) or "runs" (a list of {at, args}), not both')
+    if "runs" in args:
+        entries = _schedule_batch(args["runs"])
+        run_ids = [scheduler.schedule_at(name, at, run_args) for at, run_args in entries]
+        await scheduler.keep_up()
+        return {"run_ids": run_ids}
     at = _datetime_arg("schedule", "at", args["at"])
-    run_id = sup.require_scheduler(name).schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    run_id = scheduler.schedule_at(name, at, args.get("args"))  # type: ignore[arg-type]
+    await scheduler.keep_up()
     return {"id": run_id, "run_id": run_id, "at": at.isoformat()}
+
+
+def _schedule_batch(value: object) -> list[tuple[datetime, Mapping[str, Any] | None]]:
+    """The `runs` argument of `schedule`, checked whole before any run is added."""
+    assert isinstance(value, list)
+    if not 1 <= len(value) <= MAX_SCHEDULE_BATCH:
+        raise ProtocolError(ErrorCode.BAD_ARGS, f'schedule: "runs" must hold 1 to {MAX_SCHEDULE_BATCH} entries, got {len(value)}')
+    entries: list[tuple[datetime, Mapping[str, Any] | None]] = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or "at" not in entry or set(entry) - {"at", "args"}:
+            raise ProtocolError(ErrorCode.BAD_ARGS, f'schedule: runs[{i}] must be a map {{at, args}}, got {entry!r:.80}')
+        run_args = entry.get("args")
+        if run_args is not None and not isinstance(run_args, dict):
+            raise ProtocolError(ErrorCode.BAD_ARGS, f"schedule: runs[{i}].args must be a map")
+        entries.append((_datetime_arg("schedule", f"runs[{i}].at", entry["at"]), run_args))
+    return entries
 
 
 async def _backfill(sup: ControlApi, args: Mapping[str, object]) -> object:
@@ -375,7 +403,7 @@ COMMANDS: dict[str, Command] = {
         Command(
             "runs",
             _runs,
-            "Run history, newest first.",
+            "Run history, newest first, with the runs still to come (pending, queued); each with its idempotency key.",
             {
                 "name": Arg(str, doc="only this service"),
                 "state": Arg(str, doc="only runs in this state"),
@@ -385,8 +413,13 @@ COMMANDS: dict[str, Command] = {
         Command(
             "schedule",
             _schedule,
-            "Add a one-shot occurrence of a service at a datetime (persisted).",
-            {"name": Arg(str, True), "at": Arg(str, True, "ISO-8601 with offset"), "args": Arg(dict)},
+            "Add a one-shot occurrence of a service at a datetime: a pending run, stored at once; replies {id, run_id, at} (id = run_id, for cancel and runs). With runs instead of at: many at once, replies {run_ids} in their order.",
+            {
+                "name": Arg(str, True),
+                "at": Arg(str, False, "ISO-8601 with offset"),
+                "args": Arg(dict),
+                "runs": Arg(list, False, f"many one-shots: a list of {{at, args}} maps (1 to {MAX_SCHEDULE_BATCH})"),
+            },
             True,
         ),
         Command(

@@ -49,6 +49,8 @@ MAX_TIMER_S = 30.0  # re-read the wall clock at least this often, so clock jumps
 IN_FLIGHT = frozenset({RunState.STARTING, RunState.RUNNING})
 WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their time passed meanwhile
 REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
+WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
+BACKLOG_WAIT_S = 30.0
 LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
@@ -116,11 +118,17 @@ class Scheduler:
         self._schedules[name] = Schedule(name, config, python, state)
 
     def arm(self, name: str) -> None:
-        """Arm a schedule added after `start` (a service added at runtime)."""
-        self._arm(self._schedules[name])
+        """Arm a schedule added after `start` (a service added at runtime, or changed): its
+        queued runs in the store come back into its queue."""
+        s = self._schedules[name]
+        self._arm(s)
+        if self._loop is not None:
+            self._refill_queue(s)
+            self._drain(s)
 
-    def remove(self, name: str) -> None:
-        """Forget a schedule (its service is being removed): no more fires; runs in flight end."""
+    def remove(self, name: str, *, cancel_waiting: bool = False) -> None:
+        """Forget a schedule: no more fires; runs in flight end. Its queued runs stay in the
+        store for the schedule that replaces it, unless `cancel_waiting` (the service is gone)."""
         s = self._schedules.pop(name, None)
         if s is None:
             return
@@ -128,6 +136,9 @@ class Scheduler:
             s.timer.cancel()
         for active in list(s.active.values()):
             self._end_early(s, active, RunState.CANCELLED, "the service was removed")
+        if cancel_waiting:
+            for run in s.queue.runs():
+                self._ended(s, transition(run, RunState.CANCELLED, at=self._now(), reason="the service was removed"))
 
     def start(self) -> None:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
@@ -329,8 +340,15 @@ class Scheduler:
             self._schedule_refill()
 
     def _capacity(self, s: Schedule) -> int:
-        """Runs in flight at once: `concurrency` per warm worker (`processes` of them), or in all for commands."""
-        return s.config.concurrency * (len(self._host.expand(s.name)) if s.python else 1)
+        """Runs handed out at once: `_per_worker` per warm worker (`processes` of them), or `concurrency` for commands."""
+        return self._per_worker(s) * len(self._host.expand(s.name)) if s.python else s.config.concurrency
+
+    @staticmethod
+    def _per_worker(s: Schedule) -> int:
+        """Runs one warm worker holds: `concurrency` running, and as many again waiting in it
+        when runs may run twice (on_lost = "retry"), so a slot that frees is refilled at once
+        rather than when its result has crossed the channel. The worker runs `concurrency`."""
+        return s.config.concurrency * (2 if s.config.on_lost == "retry" else 1)
 
     def _pick_worker(self, s: Schedule) -> str | None:
         """The ready warm worker with the fewest runs in flight and a free slot, or None."""
@@ -339,7 +357,7 @@ class Scheduler:
         if not ready:
             return None
         count, worker = min(ready)
-        return worker if count < s.config.concurrency else None
+        return worker if count < self._per_worker(s) else None
 
     def _start(self, s: Schedule, run: Run, *, stored: bool | None = None) -> Run:
         now = self._now()
@@ -614,6 +632,13 @@ class Scheduler:
         if s is None or not s.python:
             return
         handed = [a for a in s.active.values() if a.worker == name]
+        if s.config.on_lost == "retry":
+            # Not reported started: back to the queue as they are (a start the worker had no time
+            # to report runs again, with the same key: at least once).
+            waiting = [a for a in handed if a.run.state is RunState.STARTING and a.ending_as is None]
+            for active in waiting:
+                self._requeue(s, active)
+            handed = [a for a in handed if a not in waiting]
         for active in handed:
             if active.ending_as is None:
                 self._rerun_lost(s, active.run)
@@ -623,6 +648,15 @@ class Scheduler:
                 self._finish(s, run_id, ok=False, error=active.run.reason)
             else:
                 self._finish(s, run_id, ok=False, error="the worker exited during the run", lost=True)
+
+    def _requeue(self, s: Schedule, active: ActiveRun) -> None:
+        """A run handed to a worker that died before starting it: queued again, unchanged."""
+        s.active.pop(active.run.run_id, None)
+        for handle in active.timers:
+            handle.cancel()
+        run = transition(active.run, RunState.QUEUED, at=self._now())
+        self._store.update_run(run)
+        s.queue.push(run)
 
     def _rerun_lost(self, s: Schedule, lost: Run) -> None:
         """on_lost = "retry": queue a new attempt of a lost run, with the same idempotency key."""
@@ -655,6 +689,13 @@ class Scheduler:
     async def written(self) -> bool:
         """Wait until the store writes queued so far are in (bounded): reads then show them."""
         return await self._store.written()
+
+    async def keep_up(self) -> None:
+        """Back-pressure for clients adding runs: while more than WRITE_BACKLOG writes wait
+        for the store, wait until they are in (so nothing a client was told is stored is
+        dropped by a full write queue, and memory stays bounded)."""
+        if self._store.pending > WRITE_BACKLOG:
+            await self._store.written(timeout_s=BACKLOG_WAIT_S)
 
     def has(self, name: str) -> bool:
         return name in self._schedules
@@ -799,6 +840,12 @@ class Scheduler:
             if s is None:
                 continue  # its service is gone: the row stays pending, for when it comes back
             try:
+                if self._store.shared:
+                    # Every supervisor sharing the store holds this row: the one whose
+                    # compare-and-set moves it out of `pending` runs it.
+                    run = transition(run, RunState.DUE, at=self._now())
+                    if not self._store.store.update_run(run, expected_state=RunState.PENDING):
+                        continue
                 self._admit(s, run, stored=True)
             except StoreError as e:
                 log.error("%s: could not start one-shot run %s: %s", s.name, run.run_id, e)

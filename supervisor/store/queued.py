@@ -30,7 +30,7 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-BATCH = 500  # writes committed in one transaction at most, when the store offers `batch()`
+BATCH = 64  # writes committed in one transaction at most, when the store offers `batch()`
 READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
@@ -102,6 +102,11 @@ class QueuedStore:
     def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
         self._put("prune", lambda: self.store.prune(keep_per_outcome, max_age, now))
         return 0  # counted and logged by the writer
+
+    @property
+    def shared(self) -> bool:
+        """Several supervisors use this store (PostgreSQL): claims must be compare-and-set."""
+        return self._shared
 
     @property
     def pending(self) -> int:
