@@ -80,8 +80,14 @@ def test_a_child_started_by_another_thread_is_found() -> None:
 
 def test_fds_match_a_listing_of_the_fd_folder() -> None:
     with _process(["sleep", "60"]) as sleeper:
-        stats = Sampler().sample({"s": sleeper.pid})[0]["s"]
-        assert stats.fds == len(os.listdir(f"/proc/{sleeper.pid}/fd"))
+        folder = f"/proc/{sleeper.pid}/fd"
+
+        def settled() -> bool:  # a process that is still starting opens and closes files (locale, libc)
+            before = len(os.listdir(folder))
+            stats = Sampler().sample({"s": sleeper.pid})[0]["s"]
+            return before == stats.fds == len(os.listdir(folder))
+
+        _until(settled, "the sample's fd count to equal the fd folder's while the process is idle")
 
 
 def test_cpu_percent_needs_a_baseline_then_measures_a_busy_process() -> None:
