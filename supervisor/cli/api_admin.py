@@ -59,8 +59,9 @@ def token() -> None:
 @click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True, help="what the token may do")
 @click.option("--tenant", help="the tenant whose objects alone the token sees")
 @click.option("--expires", help='lifetime, e.g. "90d", "12h" (default: never)')
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @_config_option
-def create(name: str, role: str, tenant: str | None, expires: str | None, config: str) -> None:
+def create(name: str, role: str, tenant: str | None, expires: str | None, as_json: bool, config: str) -> None:
     """Create a token; it is printed once and never shown again."""
     from supervise.supervisor.api.store import Role
 
@@ -72,6 +73,9 @@ def create(name: str, role: str, tenant: str | None, expires: str | None, config
         raise click.ClickException(str(e)) from None
     finally:
         store.close()
+    if as_json:
+        click.echo(json.dumps({"token": text, **row.as_dict()}, indent=2))
+        return
     click.echo(text)
     scope = f" of tenant {row.tenant}" if row.tenant else ""
     until = f", expires {row.as_dict()['expires_at']}" if row.expires_at else ""
@@ -101,8 +105,9 @@ def list_tokens(as_json: bool, config: str) -> None:
 
 @token.command("revoke")
 @click.argument("name_or_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @_config_option
-def revoke(name_or_id: str, config: str) -> None:
+def revoke(name_or_id: str, as_json: bool, config: str) -> None:
     """Revoke a token (by name or id): refused from the next request on."""
     store = _store(config)
     try:
@@ -111,7 +116,7 @@ def revoke(name_or_id: str, config: str) -> None:
         store.close()
     if not done:
         raise click.ClickException(f'no active token named or with id "{name_or_id}"')
-    click.echo(f"revoked {name_or_id}")
+    click.echo(json.dumps({"revoked": name_or_id}) if as_json else f"revoked {name_or_id}")
 
 
 @click.command()
