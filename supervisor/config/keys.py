@@ -22,6 +22,7 @@ from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
 from supervise.protocol.url_policy import parse_allow_list
+from supervise.supervisor.config import limits, listen
 from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
     parse_duration_ms,
@@ -372,6 +373,15 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "requires": Key("requires", _names),
         "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
+        # limits and identity (config/limits.py)
+        "rlimits": Key("rlimits", limits.convert_rlimits),
+        "nice": Key("nice", limits.convert_nice),
+        "oom_score_adjust": Key("oom_score_adjust", limits.convert_oom_score_adjust),
+        "group": Key("group", limits.convert_group),
+        "supplementary_groups": Key("supplementary_groups", limits.convert_supplementary_groups),
+        "cpu_quota": Key("cpu_quota_percent", limits.convert_cpu_quota),
+        "memory_max": Key("memory_max_bytes", limits.convert_memory_max),
+        "sockets": Key("sockets", listen.convert_sockets),  # config/listen.py
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )

@@ -35,6 +35,8 @@ def instance_name(service: str, instance: int) -> str:
 
 PROCESS_FIELDS = frozenset(
     {"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms", "notify"}
+    | {"rlimits", "nice", "oom_score_adjust", "group", "supplementary_groups", "cpu_quota_percent", "memory_max_bytes"}
+    | {"sockets"}
 )
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(

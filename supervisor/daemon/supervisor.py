@@ -468,6 +468,8 @@ class Supervisor:
             handle.cancel()
         self._pending_starts.discard(name)
         self._notify_sockets.discard(name)
+        if all(other.config.name != svc.config.name for other in self._services.values()):
+            self._pool.listeners.close(svc.config.name)  # its last instance: the listening sockets go too
         if svc.log is not None:
             svc.log.close()
 
