@@ -382,6 +382,13 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "cpu_quota": Key("cpu_quota_percent", limits.convert_cpu_quota),
         "memory_max": Key("memory_max_bytes", limits.convert_memory_max),
         "sockets": Key("sockets", listen.convert_sockets),  # config/listen.py
+        # hooks (daemon/hooks.py): commands run around the service's life
+        "before_start": Key("before_start", _command),
+        "after_start": Key("after_start", _command),
+        "before_stop": Key("before_stop", _command),
+        "after_stop": Key("after_stop", _command),
+        "on_fatal": Key("on_fatal", _command),
+        "hook_timeout": Key("hook_timeout_ms", _duration(positive=True)),
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )

@@ -66,6 +66,13 @@ class ServiceConfig:
     cpu_quota_percent: int | None = None  # per-service cgroup v2 cpu.max, in % of one CPU
     memory_max_bytes: int | None = None  # per-service cgroup v2 memory.max
     sockets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # name -> tcp:// or unix: address
+    # hooks: argv run around the service's life (docs/supervision.md "Hooks")
+    before_start: tuple[str, ...] | None = None  # must exit 0, or the start failed
+    after_start: tuple[str, ...] | None = None
+    before_stop: tuple[str, ...] | None = None  # the stop signal waits for it
+    after_stop: tuple[str, ...] | None = None
+    on_fatal: tuple[str, ...] | None = None
+    hook_timeout_ms: int = 30_000
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
     # The [services.NAME] table it was parsed from: what `update` patches. Not compared:

@@ -208,6 +208,12 @@ class WorkerPool:
             return request
         return replace(request, env={**request.env, **self._hooks.command_env(svc)})
 
+    def open_log(self, svc: ServiceRuntime) -> RotatingLog:
+        """`svc`'s log file (hooks write there too), opened if it is not yet."""
+        if svc.log is None:
+            svc.log = self._open_log(svc.name)
+        return svc.log
+
     def _open_log(self, name: str) -> RotatingLog:
         sup = self._sup
         return RotatingLog(sup.state_dir / "logs" / f"{name}.log", max_bytes=sup.log_max_bytes, backups=sup.log_backups)

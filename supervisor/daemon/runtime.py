@@ -45,6 +45,7 @@ POLICY_FIELDS = frozenset(
         "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
         "success_exit_codes", "restart_prevent_exit_codes", "restart_force_exit_codes",
         "max_memory_bytes", "requires",
+        "before_start", "after_start", "before_stop", "after_stop", "on_fatal", "hook_timeout_ms",
     }
 )
 """Settings the supervisor reads when it decides: changing one takes effect without a restart."""

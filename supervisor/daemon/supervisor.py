@@ -45,6 +45,7 @@ from supervise.supervisor.daemon.changes import RuntimeChanges
 from supervise.supervisor.daemon.commands import Command
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
+from supervise.supervisor.daemon.hooks import HeldActions, HookRunner
 from supervise.supervisor.daemon.lock import StateDirLock, prepare_state_dir
 from supervise.supervisor.daemon.observability import Observability
 from supervise.supervisor.daemon.pool import PoolHooks, WorkerPool
@@ -128,6 +129,13 @@ class Supervisor:
         )
         self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
         self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
+        self._hooks = HookRunner(
+            config.supervisor,
+            open_log=self._pool.open_log,
+            emit=self.observability.emit,
+            spawn_after=self._spawn_after_hook,
+            stop_after=self._stop_after_hook,
+        )
         self.changes = RuntimeChanges(self, self._services)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
@@ -267,6 +275,7 @@ class Supervisor:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
         await self._stop_in_order(deadline)
+        await self._hooks.close()  # after_stop hooks of the last workers
         if not await self._wait_until(lambda: not self._pool.alive(), max(0.0, deadline - time.monotonic())):
             for svc in self._services.values():
                 if svc.worker is not None:
@@ -356,7 +365,7 @@ class Supervisor:
                 now_ms = self._clock.monotonic_ms()
                 before = svc.record.state
                 svc.record, actions = core.step(svc.record, event, now_ms=now_ms, spec=svc.spec, rng=self._rng)
-                for action in actions:
+                for action in self._hooks.on_step(svc, before, actions):  # a stop may wait for before_stop
                     self._execute(svc, action, now_ms)
                 if svc.record.state is not before:
                     self.notify()
@@ -365,6 +374,8 @@ class Supervisor:
 
     def _execute(self, svc: ServiceRuntime, action: core.Action, now_ms: int) -> None:
         match action:
+            case core.Spawn(incarnation) if svc.config.before_start is not None:
+                self._hooks.before_start(svc, incarnation)  # spawns (or fails the start) when it ends
             case core.Spawn(incarnation):
                 self._queue.append((svc.name, self._pool.spawn(svc, incarnation)))
             case core.SignalGroup(sig):
@@ -394,7 +405,25 @@ class Supervisor:
 
         svc.timers[timer] = self._loop.call_later(max(0, delay_ms) / 1000, fire)
 
+    def _spawn_after_hook(self, svc: ServiceRuntime, incarnation: int, failure: str | None) -> None:
+        """`before_start` ended: spawn the worker, or fail the start; unless the service moved on."""
+        if self._services.get(svc.name) is not svc or svc.record.incarnation != incarnation or svc.worker is not None:
+            return
+        self._feed(svc.name, core.SpawnFailed(failure) if failure else self._pool.spawn(svc, incarnation))
+
+    def _stop_after_hook(self, svc: ServiceRuntime, incarnation: int, held: HeldActions) -> None:
+        """`before_stop` ended: send the stop signal (and message) it held back, if still stopping."""
+        record = svc.record
+        if self._services.get(svc.name) is not svc or record.incarnation != incarnation:
+            return
+        if record.state is core.ServiceState.STOPPING:
+            for action in held:
+                self._execute(svc, action, self._clock.monotonic_ms())
+
     def _on_worker_exited(self, name: str, code: int | None, sig: int | None) -> None:
+        svc = self._services.get(name)
+        if svc is not None:
+            self._hooks.worker_exited(svc, svc.record.pid, code, sig)
         self._feed(name, core.WorkerExited(code, sig))
         if self.scheduler is not None:
             self.scheduler.on_worker_exit(name)
