@@ -69,15 +69,6 @@ class ListenSockets:
             held = self._bound[service] = (dict(wanted), socks)
         return [(name, sock.fileno()) for name, sock in held[1]]
 
-    def address(self, service: str, name: str) -> tuple[object, ...] | str | None:
-        """The bound address of one socket (a real port where the config said :0)."""
-        held = self._bound.get(service)
-        for found, sock in held[1] if held else []:
-            if found == name:
-                bound: tuple[object, ...] | str = sock.getsockname()
-                return bound
-        return None
-
     def close(self, service: str) -> None:
         """Close `service`'s sockets (a unix socket's file is removed)."""
         held = self._bound.pop(service, None)
