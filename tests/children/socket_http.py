@@ -46,6 +46,9 @@ def main() -> int:
     server = HTTPServer(sockets[0].getsockname(), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sockets[0]
+    # Several workers share the socket: a select() that wakes them all must not leave
+    # the losers blocked in accept() (where a SIGTERM would not get them out).
+    server.socket.setblocking(False)
     server.timeout = 0.05
     while not stopping:
         server.handle_request()
