@@ -883,6 +883,15 @@ def run_service(name: str, config: str, log_level: str) -> None:
     _serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
 
 
+def _add_commands() -> None:
+    from supervise.supervisor.cli.export import export
+
+    cli.add_command(export)
+
+
+_add_commands()
+
+
 def main() -> None:
     cli(prog_name="supervise")
 
