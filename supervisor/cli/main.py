@@ -245,16 +245,30 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
 
     from supervise.supervisor.core.errors import AlreadyRunning, ConfigError
     from supervise.supervisor.daemon.logformat import configure_logging
+    from supervise.supervisor.daemon.manager_notify import ManagerNotifier
     from supervise.supervisor.daemon.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
     for problem in config.warnings:
         logging.getLogger("supervise").warning("%s", problem.render(config.source))
     supervisor = Supervisor(config, handle_signals=True)
+    manager = ManagerNotifier.from_environ()  # under systemd (Type=notify): before any worker inherits it
+
+    def running_status() -> str:
+        services: Any = supervisor.status()["services"]
+        states = [s["state"] for s in services]
+        return f"{states.count('RUNNING')} of {len(states)} services running"
 
     async def run() -> None:
         await supervisor.start()
-        await supervisor.serve_forever()
+        told = None
+        if manager is not None:
+            told = asyncio.create_task(manager.serve(supervisor.startup_settled, running_status))
+        try:
+            await supervisor.serve_forever()
+        finally:
+            if told is not None:
+                told.cancel()
 
     try:
         asyncio.run(run())

@@ -47,6 +47,7 @@ from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.hooks import HeldActions, HookRunner
 from supervise.supervisor.daemon.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.daemon.manager_notify import startup_settled
 from supervise.supervisor.daemon.observability import Observability
 from supervise.supervisor.daemon.pool import PoolHooks, WorkerPool
 from supervise.supervisor.daemon.ports import ExitCallback
@@ -583,6 +584,10 @@ class Supervisor:
             "supervisor": {**self.ping(), "healthy": self.healthy()},
             "services": [row(self._services[n], now_ms, resources, scheduler) for n in names],
         }
+
+    def startup_settled(self) -> bool:
+        """Every autostart has started, failed, or waits on a service that cannot come up (READY=1 to systemd)."""
+        return startup_settled(self._services, self._pending_starts)
 
     def healthy(self) -> bool:
         """Every critical service is healthy (core/health.py: the same verdict as `/health`)."""
