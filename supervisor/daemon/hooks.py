@@ -99,9 +99,12 @@ async def run_hook(
         await asyncio.wait_for(proc.wait(), timeout_s)
     except TimeoutError:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         await proc.wait()
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)  # the supervisor is closing: leave no hook process behind
+        copying.cancel()
+        raise
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(copying, 1.0)  # a grandchild may hold the pipe: do not wait on it
     copying.cancel()
@@ -110,6 +113,11 @@ async def run_hook(
     if timed_out:
         return HookOutcome(timed_out=True)
     return HookOutcome(signal=-code) if code < 0 else HookOutcome(code=code)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def _copy_lines(stream: asyncio.StreamReader, output: RotatingLog, prefix: bytes) -> None:
