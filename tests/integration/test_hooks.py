@@ -6,7 +6,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Daemon, alive, wait_for
+import pytest
+
+from supervise.supervisor.config.loader import ConfigError, parse_config
+from tests.conftest import REPO, Daemon, alive, wait_for
 
 # "$NAME" is left alone by the config ("${NAME}" would be expanded at load): the hook's shell expands it.
 RECORD = (
@@ -105,3 +108,44 @@ def test_a_slow_hook_does_not_block_the_supervisor_and_times_out(daemon_factory:
     assert svc["last_error"].startswith("before_start hook timed out (hook_timeout) and was killed")
     assert len(latencies) > 10 and max(latencies) < 0.5  # answered all along
     assert time.monotonic() - begun >= 1.0
+
+
+def test_a_python_callable_as_hook(daemon_factory: Callable[..., Daemon], short_dir: Path) -> None:
+    record = short_dir / "calls.txt"
+    d = daemon_factory(
+        {
+            "web": {
+                "command": ["sleep", "1000"],
+                "cwd": str(REPO),
+                "env": {"HOOK_FILE": str(record)},
+                "start_timeout": "100ms",
+                "after_start": {"target": "tests.children.hook_funcs:record"},
+            },
+            "db": {
+                "command": ["sleep", "1000"],
+                "cwd": str(REPO),
+                "before_start": {"target": "tests.children.hook_funcs:not_ready"},
+                "max_restarts": 0,
+            },
+        }
+    )
+    pid = d.wait_running_pid("web")
+    assert wait_for(lambda: lines(record), what="the callable's record") == [f"after_start web pid={pid}"]
+    svc = d.wait_state("db", "FATAL")
+    assert svc["last_error"].startswith("before_start hook exited 1\n")
+    assert "[hook before_start] dependency not reachable" in (short_dir / "state" / "logs" / "db.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"target": "hooks:check", "timeout": 3}, 'expected a command, or a table { target = "pkg.module:function" }'),
+        ({"target": "hooks@job"}, 'expected target = "pkg.module:function", got "hooks@job"'),
+        ([], "must be a non-empty list or string"),
+    ],
+)
+def test_bad_hooks_are_refused_naming_the_key(tmp_path: Path, value: object, expected: str) -> None:
+    data = {"supervisor": {"state_dir": str(tmp_path)}, "services": {"s": {"command": ["true"], "before_start": value}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base_dir=tmp_path)
+    assert "services.s.before_start" in str(caught.value) and expected in str(caught.value)
