@@ -14,6 +14,20 @@ from supervise.supervisor.cgroups import cgroup_problem
 from supervise.supervisor.config.loader import ConfigError, parse_config
 from tests.conftest import Daemon, wait_for
 
+
+def group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+needs_groups = pytest.mark.skipif(
+    os.geteuid() != 0 or not (group_exists("daemon") and group_exists("adm")),
+    reason="switching groups needs root and the groups daemon and adm",
+)
+
 # "$$" is the config's escape of "$": the shell sees "$$", its pid.
 REPORT = (
     'echo "NOFILE $(ulimit -Sn) $(ulimit -Hn) CORE $(ulimit -c)"; '
@@ -50,7 +64,7 @@ def test_rlimits_nice_and_oom_score_adjust_are_set_in_the_worker(
     assert seen["PID"] == [str(pid)]  # the wrapper exec'd the command: the pid the supervisor watches
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching groups needs root")
+@needs_groups
 def test_group_and_supplementary_groups_replace_the_users(
     daemon_factory: Callable[..., Daemon], short_dir: Path
 ) -> None:
@@ -74,7 +88,7 @@ def test_group_and_supplementary_groups_replace_the_users(
     assert set(groups) == {primary.gr_gid, extra.gr_gid}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching groups needs root")
+@needs_groups
 def test_group_without_the_wrapper(daemon_factory: Callable[..., Daemon], short_dir: Path) -> None:
     primary = grp.getgrnam("daemon")
     daemon_factory({"g": {"command": ["sh", "-c", REPORT], "group": "daemon", "supplementary_groups": []}})
