@@ -246,6 +246,7 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     from supervise.supervisor.core.errors import AlreadyRunning, ConfigError
     from supervise.supervisor.daemon.descriptors import raise_open_files_limit
     from supervise.supervisor.daemon.logformat import configure_logging
+    from supervise.supervisor.daemon.manager_notify import ManagerNotifier
     from supervise.supervisor.daemon.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
@@ -255,10 +256,23 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     if after != before:
         logging.getLogger("supervise").debug("open files limit raised from %d to %d", before, after)
     supervisor = Supervisor(config, handle_signals=True)
+    manager = ManagerNotifier.from_environ()  # under systemd (Type=notify): before any worker inherits it
+
+    def running_status() -> str:
+        services: Any = supervisor.status()["services"]
+        states = [s["state"] for s in services]
+        return f"{states.count('RUNNING')} of {len(states)} services running"
 
     async def run() -> None:
         await supervisor.start()
-        await supervisor.serve_forever()
+        told = None
+        if manager is not None:
+            told = asyncio.create_task(manager.serve(supervisor.startup_settled, running_status))
+        try:
+            await supervisor.serve_forever()
+        finally:
+            if told is not None:
+                told.cancel()
 
     try:
         asyncio.run(run())
@@ -905,14 +919,16 @@ def run_service(name: str, config: str, log_level: str) -> None:
     _serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
 
 
-def _add_api_commands() -> None:
+def _add_commands() -> None:
     from supervise.supervisor.cli.api_admin import audit, token
+    from supervise.supervisor.cli.export import export
 
     cli.add_command(token)
     cli.add_command(audit)
+    cli.add_command(export)
 
 
-_add_api_commands()
+_add_commands()
 
 
 def main() -> None:

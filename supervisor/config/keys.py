@@ -13,6 +13,7 @@ import pwd
 import re
 import shlex
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +23,7 @@ from typing import Final
 
 from supervise.protocol.curve import read_key_directory, read_key_pair
 from supervise.protocol.url_policy import parse_allow_list
+from supervise.supervisor.config import limits, listen
 from supervise.supervisor.config.notify import parse_rule
 from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
@@ -178,6 +180,21 @@ def _command(value: object, ctx: Context) -> tuple[str, ...]:
     if any("\0" in arg for arg in argv):
         raise ValueError("arguments cannot contain NUL characters")
     return tuple(argv)
+
+
+HOOK_CALL_MODULE: Final = "supervise.supervisor.daemon.hook_call"  # runs a { target = ... } hook
+
+
+def _hook(value: object, ctx: Context) -> tuple[str, ...]:
+    """A hook: a command, or `{ target = "pkg.mod:func" }` (a Python callable, run in a process of its own)."""
+    if isinstance(value, Mapping):
+        if set(value) != {"target"}:
+            raise ValueError('expected a command, or a table { target = "pkg.module:function" }')
+        target = _target(value["target"], ctx)
+        if ":" not in target:
+            raise ValueError(f'expected target = "pkg.module:function", got {show_value(target)}')
+        return (sys.executable, "-m", HOOK_CALL_MODULE, target)
+    return _command(value, ctx)
 
 
 def _target(value: object, ctx: Context) -> str:
@@ -374,6 +391,22 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
         "notify": Key("notify", lambda value, ctx: parse_rule(value)),  # docs/notifications.md
+        # limits and identity (config/limits.py)
+        "rlimits": Key("rlimits", limits.convert_rlimits),
+        "nice": Key("nice", limits.convert_nice),
+        "oom_score_adjust": Key("oom_score_adjust", limits.convert_oom_score_adjust),
+        "group": Key("group", limits.convert_group),
+        "supplementary_groups": Key("supplementary_groups", limits.convert_supplementary_groups),
+        "cpu_quota": Key("cpu_quota_percent", limits.convert_cpu_quota),
+        "memory_max": Key("memory_max_bytes", limits.convert_memory_max),
+        "sockets": Key("sockets", listen.convert_sockets),  # config/listen.py
+        # hooks (daemon/hooks.py): commands run around the service's life
+        "before_start": Key("before_start", _hook),
+        "after_start": Key("after_start", _hook),
+        "before_stop": Key("before_stop", _hook),
+        "after_stop": Key("after_stop", _hook),
+        "on_fatal": Key("on_fatal", _hook),
+        "hook_timeout": Key("hook_timeout_ms", _duration(positive=True)),
         # "## Scheduling keys" in docs/config.md: every, cron, at, ... go here.
     }
 )

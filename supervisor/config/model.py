@@ -58,6 +58,22 @@ class ServiceConfig:
     watchdog_timeout_ms: int | None = None  # key watchdog: the code must call ctx.heartbeat() this often
     requires: tuple[str, ...] = ()  # services that must be RUNNING before this one starts
     processes: int = 1  # identical worker processes: instances NAME, NAME:1, NAME:2 ...
+    # limits and identity, set up in the worker by the exec wrapper (docs/config.md "Limits and identity")
+    rlimits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # name -> limit, -1 infinity
+    nice: int | None = None
+    oom_score_adjust: int | None = None
+    group: str | None = None  # primary group instead of the user's
+    supplementary_groups: tuple[str, ...] | None = None  # instead of the user's
+    cpu_quota_percent: int | None = None  # per-service cgroup v2 cpu.max, in % of one CPU
+    memory_max_bytes: int | None = None  # per-service cgroup v2 memory.max
+    sockets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # name -> tcp:// or unix: address
+    # hooks: argv run around the service's life (docs/supervision.md "Hooks")
+    before_start: tuple[str, ...] | None = None  # must exit 0, or the start failed
+    after_start: tuple[str, ...] | None = None
+    before_stop: tuple[str, ...] | None = None  # the stop signal waits for it
+    after_stop: tuple[str, ...] | None = None
+    on_fatal: tuple[str, ...] | None = None
+    hook_timeout_ms: int = 30_000
     schedule: ScheduleConfig | None = None  # set when the service has a trigger (docs/scheduling.md)
     origin: str = "config"  # "config" or "runtime" (added through the control protocol)
     # The [services.NAME] table it was parsed from: what `update` patches. Not compared:

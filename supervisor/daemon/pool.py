@@ -25,10 +25,13 @@ import zmq
 from supervise.protocol import worker_env as E
 from supervise.protocol.codec import decode_worker_message, encode_worker_message
 from supervise.protocol.errors import ProtocolError
+from supervise.supervisor.cgroups import prepare_service_cgroup
 from supervise.supervisor.config.model import SupervisorConfig
 from supervise.supervisor.core import state as core
 from supervise.supervisor.daemon.environment import worker_environment
 from supervise.supervisor.daemon.guard_link import GuardLink
+from supervise.supervisor.daemon.launch import identity_for, launch_for
+from supervise.supervisor.daemon.listeners import ListenSockets
 from supervise.supervisor.daemon.output import RotatingLog
 from supervise.supervisor.daemon.ports import ExitCallback
 from supervise.supervisor.daemon.processes import (
@@ -122,6 +125,7 @@ class WorkerPool:
         self._exits_scheduled = False
         self.run_processes: set[Worker] = set()  # one-process runs of scheduled services
         self.bad_messages = 0
+        self.listeners = ListenSockets()  # `sockets`, bound once, inherited by every worker of a service
 
     def open(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket[bytes]) -> None:
         """Start reading the bound workers socket `sock` on `loop`."""
@@ -132,6 +136,7 @@ class WorkerPool:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        self.listeners.close_all()
 
     def alive(self) -> bool:
         """A worker or a run process is still running."""
@@ -156,11 +161,11 @@ class WorkerPool:
         svc.heartbeat_frame = encode_worker_message("heartbeat", token=svc.token)
         if svc.log is None:
             svc.log = self._open_log(svc.name)
-        request = self._request(svc)
         try:
+            request = self._request(svc)
             worker = spawn(self._loop, request, svc.log, partial(self._on_exit, svc))
         except OSError as e:
-            return core.SpawnFailed(describe_spawn_error(e, request.argv, request.cwd))
+            return core.SpawnFailed(describe_spawn_error(e, svc.config.command or python_worker_argv(), svc.config.cwd))
         svc.worker = worker
         self._guard.watch(worker.pid)
         return core.WorkerSpawned(worker.pid)
@@ -191,9 +196,23 @@ class WorkerPool:
 
     def _request(self, svc: ServiceRuntime) -> SpawnRequest:
         request = worker_spawn_request(svc, self._sup, base_dir=self._base_dir, instance=self._instance)
+        cfg = svc.config
+        cgroup = None
+        if cfg.cpu_quota_percent is not None or cfg.memory_max_bytes is not None:
+            cgroup = prepare_service_cgroup(
+                cfg.name, cpu_quota_percent=cfg.cpu_quota_percent, memory_max_bytes=cfg.memory_max_bytes
+            )
+        launch = launch_for(cfg, cgroup_procs=cgroup, sockets=self.listeners.for_service(cfg.name, cfg.sockets))
+        request = replace(request, identity=identity_for(cfg), launch=launch)
         if svc.config.is_python:
             return request
         return replace(request, env={**request.env, **self._hooks.command_env(svc)})
+
+    def open_log(self, svc: ServiceRuntime) -> RotatingLog:
+        """`svc`'s log file (hooks write there too), opened if it is not yet."""
+        if svc.log is None:
+            svc.log = self._open_log(svc.name)
+        return svc.log
 
     def _open_log(self, name: str) -> RotatingLog:
         sup = self._sup

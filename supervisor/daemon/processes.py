@@ -21,6 +21,7 @@ from pathlib import Path
 
 from supervise.supervisor.daemon.account import Account
 from supervise.supervisor.daemon.descriptors import restore_worker_limit
+from supervise.supervisor.daemon.launch import Identity, Launch, wrapped_argv
 from supervise.supervisor.daemon.output import PipeReader, RotatingLog
 
 
@@ -31,6 +32,8 @@ class SpawnRequest:
     cwd: Path
     user: str | None
     umask: int | None
+    identity: Identity | None = None  # group / supplementary_groups beyond `user`'s own
+    launch: Launch | None = None  # rlimits, nice, cgroup, sockets: set up by the exec wrapper
 
 
 class Worker:
@@ -105,26 +108,33 @@ def spawn(
     """Start a worker; raises OSError (with errno) when the OS cannot run it.
 
     With `request.user` the worker also gets that user's primary and supplementary
-    groups (as root; a user's own worker keeps the groups it has).
+    groups (as root; a user's own worker keeps the groups it has); `request.identity`
+    overrides them. With `request.launch` the worker starts through the exec wrapper.
     """
-    group: int | None = None
-    extra_groups: list[int] | None = None
-    if request.user is not None:
+    identity = request.identity
+    if identity is None and request.user is not None:
         account = Account.lookup(request.user)
         if account.switch_needed():
-            group, extra_groups = account.gid, list(account.groups)
+            identity = Identity(request.user, account.uid, account.gid, account.groups)
+    identity = identity or Identity()
+    argv, pass_fds = list(request.argv), tuple[int, ...]()
+    if request.launch is not None and request.launch.needed():
+        # The wrapper switches identity itself, after the settings that need root.
+        argv = wrapped_argv(request.launch, identity, argv, request.env, request.cwd)
+        pass_fds, identity = request.launch.listen_fds, Identity()
     popen = subprocess.Popen(  # nosec B603 # running the operator's configured command is this module's purpose; no shell
-        list(request.argv),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         close_fds=True,
+        pass_fds=pass_fds,
         start_new_session=True,
         cwd=request.cwd,
         env=dict(request.env),
-        user=request.user,
-        group=group,
-        extra_groups=extra_groups,
+        user=identity.uid,
+        group=identity.gid,
+        extra_groups=None if identity.groups is None else list(identity.groups),
         umask=-1 if request.umask is None else request.umask,
     )
     restore_worker_limit(popen.pid)

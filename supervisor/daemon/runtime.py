@@ -35,6 +35,8 @@ def instance_name(service: str, instance: int) -> str:
 
 PROCESS_FIELDS = frozenset(
     {"command", "target", "env", "cwd", "user", "umask", "schedule", "heartbeat_interval_ms", "sd_notify"}
+    | {"rlimits", "nice", "oom_score_adjust", "group", "supplementary_groups", "cpu_quota_percent", "memory_max_bytes"}
+    | {"sockets"}
 )
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
@@ -43,6 +45,7 @@ POLICY_FIELDS = frozenset(
         "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
         "success_exit_codes", "restart_prevent_exit_codes", "restart_force_exit_codes",
         "max_memory_bytes", "requires",
+        "before_start", "after_start", "before_stop", "after_stop", "on_fatal", "hook_timeout_ms",
     }
 )
 """Settings the supervisor reads when it decides: changing one takes effect without a restart."""

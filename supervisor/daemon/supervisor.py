@@ -45,7 +45,9 @@ from supervise.supervisor.daemon.changes import RuntimeChanges
 from supervise.supervisor.daemon.commands import Command
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
+from supervise.supervisor.daemon.hooks import HeldActions, HookRunner
 from supervise.supervisor.daemon.lock import StateDirLock, prepare_state_dir
+from supervise.supervisor.daemon.manager_notify import startup_settled
 from supervise.supervisor.daemon.notifier import Notifier
 from supervise.supervisor.daemon.observability import Observability
 from supervise.supervisor.daemon.pool import PoolHooks, WorkerPool
@@ -132,6 +134,13 @@ class Supervisor:
         )
         self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
         self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
+        self._hooks = HookRunner(
+            config.supervisor,
+            open_log=self._pool.open_log,
+            emit=self.observability.emit,
+            spawn_after=self._spawn_after_hook,
+            stop_after=self._stop_after_hook,
+        )
         self.changes = RuntimeChanges(self, self._services)
         self.api: ApiServer | None = None
         if config.supervisor.http is not None:
@@ -293,6 +302,7 @@ class Supervisor:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
         await self._stop_in_order(deadline)
+        await self._hooks.close()  # after_stop hooks of the last workers
         if not await self._wait_until(lambda: not self._pool.alive(), max(0.0, deadline - time.monotonic())):
             for svc in self._services.values():
                 if svc.worker is not None:
@@ -384,7 +394,7 @@ class Supervisor:
                 now_ms = self._clock.monotonic_ms()
                 before = svc.record.state
                 svc.record, actions = core.step(svc.record, event, now_ms=now_ms, spec=svc.spec, rng=self._rng)
-                for action in actions:
+                for action in self._hooks.on_step(svc, before, actions):  # a stop may wait for before_stop
                     self._execute(svc, action, now_ms)
                 if svc.record.state is not before:
                     self.notify()
@@ -393,6 +403,8 @@ class Supervisor:
 
     def _execute(self, svc: ServiceRuntime, action: core.Action, now_ms: int) -> None:
         match action:
+            case core.Spawn(incarnation) if svc.config.before_start is not None:
+                self._hooks.before_start(svc, incarnation)  # spawns (or fails the start) when it ends
             case core.Spawn(incarnation):
                 self._queue.append((svc.name, self._pool.spawn(svc, incarnation)))
             case core.SignalGroup(sig):
@@ -422,7 +434,25 @@ class Supervisor:
 
         svc.timers[timer] = self._loop.call_later(max(0, delay_ms) / 1000, fire)
 
+    def _spawn_after_hook(self, svc: ServiceRuntime, incarnation: int, failure: str | None) -> None:
+        """`before_start` ended: spawn the worker, or fail the start; unless the service moved on."""
+        if self._services.get(svc.name) is not svc or svc.record.incarnation != incarnation or svc.worker is not None:
+            return
+        self._feed(svc.name, core.SpawnFailed(failure) if failure else self._pool.spawn(svc, incarnation))
+
+    def _stop_after_hook(self, svc: ServiceRuntime, incarnation: int, held: HeldActions) -> None:
+        """`before_stop` ended: send the stop signal (and message) it held back, if still stopping."""
+        record = svc.record
+        if self._services.get(svc.name) is not svc or record.incarnation != incarnation:
+            return
+        if record.state is core.ServiceState.STOPPING:
+            for action in held:
+                self._execute(svc, action, self._clock.monotonic_ms())
+
     def _on_worker_exited(self, name: str, code: int | None, sig: int | None) -> None:
+        svc = self._services.get(name)
+        if svc is not None:
+            self._hooks.worker_exited(svc, svc.record.pid, code, sig)
         self._feed(name, core.WorkerExited(code, sig))
         if self.scheduler is not None:
             self.scheduler.on_worker_exit(name)
@@ -496,6 +526,8 @@ class Supervisor:
             handle.cancel()
         self._pending_starts.discard(name)
         self._notify_sockets.discard(name)
+        if all(other.config.name != svc.config.name for other in self._services.values()):
+            self._pool.listeners.close(svc.config.name)  # its last instance: the listening sockets go too
         if svc.log is not None:
             svc.log.close()
 
@@ -584,6 +616,10 @@ class Supervisor:
             },
             "services": [row(self._services[n], now_ms, resources, scheduler) for n in names],
         }
+
+    def startup_settled(self) -> bool:
+        """Every autostart has started, failed, or waits on a service that cannot come up (READY=1 to systemd)."""
+        return startup_settled(self._services, self._pending_starts)
 
     def healthy(self) -> bool:
         """Every critical service is healthy (core/health.py: the same verdict as `/health`)."""

@@ -26,6 +26,7 @@ def _walk(d: Daemon, tmp: Path) -> list[tuple[str, list[str]]]:
         ("status", ["status", "web", *c]),
         ("check", ["check", str(d.config)]),
         ("list", ["list", *c]),
+        ("export", ["export", "systemd", *c]),
         ("keygen", ["keygen", "client", "--dir", str(tmp / "keys")]),
         ("next", ["next", "nightly", "--count", "3", *c]),
         ("run", ["run", "job", "--args", '{"seconds": 60}', *c]),
@@ -88,6 +89,7 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     assert walked["status"]["services"][0]["name"] == "web"
     assert walked["check"] == {"config": str(d.config), "ok": True, "services": ["web", "job", "nightly"], "warnings": []}
     assert [s["name"] for s in walked["list"]["services"]] == ["web", "job", "nightly"]
+    assert set(walked["export"]["units"]) == {"web.service", "job.service", "nightly.service", "nightly.timer"}
     assert walked["stop"] == {"services": {"web": "STOPPED"}}
     assert walked["cancel"]["run_id"] == walked["run"]["run_id"]
     assert all(set(line) == {"service", "line"} for line in walked["logs"])

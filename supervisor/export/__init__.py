@@ -1,0 +1,1 @@
+"""Turning a supervise config into another manager's files (`supervise export`)."""
