@@ -22,27 +22,21 @@ SYSTEMS = ("supervise", "circus", "supervisord")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument(
-        "--quick", action="store_true", help="a reduced set, in under 2 minutes"
-    )
+    ap.add_argument("--quick", action="store_true", help="a reduced set, in under 2 minutes")
     ap.add_argument(
         "--only",
         action="append",
         choices=SYSTEMS,
         help="run only this system (repeatable)",
     )
-    ap.add_argument(
-        "--n", type=int, help="every scenario at N services (default: 1/50/200, 200)"
-    )
+    ap.add_argument("--n", type=int, help="every scenario at N services (default: 1/50/200, 200)")
     ap.add_argument(
         "--scenario",
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls",
     )
-    ap.add_argument(
-        "--json", metavar="FILE", help="also write the rows, with every sample, as JSON"
-    )
+    ap.add_argument("--json", metavar="FILE", help="also write the rows, with every sample, as JSON")
     args = ap.parse_args(argv)
 
     plan = Plan.quick() if args.quick else Plan()
@@ -50,25 +44,19 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan.sized(args.n)
     names = [s for s in SYSTEMS if not args.only or s in args.only]
     started = time.monotonic()
-    log = lambda msg: print(
-        f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True
-    )
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     versions = {"supervise": version("supervise")}
-    systems = (
-        [System("supervise", sys.executable, str(REPO))] if "supervise" in names else []
-    )
+    systems = [System("supervise", sys.executable, str(REPO))] if "supervise" in names else []
     if any(n != "supervise" for n in names):
         peer_versions = venv.ensure(log)
         versions |= {
             "circus": peer_versions["circus"],
             "supervisord": peer_versions["supervisor"],
         }
-        systems += [
-            System(n, str(venv.python()), str(venv.pythonpath()))
-            for n in names
-            if n != "supervise"
-        ]
+        systems += [System(n, str(venv.python()), str(venv.pythonpath())) for n in names if n != "supervise"]
 
     tag = uuid.uuid4().hex[:12]
     rows: list[Row] = []
@@ -76,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         ("cold start", lambda: lifecycle.run(systems, plan, tag, log)),
         ("restart", lambda: latency.run(systems, plan, tag, log)),
         ("idle", lambda: overhead.idle(systems, plan, tag, log, "sleep")),
-        *(
-            [("idle", lambda: overhead.idle(systems, plan, tag, log, "python"))]
-            if plan.idle_python
-            else []
-        ),
+        *([("idle", lambda: overhead.idle(systems, plan, tag, log, "python"))] if plan.idle_python else []),
         ("crash storm", lambda: overhead.storm(systems, plan, tag, log)),
         *(
             [
@@ -102,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     if args.scenario:
-        scenarios = [
-            (name, f)
-            for name, f in scenarios
-            if any(name.startswith(x) for x in args.scenario)
-        ]
+        scenarios = [(name, f) for name, f in scenarios if any(name.startswith(x) for x in args.scenario)]
     failures = 0
     try:
         for name, scenario in scenarios:
@@ -127,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{datetime.date.today()} · {platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
         + " · ".join(f"{k} {v}" for k, v in versions.items())
-        + f" · {'quick' if args.quick else 'full'}{' partial' if args.scenario else ''} run, {time.monotonic() - started:.0f} s"
+        + f" · {'quick' if args.quick else 'full'}{' partial' if args.scenario else ''} run,"
+        + f" {time.monotonic() - started:.0f} s"
     )
     print(header)
     print(render(rows, [s.name for s in systems]))

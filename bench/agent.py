@@ -56,14 +56,10 @@ class Agent:
         deadline = time.monotonic() + timeout
         while len(self._new_workers(daemon, set(), comm)) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(self._new_workers(daemon, set(), comm))}/{n} workers alive after {timeout} s"
-                )
+                raise TimeoutError(f"{len(self._new_workers(daemon, set(), comm))}/{n} workers alive after {timeout} s")
             time.sleep(POLL_S)
         alive_at = time.monotonic()
-        if (
-            not reported
-        ):  # /proc only (a crash storm may keep the daemon from answering)
+        if not reported:  # /proc only (a crash storm may keep the daemon from answering)
             return {"at": alive_at, "alive_at": alive_at, "polls": 0, "pids": []}
         polls = 0
         while True:
@@ -72,11 +68,7 @@ class Agent:
                 states = self.api.states()
             except Exception:  # noqa: BLE001 - not listening yet
                 states = {}
-            up = [
-                pid
-                for running, pid in states.values()
-                if running and self._worker_up(pid, comm)
-            ]
+            up = [pid for running, pid in states.values() if running and self._worker_up(pid, comm)]
             if len(up) >= n:
                 return {
                     "at": time.monotonic(),
@@ -85,9 +77,7 @@ class Agent:
                     "pids": up,
                 }
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{len(up)}/{n} services reported running after {timeout} s"
-                )
+                raise TimeoutError(f"{len(up)}/{n} services reported running after {timeout} s")
             time.sleep(0.01)
 
     def op_status_calls(self, count: int, max_s: float) -> list[float]:
@@ -100,9 +90,7 @@ class Agent:
             out.append(time.perf_counter() - t0)
         return out
 
-    def op_restart_sample(
-        self, daemon: int, name: str, timeout: float, comm: str | None
-    ) -> float:
+    def op_restart_sample(self, daemon: int, name: str, timeout: float, comm: str | None) -> float:
         """SIGKILL the worker of `name`; seconds until a new live worker runs.
 
         The new worker is watched for in /proc (the daemon's children), not by polling
@@ -122,9 +110,7 @@ class Agent:
         latency = time.monotonic() - t0
         while self.api.pid(name) != new[0]:
             if time.monotonic() - t0 > timeout:
-                raise RuntimeError(
-                    f"{name}: new worker {new[0]} is not the one reported"
-                )
+                raise RuntimeError(f"{name}: new worker {new[0]} is not the one reported")
             time.sleep(0.01)
         return latency
 

@@ -46,9 +46,7 @@ def run(systems: list[System], plan: Plan, tag: str, log) -> list[Row]:
         with Session(system, Workload(n), tag) as s:
             s.wait_ready()
             time.sleep(1.0)
-            calls = s.call(
-                "status_calls", count=plan.status_calls, max_s=plan.status_max_s
-            )
+            calls = s.call("status_calls", count=plan.status_calls, max_s=plan.status_max_s)
             lib50.samples[system.name] = lib99.samples[system.name] = calls
             cli.samples[system.name] = [s.cli() for _ in range(plan.cli_runs)]
             names = s.wl.names
@@ -64,11 +62,10 @@ def run(systems: list[System], plan: Plan, tag: str, log) -> list[Row]:
                     )
                 )
                 time.sleep(0.2)
-            r50.samples[system.name] = r95.samples[system.name] = rmax.samples[
-                system.name
-            ] = samples
+            r50.samples[system.name] = r95.samples[system.name] = rmax.samples[system.name] = samples
             log(
-                f"latency {system.name}: status p50 {sorted(calls)[len(calls) // 2] * 1000:.2f} ms ({len(calls)} calls),"
+                f"latency {system.name}: status p50 {sorted(calls)[len(calls) // 2] * 1000:.2f} ms "
+                f"({len(calls)} calls),"
                 f" restart p50 {sorted(samples)[len(samples) // 2] * 1000:.1f} ms"
             )
     return [r50, r95, rmax, lib50, lib99, cli]

@@ -27,18 +27,12 @@ def run(systems: list[System], plan: Plan, tag: str, log) -> list[Row]:
             for system in systems:
                 with Session(system, Workload(n), tag) as s:
                     ready = s.wait_ready()
-                    rows[n].samples.setdefault(system.name, []).append(
-                        ready["at"] - s.t0
-                    )
+                    rows[n].samples.setdefault(system.name, []).append(ready["at"] - s.t0)
                     if n == n_max:
                         result = s.call("stop_all", pids=ready["pids"], timeout=60)
                         if result["left"]:
-                            raise RuntimeError(
-                                f"{system.name}: stop-all left {result['left']}"
-                            )
-                        stop.samples.setdefault(system.name, []).append(
-                            result["seconds"]
-                        )
+                            raise RuntimeError(f"{system.name}: stop-all left {result['left']}")
+                        stop.samples.setdefault(system.name, []).append(result["seconds"])
             log(
                 f"cold start N={n} run {i + 1}/{plan.runs}: "
                 + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in rows[n].samples.items())

@@ -32,20 +32,12 @@ def idle(systems: list[System], plan: Plan, tag: str, log, kind: str) -> list[Ro
     cpu = Row("idle", f"CPU, {what}", "%")
     rss = Row("idle", f"RSS, {what}", "MB")
     if n >= 200:
-        cpu.target = (
-            ("<= 0.3 %", lambda v: v <= 0.3)
-            if kind == "sleep"
-            else ("< 3 %", lambda v: v < 3)
-        )
+        cpu.target = ("<= 0.3 %", lambda v: v <= 0.3) if kind == "sleep" else ("< 3 %", lambda v: v < 3)
         rss.target = ("< 60 MB", lambda v: v < 60)
     for system in systems:
         # supervise: 1 Hz heartbeats, but a 30 s timeout, because with the default 5 s, 200 runtimes
         # starting at once on 2 cores hear nothing from the supervisor for 5 s, exit (code 3) and never settle
-        config = (
-            {"heartbeat_interval": "1s", "heartbeat_timeout": "30s"}
-            if kind == "python"
-            else {}
-        )
+        config = {"heartbeat_interval": "1s", "heartbeat_timeout": "30s"} if kind == "python" else {}
         with Session(system, Workload(n, kind), tag, **config) as s:
             s.wait_ready(timeout=300)
             time.sleep(SETTLE_S)
@@ -92,9 +84,7 @@ def storm(systems: list[System], plan: Plan, tag: str, log) -> list[Row]:
             statuses: list = []
 
             def call_status(s: Session = s, statuses: list = statuses) -> None:
-                statuses.extend(
-                    s.call("storm_status", duration=plan.storm_window_s, pause=0.1)
-                )
+                statuses.extend(s.call("storm_status", duration=plan.storm_window_s, pause=0.1))
 
             caller = threading.Thread(target=call_status)
             caller.start()
@@ -125,6 +115,7 @@ def storm(systems: list[System], plan: Plan, tag: str, log) -> list[Row]:
                     st50.notes[system.name] = "no answer"
             log(
                 f"storm {system.name}: {sorted(rates)[len(rates) // 2]:.0f} respawns/s,"
-                f" {sorted(costs)[len(costs) // 2] if costs else float('nan'):.2f} ms CPU each, {len(answered)}/{len(statuses)} status answered"
+                f" {sorted(costs)[len(costs) // 2] if costs else float('nan'):.2f} ms CPU each,"
+                f" {len(answered)}/{len(statuses)} status answered"
             )
     return [rate, cost, st50, stmax]

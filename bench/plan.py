@@ -20,9 +20,7 @@ class Plan:
     restart_samples: int = 20
     idle_window_s: float = 30.0
     idle_slice_s: float = 5.0  # the window is cut into slices: one CPU% sample each
-    idle_python: bool = (
-        True  # also idle with N Python workers (supervise: heartbeating at 1 Hz)
-    )
+    idle_python: bool = True  # also idle with N Python workers (supervise: heartbeating at 1 Hz)
     storm_window_s: float = 20.0
     storm_slice_s: float = 2.0
     hang_samples: int = 5

@@ -61,9 +61,7 @@ def cpu_seconds(pid: int) -> float:
     f = _stat_fields(pid)
     if f is None:
         raise ProcessLookupError(pid)
-    return (
-        int(f[12]) + int(f[13])
-    ) / CLK_TCK  # fields 14, 15 of stat(5), comm at index 0
+    return (int(f[12]) + int(f[13])) / CLK_TCK  # fields 14, 15 of stat(5), comm at index 0
 
 
 def rss_bytes(pid: int) -> int:
@@ -79,10 +77,7 @@ def children(pid: int) -> set[int]:
         return out
     for tid in tasks:
         try:
-            out.update(
-                int(p)
-                for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-            )
+            out.update(int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
         except FileNotFoundError:
             pass
     return out

@@ -118,9 +118,7 @@ class Session:
         self.agent.stdin.flush()
         line = self.agent.stdout.readline()
         if not line:
-            raise AgentError(
-                f"{self.system.name} agent died (daemon log: {self.tail()})"
-            )
+            raise AgentError(f"{self.system.name} agent died (daemon log: {self.tail()})")
         reply = json.loads(line)
         if not reply["ok"]:
             raise AgentError(f"{self.system.name} {op}: {reply['error']}")
@@ -148,12 +146,8 @@ class Session:
             check=False,
         )
         elapsed = time.perf_counter() - t0
-        if (
-            self.wl.names[0].encode() not in done.stdout
-        ):  # supervisorctl exits 3 when some are not running
-            raise AgentError(
-                f"{argv[0]} status printed no services: {done.stdout[-300:]!r} {done.stderr[-300:]!r}"
-            )
+        if self.wl.names[0].encode() not in done.stdout:  # supervisorctl exits 3 when some are not running
+            raise AgentError(f"{argv[0]} status printed no services: {done.stdout[-300:]!r} {done.stderr[-300:]!r}")
         return elapsed
 
     def tail(self, n: int = 600) -> str:

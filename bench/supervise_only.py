@@ -35,9 +35,7 @@ def hang(system: System, plan: Plan, tag: str, log) -> list[Row]:
         f"detected; heartbeat {INTERVAL}, timeout {TIMEOUT}",
         "s",
     )
-    restart = Row(
-        "hang (supervise only)", "hung worker replaced (new one running)", "s"
-    )
+    restart = Row("hang (supervise only)", "hung worker replaced (new one running)", "s")
     n = min(plan.hang_samples, 5)
     with Session(
         system,
@@ -52,9 +50,7 @@ def hang(system: System, plan: Plan, tag: str, log) -> list[Row]:
             detect.samples.setdefault(system.name, []).append(result["detected"])
             restart.samples.setdefault(system.name, []).append(result["restarted"])
             s.wait_ready(timeout=60)
-    log(
-        f"hang: detected after {sorted(detect.samples[system.name])[len(detect.samples[system.name]) // 2]:.3f} s"
-    )
+    log(f"hang: detected after {sorted(detect.samples[system.name])[len(detect.samples[system.name]) // 2]:.3f} s")
     return [detect, restart]
 
 
@@ -75,7 +71,15 @@ def lateness(system: System, plan: Plan, tag: str, log) -> list[Row]:
         lines += [f"[services.j{i:03d}]", 'target = "benchjob:tick"', 'every = "1s"', 'heartbeat_timeout = "30s"']
     (workdir / "supervise.toml").write_text("\n".join(lines) + "\n")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "supervise.supervisor", "start", str(workdir / "supervise.toml"), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "supervise.supervisor",
+            "start",
+            str(workdir / "supervise.toml"),
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, TAG_VAR: tag},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -104,7 +108,9 @@ def lateness(system: System, plan: Plan, tag: str, log) -> list[Row]:
     late = sorted(
         datetime.fromisoformat(r["started_at"]).timestamp() - datetime.fromisoformat(r["nominal_time"]).timestamp()
         for r in runs
-        if r["origin"] == "schedule" and r["started_at"] and r["nominal_time"]
+        if r["origin"] == "schedule"
+        and r["started_at"]
+        and r["nominal_time"]
         and datetime.fromisoformat(r["nominal_time"]).timestamp() >= begin
     )
     if not late:

@@ -73,10 +73,7 @@ class Api:
     def states(self) -> dict[str, tuple[bool, int | None]]:
         """Circus's `status` has no pids: ask `list` for each active watcher's pid."""
         statuses = self._call("status")["statuses"]
-        return {
-            name: (st == "active", self.pid(name) if st == "active" else None)
-            for name, st in statuses.items()
-        }
+        return {name: (st == "active", self.pid(name) if st == "active" else None) for name, st in statuses.items()}
 
     def pid(self, name: str) -> int | None:
         pids = self._call("list", name=name)["pids"]

@@ -93,10 +93,7 @@ class Api:
 
     def states(self) -> dict[str, tuple[bool, int | None]]:
         """name -> (reported running, pid)."""
-        return {
-            s["name"]: (s["state"] in self.RUNNING, s["pid"])
-            for s in self.client.call("status")["services"]
-        }
+        return {s["name"]: (s["state"] in self.RUNNING, s["pid"]) for s in self.client.call("status")["services"]}
 
     def pid(self, name: str) -> int | None:
         (s,) = self.client.call("status", name=name)["services"]

@@ -75,13 +75,9 @@ class Api:
 
         from supervisor.xmlrpc import SupervisorTransport
 
-        socket.setdefaulttimeout(
-            timeout_s
-        )  # the transport opens plain sockets; bound each call
+        socket.setdefaulttimeout(timeout_s)  # the transport opens plain sockets; bound each call
         self.transport = SupervisorTransport(None, None, serverurl=endpoint)
-        self._rpc = xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=self.transport
-        ).supervisor
+        self._rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=self.transport).supervisor
 
     @property
     def rpc(self):
@@ -91,10 +87,7 @@ class Api:
         return self.rpc.getAllProcessInfo()
 
     def states(self) -> dict[str, tuple[bool, int | None]]:
-        return {
-            p["name"]: (p["statename"] == "RUNNING", p["pid"] or None)
-            for p in self.rpc.getAllProcessInfo()
-        }
+        return {p["name"]: (p["statename"] == "RUNNING", p["pid"] or None) for p in self.rpc.getAllProcessInfo()}
 
     def pid(self, name: str) -> int | None:
         info = self.rpc.getProcessInfo(name)

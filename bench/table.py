@@ -28,9 +28,7 @@ class Row:
     unit: str
     stat: str = "median"
     samples: dict[str, list[float]] = field(default_factory=dict)
-    notes: dict[str, str] = field(
-        default_factory=dict
-    )  # per system, replaces the cell (e.g. "no answer")
+    notes: dict[str, str] = field(default_factory=dict)  # per system, replaces the cell (e.g. "no answer")
     target: tuple[str, object] | None = None
 
     def value(self, system: str) -> float | None:
@@ -57,12 +55,7 @@ class Row:
 
     def ratio(self, peer: str) -> str:
         ours, theirs = self.value("supervise"), self.value(peer)
-        if (
-            ours is None
-            or theirs is None
-            or peer in self.notes
-            or "supervise" in self.notes
-        ):
+        if ours is None or theirs is None or peer in self.notes or "supervise" in self.notes:
             return ""
         if theirs == 0:
             return "∞" if ours else "1"
@@ -119,10 +112,11 @@ def render(rows: list[Row], systems: list[str]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    )
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
+
     return "\n".join(
         [
             line(head),

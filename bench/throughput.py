@@ -104,7 +104,15 @@ class Daemon:
 
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervise.supervisor", "start", str(self.workdir / "supervise.toml"), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "supervise.supervisor",
+                "start",
+                str(self.workdir / "supervise.toml"),
+                "--log-level",
+                "warning",
+            ],
             env={**os.environ, TAG_VAR: self.tag},
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "daemon.err", "ab"),  # noqa: SIM115 - the child keeps it
@@ -190,13 +198,18 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
         sink.stop()
     db = sqlite3.connect(workdir / "s" / "history.db")
     states = dict(db.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall())
-    ok_keys = db.execute("SELECT count(DISTINCT coalesce(key, run_id)) FROM runs WHERE state = 'succeeded'").fetchone()[0]
+    ok_keys = db.execute("SELECT count(DISTINCT coalesce(key, run_id)) FROM runs WHERE state = 'succeeded'").fetchone()[
+        0
+    ]
     starts = sorted(
         datetime.fromisoformat(a).timestamp() - datetime.fromisoformat(n).timestamp()
-        for a, n in db.execute("SELECT started_at, nominal_time FROM runs WHERE origin = 'oneshot' AND started_at IS NOT NULL")
+        for a, n in db.execute(
+            "SELECT started_at, nominal_time FROM runs WHERE origin = 'oneshot' AND started_at IS NOT NULL"
+        )
     )
     durations = sorted(
-        d / 1000 for (d,) in db.execute(
+        d / 1000
+        for (d,) in db.execute(
             "SELECT (julianday(finished_at) - julianday(started_at)) * 86400000 FROM runs WHERE state = 'succeeded'"
         )
     )
@@ -321,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="one-shots per schedule request (default 1: one request each)")
     args = ap.parse_args(argv)
     tag = f"tp{os.getpid()}"
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
     try:
         if args.what == "urls":
             _, figures = urls(args.k, args.kills, tag, log, args.batch)

@@ -31,7 +31,10 @@ def pythonpath() -> Path:
 
 
 def _versions() -> dict[str, str] | None:
-    probe = "import json, importlib.metadata as m, circus, supervisor.xmlrpc; print(json.dumps({p: m.version(p) for p in %r}))"
+    probe = (
+        "import json, importlib.metadata as m, circus, supervisor.xmlrpc; "
+        "print(json.dumps({p: m.version(p) for p in %r}))"
+    )
     if not python().exists():
         return None
     try:
@@ -55,14 +58,10 @@ def ensure(log) -> dict[str, str]:
         log(f"creating {VENV} with {' '.join(REQUIREMENTS)}")
         if not python().exists():
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(python()), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True
-        )
+        subprocess.run([str(python()), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True)
         versions = _versions()
         if versions is None:
-            raise RuntimeError(
-                f"the peers' venv at {VENV} does not import circus and supervisor"
-            )
+            raise RuntimeError(f"the peers' venv at {VENV} does not import circus and supervisor")
     link = pythonpath() / "bench"
     if not link.exists():
         link.parent.mkdir(exist_ok=True)

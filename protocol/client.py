@@ -60,7 +60,9 @@ class _ClientBase:
         self.timeout_s = timeout_s
         self._keys: ClientKeys | None = None
         if (curve_key is None) != (server_key is None):
-            raise ValueError("curve_key (this client's NAME.key_secret) and server_key (the supervisor's public key) go together")
+            raise ValueError(
+                "curve_key (this client's NAME.key_secret) and server_key (the supervisor's public key) go together"
+            )
         if curve_key is not None and server_key is not None:
             if not endpoint.startswith("tcp://"):
                 raise ValueError(f"CURVE keys are for tcp:// endpoints; {endpoint} is protected by file permissions")
@@ -69,9 +71,7 @@ class _ClientBase:
         self._counter = itertools.count(1)
         self._closed = False
 
-    def _prepare(
-        self, cmd: str, args: Mapping[str, object] | None, retries: int
-    ) -> tuple[str, bytes]:
+    def _prepare(self, cmd: str, args: Mapping[str, object] | None, retries: int) -> tuple[str, bytes]:
         """A fresh request id (random prefix + counter, e.g. "3f9a1c2e-17") and the frame."""
         if self._closed:
             raise RuntimeError(f"this client of {self.endpoint} is closed; create a new one")
@@ -98,9 +98,7 @@ class _ClientBase:
         if len(frames) == 2 and frames[0] == b"":
             frames = frames[1:]
         if len(frames) != 1:
-            raise DecodeError(
-                ErrorCode.MALFORMED, f"reply must be exactly 1 frame, got {len(frames)}"
-            )
+            raise DecodeError(ErrorCode.MALFORMED, f"reply must be exactly 1 frame, got {len(frames)}")
         reply = decode_reply(frames[0])
         if reply.id is None or reply.id == request_id:
             return reply
@@ -347,9 +345,7 @@ class AsyncClient(_ClientBase, _Commands[Coroutine[Any, Any, object]]):
         import zmq.asyncio  # here, so that importing Client does not import asyncio
 
         super().__init__(endpoint, timeout_s, curve_key, server_key)
-        self._context: zmq.asyncio.Context = (
-            context if context is not None else zmq.asyncio.Context.instance()
-        )
+        self._context: zmq.asyncio.Context = context if context is not None else zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._lock: asyncio.Lock = asyncio.Lock()
 

@@ -178,9 +178,7 @@ def _explain(exc: Exception, frame: bytes, limits: Limits, what: str) -> DecodeE
         )
     if "timestamp" in text.lower():
         return _ext_error(-1)
-    return DecodeError(
-        ErrorCode.MALFORMED, f"{what} is not valid msgpack: {text or type(exc).__name__}"
-    )
+    return DecodeError(ErrorCode.MALFORMED, f"{what} is not valid msgpack: {text or type(exc).__name__}")
 
 
 def _too_deep(limits: Limits, what: str) -> DecodeError:
@@ -250,9 +248,7 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
 # --- control channel ---------------------------------------------------------------------
 
 
-def encode_request(
-    request_id: str | int, cmd: str, args: Mapping[str, object] | None = None
-) -> bytes:
+def encode_request(request_id: str | int, cmd: str, args: Mapping[str, object] | None = None) -> bytes:
     """Encode a control request `{v, id, cmd, args}`.
 
     Raises:
@@ -287,18 +283,14 @@ def decode_request(frames: Sequence[bytes]) -> Request:
     for name in obj:
         if name not in REQUEST_FIELDS:
             allowed = ", ".join(REQUEST_FIELDS)
-            raise DecodeError(
-                ErrorCode.BAD_REQUEST, f'unknown field "{name}"; allowed: {allowed}', rid
-            )
+            raise DecodeError(ErrorCode.BAD_REQUEST, f'unknown field "{name}"; allowed: {allowed}', rid)
     if rid is None:
         got = _describe(raw_id) if "id" in obj else "nothing (the reply echoes it)"
         raise DecodeError(ErrorCode.BAD_REQUEST, f'field "id" must be {_ID_RULE}, got {got}')
     cmd = obj.get("cmd")
     if not isinstance(cmd, str):
         got = f", got {wire_type(cmd)}" if "cmd" in obj else ""
-        raise DecodeError(
-            ErrorCode.BAD_REQUEST, f'field "cmd" is required and must be a string{got}', rid
-        )
+        raise DecodeError(ErrorCode.BAD_REQUEST, f'field "cmd" is required and must be a string{got}', rid)
     args = obj.get("args", {})
     if not isinstance(args, dict):
         raise DecodeError(
@@ -347,25 +339,16 @@ def decode_reply(frame: bytes) -> Reply:
         )
     ok = obj.get("ok")
     if type(ok) is not bool:
-        raise DecodeError(
-            ErrorCode.MALFORMED, f'reply field "ok" must be a bool, got {wire_type(ok)}'
-        )
+        raise DecodeError(ErrorCode.MALFORMED, f'reply field "ok" must be a bool, got {wire_type(ok)}')
     if ok:
         return Reply(id=rid, ok=True, result=obj.get("result"), error_code=None, error_message=None)
     error = obj.get("error")
-    if not (
-        isinstance(error, dict)
-        and isinstance(error.get("code"), str)
-        and isinstance(error.get("message"), str)
-    ):
+    if not (isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)):
         raise DecodeError(
             ErrorCode.MALFORMED,
-            'reply field "error" must be a map with string "code" and "message", '
-            f"got {_describe(error)}",
+            f'reply field "error" must be a map with string "code" and "message", got {_describe(error)}',
         )
-    return Reply(
-        id=rid, ok=False, result=None, error_code=error["code"], error_message=error["message"]
-    )
+    return Reply(id=rid, ok=False, result=None, error_code=error["code"], error_message=error["message"])
 
 
 # --- worker channel ----------------------------------------------------------------------
@@ -421,9 +404,7 @@ def decode_worker_message(frame: bytes, *, sender: Sender | None = None) -> Work
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _check_version(
-    obj: dict[str, object], what: str, speaker: str, request_id: str | int | None = None
-) -> None:
+def _check_version(obj: dict[str, object], what: str, speaker: str, request_id: str | int | None = None) -> None:
     if "v" not in obj:
         raise DecodeError(
             ErrorCode.VERSION,

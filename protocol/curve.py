@@ -49,7 +49,9 @@ def _load(path: Path) -> tuple[bytes, bytes | None]:
     except OSError as exc:
         raise KeyFileError(f"cannot read CURVE key file {path}: {exc.strerror or exc}") from None
     except ValueError:
-        raise KeyFileError(f"{path} is not a CURVE key file (no public-key line; create one with supervise keygen)") from None
+        raise KeyFileError(
+            f"{path} is not a CURVE key file (no public-key line; create one with supervise keygen)"
+        ) from None
     if not _valid(public) or (secret is not None and not _valid(secret)):
         raise KeyFileError(f"{path}: a CURVE key must be {KEY_LENGTH} Z85 characters")
     return public, secret
@@ -73,7 +75,9 @@ def read_key_pair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
         raise KeyFileError(f"{file} holds no secret key (give the NAME.key_secret file, not the public NAME.key)")
     mode = stat.S_IMODE(file.stat().st_mode)
     if mode & 0o077:
-        raise KeyFileError(f"{file} is accessible to group or others (mode {mode:o}); a secret key must be private: chmod 600 {file}")
+        raise KeyFileError(
+            f"{file} is accessible to group or others (mode {mode:o}); a secret key must be private: chmod 600 {file}"
+        )
     return public, secret
 
 
@@ -107,7 +111,9 @@ def apply_client_keys(sock: Any, keys: ClientKeys) -> None:
 def read_key_directory(directory: Path) -> dict[bytes, str]:
     """The public keys of the `*.key` files in `directory` (as `zmq.auth.load_certificates`): Z85 key -> file stem."""
     if not directory.is_dir():
-        raise KeyFileError(f"directory {directory} does not exist" if not directory.exists() else f"{directory} is not a directory")
+        raise KeyFileError(
+            f"directory {directory} does not exist" if not directory.exists() else f"{directory} is not a directory"
+        )
     keys: dict[bytes, str] = {}
     for path in sorted(directory.glob("*.key")):
         keys.setdefault(read_public_key(path), path.stem)

@@ -74,8 +74,5 @@ def check_ipc_endpoint(endpoint: str) -> str | None:
     rest = endpoint[len(_IPC) :]
     size = len(os.fsencode(rest))
     if size > MAX_IPC_PATH_BYTES:
-        return (
-            f"ipc path is {size} bytes; UNIX sockets allow {MAX_IPC_PATH_BYTES} "
-            "(use a shorter state_dir)"
-        )
+        return f"ipc path is {size} bytes; UNIX sockets allow {MAX_IPC_PATH_BYTES} (use a shorter state_dir)"
     return None

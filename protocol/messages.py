@@ -86,9 +86,7 @@ class FieldType(StrEnum):
             case FieldType.MAP:
                 return isinstance(value, dict)
             case FieldType.NUMBER_MAP:
-                return isinstance(value, dict) and all(
-                    isinstance(k, str) and _is_number(v) for k, v in value.items()
-                )
+                return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
             case FieldType.OPT_STR:
                 return value is None or isinstance(value, str)
             case FieldType.OPT_NUMBER:
@@ -157,9 +155,7 @@ Sender = Literal["worker", "supervisor"]
 """Which side of the worker channel sent a message."""
 
 
-def worker_fields_for(
-    kind: str, fields: Mapping[str, object], sender: Sender | None
-) -> Mapping[str, FieldType]:
+def worker_fields_for(kind: str, fields: Mapping[str, object], sender: Sender | None) -> Mapping[str, FieldType]:
     """The field table a message of `kind` must match.
 
     Args:
@@ -176,9 +172,7 @@ def worker_fields_for(
         table = tables[sender].get(kind)
         if table is None:
             allowed = ", ".join(sorted(tables[sender]))
-            raise DecodeError(
-                ErrorCode.BAD_REQUEST, f'unknown {sender} message kind "{kind}"; allowed: {allowed}'
-            )
+            raise DecodeError(ErrorCode.BAD_REQUEST, f'unknown {sender} message kind "{kind}"; allowed: {allowed}')
         return table
     if kind in WORKER_FIELDS and (kind not in SUPERVISOR_FIELDS or "token" in fields):
         return WORKER_FIELDS[kind]
@@ -187,9 +181,7 @@ def worker_fields_for(
     raise DecodeError(ErrorCode.BAD_REQUEST, f'unknown worker message kind "{kind}"')
 
 
-def check_worker_fields(
-    kind: str, fields: Mapping[str, object], sender: Sender | None = None
-) -> dict[str, object]:
+def check_worker_fields(kind: str, fields: Mapping[str, object], sender: Sender | None = None) -> dict[str, object]:
     """Check a worker-channel message's fields against its kind's table.
 
     Args:
@@ -209,16 +201,12 @@ def check_worker_fields(
     for name in fields:
         if name not in table:
             allowed = ", ".join(table) or "none"
-            raise DecodeError(
-                ErrorCode.BAD_REQUEST, f'{kind}: unknown field "{name}"; allowed: {allowed}'
-            )
+            raise DecodeError(ErrorCode.BAD_REQUEST, f'{kind}: unknown field "{name}"; allowed: {allowed}')
     checked: dict[str, object] = {}
     for name, ftype in table.items():
         if name not in fields:
             if not ftype.nullable:
-                raise DecodeError(
-                    ErrorCode.BAD_REQUEST, f'{kind}: missing field "{name}" ({ftype})'
-                )
+                raise DecodeError(ErrorCode.BAD_REQUEST, f'{kind}: missing field "{name}" ({ftype})')
             checked[name] = None
             continue
         value = fields[name]

@@ -93,7 +93,9 @@ class AllowedAddress:
         try:
             network = ipaddress.ip_network(address, strict=False)
         except ValueError:
-            raise ValueError(f"{text!r} is not an IP address or network (host names are not accepted); use {example}") from None
+            raise ValueError(
+                f"{text!r} is not an IP address or network (host names are not accepted); use {example}"
+            ) from None
         port = int(port_text) if port_text is not None else None
         if port is not None and not 1 <= port <= 65535:
             raise ValueError(f"{text!r}: port must be 1-65535")

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], *, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.02) -> T:
+def wait_for(
+    predicate: Callable[[], T], *, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.02
+) -> T:
     """Poll `predicate` until it returns something truthy; fail with the last value at the deadline."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -141,6 +143,7 @@ def start_daemon(config: Path) -> Daemon:
     state = config.parent / "state"
     client = Client(f"ipc://{state}/control.sock", timeout_s=5.0)
     daemon = Daemon(config, proc, client, log_path)
+
     def answers() -> object:
         if proc.poll() is not None:
             raise SystemExit(f"the daemon exited with {proc.returncode}:\n{log_path.read_text()}")

@@ -199,7 +199,9 @@ async def _follow(request: HttpRequest, addresses: AddressPolicy, trusted: Origi
     for _ in range(MAX_REDIRECTS + 1):
         hop = check_request(request, addresses, trusted)
         if hop != first:
-            request = replace(request, headers={k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS})
+            request = replace(
+                request, headers={k: v for k, v in request.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+            )
         session, owned = _session(addresses, trusted if hop == trusted else None)
         try:
             async with session.request(
@@ -252,7 +254,9 @@ class _PolicyResolver(AbstractResolver):
         self._addresses = addresses
         self._trusted = trusted
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
         if self._trusted is not None and (host.lower(), port) == self._trusted:
             return found
@@ -276,9 +280,9 @@ def refused_address(reasons: list[str]) -> str:
     return reasons[0].split(" ", 1)[0] if reasons else "ADDRESS"
 
 
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[AddressPolicy, Origin | None], aiohttp.ClientSession]] = (
-    weakref.WeakKeyDictionary()
-)
+_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[AddressPolicy, Origin | None], aiohttp.ClientSession]
+] = weakref.WeakKeyDictionary()
 
 
 def _session(addresses: AddressPolicy, trusted: Origin | None) -> tuple[aiohttp.ClientSession, bool]:
@@ -296,7 +300,9 @@ def _session(addresses: AddressPolicy, trusted: Origin | None) -> tuple[aiohttp.
 
 
 def _new_session(addresses: AddressPolicy, trusted: Origin | None) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=PER_HOST_LIMIT, resolver=_PolicyResolver(addresses, trusted))
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=PER_HOST_LIMIT, resolver=_PolicyResolver(addresses, trusted)
+    )
     return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 

@@ -38,7 +38,9 @@ class Registry:
         def register(func: F) -> F:
             existing = self._jobs.get(name)
             if existing is not None and existing is not func:
-                raise SuperviseError(f'job "{name}" is already registered by {existing.__module__}.{existing.__qualname__}')
+                raise SuperviseError(
+                    f'job "{name}" is already registered by {existing.__module__}.{existing.__qualname__}'
+                )
             self._jobs[name] = func
             return func
 

@@ -100,7 +100,9 @@ class Channel:
         self._env = env
         self._ctx = ctx
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._unsent: collections.deque[bytes] = collections.deque()  # taken from the outbox, not yet accepted by the socket
+        self._unsent: collections.deque[bytes] = (
+            collections.deque()
+        )  # taken from the outbox, not yet accepted by the socket
         self._zctx = zmq.Context()
         self._wake_recv = self._zctx.socket(zmq.PAIR)
         self._wake_recv.bind(f"inproc://wake-{id(self)}")

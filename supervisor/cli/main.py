@@ -72,7 +72,11 @@ def _curve_keys(ctx_obj: dict[str, Any]) -> dict[str, str]:
     if server_key is None and not ctx_obj.get("endpoint") and not os.environ.get("SUPERVISE_ENDPOINT"):
         server_key = _server_key_of_config(ctx_obj.get("config") or DEFAULT_CONFIG)
     if curve_key is None or server_key is None:
-        raise CliError("--curve-key FILE (this client's NAME.key_secret) and --server-key FILE (the supervisor's public key) go together", Exit.USAGE)
+        raise CliError(
+            "--curve-key FILE (this client's NAME.key_secret) and --server-key FILE (the "
+            "supervisor's public key) go together",
+            Exit.USAGE,
+        )
     return {"curve_key": curve_key, "server_key": server_key}
 
 
@@ -96,7 +100,12 @@ def _client(ctx_obj: dict[str, Any]) -> Any:
     endpoint = _endpoint(ctx_obj.get("config"), ctx_obj.get("endpoint"))
     keys = _curve_keys(ctx_obj) if endpoint.startswith("tcp://") else {}
     try:
-        return Client(endpoint, timeout_s=ctx_obj.get("timeout", 10.0), curve_key=keys.get("curve_key"), server_key=keys.get("server_key"))
+        return Client(
+            endpoint,
+            timeout_s=ctx_obj.get("timeout", 10.0),
+            curve_key=keys.get("curve_key"),
+            server_key=keys.get("server_key"),
+        )
     except ValueError as e:  # a key file that cannot be used (KeyFileError)
         raise CliError(str(e)) from None
 
@@ -128,7 +137,9 @@ def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 _client_options = [
-    click.option("-c", "--config", "config", type=click.Path(dir_okay=False), help="config file (default ./supervise.toml)"),
+    click.option(
+        "-c", "--config", "config", type=click.Path(dir_okay=False), help="config file (default ./supervise.toml)"
+    ),
     click.option("--endpoint", help="control endpoint, e.g. ipc:///path/control.sock (overrides -c)"),
     click.option("--timeout", type=float, default=None, help="seconds to wait for the supervisor's reply"),
     click.option(
@@ -201,7 +212,9 @@ def cli() -> None:
 @click.option("--all", "all_", is_flag=True, help="start every service of a running supervisor")
 @client_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--log-format", default="text", type=click.Choice(["text", "json"]), help="the daemon's own log: text or JSON lines")
+@click.option(
+    "--log-format", default="text", type=click.Choice(["text", "json"]), help="the daemon's own log: text or JSON lines"
+)
 @json_option
 def start(
     target: str | None,
@@ -222,7 +235,9 @@ def start(
     is_daemon = not all_ and (target is None or target.endswith(".toml") or Path(target).is_file())
     if is_daemon and config is None and endpoint is None:
         if as_json:
-            raise CliError("start: --json is for starting services of a running supervisor (start NAME -c CONFIG)", Exit.USAGE)
+            raise CliError(
+                "start: --json is for starting services of a running supervisor (start NAME -c CONFIG)", Exit.USAGE
+            )
         _run_daemon(target or DEFAULT_CONFIG, log_level, log_format)
         return
     _service_command("start", target, all_, _obj(config, endpoint, timeout), as_json)
@@ -371,7 +386,9 @@ def check(config: str, strict: bool, as_json: bool) -> None:
         raise CliError(f"config error:\n{e}") from None
     warnings = [{"key": p.key, "problem": p.problem, "line": p.line, "column": p.column} for p in cfg.warnings]
     result = {"config": config, "ok": True, "services": list(cfg.services), "warnings": warnings}
-    _print(result, as_json, lambda r: f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})")
+    _print(
+        result, as_json, lambda r: f"{config}: ok, {len(cfg.services)} services ({', '.join(cfg.services) or 'none'})"
+    )
     if not as_json:
         for problem in cfg.warnings:
             click.echo(f"warning: {problem.render(config)}", err=True)
@@ -383,7 +400,14 @@ def check(config: str, strict: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".", show_default=True, help="where to write the two files (created 0700)")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="where to write the two files (created 0700)",
+)
 @json_option
 def keygen(name: str, directory: str, as_json: bool) -> None:
     """Create a CURVE key pair NAME.key (public) and NAME.key_secret (0600), for tcp:// endpoints."""
@@ -393,13 +417,19 @@ def keygen(name: str, directory: str, as_json: bool) -> None:
     from supervise.supervisor.daemon.curve import create_key_pair
 
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name):
-        raise CliError(f'keygen: NAME becomes a file name; use letters, digits, "_", "-" and ".", got "{name}"', Exit.USAGE)
+        raise CliError(
+            f'keygen: NAME becomes a file name; use letters, digits, "_", "-" and ".", got "{name}"', Exit.USAGE
+        )
     try:
         public, secret = create_key_pair(Path(directory), name)
     except (FileExistsError, OSError) as e:
         raise CliError(f"keygen: {e}") from None
     if as_json:
-        click.echo(json.dumps({"public": str(public), "secret": str(secret), "public_key": read_public_key(public).decode()}, indent=2))
+        click.echo(
+            json.dumps(
+                {"public": str(public), "secret": str(secret), "public_key": read_public_key(public).decode()}, indent=2
+            )
+        )
         return
     click.echo(f"created {public} (public key {read_public_key(public).decode()})")
     click.echo(f"    and {secret} (secret key, mode 0600: keep it private, never copy it elsewhere)")
@@ -407,7 +437,7 @@ def keygen(name: str, directory: str, as_json: bool) -> None:
     click.echo(f"  a client's key:     copy {public.name} into the supervisor's curve_clients directory")
     click.echo("                      (or curve_readonly_clients, for read-only commands); then connect with")
     click.echo(f"                      --curve-key {secret} --server-key <the supervisor's .key>")
-    click.echo(f"  the supervisor's:   [supervisor] curve_server_key = \"{secret}\"; give {public.name} to clients")
+    click.echo(f'  the supervisor\'s:   [supervisor] curve_server_key = "{secret}"; give {public.name} to clients')
     click.echo("                      for their --server-key")
 
 
@@ -422,7 +452,7 @@ def _json_arg(value: str | None, option: str) -> dict[str, object] | None:
     except json.JSONDecodeError as e:
         raise CliError(f"{option}: not valid JSON ({e})", Exit.USAGE) from None
     if not isinstance(parsed, dict):
-        raise CliError(f"{option}: expected a JSON object like '{{\"region\": \"eu\"}}'", Exit.USAGE)
+        raise CliError(f'{option}: expected a JSON object like \'{{"region": "eu"}}\'', Exit.USAGE)
     return parsed
 
 
@@ -431,7 +461,9 @@ def _json_arg(value: str | None, option: str) -> dict[str, object] | None:
 @click.option("--args", "args_json", help="keyword arguments of this run, as a JSON object")
 @client_options
 @json_option
-def run_now(name: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def run_now(
+    name: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """Run a scheduled service now; prints the run id."""
     args: dict[str, object] = {"name": name}
     extra = _json_arg(args_json, "--args")
@@ -467,7 +499,9 @@ def skip(name: str, config: str | None, endpoint: str | None, timeout: float | N
 @click.option("--count", "-n", type=click.IntRange(1, 1000), default=5, show_default=True)
 @client_options
 @json_option
-def next_fires(name: str, count: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def next_fires(
+    name: str, count: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """The next fire times of a scheduled service."""
     result = _call(_obj(config, endpoint, timeout), "next", name=name, count=count)
     _print(result, as_json, lambda r: r["next"])
@@ -475,12 +509,20 @@ def next_fires(name: str, count: int, config: str | None, endpoint: str | None, 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--state", help="only runs in this state (pending, queued, running, succeeded, failed, skipped, lost, ...)")
+@click.option(
+    "--state", help="only runs in this state (pending, queued, running, succeeded, failed, skipped, lost, ...)"
+)
 @click.option("--limit", "-n", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @client_options
 def runs(
-    name: str | None, state: str | None, limit: int, as_json: bool, config: str | None, endpoint: str | None, timeout: float | None
+    name: str | None,
+    state: str | None,
+    limit: int,
+    as_json: bool,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
 ) -> None:
     """Run history, newest first."""
     args: dict[str, object] = {"limit": limit}
@@ -522,7 +564,13 @@ def notifications(
 @client_options
 @json_option
 def schedule(
-    name: str, at: str, args_json: str | None, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+    name: str,
+    at: str,
+    args_json: str | None,
+    config: str | None,
+    endpoint: str | None,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
     """Add a one-shot occurrence of a service at a datetime (kept across restarts)."""
     args: dict[str, object] = {"name": name, "at": at}
@@ -530,7 +578,11 @@ def schedule(
     if extra is not None:
         args["args"] = extra
     result = _call(_obj(config, endpoint, timeout), "schedule", **args)
-    _print(result, as_json, lambda r: f"{name}: one-shot run {r['id']} at {r['at']} (pending: see `supervise runs {name} --state pending`)")
+    _print(
+        result,
+        as_json,
+        lambda r: f"{name}: one-shot run {r['id']} at {r['at']} (pending: see `supervise runs {name} --state pending`)",
+    )
 
 
 @cli.command()
@@ -539,7 +591,9 @@ def schedule(
 @click.option("--to", "end", required=True, help="ISO-8601 datetime with offset")
 @client_options
 @json_option
-def backfill(name: str, start: str, end: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def backfill(
+    name: str, start: str, end: str, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """Run every occurrence of a schedule between two datetimes, in order."""
     result = _call(_obj(config, endpoint, timeout), "backfill", name=name, **{"from": start, "to": end})
     _print(result, as_json, lambda r: f"{name}: {len(r['run_ids'])} runs queued")
@@ -560,11 +614,15 @@ def metrics(name: str | None, as_json: bool, config: str | None, endpoint: str |
 
 
 @cli.command()
-@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True, help="seconds between redraws")
+@click.option(
+    "--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True, help="seconds between redraws"
+)
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @client_options
 @json_option
-def top(interval: float, once: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def top(
+    interval: float, once: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """A live view of every service: state, pid, CPU, memory, restarts. q or Ctrl-C quits.
 
     With --json: one frame's figures (the metrics reply), then exit.
@@ -680,11 +738,15 @@ def events(
 
 @cli.command()
 @click.argument("name")
-@click.option("-n", "--lines", type=click.IntRange(0, 10_000), default=100, show_default=True, help="how many last lines")
+@click.option(
+    "-n", "--lines", type=click.IntRange(0, 10_000), default=100, show_default=True, help="how many last lines"
+)
 @click.option("-f", "--follow", is_flag=True, help="keep printing what the service writes (across rotation)")
 @client_options
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"service": NAME, "line": TEXT}')
-def logs(name: str, lines: int, follow: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def logs(
+    name: str, lines: int, follow: bool, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """Show a service's captured stdout/stderr; -f follows it."""
     import time
 
@@ -763,7 +825,9 @@ def add(
     if (command_line is None) == (target is None):
         raise CliError("add: give exactly one of --command or --target", Exit.USAGE)
     spec = _parse_sets(sets)
-    spec.update({k: v for k, v in (("command", command_line), ("target", target), ("every", every), ("cron", cron)) if v})
+    spec.update(
+        {k: v for k, v in (("command", command_line), ("target", target), ("every", every), ("cron", cron)) if v}
+    )
     if critical:
         spec["critical"] = True
     result = _call(_obj(config, endpoint, timeout), "add", name=name, spec=spec)
@@ -782,7 +846,9 @@ def remove(name: str, config: str | None, endpoint: str | None, timeout: float |
 
 @cli.command()
 @click.argument("name")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="set a key; the others keep their values (repeatable)")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="set a key; the others keep their values (repeatable)"
+)
 @click.option("--unset", "unsets", multiple=True, metavar="KEY", help="remove a key: it takes its default (repeatable)")
 @click.option("--replace", "replace_all", is_flag=True, help="the --set keys are the whole new service table")
 @client_options
@@ -807,7 +873,9 @@ def update(
     if not sets and not unsets:
         raise CliError("update: give --set KEY=VALUE and/or --unset KEY", Exit.USAGE)
     if replace_all and unsets:
-        raise CliError("update: --unset has no meaning with --replace (the --set keys are the whole service)", Exit.USAGE)
+        raise CliError(
+            "update: --unset has no meaning with --replace (the --set keys are the whole service)", Exit.USAGE
+        )
     args: dict[str, object] = {"name": name, "spec": _parse_sets(sets)}
     if unsets:
         args["unset"] = list(unsets)
@@ -822,7 +890,9 @@ def update(
 @click.argument("processes", type=click.IntRange(1, 1000))
 @client_options
 @json_option
-def scale(name: str, processes: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool) -> None:
+def scale(
+    name: str, processes: int, config: str | None, endpoint: str | None, timeout: float | None, as_json: bool
+) -> None:
     """Run PROCESSES identical worker processes of a service."""
     result = _call(_obj(config, endpoint, timeout), "scale", name=name, processes=processes)
     _print(result, as_json, lambda r: f"{name}: {r['processes']} processes ({', '.join(r['instances'])})")
@@ -903,7 +973,9 @@ def run_service(name: str, config: str, log_level: str) -> None:
     except ConfigError as e:
         raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
     if name not in cfg.services:
-        raise CliError(f'no service named "{name}" in {config}; it has: {", ".join(cfg.services) or "none"}', Exit.CONFIG)
+        raise CliError(
+            f'no service named "{name}" in {config}; it has: {", ".join(cfg.services) or "none"}', Exit.CONFIG
+        )
     from supervise.protocol.endpoints import default_endpoints
 
     state_dir = cfg.supervisor.state_dir / name

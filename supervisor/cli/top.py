@@ -71,10 +71,26 @@ def metrics_table(result: Mapping[str, Any]) -> str:
                 _last(svc),
             ]
         )
-    headers = ["NAME", "STATE", "PID", "CPU%", "CPU-S", "MEM", "THR", "FDS", "CHILD", "RESTARTS", "UPTIME", "HB", "RUNS", "LAST EXIT"]
+    headers = [
+        "NAME",
+        "STATE",
+        "PID",
+        "CPU%",
+        "CPU-S",
+        "MEM",
+        "THR",
+        "FDS",
+        "CHILD",
+        "RESTARTS",
+        "UPTIME",
+        "HB",
+        "RUNS",
+        "LAST EXIT",
+    ]
     out = table(headers, rows)
     custom = [
-        f"  {svc['name']}: " + ", ".join(f"{k}={v:g}" for k, v in {**svc.get("counters", {}), **svc.get("gauges", {})}.items())
+        f"  {svc['name']}: "
+        + ", ".join(f"{k}={v:g}" for k, v in {**svc.get("counters", {}), **svc.get("gauges", {})}.items())
         for svc in result["services"]
         if svc.get("counters") or svc.get("gauges")
     ]

@@ -149,7 +149,9 @@ def _service_type(value: object, ctx: Context) -> bool:
 def _exit_statuses(value: object, ctx: Context) -> ExitStatuses:
     """A list of exit codes 0-255 and signal names (`[3, 75, "TERM", "SIGUSR1"]`), as systemd's."""
     if not isinstance(value, list):
-        raise ValueError(f'expected a list of exit codes and signal names like [3, 75, "TERM"], got {show_value(value)}')
+        raise ValueError(
+            f'expected a list of exit codes and signal names like [3, 75, "TERM"], got {show_value(value)}'
+        )
     codes: set[int] = set()
     signals: set[int] = set()
     for item in value:

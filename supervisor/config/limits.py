@@ -49,7 +49,7 @@ def _int_in(value: object, low: int, high: int) -> int:
 def convert_rlimits(value: object, ctx: object) -> Mapping[str, int]:
     """`rlimits = { nofile = 4096, core = 0 }`: soft = hard limit per resource; "infinity" lifts one."""
     if not isinstance(value, Mapping):
-        raise ValueError(f'expected a table like {{ nofile = 4096, core = 0 }}, got {type_name(value)}')
+        raise ValueError(f"expected a table like {{ nofile = 4096, core = 0 }}, got {type_name(value)}")
     limits: dict[str, int] = {}
     for name, limit in value.items():
         if name not in RLIMITS:

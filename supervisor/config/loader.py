@@ -186,7 +186,12 @@ def parse_config(
     if issues or supervisor is None:
         raise ConfigError(source, _problems(issues, text))
     return Config(
-        source, ctx.base_dir, supervisor, MappingProxyType(services), notify=notify, warnings=tuple(_problems(warnings, text))
+        source,
+        ctx.base_dir,
+        supervisor,
+        MappingProxyType(services),
+        notify=notify,
+        warnings=tuple(_problems(warnings, text)),
     )
 
 
@@ -288,7 +293,9 @@ def _check_service(
     if ("command" in table) == ("target" in table):
         issues.append((path, 'set exactly one of command (an executable) or target ("pkg.module:function")'))
     if values.get("watchdog_timeout_ms") is not None and "target" not in values and not values.get("sd_notify"):
-        message = 'applies to Python targets (their code calls ctx.heartbeat()) and type = "notify" commands (WATCHDOG=1)'
+        message = (
+            'applies to Python targets (their code calls ctx.heartbeat()) and type = "notify" commands (WATCHDOG=1)'
+        )
         issues.append(((*path, "watchdog"), message))
     if values.get("sd_notify") and "target" in table:
         issues.append(((*path, "type"), '"notify" applies to commands (a Python target says hello on its own)'))
@@ -297,16 +304,27 @@ def _check_service(
     elif values.get("sd_notify") and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), 'must be > 0 for type = "notify" (the time it has to send READY=1)'))
     schedule = values.get("schedule")
-    if schedule is not None and values.get("processes", 1) > 1 and ("target" not in values or schedule.isolation != "worker"):
+    if (
+        schedule is not None
+        and values.get("processes", 1) > 1
+        and ("target" not in values or schedule.isolation != "worker")
+    ):
         issues.append(
             ((*path, "processes"), 'must be 1 for a scheduled command or isolation = "process" (use concurrency)')
         )
     prevent, force = values.get("restart_prevent_exit_codes"), values.get("restart_force_exit_codes")
     if prevent is not None and force is not None:
-        both = sorted(prevent.codes & force.codes) + [signal.Signals(s).name for s in sorted(prevent.signals & force.signals)]
+        both = sorted(prevent.codes & force.codes) + [
+            signal.Signals(s).name for s in sorted(prevent.signals & force.signals)
+        ]
         if both:
             listed = ", ".join(str(status) for status in both)
-            issues.append(((*path, "restart_force_exit_codes"), f"{listed} also in restart_prevent_exit_codes: a status prevents or forces a restart, not both"))
+            issues.append(
+                (
+                    (*path, "restart_force_exit_codes"),
+                    f"{listed} also in restart_prevent_exit_codes: a status prevents or forces a restart, not both",
+                )
+            )
     if "target" in values and values.get("start_timeout_ms") == 0:
         issues.append(((*path, "start_timeout"), "must be > 0 for a Python target (the time it has to say hello)"))
     backoff = values.get("backoff_ms", _SERVICE_DEFAULTS["backoff_ms"])
@@ -343,7 +361,9 @@ def _notify_socket_problems(state_dir: Path, services: Mapping[str, ServiceConfi
         last = name if service.processes == 1 else f"{name}:{service.processes - 1}"
         too_long = ipc_too_long(str(notify_socket_path(state_dir, last))) if service.sd_notify else None
         if too_long is not None:
-            issues.append((("services", name, "type"), f"its NOTIFY_SOCKET: {too_long} (use a shorter state_dir or name)"))
+            issues.append(
+                (("services", name, "type"), f"its NOTIFY_SOCKET: {too_long} (use a shorter state_dir or name)")
+            )
     return issues
 
 
@@ -397,20 +417,31 @@ def _check_security(table: Mapping[str, object], values: dict[str, Any], path: K
         return
     directories = [key for key in _CURVE_KEYS[1:] if key in given]
     if given and "curve_server_key" not in given:
-        issues.append(((*path, given[0]), "needs curve_server_key, the supervisor's own NAME.key_secret (see supervise keygen)"))
+        issues.append(
+            ((*path, given[0]), "needs curve_server_key, the supervisor's own NAME.key_secret (see supervise keygen)")
+        )
     elif given and not directories:
-        message = "needs curve_clients (or curve_readonly_clients): a directory of the public keys of the clients allowed in"
+        message = (
+            "needs curve_clients (or curve_readonly_clients): a directory of the public keys of the clients allowed in"
+        )
         issues.append(((*path, "curve_server_key"), message))
     if directories:
         keys = {key: read_key_directory(values[key]) for key in directories}
         if not any(keys.values()):
             where = " or ".join(str(values[key]) for key in directories)
-            message = f"no public keys (*.key files) in {where}: no client could connect (copy each client's NAME.key there)"
+            message = (
+                f"no public keys (*.key files) in {where}: no client could connect (copy each client's NAME.key there)"
+            )
             issues.append(((*path, directories[0]), message))
         if len(keys) == 2:
-            both = sorted(keys["curve_clients"][k] for k in keys["curve_clients"].keys() & keys["curve_readonly_clients"].keys())
+            both = sorted(
+                keys["curve_clients"][k] for k in keys["curve_clients"].keys() & keys["curve_readonly_clients"].keys()
+            )
             if both:
-                message = f"key {', '.join(both)} is also in curve_clients; a key has full access or read-only access, not both"
+                message = (
+                    f"key {', '.join(both)} is also in curve_clients; a key has full access "
+                    f"or read-only access, not both"
+                )
                 issues.append(((*path, "curve_readonly_clients"), message))
     if given:
         return

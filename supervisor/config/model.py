@@ -46,7 +46,9 @@ class ServiceConfig:
     stop_timeout_ms: int = 10_000  # then SIGKILL to the process group
     hang_signal: int = signal.SIGKILL  # to a hung worker's group; another signal gets 1 s before SIGKILL
     success_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # clean besides exit 0 (systemd's SuccessExitStatus)
-    restart_prevent_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
+    restart_prevent_exit_codes: ExitStatuses = (
+        NO_EXIT_STATUSES  # never restarted after these (RestartPreventExitStatus)
+    )
     restart_force_exit_codes: ExitStatuses = NO_EXIT_STATUSES  # always restarted after these (RestartForceExitStatus)
     sd_notify: bool = False  # key type = "notify": started once it sends READY=1 on its NOTIFY_SOCKET
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))

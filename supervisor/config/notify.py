@@ -361,7 +361,7 @@ def _string(table: Mapping[str, Any], key: str, path: tuple[str, ...], problems:
 def _webhook(table: Mapping[str, Any], path: tuple[str, ...], values: dict[str, Any], problems: Problems) -> None:
     url = table.get("url")
     if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
-        problems.append(((*path, "url"), f'expected an http:// or https:// URL, got {show_value(url)}'))
+        problems.append(((*path, "url"), f"expected an http:// or https:// URL, got {show_value(url)}"))
     else:
         values["url"] = url
     method = table.get("method", "POST")

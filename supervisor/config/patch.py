@@ -34,7 +34,9 @@ def patch_table(
     prefix = f"services.{service}." if service else ""
     if replace:
         if unset:
-            raise ProtocolError(ErrorCode.BAD_ARGS, "update: unset has no meaning with replace (the table given is the whole service)")
+            raise ProtocolError(
+                ErrorCode.BAD_ARGS, "update: unset has no meaning with replace (the table given is the whole service)"
+            )
         return dict(changes)
     both = sorted(set(unset) & set(changes))
     if both:
@@ -43,7 +45,9 @@ def patch_table(
     for key in unset:
         if key not in table:
             keys = ", ".join(sorted(table)) or "none"
-            raise ProtocolError(ErrorCode.BAD_ARGS, f"update: cannot unset {prefix}{key}: it is not set (set keys: {keys})")
+            raise ProtocolError(
+                ErrorCode.BAD_ARGS, f"update: cannot unset {prefix}{key}: it is not set (set keys: {keys})"
+            )
         del table[key]
     for group in EXCLUSIVE:
         if group & changes.keys():

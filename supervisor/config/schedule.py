@@ -230,7 +230,9 @@ def _http_policy(table: Mapping[str, object], problems: list[tuple[str, str]]) -
 
 def _on_lost(value: object) -> str:
     if value not in ON_LOST:
-        raise ValueError(f'expected "retry" (run it again, same idempotency key) or "abandon" (record it lost), got {value!r}')
+        raise ValueError(
+            f'expected "retry" (run it again, same idempotency key) or "abandon" (record it lost), got {value!r}'
+        )
     return str(value)
 
 

@@ -23,7 +23,22 @@ from supervise.supervisor.core.triggers import (
 from supervise.supervisor.core.units import parse_duration_ms, show_value
 
 TRIGGER_KEYS: Final = frozenset(
-    ["every", "after_finish", "anchor", "cron", "timezone", "dst_gap", "dst_repeat", "dom_dow", "at", "on_start", "manual", "start", "end", "max_runs"]
+    [
+        "every",
+        "after_finish",
+        "anchor",
+        "cron",
+        "timezone",
+        "dst_gap",
+        "dst_repeat",
+        "dom_dow",
+        "at",
+        "on_start",
+        "manual",
+        "start",
+        "end",
+        "max_runs",
+    ]
 )
 """The config keys `parse_trigger` reads; a loader's allow-list includes them."""
 _KIND_KEYS: Final = ("every", "cron", "at", "on_start", "manual")

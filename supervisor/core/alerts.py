@@ -90,9 +90,7 @@ class AlertGate:
 
     def next_due_ms(self) -> int | None:
         """When `due` will next have something to return, or None when nothing is held."""
-        times = [
-            (t.last_sent_ms or 0) + t.min_interval_ms for t in self._tracks.values() if t.held
-        ]
+        times = [(t.last_sent_ms or 0) + t.min_interval_ms for t in self._tracks.values() if t.held]
         return min(times) if times else None
 
     # -- the rules -----------------------------------------------------------------------------

@@ -62,7 +62,10 @@ _RANGES: Final = {
     "year": (1970, 2099),
 }
 _NAMES: Final = {
-    "month": {m: i + 1 for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])},
+    "month": {
+        m: i + 1
+        for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+    },
     "day-of-week": {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 }
 _ALIASES: Final = {
@@ -91,7 +94,7 @@ def _check_cron_fields(expression: str) -> list[str]:
             f"expected 5 fields (minute hour day-of-month month day-of-week), "
             f"6 with a leading second, or 7 with a trailing year; got {len(fields)}"
         )
-    for name, value in zip(names, fields):
+    for name, value in zip(names, fields, strict=True):
         lo, hi = _RANGES[name]
         for item in value.split(","):
             m = _PLAIN_ITEM.match(item)
@@ -237,9 +240,8 @@ class CronTrigger:
 
     def describe(self) -> str:
         dst = f"DST gap: {self.dst_gap}, repeated hour: {self.repeat_rule}"
-        return (
-            f'cron "{self.expression}" in {self.timezone} ({dst})'
-            + _bounds_text(self.start, self.end, self.max_runs)
+        return f'cron "{self.expression}" in {self.timezone} ({dst})' + _bounds_text(
+            self.start, self.end, self.max_runs
         )
 
 

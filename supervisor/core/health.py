@@ -27,4 +27,8 @@ def service_healthy(state: str, *, critical: bool, scheduled: bool) -> bool:
 
 def supervisor_healthy(services: Iterable[tuple[str, bool, bool]]) -> bool:
     """Every critical service is healthy; `services` yields (state, critical, scheduled)."""
-    return all(service_healthy(state, critical=True, scheduled=scheduled) for state, critical, scheduled in services if critical)
+    return all(
+        service_healthy(state, critical=True, scheduled=scheduled)
+        for state, critical, scheduled in services
+        if critical
+    )

@@ -137,7 +137,11 @@ class CarryOver:
             self._key = key
             self._current = {}
         for name, value in values.items():
-            if name not in self._current and name not in self._base and len(self._base | self._current) >= MAX_CUSTOM_METRICS:
+            if (
+                name not in self._current
+                and name not in self._base
+                and len(self._base | self._current) >= MAX_CUSTOM_METRICS
+            ):
                 self.dropped += 1
                 continue
             # A decrease within one incarnation (a child that exited) keeps the high-water mark.
@@ -283,6 +287,4 @@ class MetricsBook:
 
 
 def _numbers(values: Mapping[str, object]) -> dict[str, float]:
-    return {
-        str(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {str(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -78,9 +78,7 @@ FINAL: Final = frozenset(
 )
 """States a run never leaves."""
 
-INITIAL: Final = frozenset(
-    {RunState.PENDING, RunState.DUE, RunState.STARTING, RunState.RETRY_WAIT, RunState.SKIPPED}
-)
+INITIAL: Final = frozenset({RunState.PENDING, RunState.DUE, RunState.STARTING, RunState.RETRY_WAIT, RunState.SKIPPED})
 """States a run may be created in (`new_run`)."""
 
 _MS: Final = timedelta(milliseconds=1)
@@ -100,9 +98,7 @@ ALLOWED: Final[Mapping[RunState, frozenset[RunState]]] = {
     RunState.STARTING: frozenset(
         {RunState.RUNNING, RunState.FAILED, RunState.LOST, RunState.SKIPPED, RunState.QUEUED} | _STOPPED
     ),
-    RunState.RUNNING: frozenset(
-        {RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.LOST} | _STOPPED
-    ),
+    RunState.RUNNING: frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.LOST} | _STOPPED),
     **{state: frozenset() for state in FINAL},
 }
 """The state machine of §5.8, as data: state -> states it may move to."""

@@ -567,7 +567,9 @@ def _notify_ready(svc: Service, now_ms: int, spec: ServiceSpec) -> tuple[Service
 
 
 def _on_error(svc: Service, e: ErrorReported, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
-    return replace(svc, last_error=e.message, error_reported=True), [Emit("error", {"error": e.message}, "the target raised")]
+    return replace(svc, last_error=e.message, error_reported=True), [
+        Emit("error", {"error": e.message}, "the target raised")
+    ]
 
 
 def _on_timer(svc: Service, e: TimerFired, now_ms: int, spec: ServiceSpec, rng: random.Random) -> Result:
@@ -666,7 +668,13 @@ def _on_exited(svc: Service, e: WorkerExited, now_ms: int, spec: ServiceSpec, rn
         cause = ExitCause.SIGNAL if e.signal is not None else ExitCause.EXIT
     info = ExitInfo(cause, e.code, e.signal, now_ms)
     ran_ms = now_ms - (svc.spawned_ms if svc.spawned_ms is not None else now_ms)
-    detail: dict[str, object] = {"pid": svc.pid, "code": e.code, "signal": e.signal, "cause": str(cause), "ran_ms": ran_ms}
+    detail: dict[str, object] = {
+        "pid": svc.pid,
+        "code": e.code,
+        "signal": e.signal,
+        "cause": str(cause),
+        "ran_ms": ran_ms,
+    }
     actions: list[Action] = [
         CancelTimer(Timer.START),
         CancelTimer(Timer.HEARTBEAT),
@@ -728,7 +736,9 @@ def _apply_policy(
     if isinstance(decision, GiveUp):
         actions.append(Emit("fatal", {"reason": decision.reason}, decision.reason))
         actions.append(_state_event(svc, ServiceState.FATAL))
-        return _move(svc, ServiceState.FATAL, last_error=_join(svc.last_error, decision.reason), kill_cause=None), actions
+        return _move(
+            svc, ServiceState.FATAL, last_error=_join(svc.last_error, decision.reason), kill_cause=None
+        ), actions
     svc = replace(
         svc,
         restarts=svc.restarts + 1,

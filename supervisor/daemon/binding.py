@@ -131,7 +131,9 @@ class Endpoints:
             )
             return
         if not zmq.has("curve"):
-            problem = f"this libzmq {zmq.zmq_version()} was built without CURVE; install pyzmq's wheels (they include it)"
+            problem = (
+                f"this libzmq {zmq.zmq_version()} was built without CURVE; install pyzmq's wheels (they include it)"
+            )
             raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", problem)])
         assert self._zctx is not None
         self._auth = self.curve.start_authenticator(self._zctx)

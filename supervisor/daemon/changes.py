@@ -66,7 +66,9 @@ class RuntimeChanges:
         self._services.require(name)
         dependents = [n for n, s in self._services.items() if name in s.config.requires]
         if dependents:
-            raise ProtocolError(ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first")
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first"
+            )
         instances = self._services.expand(name)
         await self._host.act("stop", instances, wait=True)
         if self._host.scheduler is not None:
@@ -91,7 +93,8 @@ class RuntimeChanges:
         old = self._services.require(name)
         if not replace_all and not old.config.table:
             raise ProtocolError(
-                ErrorCode.CONFLICT, f"update: {name} was built in code without a table to patch; give its whole table with replace"
+                ErrorCode.CONFLICT,
+                f"update: {name} was built in code without a table to patch; give its whole table with replace",
             )
         table = patch_table(old.config.table, table, unset, replace=replace_all, service=name)
         source = f"update {name}"
@@ -101,7 +104,12 @@ class RuntimeChanges:
         if old.config.origin == "runtime" and self._host.store is not None:
             self._host.store.put_registration(name, dict(table))
         shown = [p.render(source) for p in warnings]
-        return {"name": name, "changed": changed, "state": self._host.shown_state(self._services[name]), "warnings": shown}
+        return {
+            "name": name,
+            "changed": changed,
+            "state": self._host.shown_state(self._services[name]),
+            "warnings": shown,
+        }
 
     async def _replace(self, name: str, cfg: ServiceConfig) -> list[str]:
         """Swap in a new config for a service; restart it when a process setting changed."""

@@ -82,14 +82,27 @@ def _has_type(value: object, expected: type | tuple[type, ...]) -> bool:
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
     types = expected if isinstance(expected, tuple) else (expected,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a map", list: "an array"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a map",
+        list: "an array",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
 def _wire_type(value: object) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", bytes: "binary", list: "array", dict: "map"}.get(
-        type(value), "nil" if value is None else type(value).__name__
-    )
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        bytes: "binary",
+        list: "array",
+        dict: "map",
+    }.get(type(value), "nil" if value is None else type(value).__name__)
 
 
 def _did_you_mean(word: str, choices: Mapping[str, object] | list[str]) -> str:
@@ -127,7 +140,8 @@ async def _ping(sup: ControlApi, args: Mapping[str, object]) -> object:
 
 async def _help(sup: ControlApi, args: Mapping[str, object]) -> object:
     return {
-        name: {"doc": cmd.doc, "args": {k: a.doc for k, a in cmd.args.items()}} for name, cmd in sorted(COMMANDS.items())
+        name: {"doc": cmd.doc, "args": {k: a.doc for k, a in cmd.args.items()}}
+        for name, cmd in sorted(COMMANDS.items())
     }
 
 
@@ -165,9 +179,13 @@ def _datetime_arg(command: str, key: str, value: object) -> datetime:
     try:
         when = datetime.fromisoformat(str(value))
     except ValueError:
-        raise ProtocolError(ErrorCode.BAD_ARGS, f'{command}: argument "{key}" must be an ISO-8601 datetime, got {value!r}') from None
+        raise ProtocolError(
+            ErrorCode.BAD_ARGS, f'{command}: argument "{key}" must be an ISO-8601 datetime, got {value!r}'
+        ) from None
     if when.utcoffset() is None:
-        raise ProtocolError(ErrorCode.BAD_ARGS, f'{command}: argument "{key}" needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00')
+        raise ProtocolError(
+            ErrorCode.BAD_ARGS, f'{command}: argument "{key}" needs a UTC offset, e.g. 2026-12-01T09:00:00+01:00'
+        )
     return when
 
 
@@ -201,7 +219,9 @@ async def _runs(sup: ControlApi, args: Mapping[str, object]) -> object:
         states = {RunState(str(state))} if state is not None else None
     except ValueError:
         allowed = ", ".join(s.value for s in RunState)
-        raise ProtocolError(ErrorCode.BAD_ARGS, f'runs: argument "state" must be one of {allowed}; got {state!r}') from None
+        raise ProtocolError(
+            ErrorCode.BAD_ARGS, f'runs: argument "state" must be one of {allowed}; got {state!r}'
+        ) from None
     limit = int(args.get("limit", 20))  # type: ignore[call-overload]
     if sup.scheduler is not None:
         await sup.scheduler.written()  # a run a client just added (a one-shot) is listed
@@ -215,7 +235,9 @@ async def _schedule(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = _name(sup, args)
     scheduler = sup.require_scheduler(name)
     if ("at" in args) == ("runs" in args):
-        raise ProtocolError(ErrorCode.BAD_ARGS, 'schedule: give "at" (one run) or "runs" (a list of {at, args}), not both')
+        raise ProtocolError(
+            ErrorCode.BAD_ARGS, 'schedule: give "at" (one run) or "runs" (a list of {at, args}), not both'
+        )
     if "runs" in args:
         entries = _schedule_batch(args["runs"])
         run_ids = [scheduler.schedule_at(name, at, run_args) for at, run_args in entries]
@@ -231,11 +253,15 @@ def _schedule_batch(value: object) -> list[tuple[datetime, Mapping[str, Any] | N
     """The `runs` argument of `schedule`, checked whole before any run is added."""
     assert isinstance(value, list)
     if not 1 <= len(value) <= MAX_SCHEDULE_BATCH:
-        raise ProtocolError(ErrorCode.BAD_ARGS, f'schedule: "runs" must hold 1 to {MAX_SCHEDULE_BATCH} entries, got {len(value)}')
+        raise ProtocolError(
+            ErrorCode.BAD_ARGS, f'schedule: "runs" must hold 1 to {MAX_SCHEDULE_BATCH} entries, got {len(value)}'
+        )
     entries: list[tuple[datetime, Mapping[str, Any] | None]] = []
     for i, entry in enumerate(value):
         if not isinstance(entry, dict) or "at" not in entry or set(entry) - {"at", "args"}:
-            raise ProtocolError(ErrorCode.BAD_ARGS, f'schedule: runs[{i}] must be a map {{at, args}}, got {entry!r:.80}')
+            raise ProtocolError(
+                ErrorCode.BAD_ARGS, f"schedule: runs[{i}] must be a map {{at, args}}, got {entry!r:.80}"
+            )
         run_args = entry.get("args")
         if run_args is not None and not isinstance(run_args, dict):
             raise ProtocolError(ErrorCode.BAD_ARGS, f"schedule: runs[{i}].args must be a map")
@@ -326,8 +352,11 @@ COMMANDS: dict[str, Command] = {
             " CPU and memory, schedule. With detail: also its configuration facts and counters.",
             {
                 "name": Arg(str, doc="only this service"),
-                "detail": Arg(bool, doc="also service, instance, kind, critical, origin, incarnation, backoff_remaining,"
-                " max_memory_bytes, log_dropped_bytes, log_write_errors and metrics"),
+                "detail": Arg(
+                    bool,
+                    doc="also service, instance, kind, critical, origin, incarnation, backoff_remaining,"
+                    " max_memory_bytes, log_dropped_bytes, log_write_errors and metrics",
+                ),
             },
         ),
         Command("start", _service_action("start"), "Start a stopped, exited or FATAL service.", _TARGET_ARGS, True),
@@ -364,8 +393,11 @@ COMMANDS: dict[str, Command] = {
             " Restarts the service only if its process would differ.",
             {
                 "name": Arg(str, True),
-                "spec": Arg(dict, doc="keys to set, as in a [services.NAME] table (setting command or target, or a"
-                " trigger, drops the other one)"),
+                "spec": Arg(
+                    dict,
+                    doc="keys to set, as in a [services.NAME] table (setting command or target, or a"
+                    " trigger, drops the other one)",
+                ),
                 "unset": Arg(list, doc="keys to remove: they take their defaults"),
                 "replace": Arg(bool, doc="`spec` is the whole new table (default false)"),
             },
@@ -392,7 +424,13 @@ COMMANDS: dict[str, Command] = {
             {"name": Arg(str, True, "the service"), "args": Arg(dict, doc="keyword arguments of this run")},
             True,
         ),
-        Command("cancel", _cancel, "Cancel a run: cooperatively, then by force after cancel_grace.", {"run_id": Arg(str, True)}, True),
+        Command(
+            "cancel",
+            _cancel,
+            "Cancel a run: cooperatively, then by force after cancel_grace.",
+            {"run_id": Arg(str, True)},
+            True,
+        ),
         Command("skip", _skip, "Skip the next occurrence of a scheduled service.", {"name": Arg(str, True)}, True),
         Command(
             "next",
@@ -413,7 +451,9 @@ COMMANDS: dict[str, Command] = {
         Command(
             "schedule",
             _schedule,
-            "Add a one-shot occurrence of a service at a datetime: a pending run, stored at once; replies {id, run_id, at} (id = run_id, for cancel and runs). With runs instead of at: many at once, replies {run_ids} in their order.",
+            "Add a one-shot occurrence of a service at a datetime: a pending run, stored at once; "
+            "replies {id, run_id, at} (id = run_id, for cancel and runs). With runs instead of at: "
+            "many at once, replies {run_ids} in their order.",
             {
                 "name": Arg(str, True),
                 "at": Arg(str, False, "ISO-8601 with offset"),
@@ -432,13 +472,15 @@ COMMANDS: dict[str, Command] = {
         Command(
             "metrics",
             _metrics,
-            "Aggregated metrics of the supervisor and every service (or one): CPU, memory, restarts, exits by cause, runs, custom counters.",
+            "Aggregated metrics of the supervisor and every service (or one): CPU, memory, "
+            "restarts, exits by cause, runs, custom counters.",
             {"name": Arg(str, doc="only this service")},
         ),
         Command(
             "events",
             _events,
-            "Replay recent events after a sequence number, oldest first (a bounded ring; `missed` counts what left it).",
+            "Replay recent events after a sequence number, oldest first (a bounded ring; `missed` "
+            "counts what left it).",
             {
                 "since": Arg(int, doc="return events with seq greater than this (default 0: all kept)", min=0),
                 "service": Arg(str, doc="only this service's events"),

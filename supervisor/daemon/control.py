@@ -150,11 +150,15 @@ class ControlServer:
             self._send(envelope, encode_error(request_id, ErrorCode.FORBIDDEN, denied))
             return
         if len(self._tasks) >= MAX_IN_FLIGHT or self._per_peer.get(peer, 0) >= MAX_IN_FLIGHT_PER_PEER:
-            self._send(envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly"))
+            self._send(
+                envelope, encode_error(request_id, ErrorCode.RATE_LIMITED, "too many requests in flight; retry shortly")
+            )
             return
         self._start(peer, envelope, request_id, command, args)
 
-    def _start(self, peer: bytes, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
+    def _start(
+        self, peer: bytes, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]
+    ) -> None:
         task = asyncio.create_task(self._run(envelope, request_id, command, args))
         self._tasks.add(task)
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
@@ -197,7 +201,9 @@ class ControlServer:
             e.request_id = request.id
             raise
 
-    async def _run(self, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]) -> None:
+    async def _run(
+        self, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]
+    ) -> None:
         try:
             reply = encode_reply(request_id, await self._dispatch(command, args))
         except SuperviseError as e:

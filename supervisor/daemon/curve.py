@@ -58,7 +58,9 @@ class CurveServer:
     readonly: Mapping[bytes, str]  # read-only commands (changes_state=False)
 
     def __repr__(self) -> str:  # never print a secret key
-        return f"CurveServer(public={self.public.decode()!r}, clients={len(self.clients)}, readonly={len(self.readonly)})"
+        return (
+            f"CurveServer(public={self.public.decode()!r}, clients={len(self.clients)}, readonly={len(self.readonly)})"
+        )
 
     def readonly_user_ids(self) -> dict[str, str]:
         """ZAP User-Id (the Z85 public key as text) -> key name, for `ControlServer`."""

@@ -47,22 +47,43 @@ def open_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
 
 
 def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
-    info = GaugeMetricFamily("supervise_info", "The supervisor: always 1, with its version and pid.", labels=["version", "pid"])
+    info = GaugeMetricFamily(
+        "supervise_info", "The supervisor: always 1, with its version and pid.", labels=["version", "pid"]
+    )
     info.add_metric([str(sup.get("version", "")), str(sup.get("pid", ""))], 1)
     yield info
-    yield GaugeMetricFamily("supervise_healthy", "1 when every critical service is healthy (see /health).", value=int(bool(sup.get("healthy"))))
-    yield GaugeMetricFamily("supervise_uptime_seconds", "Seconds since the supervisor started.", value=float(sup.get("uptime", 0.0)))
+    yield GaugeMetricFamily(
+        "supervise_healthy",
+        "1 when every critical service is healthy (see /health).",
+        value=int(bool(sup.get("healthy"))),
+    )
+    yield GaugeMetricFamily(
+        "supervise_uptime_seconds", "Seconds since the supervisor started.", value=float(sup.get("uptime", 0.0))
+    )
     process = sup.get("process") or {}
-    yield GaugeMetricFamily("supervise_cpu_percent", "The supervisor's own CPU use (100 = one core).", value=process.get("cpu_percent", 0.0))
-    yield CounterMetricFamily("supervise_cpu_seconds", "The supervisor's own CPU time.", value=process.get("cpu_seconds", 0.0))
-    yield GaugeMetricFamily("supervise_memory_rss_bytes", "The supervisor's own resident memory.", value=process.get("rss_bytes", 0))
-    yield GaugeMetricFamily("supervise_threads", "The supervisor's own threads.", value=process.get("threads", 0))
-    yield GaugeMetricFamily("supervise_open_fds", "The supervisor's own open file descriptors.", value=process.get("fds", 0))
-    events = sup.get("events") or {}
-    yield CounterMetricFamily("supervise_events", "Events emitted (the last sequence number).", value=events.get("seq", 0))
-    yield CounterMetricFamily("supervise_events_dropped", "Events the PUB socket refused to queue.", value=events.get("dropped", 0))
+    yield GaugeMetricFamily(
+        "supervise_cpu_percent", "The supervisor's own CPU use (100 = one core).", value=process.get("cpu_percent", 0.0)
+    )
     yield CounterMetricFamily(
-        "supervise_bad_worker_messages", "Worker messages dropped: undecodable, unknown sender or wrong token.",
+        "supervise_cpu_seconds", "The supervisor's own CPU time.", value=process.get("cpu_seconds", 0.0)
+    )
+    yield GaugeMetricFamily(
+        "supervise_memory_rss_bytes", "The supervisor's own resident memory.", value=process.get("rss_bytes", 0)
+    )
+    yield GaugeMetricFamily("supervise_threads", "The supervisor's own threads.", value=process.get("threads", 0))
+    yield GaugeMetricFamily(
+        "supervise_open_fds", "The supervisor's own open file descriptors.", value=process.get("fds", 0)
+    )
+    events = sup.get("events") or {}
+    yield CounterMetricFamily(
+        "supervise_events", "Events emitted (the last sequence number).", value=events.get("seq", 0)
+    )
+    yield CounterMetricFamily(
+        "supervise_events_dropped", "Events the PUB socket refused to queue.", value=events.get("dropped", 0)
+    )
+    yield CounterMetricFamily(
+        "supervise_bad_worker_messages",
+        "Worker messages dropped: undecodable, unknown sender or wrong token.",
         value=sup.get("bad_worker_messages", 0),
     )
     notifications = sup.get("notifications")
@@ -71,11 +92,13 @@ def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
             "supervise_notifications_sent", "Notifications delivered.", value=notifications.get("sent", 0)
         )
         yield CounterMetricFamily(
-            "supervise_notifications_failed", "Notification delivery attempts that failed.",
+            "supervise_notifications_failed",
+            "Notification delivery attempts that failed.",
             value=notifications.get("failed", 0),
         )
         yield CounterMetricFamily(
-            "supervise_notifications_given_up", "Notifications that used up their attempts.",
+            "supervise_notifications_given_up",
+            "Notifications that used up their attempts.",
             value=notifications.get("given_up", 0),
         )
 
@@ -83,31 +106,75 @@ def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
 def _service_families(services: list[Mapping[str, Any]]) -> Iterator[Metric]:
     S = ["service"]
     up = GaugeMetricFamily("supervise_service_up", "1 when the service is RUNNING (or PAUSED), else 0.", labels=S)
-    healthy = GaugeMetricFamily("supervise_service_healthy", "1 when the service counts as healthy for /health.", labels=S)
-    state = GaugeMetricFamily("supervise_service_state", "1 for the service's current state, 0 for the others.", labels=["service", "state"])
+    healthy = GaugeMetricFamily(
+        "supervise_service_healthy", "1 when the service counts as healthy for /health.", labels=S
+    )
+    state = GaugeMetricFamily(
+        "supervise_service_state", "1 for the service's current state, 0 for the others.", labels=["service", "state"]
+    )
     critical = GaugeMetricFamily("supervise_service_critical", "1 for a critical service.", labels=S)
-    uptime = GaugeMetricFamily("supervise_service_uptime_seconds", "Seconds since the current worker became RUNNING.", labels=S)
-    heartbeat = GaugeMetricFamily("supervise_service_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=S)
-    restarts = CounterMetricFamily("supervise_service_restarts", "Automatic restarts (the status RESTARTS column).", labels=S)
-    window = GaugeMetricFamily("supervise_service_restarts_in_window", "Automatic restarts within restart_window.", labels=S)
+    uptime = GaugeMetricFamily(
+        "supervise_service_uptime_seconds", "Seconds since the current worker became RUNNING.", labels=S
+    )
+    heartbeat = GaugeMetricFamily(
+        "supervise_service_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=S
+    )
+    restarts = CounterMetricFamily(
+        "supervise_service_restarts", "Automatic restarts (the status RESTARTS column).", labels=S
+    )
+    window = GaugeMetricFamily(
+        "supervise_service_restarts_in_window", "Automatic restarts within restart_window.", labels=S
+    )
     spawns = CounterMetricFamily("supervise_service_spawns", "Worker processes spawned.", labels=S)
     exits = CounterMetricFamily("supervise_service_exits", "Worker exits by cause.", labels=["service", "cause"])
-    codes = CounterMetricFamily("supervise_service_exit_codes", "Worker exits by exit code.", labels=["service", "code"])
-    signals = CounterMetricFamily("supervise_service_exit_signals", "Worker exits by the signal that ended them.", labels=["service", "signal"])
-    cpu = GaugeMetricFamily("supervise_service_cpu_percent", "CPU use of the worker and its descendants (100 = one core).", labels=S)
-    cpu_s = CounterMetricFamily("supervise_service_cpu_seconds", "CPU time of the service's workers, over all incarnations.", labels=S)
-    rss = GaugeMetricFamily("supervise_service_memory_rss_bytes", "Resident memory of the worker and its descendants.", labels=S)
-    limit = GaugeMetricFamily("supervise_service_max_memory_bytes", "The service's max_memory (only services that set it).", labels=S)
+    codes = CounterMetricFamily(
+        "supervise_service_exit_codes", "Worker exits by exit code.", labels=["service", "code"]
+    )
+    signals = CounterMetricFamily(
+        "supervise_service_exit_signals", "Worker exits by the signal that ended them.", labels=["service", "signal"]
+    )
+    cpu = GaugeMetricFamily(
+        "supervise_service_cpu_percent", "CPU use of the worker and its descendants (100 = one core).", labels=S
+    )
+    cpu_s = CounterMetricFamily(
+        "supervise_service_cpu_seconds", "CPU time of the service's workers, over all incarnations.", labels=S
+    )
+    rss = GaugeMetricFamily(
+        "supervise_service_memory_rss_bytes", "Resident memory of the worker and its descendants.", labels=S
+    )
+    limit = GaugeMetricFamily(
+        "supervise_service_max_memory_bytes", "The service's max_memory (only services that set it).", labels=S
+    )
     threads = GaugeMetricFamily("supervise_service_threads", "Threads of the worker and its descendants.", labels=S)
-    fds = GaugeMetricFamily("supervise_service_open_fds", "Open file descriptors of the worker and its descendants.", labels=S)
+    fds = GaugeMetricFamily(
+        "supervise_service_open_fds", "Open file descriptors of the worker and its descendants.", labels=S
+    )
     children = GaugeMetricFamily("supervise_service_children", "Descendant processes of the worker.", labels=S)
-    runs = CounterMetricFamily("supervise_service_runs", "Finished runs by outcome (scheduled services).", labels=["service", "outcome"])
-    durations = Metric("supervise_service_run_duration_seconds", "Run durations: quantiles over the last runs, count and sum over all.", "summary")
-    custom_c = CounterMetricFamily("supervise_service_custom_counter", "A worker's own counters (ctx.count), over all incarnations.", labels=["service", "name"])
-    custom_g = GaugeMetricFamily("supervise_service_custom_gauge", "A worker's own gauges (ctx.gauge), last value.", labels=["service", "name"])
-    queued = GaugeMetricFamily("supervise_runs_queued", "Runs waiting in the service's queue for a free slot.", labels=S)
-    in_flight = GaugeMetricFamily("supervise_runs_in_flight", "Runs started and not finished (at most concurrency).", labels=S)
-    lateness = HistogramMetricFamily("supervise_fire_lateness_seconds", "How long after its time each run started.", labels=S)
+    runs = CounterMetricFamily(
+        "supervise_service_runs", "Finished runs by outcome (scheduled services).", labels=["service", "outcome"]
+    )
+    durations = Metric(
+        "supervise_service_run_duration_seconds",
+        "Run durations: quantiles over the last runs, count and sum over all.",
+        "summary",
+    )
+    custom_c = CounterMetricFamily(
+        "supervise_service_custom_counter",
+        "A worker's own counters (ctx.count), over all incarnations.",
+        labels=["service", "name"],
+    )
+    custom_g = GaugeMetricFamily(
+        "supervise_service_custom_gauge", "A worker's own gauges (ctx.gauge), last value.", labels=["service", "name"]
+    )
+    queued = GaugeMetricFamily(
+        "supervise_runs_queued", "Runs waiting in the service's queue for a free slot.", labels=S
+    )
+    in_flight = GaugeMetricFamily(
+        "supervise_runs_in_flight", "Runs started and not finished (at most concurrency).", labels=S
+    )
+    lateness = HistogramMetricFamily(
+        "supervise_fire_lateness_seconds", "How long after its time each run started.", labels=S
+    )
     for svc in services:
         name = str(svc["name"])
         labels = [name]

@@ -34,7 +34,7 @@ Mount = Callable[[web.Application], None]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    """"127.0.0.1:9180" -> ("127.0.0.1", 9180); "[::1]:0" -> ("::1", 0)."""
+    """ "127.0.0.1:9180" -> ("127.0.0.1", 9180); "[::1]:0" -> ("::1", 0)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -71,7 +71,10 @@ class HttpServer:
             await _GuardedSite(runner, self.guard, host, port).start()
         except OSError as e:
             await runner.cleanup()
-            problem = f"cannot listen on {self.address}: {e.strerror or e}; choose another address, or port 0 for any free one"
+            problem = (
+                f"cannot listen on {self.address}: {e.strerror or e}; choose another address, "
+                f"or port 0 for any free one"
+            )
             raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)]) from None
         self._runner = runner
         sockname = runner.addresses[0]

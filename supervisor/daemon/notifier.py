@@ -294,9 +294,7 @@ class Notifier:
             except RuntimeError:  # closed meanwhile
                 pass
 
-    def _payload(
-        self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime
-    ) -> dict[str, Any]:
+    def _payload(self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime) -> dict[str, Any]:
         """The template variables of a message (SAMPLE_MESSAGE in config/notify.py lists them)."""
         error = detail.get("error") or detail.get("reason")
         if error is None and alert.event in ("failure", "fatal"):

@@ -201,7 +201,9 @@ class Observability:
             "critical": cfg.critical,
             "healthy": service_healthy(state, critical=cfg.critical, scheduled=is_scheduled(cfg)),
             "uptime": (now_ms - r.running_since_ms) / 1000 if r.running_since_ms is not None and alive else None,
-            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if r.last_heartbeat_ms is not None and alive else None,
+            "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000
+            if r.last_heartbeat_ms is not None and alive
+            else None,
             "restarts": r.restarts,
             "restarts_in_window": count_within(r.restart_history_ms, now_ms, cfg.restart_window_ms),
             "last_exit": last_exit,
@@ -229,7 +231,12 @@ class Observability:
                 healthy = False
             # State, health and counts only: no one authenticated to this endpoint, and an
             # error message can hold anything (a database URL with its password, a traceback).
-            details[name] = {"healthy": ok, "status": state, "critical": svc.config.critical, "restarts": svc.record.restarts}
+            details[name] = {
+                "healthy": ok,
+                "status": state,
+                "critical": svc.config.critical,
+                "restarts": svc.record.restarts,
+            }
         body = {
             "healthy": healthy,
             "status": "ok" if healthy else "unhealthy",

@@ -41,11 +41,31 @@ PROCESS_FIELDS = frozenset(
 """Settings baked into a worker at spawn: changing one restarts the service."""
 POLICY_FIELDS = frozenset(
     {
-        "critical", "autostart", "watchdog_timeout_ms", "restart", "max_restarts", "restart_window_ms", "backoff_ms", "backoff_max_ms",
-        "stable_after_ms", "start_timeout_ms", "heartbeat_timeout_ms", "stop_signal", "stop_timeout_ms", "hang_signal",
-        "success_exit_codes", "restart_prevent_exit_codes", "restart_force_exit_codes",
-        "max_memory_bytes", "requires",
-        "before_start", "after_start", "before_stop", "after_stop", "on_fatal", "hook_timeout_ms",
+        "critical",
+        "autostart",
+        "watchdog_timeout_ms",
+        "restart",
+        "max_restarts",
+        "restart_window_ms",
+        "backoff_ms",
+        "backoff_max_ms",
+        "stable_after_ms",
+        "start_timeout_ms",
+        "heartbeat_timeout_ms",
+        "stop_signal",
+        "stop_timeout_ms",
+        "hang_signal",
+        "success_exit_codes",
+        "restart_prevent_exit_codes",
+        "restart_force_exit_codes",
+        "max_memory_bytes",
+        "requires",
+        "before_start",
+        "after_start",
+        "before_stop",
+        "after_stop",
+        "on_fatal",
+        "hook_timeout_ms",
     }
 )
 """Settings the supervisor reads when it decides: changing one takes effect without a restart."""

@@ -149,7 +149,9 @@ class Scheduler:
             if s is None:
                 continue
             if run.state in IN_FLIGHT:
-                self._store.update_run(transition(run, RunState.LOST, at=now, reason="the supervisor stopped while it ran"))
+                self._store.update_run(
+                    transition(run, RunState.LOST, at=now, reason="the supervisor stopped while it ran")
+                )
                 log.warning("%s: run %s was lost (the supervisor stopped while it ran)", run.service, run.run_id)
                 self._rerun_lost(s, run)
             else:
@@ -222,9 +224,7 @@ class Scheduler:
             return
         now = self._now()
         after = max(now, s.state.last_fired) if s.state.last_fired else now
-        nominal = s.config.trigger.next_fire(
-            after, runs_so_far=s.state.runs_so_far, last_finished=s.last_finished
-        )
+        nominal = s.config.trigger.next_fire(after, runs_so_far=s.state.runs_so_far, last_finished=s.last_finished)
         if nominal is not None and s.state.last_fired is None and nominal < now:
             nominal = None
         s.next_nominal = nominal
@@ -264,7 +264,9 @@ class Scheduler:
         s.state = replace(s.state, last_fired=nominal)
         self._store.put_schedule_state(s.name, s.state)
 
-    def _record_skip(self, s: Schedule, nominal: datetime | None, origin: RunOrigin, reason: SkipReason, now: datetime) -> Run:
+    def _record_skip(
+        self, s: Schedule, nominal: datetime | None, origin: RunOrigin, reason: SkipReason, now: datetime
+    ) -> Run:
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
         self._store.insert_run(run)
@@ -287,7 +289,11 @@ class Scheduler:
         run_args = {**s.config.args, **(args or {})}
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = replace(
-            run, args=run_args, attempt=attempt, key=key, jittered_time=s.next_at if origin is RunOrigin.SCHEDULE else now
+            run,
+            args=run_args,
+            attempt=attempt,
+            key=key,
+            jittered_time=s.next_at if origin is RunOrigin.SCHEDULE else now,
         )
         running = len(s.active) + s.queue.depth
         decision = decide_overlap(
@@ -312,7 +318,9 @@ class Scheduler:
             return run
         # cancel_other / terminate_other: stop the oldest runs; this one starts when a slot frees.
         s.buffered.appendleft(run)
-        ending = RunState.CANCELLED if decision.action is OverlapAction.CANCEL_RUNNING_THEN_START else RunState.TERMINATED
+        ending = (
+            RunState.CANCELLED if decision.action is OverlapAction.CANCEL_RUNNING_THEN_START else RunState.TERMINATED
+        )
         for active in sorted(s.active.values(), key=lambda a: a.run.created_at)[: decision.stop_count]:
             self._end_early(s, active, ending, f"replaced by run {run.run_id}")
         return run
@@ -340,7 +348,8 @@ class Scheduler:
             self._schedule_refill()
 
     def _capacity(self, s: Schedule) -> int:
-        """Runs handed out at once: `_per_worker` per warm worker (`processes` of them), or `concurrency` for commands."""
+        """Runs handed out at once: `_per_worker` per warm worker (`processes` of them),
+        or `concurrency` for commands."""
         return self._per_worker(s) * len(self._host.expand(s.name)) if s.python else s.config.concurrency
 
     @staticmethod
@@ -426,7 +435,12 @@ class Scheduler:
         active.worker = worker
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
         self._host.send_run(
-            worker, run_id=run.run_id, args=dict(run.args), nominal_time=nominal, attempt=run.attempt, key=run.idempotency_key
+            worker,
+            run_id=run.run_id,
+            args=dict(run.args),
+            nominal_time=nominal,
+            attempt=run.attempt,
+            key=run.idempotency_key,
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -530,7 +544,9 @@ class Scheduler:
         delay_ms = should_retry(policy, run.state, run.attempt)
         if delay_ms is None:
             return
-        log.info("%s: run %s %s; retrying in %d ms (attempt %d)", s.name, run.run_id, run.state, delay_ms, run.attempt + 1)
+        log.info(
+            "%s: run %s %s; retrying in %d ms (attempt %d)", s.name, run.run_id, run.state, delay_ms, run.attempt + 1
+        )
         self._loop.call_later(
             delay_ms / 1000,
             lambda: self._occur(s, run.nominal_time, RunOrigin.RETRY, run.args, run.attempt + 1, run.idempotency_key),
@@ -594,7 +610,11 @@ class Scheduler:
             at = fields.get("at")
             self._mark_running(s, run_id, at=_from_timestamp(at) if isinstance(at, (int, float)) else None)
         elif kind == "run_progress":
-            self._host.publish(name, "run_progress", {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")})
+            self._host.publish(
+                name,
+                "run_progress",
+                {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")},
+            )
         elif kind == "run_finished":
             at = fields.get("at")
             self._finish(
@@ -664,7 +684,9 @@ class Scheduler:
             return
         limit = s.config.retry.max + 1 if s.config.retry is not None else LOST_RERUN_LIMIT
         if lost.attempt >= limit:
-            log.warning("%s: run %s was lost on attempt %d of %d; not run again", s.name, lost.run_id, lost.attempt, limit)
+            log.warning(
+                "%s: run %s was lost on attempt %d of %d; not run again", s.name, lost.run_id, lost.attempt, limit
+            )
             return
         now = self._now()
         rerun = new_run(
@@ -676,12 +698,29 @@ class Scheduler:
             args=lost.args,
             jittered_time=lost.jittered_time or lost.created_at,
         )
-        rerun = transition(replace(rerun, key=lost.idempotency_key, reason=f"re-run of lost run {lost.run_id}"), RunState.QUEUED, at=now)
+        rerun = transition(
+            replace(rerun, key=lost.idempotency_key, reason=f"re-run of lost run {lost.run_id}"),
+            RunState.QUEUED,
+            at=now,
+        )
         self._store.insert_run(rerun)
         s.queue.push(rerun)
-        log.info("%s: run %s was lost with its worker; queued again as %s (attempt %d)", s.name, lost.run_id, rerun.run_id, rerun.attempt)
+        log.info(
+            "%s: run %s was lost with its worker; queued again as %s (attempt %d)",
+            s.name,
+            lost.run_id,
+            rerun.run_id,
+            rerun.attempt,
+        )
         self._host.publish(
-            s.name, "run_requeued", {"run_id": rerun.run_id, "lost_run_id": lost.run_id, "attempt": rerun.attempt, "key": rerun.idempotency_key}
+            s.name,
+            "run_requeued",
+            {
+                "run_id": rerun.run_id,
+                "lost_run_id": lost.run_id,
+                "attempt": rerun.attempt,
+                "key": rerun.idempotency_key,
+            },
         )
 
     # -- commands -----------------------------------------------------------------
@@ -739,7 +778,9 @@ class Scheduler:
     def _cancel_waiting(self, s: Schedule, run: Run) -> Run:
         run = transition(run, RunState.CANCELLED, at=self._now(), reason="cancelled by request")
         self._ended(s, run)
-        self._host.publish(s.name, "run_finished", {"run_id": run.run_id, "state": str(run.state), "duration_ms": None, "error": None})
+        self._host.publish(
+            s.name, "run_finished", {"run_id": run.run_id, "state": str(run.state), "duration_ms": None, "error": None}
+        )
         return run
 
     def pause(self, name: str) -> None:
@@ -783,7 +824,12 @@ class Scheduler:
         s = self._require(name)
         now = self._now()
         run = new_run(
-            name, at=now, nominal_time=at, origin=RunOrigin.ONESHOT, state=RunState.PENDING, args={**s.config.args, **(args or {})}
+            name,
+            at=now,
+            nominal_time=at,
+            origin=RunOrigin.ONESHOT,
+            state=RunState.PENDING,
+            args={**s.config.args, **(args or {})},
         )
         if not self._store.insert_run(run):
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")

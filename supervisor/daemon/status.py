@@ -18,8 +18,11 @@ Resources = Callable[[ServiceRuntime], tuple[float | None, int | None]]
 """A service's CPU percent and RSS from the last sample (None, None before one)."""
 
 
-def status_row(svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None) -> dict[str, object]:
-    """A service's live state: state, pid, uptime, restarts, heartbeat age, last exit and error, CPU, memory, schedule."""
+def status_row(
+    svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None
+) -> dict[str, object]:
+    """A service's live state: state, pid, uptime, restarts, heartbeat age, last exit and error,
+    CPU, memory, schedule."""
     r = svc.record
     alive = r.pid is not None
     schedule = scheduler.describe(svc.name) if scheduler is not None else None

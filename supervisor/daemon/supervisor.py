@@ -1,12 +1,12 @@
-"""`Supervisor`: the asyncio shell around the pure per-service state machines.
+"""`Supervisor`: the composition root of the daemon, around the pure per-service state machines.
 
-It owns the event loop's share of the work: the control, worker and events
-sockets, the child processes, the timers and the orphan guard. It turns I/O into
-core events (`state.step`) and carries out the actions the core returns.
-Its parts live beside it: `runtime` (a service as the shell holds it), `binding`
-(the endpoints), `guard_link` (the orphan guard), `changes` (add, remove,
-update, scale, reload), `status` (what `status` shows). Use it as `async with Supervisor(config) as sup: ...`, or run the daemon with
-`supervise start CONFIG`.
+It builds the daemon's parts and implements the ports they depend on
+(daemon/ports.py): the worker pool (`pool`: spawning, the worker channel,
+heartbeats, reaping), the scheduler, the control server and its commands,
+runtime changes (`changes`), observability, notifications, hooks and the HTTP
+API. It feeds I/O to the core as events (`state.step`) and carries out the
+actions the core returns. Use it as `async with Supervisor(config) as sup: ...`,
+or run the daemon with `supervise start CONFIG`.
 """
 
 from __future__ import annotations
@@ -132,7 +132,9 @@ class Supervisor:
             changed=self.notify,
             command_env=self._command_env,
         )
-        self._pool = WorkerPool(self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks)
+        self._pool = WorkerPool(
+            self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks
+        )
         self._notify_sockets = NotifySockets(config.supervisor.state_dir, self._feed)
         self._hooks = HookRunner(
             config.supervisor,
@@ -219,7 +221,9 @@ class Supervisor:
         queued = QueuedStore(store, shared=shared)
         self.store = queued
         sup = self.config.supervisor
-        self.scheduler = Scheduler(self, queued, history_keep=sup.history_keep, history_max_age_ms=sup.history_max_age_ms)
+        self.scheduler = Scheduler(
+            self, queued, history_keep=sup.history_keep, history_max_age_ms=sup.history_max_age_ms
+        )
         for name, svc in self._services.items():
             if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
@@ -246,7 +250,9 @@ class Supervisor:
                 log.warning("runtime service %s is shadowed by the config's service of that name", name)
                 continue
             try:
-                cfg = parse_service(name, table, base_dir=self.config.base_dir, source="runtime registration", warnings=[])
+                cfg = parse_service(
+                    name, table, base_dir=self.config.base_dir, source="runtime registration", warnings=[]
+                )
             except ConfigError as e:
                 log.error("runtime service %s can no longer be loaded; skipped:\n%s", name, e)
                 continue
@@ -651,9 +657,7 @@ class Supervisor:
                 continue  # start/stop of a scheduled command: its runs are driven by the schedule
             self._feed(name, event)
         if wait:
-            timeout_s = max(
-                (self._wait_budget_ms(command, self._services[n].config) for n in names), default=0
-            ) / 1000
+            timeout_s = max((self._wait_budget_ms(command, self._services[n].config) for n in names), default=0) / 1000
             await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
         return {"services": {n: self.shown_state(self._services[n]) for n in names}}
 

@@ -101,11 +101,14 @@ def _units(svc: ServiceConfig, config_path: Path) -> dict[str, str]:
         unit.append(f"OnFailure={svc.name}-on-fatal.service")
         units[f"{svc.name}-on-fatal.service"] = _render(
             ("Unit", [f"Description=on_fatal hook of {svc.name} (exported from supervise)"]),
-            ("Service", [
-                "Type=oneshot",
-                f"Environment=SUPERVISE_SERVICE={svc.name}",
-                _exec("ExecStart", svc.on_fatal, svc),
-            ]),
+            (
+                "Service",
+                [
+                    "Type=oneshot",
+                    f"Environment=SUPERVISE_SERVICE={svc.name}",
+                    _exec("ExecStart", svc.on_fatal, svc),
+                ],
+            ),
         )
     units[f"{name}.service"] = _render(("Unit", unit), ("Service", service), ("Install", install))
     if svc.processes > 1:

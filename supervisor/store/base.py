@@ -117,7 +117,6 @@ def run_family(run: Run) -> str:
     return occurrence_family(run.origin)
 
 
-
 # -- notifications outbox ---------------------------------------------------------------------------
 
 
@@ -361,7 +360,9 @@ def to_json(value: object) -> str:
     try:
         return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"value is not JSON-serialisable ({exc}); pass dicts, lists, str, int, float, bool, None") from exc
+        raise StoreError(
+            f"value is not JSON-serialisable ({exc}); pass dicts, lists, str, int, float, bool, None"
+        ) from exc
 
 
 def from_json(text: str | None) -> Any:

@@ -83,7 +83,8 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
         skip_next boolean NOT NULL,
         note text
     )""",
-    "CREATE TABLE {s}.oneshots (id text PRIMARY KEY, service text NOT NULL, at timestamptz NOT NULL, args jsonb NOT NULL)",
+    "CREATE TABLE {s}.oneshots (id text PRIMARY KEY, service text NOT NULL, at timestamptz NOT "
+    "NULL, args jsonb NOT NULL)",
     "CREATE INDEX oneshots_by_service ON {s}.oneshots (service, at)",
     "CREATE TABLE {s}.registrations (name text PRIMARY KEY, spec jsonb NOT NULL)",
 )
@@ -320,7 +321,9 @@ class PostgresStore:
 
     def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
         if after is None:
-            return self._select("WHERE state = %s ORDER BY nominal_time, run_id LIMIT %s", [RunState.PENDING.value, limit])
+            return self._select(
+                "WHERE state = %s ORDER BY nominal_time, run_id LIMIT %s", [RunState.PENDING.value, limit]
+            )
         return self._select(
             "WHERE state = %s AND (nominal_time, run_id) > (%s, %s) ORDER BY nominal_time, run_id LIMIT %s",
             [RunState.PENDING.value, utc(after[0]), after[1], limit],
@@ -328,7 +331,8 @@ class PostgresStore:
 
     def queued_runs(self, service: str, limit: int) -> list[Run]:
         return self._select(
-            "WHERE state = %s AND service = %s ORDER BY nominal_time, seq LIMIT %s", [RunState.QUEUED.value, service, limit]
+            "WHERE state = %s AND service = %s ORDER BY nominal_time, seq LIMIT %s",
+            [RunState.QUEUED.value, service, limit],
         )
 
     def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
@@ -355,9 +359,10 @@ class PostgresStore:
 
         def run(conn: psycopg.Connection[dict[str, Any]]) -> str | None:
             with conn.transaction():
-                row = conn.execute(
-                    claim, (service, when, [s.value for s in CLAIMABLE], starting, node)
-                ).fetchone() or conn.execute(mine, (service, when, starting, node)).fetchone()
+                row = (
+                    conn.execute(claim, (service, when, [s.value for s in CLAIMABLE], starting, node)).fetchone()
+                    or conn.execute(mine, (service, when, starting, node)).fetchone()
+                )
             return None if row is None else str(row["run_id"])
 
         run_id = self._call(run)

@@ -392,7 +392,9 @@ class SqliteStore:
 
     def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
         if after is None:
-            return self._select("WHERE state = ? ORDER BY nominal_time, run_id LIMIT ?", [RunState.PENDING.value, limit])
+            return self._select(
+                "WHERE state = ? ORDER BY nominal_time, run_id LIMIT ?", [RunState.PENDING.value, limit]
+            )
         when = encode_time(after[0])
         return self._select(
             "WHERE state = ? AND (nominal_time > ? OR (nominal_time = ? AND run_id > ?)) "
@@ -402,7 +404,8 @@ class SqliteStore:
 
     def queued_runs(self, service: str, limit: int) -> list[Run]:
         return self._select(
-            "WHERE state = ? AND service = ? ORDER BY nominal_time, seq LIMIT ?", [RunState.QUEUED.value, service, limit]
+            "WHERE state = ? AND service = ? ORDER BY nominal_time, seq LIMIT ?",
+            [RunState.QUEUED.value, service, limit],
         )
 
     def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
@@ -437,9 +440,7 @@ class SqliteStore:
     # -- schedule state, one-shots, registrations -------------------------------------------------
 
     def get_schedule_state(self, service: str) -> ScheduleState:
-        row = self._read(
-            lambda conn: conn.execute("SELECT * FROM schedules WHERE service = ?", (service,)).fetchone()
-        )
+        row = self._read(lambda conn: conn.execute("SELECT * FROM schedules WHERE service = ?", (service,)).fetchone())
         if row is None:
             return ScheduleState()
         return ScheduleState(
@@ -462,7 +463,8 @@ class SqliteStore:
         oneshot_id = uuid.uuid4().hex
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO oneshots VALUES (?, ?, ?, ?)", (oneshot_id, service, encode_time(at), to_json(dict(args or {})))
+                "INSERT INTO oneshots VALUES (?, ?, ?, ?)",
+                (oneshot_id, service, encode_time(at), to_json(dict(args or {}))),
             )
         return oneshot_id
 

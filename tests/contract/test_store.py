@@ -106,9 +106,7 @@ def test_the_same_instant_in_another_zone_is_the_same_occurrence(store: Store) -
     first = due()
     assert store.insert_run(first)
     assert first.nominal_time is not None
-    again = new_run(
-        "report", at=T0, nominal_time=first.nominal_time.astimezone(BERLIN), origin=RunOrigin.SCHEDULE
-    )
+    again = new_run("report", at=T0, nominal_time=first.nominal_time.astimezone(BERLIN), origin=RunOrigin.SCHEDULE)
     assert store.insert_run(again) is False
 
 
@@ -241,7 +239,9 @@ with store:
 """
 
 
-def test_racing_processes_enqueue_and_claim_an_occurrence_exactly_once(store: Store, store_spec: dict[str, str]) -> None:
+def test_racing_processes_enqueue_and_claim_an_occurrence_exactly_once(
+    store: Store, store_spec: dict[str, str]
+) -> None:
     # Given four processes with the store open, each waiting on stdin as a barrier
     arg = json.dumps({**store_spec, "nominal": T0.isoformat()})
     procs = [
@@ -325,7 +325,9 @@ def test_prune_keeps_the_newest_per_service_and_outcome_and_never_unfinished_run
             runs.append(finished(service, minute + 100, RunState.FAILED))
     runs = [replace(r, created_at=r.nominal_time or T0) for r in runs]
     live = transition(due("a", 500), RunState.STARTING, at=T0)
-    old_pending = new_run("a", at=T0 - timedelta(days=400), nominal_time=T0, origin=RunOrigin.BACKFILL, state=RunState.PENDING)
+    old_pending = new_run(
+        "a", at=T0 - timedelta(days=400), nominal_time=T0, origin=RunOrigin.BACKFILL, state=RunState.PENDING
+    )
     store.insert_runs([*runs, live, old_pending])
 
     deleted = store.prune(keep_per_outcome=3, max_age=timedelta(days=30), now=T0 + timedelta(days=1))

@@ -127,7 +127,6 @@ def test_f26_hostile_control_frames_get_error_replies_and_memory_stays_flat(daem
     assert svc["pid"] == pid and svc["restarts"] == 0 and svc["state"] == "RUNNING"  # nothing changed
 
 
-
 def stalled_subscriber(d: Daemon) -> zmq.Socket[bytes]:
     """A SUB on the daemon's events with the smallest buffers, connected, that never reads."""
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -152,9 +151,12 @@ def stalled_subscriber(d: Daemon) -> zmq.Socket[bytes]:
         raise
     return sub
 
+
 def test_f28_a_subscriber_that_never_reads_slows_nothing(daemon_factory) -> None:
     names = [f"s{i:02d}" for i in range(50)]
-    d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s", "backoff": "0s"} for n in names})
+    d: Daemon = daemon_factory(
+        {n: {"command": ["sleep", "1000"], "start_timeout": "0s", "backoff": "0s"} for n in names}
+    )
     for n in names:
         d.wait_running_pid(n)
     sub = stalled_subscriber(d)
@@ -200,10 +202,15 @@ sys.stdin.read()
 
 
 def test_f29_a_client_dying_mid_request_harms_nothing(daemon_factory) -> None:
-    d: Daemon = daemon_factory({"deaf": {"target": f"{FAULTY}:stubborn", "stop_timeout": "1s"}, "py": {"target": FOREVER}})
+    d: Daemon = daemon_factory(
+        {"deaf": {"target": f"{FAULTY}:stubborn", "stop_timeout": "1s"}, "py": {"target": FOREVER}}
+    )
     deaf, py = d.wait_running_pid("deaf"), d.wait_running_pid("py")
     with subprocess.Popen(
-        [sys.executable, "-c", CLIENT_THAT_DIES, d.client.endpoint], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CLIENT_THAT_DIES, d.client.endpoint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as client:
         assert client.stdout is not None and client.stdout.readline().strip() == "sent"
         wait_for(lambda: d.state("deaf") == "STOPPING", what="the stop to begin")
@@ -255,7 +262,11 @@ def test_f30_a_second_daemon_is_refused_and_touches_nothing_of_the_first(daemon_
     children_before = {p.pid for p in psutil.Process(d.pid).children()}
 
     second = subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "start", str(d.config)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "supervise.supervisor", "start", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert second.returncode == 1
     assert f"another supervise (pid {d.pid}) holds {state / 'supervise.lock'}" in second.stderr

@@ -100,10 +100,7 @@ def test_a_worker_closing_stdout_without_exiting_is_not_taken_for_an_exit(daemon
 def test_heartbeats_under_another_identity_or_token_are_ignored(daemon_factory) -> None:
     d: Daemon = daemon_factory({"victim": {"target": FOREVER, **FAST}, "bystander": {"target": FOREVER, **FAST}})
     victim, bystander = d.wait_running_pid("victim"), d.wait_running_pid("bystander")
-    stolen = {
-        name: psutil.Process(pid).environ()
-        for name, pid in (("victim", victim), ("bystander", bystander))
-    }
+    stolen = {name: psutil.Process(pid).environ() for name, pid in (("victim", victim), ("bystander", bystander))}
     endpoint = stolen["victim"]["SUPERVISE_WORKER_ENDPOINT"]
     victim_id, victim_token = stolen["victim"]["SUPERVISE_WORKER_ID"], stolen["victim"]["SUPERVISE_TOKEN"]
     bystander_token = stolen["bystander"]["SUPERVISE_TOKEN"]
@@ -127,7 +124,7 @@ def test_heartbeats_under_another_identity_or_token_are_ignored(daemon_factory) 
         deadline = time.monotonic() + 20
         while d.service("victim")["pid"] == victim:
             assert time.monotonic() < deadline, "the silent victim was never declared hung"
-            for sock, (_, token) in zip(socks, forgeries):
+            for sock, (_, token) in zip(socks, forgeries, strict=True):
                 sock.send(encode_worker_message("heartbeat", token=token), zmq.NOBLOCK)
             time.sleep(0.1)  # pacing the forged heartbeats
     finally:

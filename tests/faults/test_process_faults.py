@@ -35,16 +35,31 @@ def test_f09_grandchildren_die_with_their_worker(daemon_factory, short_dir: Path
     py_mark, sh_mark = short_dir / "py.pids", short_dir / "sh.pids"
     d: Daemon = daemon_factory(
         {
-            "py": {"target": f"{FAULTY}:grandchildren_then_crash", "restart": "never", "env": {"FAULTY_MARK": str(py_mark)}},
+            "py": {
+                "target": f"{FAULTY}:grandchildren_then_crash",
+                "restart": "never",
+                "env": {"FAULTY_MARK": str(py_mark)},
+            },
             "sh": {
-                "command": ["sh", "-c", f"sleep 1000 & echo $! > {sh_mark}; sleep 1000 & echo $! >> {sh_mark}; sleep 0.5; exit 3"],
+                "command": [
+                    "sh",
+                    "-c",
+                    f"sleep 1000 & echo $! > {sh_mark}; sleep 1000 & echo $! >> {sh_mark}; sleep 0.5; exit 3",
+                ],
                 "start_timeout": "100ms",
                 "restart": "never",
             },
         }
     )
     for name, mark in (("py", py_mark), ("sh", sh_mark)):
-        pids = [int(p) for p in wait_for(lambda m=mark: m.exists() and len(m.read_text().split()) == 2 and m.read_text().split(), timeout_s=30, what=f"{name}'s grandchildren")]
+        pids = [
+            int(p)
+            for p in wait_for(
+                lambda m=mark: m.exists() and len(m.read_text().split()) == 2 and m.read_text().split(),
+                timeout_s=30,
+                what=f"{name}'s grandchildren",
+            )
+        ]
         svc = d.wait_state(name, "EXITED", timeout_s=30)
         assert svc["last_exit"]["code"] in (1, 3)
         # The leader exited by itself; its group got SIGKILL before it was reaped.
@@ -54,7 +69,9 @@ def test_f09_grandchildren_die_with_their_worker(daemon_factory, short_dir: Path
 
 def test_f11_zombie_storm_of_50_simultaneous_exits_leaves_no_zombie(daemon_factory) -> None:
     names = [f"s{i:02d}" for i in range(50)]
-    d: Daemon = daemon_factory({n: {"command": ["sleep", "1000"], "start_timeout": "0s", "restart": "never"} for n in names})
+    d: Daemon = daemon_factory(
+        {n: {"command": ["sleep", "1000"], "start_timeout": "0s", "restart": "never"} for n in names}
+    )
     pids = {n: d.wait_running_pid(n) for n in names}
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL)
@@ -93,12 +110,18 @@ def test_f12_sigkill_of_the_supervisor_leaves_no_orphans_and_marks_runs_lost(sho
         ours = processes_with_marker(marker)
         # py, pyjob, sh and its two sleeps, the command run: at least 6 processes of this instance.
         assert len(ours) >= 6, ours
-        guard = [p for p in psutil.Process(d.pid).children() if "supervise.supervisor.daemon.guard" in " ".join(p.cmdline())]
+        guard = [
+            p for p in psutil.Process(d.pid).children() if "supervise.supervisor.daemon.guard" in " ".join(p.cmdline())
+        ]
         assert len(guard) == 1
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
         # pdeathsig is immediate; the orphan guard gives commands 1 s after SIGTERM before SIGKILL.
-        wait_for(lambda: not processes_with_marker(marker), timeout_s=10, what="every worker of the killed supervisor to exit")
+        wait_for(
+            lambda: not processes_with_marker(marker),
+            timeout_s=10,
+            what="every worker of the killed supervisor to exit",
+        )
         wait_for(lambda: not alive(guard[0].pid), timeout_s=5, what="the orphan guard to exit")
     finally:
         stop_daemon(d)

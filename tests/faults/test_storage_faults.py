@@ -50,7 +50,9 @@ def test_f21_sqlite_locked_by_another_process_supervision_and_scheduling_go_on(d
     released = datetime.now().astimezone()
     assert worst < 1.0, f"a ping took {worst:.1f} s while the history database was locked"
     assert d.service("py")["pid"] == py and d.state("py") == "RUNNING"  # supervision went on
-    wait_for(lambda: succeeded_after(d, "tick", released), timeout_s=10, what="runs recorded after the lock is released")
+    wait_for(
+        lambda: succeeded_after(d, "tick", released), timeout_s=10, what="runs recorded after the lock is released"
+    )
 
 
 def test_f23_corrupt_database_at_start_is_moved_aside_and_services_start(daemon_factory, short_dir: Path) -> None:
@@ -60,7 +62,9 @@ def test_f23_corrupt_database_at_start_is_moved_aside_and_services_start(daemon_
     (state / "history.db").write_bytes(garbage)
     d: Daemon = daemon_factory({"tick": {"command": ["true"], "every": "300ms"}, "py": {"target": FOREVER}})
     d.wait_running_pid("py")
-    wait_for(lambda: d.client.call("runs", name="tick", state="succeeded")["runs"], what="runs recorded in a fresh database")
+    wait_for(
+        lambda: d.client.call("runs", name="tick", state="succeeded")["runs"], what="runs recorded in a fresh database"
+    )
     (moved,) = state.glob("history.db.corrupt-*")
     assert moved.read_bytes() == garbage
     errors = [line for line in d.log().splitlines() if "is corrupt" in line]

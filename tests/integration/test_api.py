@@ -75,7 +75,9 @@ def api() -> Iterator[Api]:
         "nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"},
     }
     # the receiver is on loopback: tasks may call it (the address policy refuses private addresses otherwise)
-    config = write_config(folder, services, http="127.0.0.1:0", tenant_max_pending_tasks=QUOTA, allow_addresses=["127.0.0.1"])
+    config = write_config(
+        folder, services, http="127.0.0.1:0", tenant_max_pending_tasks=QUOTA, allow_addresses=["127.0.0.1"]
+    )
     tokens = make_tokens(folder / "state", TOKENS)
     receiver = start_receiver()
     daemon = start_daemon(config)

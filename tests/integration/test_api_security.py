@@ -133,7 +133,9 @@ def test_an_open_event_stream_ends_when_the_daemon_stops(short_dir: Path) -> Non
 
 
 def test_a_pending_task_is_called_after_a_daemon_restart(short_dir: Path) -> None:
-    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])  # the receiver is on loopback
+    config = write_config(
+        short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"]
+    )  # the receiver is on loopback
     tokens = make_tokens(short_dir / "state", {"ops": (Role.OPERATOR, None)})
     receiver = start_receiver()
     daemon = start_daemon(config)

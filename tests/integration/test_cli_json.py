@@ -33,7 +33,10 @@ def _walk(d: Daemon, tmp: Path) -> list[tuple[str, list[str]]]:
         ("runs", ["runs", "job", *c]),
         ("skip", ["skip", "nightly", *c]),
         ("schedule", ["schedule", "job", "--at", "2099-01-01T00:00:00+00:00", *c]),
-        ("backfill", ["backfill", "nightly", "--from", "2026-01-01T00:00:00+00:00", "--to", "2026-01-02T00:00:00+00:00", *c]),
+        (
+            "backfill",
+            ["backfill", "nightly", "--from", "2026-01-01T00:00:00+00:00", "--to", "2026-01-02T00:00:00+00:00", *c],
+        ),
         ("pause", ["pause", "web", *c]),
         ("resume", ["resume", "web", *c]),
         ("stop", ["stop", "web", *c]),
@@ -68,7 +71,11 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     d: Daemon = daemon_factory(
         {
             "web": {"target": "tests.children.targets:forever"},
-            "job": {"target": "tests.children.jobs:slow", "manual": True, "env": {"RUNS_FILE": str(short_dir / "runs.txt")}},
+            "job": {
+                "target": "tests.children.jobs:slow",
+                "manual": True,
+                "env": {"RUNS_FILE": str(short_dir / "runs.txt")},
+            },
             "nightly": {"command": ["true"], "cron": "0 2 * * *"},
         }
     )
@@ -87,7 +94,12 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     # A few shapes, as docs/cli.md gives them.
     assert len(walked["next"]["next"]) == 3
     assert walked["status"]["services"][0]["name"] == "web"
-    assert walked["check"] == {"config": str(d.config), "ok": True, "services": ["web", "job", "nightly"], "warnings": []}
+    assert walked["check"] == {
+        "config": str(d.config),
+        "ok": True,
+        "services": ["web", "job", "nightly"],
+        "warnings": [],
+    }
     assert [s["name"] for s in walked["list"]["services"]] == ["web", "job", "nightly"]
     assert set(walked["export"]["units"]) == {"web.service", "job.service", "nightly.service", "nightly.timer"}
     assert walked["stop"] == {"services": {"web": "STOPPED"}}

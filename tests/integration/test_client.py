@@ -64,9 +64,7 @@ class Server:
         try:
             request = decode_request(body)
         except ProtocolError as error:
-            sock.send_multipart(
-                [*envelope, encode_error(error.request_id, error.code, error.message)]
-            )
+            sock.send_multipart([*envelope, encode_error(error.request_id, error.code, error.message)])
             return
         self.seen.append(Seen(envelope[0], len(body), request))
         for held_envelope, held in self._held:
@@ -80,9 +78,7 @@ class Server:
             self._held.append((envelope, request))
             return
         if request.cmd == "fail":
-            reply = encode_error(
-                request.id, ErrorCode.NOT_FOUND, 'no service named "web2"; known: web'
-            )
+            reply = encode_error(request.id, ErrorCode.NOT_FOUND, 'no service named "web2"; known: web')
         elif request.cmd == "flaky" and self._drop(request):
             return
         else:

@@ -43,7 +43,9 @@ HOSTILE = [
     pytest.param([pack({"v": 1, "id": 1, "cmd": "ping"})[:-3]], "malformed", id="truncated"),
     pytest.param([pack({"v": 1, "id": 1, "cmd": "ping"}) + b"xyz"], "malformed", id="trailing-bytes"),
     pytest.param([pack([1, 2, 3])], "malformed", id="not-a-map"),
-    pytest.param([pack({"v": 1, "id": 1, "cmd": "status", "args": {"name": nested(100)}})], "malformed", id="deep-nesting"),
+    pytest.param(
+        [pack({"v": 1, "id": 1, "cmd": "status", "args": {"name": nested(100)}})], "malformed", id="deep-nesting"
+    ),
     pytest.param([pack({"v": 1, "id": 1, "cmd": "ping", 5: 1})], "malformed", id="int-map-key"),
     pytest.param([pack({"v": 1, "id": 1, "cmd": msgpack.ExtType(5, b"x")})], "malformed", id="ext-type"),
     pytest.param([pack({"v": 1, "id": 1, "cmd": "ping"})] * 3, "malformed", id="multipart"),
@@ -57,7 +59,9 @@ HOSTILE = [
     pytest.param([pack({"v": 1, "id": 1, "cmd": "stop", "args": {"name": 5}})], "bad_args", id="wrong-arg-type"),
     pytest.param([pack({"v": 1, "id": 1, "cmd": "stop", "args": {}})], "bad_args", id="missing-arg"),
     pytest.param([pack({"v": 1, "id": 1, "cmd": "stop", "args": {"name": "web2"}})], "not_found", id="unknown-service"),
-    pytest.param([pack({"v": 1, "id": 1, "cmd": "stop", "args": {"name": "py", "all": True}})], "bad_args", id="name-and-all"),
+    pytest.param(
+        [pack({"v": 1, "id": 1, "cmd": "stop", "args": {"name": "py", "all": True}})], "bad_args", id="name-and-all"
+    ),
 ]
 
 
@@ -80,7 +84,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 @pytest.mark.parametrize(("frames", "code"), HOSTILE)
-def test_hostile_request_gets_the_exact_error_code_and_changes_nothing(live: Daemon, frames: list[bytes], code: str) -> None:
+def test_hostile_request_gets_the_exact_error_code_and_changes_nothing(
+    live: Daemon, frames: list[bytes], code: str
+) -> None:
     before = live.service("py")
     reply = raw_request(live.client.endpoint, frames)
     assert reply is not None, "no reply"

@@ -58,7 +58,9 @@ def test_a_flood_of_heavy_requests_leaves_ping_fast_and_workers_alive(daemon_fac
 
     latencies.sort()
     p90 = latencies[int(len(latencies) * 0.9)]
-    shown = f"{result['sent']} frames, {len(latencies)} pings, p90 {p90 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    shown = (
+        f"{result['sent']} frames, {len(latencies)} pings, p90 {p90 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
     print(f"flood: {shown}")
     assert result["sent"] > 32 and "too_large" in result["codes"]
     assert set(result["codes"]) <= {"too_large", "rate_limited"}

@@ -117,7 +117,10 @@ def tcp_config(folder: Path) -> tuple[Path, Client, int]:
         http="127.0.0.1:0",
     )
     client = Client(
-        f"tcp://127.0.0.1:{control_port}", timeout_s=5.0, curve_key=keys / "mine" / "ops.key_secret", server_key=keys / "server.key"
+        f"tcp://127.0.0.1:{control_port}",
+        timeout_s=5.0,
+        curve_key=keys / "mine" / "ops.key_secret",
+        server_key=keys / "server.key",
     )
     return config, client, control_port
 
@@ -157,7 +160,11 @@ def test_thousands_of_idle_connections_to_each_port_cost_nothing(tcp_daemon: tup
                 time.sleep(0.1)
             idle = [s for o in openers for s in o.opened]
             # Idle connections are let go: ZeroMQ's handshake interval (3 s), HTTP's idle timeout (10 s).
-            wait_for(lambda: sum(closed_by_peer(s) for s in idle) >= len(idle) - 10, timeout_s=30, what="idle connections closed")
+            wait_for(
+                lambda: sum(closed_by_peer(s) for s in idle) >= len(idle) - 10,
+                timeout_s=30,
+                what="idle connections closed",
+            )
         finally:
             for o in openers:
                 o.join()

@@ -73,8 +73,13 @@ def test_asyncio_supervisor_starts_reports_and_stops_services(short_dir: Path, n
         # Taken inside the loop: asyncio.run installs its own SIGINT handler.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         async with Supervisor(config(short_dir)) as sup:
-            pids: dict[str, int] = await wait_async(lambda: running_pids(sup.status()), what="both services RUNNING", timeout_s=30)
-            assert {s["name"]: s["kind"] for s in sup.status(detail=True)["services"]} == {"py": "python", "cmd": "command"}
+            pids: dict[str, int] = await wait_async(
+                lambda: running_pids(sup.status()), what="both services RUNNING", timeout_s=30
+            )
+            assert {s["name"]: s["kind"] for s in sup.status(detail=True)["services"]} == {
+                "py": "python",
+                "cmd": "command",
+            }
             assert {signal.getsignal(sig) for sig in handlers} == set(handlers.values()), "embedding took signals"
             assert all(alive(pid) for pid in pids.values())
 
@@ -93,7 +98,9 @@ def test_asyncio_supervisor_starts_reports_and_stops_services(short_dir: Path, n
 
 def test_async_client_against_a_supervisor_in_the_same_loop(short_dir: Path, no_leftovers: None) -> None:
     async def main() -> None:
-        async with Supervisor(config(short_dir, stubborn={"command": STUBBORN, "start_timeout": "200ms", "stop_timeout": "1s"})) as sup:
+        async with Supervisor(
+            config(short_dir, stubborn={"command": STUBBORN, "start_timeout": "200ms", "stop_timeout": "1s"})
+        ) as sup:
             async with AsyncClient(sup.config.supervisor.control_endpoint, timeout_s=5) as client:
                 assert (await client.ping())["pid"] == sup.ping()["pid"]  # type: ignore[index]
                 await wait_async(lambda: running_pids(sup.status()), what="every service RUNNING", timeout_s=30)
@@ -172,7 +179,9 @@ def test_sync_facade_ends_when_a_client_shuts_it_down(short_dir: Path, no_leftov
 
 def write_toml(folder: Path) -> Path:
     path = folder / "supervise.toml"
-    path.write_text('[supervisor]\nstate_dir = "state"\n\n[services.cmd]\ncommand = ["sleep", "1000"]\nstart_timeout = "200ms"\n')
+    path.write_text(
+        '[supervisor]\nstate_dir = "state"\n\n[services.cmd]\ncommand = ["sleep", "1000"]\nstart_timeout = "200ms"\n'
+    )
     return path
 
 
@@ -190,7 +199,11 @@ def test_sync_client_against_the_sync_facade_survives_a_timeout(short_dir: Path,
         # The late reply to the stop goes to a closed socket; this call gets its own.
         status: Any = client.status("stubborn")
         assert status["services"][0]["name"] == "stubborn"
-        wait_for(lambda: client.status("stubborn")["services"][0]["state"] == "STOPPED", what="stubborn STOPPED", timeout_s=30)  # type: ignore[index]
+        wait_for(
+            lambda: client.status("stubborn")["services"][0]["state"] == "STOPPED",
+            what="stubborn STOPPED",
+            timeout_s=30,
+        )  # type: ignore[index]
 
         # AsyncClient in this thread's own event loop, while the supervisor runs in its thread.
         async def from_asyncio() -> None:

@@ -99,9 +99,10 @@ def test_one_unit_per_service_with_timers_sockets_and_a_clear_refusal(tmp_path: 
         "WantedBy=multi-user.target",
     ]:
         assert line + "\n" in web, line
-    assert "ListenStream=127.0.0.1:18080\nFileDescriptorName=http\nService=web.service\n" in (
-        out / "web-http.socket"
-    ).read_text()
+    assert (
+        "ListenStream=127.0.0.1:18080\nFileDescriptorName=http\nService=web.service\n"
+        in (out / "web-http.socket").read_text()
+    )
     api = (out / "api@.service").read_text()
     assert "Type=notify\n" in api and "WatchdogSec=10s\n" in api and "Requires=web.service\nAfter=web.service\n" in api
     assert "Wants=api@0.service api@1.service\n" in (out / "api.target").read_text()

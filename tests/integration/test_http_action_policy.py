@@ -100,7 +100,9 @@ def was_connected(sock: socket.socket) -> bool:
     return True
 
 
-def run_action(monkeypatch: pytest.MonkeyPatch, service: dict[str, Any], run_args: dict[str, Any] | None = None, **supervisor: Any) -> dict[str, object]:
+def run_action(
+    monkeypatch: pytest.MonkeyPatch, service: dict[str, Any], run_args: dict[str, Any] | None = None, **supervisor: Any
+) -> dict[str, object]:
     """Parse `service` as [services.hook], hand its policy to the action as the supervisor does, and call it."""
     cfg = parse_config({"supervisor": supervisor, "services": {"hook": {"action": "http", **service}}})
     svc = cfg.services["hook"]
@@ -115,26 +117,41 @@ def run_action(monkeypatch: pytest.MonkeyPatch, service: dict[str, Any], run_arg
 # -- F3: what a run may change, and the URL's shape ----------------------------------------------
 
 
-def test_a_run_cannot_change_the_url_unless_the_service_allows_it(monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]) -> None:
+def test_a_run_cannot_change_the_url_unless_the_service_allows_it(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]
+) -> None:
     server = servers("127.0.0.1")
-    with pytest.raises(HttpActionError, match=r'run argument "url" may not change the configured value; .*overrides of: none'):
+    with pytest.raises(
+        HttpActionError, match=r'run argument "url" may not change the configured value; .*overrides of: none'
+    ):
         run_action(monkeypatch, {"url": f"{server.url}/configured"}, {"url": f"{server.url}/elsewhere"})
     with pytest.raises(HttpActionError, match=r'run argument "body" may not change'):
         run_action(monkeypatch, {"url": f"{server.url}/configured", "allow_run_overrides": ["url"]}, {"body": "x"})
     assert server.seen == []
-    assert run_action(monkeypatch, {"url": f"{server.url}/configured"}, {"url": f"{server.url}/configured"})["status"] == 200
+    assert (
+        run_action(monkeypatch, {"url": f"{server.url}/configured"}, {"url": f"{server.url}/configured"})["status"]
+        == 200
+    )
 
 
-def test_an_ftp_url_with_a_secret_from_a_run_is_refused_before_connecting(monkeypatch: pytest.MonkeyPatch, listener: socket.socket, servers: Callable[[str], Server]) -> None:
+def test_an_ftp_url_with_a_secret_from_a_run_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, listener: socket.socket, servers: Callable[[str], Server]
+) -> None:
     port = listener.getsockname()[1]
     service = {"url": f"{servers('127.0.0.1').url}/x", "allow_run_overrides": ["url"], "env": {"HOOK_TOKEN": "s3cret"}}
-    for url in (f"ftp://user:${{HOOK_TOKEN}}@127.0.0.1:{port}/x", "file:///etc/passwd", f"http://user:pw@127.0.0.1:{port}/"):
+    for url in (
+        f"ftp://user:${{HOOK_TOKEN}}@127.0.0.1:{port}/x",
+        "file:///etc/passwd",
+        f"http://user:pw@127.0.0.1:{port}/",
+    ):
         with pytest.raises(HttpActionError, match="refusing"):
             run_action(monkeypatch, service, {"url": url})
     assert not was_connected(listener)
 
 
-def test_variables_are_expanded_in_configured_values_only(monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]) -> None:
+def test_variables_are_expanded_in_configured_values_only(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]
+) -> None:
     server = servers("127.0.0.1")
     service = {
         "url": f"{server.url}/cfg?t=${{HOOK_TOKEN}}",
@@ -153,11 +170,21 @@ def test_credentials_in_the_configured_url_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="credentials in the URL"):
         parse_config({"services": {"hook": {"action": "http", "url": "https://user:${TOKEN}@example.com/"}}})
     with pytest.raises(ConfigError, match=r"services\.hook\.args: expected an http:// or https:// URL in args\.url"):
-        parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "args": {"url": "ftp://x/"}}}})
+        parse_config(
+            {"services": {"hook": {"action": "http", "url": "https://example.com/", "args": {"url": "ftp://x/"}}}}
+        )
     with pytest.raises(ConfigError, match="allow_run_overrides: expected a list of"):
-        parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "allow_run_overrides": ["expect_status"]}}})
+        parse_config(
+            {
+                "services": {
+                    "hook": {"action": "http", "url": "https://example.com/", "allow_run_overrides": ["expect_status"]}
+                }
+            }
+        )
     with pytest.raises(ConfigError, match="allow_addresses: 'localhost' is not an IP address"):
-        parse_config({"services": {"hook": {"action": "http", "url": "https://example.com/", "allow_addresses": ["localhost"]}}})
+        parse_config(
+            {"services": {"hook": {"action": "http", "url": "https://example.com/", "allow_addresses": ["localhost"]}}}
+        )
     with pytest.raises(ConfigError, match="supervisor.allow_addresses"):
         parse_config({"supervisor": {"allow_addresses": ["10.0.0.1:x"]}})
 
@@ -165,21 +192,34 @@ def test_credentials_in_the_configured_url_are_a_config_error() -> None:
 # -- F9: addresses after resolution, redirects ------------------------------------------------------
 
 
-def test_a_url_from_a_run_may_not_reach_loopback_unless_listed(monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]) -> None:
+def test_a_url_from_a_run_may_not_reach_loopback_unless_listed(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]
+) -> None:
     server = servers("127.0.0.1")
     service = {"url": "https://example.invalid/", "allow_run_overrides": ["url"]}
     target = f"http://localhost:{server.port}/internal"
     with pytest.raises(HttpActionError, match=r"localhost:\d+ is refused: 127.0.0.1 is a loopback address"):
         run_action(monkeypatch, service, {"url": target})
     assert server.seen == []
-    assert run_action(monkeypatch, {**service, "allow_addresses": [f"127.0.0.1:{server.port}"]}, {"url": target})["status"] == 200
-    assert run_action(monkeypatch, service, {"url": target}, allow_addresses=["127.0.0.0/8"])["status"] == 200  # [supervisor]
+    assert (
+        run_action(monkeypatch, {**service, "allow_addresses": [f"127.0.0.1:{server.port}"]}, {"url": target})["status"]
+        == 200
+    )
+    assert (
+        run_action(monkeypatch, service, {"url": target}, allow_addresses=["127.0.0.0/8"])["status"] == 200
+    )  # [supervisor]
     assert run_action(monkeypatch, {**service, "block_private_addresses": False}, {"url": target})["status"] == 200
 
 
-def test_a_redirect_to_another_host_is_checked_and_keeps_no_credentials(monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server], listener: socket.socket) -> None:
+def test_a_redirect_to_another_host_is_checked_and_keeps_no_credentials(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server], listener: socket.socket
+) -> None:
     trusted, internal = servers("127.0.0.1"), servers("127.0.0.2")
-    service = {"url": f"{trusted.url}/to?{internal.url}/secret", "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"}, "env": {"HOOK_TOKEN": "s3cret"}}
+    service = {
+        "url": f"{trusted.url}/to?{internal.url}/secret",
+        "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"},
+        "env": {"HOOK_TOKEN": "s3cret"},
+    }
     with pytest.raises(HttpActionError, match="127.0.0.2 is a loopback address"):
         run_action(monkeypatch, service)
     assert internal.seen == []
@@ -239,7 +279,9 @@ def dripping_server() -> Iterator[str]:
         sock.close()
 
 
-def test_request_timeout_bounds_the_whole_request_not_each_read(monkeypatch: pytest.MonkeyPatch, dripping_server: str) -> None:
+def test_request_timeout_bounds_the_whole_request_not_each_read(
+    monkeypatch: pytest.MonkeyPatch, dripping_server: str
+) -> None:
     started = time.monotonic()
     with pytest.raises(HttpActionError, match=r"no complete answer within request_timeout \(1 s\)"):
         run_action(monkeypatch, {"url": dripping_server, "request_timeout": "1s"})
@@ -247,7 +289,9 @@ def test_request_timeout_bounds_the_whole_request_not_each_read(monkeypatch: pyt
     assert elapsed < 2.0, f"took {elapsed:.1f} s"
 
 
-def test_without_a_policy_in_the_environment_every_address_is_checked(monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]) -> None:
+def test_without_a_policy_in_the_environment_every_address_is_checked(
+    monkeypatch: pytest.MonkeyPatch, servers: Callable[[str], Server]
+) -> None:
     server = servers("127.0.0.1")
     monkeypatch.delenv(POLICY_VARIABLE, raising=False)
     assert POLICY_VARIABLE not in os.environ
@@ -258,7 +302,9 @@ def test_without_a_policy_in_the_environment_every_address_is_checked(monkeypatc
 # -- through a real daemon: the supervisor hands the policy to the worker --------------------------
 
 
-def test_a_run_through_the_daemon_may_not_redirect_the_action(daemon_factory: Callable[..., Any], servers: Callable[[str], Server]) -> None:
+def test_a_run_through_the_daemon_may_not_redirect_the_action(
+    daemon_factory: Callable[..., Any], servers: Callable[[str], Server]
+) -> None:
     from tests.conftest import wait_for
 
     server = servers("127.0.0.1")

@@ -23,7 +23,9 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float |
 
 
 async def serve(guard: ConnectionGuard) -> tuple[HttpServer, str, int]:
-    server = HttpServer("127.0.0.1:0", health=lambda: (True, {"status": "ok"}), scrape=lambda accept: (b"", "text/plain"))
+    server = HttpServer(
+        "127.0.0.1:0", health=lambda: (True, {"status": "ok"}), scrape=lambda accept: (b"", "text/plain")
+    )
     server.guard = guard
     host, port = split_host_port(await server.start())
     return server, host, port
@@ -50,7 +52,9 @@ def test_idle_and_dripping_connections_are_closed_and_answers_still_go_out() -> 
                     await asyncio.sleep(0.1)
 
             dripping = asyncio.create_task(drip())
-            idle_closed, drip_closed = await asyncio.gather(closed_within(idle_reader, 5), closed_within(drip_reader, 5))
+            idle_closed, drip_closed = await asyncio.gather(
+                closed_within(idle_reader, 5), closed_within(drip_reader, 5)
+            )
             dripping.cancel()
             assert idle_closed is not None and 0.8 < idle_closed < 3, idle_closed
             assert drip_closed is not None and drip_closed < 3, drip_closed  # despite a byte every 0.1 s
@@ -91,7 +95,11 @@ def test_a_keep_alive_client_gets_several_answers_on_one_connection() -> None:
             for _ in range(3):
                 writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-                length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+                length = int(
+                    next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(
+                        b":"
+                    )[1]
+                )
                 await reader.readexactly(length)
                 assert head.startswith(b"HTTP/1.1 200")
                 await asyncio.sleep(0.6)  # under the idle timeout between requests

@@ -37,7 +37,11 @@ def node() -> str:
     if install.returncode != 0:
         unavailable(f"npm install in {JS} failed (is the npm registry reachable?):\n{install.stderr[-2000:]}")
     probe = subprocess.run(
-        [node, "-e", "require('zeromq'); require('@msgpack/msgpack')"], cwd=JS, capture_output=True, text=True, timeout=60
+        [node, "-e", "require('zeromq'); require('@msgpack/msgpack')"],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if probe.returncode != 0:
         unavailable(

@@ -37,7 +37,15 @@ def test_a_notify_service_is_started_on_ready_and_shows_its_status(daemon_factor
 
 def test_no_ready_within_start_timeout_is_a_failed_start(daemon_factory) -> None:
     d: Daemon = daemon_factory(
-        {"slow": {"command": PROGRAM, "type": "notify", "start_timeout": "500ms", "max_restarts": 0, "env": {"READY_AFTER_S": "60"}}}
+        {
+            "slow": {
+                "command": PROGRAM,
+                "type": "notify",
+                "start_timeout": "500ms",
+                "max_restarts": 0,
+                "env": {"READY_AFTER_S": "60"},
+            }
+        }
     )
     svc = d.wait_state("slow", "FATAL")
     assert svc["last_exit"]["cause"] == "start_timeout"
@@ -47,7 +55,9 @@ def test_no_ready_within_start_timeout_is_a_failed_start(daemon_factory) -> None
 def test_a_notify_service_that_stops_sending_watchdog_is_killed_and_restarted(daemon_factory, short_dir: Path) -> None:
     stuck, beats = short_dir / "stuck", short_dir / "beats"
     env = {"STUCK_FILE": str(stuck), "BEATS_FILE": str(beats)}
-    d: Daemon = daemon_factory({"wd": {"command": PROGRAM, "type": "notify", "watchdog": "600ms", "backoff": "50ms", "env": env}})
+    d: Daemon = daemon_factory(
+        {"wd": {"command": PROGRAM, "type": "notify", "watchdog": "600ms", "backoff": "50ms", "env": env}}
+    )
     old = d.wait_running_pid("wd")
     # WATCHDOG=1 every 300 ms keeps it: after 8 of them (2.4 s, four watchdog periods) it is the same worker.
     wait_for(lambda: len(beats.read_text().splitlines()) >= 8 if beats.exists() else False, what="8 WATCHDOG=1")

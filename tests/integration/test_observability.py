@@ -119,7 +119,8 @@ def test_prometheus_metrics_show_per_service_cpu_memory_and_restarts(daemon_fact
             m.get(("supervise_service_cpu_seconds_total", svc_label("spin")), 0) > 0
             and m.get(("supervise_service_memory_rss_bytes", svc_label("spin")), 0) > 0
             and m.get(("supervise_service_memory_rss_bytes", svc_label("steady")), 0) > 0
-            and m.get(("supervise_service_custom_counter_total", (("name", "processed"), ("service", "counter"))), 0) > 0
+            and m.get(("supervise_service_custom_counter_total", (("name", "processed"), ("service", "counter"))), 0)
+            > 0
         )
         return m if ready else None
 
@@ -134,7 +135,9 @@ def test_prometheus_metrics_show_per_service_cpu_memory_and_restarts(daemon_fact
     assert m[("supervise_healthy", ())] == 1
 
 
-def test_health_is_503_while_a_critical_service_is_fatal_and_200_after_a_manual_start(daemon_factory, short_dir) -> None:
+def test_health_is_503_while_a_critical_service_is_fatal_and_200_after_a_manual_start(
+    daemon_factory, short_dir
+) -> None:
     flag = short_dir / "flag"
     d: Daemon = daemon_factory(
         {
@@ -200,7 +203,11 @@ def test_logs_shows_what_a_worker_printed(daemon_factory) -> None:
     d: Daemon = daemon_factory({"steady": {"target": FOREVER}})
     pid = d.wait_running_pid("steady")
     result = wait_for(
-        lambda: (r := d.cli("logs", "steady", "-n", "10")).returncode == 0 and f"forever started pid={pid}" in r.stdout and r,
+        lambda: (
+            (r := d.cli("logs", "steady", "-n", "10")).returncode == 0
+            and f"forever started pid={pid}" in r.stdout
+            and r
+        ),
         what="the worker's first line in `supervise logs`",
     )
     assert result.stdout.strip().splitlines()[-1] == f"forever started pid={pid}"
@@ -270,7 +277,9 @@ def test_events_replay_since_a_sequence_number(daemon_factory) -> None:
     assert only_b and {e["service"] for e in only_b} == {"b"}
     printed = d.cli("events", "--since", "0", "--no-follow", "--json", "--service", "a")
     assert printed.returncode == 0, printed.stderr
-    assert [json.loads(x)["seq"] for x in printed.stdout.splitlines()] == [e["seq"] for e in everything["events"] if e["service"] == "a"]
+    assert [json.loads(x)["seq"] for x in printed.stdout.splitlines()] == [
+        e["seq"] for e in everything["events"] if e["service"] == "a"
+    ]
     text = d.cli("events", "--since", "0", "--no-follow")
     assert "a state from=STOPPED to=STARTING" in text.stdout
 
@@ -361,7 +370,10 @@ def test_http_port_in_use_is_reported_as_a_config_error(short_dir: Path) -> None
         config = write_config(short_dir, {"steady": {"target": FOREVER}}, http=f"127.0.0.1:{port}")
         result = subprocess.run(
             [sys.executable, "-m", "supervise.supervisor", "start", str(config)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert result.returncode == 78, result.stderr
     assert f"supervisor.http: cannot listen on 127.0.0.1:{port}" in result.stderr

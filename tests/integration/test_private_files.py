@@ -27,14 +27,20 @@ def mode(path: Path) -> int:
 def start(config: Path) -> subprocess.CompletedProcess[str]:
     """`supervise start CONFIG` that is expected to refuse (a start that does not refuse is stopped at 20 s)."""
     return subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "start", str(config)], capture_output=True, text=True, timeout=20, check=False
+        [sys.executable, "-m", "supervise.supervisor", "start", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
 
 
 # -- F5: log files and logs/ -------------------------------------------------------------------------
 
 
-def test_a_symlink_planted_as_a_log_file_is_neither_written_nor_shown(daemon_factory: Callable[..., Daemon], short_dir: Path) -> None:
+def test_a_symlink_planted_as_a_log_file_is_neither_written_nor_shown(
+    daemon_factory: Callable[..., Daemon], short_dir: Path
+) -> None:
     victim = short_dir / "victim"
     victim.write_text("SECRET-LINE\n")
     logs = short_dir / "state" / "logs"
@@ -76,7 +82,9 @@ def test_a_log_folder_others_may_write_to_is_refused(tmp_path: Path) -> None:
 
 
 def test_under_umask_000_everything_the_supervisor_creates_is_private(short_dir: Path) -> None:
-    config = write_config(short_dir, {"job": {"command": ["sh", "-c", "echo ran"], "manual": True}, "web": {"command": ["sleep", "1000"]}})
+    config = write_config(
+        short_dir, {"job": {"command": ["sh", "-c", "echo ran"], "manual": True}, "web": {"command": ["sleep", "1000"]}}
+    )
     old = os.umask(0)
     try:
         d = start_daemon(config)  # the daemon inherits the umask
@@ -84,7 +92,12 @@ def test_under_umask_000_everything_the_supervisor_creates_is_private(short_dir:
         os.umask(old)
     try:
         run_id = d.client.call("run", name="job")["run_id"]
-        wait_for(lambda: any(r["run_id"] == run_id and r["state"] == "succeeded" for r in d.client.call("runs", name="job")["runs"]), what="the run")
+        wait_for(
+            lambda: any(
+                r["run_id"] == run_id and r["state"] == "succeeded" for r in d.client.call("runs", name="job")["runs"]
+            ),
+            what="the run",
+        )
         state = short_dir / "state"
         assert mode(state) == 0o700 and mode(state / "logs") == 0o700
         for name in ("history.db", "history.db-wal", "history.db-shm", "supervise.lock", "logs/job.log"):

@@ -97,7 +97,9 @@ def http_service(sink: Sink, **keys: object) -> dict[str, object]:
     return {"action": "http", "url": f"{sink.url}/hook", "method": "POST", "body": "{}", **keys}
 
 
-def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(daemon_factory, short_dir: Path) -> None:
+def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(
+    daemon_factory, short_dir: Path
+) -> None:
     # Given a Python service that runs 2 at a time, each run 0.3 s
     out = short_dir / "runs.txt"
     d: Daemon = daemon_factory(
@@ -118,7 +120,9 @@ def test_a_burst_larger_than_concurrency_queues_and_drains_with_nothing_skipped(
     ids = schedule_burst(d, "burst", 12)
     pending = {r["run_id"] for r in runs_of(d, "burst", state="pending")}
     assert pending == set(ids)  # listed before they fire
-    depth = wait_for(lambda: d.service("burst")["schedule"]["queued"] >= 5 and d.service("burst")["schedule"], what="a queue")
+    depth = wait_for(
+        lambda: d.service("burst")["schedule"]["queued"] >= 5 and d.service("burst")["schedule"], what="a queue"
+    )
     assert depth["in_flight"] == 2 and depth["concurrency"] == 2
     scraped = scrape(d)
     assert 'supervise_runs_in_flight{service="burst"} 2.0' in scraped
@@ -148,13 +152,18 @@ def scrape(d: Daemon) -> str:
 
 def test_a_pending_one_shot_is_listed_and_cancelled_by_id_before_it_runs(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
-    d: Daemon = daemon_factory({"later": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}})
+    d: Daemon = daemon_factory(
+        {"later": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}}
+    )
     d.wait_running_pid("later")
     (run_id,) = schedule_burst(d, "later", 1, ahead_s=2.0)
     (listed,) = runs_of(d, "later")
     assert (listed["run_id"], listed["state"], listed["origin"]) == (run_id, "pending", "oneshot")
     assert d.client.call("cancel", run_id=run_id)["state"] == "cancelled"
-    wait_for(lambda: datetime.now(UTC) > datetime.fromisoformat(str(listed["nominal_time"])) + timedelta(seconds=0.5), what="its time to pass")
+    wait_for(
+        lambda: datetime.now(UTC) > datetime.fromisoformat(str(listed["nominal_time"])) + timedelta(seconds=0.5),
+        what="its time to pass",
+    )
     (after,) = runs_of(d, "later")
     assert after["state"] == "cancelled" and not out.exists()
 
@@ -179,7 +188,9 @@ def test_a_worker_killed_mid_burst_loses_nothing_under_on_lost_retry(daemon_fact
     # Then every run's key reaches the receiver, and each occurrence ends with a succeeded attempt
     wait_for(lambda: set(ids) <= set(sink.keys()), timeout_s=30, what="every key to arrive")
     runs = wait_for(
-        lambda: (r := runs_of(d, "hook")) and all(x["state"] in FINAL for x in r) and r, timeout_s=30, what="every run to end"
+        lambda: (r := runs_of(d, "hook")) and all(x["state"] in FINAL for x in r) and r,
+        timeout_s=30,
+        what="every run to end",
     )
     by_key: dict[str, set[str]] = {}
     for r in runs:
@@ -216,7 +227,11 @@ def test_a_receiver_that_never_answers_does_not_stop_the_heartbeat(daemon_factor
     # Given 60 calls held open by the receiver, and a worker that must heartbeat every 200 ms
     sink.block = threading.Event()
     d: Daemon = daemon_factory(
-        {"hook": http_service(sink, concurrency=60, request_timeout="60s", heartbeat_interval="200ms", heartbeat_timeout="1500ms")}
+        {
+            "hook": http_service(
+                sink, concurrency=60, request_timeout="60s", heartbeat_interval="200ms", heartbeat_timeout="1500ms"
+            )
+        }
     )
     pid = d.wait_running_pid("hook")
     schedule_burst(d, "hook", 60, ahead_s=0.5)
@@ -296,7 +311,9 @@ def test_pending_one_shots_survive_a_restart_and_fire_once(short_dir: Path) -> N
     d2 = start_daemon(config)
     try:
         assert {r["run_id"] for r in runs_of(d2, "later", state="pending")} == set(ids)
-        done = wait_for(lambda: len(r := runs_of(d2, "later", state="succeeded")) == 5 and r, timeout_s=20, what="5 runs")
+        done = wait_for(
+            lambda: len(r := runs_of(d2, "later", state="succeeded")) == 5 and r, timeout_s=20, what="5 runs"
+        )
         assert {r["run_id"] for r in done} == set(ids)
         assert sorted(line.split()[0] for line in out.read_text().splitlines()) == sorted(ids)  # each ran once
     finally:
@@ -333,7 +350,9 @@ def test_a_pending_one_shot_in_a_shared_postgresql_store_runs_on_one_supervisor(
 
 def test_many_one_shots_are_added_in_one_schedule_request(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
-    d: Daemon = daemon_factory({"batch": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}})
+    d: Daemon = daemon_factory(
+        {"batch": {"target": "tests.children.jobs:record", "manual": True, "env": {"RUNS_FILE": str(out)}}}
+    )
     d.wait_running_pid("batch")
     at = datetime.now(UTC) + timedelta(hours=1)
     runs = [{"at": (at + timedelta(seconds=i)).isoformat(), "args": {"region": f"r{i}"}} for i in range(500)]

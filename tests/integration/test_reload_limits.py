@@ -13,7 +13,9 @@ from tests.conftest import Daemon
 def test_reload_of_a_deeply_nested_config_is_a_config_error_not_internal(daemon_factory: Callable[..., Daemon]) -> None:
     d = daemon_factory({"web": {"command": ["sleep", "1000"]}})
     pid = d.wait_running_pid("web")
-    d.config.write_text(d.config.read_text() + "\n[services.deep]\ncommand = [\"true\"]\nx = " + "[" * 3000 + "]" * 3000 + "\n")
+    d.config.write_text(
+        d.config.read_text() + '\n[services.deep]\ncommand = ["true"]\nx = ' + "[" * 3000 + "]" * 3000 + "\n"
+    )
 
     with pytest.raises(RemoteError) as caught:
         d.client.call("reload")

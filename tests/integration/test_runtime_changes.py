@@ -57,7 +57,9 @@ def test_update_restarts_only_when_the_process_would_differ(daemon_factory) -> N
     d: Daemon = daemon_factory({})
     d.client.call("add", name="svc", spec={"command": ["sleep", "1000"], "start_timeout": "0s"})
     pid = d.wait_running_pid("svc")
-    same = d.client.call("update", name="svc", spec={"command": ["sleep", "1000"], "start_timeout": "0s", "max_restarts": 9})
+    same = d.client.call(
+        "update", name="svc", spec={"command": ["sleep", "1000"], "start_timeout": "0s", "max_restarts": 9}
+    )
     assert same["changed"] == ["max_restarts"] and d.service("svc")["pid"] == pid
     moved = d.client.call("update", name="svc", spec={"command": ["sleep", "999"], "start_timeout": "0s"})
     assert "command" in moved["changed"]
@@ -119,9 +121,15 @@ def test_requires_starts_after_and_stops_before_what_it_requires(short_dir: Path
 def test_run_service_runs_exactly_one_service_of_a_config(short_dir: Path) -> None:
     config = write_config(short_dir, {"a": SLEEP, "b": {"target": FOREVER}})
     listed = subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "list", "-c", str(config)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "supervise.supervisor", "list", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
-    assert listed.stdout.split("\n")[0].startswith("a  sleep 1000") and "b  tests.children.targets:forever" in listed.stdout
+    assert (
+        listed.stdout.split("\n")[0].startswith("a  sleep 1000")
+        and "b  tests.children.targets:forever" in listed.stdout
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervise.supervisor", "run-service", "b", "-c", str(config)],
         stdout=subprocess.DEVNULL,
@@ -174,7 +182,10 @@ def test_processes_runs_identical_instances_and_scale_changes_their_number(daemo
     assert len(set(pids.values())) == 3 and instances
     result = d.cli("scale", "pool", "5")
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: sum(1 for s in d.client.call("status", name="pool")["services"] if s["state"] == "RUNNING") == 5, what="5 running")
+    wait_for(
+        lambda: sum(1 for s in d.client.call("status", name="pool")["services"] if s["state"] == "RUNNING") == 5,
+        what="5 running",
+    )
     assert d.cli("scale", "pool", "2").returncode == 0
     after = {s["name"]: s["pid"] for s in d.client.call("status", name="pool")["services"]}
     assert after == {"pool": pids["pool"], "pool:1": pids["pool:1"]}  # the highest instances went
@@ -189,7 +200,9 @@ def test_processes_runs_identical_instances_and_scale_changes_their_number(daemo
 
 
 def test_update_set_changes_one_key_of_a_scheduled_python_service(daemon_factory) -> None:
-    d: Daemon = daemon_factory({"t": {"target": "tests.children.jobs:noop", "cron": "0 2 * * *", "timezone": "UTC", "max_restarts": 9}})
+    d: Daemon = daemon_factory(
+        {"t": {"target": "tests.children.jobs:noop", "cron": "0 2 * * *", "timezone": "UTC", "max_restarts": 9}}
+    )
     d.wait_running_pid("t")
     result = d.cli("update", "t", "--set", 'cron="30 2 * * *"')
     assert result.returncode == 0, result.stderr
@@ -211,7 +224,7 @@ def test_update_unset_and_replace(daemon_factory) -> None:
     missing = d.cli("update", "svc", "--unset", "max_memory")
     assert missing.returncode == 1 and "cannot unset services.svc.max_memory: it is not set" in missing.stderr
     # Validated as a whole: a new key that contradicts a kept one names the key.
-    bad = d.cli("update", "svc", "--set", "heartbeat_interval=\"20s\"", "--set", "heartbeat_timeout=\"5s\"")
+    bad = d.cli("update", "svc", "--set", 'heartbeat_interval="20s"', "--set", 'heartbeat_timeout="5s"')
     assert bad.returncode == 1 and "services.svc.heartbeat_timeout: must be > heartbeat_interval" in bad.stderr
     # --replace: the table given is the whole service (start_timeout back to its default).
     whole = d.cli("update", "svc", "--replace", "--set", 'command=["sleep", "999"]')

@@ -28,7 +28,14 @@ def runs_of(d: Daemon, name: str, **filters: object) -> list[dict[str, object]]:
 def test_interval_runs_are_recorded_with_their_args(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
     d: Daemon = daemon_factory(
-        {"sync": {"target": "tests.children.jobs:record", "every": "300ms", "args": {"region": "eu"}, "env": {"RUNS_FILE": str(out)}}}
+        {
+            "sync": {
+                "target": "tests.children.jobs:record",
+                "every": "300ms",
+                "args": {"region": "eu"},
+                "env": {"RUNS_FILE": str(out)},
+            }
+        }
     )
     wait_for(lambda: len(lines(out)) >= 3, what="three interval runs")
     assert all(line.split()[1] == "eu" for line in lines(out))
@@ -75,7 +82,9 @@ def test_run_now_with_args_and_cancel_end_a_long_run(daemon_factory, short_dir: 
     run_id = result.stdout.split()[0]
     wait_for(lambda: f"start {run_id}" in lines(out), what="the run to start")
     assert d.cli("cancel", run_id).returncode == 0
-    run = wait_for(lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == "cancelled"], what="cancelled")[0]
+    run = wait_for(
+        lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == "cancelled"], what="cancelled"
+    )[0]
     assert f"end {run_id} cancelled=True" in lines(out)  # it stopped cooperatively
     assert run["finished_at"]
 
@@ -83,16 +92,33 @@ def test_run_now_with_args_and_cancel_end_a_long_run(daemon_factory, short_dir: 
 def test_timeout_ends_a_run_that_ignores_nothing_but_runs_too_long(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
     d: Daemon = daemon_factory(
-        {"job": {"target": "tests.children.jobs:slow", "manual": True, "timeout": "500ms", "env": {"RUNS_FILE": str(out)}}}
+        {
+            "job": {
+                "target": "tests.children.jobs:slow",
+                "manual": True,
+                "timeout": "500ms",
+                "env": {"RUNS_FILE": str(out)},
+            }
+        }
     )
     d.wait_running_pid("job")
     run_id = d.client.call("run", name="job")["run_id"]
-    wait_for(lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == "timed_out"], what="timed_out")
+    wait_for(
+        lambda: [r for r in runs_of(d, "job") if r["run_id"] == run_id and r["state"] == "timed_out"], what="timed_out"
+    )
 
 
 def _deaf_job(daemon_factory, out: Path, **keys: object) -> tuple[Daemon, int]:
     d: Daemon = daemon_factory(
-        {"job": {"target": "tests.children.jobs:deaf", "manual": True, "cancel_grace": "1s", "env": {"RUNS_FILE": str(out)}, **keys}}
+        {
+            "job": {
+                "target": "tests.children.jobs:deaf",
+                "manual": True,
+                "cancel_grace": "1s",
+                "env": {"RUNS_FILE": str(out)},
+                **keys,
+            }
+        }
     )
     return d, d.wait_running_pid("job")
 
@@ -134,11 +160,19 @@ def test_a_cancel_of_a_run_ignoring_it_ends_the_run_after_cancel_grace(daemon_fa
 
 def test_failed_runs_are_retried_with_their_traceback_recorded(daemon_factory, short_dir: Path) -> None:
     d: Daemon = daemon_factory(
-        {"job": {"target": "tests.children.jobs:fail", "manual": True, "retries": {"max": 2, "backoff": "fixed", "initial": "50ms"}}}
+        {
+            "job": {
+                "target": "tests.children.jobs:fail",
+                "manual": True,
+                "retries": {"max": 2, "backoff": "fixed", "initial": "50ms"},
+            }
+        }
     )
     d.wait_running_pid("job")
     d.client.call("run", name="job")
-    failed = wait_for(lambda: (f := runs_of(d, "job", state="failed")) and len(f) == 3 and f, what="three failed attempts")
+    failed = wait_for(
+        lambda: (f := runs_of(d, "job", state="failed")) and len(f) == 3 and f, what="three failed attempts"
+    )
     assert sorted(r["attempt"] for r in failed) == [1, 2, 3]
     assert "RuntimeError: attempt 3 failed" in str(failed[0]["error"])
     assert d.service("job")["state"] == "RUNNING"  # a failed run does not take the worker down
@@ -159,7 +193,9 @@ def test_pause_stops_firing_and_resume_starts_again(daemon_factory, short_dir: P
     wait_for(lambda: len(lines(out)) >= settled + 2, what="runs after resume")
 
 
-def test_command_service_runs_once_per_occurrence_and_exit_status_is_the_outcome(daemon_factory, short_dir: Path) -> None:
+def test_command_service_runs_once_per_occurrence_and_exit_status_is_the_outcome(
+    daemon_factory, short_dir: Path
+) -> None:
     out = short_dir / "cmd.txt"
     d: Daemon = daemon_factory(
         {
@@ -195,9 +231,7 @@ def test_a_one_shot_fires_within_a_second_of_its_datetime(daemon_factory, short_
 
 
 def test_next_agrees_with_the_cron_expression(daemon_factory) -> None:
-    d: Daemon = daemon_factory(
-        {"nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"}}
-    )
+    d: Daemon = daemon_factory({"nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"}})
     times = [datetime.fromisoformat(t) for t in d.client.call("next", name="nightly", count=3)["next"]]
     assert len(times) == 3
     for t in times:
@@ -250,7 +284,10 @@ def test_http_action_calls_a_local_server(daemon_factory, hook_server: str) -> N
     )
     d.wait_running_pid("remind")
     run_id = d.client.call("run", name="remind")["run_id"]
-    run = wait_for(lambda: [r for r in runs_of(d, "remind") if r["run_id"] == run_id and r["state"] == "succeeded"], what="http run")[0]
+    run = wait_for(
+        lambda: [r for r in runs_of(d, "remind") if r["run_id"] == run_id and r["state"] == "succeeded"],
+        what="http run",
+    )[0]
     assert _Hook.calls == [("/hook", "Bearer s3cret", '{"merchant": "ABC"}')]
     assert run["result"]["status"] == 201 and '"ok"' in run["result"]["body"]
 
@@ -283,7 +320,14 @@ def test_kill_9_of_the_supervisor_mid_run_marks_the_run_lost_after_restart(short
 def test_a_registered_job_runs_by_name_with_stored_arguments(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
     d: Daemon = daemon_factory(
-        {"settle": {"target": "tests.children.jobs@settle-merchants", "manual": True, "args": {"merchant": "ABC"}, "env": {"RUNS_FILE": str(out)}}}
+        {
+            "settle": {
+                "target": "tests.children.jobs@settle-merchants",
+                "manual": True,
+                "args": {"merchant": "ABC"},
+                "env": {"RUNS_FILE": str(out)},
+            }
+        }
     )
     d.wait_running_pid("settle")
     d.client.call("run", name="settle")
@@ -297,7 +341,10 @@ def test_a_service_class_keeps_its_state_across_runs(daemon_factory) -> None:
     d.wait_running_pid("counter")
     for _ in range(3):
         run_id = d.client.call("run", name="counter")["run_id"]
-        wait_for(lambda: [r for r in runs_of(d, "counter", state="succeeded") if r["run_id"] == run_id], what="run done")
+        wait_for(
+            lambda run_id=run_id: [r for r in runs_of(d, "counter", state="succeeded") if r["run_id"] == run_id],
+            what="run done",
+        )
     results = sorted(r["result"] for r in runs_of(d, "counter", state="succeeded"))
     assert results == [1, 2, 3]
 
@@ -305,10 +352,21 @@ def test_a_service_class_keeps_its_state_across_runs(daemon_factory) -> None:
 def test_isolation_process_runs_each_run_in_a_fresh_process(daemon_factory, short_dir: Path) -> None:
     out = short_dir / "runs.txt"
     d: Daemon = daemon_factory(
-        {"iso": {"target": "tests.children.jobs:record", "every": "300ms", "isolation": "process", "args": {"region": "iso"}, "env": {"RUNS_FILE": str(out)}}}
+        {
+            "iso": {
+                "target": "tests.children.jobs:record",
+                "every": "300ms",
+                "isolation": "process",
+                "args": {"region": "iso"},
+                "env": {"RUNS_FILE": str(out)},
+            }
+        }
     )
     wait_for(lambda: len(lines(out)) >= 2, what="two isolated runs")
-    done = wait_for(lambda: len(runs_of(d, "iso", state="succeeded")) >= 2 and runs_of(d, "iso", state="succeeded"), what="succeeded")
+    done = wait_for(
+        lambda: len(runs_of(d, "iso", state="succeeded")) >= 2 and runs_of(d, "iso", state="succeeded"),
+        what="succeeded",
+    )
     assert len({r["pid"] for r in done}) == len(done)  # a new process each time
     assert all(line.split()[1] == "iso" for line in lines(out))
     assert d.service("iso")["state"] in ("SCHEDULED", "RUNNING")
@@ -322,7 +380,10 @@ def test_on_start_runs_once_per_supervisor_start(short_dir: Path) -> None:
     for expected in (1, 2):
         d = start_daemon(config)
         try:
-            wait_for(lambda: len(runs_of(d, "boot", state="succeeded")) == expected, what=f"{expected} on-start runs")
+            wait_for(
+                lambda d=d, expected=expected: len(runs_of(d, "boot", state="succeeded")) == expected,
+                what=f"{expected} on-start runs",
+            )
             assert d.service("boot")["schedule"]["next_fire"] is None
         finally:
             stop_daemon(d)

@@ -79,7 +79,12 @@ class Keys:
     def client(self, endpoint: str, name: str | None, *, timeout_s: float = 5.0) -> Client:
         if name is None:
             return Client(endpoint, timeout_s=timeout_s)
-        return Client(endpoint, timeout_s=timeout_s, curve_key=self.root / "mine" / f"{name}.key_secret", server_key=self.server_public)
+        return Client(
+            endpoint,
+            timeout_s=timeout_s,
+            curve_key=self.root / "mine" / f"{name}.key_secret",
+            server_key=self.server_public,
+        )
 
 
 @pytest.fixture
@@ -181,7 +186,9 @@ def test_known_keys_are_accepted_over_tcp(curve_daemon: Callable[..., Daemon], k
         bob.restart("sleeper")  # full access
 
     async def async_ping() -> object:
-        async with AsyncClient(endpoint, curve_key=keys.root / "mine" / "alice.key_secret", server_key=keys.server_public) as client:
+        async with AsyncClient(
+            endpoint, curve_key=keys.root / "mine" / "alice.key_secret", server_key=keys.server_public
+        ) as client:
             return await client.ping()
 
     assert asyncio.run(async_ping())["pid"] == daemon.pid  # type: ignore[index]
@@ -195,9 +202,15 @@ def test_the_cli_takes_keys_from_options_and_the_environment(curve_daemon: Calla
     endpoint = daemon.client.endpoint
     alice = str(keys.root / "mine" / "alice.key_secret")
 
-    by_options = supervise("ping", "--endpoint", endpoint, "--curve-key", alice, "--server-key", str(keys.server_public))
+    by_options = supervise(
+        "ping", "--endpoint", endpoint, "--curve-key", alice, "--server-key", str(keys.server_public)
+    )
     by_env = supervise(
-        "status", "sleeper", "--endpoint", endpoint, env={"SUPERVISE_CURVE_KEY": alice, "SUPERVISE_SERVER_KEY": str(keys.server_public)}
+        "status",
+        "sleeper",
+        "--endpoint",
+        endpoint,
+        env={"SUPERVISE_CURVE_KEY": alice, "SUPERVISE_SERVER_KEY": str(keys.server_public)},
     )
     # Found through the config file, the server's public key is the NAME.key next to its curve_server_key.
     by_config = supervise("ping", "-c", str(daemon.config), "--curve-key", alice)
@@ -225,7 +238,11 @@ def test_an_unknown_key_never_reaches_the_dispatcher(curve_daemon: Callable[...,
     mallory_keys = load_client_keys(keys.root / "mine" / "mallory.key_secret", keys.server_public)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = mallory_keys.public, mallory_keys.secret, mallory_keys.server
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = (
+        mallory_keys.public,
+        mallory_keys.secret,
+        mallory_keys.server,
+    )
     sock.connect(endpoint)
     try:
         sock.send(b"\xc1 not msgpack")
@@ -342,7 +359,10 @@ def test_a_key_file_that_changed_since_the_config_was_read_fails_the_start(folde
     result = supervise("start", str(config), timeout=30)
 
     assert result.returncode == 78
-    assert f"supervisor.curve_server_key: {keys.server_secret} is accessible to group or others (mode 644)" in result.stderr
+    assert (
+        f"supervisor.curve_server_key: {keys.server_secret} is accessible to group or others (mode 644)"
+        in result.stderr
+    )
 
 
 # -- keygen -----------------------------------------------------------------------------
@@ -381,4 +401,3 @@ def test_sigterm_stops_a_tcp_daemon_cleanly_and_frees_its_port(curve_daemon: Cal
         host, port = daemon.client.endpoint.removeprefix("tcp://").rsplit(":", 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, int(port)))
-

@@ -78,7 +78,9 @@ def test_hung_worker_is_killed_and_replaced(daemon_factory) -> None:
 
 def test_a_hung_worker_is_replaced_within_heartbeat_timeout_not_plus_stop_timeout(daemon_factory) -> None:
     # The defaults a new user has: stop_timeout 10 s, backoff 1 s. Hung means SIGKILL, not a polite stop.
-    d: Daemon = daemon_factory({"checker": {"target": FOREVER, "heartbeat_interval": "200ms", "heartbeat_timeout": "1500ms"}})
+    d: Daemon = daemon_factory(
+        {"checker": {"target": FOREVER, "heartbeat_interval": "200ms", "heartbeat_timeout": "1500ms"}}
+    )
     old = d.wait_running_pid("checker")
     stopped_at = time.monotonic()
     os.kill(old, signal.SIGSTOP)
@@ -126,7 +128,11 @@ def test_sigkill_of_the_supervisor_leaves_no_orphans(short_dir: Path) -> None:
     try:
         d.wait_running_pid("py")
         d.wait_running_pid("cmd")
-        workers = [p for p in psutil.Process(d.pid).children(recursive=True) if "supervise.supervisor.daemon.guard" not in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in psutil.Process(d.pid).children(recursive=True)
+            if "supervise.supervisor.daemon.guard" not in " ".join(p.cmdline())
+        ]
         assert len(workers) >= 4  # py, sh and its two sleeps
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
@@ -161,7 +167,10 @@ def test_a_second_supervisor_on_the_same_state_dir_is_refused(daemon_factory) ->
     d: Daemon = daemon_factory({"py": {"target": FOREVER}})
     pid = d.wait_running_pid("py")
     second = subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "start", str(d.config)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "supervise.supervisor", "start", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert second.returncode == 1
     assert f"another supervise (pid {d.pid}) holds" in second.stderr
@@ -215,7 +224,12 @@ def test_status_json_has_the_documented_fields(daemon_factory) -> None:
 
 def test_worker_output_is_captured_in_its_log_file(daemon_factory) -> None:
     d: Daemon = daemon_factory(
-        {"talker": {"command": ["sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 1000"], "start_timeout": "0s"}}
+        {
+            "talker": {
+                "command": ["sh", "-c", "echo hello-out; echo hello-err >&2; exec sleep 1000"],
+                "start_timeout": "0s",
+            }
+        }
     )
     d.wait_running_pid("talker")
     log = d.config.parent / "state" / "logs" / "talker.log"
@@ -257,7 +271,14 @@ def test_missing_executable_is_reported_not_running(daemon_factory, short_dir) -
 def test_a_worker_whose_code_stops_calling_ctx_heartbeat_is_replaced(daemon_factory, short_dir) -> None:
     stuck = short_dir / "stuck"
     d: Daemon = daemon_factory(
-        {"watched": {"target": "tests.children.targets:watched", "watchdog": "1s", **FAST, "env": {"STUCK_FILE": str(stuck)}}}
+        {
+            "watched": {
+                "target": "tests.children.targets:watched",
+                "watchdog": "1s",
+                **FAST,
+                "env": {"STUCK_FILE": str(stuck)},
+            }
+        }
     )
     old = d.wait_running_pid("watched")
     assert d.service("watched")["restarts"] == 0
@@ -275,11 +296,19 @@ def test_a_missing_executable_fails_only_its_own_service(daemon_factory, short_d
         "cache": {"command": ["sleep", "1000"], "start_timeout": "0s"},
     }
     config = write_config(short_dir, services)
-    check = subprocess.run([sys.executable, "-m", "supervise.supervisor", "check", str(config)], capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "check", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert check.returncode == 0, check.stderr
     assert f'warning: {config}:6:1: services.ghost.command: executable "{ghost}" does not exist' in check.stderr
     strict = subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "check", "--strict", str(config)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "supervise.supervisor", "check", "--strict", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert strict.returncode == 1
 
@@ -316,7 +345,12 @@ def test_exit_code_rules_decide_restarts_with_real_exits(daemon_factory) -> None
     d: Daemon = daemon_factory(
         {
             "clean3": {"command": ["sh", "-c", "exit 3"], "success_exit_codes": [3], **quick},  # on-failure
-            "prevented": {"command": ["sh", "-c", "exit 75"], "restart": "always", "restart_prevent_exit_codes": [75], **quick},
+            "prevented": {
+                "command": ["sh", "-c", "exit 75"],
+                "restart": "always",
+                "restart_prevent_exit_codes": [75],
+                **quick,
+            },
             "aborts": {"command": ["sleep", "1000"], "restart": "on-abort", **quick},
             "exits1": {"command": ["sh", "-c", "sleep 0.2; exit 1"], "restart": "on-abnormal", **quick},
         }

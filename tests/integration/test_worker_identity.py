@@ -30,10 +30,18 @@ def test_a_worker_run_as_nobody_has_nobodys_groups_home_and_not_the_supervisors_
     script = (
         'echo "ID $(id -u) $(id -g) $(id -G)"; echo "HOME=$HOME USER=$USER LOGNAME=$LOGNAME SHELL=$SHELL"; '
         'echo "SECRET=$(printenv SV_ONLY_IN_SUPERVISOR || echo absent) PORT=$PORT"; '
-        f'if echo x >> {target}; then echo APPEND=allowed; else echo APPEND=denied; fi; echo DONE'
+        f"if echo x >> {target}; then echo APPEND=allowed; else echo APPEND=denied; fi; echo DONE"
     )
     daemon_factory(
-        {"who": {"command": ["sh", "-c", script], "user": "nobody", "cwd": "/", "restart": "never", "env": {"PORT": "8000"}}}
+        {
+            "who": {
+                "command": ["sh", "-c", script],
+                "user": "nobody",
+                "cwd": "/",
+                "restart": "never",
+                "env": {"PORT": "8000"},
+            }
+        }
     )
     log = short_dir / "state" / "logs" / "who.log"
     text = wait_for(lambda: "DONE" in (t := log.read_text()) and t, timeout_s=15, what="the worker's output")
@@ -42,7 +50,9 @@ def test_a_worker_run_as_nobody_has_nobodys_groups_home_and_not_the_supervisors_
     id_line = next(line for line in text.splitlines() if line.startswith("ID "))
     uid, gid, *groups = (int(v) for v in id_line.split()[1:])
     assert (uid, gid) == (nobody.pw_uid, nobody.pw_gid), id_line
-    assert sorted(set(groups)) == expected_groups, f"{id_line}; nobody's groups: {[grp.getgrgid(g).gr_name for g in expected_groups]}"
+    assert sorted(set(groups)) == expected_groups, (
+        f"{id_line}; nobody's groups: {[grp.getgrgid(g).gr_name for g in expected_groups]}"
+    )
     assert f"HOME={nobody.pw_dir} USER=nobody LOGNAME=nobody SHELL={nobody.pw_shell}" in text
     assert "SECRET=absent PORT=8000" in text
     assert "APPEND=denied" in text

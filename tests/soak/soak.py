@@ -124,7 +124,7 @@ def main() -> int:
                 break
             except Exception:
                 if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit("the daemon did not come up; see " + str(folder / "daemon.log"))
+                    raise SystemExit("the daemon did not come up; see " + str(folder / "daemon.log")) from None
                 time.sleep(0.2)
         proc = psutil.Process(daemon.pid)
         time.sleep(args.warmup)  # let every service start and the allocator settle

@@ -212,12 +212,8 @@ CATALOGUE = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("frames", "code", "text"), [row[1:] for row in CATALOGUE], ids=[row[0] for row in CATALOGUE]
-)
-def test_bad_request_gets_the_documented_code_and_message(
-    frames: list[bytes], code: ErrorCode, text: str
-) -> None:
+@pytest.mark.parametrize(("frames", "code", "text"), [row[1:] for row in CATALOGUE], ids=[row[0] for row in CATALOGUE])
+def test_bad_request_gets_the_documented_code_and_message(frames: list[bytes], code: ErrorCode, text: str) -> None:
     error = rejects(frames)
     assert error.code == code
     assert text in error.message, error.message
@@ -287,9 +283,7 @@ def test_an_unknown_command_is_not_the_codecs_business() -> None:
 @pytest.mark.parametrize("request_id", ["r-1", 7, -1, 2**63 - 1, "x" * 64], ids=repr)
 def test_request_round_trips(request_id: str | int) -> None:
     frame = encode_request(request_id, "stop", {"service": "web", "timeout": 2.5})
-    assert decode_request([frame]) == Request(
-        id=request_id, cmd="stop", args={"service": "web", "timeout": 2.5}
-    )
+    assert decode_request([frame]) == Request(id=request_id, cmd="stop", args={"service": "web", "timeout": 2.5})
 
 
 def test_request_without_args_decodes_to_empty_args() -> None:
@@ -426,17 +420,10 @@ def test_split_envelope_handles_dealer_and_req_clients() -> None:
 # --- fuzzing -----------------------------------------------------------------------------
 
 wire_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text()
-    | st.binary(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text() | st.binary(),
     lambda children: (
         st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(["v", "id", "cmd", "args", "x"]) | st.text(), children, max_size=4
-        )
+        | st.dictionaries(st.sampled_from(["v", "id", "cmd", "args", "x"]) | st.text(), children, max_size=4)
     ),
     max_leaves=20,
 )
@@ -490,6 +477,4 @@ def test_codec_is_the_only_msgpack_user_and_protocol_imports_neither_other_packa
         if path.name != "codec.py":
             assert "msgpack" not in roots, f"{path.name} imports msgpack; only codec.py may"
         for other in ("supervise.workers", "supervise.supervisor"):
-            assert not any(name.startswith(other) for name in imported), (
-                f"{path.name} imports {other}"
-            )
+            assert not any(name.startswith(other) for name in imported), f"{path.name} imports {other}"

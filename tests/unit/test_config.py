@@ -216,7 +216,12 @@ def test_unset_keys_take_their_defaults(tmp_path: Path) -> None:
 
     web = config.services["web"]
     assert (web.critical, web.autostart, web.restart, web.max_restarts) == (False, True, RestartMode.ON_FAILURE, 5)
-    assert (web.restart_window_ms, web.backoff_ms, web.backoff_max_ms, web.stable_after_ms) == (60_000, 1_000, 60_000, 60_000)
+    assert (web.restart_window_ms, web.backoff_ms, web.backoff_max_ms, web.stable_after_ms) == (
+        60_000,
+        1_000,
+        60_000,
+        60_000,
+    )
     assert (web.heartbeat_interval_ms, web.heartbeat_timeout_ms) == (2_000, 10_000)
     assert (web.stop_signal, web.stop_timeout_ms) == (signal.SIGTERM, 10_000)
     assert (web.user, web.umask, web.max_memory_bytes, web.origin) == (None, None, None, "config")
@@ -235,9 +240,7 @@ def test_unset_keys_take_their_defaults(tmp_path: Path) -> None:
 
 
 def test_start_timeout_defaults_to_1s_for_commands_and_30s_for_python_targets(tmp_path: Path) -> None:
-    config = load_config(
-        write(tmp_path, '[services.cmd]\ncommand = "sh"\n[services.py]\ntarget = "pkg.mod:main"\n')
-    )
+    config = load_config(write(tmp_path, '[services.cmd]\ncommand = "sh"\n[services.py]\ntarget = "pkg.mod:main"\n'))
 
     assert config.services["cmd"].start_timeout_ms == 1_000
     assert config.services["py"].start_timeout_ms == 30_000
@@ -436,7 +439,7 @@ def test_a_toml_syntax_error_carries_its_line_and_column(tmp_path: Path) -> None
 def test_a_toml_error_at_the_end_of_the_file_points_at_its_last_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[services.web]\ncommand = "sh')
 
-    assert problems(path) == ['supervise.toml:2:14: invalid TOML: unterminated string']
+    assert problems(path) == ["supervise.toml:2:14: invalid TOML: unterminated string"]
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_the_place_of_the_bad_byte(tmp_path: Path) -> None:
@@ -465,7 +468,8 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
 
     assert problems(path) == [
         'supervise.toml:3:1: services.web.max_restarts: expected an integer >= 0, got "three"',
-        'supervise.toml:7:1: services.api.restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got "allways"',
+        'supervise.toml:7:1: services.api.restart: expected one of "always", "on-success", '
+        '"on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got "allways"',
         'supervise.toml:10:1: supervisor.shutdown_timeout: invalid duration "10 sec" (use 500ms, 10s, 5m, 1h)',
     ]
 
@@ -485,8 +489,14 @@ def test_the_error_message_lists_every_problem_one_per_line(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("lines", "problem"),
     [
-        ('command = "sh"\nrestart_polcy = "always"', '3:1: services.web.restart_polcy: unknown key; did you mean "restart"?'),
-        ('command = "sh"\n  max_restart = 1', '3:3: services.web.max_restart: unknown key; did you mean "max_restarts"?'),
+        (
+            'command = "sh"\nrestart_polcy = "always"',
+            '3:1: services.web.restart_polcy: unknown key; did you mean "restart"?',
+        ),
+        (
+            'command = "sh"\n  max_restart = 1',
+            '3:3: services.web.max_restart: unknown key; did you mean "max_restarts"?',
+        ),
         ('command = "sh"\nzzz = 1', "3:1: services.web.zzz: unknown key"),
         ('command = "sh"\nevry = "5m"', '3:1: services.web.evry: unknown key; did you mean "every"?'),
     ],
@@ -507,13 +517,26 @@ def test_unknown_top_level_and_supervisor_keys_are_errors(tmp_path: Path) -> Non
 
 WRONG_VALUES = [
     ('type = "forking"', 'type: expected "simple" or "notify", got "forking"'),
-    ('type = "notify"\nstart_timeout = "0s"', 'start_timeout: must be > 0 for type = "notify" (the time it has to send READY=1)'),
-    ('success_exit_codes = "3"', 'success_exit_codes: expected a list of exit codes and signal names like [3, 75, "TERM"], got "3"'),
-    ("success_exit_codes = [256]", 'success_exit_codes: expected exit codes 0-255 and signal names like "TERM", got 256'),
-    ('restart_prevent_exit_codes = ["NOPE"]', 'restart_prevent_exit_codes: expected exit codes 0-255 and signal names like "TERM", got "NOPE"'),
+    (
+        'type = "notify"\nstart_timeout = "0s"',
+        'start_timeout: must be > 0 for type = "notify" (the time it has to send READY=1)',
+    ),
+    (
+        'success_exit_codes = "3"',
+        'success_exit_codes: expected a list of exit codes and signal names like [3, 75, "TERM"], got "3"',
+    ),
+    (
+        "success_exit_codes = [256]",
+        'success_exit_codes: expected exit codes 0-255 and signal names like "TERM", got 256',
+    ),
+    (
+        'restart_prevent_exit_codes = ["NOPE"]',
+        'restart_prevent_exit_codes: expected exit codes 0-255 and signal names like "TERM", got "NOPE"',
+    ),
     (
         'restart_prevent_exit_codes = [3, "TERM"]\nrestart_force_exit_codes = [3, "SIGTERM", 4]',
-        "restart_force_exit_codes: 3, SIGTERM also in restart_prevent_exit_codes: a status prevents or forces a restart, not both",
+        "restart_force_exit_codes: 3, SIGTERM also in restart_prevent_exit_codes: a status prevents "
+        "or forces a restart, not both",
     ),
     ("max_restarts = -1", "max_restarts: expected an integer >= 0, got -1"),
     ("max_restarts = 2.5", "max_restarts: expected an integer >= 0, got 2.5"),
@@ -523,24 +546,37 @@ WRONG_VALUES = [
     ('stop_timeout = "10 sec"', 'stop_timeout: invalid duration "10 sec" (use 500ms, 10s, 5m, 1h)'),
     ('stop_timeout = "0s"', 'stop_timeout: expected a duration > 0, got "0s"'),
     ('backoff = "-1s"', 'backoff: expected a duration >= 0, got "-1s"'),
-    ('restart = "allways"', 'restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got "allways"'),
-    ('max_memory = "300 bananas"', 'max_memory: invalid size "300 bananas" (use 512KiB, 300MB, 1.5GiB or a number of bytes)'),
+    (
+        'restart = "allways"',
+        'restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", '
+        '"on-watchdog", "never"; got "allways"',
+    ),
+    (
+        'max_memory = "300 bananas"',
+        'max_memory: invalid size "300 bananas" (use 512KiB, 300MB, 1.5GiB or a number of bytes)',
+    ),
     ("max_memory = 0", "max_memory: expected a size > 0, got 0"),
     (
         'stop_signal = "STOP"',
-        'stop_signal: expected a signal name ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL", "ABRT") or number, got "STOP"',
+        'stop_signal: expected a signal name ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2", "KILL", '
+        '"ABRT") or number, got "STOP"',
     ),
     ('umask = "999"', 'umask: expected an octal umask like "022" or 0o022, got "999"'),
     ("umask = 0o1000", 'umask: expected an octal umask like "022" or 0o022, got 512'),
     ("env = [1]", "env: expected a table of strings, got list"),
     ("env = { PORT = [80] }", "env.PORT: expected a string, number or boolean, got list"),
-    ('heartbeat_interval = "2s"\nheartbeat_timeout = "1s"', "heartbeat_timeout: must be > heartbeat_interval (2s), got 1s"),
+    (
+        'heartbeat_interval = "2s"\nheartbeat_timeout = "1s"',
+        "heartbeat_timeout: must be > heartbeat_interval (2s), got 1s",
+    ),
     ('heartbeat_timeout = "2s"', "heartbeat_timeout: must be > heartbeat_interval (2s), got 2s"),
     ('backoff = "5s"\nbackoff_max = "1s"', "backoff_max: must be >= backoff (5s), got 1s"),
 ]
 
 
-@pytest.mark.parametrize(("lines", "problem"), WRONG_VALUES, ids=[f"{w[1].split(':')[0]}-{i}" for i, w in enumerate(WRONG_VALUES)])
+@pytest.mark.parametrize(
+    ("lines", "problem"), WRONG_VALUES, ids=[f"{w[1].split(':')[0]}-{i}" for i, w in enumerate(WRONG_VALUES)]
+)
 def test_wrong_values_are_reported_by_key_path_with_what_was_expected(tmp_path: Path, lines: str, problem: str) -> None:
     found = problem_of(tmp_path, 'command = "sh"\n' + lines)
 
@@ -569,7 +605,7 @@ def test_a_service_cannot_have_both_a_command_and_a_target(tmp_path: Path) -> No
         ('"   "', "must be a non-empty list or string"),
         ("42", "must be a non-empty list or string, got integer"),
         ('["sh", 1]', "expected a list of strings, got 1 at index 1"),
-        ("\"sh -c 'oops\"", 'cannot split "sh -c \'oops" into arguments: no closing quotation'),
+        ('"sh -c \'oops"', 'cannot split "sh -c \'oops" into arguments: no closing quotation'),
     ],
 )
 def test_a_command_must_be_a_non_empty_list_or_string(tmp_path: Path, command: str, problem: str) -> None:
@@ -588,11 +624,14 @@ def test_an_executable_missing_from_path_is_a_warning_with_the_path_searched(tmp
     path = write(tmp_path, '[services.web]\ncommand = "gunicron app:wsgi"\nenv = { PATH = "/usr/bin:/bin" }\n')
 
     assert warnings_of(path) == [
-        'supervise.toml:2:1: services.web.command: executable "gunicron" not found on PATH=/usr/bin:/bin' + SPAWN_WARNING
+        'supervise.toml:2:1: services.web.command: executable "gunicron" not found on PATH=/usr/bin:/bin'
+        + SPAWN_WARNING
     ]
 
 
-def test_an_executable_missing_from_the_supervisors_path_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_executable_missing_from_the_supervisors_path_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     path = write(tmp_path, '[services.web]\ncommand = ["gunicron"]\n')
 
@@ -619,8 +658,10 @@ def test_an_executable_path_that_does_not_exist_or_cannot_run_is_a_warning_not_a
 
     assert list(load_config(path).services) == ["a", "b", "c", "ok"]
     assert warnings_of(path) == [
-        f'supervise.toml:2:1: services.a.command: executable "./missing.sh" ({tmp_path}/missing.sh) does not exist' + SPAWN_WARNING,
-        f'supervise.toml:4:1: services.b.command: "./notes.txt" ({tmp_path}/notes.txt) is not an executable file' + SPAWN_WARNING,
+        f'supervise.toml:2:1: services.a.command: executable "./missing.sh" ({tmp_path}/missing.sh) does not exist'
+        + SPAWN_WARNING,
+        f'supervise.toml:4:1: services.b.command: "./notes.txt" ({tmp_path}/notes.txt) is not an executable file'
+        + SPAWN_WARNING,
         'supervise.toml:6:1: services.c.command: "/" is not an executable file' + SPAWN_WARNING,
     ]
 
@@ -662,7 +703,9 @@ def test_service_names_must_be_short_lowercase_identifiers(tmp_path: Path, name:
     assert problems(path) == [f"supervise.toml:1:1: services.{shown}: names must match [a-z][a-z0-9_-]{{0,62}}"]
 
 
-@pytest.mark.parametrize("name", ["web", "w", "web-1", "api_v2", "w" * 63], ids=["web", "w", "web-1", "api_v2", "63-long"])
+@pytest.mark.parametrize(
+    "name", ["web", "w", "web-1", "api_v2", "w" * 63], ids=["web", "w", "web-1", "api_v2", "63-long"]
+)
 def test_good_service_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert name in load_config(write(tmp_path, f'[services.{name}]\ncommand = "sh"\n')).services
 
@@ -839,7 +882,8 @@ def test_problems_inside_inline_tables_and_dotted_keys_point_at_their_own_column
     assert problems(path) == [
         "supervise.toml:1:1: description: unknown key",
         'supervise.toml:6:25: services.web.backof: unknown key; did you mean "backoff"?',
-        'supervise.toml:8:1: services.api.restart: expected one of "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got 3',
+        'supervise.toml:8:1: services.api.restart: expected one of "always", "on-success", '
+        '"on-failure", "on-abnormal", "on-abort", "on-watchdog", "never"; got 3',
         "supervise.toml:11:1: services.db.env.PORT: expected a string, number or boolean, got list",
     ]
 
@@ -985,7 +1029,10 @@ def test_type_notify_is_for_long_running_commands_and_waits_30s_by_default(tmp_p
     assert config.services["n"].sd_notify and config.services["n"].start_timeout_ms == 30_000
     for table, problem in (
         ({"target": "a.b:c", "type": "notify"}, 'services.t.type: "notify" applies to commands'),
-        ({"command": "sh", "type": "notify", "every": "5m"}, 'services.t.type: "notify" applies to long-running commands'),
+        (
+            {"command": "sh", "type": "notify", "every": "5m"},
+            'services.t.type: "notify" applies to long-running commands',
+        ),
         ({"command": "sh", "watchdog": "5s"}, "services.t.watchdog: applies to Python targets"),
     ):
         with pytest.raises(ConfigError, match=problem):
@@ -996,4 +1043,7 @@ def test_a_notify_socket_path_must_fit_a_unix_socket_address(tmp_path: Path) -> 
     state_dir = "/tmp/" + "s" * 40  # its control.sock fits; notify/NAME.sock of a long name does not
     name = "n" * 60
     with pytest.raises(ConfigError, match=f"services.{name}.type: its NOTIFY_SOCKET: ipc path .* bytes"):
-        parse_config({"supervisor": {"state_dir": state_dir}, "services": {name: {"command": "sh", "type": "notify"}}}, base_dir=tmp_path)
+        parse_config(
+            {"supervisor": {"state_dir": state_dir}, "services": {name: {"command": "sh", "type": "notify"}}},
+            base_dir=tmp_path,
+        )

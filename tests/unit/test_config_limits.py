@@ -26,7 +26,7 @@ DEPTH_MESSAGE = f"nested more than {MAX_CONFIG_DEPTH} levels deep"
 )
 def test_deep_nesting_is_a_config_error_naming_the_limit(tmp_path: Path, value: str) -> None:
     path = tmp_path / "supervise.toml"
-    path.write_text(f"[services.web]\ncommand = [\"true\"]\nx = {value}\n")
+    path.write_text(f'[services.web]\ncommand = ["true"]\nx = {value}\n')
     with pytest.raises(ConfigError, match=DEPTH_MESSAGE):
         load_config(path)
 
@@ -49,13 +49,25 @@ def test_too_deep_is_iterative_and_exact() -> None:
 
 def test_start_exits_78_without_a_traceback_on_a_deep_config(tmp_path: Path) -> None:
     path = tmp_path / "supervise.toml"
-    path.write_text('[supervisor]\nstate_dir = "state"\n[services.web]\ncommand = ["true"]\nx = ' + "[" * 3000 + "]" * 3000 + "\n")
+    path.write_text(
+        '[supervisor]\nstate_dir = "state"\n[services.web]\ncommand = ["true"]\nx = ' + "[" * 3000 + "]" * 3000 + "\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "supervise.supervisor", "start", str(path)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "supervise.supervisor", "start", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 78, result.stderr[-2000:]
     assert DEPTH_MESSAGE in result.stderr and "Traceback" not in result.stderr
-    check = subprocess.run([sys.executable, "-m", "supervise.supervisor", "check", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    check = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 1 and DEPTH_MESSAGE in check.stderr and "Traceback" not in check.stderr
 
 
@@ -72,8 +84,10 @@ def test_a_variable_in_a_string_command_stays_one_argument() -> None:
 
 def test_a_missing_variable_in_a_command_names_the_argument_and_bad_quotes_are_still_reported(tmp_path: Path) -> None:
     _, problems = interpolate({"services": {"web": {"command": "echo ${MISSING}"}}}, {})
-    assert problems == [(("services", "web", "command", "1"), "variable ${MISSING} is not set (use ${MISSING:-default})")]
+    assert problems == [
+        (("services", "web", "command", "1"), "variable ${MISSING} is not set (use ${MISSING:-default})")
+    ]
     path = tmp_path / "supervise.toml"
-    path.write_text("[services.web]\ncommand = \"sh -c 'oops\"\n")
+    path.write_text('[services.web]\ncommand = "sh -c \'oops"\n')
     with pytest.raises(ConfigError, match="cannot split .* no closing quotation"):
         load_config(path)

@@ -56,7 +56,9 @@ def test_one_client_cannot_take_every_slot_and_another_is_still_served() -> None
 
 
 def test_a_frame_with_too_many_values_is_refused_quickly() -> None:
-    frame = pack({"v": 1, "id": 1, "cmd": "status", "args": {"name": [[[1] * 1000] * 30] * 34}})  # a million values in 1 MB
+    frame = pack(
+        {"v": 1, "id": 1, "cmd": "status", "args": {"name": [[[1] * 1000] * 30] * 34}}
+    )  # a million values in 1 MB
     started = time.perf_counter()
     with pytest.raises(DecodeError, match=f"request holds more than {REQUEST_LIMITS.max_objects} values"):
         unpack(frame)

@@ -53,5 +53,7 @@ def test_interpolation_names_the_key_of_a_missing_variable_and_leaves_http_field
 
 
 def test_supervise_variables_override_supervisor_keys() -> None:
-    result, _ = interpolate({"supervisor": {"state_dir": "a"}}, {"SUPERVISE_STATE_DIR": "/srv/b", "SUPERVISE_HTTP": "127.0.0.1:1"})
+    result, _ = interpolate(
+        {"supervisor": {"state_dir": "a"}}, {"SUPERVISE_STATE_DIR": "/srv/b", "SUPERVISE_HTTP": "127.0.0.1:1"}
+    )
     assert result["supervisor"] == {"state_dir": "/srv/b", "http": "127.0.0.1:1"}

@@ -14,7 +14,9 @@ from supervise.supervisor.daemon.descriptors import DescriptorWatch, open_descri
 def test_the_watch_pauses_below_the_reserve_and_resumes_with_room_again(caplog: pytest.LogCaptureFixture) -> None:
     used = [100]
     calls: list[str] = []
-    watch = DescriptorWatch(lambda: calls.append("pause"), lambda: calls.append("resume"), count=lambda: used[0], limit=lambda: 1000)
+    watch = DescriptorWatch(
+        lambda: calls.append("pause"), lambda: calls.append("resume"), count=lambda: used[0], limit=lambda: 1000
+    )
 
     watch.check()
     assert calls == [] and not watch.paused

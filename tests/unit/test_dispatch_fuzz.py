@@ -73,7 +73,19 @@ wire_values = st.recursive(
     max_leaves=10,
 )
 """Values a decoder accepts as such (string keys); only their depth can be over the limit."""
-HOSTILE_NAMES = ["__class__", "_internal", "a.b", "__init__", "handler", "validate", "COMMANDS", "", "Status", "stop ", "help\x00"]
+HOSTILE_NAMES = [
+    "__class__",
+    "_internal",
+    "a.b",
+    "__init__",
+    "handler",
+    "validate",
+    "COMMANDS",
+    "",
+    "Status",
+    "stop ",
+    "help\x00",
+]
 command_names = st.sampled_from(sorted(COMMANDS)) | st.sampled_from(HOSTILE_NAMES) | text
 arg_names = st.sampled_from(sorted({a for c in COMMANDS.values() for a in c.args})) | text
 request_ids = st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=70) | values
@@ -188,7 +200,12 @@ def _value_of(kind: type | tuple[type, ...], low: float | None, high: float | No
         if k is bool:
             options.append(st.booleans())
         elif k is int:
-            options.append(st.integers(min_value=int(low) if low is not None else -(2**63), max_value=int(high) if high is not None else 2**63))
+            options.append(
+                st.integers(
+                    min_value=int(low) if low is not None else -(2**63),
+                    max_value=int(high) if high is not None else 2**63,
+                )
+            )
         elif k is float:
             options.append(st.floats(min_value=low, max_value=high, allow_nan=False))
         elif k is str:
@@ -228,7 +245,9 @@ class FakeRouter:
 
 @fuzz_settings(100)
 @given(st.lists(bodies, min_size=1, max_size=6))
-def test_the_serve_loop_replies_once_to_everything_and_only_valid_requests_reach_a_handler(batch: list[list[bytes]]) -> None:
+def test_the_serve_loop_replies_once_to_everything_and_only_valid_requests_reach_a_handler(
+    batch: list[list[bytes]],
+) -> None:
     handled: list[tuple[str, dict[str, object]]] = []
 
     async def call(command: Command, args: dict[str, object]) -> object:

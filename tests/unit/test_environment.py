@@ -54,7 +54,10 @@ def test_inherit_env_true_with_a_user_keeps_everything_but_the_identity_is_the_u
     assert (env["HOME"], env["USER"]) == (pwd.getpwnam("nobody").pw_dir, "nobody")
 
 
-@pytest.mark.parametrize(("inherit_env", "user", "expected"), [(None, None, True), (None, "nobody", False), (True, "nobody", True), (False, None, False)])
+@pytest.mark.parametrize(
+    ("inherit_env", "user", "expected"),
+    [(None, None, True), (None, "nobody", False), (True, "nobody", True), (False, None, False)],
+)
 def test_inherits(inherit_env: bool | None, user: str | None, expected: bool) -> None:
     assert inherits(inherit_env, user) is expected
 

@@ -32,7 +32,11 @@ def test_environment_overrides_are_honoured(tmp_path: Path, monkeypatch: pytest.
     path = tmp_path / "supervise.toml"
     path.write_text("")
     monkeypatch.setenv("SUPERVISE_STATE_DIR", str(tmp_path / "elsewhere"))
-    assert control_endpoint_of(path) == load_config(path).supervisor.control_endpoint == f"ipc://{tmp_path}/elsewhere/control.sock"
+    assert (
+        control_endpoint_of(path)
+        == load_config(path).supervisor.control_endpoint
+        == f"ipc://{tmp_path}/elsewhere/control.sock"
+    )
 
 
 def test_what_it_cannot_read_is_left_to_the_loader(tmp_path: Path) -> None:

@@ -132,9 +132,7 @@ def _wrong_field_cases() -> list[tuple[str, str, str, object]]:
     _wrong_field_cases(),
     ids=[f"{s}-{k}-{n}" for s, k, n, _ in _wrong_field_cases()],
 )
-def test_a_field_of_the_wrong_type_is_rejected(
-    sender: str, kind: str, name: str, bad: object
-) -> None:
+def test_a_field_of_the_wrong_type_is_rejected(sender: str, kind: str, name: str, bad: object) -> None:
     samples = WORKER_SAMPLES if sender == "worker" else SUPERVISOR_SAMPLES
     fields = {**samples[kind], name: bad}
     error = rejects(frame(kind, **fields), sender=sender)
@@ -242,9 +240,7 @@ def test_malformed_worker_frames_are_rejected(data: bytes, code: ErrorCode, text
 
 def test_run_finished_result_may_be_anything_msgpack_carries() -> None:
     for result in (None, 1, "x", [1, {"a": b"\x00"}], {"nested": {"deep": [1.5]}}):
-        data = encode_worker_message(
-            "run_finished", token=TOKEN, run_id="r", ok=True, result=result
-        )
+        data = encode_worker_message("run_finished", token=TOKEN, run_id="r", ok=True, result=result)
         assert decode_worker_message(data).fields["result"] == result
 
 

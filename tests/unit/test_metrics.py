@@ -194,13 +194,28 @@ def _snapshot() -> dict[str, object]:
     services = []
     for name, state in (("web", "RUNNING"), ("job", "FATAL")):
         services.append(
-            {"name": name, "state": state, "critical": True, "healthy": state == "RUNNING", "restarts": 2,
-             "restarts_in_window": 1, "uptime": 5.0, "heartbeat_age": 0.5, "max_memory_bytes": 1 << 30,
-             **book.service(name).snapshot()}
+            {
+                "name": name,
+                "state": state,
+                "critical": True,
+                "healthy": state == "RUNNING",
+                "restarts": 2,
+                "restarts_in_window": 1,
+                "uptime": 5.0,
+                "heartbeat_age": 0.5,
+                "max_memory_bytes": 1 << 30,
+                **book.service(name).snapshot(),
+            }
         )
     return {
-        "supervisor": {"pid": 1, "version": "0.1.0", "uptime": 9.0, "healthy": False,
-                       "process": ProcessStats(rss_bytes=5).as_dict(), "events": {"seq": 3, "dropped": 0}},
+        "supervisor": {
+            "pid": 1,
+            "version": "0.1.0",
+            "uptime": 9.0,
+            "healthy": False,
+            "process": ProcessStats(rss_bytes=5).as_dict(),
+            "events": {"seq": 3, "dropped": 0},
+        },
         "services": services,
     }
 
@@ -231,4 +246,3 @@ def test_exposition_speaks_openmetrics_when_asked() -> None:
     body, content_type = exposition.render(registry, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
-

@@ -146,17 +146,19 @@ def test_bad_channel_and_rule_values_name_their_key(tmp_path: Path) -> None:
         """,
     )
     keys = sorted(line.split(":", 1)[0] for line in found)
-    assert keys == sorted([
-        "notify.ops.url",
-        "notify.ops.method",
-        "notify.ops.preset",
-        "notify.mail.host",
-        "notify.mail.tls",
-        "notify.mail.from",
-        "notify.mail.to",
-        "notify.x.type",
-        "services.a.notify",
-    ])
+    assert keys == sorted(
+        [
+            "notify.ops.url",
+            "notify.ops.method",
+            "notify.ops.preset",
+            "notify.mail.host",
+            "notify.mail.tls",
+            "notify.mail.from",
+            "notify.mail.to",
+            "notify.x.type",
+            "services.a.notify",
+        ]
+    )
     assert 'unknown event "exploded"' in found[-1]
 
 

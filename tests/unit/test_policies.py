@@ -95,37 +95,80 @@ MISSED = [ago(50), ago(40), ago(30), ago(20), ago(10)]
     ("policy", "window_min", "max_catchup", "run", "skipped"),
     [
         pytest.param(
-            CatchupPolicy.LATEST, 35, 100, [ago(10)],
-            [(ago(50), SkipReason.MISSED), (ago(40), SkipReason.MISSED),
-             (ago(30), SkipReason.SUPERSEDED), (ago(20), SkipReason.SUPERSEDED)],
+            CatchupPolicy.LATEST,
+            35,
+            100,
+            [ago(10)],
+            [
+                (ago(50), SkipReason.MISSED),
+                (ago(40), SkipReason.MISSED),
+                (ago(30), SkipReason.SUPERSEDED),
+                (ago(20), SkipReason.SUPERSEDED),
+            ],
             id="latest-in-window",
         ),
         pytest.param(
-            CatchupPolicy.EARLIEST, 35, 100, [ago(30)],
-            [(ago(50), SkipReason.MISSED), (ago(40), SkipReason.MISSED),
-             (ago(20), SkipReason.SUPERSEDED), (ago(10), SkipReason.SUPERSEDED)],
+            CatchupPolicy.EARLIEST,
+            35,
+            100,
+            [ago(30)],
+            [
+                (ago(50), SkipReason.MISSED),
+                (ago(40), SkipReason.MISSED),
+                (ago(20), SkipReason.SUPERSEDED),
+                (ago(10), SkipReason.SUPERSEDED),
+            ],
             id="earliest-in-window",
         ),
         pytest.param(
-            CatchupPolicy.ALL, None, 100, MISSED, [], id="all-no-window",
+            CatchupPolicy.ALL,
+            None,
+            100,
+            MISSED,
+            [],
+            id="all-no-window",
         ),
         pytest.param(
-            CatchupPolicy.ALL, None, 2, [ago(20), ago(10)],
-            [(ago(50), SkipReason.CATCHUP_LIMIT), (ago(40), SkipReason.CATCHUP_LIMIT),
-             (ago(30), SkipReason.CATCHUP_LIMIT)],
+            CatchupPolicy.ALL,
+            None,
+            2,
+            [ago(20), ago(10)],
+            [
+                (ago(50), SkipReason.CATCHUP_LIMIT),
+                (ago(40), SkipReason.CATCHUP_LIMIT),
+                (ago(30), SkipReason.CATCHUP_LIMIT),
+            ],
             id="all-capped-keeps-newest",
         ),
         pytest.param(
-            CatchupPolicy.NONE, None, 100, [], [(t, SkipReason.MISSED) for t in MISSED], id="none",
+            CatchupPolicy.NONE,
+            None,
+            100,
+            [],
+            [(t, SkipReason.MISSED) for t in MISSED],
+            id="none",
         ),
         pytest.param(
-            CatchupPolicy.LATEST, 5, 100, [], [(t, SkipReason.MISSED) for t in MISSED], id="all-outside-window",
+            CatchupPolicy.LATEST,
+            5,
+            100,
+            [],
+            [(t, SkipReason.MISSED) for t in MISSED],
+            id="all-outside-window",
         ),
         pytest.param(
-            CatchupPolicy.LATEST, None, 0, [], [(t, SkipReason.CATCHUP_LIMIT) for t in MISSED], id="max-catchup-zero",
+            CatchupPolicy.LATEST,
+            None,
+            0,
+            [],
+            [(t, SkipReason.CATCHUP_LIMIT) for t in MISSED],
+            id="max-catchup-zero",
         ),
         pytest.param(
-            CatchupPolicy.LATEST, 10, 100, [ago(10)],
+            CatchupPolicy.LATEST,
+            10,
+            100,
+            [ago(10)],
             [(t, SkipReason.MISSED) for t in MISSED[:4]],
             id="window-is-inclusive",
         ),
@@ -151,7 +194,9 @@ def test_catchup_accounts_for_every_missed_time_exactly_once() -> None:
 
 
 def test_nothing_missed_means_nothing_to_do() -> None:
-    assert decide_catchup([], now=NOW, policy=CatchupPolicy.ALL, window_ms=None, max_catchup=5) == CatchupDecision([], [])
+    assert decide_catchup([], now=NOW, policy=CatchupPolicy.ALL, window_ms=None, max_catchup=5) == CatchupDecision(
+        [], []
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,7 +254,11 @@ def test_jitter_stays_in_range_and_below_the_cap() -> None:
 
 @pytest.mark.parametrize(
     ("jitter", "cap"),
-    [pytest.param(0, None, id="no-jitter"), pytest.param(5000, 0, id="zero-cap"), pytest.param(-5, None, id="negative")],
+    [
+        pytest.param(0, None, id="no-jitter"),
+        pytest.param(5000, 0, id="zero-cap"),
+        pytest.param(-5, None, id="negative"),
+    ],
 )
 def test_no_room_means_no_jitter(jitter: int, cap: int | None) -> None:
     assert jitter_ms("s", NOW, jitter, cap) == 0
@@ -227,9 +276,7 @@ def test_fixed_jitter_is_one_offset_per_schedule() -> None:
     ("policy", "delays"),
     [
         pytest.param(RetryPolicy(max=0), [None], id="no-retries"),
-        pytest.param(
-            RetryPolicy(max=3, backoff=Backoff.FIXED, initial_ms=500), [500, 500, 500, None], id="fixed"
-        ),
+        pytest.param(RetryPolicy(max=3, backoff=Backoff.FIXED, initial_ms=500), [500, 500, 500, None], id="fixed"),
         pytest.param(
             RetryPolicy(max=4, backoff=Backoff.EXPONENTIAL, initial_ms=1000, max_delay_ms=5000),
             [1000, 2000, 4000, 5000, None],

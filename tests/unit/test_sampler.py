@@ -55,7 +55,9 @@ def _process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
 def test_a_shell_and_its_two_children_are_one_service() -> None:
     with _process(["sh", "-c", "sleep 60 & sleep 60 & wait"]) as shell:
         sampler = Sampler()
-        stats = _until(lambda: (s := sampler.sample({"sh": shell.pid})[0].get("sh")) and s.children == 2 and s, "two children")
+        stats = _until(
+            lambda: (s := sampler.sample({"sh": shell.pid})[0].get("sh")) and s.children == 2 and s, "two children"
+        )
         assert stats.processes == 3 and stats.threads == 3
         assert stats.rss_bytes > 0
 

@@ -44,7 +44,9 @@ CURVE = 'control = "tcp://127.0.0.1:7100"\ncurve_server_key = "keys/server.key_s
 def test_tcp_with_a_server_key_and_client_keys_loads(tmp_path: Path, keys: Path) -> None:
     path = tmp_path / "supervise.toml"
     path.write_text(
-        "[supervisor]\n" + CURVE + 'events = "tcp://127.0.0.1:7101"\ncurve_clients = "keys/clients"\ncurve_readonly_clients = "keys/readonly"\n'
+        "[supervisor]\n"
+        + CURVE
+        + 'events = "tcp://127.0.0.1:7101"\ncurve_clients = "keys/clients"\ncurve_readonly_clients = "keys/readonly"\n'
     )
 
     sup = load_config(path).supervisor
@@ -91,7 +93,8 @@ def test_tcp_events_without_keys_are_refused_too(tmp_path: Path) -> None:
         ),
         (
             'control = "tcp://127.0.0.1:7100"\ncurve_clients = "keys/clients"\n',
-            "supervisor.curve_clients: needs curve_server_key, the supervisor's own NAME.key_secret (see supervise keygen)",
+            "supervisor.curve_clients: needs curve_server_key, the supervisor's own NAME.key_secret "
+            "(see supervise keygen)",
         ),
         (
             CURVE + 'curve_clients = "keys/clients"\ninsecure = true\n',
@@ -102,9 +105,18 @@ def test_tcp_events_without_keys_are_refused_too(tmp_path: Path) -> None:
             "supervisor.curve_readonly_clients: key alice, bob is also in curve_clients; "
             "a key has full access or read-only access, not both",
         ),
-        ('control = "tcp://127.0.0.1"\ninsecure = true\n', 'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1"'),
-        ('control = "tcp://127.0.0.1:*"\ninsecure = true\n', 'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1:*"'),
-        ('control = "tcp://127.0.0.1:0"\ninsecure = true\n', 'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1:0"'),
+        (
+            'control = "tcp://127.0.0.1"\ninsecure = true\n',
+            'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1"',
+        ),
+        (
+            'control = "tcp://127.0.0.1:*"\ninsecure = true\n',
+            'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1:*"',
+        ),
+        (
+            'control = "tcp://127.0.0.1:0"\ninsecure = true\n',
+            'supervisor.control: expected "tcp://host:port" with a fixed port, like "tcp://127.0.0.1:7100", got "tcp://127.0.0.1:0"',
+        ),
         ('insecure = "yes"\n', 'supervisor.insecure: expected true or false, got "yes"'),
     ],
 )
@@ -131,7 +143,9 @@ def test_key_files_are_checked_when_the_config_loads(tmp_path: Path, keys: Path)
         f"supervise.toml:2:1: supervisor.curve_server_key: {keys}/server.key holds no secret key "
         "(give the NAME.key_secret file, not the public NAME.key)"
     ]
-    assert missing == [f"supervise.toml:2:1: supervisor.curve_server_key: CURVE key file {keys}/nope.key_secret does not exist"]
+    assert missing == [
+        f"supervise.toml:2:1: supervisor.curve_server_key: CURVE key file {keys}/nope.key_secret does not exist"
+    ]
     assert empty == [
         f"supervise.toml:4:1: supervisor.curve_clients: no public keys (*.key files) in {keys}/empty: "
         "no client could connect (copy each client's NAME.key there)"

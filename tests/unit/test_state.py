@@ -55,7 +55,9 @@ class Driver:
 
     def __call__(self, event: core.Event, after_ms: int = 0) -> list[core.Action]:
         self.clock.advance(after_ms)
-        self.svc, self.actions = core.step(self.svc, event, now_ms=self.clock.monotonic_ms(), spec=self.spec, rng=self.rng)
+        self.svc, self.actions = core.step(
+            self.svc, event, now_ms=self.clock.monotonic_ms(), spec=self.spec, rng=self.rng
+        )
         for a in self.actions:
             if isinstance(a, ArmTimer):
                 self.timers[a.timer] = a.at_ms
@@ -290,7 +292,10 @@ def test_python_worker_without_hello_is_killed_at_start_timeout_and_counts_as_fa
 
 @pytest.mark.parametrize(
     ("python", "pause_action", "resume_action"),
-    [(True, SendWorker("pause"), SendWorker("resume")), (False, SignalGroup(signal.SIGSTOP), SignalGroup(signal.SIGCONT))],
+    [
+        (True, SendWorker("pause"), SendWorker("resume")),
+        (False, SignalGroup(signal.SIGSTOP), SignalGroup(signal.SIGCONT)),
+    ],
     ids=["python-cooperative", "command-sigstop"],
 )
 def test_pause_and_resume(python: bool, pause_action: core.Action, resume_action: core.Action) -> None:
@@ -330,7 +335,13 @@ def test_memory_limit_restarts_with_its_own_cause() -> None:
 
 @pytest.mark.parametrize(
     "event",
-    [core.HeartbeatReceived(), core.HelloReceived(), core.WorkerExited(0, None), core.TimerFired(Timer.KILL), core.ResumeRequested()],
+    [
+        core.HeartbeatReceived(),
+        core.HelloReceived(),
+        core.WorkerExited(0, None),
+        core.TimerFired(Timer.KILL),
+        core.ResumeRequested(),
+    ],
     ids=["heartbeat", "hello", "exit", "kill-timer", "resume"],
 )
 def test_events_that_do_not_apply_to_a_stopped_service_change_nothing(event: core.Event) -> None:
@@ -404,7 +415,9 @@ def test_repeated_spawn_failures_go_through_the_restart_policy_to_fatal() -> Non
     d(core.SpawnFailed("ENOENT: No such file or directory: /nonexistent/bin/ghost"))
     assert d.state is S.FATAL
     assert d.svc.last_exit is not None and d.svc.last_exit.cause is ExitCause.SPAWN_FAILED
-    assert d.svc.last_error is not None and d.svc.last_error.startswith("ENOENT: No such file or directory: /nonexistent/bin/ghost")
+    assert d.svc.last_error is not None and d.svc.last_error.startswith(
+        "ENOENT: No such file or directory: /nonexistent/bin/ghost"
+    )
     assert "max_restarts = 3" in d.svc.last_error
     d(core.StartRequested())  # by hand, once the file is there: a fresh history
     assert d.state is S.STARTING and d.svc.restart_history_ms == ()
@@ -509,7 +522,9 @@ def test_a_notify_service_without_ready_fails_its_start() -> None:
     d(core.WorkerSpawned(100))
     d.fire(Timer.START)
     assert d.state is S.STOPPING and d.svc.kill_cause is ExitCause.START_TIMEOUT
-    assert d.svc.last_error is not None and d.svc.last_error.startswith("no READY=1 (sd_notify) within start_timeout (3s)")
+    assert d.svc.last_error is not None and d.svc.last_error.startswith(
+        "no READY=1 (sd_notify) within start_timeout (3s)"
+    )
 
 
 def test_a_zero_start_timeout_does_not_make_a_notify_service_running_at_spawn() -> None:

@@ -284,9 +284,7 @@ def test_an_unknown_time_zone_suggests_the_closest() -> None:
             'cron "0 * * * *" in Europe/Berlin (DST gap: skip, repeated hour: once_last)',
             id="cron-dst-knobs",
         ),
-        pytest.param(
-            {"at": "2026-12-01T09:00:00+01:00"}, TriggerKind.AT, "at 2026-12-01T08:00:00+00:00", id="at-one"
-        ),
+        pytest.param({"at": "2026-12-01T09:00:00+01:00"}, TriggerKind.AT, "at 2026-12-01T08:00:00+00:00", id="at-one"),
         pytest.param(
             {"at": ["2026-12-01T09:00:00+01:00", datetime(2026, 12, 2, tzinfo=UTC)]},
             TriggerKind.AT,
@@ -325,7 +323,9 @@ def test_parse_trigger_builds_each_kind(spec: dict[str, object], kind: TriggerKi
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        pytest.param({"cron": "61 * * * *"}, 'cron: invalid cron expression "61 * * * *": minute must be 0-59', id="cron"),
+        pytest.param(
+            {"cron": "61 * * * *"}, 'cron: invalid cron expression "61 * * * *": minute must be 0-59', id="cron"
+        ),
         pytest.param(
             {"cron": "0 2 * * *", "timezone": "Europe/Berln"},
             'timezone: unknown time zone "Europe/Berln"; did you mean "Europe/Berlin"?',
@@ -356,8 +356,12 @@ def test_parse_trigger_builds_each_kind(spec: dict[str, object], kind: TriggerKi
         ),
         pytest.param({"at": "tomorrow"}, 'at: invalid datetime "tomorrow"', id="bad-at"),
         pytest.param({"at": []}, "at: expected a datetime or a non-empty list", id="empty-at"),
-        pytest.param({"every": "5m", "dst_gap": "skip"}, "dst_gap: only applies to cron schedules", id="dst-on-interval"),
-        pytest.param({"cron": "* * * * *", "dst_gap": "jump"}, 'dst_gap: expected one of "shift", "skip"', id="bad-gap"),
+        pytest.param(
+            {"every": "5m", "dst_gap": "skip"}, "dst_gap: only applies to cron schedules", id="dst-on-interval"
+        ),
+        pytest.param(
+            {"cron": "* * * * *", "dst_gap": "jump"}, 'dst_gap: expected one of "shift", "skip"', id="bad-gap"
+        ),
         pytest.param(
             {"cron": "* * * * *", "dst_repeat": "twice"}, 'dst_repeat: expected one of "once"', id="bad-repeat"
         ),

@@ -87,7 +87,9 @@ def test_allow_list_entries(text: str, network: str, port: int | None) -> None:
     assert (str(entry.network), entry.port) == (network, port)
 
 
-@pytest.mark.parametrize("text", ["localhost", "localhost:80", "10.1.2.3:http", "10.1.2.3:70000", "[::1", "", "300.1.1.1"])
+@pytest.mark.parametrize(
+    "text", ["localhost", "localhost:80", "10.1.2.3:http", "10.1.2.3:70000", "[::1", "", "300.1.1.1"]
+)
 def test_bad_allow_list_entries_are_named(text: str) -> None:
     with pytest.raises(ValueError, match=repr(text).replace("[", r"\[") if text else "IP address"):
         AllowedAddress.parse(text)
