@@ -207,6 +207,23 @@ NOTIFICATION_COLUMNS: Final = (
 )
 
 
+def notification_row(n: Notification, encode_time: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """A notification's values in `NOTIFICATION_COLUMNS` order, times through the backend's `encode_time`."""
+    return (
+        n.id,
+        n.channel,
+        n.service,
+        n.event,
+        to_json(dict(n.payload)),
+        n.state.value,
+        n.attempts,
+        encode_time(n.created_at),
+        encode_time(n.next_attempt_at),
+        n.last_error,
+        encode_time(n.delivered_at) if n.delivered_at else None,
+    )
+
+
 def row_to_notification(row: Mapping[str, Any], decode_time: Callable[[Any], datetime]) -> Notification:
     """Rebuild a notification from a row mapping that has the `NOTIFICATION_COLUMNS`."""
     payload = row["payload"]

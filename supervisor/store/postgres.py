@@ -32,6 +32,7 @@ from supervise.supervisor.store.base import (
     OneShot,
     ScheduleState,
     StoreError,
+    notification_row,
     row_to_notification,
     row_to_run,
     run_to_row,
@@ -463,19 +464,7 @@ class PostgresStore:
             f"INSERT INTO {{s}}.notifications ({', '.join(NOTIFICATION_COLUMNS)}) VALUES ({values}) "
             "ON CONFLICT (id) DO NOTHING"
         )
-        row = (
-            n.id,
-            n.channel,
-            n.service,
-            n.event,
-            to_json(dict(n.payload)),
-            n.state.value,
-            n.attempts,
-            utc(n.created_at),
-            utc(n.next_attempt_at),
-            n.last_error,
-            utc(n.delivered_at) if n.delivered_at else None,
-        )
+        row = notification_row(n, utc)
         return self._call(lambda conn: conn.execute(query, row).rowcount == 1)
 
     def due_notifications(self, now: datetime, limit: int = 100) -> list[Notification]:

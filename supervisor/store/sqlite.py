@@ -34,6 +34,7 @@ from supervise.supervisor.store.base import (
     ScheduleState,
     StoreError,
     from_json,
+    notification_row,
     row_to_notification,
     row_to_run,
     run_to_row,
@@ -543,19 +544,7 @@ class SqliteStore:
 
     def add_notification(self, notification: Notification) -> bool:
         n = notification
-        row = (
-            n.id,
-            n.channel,
-            n.service,
-            n.event,
-            to_json(dict(n.payload)),
-            n.state.value,
-            n.attempts,
-            encode_time(n.created_at),
-            encode_time(n.next_attempt_at),
-            n.last_error,
-            encode_time(n.delivered_at) if n.delivered_at else None,
-        )
+        row = notification_row(n, encode_time)
         sql = (
             f"INSERT INTO notifications ({', '.join(NOTIFICATION_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(NOTIFICATION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
