@@ -33,7 +33,8 @@ class Exit(IntEnum):
 class CliError(click.ClickException):
     def __init__(self, message: str, code: Exit = Exit.FAILED) -> None:
         super().__init__(message)
-        self.exit_code = int(code)
+        # click declares exit_code on the class (a ClassVar from click 8.5); this error's code is its own
+        self.__dict__["exit_code"] = int(code)
 
 
 # -- finding the daemon --------------------------------------------------------
