@@ -250,7 +250,7 @@ class ApiStore:
         """The newest `limit` audit entries, oldest first."""
         where, params = ("WHERE tenant = ?", [tenant]) if tenant is not None else ("", [])
         rows = self._db.execute(
-            "SELECT seq, ts, token, tenant, remote, method, path, status, detail FROM audit"
+            "SELECT seq, ts, token, tenant, remote, method, path, status, detail FROM audit"  # nosec B608 # table and column names are this module's constants; values are bound parameters
             f" {where} ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
@@ -298,7 +298,7 @@ class ApiStore:
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
-            f"SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks {where}"
+            f"SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks {where}"  # nosec B608 # table and column names are this module's constants; values are bound parameters
             " ORDER BY created_at DESC LIMIT ?",
             (*params, limit),
         ).fetchall()

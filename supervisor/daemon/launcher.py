@@ -78,7 +78,7 @@ def main(args: list[str]) -> int:
         print(f"supervise: cannot set up the worker: {e}", file=sys.stderr, flush=True)
         return EXIT_SETUP_FAILED
     try:
-        os.execvp(argv[0], argv)
+        os.execvp(argv[0], argv)  # nosec B606 # argv is the service's own command from its config; no shell is involved
     except OSError as e:
         print(f"supervise: cannot run {argv[0]}: {e}", file=sys.stderr, flush=True)
     return EXIT_EXEC_FAILED

@@ -461,7 +461,7 @@ class PostgresStore:
         n = notification
         values = ", ".join("%s::jsonb" if c == "payload" else "%s" for c in NOTIFICATION_COLUMNS)
         query = self._q(
-            f"INSERT INTO {{s}}.notifications ({', '.join(NOTIFICATION_COLUMNS)}) VALUES ({values}) "
+            f"INSERT INTO {{s}}.notifications ({', '.join(NOTIFICATION_COLUMNS)}) VALUES ({values}) "  # nosec B608 # table and column names are this module's constants; values are bound parameters
             "ON CONFLICT (id) DO NOTHING"
         )
         row = notification_row(n, utc)
@@ -476,7 +476,7 @@ class PostgresStore:
     def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
         columns = ", ".join("n.payload::text AS payload" if c == "payload" else f"n.{c}" for c in NOTIFICATION_COLUMNS)
         query = self._q(
-            "WITH c AS (SELECT seq FROM {s}.notifications WHERE state = %s AND next_attempt_at <= %s "
+            "WITH c AS (SELECT seq FROM {s}.notifications WHERE state = %s AND next_attempt_at <= %s "  # nosec B608 # table and column names are this module's constants; values are bound parameters
             "ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"UPDATE {{s}}.notifications n SET next_attempt_at = %s FROM c WHERE n.seq = c.seq RETURNING {columns}"
         )
@@ -531,7 +531,7 @@ class PostgresStore:
 
     def _notifications(self, tail: LiteralString, params: list[object]) -> list[Notification]:
         columns = ", ".join("payload::text AS payload" if c == "payload" else c for c in NOTIFICATION_COLUMNS)
-        query = self._q(f"SELECT {columns} FROM {{s}}.notifications {tail}")
+        query = self._q(f"SELECT {columns} FROM {{s}}.notifications {tail}")  # nosec B608 # table and column names are this module's constants; values are bound parameters
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return [row_to_notification(row, _decode_time) for row in rows]
 

@@ -411,7 +411,7 @@ class SqliteStore:
 
     def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:
         marks = ", ".join("?" * len(states))
-        sql = f"SELECT count(*) FROM runs WHERE state IN ({marks}) AND service = ?"
+        sql = f"SELECT count(*) FROM runs WHERE state IN ({marks}) AND service = ?"  # nosec B608 # table and column names are this module's constants; values are bound parameters
         params = [*(s.value for s in states), service]
         return int(self._read(lambda conn: conn.execute(sql, params).fetchone()[0]))
 
@@ -546,7 +546,7 @@ class SqliteStore:
         n = notification
         row = notification_row(n, encode_time)
         sql = (
-            f"INSERT INTO notifications ({', '.join(NOTIFICATION_COLUMNS)}) "
+            f"INSERT INTO notifications ({', '.join(NOTIFICATION_COLUMNS)}) "  # nosec B608 # table and column names are this module's constants; values are bound parameters
             f"VALUES ({', '.join('?' * len(NOTIFICATION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
         )
         with self._write() as conn:
@@ -560,7 +560,7 @@ class SqliteStore:
 
     def claim_notifications(self, now: datetime, until: datetime, limit: int = 100) -> list[Notification]:
         select = (
-            f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications WHERE state = ? AND next_attempt_at <= ? "
+            f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications WHERE state = ? AND next_attempt_at <= ? "  # nosec B608 # table and column names are this module's constants; values are bound parameters
             "ORDER BY next_attempt_at, seq LIMIT ?"
         )
         with self._write() as conn:
@@ -616,7 +616,7 @@ class SqliteStore:
             ).rowcount
 
     def _notifications(self, tail: str, params: list[object]) -> list[Notification]:
-        sql = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications {tail}"
+        sql = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications {tail}"  # nosec B608 # table and column names are this module's constants; values are bound parameters
         rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
         return [row_to_notification(row, decode_time) for row in rows]
 
