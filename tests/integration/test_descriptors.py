@@ -196,7 +196,8 @@ def test_with_a_low_hard_limit_the_daemon_degrades_and_recovers_instead_of_abort
             for opener in openers:
                 for s in opener.opened:
                     s.close()
-        assert len(openers[0].opened) < CONNECTIONS  # the tcp:// port stopped accepting meanwhile
+        # The pause itself is what the log said above: how many connects complete meanwhile depends on
+        # the kernel's listen backlog and on how fast the handshake interval frees descriptors.
         wait_for(lambda: "accepting tcp:// connections again" in d.log(), timeout_s=20, what="the recovery")
         assert wait_for(lambda: d.client.call("ping"), timeout_s=10, what="ping after the recovery")
         assert {name: d.service(name)["pid"] for name in pids} == pids
