@@ -25,13 +25,14 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from types import MappingProxyType
-from typing import Any, Final
-
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING, Any, Final
 
 from supervise.supervisor.core.units import parse_duration_ms, show_value, type_name
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "CHANNEL_NAME",
@@ -86,7 +87,14 @@ SAMPLE_MESSAGE: Final[Mapping[str, Any]] = MappingProxyType(
 )
 """The variables a template sees, with sample values; templates are checked against it."""
 
-_ENV: Final = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+@cache
+def _environment() -> jinja2.Environment:
+    """The sandbox templates are compiled in; Jinja2 is imported only by a config that has templates."""
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 
 def compile_template(source: str) -> jinja2.Template:
@@ -95,8 +103,10 @@ def compile_template(source: str) -> jinja2.Template:
     Raises:
         ValueError: with the template's problem (syntax, an unknown variable, a forbidden operation).
     """
+    import jinja2
+
     try:
-        template = _ENV.from_string(source)
+        template = _environment().from_string(source)
         template.render(SAMPLE_MESSAGE)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template error at line {exc.lineno}: {exc.message}") from exc

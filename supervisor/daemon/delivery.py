@@ -26,9 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from supervise.supervisor.config.notify import (
     Channel,
@@ -38,6 +36,9 @@ from supervise.supervisor.config.notify import (
     compile_template,
 )
 from supervise.supervisor.store.base import Notification, NotificationStore
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger("supervise.notify")
 
@@ -133,24 +134,31 @@ class Deliverer:
     def counters(self) -> dict[str, object]:
         return {"sent": self.sent, "failed": self.failed, "given_up": self.given_up, "last_error": self.last_error}
 
-    async def deliver_due(self) -> None:
-        """Claim the rows due now and start one attempt for each, on tasks of their own."""
+    async def deliver_due(self) -> float | None:
+        """Claim the rows due now and start one attempt for each, on tasks of their own.
+
+        Returns the seconds until the soonest pending row is due (0 when more are due
+        now), or None when nothing is pending or the store could not be read.
+        """
         now = self._wall()
         until = now + timedelta(milliseconds=self._longest_timeout_ms() + LEASE_MARGIN_MS)
         try:
             soonest = await self._in_store(self._store.next_notification_at)  # a read: no write lock when idle
-            if soonest is None or soonest > now:
-                return
+            if soonest is None:
+                return None
+            if soonest > now:
+                return float((soonest - now).total_seconds())
             due = await self._in_store(self._store.claim_notifications, now, until, BATCH)
         except Exception as exc:  # the store is down: try again at the next tick
             log.error("cannot read the notifications outbox: %s", exc)
-            return
+            return None
         for n in due:
             if n.id in self._in_flight:
                 continue  # an attempt that outlived its lease: let it finish
             self._in_flight[n.id] = asyncio.create_task(self._attempt(n), name=f"supervise-notify-{n.id}")
         if len(due) == BATCH:
             self._wake.set()  # there may be more
+        return None
 
     async def _attempt(self, n: Notification) -> None:
         try:
@@ -159,6 +167,7 @@ class Deliverer:
             log.exception("notification %s: delivery failed unexpectedly", n.id)
         finally:
             self._in_flight.pop(n.id, None)
+            self._wake.set()  # its retry time (or the next row) decides the next pass
 
     async def _deliver(self, n: Notification) -> None:
         channel = self._channel(n.service, n.channel)

@@ -58,6 +58,9 @@ class NotifyHost(Protocol):
     def service_names(self) -> list[str]: ...
 
 
+IDLE_POLL_S = 5.0  # with nothing pending: how often the outbox is read again
+
+
 class Notifier:
     """Decides what to send and writes it to the outbox; owns the `Deliverer`.
 
@@ -125,10 +128,13 @@ class Notifier:
                 if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
                     pruned_at = now_ms
                     await self._prune()
-                await self.deliverer.deliver_due()
+                next_in = await self.deliverer.deliver_due()
             except Exception:  # keep delivering: one bad pass must not end notifications
                 log.exception("notifications: a delivery pass failed; trying again in 1 s")
-            await self.deliverer.wait(1.0)
+                next_in = 1.0
+            # Woken at once by a new row or a finished attempt; otherwise at the soonest row's time,
+            # and at least every IDLE_POLL_S (rows another supervisor sharing the store left behind).
+            await self.deliverer.wait(IDLE_POLL_S if next_in is None else min(max(next_in, 0.01), IDLE_POLL_S))
 
     async def _prune(self) -> None:
         """Delivered and failed rows older than history_max_age go; pending ones stay."""
