@@ -163,11 +163,7 @@ class AddressPolicy:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         allowed, refused = self.split(((info[0], str(info[4][0])) for info in infos), port)
         if not allowed:
-            reasons = "; ".join(dict.fromkeys(refused))
-            raise UrlRefused(
-                f"{host}:{port} is refused: {reasons} (block_private_addresses; "
-                f'list it in allow_addresses, e.g. "{_example(refused, port)}", to allow it)'
-            )
+            raise refusal_error(host, port, refused)
         return [(family, (address, port)) for family, address in allowed]
 
     def split(
@@ -184,6 +180,14 @@ class AddressPolicy:
             else:
                 refused.append(reason)
         return allowed, refused
+
+
+def refusal_error(host: str, port: int, reasons: Sequence[str]) -> UrlRefused:
+    """The error for `host`:`port` whose every address was refused, saying how to allow it."""
+    return UrlRefused(
+        f"{host}:{port} is refused: {'; '.join(dict.fromkeys(reasons))} (block_private_addresses; "
+        f'list it in allow_addresses, e.g. "{_example(reasons, port)}", to allow it)'
+    )
 
 
 def _example(reasons: Sequence[str], port: int) -> str:

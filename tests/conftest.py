@@ -67,10 +67,20 @@ def toml_value(value: object) -> str:
     raise TypeError(value)
 
 
-def write_config(folder: Path, services: dict[str, dict[str, object]], **supervisor: object) -> Path:
+def write_config(
+    folder: Path,
+    services: dict[str, dict[str, object]],
+    *,
+    notify: dict[str, dict[str, object]] | None = None,
+    **supervisor: object,
+) -> Path:
+    """A config file in `folder`: `[supervisor]` keys, `[notify.NAME]` channels, `[services.NAME]` tables."""
     supervisor = {"sample_interval": "500ms", **supervisor}  # metrics tests need not wait 5 s per sample
     lines = ["[supervisor]", 'state_dir = "state"']
     lines += [f"{k} = {toml_value(v)}" for k, v in supervisor.items()]
+    for name, keys in (notify or {}).items():
+        lines.append(f"\n[notify.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
     for name, keys in services.items():
         lines.append(f"\n[services.{name}]")
         if "target" in keys:

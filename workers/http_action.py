@@ -41,7 +41,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin
+from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin, refusal_error
 from supervise.workers.context import JobContext
 from supervise.workers.http_policy import HttpPolicy, OverrideRefused
 
@@ -130,10 +130,7 @@ def check_request(request: HttpRequest, addresses: AddressPolicy, trusted: Origi
             return hop  # a name: checked after resolution
         reason = addresses.refusal(address, port)
         if reason is not None:
-            raise HttpActionError(
-                f"{request.method} {request.url} refused: {host}:{port} is refused: {reason} "
-                f'(block_private_addresses; list it in allow_addresses, e.g. "{host}:{port}", to allow it)'
-            )
+            raise HttpActionError(f"{request.method} {request.url} refused: {refusal_error(host, port, [reason])}")
     return hop
 
 
@@ -262,22 +259,12 @@ class _PolicyResolver(AbstractResolver):
             return found
         allowed, refused = self._addresses.split(((socket.AddressFamily(r["family"]), r["host"]) for r in found), port)
         if not allowed:
-            reasons = "; ".join(dict.fromkeys(refused))
-            example = f"{refused_address(refused)}:{port}"
-            raise UrlRefused(
-                f"{host}:{port} is refused: {reasons} (block_private_addresses; "
-                f'list it in allow_addresses, e.g. "{example}", to allow it)'
-            )
+            raise refusal_error(host, port, refused)
         keep = {text for _, text in allowed}
         return [r for r in found if r["host"] in keep]
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def refused_address(reasons: list[str]) -> str:
-    """The address named by the first refusal reason ("127.0.0.1 is a loopback address")."""
-    return reasons[0].split(" ", 1)[0] if reasons else "ADDRESS"
 
 
 _sessions: weakref.WeakKeyDictionary[

@@ -168,9 +168,6 @@ class ControlApi(ServiceView, Protocol):
     @property
     def observability(self) -> ObservabilityApi: ...
 
-    @property
-    def scheduler(self) -> ScheduleControl | None: ...
-
     def expand(self, name: str) -> list[str]:
         """The instance names of a service."""
         ...

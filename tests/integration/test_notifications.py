@@ -22,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from supervise.protocol import RemoteError
-from tests.conftest import REPO, Daemon, start_daemon, stop_daemon, toml_value, wait_for
+from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
 
 SECRET = "s3cret-for-tests"
 
@@ -118,18 +118,7 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 def write(
     folder: Path, notify: dict[str, dict[str, object]], services: dict[str, dict[str, object]], **supervisor: object
 ) -> Path:
-    lines = ["[supervisor]", 'state_dir = "state"', *(f"{k} = {toml_value(v)}" for k, v in supervisor.items())]
-    for name, keys in notify.items():
-        lines.append(f"\n[notify.{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
-    for name, keys in services.items():
-        lines.append(f"\n[services.{name}]")
-        if "target" in keys:
-            keys = {"cwd": str(REPO), **keys}
-        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
-    path = folder / "supervise.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config(folder, services, notify=notify, **supervisor)
 
 
 @pytest.fixture

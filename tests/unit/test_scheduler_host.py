@@ -144,8 +144,9 @@ def test_runs_wait_for_the_worker_and_a_cancel_reaches_it(parts: tuple[FakeClock
         scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})
         scheduler.start()
         run = scheduler.run_now("job", None)
-        await asyncio.sleep(0.1)
-        assert host.sent == []  # no worker yet: the run waits
+        waiting = scheduler._schedules["job"].waiting_for_worker  # the launched run, held for the worker
+        await until(lambda: run.run_id in waiting, "the run to wait for the worker")
+        assert host.sent == []  # no worker yet: nothing was sent
         host.ready = True
         scheduler.on_worker_ready("job")
         await until(lambda: len(host.sent) == 1, "the waiting run to be sent once the worker is ready")
