@@ -176,6 +176,9 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
         ids, insert_rate = _insert(daemon.client, "hook", times, batch)
         log(f"urls: {k} inserted at {insert_rate:.0f}/s")
         cpu0 = proc.cpu_times()
+        worker = psutil.Process(daemon.worker_pid("hook") or 0)
+        worker_cpu0 = worker.cpu_times()
+        own_cpu0 = psutil.Process().cpu_times()
         peak_rss = proc.memory_info().rss
         kill_at = [start + timedelta(seconds=1.5 + 2 * i) for i in range(kills)]
         deadline = time.monotonic() + (start - datetime.now(UTC)).total_seconds() + 5 + 60
@@ -193,6 +196,11 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
                     break
             time.sleep(0.05)
         cpu1 = proc.cpu_times()
+        own_cpu1 = psutil.Process().cpu_times()
+        worker_cpu_s = None
+        if not kills:
+            worker_cpu1 = worker.cpu_times()
+            worker_cpu_s = (worker_cpu1.user + worker_cpu1.system) - (worker_cpu0.user + worker_cpu0.system)
     finally:
         daemon.stop()
         sink.stop()
@@ -239,6 +247,8 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
         "occurrences_succeeded": ok_keys,
         "daemon_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
         "daemon_peak_rss_mb": peak_rss / 1e6,
+        "worker_cpu_s": worker_cpu_s,
+        "sink_and_client_cpu_s": (own_cpu1.user + own_cpu1.system) - (own_cpu0.user + own_cpu0.system),
     }
     log(f"urls: {figures}")
     rows = []

@@ -68,8 +68,10 @@ class RunExecutor:
             self._service.setup()  # once per worker; teardown() in close()
         self._target: Callable[..., object] = self._service.run_once if self._service is not None else target
         self._is_async = inspect.iscoroutinefunction(self._target)
-        self._runs: dict[str, tuple[RunContext, Future[None]]] = {}
+        self._runs: dict[str, tuple[RunContext, Future[None] | asyncio.Task[None] | None]] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last run finishes
+        self._arriving: list[tuple[RunContext, dict[str, object]]] = []  # for the loop, not yet tasks
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -117,12 +119,25 @@ class RunExecutor:
         with self._lock:
             if run_id in self._runs:
                 return  # a duplicate "run" for a run already here
-            if self._loop is not None:
-                future: Future[None] = asyncio.run_coroutine_threadsafe(self._execute_async(run_ctx, args), self._loop)
-            else:
+            if self._loop is None:
                 assert self._pool is not None
-                future = self._pool.submit(self._execute, run_ctx, args)
-            self._runs[run_id] = (run_ctx, future)
+                self._runs[run_id] = (run_ctx, self._pool.submit(self._execute, run_ctx, args))
+                return
+            self._runs[run_id] = (run_ctx, None)
+            self._arriving.append((run_ctx, args))
+            if len(self._arriving) > 1:
+                return  # the loop has been woken for the first and takes them all
+        self._loop.call_soon_threadsafe(self._take_arrivals)
+
+    def _take_arrivals(self) -> None:
+        """On the run loop: the runs that arrived since the last wake-up become tasks, in order
+        (one wake-up of the loop for a whole batch of "run" messages)."""
+        assert self._loop is not None
+        with self._lock:
+            arriving, self._arriving = self._arriving, []
+            for run_ctx, args in arriving:
+                task = self._loop.create_task(self._execute_async(run_ctx, args))
+                self._runs[run_ctx.run_id] = (run_ctx, task)
 
     # -- one run -------------------------------------------------------------------------------
 
@@ -140,15 +155,15 @@ class RunExecutor:
 
     async def _execute_async(self, run_ctx: RunContext, args: dict[str, object]) -> None:
         assert self._slots is not None
-        async with self._slots:
-            self._started(run_ctx)
-            try:
+        try:
+            async with self._slots:
+                self._started(run_ctx)
                 call_args = (run_ctx,) if wants_context(self._target, args) else ()
                 coroutine: Coroutine[Any, Any, object] = self._target(*call_args, **args)  # type: ignore[assignment]
                 fields = _success(await coroutine)
-            except BaseException as e:  # noqa: BLE001 - CancelledError included: reported as the run's end
-                fields = _failure(e)
-            self._finished(run_ctx, fields)
+        except BaseException as e:  # noqa: BLE001 - CancelledError included (also while waiting for a slot)
+            fields = _failure(e)
+        self._finished(run_ctx, fields)
 
     def _started(self, run_ctx: RunContext) -> None:
         self._channel.send("run_started", run_id=run_ctx.run_id, at=time.time())
@@ -170,6 +185,8 @@ class RunExecutor:
             )
         with self._lock:
             self._runs.pop(run_ctx.run_id, None)
+            if not self._runs:
+                self._idle.notify_all()
 
     # -- cancel and close ---------------------------------------------------------------------------
 
@@ -179,23 +196,25 @@ class RunExecutor:
             entry = self._runs.get(run_id)
         if entry is None:
             return
-        run_ctx, future = entry
-        run_ctx.cancel()
+        entry[0].cancel()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(future.cancel)
+            self._loop.call_soon_threadsafe(self._cancel_task, run_id)
+
+    def _cancel_task(self, run_id: str) -> None:
+        """On the run loop (after `_take_arrivals`, so the run's task exists if the run is here)."""
+        with self._lock:
+            entry = self._runs.get(run_id)
+        if entry is not None and entry[1] is not None:
+            entry[1].cancel()
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Cancel the runs in flight, wait for them (up to `timeout_s`), and tear the service down."""
         with self._lock:
-            entries = list(self._runs.values())
-        for run_ctx, _ in entries:
-            run_ctx.cancel()
-        deadline = time.monotonic() + timeout_s
-        for _, future in entries:
-            try:
-                future.result(max(0.0, deadline - time.monotonic()))
-            except BaseException:  # noqa: BLE001,S110 - its outcome was reported (or it is abandoned at exit)
-                pass
+            run_ids = list(self._runs)
+        for run_id in run_ids:
+            self.cancel(run_id)
+        with self._idle:
+            self._idle.wait_for(lambda: not self._runs, timeout_s)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None:

@@ -28,6 +28,7 @@ are read; an excerpt is the run's result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import re
@@ -41,7 +42,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin, refusal_error
+from supervise.protocol.url_policy import POLICY_VARIABLE, AddressPolicy, UrlRefused, check_url, origin, refusal_error
 from supervise.workers.context import JobContext
 from supervise.workers.http_policy import HttpPolicy, OverrideRefused
 
@@ -145,7 +146,7 @@ async def call(
 ) -> dict[str, object]:
     """Make the request; returns `{"status", "body"}` or raises HttpActionError."""
     low, high = expect_status or [200, 299]
-    policy = HttpPolicy.from_environ(os.environ)
+    policy = _policy(os.environ.get(POLICY_VARIABLE, ""))
     given: dict[str, object] = {"url": url, "method": method, "headers": headers or {}, "body": body}
     given.update(expect_status=expect_status, timeout_s=timeout_s)
     try:
@@ -160,6 +161,12 @@ async def call(
     if not low <= status <= high:
         raise HttpActionError(f"{request.method} {url} answered {status}, expected {low}-{high}: {excerpt[:200]}")
     return {"status": status, "body": excerpt}
+
+
+@functools.lru_cache(maxsize=4)
+def _policy(text: str) -> HttpPolicy:
+    """The worker's policy, parsed once (the environment variable is set at spawn)."""
+    return HttpPolicy.from_environ({POLICY_VARIABLE: text} if text else {})
 
 
 def _origin_of(url: str) -> Origin | None:

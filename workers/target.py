@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import re
@@ -74,14 +75,28 @@ def wants_context(func: Callable[..., object], kwargs: dict[str, object]) -> boo
     and the run's arguments do not give it by name.
     """
     try:
+        first = _context_parameter(func)
+    except TypeError:  # an unhashable callable: read it every time
+        first = _context_parameter.__wrapped__(func)
+    return first is not None and first not in kwargs
+
+
+@functools.lru_cache(maxsize=64)
+def _context_parameter(func: Callable[..., object]) -> str | None:
+    """The name of the target's first positional parameter when it is for the context, else None
+    (read once per target: inspecting a signature costs more than a short run)."""
+    try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return None
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if not positional or positional[0].name in kwargs:
-        return False
+    if not positional:
+        return None
     first = positional[0]
-    return first.default is inspect.Parameter.empty or first.name in CONTEXT_NAMES or _is_context_type(first.annotation)
+    wanted = (
+        first.default is inspect.Parameter.empty or first.name in CONTEXT_NAMES or _is_context_type(first.annotation)
+    )
+    return first.name if wanted else None
 
 
 def _is_context_type(annotation: object) -> bool:

@@ -392,20 +392,47 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+RUN_UPDATABLE: Final = (
+    "attempt",
+    "state",
+    "reason",
+    "args",
+    "jittered_time",
+    "started_at",
+    "finished_at",
+    "node",
+    "pid",
+    "exit_code",
+    "signal",
+    "error",
+    "result",
+)
+"""The columns `update_run` writes. The others (`run_id`, `service`, `nominal_time`, `origin`,
+`created_at`, `key`, `family`) are fixed when the run is inserted; leaving them out of the
+UPDATE spares the indexes built on them a rewrite on every state change."""
+
+
+def _column_value(run: Run, name: str, encode_time: Callable[[datetime], object]) -> object:
+    value = getattr(run, name)
+    if name in _TIMES and value is not None:
+        return encode_time(utc(value))
+    if name == "args":
+        return to_json(dict(value))
+    if name == "result":
+        return None if value is None else to_json(value)
+    return value
+
+
 def run_to_row(run: Run, encode_time: Callable[[datetime], object]) -> dict[str, object]:
     """A run as column values (plus `family`), with datetimes passed through `encode_time`."""
-    row: dict[str, object] = {}
-    for name in RUN_COLUMNS:
-        value = getattr(run, name)
-        if name in _TIMES and value is not None:
-            value = encode_time(utc(value))
-        elif name == "args":
-            value = to_json(dict(value))
-        elif name == "result":
-            value = None if value is None else to_json(value)
-        row[name] = value
+    row = {name: _column_value(run, name, encode_time) for name in RUN_COLUMNS}
     row["family"] = run_family(run)
     return row
+
+
+def run_update_values(run: Run, encode_time: Callable[[datetime], object]) -> list[object]:
+    """The values of `RUN_UPDATABLE`, in that order, for an UPDATE of the run's row."""
+    return [_column_value(run, name, encode_time) for name in RUN_UPDATABLE]
 
 
 def row_to_run(row: Mapping[str, Any], decode_time: Callable[[Any], datetime]) -> Run:

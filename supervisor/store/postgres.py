@@ -26,6 +26,7 @@ from supervise.supervisor.store.base import (
     CLAIMABLE,
     NOTIFICATION_COLUMNS,
     RUN_COLUMNS,
+    RUN_UPDATABLE,
     UNFINISHED,
     Notification,
     NotificationState,
@@ -36,6 +37,7 @@ from supervise.supervisor.store.base import (
     row_to_notification,
     row_to_run,
     run_to_row,
+    run_update_values,
     to_json,
     utc,
 )
@@ -117,6 +119,13 @@ _OUTBOX_SCHEMA: Final[tuple[LiteralString, ...]] = (
     "CREATE INDEX IF NOT EXISTS notifications_by_created ON {s}.notifications (created_at, seq)",
 )
 
+_UPDATE_RUN: Final = (
+    "UPDATE {s}.runs SET "
+    + ", ".join(  # nosec B608 # column names from RUN_UPDATABLE; values are %s parameters
+        f"{c} = %s::jsonb" if c in _JSON_COLUMNS else f"{c} = %s" for c in RUN_UPDATABLE
+    )
+    + " WHERE run_id = %s"
+)
 _SELECT_RUN: Final = ", ".join(f"{c}::text AS {c}" if c in _JSON_COLUMNS else c for c in RUN_COLUMNS)
 _T = TypeVar("_T")
 
@@ -161,6 +170,7 @@ class PostgresStore:
         self._opened = False
         self._lock = threading.RLock()
         self._where = _describe_dsn(dsn)
+        self._update_run = self._q(_UPDATE_RUN)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -282,13 +292,11 @@ class PostgresStore:
         return self._call(insert)
 
     def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
-        row = run_to_row(run, _keep_time)
-        run_id = row.pop("run_id")
-        assignments = ", ".join(f"{c} = %s::jsonb" if c in _JSON_COLUMNS else f"{c} = %s" for c in row)
-        guard = "" if expected_state is None else " AND state = %s"
-        params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
-        query = self._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")  # nosec B608 # column names from run_to_row's fixed keys; values are %s parameters
-
+        params = [*run_update_values(run, _keep_time), run.run_id]
+        query = self._update_run
+        if expected_state is not None:
+            query = self._q(_UPDATE_RUN + " AND state = %s")
+            params.append(expected_state.value)
         return self._call(lambda conn: conn.execute(query, params).rowcount == 1)
 
     def get_run(self, run_id: str) -> Run | None:

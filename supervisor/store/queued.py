@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,8 +31,16 @@ log = logging.getLogger("supervise.store")
 MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, the oldest are dropped
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-BATCH = 64  # writes committed in one transaction at most, when the store offers `batch()`
+BATCH = 256  # writes committed in one transaction at most, when the store offers `batch()`
 READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    what: str  # for the log
+    write: Callable[[], object]
+    then: Callable[[], None] | None  # called on the writer thread once the write is committed
+    updates: str | None  # the run id, for an `update_run`
 
 
 class QueuedStore:
@@ -40,9 +49,7 @@ class QueuedStore:
     def __init__(self, store: Store, *, shared: bool) -> None:
         self.store = store
         self._shared = shared  # several supervisors use it: insert_run's answer matters
-        self._queue: collections.deque[tuple[str, Callable[[], object], Callable[[], None] | None]] = (
-            collections.deque()
-        )
+        self._queue: collections.deque[_Write] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
         self.dropped = 0
@@ -89,7 +96,7 @@ class QueuedStore:
         return True  # one supervisor owns this history: its own occurrences are its own
 
     def update_run(self, run: Run, *, then: Callable[[], None] | None = None) -> bool:
-        self._put(f"update run {run.run_id}", lambda: self.store.update_run(run), then)
+        self._put(f"update run {run.run_id}", lambda: self.store.update_run(run), then, updates=run.run_id)
         return True
 
     def put_schedule_state(self, service: str, state: ScheduleState) -> None:
@@ -112,7 +119,14 @@ class QueuedStore:
     def pending(self) -> int:
         return len(self._queue)
 
-    def _put(self, what: str, write: Callable[[], object], then: Callable[[], None] | None = None) -> None:
+    def _put(
+        self,
+        what: str,
+        write: Callable[[], object],
+        then: Callable[[], None] | None = None,
+        *,
+        updates: str | None = None,
+    ) -> None:
         with self._wake:
             if len(self._queue) >= MAX_QUEUED:
                 self._queue.popleft()
@@ -120,7 +134,7 @@ class QueuedStore:
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append((what, write, then))
+            self._queue.append(_Write(what, write, then, updates))
             self._enqueued += 1
             self._wake.notify()
 
@@ -134,7 +148,7 @@ class QueuedStore:
                     return
                 head = [self._queue[0]]
                 if self._batch is not None and not self._batch_failed:
-                    head += itertools.takewhile(lambda w: w[0] != "prune", itertools.islice(self._queue, 1, BATCH))
+                    head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
             try:
                 results = self._write_all(head)
             except StoreError as e:
@@ -142,7 +156,7 @@ class QueuedStore:
                     self._batch_failed = True  # one at a time until this write is through
                     continue
                 if self.failing_since is None:
-                    log.error("history write failed (%s): %s; retrying, supervision goes on", head[0][0], e)
+                    log.error("history write failed (%s): %s; retrying, supervision goes on", head[0].what, e)
                 self.failing_since = str(e)
                 with self._wake:
                     if self._closing and delay >= RETRY_MAX_S:
@@ -152,16 +166,16 @@ class QueuedStore:
                 delay = min(RETRY_MAX_S, delay * 2)
                 continue
             except Exception:
-                log.exception("history write failed (%s); dropped", head[0][0])
+                log.exception("history write failed (%s); dropped", head[0].what)
                 results = [None] * len(head)
                 head = head[:1]
             self._batch_failed = False
-            for (what, _, then), result in zip(head, results, strict=False):
-                if what == "prune" and result:
+            for write, result in zip(head, results, strict=False):
+                if write.what == "prune" and result:
                     log.info("pruned %s old runs from the history", result)
-                if then is not None:
+                if write.then is not None:
                     try:
-                        then()
+                        write.then()
                     except RuntimeError:
                         pass  # the event loop closed at shutdown
             if self.failing_since is not None:
@@ -174,13 +188,21 @@ class QueuedStore:
                 self._done += len(head)
                 self._wake.notify_all()
 
-    def _write_all(self, head: list[tuple[str, Callable[[], object], Callable[[], None] | None]]) -> list[object]:
-        """Run the writes, several in one transaction when the store can (SQLite's `batch`)."""
+    def _write_all(self, head: list[_Write]) -> list[object]:
+        """Run the writes, several in one transaction when the store can (SQLite's `batch`).
+
+        In a batch, an update of a run that a later update in the same batch overwrites is
+        left out: `update_run` writes the whole row, so the last one says it all. A busy
+        service's run often goes queued, starting, running and finished within one batch.
+        """
         if len(head) == 1 or self._batch is None or self._batch_failed:
             del head[1:]
-            return [head[0][1]()]
+            return [head[0].write()]
+        last_update = {w.updates: i for i, w in enumerate(head) if w.updates is not None}
         with self._batch():
-            return [write() for _, write, _ in head]
+            return [
+                True if w.updates is not None and last_update[w.updates] != i else w.write() for i, w in enumerate(head)
+            ]
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by `timeout_s`), then close the store."""

@@ -26,6 +26,7 @@ from supervise.supervisor.store.base import (
     CLAIMABLE,
     NOTIFICATION_COLUMNS,
     RUN_COLUMNS,
+    RUN_UPDATABLE,
     UNFINISHED,
     CorruptionRecovery,
     Notification,
@@ -38,6 +39,7 @@ from supervise.supervisor.store.base import (
     row_to_notification,
     row_to_run,
     run_to_row,
+    run_update_values,
     to_json,
     utc,
 )
@@ -120,6 +122,7 @@ _OUTBOX_SCHEMA: Final = (
 )
 
 _T = TypeVar("_T")
+_UPDATE_RUN: Final = f"UPDATE runs SET {', '.join(f'{name} = ?' for name in RUN_UPDATABLE)} WHERE run_id = ?"  # nosec B608 # column names from the RUN_UPDATABLE constant; values are ? parameters
 
 
 def encode_time(value: datetime) -> str:
@@ -351,13 +354,13 @@ class SqliteStore:
             return conn.total_changes - before
 
     def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
-        row = run_to_row(run, encode_time)
-        run_id = row.pop("run_id")
-        assignments = ", ".join(f"{name} = ?" for name in row)
-        guard = "" if expected_state is None else " AND state = ?"
-        params = [*row.values(), run_id] + ([] if expected_state is None else [expected_state.value])
+        params = [*run_update_values(run, encode_time), run.run_id]
+        sql = _UPDATE_RUN
+        if expected_state is not None:
+            sql += " AND state = ?"
+            params.append(expected_state.value)
         with self._write() as conn:
-            return conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?{guard}", params).rowcount == 1  # nosec B608 # column names from run_to_row's fixed keys; values are ? parameters
+            return conn.execute(sql, params).rowcount == 1
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._select("WHERE run_id = ?", [run_id])

@@ -1,0 +1,70 @@
+"""The store's writer thread: order kept, and a run's superseded updates left out of a batch."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from supervise.supervisor.core.runs import RunOrigin, RunState, new_run, transition
+from supervise.supervisor.store.queued import QueuedStore
+from supervise.supervisor.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def _count_updates(path: Path) -> None:
+    """A trigger in the database itself counts the UPDATE statements that reach `runs`."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE updates (run_id TEXT, state TEXT);
+        CREATE TRIGGER count_updates AFTER UPDATE ON runs
+        BEGIN INSERT INTO updates VALUES (new.run_id, new.state); END;
+        """
+    )
+    db.close()
+
+
+def test_updates_of_one_run_in_one_batch_reach_the_database_once_with_the_last_state(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    SqliteStore(path).open().close()
+    _count_updates(path)
+    sqlite = SqliteStore(path).open()
+    queued = QueuedStore(sqlite, shared=False)
+    called: list[str] = []
+    try:
+        first = new_run("a", at=T0, nominal_time=T0, origin=RunOrigin.ONESHOT)
+        run = new_run("a", at=T0, nominal_time=T0 + timedelta(seconds=1), origin=RunOrigin.ONESHOT)
+        with sqlite._lock:  # the writer blocks on its first write; the rest queue behind it
+            queued.insert_run(first)
+            queued.insert_run(run)
+            running = transition(transition(run, RunState.STARTING, at=T0), RunState.RUNNING, at=T0)
+            queued.update_run(transition(run, RunState.STARTING, at=T0), then=lambda: called.append("starting"))
+            queued.update_run(running, then=lambda: called.append("running"))
+            queued.update_run(transition(running, RunState.SUCCEEDED, at=T0 + timedelta(seconds=2)))
+        assert queued.wait_written(10)
+        stored = sqlite.get_run(run.run_id)
+        assert stored is not None and stored.state is RunState.SUCCEEDED
+        assert stored.started_at == T0 and stored.finished_at == T0 + timedelta(seconds=2)
+        assert called == ["starting", "running"]  # each write's callback still runs, in order
+    finally:
+        queued.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT run_id, state FROM updates").fetchall() == [(run.run_id, "succeeded")]
+    db.close()
+
+
+def test_update_leaves_the_columns_fixed_at_insert_alone(tmp_path: Path) -> None:
+    """`update_run` writes the state and what came with it; service, nominal time, origin,
+    created_at and key stay as inserted (and their indexes are not rewritten)."""
+    store = SqliteStore(tmp_path / "history.db").open()
+    try:
+        run = new_run("a", at=T0, nominal_time=T0, origin=RunOrigin.ONESHOT, args={"n": 1})
+        store.insert_run(run)
+        done = transition(transition(run, RunState.STARTING, at=T0), RunState.RUNNING, at=T0, pid=42)
+        assert store.update_run(done)
+        stored = store.get_run(run.run_id)
+        assert stored == done
+    finally:
+        store.close()
