@@ -140,6 +140,7 @@ SUPERVISOR_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "nominal_time": FieldType.OPT_STR,
         "attempt": FieldType.INT,
         "key": FieldType.OPT_STR,
+        "not_before": FieldType.OPT_NUMBER,
     },
     "cancel": {"run_id": FieldType.STR},
 }

@@ -116,9 +116,11 @@ class RunContext(JobContext):
         attempt: int,
         report: Callable[..., None],
         key: str | None = None,
+        not_before: float = 0.0,
     ) -> None:
         super().__init__(service=service, worker_id=worker_id)
         self.run_id = run_id
+        self.not_before = not_before  # Unix time the run is due (0: at once); it starts no earlier
         # The same for every attempt and re-run of one occurrence: receivers deduplicate on it.
         self.idempotency_key = key or run_id
         self.nominal_time = nominal_time  # ISO-8601 with offset, None for a manual run

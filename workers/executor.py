@@ -114,6 +114,7 @@ class RunExecutor:
             attempt=int(fields.get("attempt") or 1),  # type: ignore[call-overload]
             report=self._channel.send,
             key=fields.get("key"),  # type: ignore[arg-type]
+            not_before=float(fields.get("not_before") or 0.0),  # type: ignore[arg-type]
         )
         args = dict(fields.get("args") or {})  # type: ignore[call-overload]
         with self._lock:
@@ -142,6 +143,10 @@ class RunExecutor:
     # -- one run -------------------------------------------------------------------------------
 
     def _execute(self, run_ctx: RunContext, args: dict[str, object]) -> None:
+        early_s = run_ctx.not_before - time.time()
+        if early_s > 0 and run_ctx.wait(early_s):
+            self._finished(run_ctx, _NOT_STARTED)
+            return
         self._started(run_ctx)
         try:
             call_args = (run_ctx,) if wants_context(self._target, args) else ()
@@ -156,6 +161,9 @@ class RunExecutor:
     async def _execute_async(self, run_ctx: RunContext, args: dict[str, object]) -> None:
         assert self._slots is not None
         try:
+            early_s = run_ctx.not_before - time.time()
+            if early_s > 0:
+                await asyncio.sleep(early_s)  # handed over ahead of its time: start it on time
             async with self._slots:
                 self._started(run_ctx)
                 call_args = (run_ctx,) if wants_context(self._target, args) else ()
@@ -222,6 +230,9 @@ class RunExecutor:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._service is not None:
             self._service.teardown()
+
+
+_NOT_STARTED: dict[str, object] = {"ok": False, "result": None, "error": "before it started", "traceback": None}
 
 
 def _success(result: object) -> dict[str, object]:

@@ -10,6 +10,7 @@ memory; when `complete`, every pending run is.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from datetime import datetime
 
 from supervise.supervisor.core.runs import Run
@@ -64,9 +65,30 @@ class PendingWindow:
 
     def due(self, now: datetime) -> list[Run]:
         """Take every run whose time is at or before `now`, soonest first."""
-        end = bisect.bisect_right(self._keys, (now, "\U0010ffff"))
-        taken, self._keys = self._keys[:end], self._keys[end:]
-        return [self._runs.pop(run_id) for _, run_id in taken]
+        return self.take(now, now, lambda _run: False)
+
+    def take(self, now: datetime, ahead_until: datetime, early_ok: Callable[[Run], bool]) -> list[Run]:
+        """Take every run due at or before `now`, and those due by `ahead_until` for which
+        `early_ok(run)` (a warm worker can hold them and start them on time), soonest first."""
+        if not self._keys or self._keys[0][0] > ahead_until:
+            return []
+        end = bisect.bisect_right(self._keys, (ahead_until, "\U0010ffff"))
+        taken: list[Run] = []
+        kept: list[Key] = []
+        for key in self._keys[:end]:
+            run = self._runs[key[1]]
+            if key[0] <= now or early_ok(run):
+                taken.append(run)
+                del self._runs[key[1]]
+            else:
+                kept.append(key)
+        self._keys[:end] = kept
+        return taken
+
+    @property
+    def soonest(self) -> Run | None:
+        """The soonest pending run here, or None."""
+        return self._runs[self._keys[0][1]] if self._keys else None
 
     def remove(self, run_id: str) -> Run | None:
         """Take one run out (it was cancelled); None when it is not here."""

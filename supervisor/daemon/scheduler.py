@@ -51,6 +51,10 @@ WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their 
 REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
 WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
 BACKLOG_WAIT_S = 30.0
+FIRE_AHEAD_S = 0.05
+"""How early an occurrence for a warm worker is fired: the supervisor records it and hands it
+over ahead of its time, and the worker starts it at its time by its own clock (`not_before`),
+so the start is not late by the supervisor's work on a burst of simultaneous occurrences."""
 LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
@@ -232,7 +236,8 @@ class Scheduler:
             s.next_at = None
             return
         s.next_at = nominal + timedelta(milliseconds=self._jitter(s, nominal))
-        delay = min(MAX_TIMER_S, max(0.0, (s.next_at - now).total_seconds()))
+        ahead = FIRE_AHEAD_S if s.python else 0.0
+        delay = min(MAX_TIMER_S, max(0.0, (s.next_at - now).total_seconds() - ahead))
         s.timer = self._loop.call_later(delay, self._on_timer, s)
 
     def _jitter(self, s: Schedule, nominal: datetime) -> int:
@@ -243,8 +248,14 @@ class Scheduler:
     def _on_timer(self, s: Schedule) -> None:
         s.timer = None
         now = self._now()
-        if s.next_at is None or s.next_nominal is None or now < s.next_at:
+        early = FIRE_AHEAD_S if s.python else 0.0
+        if s.next_at is None or s.next_nominal is None or now < s.next_at - timedelta(seconds=early):
             self._arm(s)  # woke early (the timer is capped) or the clock moved: look again
+            return
+        if now < s.next_at and (s.active or s.queue.depth or s.buffered):
+            # Ahead of time, but the overlap policy must see what is still running at the time itself.
+            assert self._loop is not None
+            s.timer = self._loop.call_later((s.next_at - now).total_seconds(), self._on_timer, s)
             return
         nominal = s.next_nominal
         try:
@@ -419,7 +430,11 @@ class Scheduler:
         if active is None or active.ending_as is not None:
             return  # cancelled (or its worker lost) while the row was being written
         if s.config.timeout_ms is not None and self._loop is not None:
-            active.timers.append(self._loop.call_later(s.config.timeout_ms / 1000, self._on_timeout, s, run_id))
+            due = _due_time(active.run)
+            wait_s = max(0.0, (due - self._now()).total_seconds()) if due is not None else 0.0
+            active.timers.append(
+                self._loop.call_later(wait_s + s.config.timeout_ms / 1000, self._on_timeout, s, run_id)
+            )
         if s.python:
             worker = self._pick_worker(s)
             if worker is not None:
@@ -434,6 +449,7 @@ class Scheduler:
         active.launched = True
         active.worker = worker
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
+        due = _due_time(run)
         self._host.send_run(
             worker,
             run_id=run.run_id,
@@ -441,6 +457,7 @@ class Scheduler:
             nominal_time=nominal,
             attempt=run.attempt,
             key=run.idempotency_key,
+            not_before=due.timestamp() if due is not None else None,
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -867,10 +884,13 @@ class Scheduler:
         self._refill_window()
 
     def _arm_window(self) -> None:
-        """One timer for the soonest pending run (re-armed when a sooner one is added)."""
-        nxt = self._window.next_at
-        if self._loop is None or nxt is None:
+        """One timer for the soonest pending run (re-armed when a sooner one is added): at its
+        time, or `FIRE_AHEAD_S` before it when a warm worker will start it."""
+        soonest = self._window.soonest
+        if self._loop is None or soonest is None:
             return
+        assert soonest.nominal_time is not None
+        nxt = soonest.nominal_time - timedelta(seconds=FIRE_AHEAD_S if self._fires_ahead(soonest) else 0.0)
         if self._window_timer is not None:
             if self._window_timer_at is not None and self._window_timer_at <= nxt:
                 return
@@ -879,9 +899,15 @@ class Scheduler:
         self._window_timer_at = nxt
         self._window_timer = self._loop.call_later(delay, self._on_window_timer)
 
+    def _fires_ahead(self, run: Run) -> bool:
+        """A pending run may be handed over early: its service runs in warm workers."""
+        s = self._schedules.get(run.service)
+        return s is not None and s.python
+
     def _on_window_timer(self) -> None:
         self._window_timer = self._window_timer_at = None
-        for run in self._window.due(self._now()):
+        now = self._now()
+        for run in self._window.take(now, now + timedelta(seconds=FIRE_AHEAD_S), self._fires_ahead):
             s = self._schedules.get(run.service)
             if s is None:
                 continue  # its service is gone: the row stays pending, for when it comes back
@@ -931,12 +957,7 @@ class Scheduler:
 
     def _observe_lateness(self, s: Schedule, run: Run, started: datetime) -> None:
         """Fire lateness: from the time a run was due (nominal plus jitter, or a one-shot's datetime) to its start."""
-        if run.origin is RunOrigin.SCHEDULE:
-            due = run.jittered_time
-        elif run.origin is RunOrigin.ONESHOT:
-            due = run.nominal_time
-        else:
-            return  # manual, catch-up, backfill, retries and re-runs are late by design
+        due = _due_time(run)
         if due is not None:
             self.lateness.setdefault(s.name, LatenessHistogram()).observe((started - due).total_seconds())
 
@@ -997,6 +1018,16 @@ class Scheduler:
             "runs_so_far": s.state.runs_so_far,
             "last_run": _run_summary(last) if last is not None else None,
         }
+
+
+def _due_time(run: Run) -> datetime | None:
+    """When a run is due to start: a scheduled occurrence's time plus jitter, a one-shot's
+    datetime; None for manual, catch-up, backfill runs, retries and re-runs (due at once)."""
+    if run.origin is RunOrigin.SCHEDULE:
+        return run.jittered_time
+    if run.origin is RunOrigin.ONESHOT:
+        return run.nominal_time
+    return None
 
 
 def _from_timestamp(seconds: float) -> datetime:

@@ -117,6 +117,22 @@ def test_the_window_fires_one_shots_in_time_order_as_the_clock_moves() -> None:
     assert len(window) == 0 and window.next_at is None
 
 
+def test_take_hands_over_early_only_the_runs_allowed_to_go_ahead_of_their_time() -> None:
+    clock = FakeClock()
+    t0 = clock.wall()
+    window = PendingWindow(limit=100)
+    warm = [pending(t0 + timedelta(milliseconds=ms), t0) for ms in (10, 40, 80)]
+    command = pending(t0 + timedelta(milliseconds=20), t0)
+    due_now = pending(t0, t0)
+    for run in (*warm, command, due_now):
+        window.add(run)
+    taken = window.take(t0, t0 + timedelta(milliseconds=50), lambda run: run in warm)
+    assert taken == [due_now, warm[0], warm[1]]  # soonest first; the command's run waits for its time
+    assert window.soonest == command and len(window) == 2
+    assert window.take(t0 + timedelta(milliseconds=20), t0 + timedelta(milliseconds=20), lambda run: False) == [command]
+    assert window.runs() == [warm[2]]
+
+
 def test_a_thousand_one_shots_through_a_window_of_ten_each_fire_once_in_order() -> None:
     # Given 1000 one-shots over the next 10 s, added in random order, and a window of 10
     clock = FakeClock()

@@ -19,7 +19,7 @@ from supervise.supervisor.core.clock import FakeClock
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.ports import ExitCallback, SchedulerHost
 from supervise.supervisor.daemon.processes import Worker
-from supervise.supervisor.daemon.scheduler import Scheduler
+from supervise.supervisor.daemon.scheduler import FIRE_AHEAD_S, Scheduler
 from supervise.supervisor.store.queued import QueuedStore
 from supervise.supervisor.store.sqlite import SqliteStore
 
@@ -155,6 +155,54 @@ def test_runs_wait_for_the_worker_and_a_cancel_reaches_it(parts: tuple[FakeClock
         assert host.cancels == [run.run_id]
         scheduler.on_worker_message("job", "run_finished", {"run_id": run.run_id, "ok": False, "error": "cancelled"})
         await until(lambda: store.store.get_run(run.run_id).state is RunState.CANCELLED, "the cancelled run")
+        scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_one_shot_for_a_warm_worker_is_handed_over_ahead_of_its_time_with_not_before(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    """The supervisor's work happens before the run's time; the worker starts it at `not_before`."""
+    _, host, store = parts
+    due = WALL0 + timedelta(seconds=FIRE_AHEAD_S / 2)
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})
+        scheduler.start()
+        run_id = scheduler.schedule_at("job", due, {"n": 1})
+        # The host's wall clock stands still before `due`: only a hand-over ahead of time sends it.
+        await until(lambda: len(host.sent) == 1, "the one-shot to be handed over ahead of its time")
+        assert host.sent[0]["run_id"] == run_id and host.sent[0]["not_before"] == due.timestamp()
+        scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_occurrence_is_fired_ahead_only_when_nothing_of_its_schedule_still_runs(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    """Ahead of time the overlap policy cannot know whether the last run ends in time: a busy
+    schedule's occurrence waits for its own time, and then the policy decides."""
+    clock, host, store = parts
+    clock.advance(1_000 - int(FIRE_AHEAD_S * 1000) // 2)  # inside the fire-ahead window of WALL0 + 1 s
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "every": "1s", "start": WALL0.isoformat()})
+        scheduler.start()
+        await until(lambda: len(host.sent) == 1, "the idle schedule's occurrence, ahead of its time")
+        first = host.sent[0]
+        assert first["not_before"] == (WALL0 + timedelta(seconds=1)).timestamp()
+        scheduler.on_worker_message("job", "run_started", {"run_id": first["run_id"]})
+        clock.advance(1_000)  # inside the window of WALL0 + 2 s, and the first run still runs
+        scheduler._arm(scheduler._schedules["job"])
+        await asyncio.sleep(FIRE_AHEAD_S * 2)  # real time for the early timer to fire and hold back
+        assert len(host.sent) == 1
+        clock.advance(int(FIRE_AHEAD_S * 1000))  # the occurrence's own time: overlap "skip" decides
+        await until(
+            lambda: any(kind == "run_skipped" for _, kind, _ in host.events), "the busy occurrence to be skipped"
+        )
+        assert len(host.sent) == 1
         scheduler.close()
 
     asyncio.run(scenario())
