@@ -21,7 +21,6 @@ import zmq
 import zmq.asyncio
 
 from supervise.protocol.codec import pack
-from supervise.supervisor.daemon.sockets import send_nowait
 
 log = logging.getLogger("supervise")
 
@@ -56,12 +55,15 @@ class EventLog:
         self.dropped = 0
         self._wall = wall
         self._ring: collections.deque[Event] = collections.deque(maxlen=capacity)
-        self._sock: zmq.asyncio.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
         self.listeners: list[Listener] = []
 
     def attach(self, sock: zmq.asyncio.Socket | None) -> None:
-        """Publish on `sock` from now on (None: stop publishing, e.g. at close)."""
-        self._sock = sock
+        """Publish on `sock` from now on (None: stop publishing, e.g. at close).
+
+        Events go out through a plain shadow of the socket: a send that never waits needs
+        none of the asyncio socket's futures (two events per run add up in a burst)."""
+        self._sock = None if sock is None else zmq.Socket.shadow(sock.underlying)
 
     def emit(self, service: str, kind: str, detail: Mapping[str, object] | None = None, message: str = "") -> Event:
         """Record one event; returns it as published."""
@@ -82,10 +84,10 @@ class EventLog:
         for listener in self.listeners:
             listener(service, kind, detail)
         if self._sock is not None:
-            error = send_nowait(self._sock, [f"{service}.{kind}".encode(), pack(event)])
-            if error is None:
+            try:
+                self._sock.send_multipart([f"{service}.{kind}".encode(), pack(event)], zmq.NOBLOCK)
                 self.published += 1
-            else:
+            except zmq.ZMQError:
                 self.dropped += 1
         return event
 

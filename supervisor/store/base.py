@@ -396,8 +396,6 @@ RUN_UPDATABLE: Final = (
     "attempt",
     "state",
     "reason",
-    "args",
-    "jittered_time",
     "started_at",
     "finished_at",
     "node",
@@ -407,9 +405,10 @@ RUN_UPDATABLE: Final = (
     "error",
     "result",
 )
-"""The columns `update_run` writes. The others (`run_id`, `service`, `nominal_time`, `origin`,
-`created_at`, `key`, `family`) are fixed when the run is inserted; leaving them out of the
-UPDATE spares the indexes built on them a rewrite on every state change."""
+"""The columns `update_run` writes: what a run's transitions change. The others (`run_id`,
+`service`, `nominal_time`, `origin`, `created_at`, `args`, `jittered_time`, `key`, `family`)
+are fixed when the run is inserted; leaving them out of the UPDATE spares the indexes built
+on them a rewrite, and the arguments a JSON encoding, on every state change."""
 
 
 def _column_value(run: Run, name: str, encode_time: Callable[[datetime], object]) -> object:

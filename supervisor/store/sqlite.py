@@ -47,7 +47,6 @@ from supervise.supervisor.store.base import (
 log = logging.getLogger("supervise.store")
 
 SCHEMA_VERSION: Final = 2
-_TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"  # fixed width, so text order is time order
 _PRUNE_BATCH: Final = 5000
 
 _SCHEMA: Final = (
@@ -126,8 +125,9 @@ _UPDATE_RUN: Final = f"UPDATE runs SET {', '.join(f'{name} = ?' for name in RUN_
 
 
 def encode_time(value: datetime) -> str:
-    """An aware datetime as fixed-width ISO-8601 UTC text."""
-    return utc(value).strftime(_TIME_FORMAT)
+    """An aware datetime as fixed-width ISO-8601 UTC text (`YYYY-MM-DDTHH:MM:SS.ffffff+00:00`),
+    so that text order is time order."""
+    return utc(value).isoformat(timespec="microseconds")
 
 
 def decode_time(text: str) -> datetime:
