@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -45,6 +46,12 @@ PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
 
 
+class OutboxWriter(Protocol):
+    """The history's writer: outbox rows queued behind (and committed with) the state changes."""
+
+    def add_notifications(self, write: Callable[[], object], *, then: Callable[[], None] | None = None) -> None: ...
+
+
 class NotifyHost(Protocol):
     """What the notifier needs from the daemon."""
 
@@ -69,11 +76,22 @@ class Notifier:
         store: where the outbox lives (the history store).
         clock: monotonic time for the storm policy, wall time for rows.
         instance: tells this supervisor start's service incarnations from an earlier start's.
+        writer: the history's writer; rows then go in the transaction of the change that caused
+            them (a run's final state). Without one, rows are written on the notifier's thread.
     """
 
-    def __init__(self, host: NotifyHost, store: NotificationStore, *, clock: Clock, instance: str) -> None:
+    def __init__(
+        self,
+        host: NotifyHost,
+        store: NotificationStore,
+        *,
+        clock: Clock,
+        instance: str,
+        writer: OutboxWriter | None = None,
+    ) -> None:
         self._host = host
         self._store = store
+        self._writer = writer
         self._clock = clock
         self._instance = instance
         self._gate = AlertGate()
@@ -260,6 +278,10 @@ class Notifier:
         sup = self._host.config.supervisor
         log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
         self.queued += len(rule.targets)
+        if self._writer is not None:
+            write = functools.partial(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
+            self._writer.add_notifications(write, then=self._wake_deliverer)
+            return
         future = self._executor.submit(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
         future.add_done_callback(self._written)
 
@@ -294,6 +316,10 @@ class Notifier:
         if error is not None:
             log.error("could not write a notification to the outbox: %s", error)
             return
+        self._wake_deliverer()
+
+    def _wake_deliverer(self) -> None:
+        """From a writer thread, once rows are committed."""
         if self._loop is not None and not self._loop.is_closed():
             try:
                 self._loop.call_soon_threadsafe(self.deliverer.wake)

@@ -280,8 +280,9 @@ class Scheduler:
     ) -> Run:
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
-        self._store.insert_run(run)
-        self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
+        with self._store.together():
+            self._store.insert_run(run)
+            self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
         return run
 
     # -- occurrences and runs ---------------------------------------------------
@@ -535,19 +536,20 @@ class Scheduler:
             signal=signal_number,
             reason=run.reason,
         )
-        self._ended(s, run)
+        with self._store.together():  # the final state and the notifications it causes: one transaction
+            self._ended(s, run)
+            self._host.publish(
+                s.name,
+                "run_finished",
+                {
+                    "run_id": run_id,
+                    "state": str(state),
+                    "duration_ms": run.duration_ms,
+                    "error": error,
+                    "attempt": run.attempt,
+                },
+            )
         s.last_finished = now
-        self._host.publish(
-            s.name,
-            "run_finished",
-            {
-                "run_id": run_id,
-                "state": str(state),
-                "duration_ms": run.duration_ms,
-                "error": error,
-                "attempt": run.attempt,
-            },
-        )
         self._retry_if_wanted(s, run)
         self._drain(s)
         self._start_buffered(s)

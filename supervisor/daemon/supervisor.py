@@ -233,7 +233,7 @@ class Supervisor:
         if self.store is None:
             return
         instance = self.observability.events.instance
-        self.notifier = Notifier(self, self.store.store, clock=self._clock, instance=instance)
+        self.notifier = Notifier(self, self.store.store, clock=self._clock, instance=instance, writer=self.store)
         self.observability.events.listeners.append(self.notifier.observe)
         self.observability.notifications = self.notifier.summary
         await self.notifier.start()

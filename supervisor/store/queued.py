@@ -17,8 +17,8 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +41,12 @@ class _Write:
     write: Callable[[], object]
     then: Callable[[], None] | None  # called on the writer thread once the write is committed
     updates: str | None  # the run id, for an `update_run`
+    group: int = 0  # writes queued in one `together()` block share a non-zero group: one transaction
+
+
+def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
+    """The writes after a batch's last one that belong to its group: a group is never split."""
+    return list(itertools.takewhile(lambda w: w.group == group, following)) if group else []
 
 
 class QueuedStore:
@@ -58,6 +64,9 @@ class QueuedStore:
         self.failing_since: str | None = None  # the last error while writes are being retried
         self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
         self._batch_failed = False
+        self._holding = 0  # `together()` blocks open: the writer waits for them to close
+        self._group = 0  # the group of the open `together()` block
+        self._groups = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
         self._thread.start()
 
@@ -99,6 +108,28 @@ class QueuedStore:
         self._put(f"update run {run.run_id}", lambda: self.store.update_run(run), then, updates=run.run_id)
         return True
 
+    def add_notifications(self, write: Callable[[], object], *, then: Callable[[], None] | None = None) -> None:
+        """Queue a write of outbox rows (`write` adds them, on the writer thread): inside a
+        `together()` block, in the same transaction as the state change that caused them."""
+        self._put("notification rows", write, then)
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """The writes queued inside this block are committed in one transaction (a run's final
+        state and the notification rows it causes), with a store that offers `batch()`."""
+        with self._wake:
+            if self._holding == 0:
+                self._group = next(self._groups)
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._holding -= 1
+                if self._holding == 0:
+                    self._group = 0
+                    self._wake.notify()
+
     def put_schedule_state(self, service: str, state: ScheduleState) -> None:
         self._put(f"schedule state of {service}", lambda: self.store.put_schedule_state(service, state))
 
@@ -134,7 +165,7 @@ class QueuedStore:
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append(_Write(what, write, then, updates))
+            self._queue.append(_Write(what, write, then, updates, self._group))
             self._enqueued += 1
             self._wake.notify()
 
@@ -142,13 +173,14 @@ class QueuedStore:
         delay = RETRY_FIRST_S
         while True:
             with self._wake:
-                while not self._queue and not self._closing:
+                while (not self._queue or self._holding) and not self._closing:
                     self._wake.wait()
                 if not self._queue:
                     return
                 head = [self._queue[0]]
                 if self._batch is not None and not self._batch_failed:
                     head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
+                    head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
             try:
                 results = self._write_all(head)
             except StoreError as e:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from supervise.supervisor.core.runs import RunOrigin, RunState, new_run, transition
-from supervise.supervisor.store.queued import QueuedStore
+from supervise.supervisor.store.base import Notification
+from supervise.supervisor.store.queued import BATCH, QueuedStore
 from supervise.supervisor.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -68,3 +69,42 @@ def test_update_leaves_the_columns_fixed_at_insert_alone(tmp_path: Path) -> None
         assert stored == done
     finally:
         store.close()
+
+
+def test_writes_queued_together_are_committed_in_one_transaction_even_across_a_full_batch(tmp_path: Path) -> None:
+    """A run's final state and the outbox row it causes: never one without the other on disk."""
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    statements: list[str] = []
+    sqlite._db().set_trace_callback(statements.append)  # the writer's connection, as SQLite runs it
+    queued = QueuedStore(sqlite, shared=False)
+    try:
+        fillers = [new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL) for _ in range(BATCH - 1)]
+        run = new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL)
+        sqlite.insert_run(run)
+        row = Notification(
+            id=f"run:{run.run_id}|failure|ops",
+            channel="ops",
+            service="a",
+            event="failure",
+            created_at=T0,
+            next_attempt_at=T0,
+        )
+        with queued._wake:  # the writer looks at the queue only once all is in: the batch ends inside the group
+            for filler in fillers:
+                queued.insert_run(filler)
+            statements.clear()
+            with queued.together():
+                failed = transition(transition(run, RunState.STARTING, at=T0), RunState.FAILED, at=T0)
+                queued.update_run(failed)
+                queued.add_notifications(lambda: sqlite.add_notification(row))
+        assert queued.wait_written(10)
+    finally:
+        queued.close()
+    transactions: list[list[str]] = []
+    for statement in statements:
+        if statement.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions and statement.startswith(("UPDATE runs", "INSERT INTO notifications")):
+            transactions[-1].append(" ".join(statement.split()[:3]))
+    holding = [t for t in transactions if any(s.startswith("UPDATE runs") for s in t)]
+    assert len(holding) == 1 and any(s.startswith("INSERT INTO notifications") for s in holding[0])
