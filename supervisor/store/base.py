@@ -392,23 +392,14 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-RUN_UPDATABLE: Final = (
-    "attempt",
-    "state",
-    "reason",
-    "started_at",
-    "finished_at",
-    "node",
-    "pid",
-    "exit_code",
-    "signal",
-    "error",
-    "result",
+RUN_FIXED: Final = frozenset(
+    {"run_id", "service", "nominal_time", "origin", "created_at", "args", "jittered_time", "key"}
 )
-"""The columns `update_run` writes: what a run's transitions change. The others (`run_id`,
-`service`, `nominal_time`, `origin`, `created_at`, `args`, `jittered_time`, `key`, `family`)
-are fixed when the run is inserted; leaving them out of the UPDATE spares the indexes built
-on them a rewrite, and the arguments a JSON encoding, on every state change."""
+"""Run columns set when the run is inserted and never changed (with `family`)."""
+RUN_UPDATABLE: Final = tuple(name for name in RUN_COLUMNS if name not in RUN_FIXED)
+"""The columns `update_run` writes: what a run's transitions change. Leaving the fixed ones
+out of the UPDATE spares the indexes built on them a rewrite, and the arguments a JSON
+encoding, on every state change."""
 
 
 def _column_value(run: Run, name: str, encode_time: Callable[[datetime], object]) -> object:
