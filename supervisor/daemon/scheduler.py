@@ -796,7 +796,7 @@ class Scheduler:
 
     def _cancel_waiting(self, s: Schedule, run: Run) -> Run:
         run = transition(run, RunState.CANCELLED, at=self._now(), reason="cancelled by request")
-        self._ended(s, run)
+        self._ended(s, run, barrier=True)  # the row may be one a window refill would read
         self._host.publish(
             s.name, "run_finished", {"run_id": run.run_id, "state": str(run.state), "duration_ms": None, "error": None}
         )
@@ -850,7 +850,7 @@ class Scheduler:
             state=RunState.PENDING,
             args={**s.config.args, **(args or {})},
         )
-        if not self._store.insert_run(run):
+        if not self._store.insert_run(run, barrier=True):
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
         if self._window.add(run):
             self._arm_window()
@@ -932,18 +932,29 @@ class Scheduler:
             self._refill_timer = self._loop.call_soon(self._refill)
 
     def _refill(self) -> None:
-        """Read the next pending and queued runs from the store, once the writes queued before have landed."""
+        """Read the next pending and queued runs from the store, once the writes that matter have landed.
+
+        The window reads pending rows after its horizon: it waits for the writes that add or
+        cancel such rows (`unsettled`), not for the stream of state changes of a burst. A queue
+        reads all of a service's queued rows: it waits until every queued write is done, so a
+        run it started is not read again as queued.
+        """
         self._refill_timer = None
-        if self._store.pending:  # a row still being written must not be skipped past (or read twice)
-            assert self._loop is not None
-            self._refill_timer = self._loop.call_later(REFILL_RETRY_S, self._refill)
-            return
+        retry = False
         if self._window.wants_more:
-            self._refill_window()
-        for s in self._schedules.values():
-            if s.queue.wants_refill:
+            if self._store.unsettled:
+                retry = True
+            else:
+                self._refill_window()
+        wanting = [s for s in self._schedules.values() if s.queue.wants_refill]
+        if wanting and self._store.pending:
+            retry = True
+        elif wanting:
+            for s in wanting:
                 self._refill_queue(s)
                 self._drain(s)
+        if retry and self._loop is not None:
+            self._refill_timer = self._loop.call_later(REFILL_RETRY_S, self._refill)
 
     def _refill_window(self) -> None:
         asked = self._window.room
@@ -996,9 +1007,9 @@ class Scheduler:
                 s.last_run = _newer(s.last_run, found[0])
         return s.last_run
 
-    def _ended(self, s: Schedule, run: Run) -> None:
+    def _ended(self, s: Schedule, run: Run, *, barrier: bool = False) -> None:
         """A run of `s` reached a final state here: store it, and show it in `status` at once."""
-        self._store.update_run(run)
+        self._store.update_run(run, barrier=barrier)
         if run.state is not RunState.SKIPPED:
             s.last_run = _newer(s.last_run, run)
 

@@ -42,6 +42,7 @@ class _Write:
     then: Callable[[], None] | None  # called on the writer thread once the write is committed
     updates: str | None  # the run id, for an `update_run`
     group: int = 0  # writes queued in one `together()` block share a non-zero group: one transaction
+    barrier: bool = False  # a read of pending rows must wait for it (see `unsettled`)
 
 
 def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
@@ -64,6 +65,7 @@ class QueuedStore:
         self.failing_since: str | None = None  # the last error while writes are being retried
         self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
         self._batch_failed = False
+        self._barriers = 0  # queued writes flagged `barrier`, not yet done
         self._holding = 0  # `together()` blocks open: the writer waits for them to close
         self._group = 0  # the group of the open `together()` block
         self._groups = itertools.count(1)
@@ -94,18 +96,21 @@ class QueuedStore:
 
     # -- writes: queued ------------------------------------------------------------------------
 
-    def insert_run(self, run: Run, *, then: Callable[[], None] | None = None) -> bool:
-        """Queue the insert; `then` is called (on the writer thread) once it is committed."""
+    def insert_run(self, run: Run, *, then: Callable[[], None] | None = None, barrier: bool = False) -> bool:
+        """Queue the insert; `then` is called (on the writer thread) once it is committed.
+        `barrier`: a read of pending rows waits for it (`unsettled`)."""
         if self._shared:
             claimed = self.store.insert_run(run)
             if claimed and then is not None:
                 then()
             return claimed
-        self._put(f"insert run {run.run_id}", lambda: self.store.insert_run(run), then)
+        self._put(f"insert run {run.run_id}", lambda: self.store.insert_run(run), then, barrier=barrier)
         return True  # one supervisor owns this history: its own occurrences are its own
 
-    def update_run(self, run: Run, *, then: Callable[[], None] | None = None) -> bool:
-        self._put(f"update run {run.run_id}", lambda: self.store.update_run(run), then, updates=run.run_id)
+    def update_run(self, run: Run, *, then: Callable[[], None] | None = None, barrier: bool = False) -> bool:
+        self._put(
+            f"update run {run.run_id}", lambda: self.store.update_run(run), then, updates=run.run_id, barrier=barrier
+        )
         return True
 
     def add_notifications(self, write: Callable[[], object], *, then: Callable[[], None] | None = None) -> None:
@@ -148,7 +153,15 @@ class QueuedStore:
 
     @property
     def pending(self) -> int:
+        """Writes queued and not yet done."""
         return len(self._queue)
+
+    @property
+    def unsettled(self) -> int:
+        """Queued writes flagged `barrier` not yet done: rows a read of pending runs must not miss
+        (a pending run added beyond the scheduler's window, one cancelled there). Unlike `pending`,
+        this drops to 0 during a long burst of other writes."""
+        return self._barriers
 
     def _put(
         self,
@@ -157,15 +170,17 @@ class QueuedStore:
         then: Callable[[], None] | None = None,
         *,
         updates: str | None = None,
+        barrier: bool = False,
     ) -> None:
         with self._wake:
             if len(self._queue) >= MAX_QUEUED:
-                self._queue.popleft()
+                self._barriers -= self._queue.popleft().barrier
                 self.dropped += 1
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append(_Write(what, write, then, updates, self._group))
+            self._queue.append(_Write(what, write, then, updates, self._group, barrier))
+            self._barriers += barrier
             self._enqueued += 1
             self._wake.notify()
 
@@ -216,7 +231,7 @@ class QueuedStore:
             delay = RETRY_FIRST_S
             with self._wake:
                 for _ in head:
-                    self._queue.popleft()
+                    self._barriers -= self._queue.popleft().barrier
                 self._done += len(head)
                 self._wake.notify_all()
 

@@ -108,3 +108,18 @@ def test_writes_queued_together_are_committed_in_one_transaction_even_across_a_f
             transactions[-1].append(" ".join(statement.split()[:3]))
     holding = [t for t in transactions if any(s.startswith("UPDATE runs") for s in t)]
     assert len(holding) == 1 and any(s.startswith("INSERT INTO notifications") for s in holding[0])
+
+
+def test_unsettled_counts_only_the_barrier_writes_still_queued(tmp_path: Path) -> None:
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    queued = QueuedStore(sqlite, shared=False)
+    try:
+        with sqlite._lock:  # the writer stalls
+            queued.insert_run(new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL))
+            pending = new_run("a", at=T0, nominal_time=T0, origin=RunOrigin.ONESHOT, state=RunState.PENDING)
+            queued.insert_run(pending, barrier=True)
+            assert queued.pending == 2 and queued.unsettled == 1
+        assert queued.wait_written(10)
+        assert queued.pending == 0 and queued.unsettled == 0
+    finally:
+        queued.close()

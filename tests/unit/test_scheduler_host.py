@@ -16,6 +16,7 @@ import pytest
 
 from supervise.supervisor.config.loader import parse_service
 from supervise.supervisor.core.clock import FakeClock
+from supervise.supervisor.core.pending import PendingWindow
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.ports import ExitCallback, SchedulerHost
 from supervise.supervisor.daemon.processes import Worker
@@ -203,6 +204,30 @@ def test_an_occurrence_is_fired_ahead_only_when_nothing_of_its_schedule_still_ru
             lambda: any(kind == "run_skipped" for _, kind, _ in host.events), "the busy occurrence to be skipped"
         )
         assert len(host.sent) == 1
+        scheduler.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_pending_window_refills_while_the_writer_is_busy_with_other_writes(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    """A burst keeps the writer busy with state changes; the window must not wait for it to be
+    idle before reading the next pending runs, only for writes of pending rows themselves."""
+    _, host, store = parts
+    count = PendingWindow().limit + 100
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"action": "http", "url": "http://127.0.0.1:9/x", "manual": True})
+        scheduler.start()
+        for _ in range(count):
+            scheduler.schedule_at("job", WALL0, None)
+        assert await scheduler.written()
+        s = scheduler._schedules["job"]
+        with store.store._lock:  # the writer stalls on the runs' state changes from here on
+            scheduler._arm_window()
+            await until(lambda: len(s.active) + s.queue.depth == count, "every pending run, the store's too, to fire")
+            assert store.pending > 0
         scheduler.close()
 
     asyncio.run(scenario())
