@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from supervise.supervisor.api.browser import Browser
 from supervise.supervisor.api.openapi import document
 from supervise.supervisor.api.resources import Resources
 from supervise.supervisor.api.server import PREFIX, ApiError, Pipeline, problem_response
 from supervise.supervisor.api.store import ApiStore
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
+from supervise.supervisor.core.samples import SampleHistory
 
 if TYPE_CHECKING:
     from supervise.supervisor.api.ports import ApiHost, EventRing
@@ -64,10 +66,13 @@ def check_exposure(config: SupervisorConfig, store: ApiStore) -> None:
 class ApiServer:
     """Owned by the composition root; mounted on the HTTP server's application."""
 
-    def __init__(self, host: ApiHost, events: EventRing, config: SupervisorConfig) -> None:
+    def __init__(
+        self, host: ApiHost, events: EventRing, config: SupervisorConfig, *, samples: SampleHistory | None = None
+    ) -> None:
         self._host = host
         self._events = events
         self._config = config
+        self._samples = samples if samples is not None else SampleHistory(1)
         self.store: ApiStore | None = None
         self.resources: Resources | None = None
         self.pipeline: Pipeline | None = None
@@ -86,7 +91,8 @@ class ApiServer:
             self._host, store, self._events, max_pending_tasks=self._config.tenant_max_pending_tasks
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
-        routes = resources.routes()
+        browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
+        routes = resources.routes() + browser.routes()
         spec = document(routes)
         for route in routes:
             app.router.add_route(route.method, PREFIX + route.path, pipeline.wrap(route))
