@@ -170,7 +170,6 @@ class Browser:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(call.request)
-        await response.write(b"retry: 2000\n\n")
         closing = self.resources.closing
         rounds = self.samples.rounds
         while not closing.is_set():
