@@ -25,7 +25,7 @@ from pydantic import Field
 
 from supervise.protocol.version import VERSION
 from supervise.supervisor.api.models import Open, Strict
-from supervise.supervisor.api.server import ApiError, Call, Reply, Route, wait_event
+from supervise.supervisor.api.server import Call, Reply, Route, wait_event
 from supervise.supervisor.api.session import clear_session, set_session
 from supervise.supervisor.api.store import Role
 from supervise.supervisor.core.samples import Point, SampleHistory
@@ -160,7 +160,8 @@ class Browser:
     async def get_samples(self, call: Call) -> Reply:
         query: SamplesQuery = call.query
         names = self._visible_names(call, query.service)
-        return Reply(Samples.model_validate({"interval_s": self.interval_s, "services": self.samples.series(names, query.points)}))
+        series = self.samples.series(names, query.points)
+        return Reply(Samples.model_validate({"interval_s": self.interval_s, "services": series}))
 
     async def stream_samples(self, call: Call) -> web.StreamResponse:
         """Each round of samples as `event: sample`, `data: {"t": ..., "services": {name: [cpu, rss]}}`."""
@@ -179,8 +180,9 @@ class Browser:
                 names = self._visible_names(call, query.service)
                 latest = {n: p[-1] for n in names if (p := self.samples.points(n, 1))}
                 t = max((p.wall_s for p in latest.values()), default=None)
-                data = {"t": t, "services": {n: [p.cpu_percent, p.rss_bytes] for n, p in latest.items() if p.wall_s == t}}
-                await response.write(b"event: sample\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n")
+                fresh = {n: [p.cpu_percent, p.rss_bytes] for n, p in latest.items() if p.wall_s == t}
+                data = json.dumps({"t": t, "services": fresh}, separators=(",", ":"))
+                await response.write(b"event: sample\ndata: " + data.encode() + b"\n\n")
             if not await wait_event(wake, SSE_KEEPALIVE_S):
                 await response.write(b": keep-alive\n\n")
         return response
@@ -249,7 +251,15 @@ class Browser:
                 errors=(401, 422),
                 public=True,
             ),
-            Route("GET", "/session", self.get_session, V, "Who the credential is and what it may do", "session", response=Session),
+            Route(
+                "GET",
+                "/session",
+                self.get_session,
+                V,
+                "Who the credential is and what it may do",
+                "session",
+                response=Session,
+            ),
             Route(
                 "DELETE",
                 "/session",
