@@ -72,7 +72,10 @@ def _measure(base: str, token: str, services: int, loads: int) -> None:
                     .reduce((n, e) => n + e.encodedBodySize, 0)"""
             )
             shipped = sum(len(b) for b in ASSETS.values())
-            print(f"page weight: {shipped / 1024:.1f} KiB in {len(ASSETS)} files as shipped; {received / 1024:.1f} KiB received")
+            print(
+                f"page weight: {shipped / 1024:.1f} KiB in {len(ASSETS)} files as shipped;"
+                f" {received / 1024:.1f} KiB received"
+            )
             paints, rows = [], []
             for _ in range(loads):
                 page.reload()
@@ -83,9 +86,7 @@ def _measure(base: str, token: str, services: int, loads: int) -> None:
                     timeout=60_000,
                 )
                 rows.append(float(done.json_value()))
-                fcp = page.evaluate(
-                    "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
-                )
+                fcp = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null")
                 if fcp is not None:
                     paints.append(float(fcp))
             print(

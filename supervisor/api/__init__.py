@@ -76,6 +76,7 @@ class ApiServer:
         self.store: ApiStore | None = None
         self.resources: Resources | None = None
         self.pipeline: Pipeline | None = None
+        self.browser: Browser | None = None
         self._own: tuple[str | None, int | None] | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -91,7 +92,7 @@ class ApiServer:
             self._host, store, self._events, max_pending_tasks=self._config.tenant_max_pending_tasks
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
-        browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
+        self.browser = browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
         routes = resources.routes() + browser.routes()
         spec = document(routes)
         for route in routes:
@@ -128,6 +129,8 @@ class ApiServer:
     async def _on_shutdown(self, app: web.Application) -> None:
         if self.resources is not None:
             self.resources.close()  # event streams end, so the server can close
+        if self.browser is not None:
+            self.browser.close()
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self.store is not None:

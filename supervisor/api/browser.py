@@ -109,6 +109,10 @@ class Browser:
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()
 
+    def close(self) -> None:
+        """End every stream of this module (the server is shutting down; `resources.closing` is set)."""
+        self._on_samples(0.0, {})
+
     # -- sessions ------------------------------------------------------------------------------
 
     async def sign_in(self, call: Call) -> web.StreamResponse:

@@ -66,7 +66,8 @@ def site() -> Iterator[Site]:
     folder = Path(tempfile.mkdtemp(prefix="sv-dash-", dir="/tmp"))
     services: dict[str, dict[str, object]] = {
         "web": {"target": FOREVER},
-        "worker": {"target": FOREVER, "backoff": "3s"},  # BACKOFF lasts long enough to be seen
+        # BACKOFF lasts long enough to be seen, and a kill however late in the module is a failure, not a stable exit
+        "worker": {"target": FOREVER, "backoff": "3s", "stable_after": "1h"},
         "ticker": {"command": ["sleep", "3600"]},
         "nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"},
         "hourly": {"command": ["true"], "every": "1h"},
@@ -159,6 +160,7 @@ def test_a_wrong_token_is_refused_and_a_right_one_shows_every_service_running(
         expect(row(page, name).locator(".state")).to_have_text("RUNNING")
     expect(page.locator('tr[data-job="nightly"]')).to_contain_text("every day at 02:00 Asia/Kolkata")
     expect(page.locator("#health")).to_have_text("healthy")
+    expect(page.locator("#version")).to_have_text(re.compile(r"^v\d+\.\d+"))
     # the token is in an HttpOnly cookie, never where scripts or URLs can read it
     assert site.tokens["admin"] not in page.evaluate("document.cookie")
     assert site.tokens["admin"] not in page.url

@@ -215,6 +215,7 @@ async function start() {
   }
   const s = app.session;
   $("#who").textContent = `${s.name} · ${s.role}${s.tenant ? ` · ${s.tenant}` : ""}`;
+  $("#version").textContent = `v${s.version}`;
   $("header.top").hidden = false;
   await Promise.all([loadServices(), loadSamples().catch(() => {})]);
   openStreams();
