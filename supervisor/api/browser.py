@@ -25,6 +25,7 @@ from pydantic import Field
 
 from supervise.protocol.version import VERSION
 from supervise.supervisor.api.models import Open, Strict
+from supervise.supervisor.api.resources import SSE_KEEPALIVE_S, Resources
 from supervise.supervisor.api.server import Call, Reply, Route, wait_event
 from supervise.supervisor.api.session import clear_session, set_session
 from supervise.supervisor.api.store import Role
@@ -32,10 +33,8 @@ from supervise.supervisor.core.samples import Point, SampleHistory
 from supervise.supervisor.daemon.logtail import Follower
 
 if TYPE_CHECKING:
-    from supervise.supervisor.api.resources import Resources
     from supervise.supervisor.api.server import Pipeline
 
-SSE_KEEPALIVE_S = 15.0
 LOG_FOLLOW_INTERVAL_S = 0.5
 LOG_CHUNK_LINES = 200  # lines per SSE message at most
 REDACTED = "(hidden)"

@@ -71,7 +71,7 @@ def site() -> Iterator[Site]:
         "ticker": {"command": ["sleep", "3600"]},
         "nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"},
         "hourly": {"command": ["true"], "every": "1h"},
-        "slow": {"command": ["sleep", "120"], "manual": True},
+        "slow": {"command": ["sleep", "120"], "manual": True, "cancel_grace": "1s"},
     }
     config = write_config(folder, services, http="127.0.0.1:0")
     tokens = make_tokens(folder / "state", TOKENS)
@@ -161,6 +161,7 @@ def test_a_wrong_token_is_refused_and_a_right_one_shows_every_service_running(
     expect(page.locator('tr[data-job="nightly"]')).to_contain_text("every day at 02:00 Asia/Kolkata")
     expect(page.locator("#health")).to_have_text("healthy")
     expect(page.locator("#version")).to_have_text(re.compile(r"^v\d+\.\d+"))
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")  # the events stream is open
     # the token is in an HttpOnly cookie, never where scripts or URLs can read it
     assert site.tokens["admin"] not in page.evaluate("document.cookie")
     assert site.tokens["admin"] not in page.url

@@ -53,3 +53,10 @@ def test_listeners_hear_each_round_and_rounds_are_counted() -> None:
 def test_a_history_needs_room_for_one_point() -> None:
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         SampleHistory(0)
+
+
+def test_event_streams_write_before_the_http_guard_would_call_them_idle() -> None:
+    from supervise.supervisor.api.resources import SSE_KEEPALIVE_S
+    from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
+
+    assert SSE_KEEPALIVE_S < IDLE_TIMEOUT_S
