@@ -72,6 +72,8 @@ def site() -> Iterator[Site]:
         "nightly": {"command": ["true"], "cron": "0 2 * * *", "timezone": "Asia/Kolkata"},
         "hourly": {"command": ["true"], "every": "1h"},
         "slow": {"command": ["sleep", "120"], "manual": True, "cancel_grace": "1s"},
+        "broken": {"command": ["sh", "-c", "echo cannot open the database >&2; exit 3"], "max_restarts": 0},
+        "failing": {"command": ["sh", "-c", "exit 2"], "manual": True},
     }
     config = write_config(folder, services, http="127.0.0.1:0")
     tokens = make_tokens(folder / "state", TOKENS)
@@ -281,11 +283,23 @@ def test_a_run_started_from_the_page_is_cancelled_from_its_page(site: Site, cont
     shoot(page, "runs")
 
 
-def test_failures_tasks_and_an_unknown_page_render(site: Site, context: BrowserContext) -> None:
+def test_failures_show_fatal_services_and_failed_runs_first(site: Site, context: BrowserContext) -> None:
     page = sign_in(site, context, "admin")
-    page.goto(site.base + "/#/failures")
-    expect(page.locator("#main h2").first).to_contain_text("FATAL services (0)")
+    expect(page.locator("#failure-count")).to_have_text("1")  # the tab counts FATAL services
+    page.click('[data-nav="failures"]')
+    expect(page.locator("#main h2").first).to_have_text("FATAL services (1)")
+    expect(page.locator('#main tr[data-service="broken"]')).to_contain_text("FATAL")
+    run_id = site.api("POST", "/jobs/failing/run")["run_id"]
+    failed = page.locator(f'#failed-runs tr[data-run="{run_id}"]')  # appears live, on the run's events
+    expect(failed).to_contain_text("failed")
     shoot(page, "failures")
+    failed.locator("a.mono").click()
+    expect(page.locator("#main .head .badge")).to_have_text("failed")
+    expect(page.locator('button[data-action="retry"]')).to_be_visible()
+
+
+def test_tasks_and_the_hidden_cluster_tab(site: Site, context: BrowserContext) -> None:
+    page = sign_in(site, context, "admin")
     page.goto(site.base + "/#/tasks")
     expect(page.locator("#main")).to_contain_text("No tasks.")
     shoot(page, "tasks")
