@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from pydantic import Field
@@ -26,14 +26,11 @@ from pydantic import Field
 from supervise.protocol.version import VERSION
 from supervise.supervisor.api.models import Open, Strict
 from supervise.supervisor.api.resources import SSE_KEEPALIVE_S, Resources
-from supervise.supervisor.api.server import Call, Reply, Route, wait_event
-from supervise.supervisor.api.session import clear_session, set_session
+from supervise.supervisor.api.server import Call, Pipeline, Reply, Route, wait_event
+from supervise.supervisor.api.session import CSRF_COOKIE, clear_session, set_session
 from supervise.supervisor.api.store import Role
 from supervise.supervisor.core.samples import Point, SampleHistory
 from supervise.supervisor.daemon.logtail import Follower
-
-if TYPE_CHECKING:
-    from supervise.supervisor.api.server import Pipeline
 
 LOG_FOLLOW_INTERVAL_S = 0.5
 LOG_CHUNK_LINES = 200  # lines per SSE message at most
@@ -135,7 +132,7 @@ class Browser:
     async def get_session(self, call: Call) -> Reply:
         token = call.token
         assert token is not None
-        csrf = call.request.cookies.get("supervise_csrf") if call.via_cookie else None
+        csrf = call.request.cookies.get(CSRF_COOKIE) if call.via_cookie else None
         return Reply(
             Session(
                 name=token.name,
