@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from supervise.supervisor.api.browser import Browser
 from supervise.supervisor.api.openapi import document
 from supervise.supervisor.api.resources import Resources
 from supervise.supervisor.api.server import PREFIX, ApiError, Pipeline, problem_response
 from supervise.supervisor.api.store import ApiStore
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
+from supervise.supervisor.core.samples import SampleHistory
 
 if TYPE_CHECKING:
     from supervise.supervisor.api.ports import ApiHost, EventRing
@@ -64,13 +66,17 @@ def check_exposure(config: SupervisorConfig, store: ApiStore) -> None:
 class ApiServer:
     """Owned by the composition root; mounted on the HTTP server's application."""
 
-    def __init__(self, host: ApiHost, events: EventRing, config: SupervisorConfig) -> None:
+    def __init__(
+        self, host: ApiHost, events: EventRing, config: SupervisorConfig, *, samples: SampleHistory | None = None
+    ) -> None:
         self._host = host
         self._events = events
         self._config = config
+        self._samples = samples if samples is not None else SampleHistory(1)
         self.store: ApiStore | None = None
         self.resources: Resources | None = None
         self.pipeline: Pipeline | None = None
+        self.browser: Browser | None = None
         self._own: tuple[str | None, int | None] | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -86,7 +92,8 @@ class ApiServer:
             self._host, store, self._events, max_pending_tasks=self._config.tenant_max_pending_tasks
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
-        routes = resources.routes()
+        self.browser = browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
+        routes = resources.routes() + browser.routes()
         spec = document(routes)
         for route in routes:
             app.router.add_route(route.method, PREFIX + route.path, pipeline.wrap(route))
@@ -122,6 +129,8 @@ class ApiServer:
     async def _on_shutdown(self, app: web.Application) -> None:
         if self.resources is not None:
             self.resources.close()  # event streams end, so the server can close
+        if self.browser is not None:
+            self.browser.close()
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self.store is not None:

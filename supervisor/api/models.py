@@ -201,6 +201,7 @@ class Job(Open):
     trigger: str
     paused: bool
     next_fire: str | None = None
+    next_fires: list[str] = Field(default_factory=list, description="the next few fire times (none while paused)")
     running: int = 0
     buffered: int = 0
     runs_so_far: int = 0

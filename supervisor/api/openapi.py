@@ -12,6 +12,7 @@ from pydantic.json_schema import models_json_schema
 from supervise.protocol.version import VERSION
 from supervise.supervisor.api.models import Problem
 from supervise.supervisor.api.server import PREFIX, PROBLEM_TYPE, Route
+from supervise.supervisor.api.session import SESSION_COOKIE
 
 REF = "#/components/schemas/{model}"
 _ERROR_TEXT = {
@@ -52,10 +53,16 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
         "components": {
             "schemas": defs.get("$defs", {}),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "supervise token create"}
+                "bearer": {"type": "http", "scheme": "bearer", "description": "supervise token create"},
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "set by POST /api/v1/session; state changes also need X-CSRF-Token",
+                },
             },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
     }
 
 
@@ -67,6 +74,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "description": f"Needs the `{route.role}` role (or higher).",
         "x-role": str(route.role),
     }
+    if route.public:
+        op.update(description="Needs no token.", security=[])
+        op["x-role"] = "none"
     params = [_path_param(name, route.path_patterns.get(name)) for name in re.findall(r"{(\w+)}", route.path)]
     if route.query is not None:
         params += _query_params(route.query)
@@ -105,7 +115,7 @@ def _responses(route: Route) -> dict[str, Any]:
         ok["content"] = {"application/json": {"schema": {"type": "object"}}}
     if route.status == 201:
         ok["headers"] = {"Location": {"schema": {"type": "string"}, "description": "the new object's URL"}}
-    codes = {400, 401, 403, 429, *route.errors}
+    codes = {400, 429, *route.errors} if route.public else {400, 401, 403, 429, *route.errors}
     if route.body is not None:
         codes |= {413, 415, 422}
     if route.query is not None:
@@ -150,5 +160,5 @@ def reference_markdown(routes: Sequence[Route]) -> str:
     """The endpoint table of docs/api.md, from the same route table."""
     lines = ["| method | path | role | what |", "|---|---|---|---|"]
     for r in routes:
-        lines.append(f"| {r.method} | `{PREFIX}{r.path}` | {r.role} | {r.summary} |")
+        lines.append(f"| {r.method} | `{PREFIX}{r.path}` | {'none' if r.public else r.role} | {r.summary} |")
     return "\n".join(lines)

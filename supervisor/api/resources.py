@@ -53,6 +53,7 @@ from supervise.supervisor.api.store import ApiStore, Role, TaskRow
 from supervise.supervisor.core.errors import ServiceNotFound
 from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
+from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
 from supervise.supervisor.daemon.scheduler import run_to_dict
 
 TRIGGER_KINDS = ("every", "cron", "at", "manual")
@@ -60,7 +61,7 @@ RUN_ID = r"[0-9a-f]{32}"
 TASK_ID = r"[0-9a-f]{32}"
 NAME = r"[a-z][a-z0-9_-]{0,62}"
 RESERVED_PREFIX = "api-"  # the task services: created by the API itself
-SSE_KEEPALIVE_S = 15.0
+SSE_KEEPALIVE_S = IDLE_TIMEOUT_S / 2  # a quiet stream writes a comment before the HTTP guard calls it idle
 TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
 PENDING_RECOUNT_S = 1.0
 ENDED_TASKS_KEPT = 10_000

@@ -6,8 +6,10 @@ adds them to the daemon's aiohttp application beside /health and /metrics, and
 
 1. a token in the query string: refused (400), before anything else;
 2. a client that failed authentication too often: 429 with `Retry-After`;
-3. `Authorization: Bearer <token>`: missing or wrong, 401 with `WWW-Authenticate`;
-4. the route's role: below it, 403;
+3. `Authorization: Bearer <token>`, or else the session cookie of a signed-in browser
+   (session.py): missing or wrong, 401 with `WWW-Authenticate`; a cookie-authenticated
+   request that may change state without the matching `X-CSRF-Token`: 403;
+4. the route's role: below it, 403 (a `public` route skips 3 and 4: signing in and out);
 5. the body: over `MAX_BODY_BYTES` 413, not JSON 400, not valid for the model 422;
 6. `Idempotency-Key` (POST): a replay answers what the first request got;
 7. the handler; errors become RFC 9457 problem+json;
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
 from supervise.supervisor.api.models import FieldProblem, Problem
+from supervise.supervisor.api.session import CSRF_HEADER, SAFE_METHODS, csrf_ok, session_token
 from supervise.supervisor.api.store import ApiStore, Remembered, Role, Token
 from supervise.supervisor.core.errors import ConfigError, ServiceNotFound
 
@@ -76,16 +79,17 @@ class Call:
     """One authenticated request, as a handler sees it."""
 
     request: web.Request
-    token: Token
+    token: Token | None  # None only on a public route
     body: Any = None  # the validated body model
     query: Any = None  # the validated query model
+    via_cookie: bool = False  # authenticated by a browser's session cookie, not a header
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
 
     @property
     def tenant(self) -> str | None:
-        return self.token.tenant
+        return self.token.tenant if self.token is not None else None
 
 
 @dataclass(slots=True)
@@ -114,6 +118,7 @@ class Route:
     status: int = 200
     errors: tuple[int, ...] = ()
     stream: bool = False  # Server-Sent Events
+    public: bool = False  # no authentication (signing in and out); the handler checks what it needs
     path_patterns: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -217,14 +222,25 @@ class Pipeline:
     def wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             token: Token | None = None
+            via_cookie = False
             try:
-                token = self._authenticate(request)
-                if token.role < route.role:
-                    raise ApiError(403, "Forbidden", f"this needs the {route.role} role; the token has {token.role}")
+                if not route.public:
+                    token, via_cookie = self._authenticate(request)
+                    if via_cookie and request.method not in SAFE_METHODS and not csrf_ok(request):
+                        raise ApiError(
+                            403,
+                            "Forbidden",
+                            f"a signed-in browser's {request.method} needs the {CSRF_HEADER} header"
+                            " (the value of the supervise_csrf cookie); reload the page and try again",
+                        )
+                    if token.role < route.role:
+                        raise ApiError(
+                            403, "Forbidden", f"this needs the {route.role} role; the token has {token.role}"
+                        )
                 for name, pattern in route.path_patterns.items():
                     if not re.fullmatch(pattern, request.match_info.get(name, "")):
                         raise not_found(f"{name} {request.match_info.get(name, '')[:80]!r}")
-                call = Call(request, token)
+                call = Call(request, token, via_cookie=via_cookie)
                 if route.query is not None:
                     call.query = self._query(route.query, request)
                 raw = b""
@@ -240,7 +256,8 @@ class Pipeline:
 
         return handle
 
-    def _authenticate(self, request: web.Request) -> Token:
+    def _authenticate(self, request: web.Request) -> tuple[Token, bool]:
+        """The token of the request and whether it came in the session cookie; ApiError if none is good."""
         named = QUERY_TOKEN_NAMES.intersection(k.lower() for k in request.query)
         if named:
             raise ApiError(
@@ -262,12 +279,16 @@ class Pipeline:
         header = request.headers.get("Authorization", "")
         scheme, _, text = header.partition(" ")
         challenge = 'Bearer realm="supervise"'
-        if not header:
+        cookie = session_token(request) if not header else None
+        if not header and cookie is None:
             raise ApiError(
                 401, "Unauthorized", "send Authorization: Bearer <token>", headers={"WWW-Authenticate": challenge}
             )
         token = None
-        if scheme.lower() == "bearer" and len(header) <= MAX_AUTH_HEADER:
+        if cookie is not None:
+            if len(cookie) <= MAX_AUTH_HEADER:
+                token = self.store.verify(cookie)
+        elif scheme.lower() == "bearer" and len(header) <= MAX_AUTH_HEADER:
             token = self.store.verify(text.strip())
         if token is None:
             self.auth_failures += 1
@@ -278,7 +299,7 @@ class Pipeline:
                 "the token is unknown, revoked or expired",
                 headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
             )
-        return token
+        return token, cookie is not None
 
     def _query(self, model: type[BaseModel], request: web.Request) -> BaseModel:
         values: dict[str, Any] = {}
@@ -298,7 +319,7 @@ class Pipeline:
 
     async def _idempotent(self, route: Route, call: Call, raw: bytes) -> web.StreamResponse:
         key = call.request.headers.get("Idempotency-Key")
-        if route.method != "POST" or key is None:
+        if route.method != "POST" or key is None or call.token is None:
             return await self._run(route, call)
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise ApiError(400, "Bad Idempotency-Key", "Idempotency-Key must be 1 to 255 printable characters")
@@ -341,6 +362,32 @@ class Pipeline:
         body = reply.body
         text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body, default=str)
         return web.Response(status=reply.status, text=text, content_type="application/json", headers=reply.headers)
+
+    def check_sign_in(self, request: web.Request, text: str) -> Token:
+        """The token a browser signs in with, under the same failure limit as every other; ApiError if wrong."""
+        client = request.remote or "?"
+        now = time.monotonic()
+        wait = self.limiter.retry_after(client, now)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                "too many failed authentications from this address",
+                headers={"Retry-After": str(wait)},
+            )
+        token = self.store.verify(text.strip()) if len(text) <= MAX_AUTH_HEADER else None
+        if token is None:
+            self.auth_failures += 1
+            self.limiter.failed(client, now)
+            raise ApiError(401, "Unauthorized", "the token is unknown, revoked or expired")
+        return token
+
+    def audit_sign_in(self, token: Token, request: web.Request) -> None:
+        """A browser signed in with `token`: written to the audit log like a state change."""
+        try:
+            self.store.audit(token, request.remote, request.method, request.path, 200, "Sign a browser in")
+        except Exception:
+            log.exception("cannot write the audit entry of a sign-in")
 
     def _audit(self, token: Token, request: web.Request, status: int, route: Route) -> None:
         try:

@@ -22,6 +22,7 @@ import zmq.asyncio
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.health import UP_STATES, service_healthy
 from supervise.supervisor.core.metrics import MetricsBook, count_within
+from supervise.supervisor.core.samples import SampleHistory, capacity_for
 from supervise.supervisor.daemon.events import EventLog
 from supervise.supervisor.daemon.logtail import tail
 from supervise.supervisor.daemon.sampler import Sampler
@@ -67,6 +68,7 @@ class Observability:
         self.events = EventLog()
         self.book = MetricsBook()
         self.events.listeners.append(self.book.observe_event)
+        self.samples = SampleHistory(capacity_for(round(sample_interval_s * 1000)))  # the charts' last minutes
         self._sampler: Sampler | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +135,9 @@ class Observability:
 
     def _apply(self, roots: Mapping[str, int], per_service: Mapping[str, Any], own: Any) -> None:
         self.book.supervisor = own
-        for name in self._sup.service_names():
+        recorded: dict[str, tuple[float, int]] = {}
+        names = self._sup.service_names()
+        for name in names:
             svc = self._sup.require(name)
             pid = svc.worker.pid if svc.worker is not None else None
             if pid is None or roots.get(name) != pid or name not in per_service:
@@ -144,6 +148,11 @@ class Observability:
             limit = svc.config.max_memory_bytes
             if self.book.observe_sample(name, pid, stats, limit) and limit is not None:
                 self._on_over_memory(name, stats.rss_bytes, limit)
+            m = self.book.services.get(name)
+            if m is not None and m.process is not None:
+                recorded[name] = (m.process.cpu_percent, m.process.rss_bytes)
+        self.samples.retain(names)
+        self.samples.record(self._clock.wall().timestamp(), recorded)
 
     # -- outputs -----------------------------------------------------------
 

@@ -46,6 +46,7 @@ log = logging.getLogger("supervise.scheduler")
 
 PRUNE_EVERY_S = 3600.0
 MAX_TIMER_S = 30.0  # re-read the wall clock at least this often, so clock jumps are noticed
+NEXT_FIRES_SHOWN = 5  # fire times `describe` lists (the API and the dashboard show them)
 IN_FLIGHT = frozenset({RunState.STARTING, RunState.RUNNING})
 WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their time passed meanwhile
 REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
@@ -1013,6 +1014,18 @@ class Scheduler:
         if run.state is not RunState.SKIPPED:
             s.last_run = _newer(s.last_run, run)
 
+    def _next_fires(self, s: Schedule, count: int) -> list[datetime]:
+        """The next `count` fire times from the pending one on (fewer if the trigger ends; none while paused)."""
+        if s.next_at is None or s.state.paused:
+            return []
+        out = [s.next_at]
+        while len(out) < count:
+            following = s.config.trigger.next_fire(out[-1], runs_so_far=s.state.runs_so_far + len(out))
+            if following is None:
+                break
+            out.append(following)
+        return out
+
     def describe(self, name: str) -> dict[str, object] | None:
         s = self._schedules.get(name)
         if s is None:
@@ -1022,6 +1035,7 @@ class Scheduler:
             "trigger": s.config.trigger.describe(),
             "paused": s.state.paused,
             "next_fire": s.next_at.isoformat() if s.next_at else None,
+            "next_fires": [t.isoformat() for t in self._next_fires(s, NEXT_FIRES_SHOWN)],
             "running": len(s.active),
             "buffered": len(s.buffered),
             "queued": s.queue.depth,

@@ -148,8 +148,11 @@ class Supervisor:
         if config.supervisor.http is not None:
             from supervise.supervisor.api import ApiServer  # pydantic and aiohttp: only when HTTP is on
 
-            self.api = ApiServer(self, self.observability.events, config.supervisor)
+            self.api = ApiServer(self, self.observability.events, config.supervisor, samples=self.observability.samples)
             self.observability.http_mounts.append(self.api.mount)
+            from supervise.supervisor.dashboard import mount as mount_dashboard  # docs/dashboard.md
+
+            self.observability.http_mounts.append(mount_dashboard)
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         self.notifier: Notifier | None = None  # docs/notifications.md; set in start

@@ -41,7 +41,7 @@ def test_generated_requests_get_no_5xx_and_answers_match_the_document(short_dir:
         statuses: dict[int, int] = {}
         for result in schema.get_all_operations():
             operation = result.ok()
-            if operation.path.endswith("/events"):
+            if operation.path.endswith(("/events", "/stream")):  # streams do not end while the daemon runs
                 continue
 
             @settings(

@@ -145,7 +145,9 @@ def test_the_exception_of_a_traceback_keeps_a_message_that_spans_lines() -> None
 
 
 def test_the_endpoint_table_of_docs_api_md_is_the_route_table() -> None:
+    from supervise.supervisor.api.browser import Browser
     from supervise.supervisor.api.openapi import reference_markdown
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert reference_markdown(Resources.__new__(Resources).routes()) in text
+    assert reference_markdown(Browser.__new__(Browser).routes()) in text

@@ -1,0 +1,5 @@
+// The pages by their first path segment (#/service/web -> service).
+import { RUN_VIEWS } from "./runs.js";
+import { SERVICE_VIEWS } from "./services.js";
+
+export const VIEWS = { ...SERVICE_VIEWS, ...RUN_VIEWS };
