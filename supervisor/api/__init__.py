@@ -21,6 +21,7 @@ from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from supervise.supervisor.api.ports import ApiHost, EventRing
+    from supervise.supervisor.api.task_notify import TaskOutbox
     from supervise.supervisor.config.model import SupervisorConfig
 
 log = logging.getLogger("supervise")
@@ -109,6 +110,11 @@ class ApiServer:
         app.router.add_route("*", PREFIX + "/{tail:.*}", unknown)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
+
+    def attach(self, outbox: TaskOutbox) -> None:
+        """The notifier has started: tasks' notify rules are delivered through its outbox."""
+        if self.resources is not None:
+            self.resources.task_notifier.attach(outbox)
 
     def _context(self) -> dict[str, Any]:
         if self._own is None:

@@ -50,6 +50,7 @@ from supervise.supervisor.api.models import (
 from supervise.supervisor.api.ports import ApiHost, EventRing
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
 from supervise.supervisor.api.store import ApiStore, Role, TaskRow
+from supervise.supervisor.api.task_notify import TaskNotifier
 from supervise.supervisor.core.errors import ServiceNotFound
 from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
@@ -84,6 +85,8 @@ class Resources:
         self._wake = asyncio.Event()
         self.closing = asyncio.Event()
         events.listeners.append(self._on_event)
+        self.task_notifier = TaskNotifier(host, store, self._task_view)
+        events.listeners.append(self.task_notifier.observe)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class Resources:
         """End every event stream (the server is shutting down)."""
         self.closing.set()
         self._on_event("", "", None)
+        self.task_notifier.close()
 
     def _on_event(self, service: str, kind: str, detail: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()
@@ -348,6 +352,8 @@ class Resources:
 
     async def create_task(self, call: Call) -> Reply:
         body: TaskCreate = call.body
+        if body.notify is not None:
+            self._check_notify_targets(call, body.notify.to)
         service = await self._task_service(call.tenant, body.retries.max)
         pending = self._pending_tasks(call.tenant)
         if pending >= self.max_pending_tasks:
@@ -373,8 +379,29 @@ class Resources:
             None,
         )
         self.store.add_task(row)
+        if body.notify is not None:
+            self.task_notifier.track(task_id)
         self._pending_changed(call.tenant, +1)
         return Reply(self._task(row), 201, {"Location": f"{PREFIX}/tasks/{task_id}"})
+
+    def _check_notify_targets(self, call: Call, to: list[str]) -> None:
+        """`notify.to` names the daemon's own channels: not for a tenant's token, and each must exist."""
+        if not to:
+            return
+        if call.tenant is not None:
+            raise ApiError(
+                403,
+                "Forbidden",
+                "/notify/to: a tenant's token may not send to the daemon's channels; use notify.webhook",
+            )
+        defined = self.host.config.notify.channels
+        unknown = [name for name in to if name not in defined]
+        if unknown:
+            known = ", ".join(sorted(defined)) or "none"
+            detail = f'unknown channel "{unknown[0]}" (defined: {known})'
+            raise ApiError(
+                422, "Invalid request", f"/notify/to: {detail}", errors=[{"pointer": "/notify/to", "detail": detail}]
+            )
 
     async def _task_service(self, tenant: str | None, retries: int) -> str:
         name = f"{RESERVED_PREFIX}tasks-{tenant}-r{retries}" if tenant else f"{RESERVED_PREFIX}tasks-r{retries}"
@@ -411,6 +438,24 @@ class Resources:
             self._pending[tenant] = (max(0, cached[0] + delta), cached[1])
 
     def _task(self, row: TaskRow) -> Task:
+        """A task's view, with its notify rule's progress when it has one."""
+        task = self._task_view(row)
+        rule = row.request.get("notify")
+        if not rule:
+            return task
+        found = self.store.task_notify_event(row.id)
+        closed, event = found if found is not None else (True, None)
+        hook = rule.get("webhook")
+        notify = {
+            "on": rule.get("on", []),
+            "to": rule.get("to", []),
+            "webhook": hook.get("url") if isinstance(hook, dict) else None,
+            "state": "sent" if event else "not_sent" if closed else "waiting",
+            "event": event,
+        }
+        return task.model_copy(update={"notify": notify})
+
+    def _task_view(self, row: TaskRow) -> Task:
         request = row.request
         view: dict[str, Any] = {
             "id": row.id,
@@ -500,6 +545,7 @@ class Resources:
                 409, "Conflict", f"task {row.id} is {task.state}: it has already started; cancel its run instead"
             )
         self.store.cancel_task(row.id)
+        self.task_notifier.forget(row.id)
         self._pending_changed(row.tenant, -1)
         cancelled = self.store.task(row.id)
         assert cancelled is not None

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body TEXT NOT NULL, headers TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (token_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
+CREATE TABLE IF NOT EXISTS task_notify (task_id TEXT PRIMARY KEY, sent_at REAL, event TEXT);
 """
 
 
@@ -306,6 +307,26 @@ class ApiStore:
 
     def cancel_task(self, task_id: str) -> None:
         self._db.execute("UPDATE tasks SET cancelled_at = ? WHERE id = ?", (time.time(), task_id))
+
+    # -- task notifications: open until the task's message is in the outbox --------------
+
+    def open_task_notify(self, task_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO task_notify (task_id) VALUES (?)", (task_id,))
+
+    def open_task_notifies(self) -> list[str]:
+        """Tasks with a notify rule whose message is not yet in the outbox."""
+        return [r[0] for r in self._db.execute("SELECT task_id FROM task_notify WHERE sent_at IS NULL").fetchall()]
+
+    def close_task_notify(self, task_id: str, event: str | None) -> None:
+        """The task's message is in the outbox (`event`), or none is due (None: cancelled, or not in `on`)."""
+        self._db.execute(
+            "UPDATE task_notify SET sent_at = ?, event = ? WHERE task_id = ?", (time.time(), event or "", task_id)
+        )
+
+    def task_notify_event(self, task_id: str) -> tuple[bool, str | None] | None:
+        """(closed, event) of a task's notification; None when it has no notify rule."""
+        row = self._db.execute("SELECT sent_at, event FROM task_notify WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else (row[0] is not None, row[1] or None)
 
     # -- idempotency ---------------------------------------------------------------------
 
