@@ -84,7 +84,11 @@ class ApiServer:
             raise
         self.store = store
         self.resources = resources = Resources(
-            self._host, store, self._events, max_pending_tasks=self._config.tenant_max_pending_tasks
+            self._host,
+            store,
+            self._events,
+            max_pending_tasks=self._config.tenant_max_pending_tasks,
+            max_runs_per_minute=self._config.tenant_max_runs_per_minute,
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
         routes = resources.routes()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +50,7 @@ from supervise.supervisor.api.models import (
     check_job_table,
 )
 from supervise.supervisor.api.ports import ApiHost, EventRing
+from supervise.supervisor.api.quota import RunQuota
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
 from supervise.supervisor.api.store import ApiStore, Role, TaskRow
 from supervise.supervisor.api.task_notify import TaskNotifier
@@ -73,11 +76,20 @@ RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task
 class Resources:
     """The handlers; `routes()` is the table the pipeline serves and openapi.py documents."""
 
-    def __init__(self, host: ApiHost, store: ApiStore, events: EventRing, *, max_pending_tasks: int) -> None:
+    def __init__(
+        self,
+        host: ApiHost,
+        store: ApiStore,
+        events: EventRing,
+        *,
+        max_pending_tasks: int,
+        max_runs_per_minute: int = 600,
+    ) -> None:
         self.host = host
         self.store = store
         self.events = events
         self.max_pending_tasks = max_pending_tasks
+        self.run_quota = RunQuota(max_runs_per_minute)
         self._owners = store.owners()
         self._task_services = asyncio.Lock()
         self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
@@ -109,6 +121,32 @@ class Resources:
         if not self.visible(call, name):
             raise not_found(f'{what} "{name}"')
         return name
+
+    @contextlib.contextmanager
+    def starting_run(self, call: Call) -> Iterator[None]:
+        """A tenant's token starts a run (a task, run now, retry): counted against its runs per minute.
+
+        Raises:
+            ApiError: 429 with Retry-After when the tenant is over `tenant_max_runs_per_minute`.
+        """
+        tenant = call.tenant
+        if tenant is None:  # no tenant: the daemon's own operators, no quota
+            yield
+            return
+        wait = self.run_quota.take(tenant, time.monotonic())
+        if wait is not None:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                f"the tenant started {self.run_quota.limit} runs in the last minute, its quota"
+                f" (tenant_max_runs_per_minute); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            yield
+        except BaseException:
+            self.run_quota.give_back(tenant)  # refused or failed: no run was started
+            raise
 
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
@@ -280,7 +318,8 @@ class Resources:
     async def job_run(self, call: Call) -> Reply:
         name = self._require_job(call)
         body: RunNowRequest = call.body
-        started = await self.command("run", name=name, args=body.args)
+        with self.starting_run(call):
+            started = await self.command("run", name=name, args=body.args)
         return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
 
     async def job_skip(self, call: Call) -> Reply:
@@ -345,7 +384,8 @@ class Resources:
                 f"run {run.run_id} is {run.state}; only a failed, timed out, lost, cancelled or terminated run"
                 " is retried",
             )
-        started = await self.command("run", name=run.service, args=dict(run.args))
+        with self.starting_run(call):
+            started = await self.command("run", name=run.service, args=dict(run.args))
         return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
 
     # -- tasks -----------------------------------------------------------------------------------
@@ -367,7 +407,8 @@ class Resources:
         task_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         at = body.at if body.at is not None and body.at > now else now
-        scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
+        with self.starting_run(call):
+            scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
         row = TaskRow(
             task_id,
             call.tenant,
@@ -766,7 +807,7 @@ class Resources:
                 body=RunNowRequest,
                 response=RunStarted,
                 status=202,
-                errors=(404, 409, 422),
+                errors=(404, 409, 422, 429),
                 path_patterns=name,
             ),
             Route(
@@ -822,7 +863,7 @@ class Resources:
                 "runs",
                 response=RunStarted,
                 status=202,
-                errors=(404, 409),
+                errors=(404, 409, 429),
                 path_patterns={"run_id": RUN_ID},
             ),
             Route(

@@ -1,4 +1,5 @@
-"""A task's `notify`: its own signed webhook and the daemon's channels, through the outbox, with a real receiver."""
+"""A task's `notify` (its own signed webhook and the daemon's channels, through the outbox, with a real receiver),
+and the runs-per-minute quota of tenants."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ TOKENS = {
     "admin": (Role.ADMIN, None),
     "operator": (Role.OPERATOR, None),
     "acme-operator": (Role.OPERATOR, "acme"),
+    "rate-operator": (Role.OPERATOR, "rate"),
+    "rate-admin": (Role.ADMIN, "rate"),
 }
+RUNS_PER_MINUTE = 3
 
 
 @dataclass
@@ -111,7 +115,14 @@ class Env:
 
 def configure(folder: Path, hooks: Hooks) -> Path:
     ops = {"type": "webhook", "url": hooks.url("/ops"), "secret": SECRET}
-    return write_config(folder, {}, notify={"ops": ops}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
+    return write_config(
+        folder,
+        {},
+        notify={"ops": ops},
+        http="127.0.0.1:0",
+        allow_addresses=["127.0.0.1"],
+        tenant_max_runs_per_minute=RUNS_PER_MINUTE,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +288,21 @@ def test_a_daemon_killed_before_delivery_delivers_a_tasks_message_once_after_res
         target.close()
         hooks.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_tenant_over_its_runs_per_minute_gets_429_with_retry_after(env: Env) -> None:
+    later = "2099-01-01T00:00:00+00:00"
+    job = {"name": "rate-job", "target": "tests.children.jobs@settle-merchants", "manual": True}
+    assert env.call("POST", "/jobs", "rate-admin", body=job).status == 201
+    refused = env.call("POST", "/tasks", "rate-operator", body={"url": "ftp://example.com/"})
+    assert refused.status == 422  # refused requests start nothing and are not counted
+    made = [env.create("rate-operator", url=env.target.url, at=later)["id"] for _ in range(RUNS_PER_MINUTE)]
+    over = env.call("POST", "/tasks", "rate-operator", body={"url": env.target.url, "at": later})
+    assert "tenant_max_runs_per_minute" in problem(over, 429)["detail"]
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert problem(env.call("POST", "/jobs/rate-job/run", "rate-operator", body={}), 429)
+    env.create("operator", url=env.target.url, at=later)  # a token without a tenant has no quota
+    env.create("acme-operator", url=env.target.url, at=later)  # another tenant has its own
+    for task_id in made:
+        env.call("DELETE", f"/tasks/{task_id}", "rate-operator")  # cancelling does not give a start back
+    assert env.call("POST", "/tasks", "rate-operator", body={"url": env.target.url, "at": later}).status == 429
