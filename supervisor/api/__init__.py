@@ -39,27 +39,34 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(config: SupervisorConfig, store: ApiStore) -> None:
-    """A non-loopback address needs a token to exist, or `insecure_http = true` (logged CRITICAL).
+    """A non-loopback address needs TLS and at least one token, or `insecure_http = true` (logged CRITICAL).
 
     Raises:
-        ConfigError: naming `supervisor.http`.
+        ConfigError: naming `supervisor.http`, saying what is missing and how to fix it.
     """
     assert config.http is not None
     host = config.http.rpartition(":")[0].strip("[]")
     if is_loopback(host):
         return
+    missing = []
+    if config.http_tls_cert is None:
+        missing.append("without TLS (set http_tls_cert and http_tls_key)")
     if store.usable_token_count() == 0:
-        if not config.insecure_http:
-            problem = (
-                f"{config.http} is reachable from other hosts, and no API token exists: create one with "
-                "'supervise token create NAME --role admin', bind 127.0.0.1, or set insecure_http = true"
-            )
-            raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)])
-        log.critical(
-            "HTTP API on %s with no token (insecure_http = true): every API call is refused until one is created",
-            config.http,
+        missing.append("with no API token (create one with 'supervise token create NAME --role admin')")
+    if not missing:
+        return
+    if not config.insecure_http:
+        problem = (
+            f"{config.http} is reachable from other hosts, {' and '.join(missing)}: fix that, bind 127.0.0.1, "
+            "or set insecure_http = true to accept the risk"
         )
-    log.warning("HTTP API on %s without TLS: tokens cross the network in clear; put a TLS proxy in front", config.http)
+        raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)])
+    log.critical(
+        "HTTP API on %s %s (insecure_http = true): tokens cross the network in clear without TLS, "
+        "and with no token every API call is refused until one is created",
+        config.http,
+        " and ".join(missing),
+    )
 
 
 class ApiServer:
