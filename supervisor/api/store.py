@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 CREATE TABLE IF NOT EXISTS task_notify (task_id TEXT PRIMARY KEY, sent_at REAL, event TEXT);
+CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
 """
 
 
@@ -183,6 +184,8 @@ class ApiStore:
                     "INSERT INTO tokens (id, name, hash, role, tenant, created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
                     (token_id, name, _hash(secret), str(role), tenant, now, expires),
                 )
+                if tenant is not None:  # a token of a tenant not created yet creates it
+                    db.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
         except sqlite3.IntegrityError:
             raise ValueError(f'a token named "{name}" exists; revoke it or choose another name') from None
         return f"svt_{token_id}_{secret}", Token(token_id, name, role, tenant, now, expires, None, None)
@@ -327,6 +330,93 @@ class ApiStore:
         """(closed, event) of a task's notification; None when it has no notify rule."""
         row = self._db.execute("SELECT sent_at, event FROM task_notify WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else (row[0] is not None, row[1] or None)
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> bool:
+        """Register a tenant; False when it exists."""
+        if not TENANT_RE.fullmatch(name):
+            raise ValueError(f'tenant must match {TENANT_RE.pattern}, got "{name}"')
+        cur = self._db.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (name, time.time()))
+        return cur.rowcount > 0
+
+    def tenants(self) -> list[dict[str, Any]]:
+        """Every tenant (created, or named by a token, a service or a task), with what it has here."""
+        names = {r[0]: r[1] for r in self._db.execute("SELECT name, created_at FROM tenants").fetchall()}
+        for query in (
+            "SELECT DISTINCT tenant FROM tokens WHERE tenant IS NOT NULL",
+            "SELECT DISTINCT tenant FROM owners",
+            "SELECT DISTINCT tenant FROM tasks WHERE tenant IS NOT NULL",
+        ):
+            for (name,) in self._db.execute(query).fetchall():
+                names.setdefault(name, None)
+        out = []
+        for name in sorted(names):
+            created = names[name]
+            out.append(
+                {
+                    "name": name,
+                    "created_at": datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+                    if created is not None
+                    else None,
+                    "tokens": self._count("SELECT count(*) FROM tokens WHERE tenant = ?", name),
+                    "services": self._count("SELECT count(*) FROM owners WHERE tenant = ?", name),
+                    "tasks": self._count("SELECT count(*) FROM tasks WHERE tenant = ?", name),
+                }
+            )
+        return out
+
+    def _count(self, query: str, *params: object) -> int:
+        return int(self._db.execute(query, params).fetchone()[0])
+
+    def tenant_services(self, tenant: str) -> list[str]:
+        """The services and jobs of `tenant` (its task services included)."""
+        rows = self._db.execute("SELECT service FROM owners WHERE tenant = ? ORDER BY service", (tenant,)).fetchall()
+        return [r[0] for r in rows]
+
+    def tenant_rows(self, tenant: str) -> dict[str, Any]:
+        """What this file keeps of `tenant`: its tokens (never a secret or a hash), tasks and audit entries."""
+        tokens = [t.as_dict() for t in self.tokens() if t.tenant == tenant]
+        tasks = []
+        for row in self._db.execute(
+            "SELECT t.id, t.tenant, t.service, t.oneshot_id, t.at, t.request, t.created_at, t.cancelled_at,"
+            " n.sent_at, n.event FROM tasks t LEFT JOIN task_notify n ON n.task_id = t.id"
+            " WHERE t.tenant = ? ORDER BY t.created_at",
+            (tenant,),
+        ).fetchall():
+            task = _task(row[:8])
+            tasks.append(
+                {
+                    "id": task.id,
+                    "service": task.service,
+                    "run_id": task.oneshot_id,
+                    "at": task.at,
+                    "request": task.request,
+                    "created_at": datetime.fromtimestamp(task.created_at, UTC).isoformat(),
+                    "cancelled_at": datetime.fromtimestamp(task.cancelled_at, UTC).isoformat()
+                    if task.cancelled_at is not None
+                    else None,
+                    "notified": None if row[8] is None else (row[9] or None),
+                }
+            )
+        count = self._count("SELECT count(*) FROM audit WHERE tenant = ?", tenant)
+        return {"tokens": tokens, "tasks": tasks, "audit": self.audit_entries(max(count, 1), tenant)}
+
+    def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Delete every row of `tenant` here, in one transaction, overwriting the freed space (secure_delete)
+        and truncating the WAL, so the rows are not left readable in the file; returns how many of each kind."""
+        self._db.execute("PRAGMA secure_delete = ON")
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM tokens WHERE tenant = ?", (tenant,)).fetchall()]
+            db.executemany("DELETE FROM idempotency WHERE token_id = ?", [(i,) for i in ids])
+            tokens = db.execute("DELETE FROM tokens WHERE tenant = ?", (tenant,)).rowcount
+            db.execute("DELETE FROM task_notify WHERE task_id IN (SELECT id FROM tasks WHERE tenant = ?)", (tenant,))
+            tasks = db.execute("DELETE FROM tasks WHERE tenant = ?", (tenant,)).rowcount
+            services = db.execute("DELETE FROM owners WHERE tenant = ?", (tenant,)).rowcount
+            audit = db.execute("DELETE FROM audit WHERE tenant = ?", (tenant,)).rowcount
+            created = db.execute("DELETE FROM tenants WHERE name = ?", (tenant,)).rowcount
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"tokens": tokens, "tasks": tasks, "services": services, "audit": audit, "tenant": created}
 
     # -- idempotency ---------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ def _walk(d: Daemon, tmp: Path) -> list[tuple[str, list[str]]]:
         ("token list", ["token", "list", *c]),
         ("token revoke", ["token", "revoke", "ci", *c]),
         ("audit", ["audit", *c]),
+        ("tenant create", ["tenant", "create", "acme", *c]),
+        ("tenant list", ["tenant", "list", *c]),
+        ("tenant export", ["tenant", "export", "acme", *c]),
+        ("tenant delete", ["tenant", "delete", "acme", "--yes", *c]),
         ("cancel", ["cancel", "RUN_ID", *c]),  # the run id is filled in below
         ("shutdown", ["shutdown", *c]),
     ]
@@ -106,6 +110,8 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     assert walked["cancel"]["run_id"] == walked["run"]["run_id"]
     assert all(set(line) == {"service", "line"} for line in walked["logs"])
     assert walked["keygen"]["public"].endswith("client.key")
+    assert walked["tenant create"] == {"created": "acme"} and walked["tenant list"][0]["name"] == "acme"
+    assert walked["tenant export"]["tenant"] == "acme" and walked["tenant delete"]["deleted"] == "acme"
     wait_for(lambda: d.proc.poll() is not None, what="the daemon to exit after shutdown --json")
 
 
