@@ -117,7 +117,8 @@ def test_a_tenant_is_exported_and_deleted_alone_while_the_daemon_runs_and_while_
         assert {s["name"] for s in doc["services"]} == {"acme-report", "api-tasks-acme-r0"}
         assert all(s["registration"] is not None for s in doc["services"])
         assert {t["id"] for t in doc["tasks"]} == {ran, waiting}
-        assert next(t for t in doc["tasks"] if t["id"] == waiting)["request"]["notify"]["webhook"] == {**hook, "headers": {}}
+        stored = next(t for t in doc["tasks"] if t["id"] == waiting)["request"]["notify"]["webhook"]
+        assert stored == {**hook, "headers": {}}
         run_ids = {r["run_id"] for r in doc["runs"]}
         assert run_id in run_ids and len(doc["runs"]) >= 3  # the job's run, the task's run, the waiting one
         assert all(r["service"] in ("acme-report", "api-tasks-acme-r0") for r in doc["runs"])
