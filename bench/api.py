@@ -36,7 +36,13 @@ LATENESS_TASKS = 50
 
 
 def _config(folder: Path, services: int) -> Path:
-    lines = ["[supervisor]", 'state_dir = "state"', 'http = "127.0.0.1:0"', "tenant_max_pending_tasks = 1000000"]
+    lines = [
+        "[supervisor]",
+        'state_dir = "state"',
+        'http = "127.0.0.1:0"',
+        "tenant_max_pending_tasks = 1000000",
+        'allow_addresses = ["127.0.0.1"]',  # the receiver is on loopback, which the address policy refuses
+    ]
     for i in range(services):
         lines += [f"[services.s{i:03d}]", 'command = ["sleep", "100000"]']
     path = folder / "supervise.toml"
@@ -115,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=2000, help="tasks to create (default 2000)")
     ap.add_argument("--services", type=int, default=200, help="services to list (default 200)")
+    ap.add_argument(
+        "--profile", metavar="FILE", help="sample the daemon with py-spy while it is measured (collapsed stacks)"
+    )
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="sv-bench-api-", dir="/tmp"))
     arrivals: dict[str, float] = {}
@@ -140,7 +149,17 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 time.sleep(0.2)
         receiver = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(daemon.pid), "--rate", "200", "--format", "raw", "-o", args.profile],
+                stdout=subprocess.DEVNULL,
+            )
+            time.sleep(1)  # py-spy attaches
         asyncio.run(_measure(f"http://{address}/api/v1", token, args.tasks, args.services, receiver, arrivals))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
     finally:
         client.close()
         daemon.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ the reference is docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -89,6 +90,7 @@ class ApiServer:
         except ConfigError:
             store.close()
             raise
+        store.write_behind(asyncio.get_running_loop().call_soon)  # one commit per loop turn, not per row
         self.store = store
         self.resources = resources = Resources(
             self._host,
