@@ -113,6 +113,11 @@ class TaskNotifier:
             return
         run_id = detail.get("run_id")
         if isinstance(run_id, str):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # published off the event loop: the restart sweep will see the task
+                log.warning("task notification for run %s deferred to the next start", run_id)
+                return
             self._spawn(self._run_ended(run_id))
 
     def _spawn(self, work: Any) -> None:
