@@ -306,3 +306,55 @@ def test_a_tenant_over_its_runs_per_minute_gets_429_with_retry_after(env: Env) -
     for task_id in made:
         env.call("DELETE", f"/tasks/{task_id}", "rate-operator")  # cancelling does not give a start back
     assert env.call("POST", "/tasks", "rate-operator", body={"url": env.target.url, "at": later}).status == 429
+
+
+def test_a_task_whose_daemon_was_killed_during_its_call_is_notified_lost_after_restart() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="sv-tnl-", dir="/tmp"))
+    hooks = Hooks()
+    hooks.start()
+    released = threading.Event()
+    arrived = threading.Event()
+
+    class Hanging(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            arrived.set()
+            released.wait(60)  # the call is in flight when the daemon is killed
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=target.serve_forever, daemon=True).start()
+    daemons: list[Daemon] = []
+    try:
+        config = configure(folder, hooks)
+        tokens = make_tokens(folder / "state", TOKENS)
+        first = start_daemon(config)
+        daemons.append(first)
+        env = Env(first, "http://" + first.client.call("ping")["http"], tokens, start_receiver(), hooks)
+        env.target.close()
+        url = f"http://127.0.0.1:{target.server_address[1]}/slow"
+        task = env.create(url=url, notify={"webhook": {"url": hooks.url("/lost"), "secret": SECRET}})
+        assert arrived.wait(30), "the task's call never arrived"
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+
+        second = start_daemon(config)
+        daemons.append(second)
+        env.daemon, env.base = second, "http://" + second.client.call("ping")["http"]
+        seen = env.notified(task["id"])
+        assert seen["state"] == "lost" and seen["notify"]["event"] == "lost"
+        (row,) = env.delivered(task["id"])
+        assert row["state"] == "delivered"
+        (request,) = hooks.for_task(task["id"])
+        assert verify(request)["task"]["state"] == "lost"
+    finally:
+        released.set()
+        for daemon in daemons:
+            stop_daemon(daemon)
+        target.shutdown()
+        target.server_close()
+        hooks.stop()
+        shutil.rmtree(folder, ignore_errors=True)
