@@ -24,18 +24,21 @@ class RunQuota:
         self.window_s = window_s
         self._starts: dict[str, collections.deque[float]] = {}
 
-    def take(self, tenant: str, now_s: float) -> int | None:
+    def take(self, tenant: str, now_s: float, limit: int | None = None) -> int | None:
         """Count one run of `tenant` now and return None; or, over quota, count nothing and return
-        the whole seconds (at least 1) until one more is allowed."""
+        the whole seconds (at least 1) until one more is allowed. `limit`: the tenant's own, if it
+        has one (else the default)."""
+        limit = self.limit if limit is None else limit
         starts = self._starts.get(tenant)
         if starts is None:
             if len(self._starts) >= _TRACKED_TENANTS:
                 self._forget_idle(now_s)
-            starts = self._starts[tenant] = collections.deque(maxlen=self.limit)
+            starts = self._starts[tenant] = collections.deque()
         while starts and now_s - starts[0] >= self.window_s:
             starts.popleft()
-        if len(starts) >= self.limit:
-            return max(1, math.ceil(self.window_s - (now_s - starts[0])))
+        if len(starts) >= limit:  # never more than the largest limit it had are kept
+            leaving = starts[len(starts) - limit]  # once it is out of the window, one more fits
+            return max(1, math.ceil(self.window_s - (now_s - leaving)))
         starts.append(now_s)
         return None
 

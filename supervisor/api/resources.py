@@ -52,7 +52,7 @@ from supervise.supervisor.api.models import (
 from supervise.supervisor.api.ports import ApiHost, EventRing
 from supervise.supervisor.api.quota import RunQuota
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
-from supervise.supervisor.api.store import ApiStore, Role, TaskRow
+from supervise.supervisor.api.store import ApiStore, Role, TaskRow, TenantQuotas
 from supervise.supervisor.api.task_notify import TaskNotifier
 from supervise.supervisor.core.errors import ServiceNotFound
 from supervise.supervisor.core.runs import FINAL, RunState
@@ -90,6 +90,7 @@ class Resources:
         self.events = events
         self.max_pending_tasks = max_pending_tasks
         self.run_quota = RunQuota(max_runs_per_minute)
+        self._own_quotas: tuple[dict[str, TenantQuotas], float] = ({}, float("-inf"))  # (quotas, read at)
         self._owners = store.owners()
         self._task_services = asyncio.Lock()
         self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
@@ -133,13 +134,14 @@ class Resources:
         if tenant is None:  # no tenant: the daemon's own operators, no quota
             yield
             return
-        wait = self.run_quota.take(tenant, time.monotonic())
+        limit = self.quotas_of(tenant).max_runs_per_minute or self.run_quota.limit
+        wait = self.run_quota.take(tenant, time.monotonic(), limit)
         if wait is not None:
             raise ApiError(
                 429,
                 "Too Many Requests",
-                f"the tenant started {self.run_quota.limit} runs in the last minute, its quota"
-                f" (tenant_max_runs_per_minute); retry in {wait} s",
+                f"the tenant started {limit} runs in the last minute, its quota"
+                f" (tenant_max_runs_per_minute, or its own: supervise tenant quota); retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
         try:
@@ -147,6 +149,15 @@ class Resources:
         except BaseException:
             self.run_quota.give_back(tenant)  # refused or failed: no run was started
             raise
+
+    def quotas_of(self, tenant: str) -> TenantQuotas:
+        """A tenant's own quotas (`supervise tenant quota`), read again at most every PENDING_RECOUNT_S."""
+        quotas, read_at = self._own_quotas
+        now = time.monotonic()
+        if now - read_at >= PENDING_RECOUNT_S:
+            quotas = self.store.quotas()
+            self._own_quotas = (quotas, now)
+        return quotas.get(tenant, TenantQuotas())
 
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
@@ -396,12 +407,13 @@ class Resources:
             self._check_notify_targets(call, body.notify.to)
         service = await self._task_service(call.tenant, body.retries.max)
         pending = self._pending_tasks(call.tenant)
-        if pending >= self.max_pending_tasks:
+        own = self.quotas_of(call.tenant).max_pending_tasks if call.tenant is not None else None
+        most = own or self.max_pending_tasks
+        if pending >= most:
             raise ApiError(
                 429,
                 "Too Many Requests",
-                f"the tenant has {pending} pending tasks, its quota is {self.max_pending_tasks};"
-                " retry when some have run",
+                f"the tenant has {pending} pending tasks, its quota is {most}; retry when some have run",
                 headers={"Retry-After": "60"},
             )
         task_id = uuid.uuid4().hex

@@ -60,7 +60,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 CREATE TABLE IF NOT EXISTS task_notify (task_id TEXT PRIMARY KEY, sent_at REAL, event TEXT);
-CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, created_at REAL NOT NULL, max_pending_tasks INTEGER, max_runs_per_minute INTEGER
+);
 """
 
 
@@ -124,6 +126,14 @@ class TaskRow:
     request: dict[str, Any]
     created_at: float
     cancelled_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantQuotas:
+    """A tenant's own quotas; None: the daemon's `tenant_max_pending_tasks` / `tenant_max_runs_per_minute`."""
+
+    max_pending_tasks: int | None = None
+    max_runs_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,16 +397,37 @@ class ApiStore:
 
     # -- tenants -----------------------------------------------------------------------------
 
-    def create_tenant(self, name: str) -> bool:
-        """Register a tenant; False when it exists."""
+    def create_tenant(self, name: str, quotas: TenantQuotas | None = None) -> bool:
+        """Register a tenant, with quotas of its own or the daemon's; False when it exists."""
         if not TENANT_RE.fullmatch(name):
             raise ValueError(f'tenant must match {TENANT_RE.pattern}, got "{name}"')
-        cur = self._q("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (name, time.time()))
+        q = quotas or TenantQuotas()
+        cur = self._q(
+            "INSERT OR IGNORE INTO tenants (name, created_at, max_pending_tasks, max_runs_per_minute) VALUES (?,?,?,?)",
+            (name, time.time(), q.max_pending_tasks, q.max_runs_per_minute),
+        )
         return cur.rowcount > 0
+
+    def set_quotas(self, name: str, quotas: TenantQuotas) -> bool:
+        """Replace a tenant's own quotas (None: the daemon's); False when there is no such tenant."""
+        cur = self._q(
+            "UPDATE tenants SET max_pending_tasks = ?, max_runs_per_minute = ? WHERE name = ?",
+            (quotas.max_pending_tasks, quotas.max_runs_per_minute, name),
+        )
+        return cur.rowcount > 0
+
+    def quotas(self) -> dict[str, TenantQuotas]:
+        """The tenants that have quotas of their own (read without flushing: the table is written at once)."""
+        rows = self._db.execute(
+            "SELECT name, max_pending_tasks, max_runs_per_minute FROM tenants"
+            " WHERE max_pending_tasks IS NOT NULL OR max_runs_per_minute IS NOT NULL"
+        ).fetchall()
+        return {r[0]: TenantQuotas(r[1], r[2]) for r in rows}
 
     def tenants(self) -> list[dict[str, Any]]:
         """Every tenant (created, or named by a token, a service or a task), with what it has here."""
         names = {r[0]: r[1] for r in self._q("SELECT name, created_at FROM tenants").fetchall()}
+        own = self.quotas()
         for query in (
             "SELECT DISTINCT tenant FROM tokens WHERE tenant IS NOT NULL",
             "SELECT DISTINCT tenant FROM owners",
@@ -416,6 +447,8 @@ class ApiStore:
                     "tokens": self._count("SELECT count(*) FROM tokens WHERE tenant = ?", name),
                     "services": self._count("SELECT count(*) FROM owners WHERE tenant = ?", name),
                     "tasks": self._count("SELECT count(*) FROM tasks WHERE tenant = ?", name),
+                    "max_pending_tasks": own.get(name, TenantQuotas()).max_pending_tasks,
+                    "max_runs_per_minute": own.get(name, TenantQuotas()).max_runs_per_minute,
                 }
             )
         return out

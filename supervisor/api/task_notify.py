@@ -173,7 +173,12 @@ class TaskNotifier:
             known = self._host.config.notify.channels
             targets = tuple(t for t in targets if t.startswith(f"{CHANNEL_PREFIX}:") or t in known)
             if targets:
-                await asyncio.wrap_future(outbox.enqueue(self.payload(row, task, event), targets, f"task:{task_id}"))
+                try:
+                    written = outbox.enqueue(self.payload(row, task, event), targets, f"task:{task_id}")
+                except RuntimeError:  # the notifier has closed (the daemon is stopping): the next start sends it
+                    self._open.add(task_id)
+                    return
+                await asyncio.wrap_future(written)
                 sent = event
         self._store.close_task_notify(task_id, sent)
 

@@ -77,20 +77,69 @@ def tenant() -> None:
     """Tenants of the HTTP API: create, list, export or delete one tenant's data."""
 
 
+_quota_options = [
+    click.option(
+        "--max-pending-tasks",
+        type=click.IntRange(min=1),
+        help="its own tenant_max_pending_tasks (default: the daemon's)",
+    ),
+    click.option(
+        "--max-runs-per-minute",
+        type=click.IntRange(min=1),
+        help="its own tenant_max_runs_per_minute (default: the daemon's)",
+    ),
+]
+
+
+def quota_options(func: Any) -> Any:
+    for option in reversed(_quota_options):
+        func = option(func)
+    return func
+
+
 @tenant.command("create")
 @click.argument("name")
+@quota_options
 @json_option
 @_config_option
-def create(name: str, as_json: bool, config: str) -> None:
+def create(
+    name: str, max_pending_tasks: int | None, max_runs_per_minute: int | None, as_json: bool, config: str
+) -> None:
     """Register a tenant (a token created with --tenant NAME registers it too)."""
+    from supervise.supervisor.api.store import TenantQuotas
+
+    quotas = TenantQuotas(max_pending_tasks, max_runs_per_minute)
     with _api_store(_load(config)) as store:
         try:
-            created = store.create_tenant(name)
+            created = store.create_tenant(name, quotas)
         except ValueError as e:
             raise CliError(str(e)) from None
     if not created:
-        raise CliError(f'tenant "{name}" exists')
+        raise CliError(f'tenant "{name}" exists; change its quotas with supervise tenant quota')
     click.echo(json.dumps({"created": name}) if as_json else f"created tenant {name}")
+
+
+@tenant.command("quota")
+@click.argument("name")
+@quota_options
+@json_option
+@_config_option
+def quota(
+    name: str, max_pending_tasks: int | None, max_runs_per_minute: int | None, as_json: bool, config: str
+) -> None:
+    """Set a tenant's own quotas (an option left out: the daemon's value); the daemon applies them within 1 s."""
+    from supervise.supervisor.api.store import TenantQuotas
+
+    with _api_store(_load(config)) as store:
+        _known(store, name)
+        store.create_tenant(name)  # a tenant known only from its tokens or tasks is registered first
+        store.set_quotas(name, TenantQuotas(max_pending_tasks, max_runs_per_minute))
+    result = {"tenant": name, "max_pending_tasks": max_pending_tasks, "max_runs_per_minute": max_runs_per_minute}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    shown = {k: v if v is not None else "the daemon's" for k, v in result.items() if k != "tenant"}
+    click.echo(f"tenant {name}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 @tenant.command("list")
@@ -104,9 +153,10 @@ def list_tenants(as_json: bool, config: str) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
+        own = " ".join(f"{k}={r[k]}" for k in ("max_pending_tasks", "max_runs_per_minute") if r[k] is not None)
         click.echo(
             f"{r['name']:<20} tokens={r['tokens']:<4} services={r['services']:<4} tasks={r['tasks']:<7} "
-            f"created={r['created_at'] or '-'}"
+            f"created={r['created_at'] or '-'} {own}".rstrip()
         )
 
 

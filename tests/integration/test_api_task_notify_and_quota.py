@@ -9,6 +9,8 @@ import http.server
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from supervise.supervisor.api.store import Role
+from supervise.supervisor.api.store import ApiStore, Role, TenantQuotas
 from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
 from tests.integration.api_helpers import Answer, Receiver, call, start_receiver
 from tests.integration.test_api import make_tokens, pointers, problem
@@ -30,6 +32,8 @@ TOKENS = {
     "acme-operator": (Role.OPERATOR, "acme"),
     "rate-operator": (Role.OPERATOR, "rate"),
     "rate-admin": (Role.ADMIN, "rate"),
+    "solo-operator": (Role.OPERATOR, "solo"),
+    "few-operator": (Role.OPERATOR, "few"),
 }
 RUNS_PER_MINUTE = 3
 
@@ -82,6 +86,7 @@ class Env:
     tokens: dict[str, str]
     target: Receiver
     hooks: Hooks
+    config: Path | None = None
 
     def call(self, method: str, path: str, who: str = "operator", **kwargs: Any) -> Answer:
         return call(method, f"{self.base}/api/v1{path}", token=self.tokens[who], **kwargs)
@@ -133,9 +138,15 @@ def env() -> Iterator[Env]:
     target = start_receiver()
     config = configure(folder, hooks)
     tokens = make_tokens(folder / "state", TOKENS)
+    store = ApiStore(folder / "state")
+    try:  # tenants with quotas of their own
+        store.set_quotas("solo", TenantQuotas(max_runs_per_minute=1))
+        store.set_quotas("few", TenantQuotas(max_pending_tasks=2))
+    finally:
+        store.close()
     daemon = start_daemon(config)
     try:
-        yield Env(daemon, "http://" + daemon.client.call("ping")["http"], tokens, target, hooks)
+        yield Env(daemon, "http://" + daemon.client.call("ping")["http"], tokens, target, hooks, config)
     finally:
         stop_daemon(daemon)
         target.close()
@@ -358,3 +369,30 @@ def test_a_task_whose_daemon_was_killed_during_its_call_is_notified_lost_after_r
         target.server_close()
         hooks.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_tenant_with_quotas_of_its_own_is_held_to_them_and_a_change_applies_while_the_daemon_runs(
+    env: Env,
+) -> None:
+    later = "2099-01-01T00:00:00+00:00"
+    env.create("solo-operator", url=env.target.url, at=later)
+    over = env.call("POST", "/tasks", "solo-operator", body={"url": env.target.url, "at": later})
+    assert "started 1 runs" in problem(over, 429)["detail"]
+    for _ in range(2):
+        env.create("few-operator", url=env.target.url, at=later)
+    full = env.call("POST", "/tasks", "few-operator", body={"url": env.target.url, "at": later})
+    assert "its quota is 2" in problem(full, 429)["detail"]
+
+    assert env.config is not None
+    raised = subprocess.run(
+        [sys.executable, "-m", "supervise.supervisor", "tenant", "quota", "solo", "--max-runs-per-minute", "5"]
+        + ["-c", str(env.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert raised.returncode == 0, raised.stderr
+    wait_for(
+        lambda: env.call("POST", "/tasks", "solo-operator", body={"url": env.target.url, "at": later}).status == 201,
+        what="the raised quota to apply",
+    )

@@ -44,3 +44,12 @@ def test_a_refused_start_is_not_counted() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="limit"):
         RunQuota(0)
+
+
+def test_a_tenant_of_its_own_limit_is_held_to_it_even_when_it_is_lowered() -> None:
+    quota = RunQuota(100)
+    for t in range(5):
+        assert quota.take("acme", float(t), limit=5) is None
+    assert quota.take("acme", 5.0, limit=5) == 55
+    assert quota.take("acme", 6.0, limit=2) == 57  # the 4th newest (t=3.0) must leave: at 63.0
+    assert quota.take("acme", 6.0) is None  # the default of 100
