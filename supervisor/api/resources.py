@@ -592,6 +592,9 @@ class Resources:
         if row.cancelled_at is not None:
             return Reply(self._task(row))
         scheduler = self.host.scheduler
+        store = self.host.store
+        if store is not None:
+            await store.written()  # a task created a moment ago: its run's row is in the store to be found
         if scheduler is None or not scheduler.cancel_oneshot(row.oneshot_id):
             task = self._task(row)
             raise ApiError(
