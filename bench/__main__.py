@@ -12,7 +12,7 @@ import time
 import uuid
 from importlib.metadata import version
 
-from bench import latency, lifecycle, overhead, procs, supervise_only, throughput, venv
+from bench import api, latency, lifecycle, overhead, procs, supervise_only, throughput, venv
 from bench.plan import Plan
 from bench.session import REPO, System
 from bench.table import Row, render
@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario",
         action="append",
         metavar="NAME",
-        help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls",
+        help=(
+            "run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls,"
+            " http api"
+        ),
     )
     ap.add_argument("--json", metavar="FILE", help="also write the rows, with every sample, as JSON")
     args = ap.parse_args(argv)
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "url calls (supervise only)",
                     lambda: throughput.run(plan, tag, log),
+                ),
+                (
+                    "http api (supervise only)",
+                    lambda: api.run(plan, tag, log),
                 ),
             ]
             if systems[0].name == "supervise"

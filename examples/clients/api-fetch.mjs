@@ -2,6 +2,9 @@
 //
 //   SUPERVISE_API=http://127.0.0.1:9180 SUPERVISE_TOKEN=svt_... node api-fetch.mjs https://example.com/hook
 //
+// Over HTTPS with a self-signed http_tls_cert, give Node its CA: NODE_EXTRA_CA_CERTS=/path/ca.pem.
+// SUPERVISE_NOTIFY_URL=https://example.com/done adds a webhook told when the task has run.
+//
 // Errors are application/problem+json: `errors[].pointer` names the field that is wrong.
 
 const base = `${process.env.SUPERVISE_API ?? "http://127.0.0.1:9180"}/api/v1`;
@@ -32,9 +35,12 @@ async function api(method, path, { body, idempotencyKey } = {}) {
 const FINAL = new Set(["succeeded", "failed", "timed_out", "cancelled", "terminated", "lost", "skipped"]);
 
 async function main(url) {
-  const at = new Date(Date.now() + 5000).toISOString(); // toISOString ends in Z: an offset, as required
+  const delayMs = 1000 * Number(process.env.SUPERVISE_DELAY_S ?? 5);
+  const at = new Date(Date.now() + delayMs).toISOString(); // toISOString ends in Z: an offset, as required
+  const notifyUrl = process.env.SUPERVISE_NOTIFY_URL;
+  const notify = notifyUrl ? { webhook: notifyUrl, on: ["success", "failure", "retries_exhausted"] } : undefined;
   const created = await api("POST", "/tasks", {
-    body: { url, method: "POST", body: { hello: "world" }, at, retries: { max: 2 } },
+    body: { url, method: "POST", body: { hello: "world" }, at, retries: { max: 2 }, notify },
     idempotencyKey: `demo-${Date.now()}`, // the same key and body again returns this same task
   });
   console.log("created", created.status, created.location, created.payload.state);
@@ -46,6 +52,11 @@ async function main(url) {
     console.log("state", task.state);
   }
   console.log("result", task.result, task.error ?? "");
+  while (notify && task.notify.state === "waiting") {
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // its message is sent once the task has ended
+    task = (await api("GET", `/tasks/${task.id}`)).payload;
+  }
+  if (notify) console.log("notify", task.notify.state, task.notify.event);
 
   const runs = (await api("GET", "/runs?limit=10")).payload;
   console.log("newest runs", runs.runs.map((r) => `${r.service} ${r.state}`));

@@ -6,6 +6,7 @@ the reference is docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -23,6 +24,7 @@ from supervise.supervisor.core.samples import SampleHistory
 
 if TYPE_CHECKING:
     from supervise.supervisor.api.ports import ApiHost, EventRing
+    from supervise.supervisor.api.task_notify import TaskOutbox
     from supervise.supervisor.config.model import SupervisorConfig
 
 log = logging.getLogger("supervise")
@@ -40,27 +42,34 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(config: SupervisorConfig, store: ApiStore) -> None:
-    """A non-loopback address needs a token to exist, or `insecure_http = true` (logged CRITICAL).
+    """A non-loopback address needs TLS and at least one token, or `insecure_http = true` (logged CRITICAL).
 
     Raises:
-        ConfigError: naming `supervisor.http`.
+        ConfigError: naming `supervisor.http`, saying what is missing and how to fix it.
     """
     assert config.http is not None
     host = config.http.rpartition(":")[0].strip("[]")
     if is_loopback(host):
         return
+    missing = []
+    if config.http_tls_cert is None:
+        missing.append("without TLS (set http_tls_cert and http_tls_key)")
     if store.usable_token_count() == 0:
-        if not config.insecure_http:
-            problem = (
-                f"{config.http} is reachable from other hosts, and no API token exists: create one with "
-                "'supervise token create NAME --role admin', bind 127.0.0.1, or set insecure_http = true"
-            )
-            raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)])
-        log.critical(
-            "HTTP API on %s with no token (insecure_http = true): every API call is refused until one is created",
-            config.http,
+        missing.append("with no API token (create one with 'supervise token create NAME --role admin')")
+    if not missing:
+        return
+    if not config.insecure_http:
+        problem = (
+            f"{config.http} is reachable from other hosts, {' and '.join(missing)}: fix that, bind 127.0.0.1, "
+            "or set insecure_http = true to accept the risk"
         )
-    log.warning("HTTP API on %s without TLS: tokens cross the network in clear; put a TLS proxy in front", config.http)
+        raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http", problem)])
+    log.critical(
+        "HTTP API on %s %s (insecure_http = true): tokens cross the network in clear without TLS, "
+        "and with no token every API call is refused until one is created",
+        config.http,
+        " and ".join(missing),
+    )
 
 
 class ApiServer:
@@ -87,9 +96,14 @@ class ApiServer:
         except ConfigError:
             store.close()
             raise
+        store.write_behind(asyncio.get_running_loop().call_soon)  # one commit per loop turn, not per row
         self.store = store
         self.resources = resources = Resources(
-            self._host, store, self._events, max_pending_tasks=self._config.tenant_max_pending_tasks
+            self._host,
+            store,
+            self._events,
+            max_pending_tasks=self._config.tenant_max_pending_tasks,
+            max_runs_per_minute=self._config.tenant_max_runs_per_minute,
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
         self.browser = browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
@@ -116,6 +130,11 @@ class ApiServer:
         app.router.add_route("*", PREFIX + "/{tail:.*}", unknown)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
+
+    def attach(self, outbox: TaskOutbox) -> None:
+        """The notifier has started: tasks' notify rules are delivered through its outbox."""
+        if self.resources is not None:
+            self.resources.task_notifier.attach(outbox)
 
     def _context(self) -> dict[str, Any]:
         if self._own is None:

@@ -278,6 +278,92 @@ class TaskRetries(Strict):
     max: int = Field(default=0, ge=0, le=5, description="attempts after the first one")
 
 
+TaskEvent = Literal["success", "failure", "retries_exhausted", "timed_out", "lost", "missed"]
+TASK_EVENTS: tuple[TaskEvent, ...] = ("success", "failure", "retries_exhausted", "timed_out", "lost", "missed")
+_WEBHOOK_FORBIDDEN = {"host", "content-length", "transfer-encoding", "connection"}
+CHANNEL_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+def check_call_url(url: str, info: ValidationInfo) -> str:
+    """An http(s) URL to a host, without spaces or credentials, and not this daemon's own API."""
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be http or https, got {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@); send them in a header")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    own = (info.context or {}).get("own_port")
+    if own is not None and port == own and _is_local(parts.hostname, (info.context or {}).get("own_host")):
+        raise ValueError("points at this daemon's own API")
+    return url
+
+
+def check_header_set(headers: dict[str, str], forbidden: set[str], prefix: str | None = None) -> dict[str, str]:
+    """HTTP tokens as names, no line breaks or NUL in values, none of `forbidden` (or starting with `prefix`)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"header name {name[:40]!r} is not a valid HTTP token")
+        if name.lower() in forbidden or (prefix is not None and name.lower().startswith(prefix)):
+            raise ValueError(f"header {name} is set by the daemon")
+        if any(c in value for c in "\r\n\0") or len(value) > 8192:
+            raise ValueError(f"header {name} has a line break, NUL or is over 8192 characters")
+    return headers
+
+
+class TaskWebhook(Strict):
+    """Where a task's notification is sent: a POST of the message as JSON, signed when `secret` is set."""
+
+    url: str = Field(max_length=2048, description="http:// or https://, under the address policy")
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=256, description="HMAC-SHA256 key of X-Supervise-Signature"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str, info: ValidationInfo) -> str:
+        return check_call_url(url, info)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_header_set(headers, _WEBHOOK_FORBIDDEN, "x-supervise-")
+
+
+class TaskNotify(Strict):
+    """Tell someone when the task has run: its own webhook, the daemon's channels, or both."""
+
+    on: list[TaskEvent] = Field(
+        default_factory=lambda: list(TASK_EVENTS),
+        max_length=len(TASK_EVENTS),
+        description="the outcomes to send; one message when the task ends, never one per attempt",
+    )
+    to: list[Annotated[str, Field(pattern=CHANNEL_NAME)]] = Field(
+        default_factory=list, max_length=10, description="[notify.NAME] channels of the daemon (no tenant only)"
+    )
+    webhook: TaskWebhook | None = Field(
+        default=None, description='the task\'s own webhook; a bare URL string stands for {"url": URL}'
+    )
+
+    @field_validator("webhook", mode="before")
+    @classmethod
+    def _webhook(cls, value: object) -> object:
+        return {"url": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> TaskNotify:
+        if not self.to and self.webhook is None:
+            raise ValueError("give webhook, to, or both")
+        return self
+
+
 class TaskCreate(Strict):
     """Call a URL once, at a datetime (or now)."""
 
@@ -291,37 +377,17 @@ class TaskCreate(Strict):
     timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds the call may take")
     retries: TaskRetries = Field(default_factory=TaskRetries)
     expect_status: ExpectStatus = Field(default_factory=ExpectStatus)
+    notify: TaskNotify | None = Field(default=None, description="who to tell when the task has run")
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str, info: ValidationInfo) -> str:
-        if any(ord(c) < 33 or ord(c) == 127 for c in url):
-            raise ValueError("must not contain spaces or control characters")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"scheme must be http or https, got {parts.scheme or 'none'!r}")
-        if not parts.hostname:
-            raise ValueError("must name a host")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        own = (info.context or {}).get("own_port")
-        if own is not None and port == own and _is_local(parts.hostname, (info.context or {}).get("own_host")):
-            raise ValueError("points at this daemon's own API")
-        return url
+        return check_call_url(url, info)
 
     @field_validator("headers")
     @classmethod
     def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"header name {name[:40]!r} is not a valid HTTP token")
-            if name.lower() in _FORBIDDEN_HEADERS:
-                raise ValueError(f"header {name} is set by the daemon")
-            if any(c in value for c in "\r\n\0") or len(value) > 8192:
-                raise ValueError(f"header {name} has a line break, NUL or is over 8192 characters")
-        return headers
+        return check_header_set(headers, _FORBIDDEN_HEADERS)
 
     @model_validator(mode="after")
     def _status_range(self) -> TaskCreate:
@@ -370,6 +436,9 @@ class Task(Open):
     run: Run | None = None
     result: Any = None
     error: str | None = None
+    notify: dict[str, Any] | None = Field(
+        default=None, description="its notify rule (the webhook's URL, never its secret) and whether it was sent"
+    )
 
 
 class TaskList(Open):

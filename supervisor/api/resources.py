@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,8 +50,10 @@ from supervise.supervisor.api.models import (
     check_job_table,
 )
 from supervise.supervisor.api.ports import ApiHost, EventRing
+from supervise.supervisor.api.quota import RunQuota
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
-from supervise.supervisor.api.store import ApiStore, Role, TaskRow
+from supervise.supervisor.api.store import ApiStore, Role, TaskRow, TenantQuotas
+from supervise.supervisor.api.task_notify import TaskNotifier
 from supervise.supervisor.core.errors import ServiceNotFound
 from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
@@ -73,11 +77,21 @@ RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task
 class Resources:
     """The handlers; `routes()` is the table the pipeline serves and openapi.py documents."""
 
-    def __init__(self, host: ApiHost, store: ApiStore, events: EventRing, *, max_pending_tasks: int) -> None:
+    def __init__(
+        self,
+        host: ApiHost,
+        store: ApiStore,
+        events: EventRing,
+        *,
+        max_pending_tasks: int,
+        max_runs_per_minute: int = 600,
+    ) -> None:
         self.host = host
         self.store = store
         self.events = events
         self.max_pending_tasks = max_pending_tasks
+        self.run_quota = RunQuota(max_runs_per_minute)
+        self._own_quotas: tuple[dict[str, TenantQuotas], float] = ({}, float("-inf"))  # (quotas, read at)
         self._owners = store.owners()
         self._task_services = asyncio.Lock()
         self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
@@ -85,6 +99,8 @@ class Resources:
         self._wake = asyncio.Event()
         self.closing = asyncio.Event()
         events.listeners.append(self._on_event)
+        self.task_notifier = TaskNotifier(host, store, self._task_view)
+        events.listeners.append(self.task_notifier.observe)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -108,6 +124,42 @@ class Resources:
             raise not_found(f'{what} "{name}"')
         return name
 
+    @contextlib.contextmanager
+    def starting_run(self, call: Call) -> Iterator[None]:
+        """A tenant's token starts a run (a task, run now, retry): counted against its runs per minute.
+
+        Raises:
+            ApiError: 429 with Retry-After when the tenant is over `tenant_max_runs_per_minute`.
+        """
+        tenant = call.tenant
+        if tenant is None:  # no tenant: the daemon's own operators, no quota
+            yield
+            return
+        limit = self.quotas_of(tenant).max_runs_per_minute or self.run_quota.limit
+        wait = self.run_quota.take(tenant, time.monotonic(), limit)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                f"the tenant started {limit} runs in the last minute, its quota"
+                f" (tenant_max_runs_per_minute, or its own: supervise tenant quota); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            yield
+        except BaseException:
+            self.run_quota.give_back(tenant)  # refused or failed: no run was started
+            raise
+
+    def quotas_of(self, tenant: str) -> TenantQuotas:
+        """A tenant's own quotas (`supervise tenant quota`), read again at most every PENDING_RECOUNT_S."""
+        quotas, read_at = self._own_quotas
+        now = time.monotonic()
+        if now - read_at >= PENDING_RECOUNT_S:
+            quotas = self.store.quotas()
+            self._own_quotas = (quotas, now)
+        return quotas.get(tenant, TenantQuotas())
+
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
         if tenant is None:
@@ -119,6 +171,7 @@ class Resources:
         """End every event stream (the server is shutting down)."""
         self.closing.set()
         self._on_event("", "", None)
+        self.task_notifier.close()
 
     def _on_event(self, service: str, kind: str, detail: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()
@@ -277,7 +330,8 @@ class Resources:
     async def job_run(self, call: Call) -> Reply:
         name = self._require_job(call)
         body: RunNowRequest = call.body
-        started = await self.command("run", name=name, args=body.args)
+        with self.starting_run(call):
+            started = await self.command("run", name=name, args=body.args)
         return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
 
     async def job_skip(self, call: Call) -> Reply:
@@ -342,27 +396,32 @@ class Resources:
                 f"run {run.run_id} is {run.state}; only a failed, timed out, lost, cancelled or terminated run"
                 " is retried",
             )
-        started = await self.command("run", name=run.service, args=dict(run.args))
+        with self.starting_run(call):
+            started = await self.command("run", name=run.service, args=dict(run.args))
         return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
 
     # -- tasks -----------------------------------------------------------------------------------
 
     async def create_task(self, call: Call) -> Reply:
         body: TaskCreate = call.body
+        if body.notify is not None:
+            self._check_notify_targets(call, body.notify.to)
         service = await self._task_service(call.tenant, body.retries.max)
         pending = self._pending_tasks(call.tenant)
-        if pending >= self.max_pending_tasks:
+        own = self.quotas_of(call.tenant).max_pending_tasks if call.tenant is not None else None
+        most = own or self.max_pending_tasks
+        if pending >= most:
             raise ApiError(
                 429,
                 "Too Many Requests",
-                f"the tenant has {pending} pending tasks, its quota is {self.max_pending_tasks};"
-                " retry when some have run",
+                f"the tenant has {pending} pending tasks, its quota is {most}; retry when some have run",
                 headers={"Retry-After": "60"},
             )
         task_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         at = body.at if body.at is not None and body.at > now else now
-        scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
+        with self.starting_run(call):
+            scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
         row = TaskRow(
             task_id,
             call.tenant,
@@ -374,8 +433,29 @@ class Resources:
             None,
         )
         self.store.add_task(row)
+        if body.notify is not None:
+            self.task_notifier.track(task_id)
         self._pending_changed(call.tenant, +1)
         return Reply(self._task(row), 201, {"Location": f"{PREFIX}/tasks/{task_id}"})
+
+    def _check_notify_targets(self, call: Call, to: list[str]) -> None:
+        """`notify.to` names the daemon's own channels: not for a tenant's token, and each must exist."""
+        if not to:
+            return
+        if call.tenant is not None:
+            raise ApiError(
+                403,
+                "Forbidden",
+                "/notify/to: a tenant's token may not send to the daemon's channels; use notify.webhook",
+            )
+        defined = self.host.config.notify.channels
+        unknown = [name for name in to if name not in defined]
+        if unknown:
+            known = ", ".join(sorted(defined)) or "none"
+            detail = f'unknown channel "{unknown[0]}" (defined: {known})'
+            raise ApiError(
+                422, "Invalid request", f"/notify/to: {detail}", errors=[{"pointer": "/notify/to", "detail": detail}]
+            )
 
     async def _task_service(self, tenant: str | None, retries: int) -> str:
         name = f"{RESERVED_PREFIX}tasks-{tenant}-r{retries}" if tenant else f"{RESERVED_PREFIX}tasks-r{retries}"
@@ -412,6 +492,24 @@ class Resources:
             self._pending[tenant] = (max(0, cached[0] + delta), cached[1])
 
     def _task(self, row: TaskRow) -> Task:
+        """A task's view, with its notify rule's progress when it has one."""
+        task = self._task_view(row)
+        rule = row.request.get("notify")
+        if not rule:
+            return task
+        found = self.store.task_notify_event(row.id)
+        closed, event = found if found is not None else (True, None)
+        hook = rule.get("webhook")
+        notify = {
+            "on": rule.get("on", []),
+            "to": rule.get("to", []),
+            "webhook": hook.get("url") if isinstance(hook, dict) else None,
+            "state": "sent" if event else "not_sent" if closed else "waiting",
+            "event": event,
+        }
+        return task.model_copy(update={"notify": notify})
+
+    def _task_view(self, row: TaskRow) -> Task:
         request = row.request
         view: dict[str, Any] = {
             "id": row.id,
@@ -495,12 +593,16 @@ class Resources:
         if row.cancelled_at is not None:
             return Reply(self._task(row))
         scheduler = self.host.scheduler
+        store = self.host.store
+        if store is not None:
+            await store.written()  # a task created a moment ago: its run's row is in the store to be found
         if scheduler is None or not scheduler.cancel_oneshot(row.oneshot_id):
             task = self._task(row)
             raise ApiError(
                 409, "Conflict", f"task {row.id} is {task.state}: it has already started; cancel its run instead"
             )
         self.store.cancel_task(row.id)
+        self.task_notifier.forget(row.id)
         self._pending_changed(row.tenant, -1)
         cancelled = self.store.task(row.id)
         assert cancelled is not None
@@ -721,7 +823,7 @@ class Resources:
                 body=RunNowRequest,
                 response=RunStarted,
                 status=202,
-                errors=(404, 409, 422),
+                errors=(404, 409, 422, 429),
                 path_patterns=name,
             ),
             Route(
@@ -777,7 +879,7 @@ class Resources:
                 "runs",
                 response=RunStarted,
                 status=202,
-                errors=(404, 409),
+                errors=(404, 409, 429),
                 path_patterns={"run_id": RUN_ID},
             ),
             Route(

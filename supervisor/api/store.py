@@ -14,18 +14,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("supervise.api")
 
 FILE_NAME = "api.db"
 TOKEN_RE = re.compile(r"svt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -56,6 +59,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body TEXT NOT NULL, headers TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (token_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
+CREATE TABLE IF NOT EXISTS task_notify (task_id TEXT PRIMARY KEY, sent_at REAL, event TEXT);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY, created_at REAL NOT NULL, max_pending_tasks INTEGER, max_runs_per_minute INTEGER
+);
 """
 
 
@@ -122,6 +129,14 @@ class TaskRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantQuotas:
+    """A tenant's own quotas; None: the daemon's `tenant_max_pending_tasks` / `tenant_max_runs_per_minute`."""
+
+    max_pending_tasks: int | None = None
+    max_runs_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Remembered:
     """The first answer to a POST with an `Idempotency-Key`."""
 
@@ -148,12 +163,63 @@ class ApiStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._deferred: list[tuple[str, tuple[object, ...]]] | None = None  # None: every write at once
+        self._schedule: Callable[[Callable[[], None]], object] | None = None
+        self._audits = 0
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+
+    # -- writing: at once, or behind (batched per event-loop turn) ----------------------------
+
+    def write_behind(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        """Queue the frequent writes (tasks, audit entries, idempotent answers, notification marks) and
+        commit them together in one transaction, by `flush`, which `schedule` is asked to call soon
+        (the daemon: at the next turn of its event loop). Every read, transaction and `close` flushes
+        first, so what was written is always what is read."""
+        self._deferred = []
+        self._schedule = schedule
+
+    def flush(self) -> None:
+        """Commit the queued writes in one transaction (nothing queued: nothing to do)."""
+        if not self._deferred:
+            return
+        batch, self._deferred = self._deferred, []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in batch:
+                self._db.execute(sql, params)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _w(self, sql: str, params: tuple[object, ...]) -> None:
+        """A write that may wait for the turn's batch."""
+        if self._deferred is None:
+            self._db.execute(sql, params)
+            return
+        if not self._deferred and self._schedule is not None:
+            self._schedule(self._flush_logged)
+        self._deferred.append((sql, params))
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except sqlite3.Error:
+            log.exception("cannot write to %s; the API's last writes are lost", self.path)
+
+    def _q(self, sql: str, params: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
+        """A read, or a write that must not wait: after the queued writes."""
+        self.flush()
+        return self._db.execute(sql, params)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.flush()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -182,12 +248,14 @@ class ApiStore:
                     "INSERT INTO tokens (id, name, hash, role, tenant, created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
                     (token_id, name, _hash(secret), str(role), tenant, now, expires),
                 )
+                if tenant is not None:  # a token of a tenant not created yet creates it
+                    db.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
         except sqlite3.IntegrityError:
             raise ValueError(f'a token named "{name}" exists; revoke it or choose another name') from None
         return f"svt_{token_id}_{secret}", Token(token_id, name, role, tenant, now, expires, None, None)
 
     def tokens(self) -> list[Token]:
-        rows = self._db.execute(
+        rows = self._q(
             "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at"
             " FROM tokens ORDER BY created_at"
         ).fetchall()
@@ -209,6 +277,8 @@ class ApiStore:
         """The usable token `text` is, or None; the secret is compared in constant time."""
         match = TOKEN_RE.fullmatch(text)
         token_id, secret = (match[1], match[2]) if match else ("", text)
+        # Not after the queued writes: tokens are written at once (only last_used_at waits), and a flush
+        # here would commit each request's writes alone.
         row = self._db.execute(
             "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash"
             " FROM tokens WHERE id = ?",
@@ -222,14 +292,14 @@ class ApiStore:
         if not token.usable(now):
             return None
         if token.last_used_at is None or now - token.last_used_at > 60:
-            self._db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
+            self._w("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
         return token
 
     # -- audit ---------------------------------------------------------------------
 
     def audit(self, token: Token | None, remote: str | None, method: str, path: str, status: int, detail: str) -> None:
         """Record one call; the oldest entries beyond AUDIT_KEEP are deleted, a thousand at a time."""
-        cur = self._db.execute(
+        self._w(
             "INSERT INTO audit (ts, token, tenant, remote, method, path, status, detail) VALUES (?,?,?,?,?,?,?,?)",
             (
                 time.time(),
@@ -242,14 +312,14 @@ class ApiStore:
                 detail[:1000],
             ),
         )
-        seq = cur.lastrowid or 0
-        if seq % 1000 == 0 and seq > AUDIT_KEEP:
-            self._db.execute("DELETE FROM audit WHERE seq <= ?", (seq - AUDIT_KEEP,))
+        self._audits += 1
+        if self._audits % 1000 == 0:
+            self._w("DELETE FROM audit WHERE seq <= (SELECT max(seq) FROM audit) - ?", (AUDIT_KEEP,))
 
     def audit_entries(self, limit: int = 100, tenant: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` audit entries, oldest first."""
         where, params = ("WHERE tenant = ?", [tenant]) if tenant is not None else ("", [])
-        rows = self._db.execute(
+        rows = self._q(
             "SELECT seq, ts, token, tenant, remote, method, path, status, detail FROM audit"  # nosec B608 # table and column names are this module's constants; values are bound parameters
             f" {where} ORDER BY seq DESC LIMIT ?",
             (*params, limit),
@@ -263,24 +333,24 @@ class ApiStore:
     # -- owners: which tenant a service belongs to -------------------------------------
 
     def owners(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT service, tenant FROM owners").fetchall())
+        return dict(self._q("SELECT service, tenant FROM owners").fetchall())
 
     def set_owner(self, service: str, tenant: str | None) -> None:
         if tenant is None:
-            self._db.execute("DELETE FROM owners WHERE service = ?", (service,))
+            self._q("DELETE FROM owners WHERE service = ?", (service,))
         else:
-            self._db.execute("INSERT OR REPLACE INTO owners (service, tenant) VALUES (?, ?)", (service, tenant))
+            self._q("INSERT OR REPLACE INTO owners (service, tenant) VALUES (?, ?)", (service, tenant))
 
     # -- tasks -------------------------------------------------------------------------
 
     def add_task(self, row: TaskRow) -> None:
-        self._db.execute(
+        self._w(
             "INSERT INTO tasks (id, tenant, service, oneshot_id, at, request, created_at) VALUES (?,?,?,?,?,?,?)",
             (row.id, row.tenant, row.service, row.oneshot_id, row.at, json.dumps(row.request), row.created_at),
         )
 
     def task(self, task_id: str) -> TaskRow | None:
-        row = self._db.execute(
+        row = self._q(
             "SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks WHERE id = ?",
             (task_id,),
         ).fetchone()
@@ -297,7 +367,7 @@ class ApiStore:
             clauses.append("created_at < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT id, tenant, service, oneshot_id, at, request, created_at, cancelled_at FROM tasks {where}"  # nosec B608 # table and column names are this module's constants; values are bound parameters
             " ORDER BY created_at DESC LIMIT ?",
             (*params, limit),
@@ -305,20 +375,148 @@ class ApiStore:
         return [_task(r) for r in rows]
 
     def cancel_task(self, task_id: str) -> None:
-        self._db.execute("UPDATE tasks SET cancelled_at = ? WHERE id = ?", (time.time(), task_id))
+        self._q("UPDATE tasks SET cancelled_at = ? WHERE id = ?", (time.time(), task_id))
+
+    # -- task notifications: open until the task's message is in the outbox --------------
+
+    def open_task_notify(self, task_id: str) -> None:
+        self._w("INSERT OR IGNORE INTO task_notify (task_id) VALUES (?)", (task_id,))
+
+    def open_task_notifies(self) -> list[str]:
+        """Tasks with a notify rule whose message is not yet in the outbox."""
+        return [r[0] for r in self._q("SELECT task_id FROM task_notify WHERE sent_at IS NULL").fetchall()]
+
+    def close_task_notify(self, task_id: str, event: str | None) -> None:
+        """The task's message is in the outbox (`event`), or none is due (None: cancelled, or not in `on`)."""
+        self._w("UPDATE task_notify SET sent_at = ?, event = ? WHERE task_id = ?", (time.time(), event or "", task_id))
+
+    def task_notify_event(self, task_id: str) -> tuple[bool, str | None] | None:
+        """(closed, event) of a task's notification; None when it has no notify rule."""
+        row = self._q("SELECT sent_at, event FROM task_notify WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else (row[0] is not None, row[1] or None)
+
+    # -- tenants -----------------------------------------------------------------------------
+
+    def create_tenant(self, name: str, quotas: TenantQuotas | None = None) -> bool:
+        """Register a tenant, with quotas of its own or the daemon's; False when it exists."""
+        if not TENANT_RE.fullmatch(name):
+            raise ValueError(f'tenant must match {TENANT_RE.pattern}, got "{name}"')
+        q = quotas or TenantQuotas()
+        cur = self._q(
+            "INSERT OR IGNORE INTO tenants (name, created_at, max_pending_tasks, max_runs_per_minute) VALUES (?,?,?,?)",
+            (name, time.time(), q.max_pending_tasks, q.max_runs_per_minute),
+        )
+        return cur.rowcount > 0
+
+    def set_quotas(self, name: str, quotas: TenantQuotas) -> bool:
+        """Replace a tenant's own quotas (None: the daemon's); False when there is no such tenant."""
+        cur = self._q(
+            "UPDATE tenants SET max_pending_tasks = ?, max_runs_per_minute = ? WHERE name = ?",
+            (quotas.max_pending_tasks, quotas.max_runs_per_minute, name),
+        )
+        return cur.rowcount > 0
+
+    def quotas(self) -> dict[str, TenantQuotas]:
+        """The tenants that have quotas of their own (read without flushing: the table is written at once)."""
+        rows = self._db.execute(
+            "SELECT name, max_pending_tasks, max_runs_per_minute FROM tenants"
+            " WHERE max_pending_tasks IS NOT NULL OR max_runs_per_minute IS NOT NULL"
+        ).fetchall()
+        return {r[0]: TenantQuotas(r[1], r[2]) for r in rows}
+
+    def tenants(self) -> list[dict[str, Any]]:
+        """Every tenant (created, or named by a token, a service or a task), with what it has here."""
+        names = {r[0]: r[1] for r in self._q("SELECT name, created_at FROM tenants").fetchall()}
+        own = self.quotas()
+        for query in (
+            "SELECT DISTINCT tenant FROM tokens WHERE tenant IS NOT NULL",
+            "SELECT DISTINCT tenant FROM owners",
+            "SELECT DISTINCT tenant FROM tasks WHERE tenant IS NOT NULL",
+        ):
+            for (name,) in self._q(query).fetchall():
+                names.setdefault(name, None)
+        out = []
+        for name in sorted(names):
+            created = names[name]
+            out.append(
+                {
+                    "name": name,
+                    "created_at": datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+                    if created is not None
+                    else None,
+                    "tokens": self._count("SELECT count(*) FROM tokens WHERE tenant = ?", name),
+                    "services": self._count("SELECT count(*) FROM owners WHERE tenant = ?", name),
+                    "tasks": self._count("SELECT count(*) FROM tasks WHERE tenant = ?", name),
+                    "max_pending_tasks": own.get(name, TenantQuotas()).max_pending_tasks,
+                    "max_runs_per_minute": own.get(name, TenantQuotas()).max_runs_per_minute,
+                }
+            )
+        return out
+
+    def _count(self, query: str, *params: object) -> int:
+        return int(self._q(query, params).fetchone()[0])
+
+    def tenant_services(self, tenant: str) -> list[str]:
+        """The services and jobs of `tenant` (its task services included)."""
+        rows = self._q("SELECT service FROM owners WHERE tenant = ? ORDER BY service", (tenant,)).fetchall()
+        return [r[0] for r in rows]
+
+    def tenant_rows(self, tenant: str) -> dict[str, Any]:
+        """What this file keeps of `tenant`: its tokens (never a secret or a hash), tasks and audit entries."""
+        tokens = [t.as_dict() for t in self.tokens() if t.tenant == tenant]
+        tasks = []
+        for row in self._q(
+            "SELECT t.id, t.tenant, t.service, t.oneshot_id, t.at, t.request, t.created_at, t.cancelled_at,"
+            " n.sent_at, n.event FROM tasks t LEFT JOIN task_notify n ON n.task_id = t.id"
+            " WHERE t.tenant = ? ORDER BY t.created_at",
+            (tenant,),
+        ).fetchall():
+            task = _task(row[:8])
+            tasks.append(
+                {
+                    "id": task.id,
+                    "service": task.service,
+                    "run_id": task.oneshot_id,
+                    "at": task.at,
+                    "request": task.request,
+                    "created_at": datetime.fromtimestamp(task.created_at, UTC).isoformat(),
+                    "cancelled_at": datetime.fromtimestamp(task.cancelled_at, UTC).isoformat()
+                    if task.cancelled_at is not None
+                    else None,
+                    "notified": None if row[8] is None else (row[9] or None),
+                }
+            )
+        count = self._count("SELECT count(*) FROM audit WHERE tenant = ?", tenant)
+        return {"tokens": tokens, "tasks": tasks, "audit": self.audit_entries(max(count, 1), tenant)}
+
+    def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Delete every row of `tenant` here, in one transaction, overwriting the freed space (secure_delete)
+        and truncating the WAL, so the rows are not left readable in the file; returns how many of each kind."""
+        self._q("PRAGMA secure_delete = ON")
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM tokens WHERE tenant = ?", (tenant,)).fetchall()]
+            db.executemany("DELETE FROM idempotency WHERE token_id = ?", [(i,) for i in ids])
+            tokens = db.execute("DELETE FROM tokens WHERE tenant = ?", (tenant,)).rowcount
+            db.execute("DELETE FROM task_notify WHERE task_id IN (SELECT id FROM tasks WHERE tenant = ?)", (tenant,))
+            tasks = db.execute("DELETE FROM tasks WHERE tenant = ?", (tenant,)).rowcount
+            services = db.execute("DELETE FROM owners WHERE tenant = ?", (tenant,)).rowcount
+            audit = db.execute("DELETE FROM audit WHERE tenant = ?", (tenant,)).rowcount
+            created = db.execute("DELETE FROM tenants WHERE name = ?", (tenant,)).rowcount
+        self._q("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"tokens": tokens, "tasks": tasks, "services": services, "audit": audit, "tenant": created}
 
     # -- idempotency ---------------------------------------------------------------------
 
     def remembered(self, token_id: str, key: str) -> Remembered | None:
-        row = self._db.execute(
+        row = self._q(
             "SELECT fingerprint, status, body, headers FROM idempotency WHERE token_id = ? AND key = ?", (token_id, key)
         ).fetchone()
         return Remembered(row[0], row[1], row[2], json.loads(row[3])) if row else None
 
     def remember(self, token_id: str, key: str, answer: Remembered, keep_s: float = 86_400) -> None:
         now = time.time()
-        self._db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - keep_s,))
-        self._db.execute(
+        self._w("DELETE FROM idempotency WHERE created_at < ?", (now - keep_s,))
+        self._w(
             "INSERT OR IGNORE INTO idempotency (token_id, key, fingerprint, status, body, headers, created_at)"
             " VALUES (?,?,?,?,?,?,?)",
             (token_id, key, answer.fingerprint, answer.status, answer.body, json.dumps(answer.headers), now),

@@ -160,10 +160,12 @@ def run_service(name: str, config: str, log_level: str) -> None:
 def _add_commands() -> None:
     from supervise.supervisor.cli.api_admin import audit, token
     from supervise.supervisor.cli.export import export
+    from supervise.supervisor.cli.tenants import tenant
 
     cli.add_command(token)
     cli.add_command(audit)
     cli.add_command(export)
+    cli.add_command(tenant)
 
 
 _add_commands()

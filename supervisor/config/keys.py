@@ -239,6 +239,13 @@ def _path(value: object, ctx: Context) -> Path:
     return Path(os.path.abspath(ctx.base_dir / os.path.expanduser(value)))
 
 
+def _file(value: object, ctx: Context) -> Path:
+    path = _path(value, ctx)
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
+    return path
+
+
 def _directory(value: object, ctx: Context) -> Path:
     path = _path(value, ctx)
     if not path.exists():
@@ -433,5 +440,8 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "allow_addresses": Key("allow_addresses", _allow_addresses),
         "insecure_http": Key("insecure_http", _boolean),
         "tenant_max_pending_tasks": Key("tenant_max_pending_tasks", _positive_count_any),
+        "tenant_max_runs_per_minute": Key("tenant_max_runs_per_minute", _positive_count_any),
+        "http_tls_cert": Key("http_tls_cert", _file),
+        "http_tls_key": Key("http_tls_key", _file),
     }
 )

@@ -401,6 +401,11 @@ def _parse_supervisor(table: object, ctx: Context, issues: _Issues) -> Superviso
     if too_long is not None:
         issues.append(((*path, "state_dir"), too_long + " (use a shorter state_dir)"))
     _check_security(table, values, path, issues)
+    if ("http_tls_cert" in table) != ("http_tls_key" in table):
+        given, missing = (
+            ("http_tls_cert", "http_tls_key") if "http_tls_cert" in table else ("http_tls_key", "http_tls_cert")
+        )
+        issues.append(((*path, given), f"needs {missing} too: HTTPS takes a certificate and its private key"))
     return None if len(issues) > before else SupervisorConfig(**values)
 
 

@@ -134,6 +134,9 @@ class SupervisorConfig:
     allow_addresses: tuple[str, ...] = ()  # addresses every http action may reach despite block_private_addresses
     insecure_http: bool = False  # the HTTP API on a non-loopback address with no token (docs/api.md)
     tenant_max_pending_tasks: int = 10_000  # API tasks waiting to run, per tenant; more: 429
+    tenant_max_runs_per_minute: int = 600  # runs one tenant may start through the API per minute; more: 429
+    http_tls_cert: Path | None = None  # PEM certificate chain: the HTTP server speaks HTTPS (with http_tls_key)
+    http_tls_key: Path | None = None  # PEM private key of http_tls_cert
 
     @classmethod
     def for_state_dir(cls, state_dir: Path, **overrides: Any) -> SupervisorConfig:

@@ -165,6 +165,7 @@ class WebhookChannel(Delivery):
     secret: str | None = None
     preset: str | None = None  # "slack"
     text: str | None = None  # the Slack preset's text template
+    guarded: bool = False  # given through the HTTP API: connects only where the address policy allows
 
     @property
     def kind(self) -> str:

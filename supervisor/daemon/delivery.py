@@ -9,6 +9,11 @@ or pending again after an exponential backoff, or failed once the channel's
 `notification_failed` event. Delivery is at least once: a supervisor killed
 between a send and its record sends that row again after a restart, with the
 same `X-Supervise-Notification-Id` header so a receiver can drop the repeat.
+
+A webhook given through the HTTP API (a task's own, `WebhookChannel.guarded`)
+goes through a session of its own that connects only to addresses the address
+policy allows (`[supervisor] allow_addresses`, docs/security.md) and follows no
+redirect, as the tasks' own calls do.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import smtplib
@@ -28,6 +34,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any
 
+from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin, refusal_error
 from supervise.supervisor.config.notify import (
     Channel,
     EmailChannel,
@@ -38,6 +45,7 @@ from supervise.supervisor.config.notify import (
 from supervise.supervisor.store.base import Notification, NotificationStore
 
 if TYPE_CHECKING:
+    import aiohttp
     import jinja2
 
 log = logging.getLogger("supervise.notify")
@@ -82,6 +90,7 @@ class Deliverer:
         in_store: runs a store call off the event loop, in order with outbox writes.
         wall: the wall clock (row times are wall times).
         publish: emits an event (`notification_failed`, `notification_sent`).
+        addresses: where a guarded webhook may connect (default: public addresses only).
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class Deliverer:
         in_store: InStore,
         wall: Callable[[], datetime],
         publish: Callable[[str, str, Mapping[str, object]], None],
+        addresses: Callable[[], AddressPolicy] = AddressPolicy,
     ) -> None:
         self._store = store
         self._channel = channel
@@ -102,6 +112,9 @@ class Deliverer:
         self._publish = publish
         self._wake = asyncio.Event()
         self._session: Any = None  # aiohttp.ClientSession, opened at the first webhook
+        self._guarded: Any = None  # the session of guarded webhooks, and the policy it was made for
+        self._guarded_policy: AddressPolicy | None = None
+        self._addresses = addresses
         self._smtp = asyncio.Semaphore(SMTP_THREADS)
         self._templates: dict[str, jinja2.Template] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # attempts under way, by row id
@@ -116,9 +129,10 @@ class Deliverer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._guarded):
+            if session is not None:
+                await session.close()
+        self._session = self._guarded = None
 
     def wake(self) -> None:
         """Look at the outbox now (a row was written)."""
@@ -246,19 +260,62 @@ class Deliverer:
         headers[ID_HEADER] = n.id
         if channel.secret:
             headers[SIGNATURE_HEADER] = sign(channel.secret, timestamp, body)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()  # at the first webhook: aiohttp is slow to import
+        if channel.guarded:
+            session = await self._guarded_session(channel)
+        else:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()  # at the first webhook: aiohttp is slow to import
+            session = self._session
         timeout = aiohttp.ClientTimeout(total=channel.timeout_ms / 1000)
         try:
-            async with self._session.request(
-                channel.method, channel.url, data=body, headers=headers, timeout=timeout
+            async with session.request(
+                channel.method,
+                channel.url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=not channel.guarded,
             ) as response:
                 if response.status >= 300:
                     text = (await response.text(errors="replace"))[:200]
                     raise DeliveryError(f"HTTP {response.status}: {text}".strip())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, UrlRefused) as exc:
+            if isinstance(exc.__cause__, UrlRefused):
+                exc = exc.__cause__
             # Not the URL: a Slack-style URL is itself a secret, and errors are shown to read-only clients.
             raise DeliveryError(f"{type(exc).__name__}: {exc}".strip().replace(channel.url, "<url>")) from exc
+
+    async def _guarded_session(self, channel: WebhookChannel) -> aiohttp.ClientSession:
+        """The session of guarded webhooks (made again when the policy changed); refuses an IP-literal host
+        outside the policy here, since no resolver sees it.
+
+        Raises:
+            DeliveryError: the URL or its address is refused (permanent: trying again cannot help).
+        """
+        import aiohttp
+
+        policy = self._addresses()
+        try:
+            host, port = origin(check_url(channel.url))
+            try:
+                literal = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                literal = None
+            reason = policy.refusal(literal, port) if literal is not None else None
+            if reason is not None:
+                raise refusal_error(host, port, [reason])
+        except UrlRefused as exc:
+            raise DeliveryError(f"refused: {exc}", permanent=True) from None
+        if self._guarded is None or self._guarded_policy != policy:
+            if self._guarded is not None:
+                await self._guarded.close()
+            from supervise.supervisor.daemon.guarded_resolver import PolicyResolver
+
+            connector = aiohttp.TCPConnector(resolver=PolicyResolver(policy))
+            self._guarded = aiohttp.ClientSession(connector=connector, trust_env=False)
+            self._guarded_policy = policy
+        session: aiohttp.ClientSession = self._guarded
+        return session
 
     async def _send_email(self, channel: EmailChannel, n: Notification) -> None:
         subject = " ".join(self._render(channel.subject, n.payload).split())[:200]

@@ -9,7 +9,8 @@ read in-memory state, so a probe never waits on a worker.
 - `GET /health/live`: 200 while the supervisor's loop answers.
 - `GET /metrics`: Prometheus text (or OpenMetrics, if the scraper asks for it).
 
-Connections are capped in number and in time (http_guard.py).
+Connections are capped in number and in time (http_guard.py). With
+`http_tls_cert` and `http_tls_key` it speaks HTTPS only (TLS 1.2 or later).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +36,25 @@ Mount = Callable[[web.Application], None]
 """Adds routes to the application before it serves (the HTTP API); may raise ConfigError."""
 
 
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server's TLS context from PEM files.
+
+    Raises:
+        ConfigError: naming supervisor.http_tls_cert when the pair cannot be loaded.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        problem = (
+            f"cannot load the certificate {cert} with the key {key}: {getattr(e, 'reason', None) or e}; "
+            "both must be PEM files, the key the certificate's own (and not encrypted)"
+        )
+        raise ConfigError("[supervisor]", [ConfigProblem("supervisor.http_tls_cert", problem)]) from None
+    return context
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     """ "127.0.0.1:9180" -> ("127.0.0.1", 9180); "[::1]:0" -> ("::1", 0)."""
     host, _, port = address.rpartition(":")
@@ -42,8 +64,17 @@ def split_host_port(address: str) -> tuple[str, int]:
 class HttpServer:
     """An aiohttp server bound to one address; `start` returns where it listens."""
 
-    def __init__(self, address: str, *, health: Health, scrape: Scrape, mounts: Sequence[Mount] = ()) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        health: Health,
+        scrape: Scrape,
+        mounts: Sequence[Mount] = (),
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.address = address
+        self.tls = tls  # (certificate, key): HTTPS
         self._mounts = mounts
         self.bound: str | None = None
         self._health = health
@@ -57,6 +88,7 @@ class HttpServer:
         Raises:
             ConfigError: the address cannot be listened on (in use, not local, ...).
         """
+        context = tls_context(*self.tls) if self.tls is not None else None
         app = web.Application()
         app.router.add_get("/health", self._on_health)
         app.router.add_get("/health/ready", self._on_health)
@@ -68,7 +100,7 @@ class HttpServer:
         await runner.setup()
         host, port = split_host_port(self.address)
         try:
-            await _GuardedSite(runner, self.guard, host, port).start()
+            await _GuardedSite(runner, self.guard, host, port, ssl_context=context).start()
         except OSError as e:
             await runner.cleanup()
             problem = (
@@ -80,7 +112,7 @@ class HttpServer:
         sockname = runner.addresses[0]
         bound_host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
         self.bound = f"{bound_host}:{sockname[1]}"
-        log.info("HTTP /health and /metrics at http://%s", self.bound)
+        log.info("HTTP /health and /metrics at %s://%s", "https" if context else "http", self.bound)
         return self.bound
 
     async def close(self) -> None:
@@ -103,8 +135,16 @@ class HttpServer:
 class _GuardedSite(web.TCPSite):
     """aiohttp's TCP site with every connection passed through a `ConnectionGuard`."""
 
-    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, host: str, port: int) -> None:
-        super().__init__(runner, host, port)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        guard: ConnectionGuard,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._guard = guard
 
     async def start(self) -> None:
@@ -112,7 +152,7 @@ class _GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog, ssl=self._ssl_context
         )
 
 

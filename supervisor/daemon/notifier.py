@@ -8,6 +8,10 @@ Each row's id is its fact, `(run or service incarnation, event)`, plus the
 channel, so the same fact never produces two rows. Store calls run on one
 thread of their own, in order: the event loop never waits for the database.
 Delivery is delivery.py, on an asyncio task of its own.
+
+Other parts may add messages of their own (`enqueue`: a task's notify rule,
+decided by the HTTP API) and channels of their own (`channel_sources`: a
+channel named `PREFIX:KEY` is looked up by the source registered for PREFIX).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from supervise.protocol.url_policy import AddressPolicy, parse_allow_list
 from supervise.supervisor.config.model import Config, ServiceConfig
-from supervise.supervisor.config.notify import INLINE, Channel, NotifyRule
+from supervise.supervisor.config.notify import INLINE, Channel, Delivery, NotifyRule
 from supervise.supervisor.core.alerts import Alert, AlertGate
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.policies import should_retry
@@ -103,6 +108,7 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self.queued = 0  # rows written to the outbox by this supervisor
         self._closed = False
+        self.channel_sources: dict[str, Callable[[str], Channel | None]] = {}
         self.deliverer = Deliverer(
             store,
             channel=self.channel,
@@ -110,6 +116,7 @@ class Notifier:
             in_store=self.in_store,
             wall=clock.wall,
             publish=host.publish,
+            addresses=self._addresses,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -247,7 +254,11 @@ class Notifier:
         return rule if rule is not None and rule.targets else None
 
     def channel(self, service: str, name: str) -> Channel | None:
-        """Where a row goes: a `[notify.NAME]` channel, or the service's own webhook (INLINE)."""
+        """Where a row goes: a `[notify.NAME]` channel, the service's own webhook (INLINE), or a source's."""
+        prefix, colon, key = name.partition(":")
+        if colon:
+            source = self.channel_sources.get(prefix)
+            return source(key) if source is not None else None
         if name != INLINE:
             return self._host.config.notify.channels.get(name)
         try:
@@ -256,8 +267,13 @@ class Notifier:
             return None
         return rule.webhook if rule is not None else None
 
+    def _addresses(self) -> AddressPolicy:
+        return AddressPolicy(allow=parse_allow_list(list(self._host.config.supervisor.allow_addresses)))
+
     def _longest_timeout_ms(self) -> int:
         timeouts = [c.timeout_ms for c in self._host.config.notify.channels.values()]
+        if self.channel_sources:
+            timeouts.append(Delivery().timeout_ms)  # a source's channels keep the default timeout
         for name in self._host.service_names():
             rule = self._host.require(name).config.notify
             if rule is not None and rule.webhook is not None:
@@ -265,6 +281,18 @@ class Notifier:
         return max(timeouts, default=0)
 
     # -- rows out ----------------------------------------------------------------------------
+
+    def enqueue(self, payload: dict[str, Any], channels: tuple[str, ...], fact: str) -> concurrent.futures.Future[None]:
+        """Write a message decided elsewhere to the outbox, one row per channel, past the no-storm gate.
+
+        `payload` has the template variables of SAMPLE_MESSAGE (`text` and `output_lines`
+        are filled in here); each row's id is `fact|event|channel`, so enqueueing the
+        same fact again changes nothing. The future is done once the rows are written.
+        """
+        self.queued += len(channels)
+        future = self._executor.submit(self._write, payload, channels, fact, None, 0)
+        future.add_done_callback(self._written)
+        return future
 
     def _queue(self, alert: Alert, *, fact: str, detail: Mapping[str, object]) -> None:
         try:

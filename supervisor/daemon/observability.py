@@ -86,7 +86,9 @@ class Observability:
         if address is not None:
             from supervise.supervisor.daemon.http import HttpServer  # aiohttp is slow to import: only when asked for
 
-            self.http = HttpServer(address, health=self.health, scrape=self.scrape, mounts=self.http_mounts)
+            sup = self._sup.config.supervisor
+            tls = (sup.http_tls_cert, sup.http_tls_key) if sup.http_tls_cert and sup.http_tls_key else None
+            self.http = HttpServer(address, health=self.health, scrape=self.scrape, mounts=self.http_mounts, tls=tls)
             await self.http.start()
         self._sampler = Sampler()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-sampler")
@@ -168,6 +170,7 @@ class Observability:
         """Where to find the other endpoints: included in `ping` and `status`."""
         return {
             "http": self.http.bound if self.http is not None else None,
+            "http_tls": self.http is not None and self.http.tls is not None,
             "events": self._sup.config.supervisor.events_endpoint,
             "event_seq": self.events.seq,
         }

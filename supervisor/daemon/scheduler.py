@@ -108,6 +108,7 @@ class Scheduler:
         self._history_keep = history_keep  # finished runs kept per service and outcome
         self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
+        self._unrecovered: dict[str, list[Run]] = {}  # runs left by a stopped supervisor, of services not back yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
         self._window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
@@ -122,10 +123,23 @@ class Scheduler:
         state = self._store.get_schedule_state(name)
         self._schedules[name] = Schedule(name, config, python, state)
 
+    def _recover(self, s: Schedule, run: Run, now: datetime) -> None:
+        """A run a stopped supervisor left in flight is lost (and re-run if on_lost says so); one left
+        waiting to start was missed."""
+        if run.state in IN_FLIGHT:
+            self._store.update_run(transition(run, RunState.LOST, at=now, reason="the supervisor stopped while it ran"))
+            log.warning("%s: run %s was lost (the supervisor stopped while it ran)", run.service, run.run_id)
+            self._rerun_lost(s, run)
+        else:
+            self._store.update_run(transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED)))
+
     def arm(self, name: str) -> None:
         """Arm a schedule added after `start` (a service added at runtime, or changed): its
-        queued runs in the store come back into its queue."""
+        queued runs in the store come back into its queue, and the runs a stopped supervisor
+        left in flight are recovered (a restored runtime registration)."""
         s = self._schedules[name]
+        for run in self._unrecovered.pop(name, []):
+            self._recover(s, run, self._now())
         self._arm(s)
         if self._loop is not None:
             self._refill_queue(s)
@@ -151,16 +165,10 @@ class Scheduler:
         now = self._now()
         for run in self._store.runs_in_states(IN_FLIGHT | WAITING):
             s = self._schedules.get(run.service)
-            if s is None:
+            if s is None:  # a service added at runtime: recovered when its registration is restored (`arm`)
+                self._unrecovered.setdefault(run.service, []).append(run)
                 continue
-            if run.state in IN_FLIGHT:
-                self._store.update_run(
-                    transition(run, RunState.LOST, at=now, reason="the supervisor stopped while it ran")
-                )
-                log.warning("%s: run %s was lost (the supervisor stopped while it ran)", run.service, run.run_id)
-                self._rerun_lost(s, run)
-            else:
-                self._store.update_run(transition(run, RunState.SKIPPED, at=now, reason=str(SkipReason.MISSED)))
+            self._recover(s, run, now)
         for s in self._schedules.values():
             self._refill_queue(s)
             if s.config.trigger.kind == "on_start":

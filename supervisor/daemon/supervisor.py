@@ -239,6 +239,8 @@ class Supervisor:
         self.notifier = Notifier(self, self.store.store, clock=self._clock, instance=instance, writer=self.store)
         self.observability.events.listeners.append(self.notifier.observe)
         self.observability.notifications = self.notifier.summary
+        if self.api is not None:
+            self.api.attach(self.notifier)  # tasks' own webhooks: their channels before the first delivery
         await self.notifier.start()
 
     async def notifications(self, *, failed_only: bool, limit: int) -> list[dict[str, object]]:

@@ -362,6 +362,12 @@ class Store(NotificationStore, Protocol):
         """Every runtime service, by name."""
         ...
 
+    def forget_service(self, service: str) -> int:
+        """Delete everything kept about `service`: its runs (any state), one-shots, schedule
+        state, registration and notifications; returns how many runs were deleted. For a
+        service that is no longer registered anywhere (a deleted tenant's)."""
+        ...
+
     def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:
         """Delete finished runs beyond the newest `keep_per_outcome` per (service, final
         state), and finished runs created before `now - max_age`. Unfinished runs are

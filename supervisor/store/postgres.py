@@ -437,6 +437,25 @@ class PostgresStore:
         rows = self._call(lambda conn: conn.execute(query).fetchall())
         return {row["name"]: row["spec"] for row in rows}
 
+    def forget_service(self, service: str) -> int:
+        """See `Store.forget_service`: one transaction."""
+        runs = self._q("DELETE FROM {s}.runs WHERE service = %s")
+        others = [
+            self._q("DELETE FROM {s}.oneshots WHERE service = %s"),
+            self._q("DELETE FROM {s}.schedules WHERE service = %s"),
+            self._q("DELETE FROM {s}.notifications WHERE service = %s"),
+            self._q("DELETE FROM {s}.registrations WHERE name = %s"),
+        ]
+
+        def forget(conn: psycopg.Connection[dict[str, Any]]) -> int:
+            with conn.transaction():
+                deleted = conn.execute(runs, (service,)).rowcount
+                for query in others:
+                    conn.execute(query, (service,))
+            return int(deleted)
+
+        return self._call(forget)
+
     # -- retention --------------------------------------------------------------------------------
 
     def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:

@@ -495,6 +495,15 @@ class SqliteStore:
         rows = self._read(lambda conn: conn.execute("SELECT name, spec FROM registrations ORDER BY name").fetchall())
         return {row["name"]: from_json(row["spec"]) for row in rows}
 
+    def forget_service(self, service: str) -> int:
+        """See `Store.forget_service`: one transaction."""
+        with self._write() as conn:
+            runs = conn.execute("DELETE FROM runs WHERE service = ?", (service,)).rowcount
+            for table in ("oneshots", "schedules", "notifications"):
+                conn.execute(f"DELETE FROM {table} WHERE service = ?", (service,))  # nosec B608 # constant names
+            conn.execute("DELETE FROM registrations WHERE name = ?", (service,))
+        return int(runs)
+
     # -- retention --------------------------------------------------------------------------------
 
     def prune(self, keep_per_outcome: int, max_age: timedelta, now: datetime) -> int:

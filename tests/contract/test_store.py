@@ -691,3 +691,21 @@ def test_racing_processes_claim_each_notification_exactly_once(store: Store, sto
     claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     every = [i for got in claimed for i in got]
     assert sorted(every) == sorted(f"n{i}|ops" for i in range(40))  # each exactly once
+
+
+def test_forget_service_deletes_everything_of_one_service_and_nothing_else(store: Store) -> None:
+    for service in ("acme-report", "web"):
+        store.insert_run(finished(service, 1, RunState.SUCCEEDED))
+        store.insert_run(due(service, 2))
+        store.add_oneshot(service, T0)
+        store.put_schedule_state(service, ScheduleState(paused=True))
+        store.put_registration(service, {"command": ["true"]})
+        store.add_notification(notification(f"{service}|failure", service=service))
+    assert store.forget_service("acme-report") == 2
+    assert store.list_runs("acme-report") == [] and len(store.list_runs("web")) == 2
+    assert [o.service for o in store.list_oneshots()] == ["web"]
+    assert store.get_schedule_state("acme-report") == ScheduleState()
+    assert store.get_schedule_state("web").paused
+    assert list(store.list_registrations()) == ["web"]
+    assert [n.service for n in store.list_notifications()] == ["web"]
+    assert store.forget_service("acme-report") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import subprocess
 import sys
 import threading
@@ -79,28 +80,88 @@ def _start(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_non_loopback_address_without_any_token_refuses_to_start(short_dir: Path) -> None:
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost and its key, made by the openssl CLI."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def https_get(url: str, *, token: str, cafile: Path) -> tuple[int, str]:
+    async def go() -> tuple[int, str]:
+        context = ssl.create_default_context(cafile=str(cafile))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.get(url, headers={"Authorization": f"Bearer {token}"}, ssl=context) as r:
+                return r.status, await r.text()
+
+    return asyncio.run(go())
+
+
+def test_a_non_loopback_address_without_tls_or_without_a_token_refuses_to_start(short_dir: Path) -> None:
     config = write_config(short_dir, {}, http="0.0.0.0:0")
     result = _start(config)
     assert result.returncode == 78, result.stderr
     assert "supervisor.http" in result.stderr and "supervise token create" in result.stderr
+    assert "without TLS" in result.stderr
+    make_tokens(short_dir / "state", {"ops": (Role.VIEWER, None)})
+    result = _start(config)
+    assert result.returncode == 78 and "without TLS" in result.stderr and "token create" not in result.stderr
+    cert, key = self_signed(short_dir)
+    other = short_dir / "other"
+    other.mkdir()
+    tls = {"http_tls_cert": str(cert), "http_tls_key": str(key)}
+    result = _start(write_config(other, {}, http="0.0.0.0:0", **tls))
+    assert result.returncode == 78 and "no API token" in result.stderr and "TLS" not in result.stderr
 
 
-def test_a_non_loopback_address_starts_with_a_token_or_insecure_http(short_dir: Path) -> None:
+def test_bad_tls_files_are_config_errors_naming_the_key(short_dir: Path) -> None:
+    cert, key = self_signed(short_dir)
+    result = _start(write_config(short_dir, {}, http="127.0.0.1:0", http_tls_cert=str(cert)))
+    assert result.returncode == 78 and "supervisor.http_tls_cert" in result.stderr and "http_tls_key" in result.stderr
+    result = _start(write_config(short_dir, {}, http="127.0.0.1:0", http_tls_cert=str(cert), http_tls_key="nope.pem"))
+    assert result.returncode == 78 and "supervisor.http_tls_key" in result.stderr and "does not exist" in result.stderr
+    garbage = short_dir / "garbage.pem"
+    garbage.write_text("not a key\n")
+    result = _start(write_config(short_dir, {}, http="127.0.0.1:0", http_tls_cert=str(cert), http_tls_key=str(garbage)))
+    assert result.returncode == 78 and "supervisor.http_tls_cert" in result.stderr and "cannot load" in result.stderr
+
+
+def test_with_tls_and_a_token_a_non_loopback_address_serves_https_only(short_dir: Path) -> None:
+    cert, key = self_signed(short_dir)
+    config = write_config(short_dir, {}, http="0.0.0.0:0", http_tls_cert=str(cert), http_tls_key=str(key))
+    tokens = make_tokens(short_dir / "state", {"ops": (Role.VIEWER, None)})
+    daemon = start_daemon(config)
+    try:
+        ping = daemon.client.call("ping")
+        port = ping["http"].rpartition(":")[2]
+        assert ping["http_tls"] is True
+        status, text = https_get(f"https://127.0.0.1:{port}/api/v1/services", token=tokens["ops"], cafile=cert)
+        assert status == 200 and "services" in text
+        assert https_get(f"https://localhost:{port}/health/live", token=tokens["ops"], cafile=cert)[0] == 200
+        with pytest.raises(aiohttp.ClientError):
+            call("GET", f"http://127.0.0.1:{port}/api/v1/services", token=tokens["ops"])
+        assert "CRITICAL" not in daemon.log()
+        assert daemon.proc.poll() is None
+    finally:
+        stop_daemon(daemon)
+
+
+def test_insecure_http_starts_without_tls_or_token_and_says_so_at_critical(short_dir: Path) -> None:
     config = write_config(short_dir, {}, http="0.0.0.0:0", insecure_http=True)
     daemon = start_daemon(config)
     try:
         wait_for(lambda: "insecure_http = true" in daemon.log(), what="the CRITICAL line")
-        assert "CRITICAL" in daemon.log()
-    finally:
-        stop_daemon(daemon)
-    config = write_config(short_dir, {}, http="0.0.0.0:0")
-    tokens = make_tokens(short_dir / "state", {"ops": (Role.VIEWER, None)})
-    daemon = start_daemon(config)
-    try:
+        line = next(line for line in daemon.log().splitlines() if "insecure_http = true" in line)
+        assert "CRITICAL" in line and "without TLS" in line and "no API token" in line
         port = daemon.client.call("ping")["http"].rpartition(":")[2]
-        assert call("GET", f"http://127.0.0.1:{port}/api/v1/services", token=tokens["ops"]).status == 200
-        assert "without TLS" in daemon.log()
+        assert call("GET", f"http://127.0.0.1:{port}/api/v1/services", token="svt_x").status == 401
     finally:
         stop_daemon(daemon)
 

@@ -23,6 +23,7 @@ SCENARIOS = {
     "idle",
     "crash storm",
     "hang (supervise only)",
+    "http api (supervise only)",
 }
 
 

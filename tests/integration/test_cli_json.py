@@ -56,6 +56,11 @@ def _walk(d: Daemon, tmp: Path) -> list[tuple[str, list[str]]]:
         ("token list", ["token", "list", *c]),
         ("token revoke", ["token", "revoke", "ci", *c]),
         ("audit", ["audit", *c]),
+        ("tenant create", ["tenant", "create", "acme", "--max-runs-per-minute", "5", *c]),
+        ("tenant quota", ["tenant", "quota", "acme", "--max-pending-tasks", "7", *c]),
+        ("tenant list", ["tenant", "list", *c]),
+        ("tenant export", ["tenant", "export", "acme", *c]),
+        ("tenant delete", ["tenant", "delete", "acme", "--yes", *c]),
         ("cancel", ["cancel", "RUN_ID", *c]),  # the run id is filled in below
         ("shutdown", ["shutdown", *c]),
     ]
@@ -106,6 +111,10 @@ def test_every_command_that_prints_data_takes_json_and_prints_json(daemon_factor
     assert walked["cancel"]["run_id"] == walked["run"]["run_id"]
     assert all(set(line) == {"service", "line"} for line in walked["logs"])
     assert walked["keygen"]["public"].endswith("client.key")
+    assert walked["tenant create"] == {"created": "acme"} and walked["tenant list"][0]["name"] == "acme"
+    assert walked["tenant quota"] == {"tenant": "acme", "max_pending_tasks": 7, "max_runs_per_minute": None}
+    assert walked["tenant list"][0]["max_pending_tasks"] == 7
+    assert walked["tenant export"]["tenant"] == "acme" and walked["tenant delete"]["deleted"] == "acme"
     wait_for(lambda: d.proc.poll() is not None, what="the daemon to exit after shutdown --json")
 
 

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -151,3 +152,29 @@ def test_the_endpoint_table_of_docs_api_md_is_the_route_table() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert reference_markdown(Resources.__new__(Resources).routes()) in text
     assert reference_markdown(Browser.__new__(Browser).routes()) in text
+
+
+def test_writes_behind_are_read_back_at_once_and_committed_together_by_the_scheduled_flush(tmp_path: Path) -> None:
+    from supervise.supervisor.api.store import TaskRow
+
+    scheduled: list[Any] = []
+    store = ApiStore(tmp_path / "state")
+    store.write_behind(scheduled.append)
+    other = ApiStore(tmp_path / "state")  # another process's view, as `supervise audit` has
+    try:
+        token = store.create_token("ci", Role.OPERATOR, None, None)[1]
+        row = TaskRow("t" * 32, None, "api-tasks-r0", "r" * 32, "2099-01-01T00:00:00+00:00", {"url": "x"}, 1.0, None)
+        store.add_task(row)
+        store.audit(token, "127.0.0.1", "POST", "/api/v1/tasks", 201, "Call a URL at a datetime")
+        assert len(scheduled) == 1  # one flush for the turn's writes
+        assert other.task(row.id) is None and other.audit_entries() == []  # not committed yet
+        assert store.task(row.id) == row  # but read back by the writer: a read flushes first
+        assert other.task(row.id) == row and len(other.audit_entries()) == 1
+        store.audit(token, "127.0.0.1", "DELETE", "/api/v1/tasks/x", 200, "Cancel")
+        scheduled[-1]()  # the loop's next turn
+        assert len(other.audit_entries()) == 2
+        store.audit(token, "127.0.0.1", "POST", "/api/v1/tasks", 201, "Call")
+    finally:
+        store.close()  # flushes what is queued
+        assert len(other.audit_entries()) == 3
+        other.close()

@@ -228,6 +228,29 @@ def test_the_pending_window_refills_while_the_writer_is_busy_with_other_writes(
             scheduler._arm_window()
             await until(lambda: len(s.active) + s.queue.depth == count, "every pending run, the store's too, to fire")
             assert store.pending > 0
+
+
+def test_runs_left_in_flight_by_a_service_added_at_runtime_are_lost_once_it_is_restored(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    from supervise.supervisor.core.runs import RunOrigin, new_run, transition
+
+    clock, host, store = parts
+    # Given: a stopped supervisor left a run of a runtime-added service `later` running
+    shot = new_run("later", at=WALL0, nominal_time=WALL0, origin=RunOrigin.ONESHOT)
+    left = transition(shot, RunState.STARTING, at=WALL0)
+    store.store.insert_run(left)
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})  # the config's service only
+        scheduler.start()
+        await store.written()
+        assert store.store.get_run(left.run_id).state is RunState.STARTING  # not this schedule's yet
+        cfg = parse_service("later", {"target": "m:f", "manual": True}, base_dir=Path.cwd())
+        assert cfg.schedule is not None
+        scheduler.add("later", cfg.schedule, python=True)  # its registration is restored
+        scheduler.arm("later")
+        await until(lambda: store.store.get_run(left.run_id).state is RunState.LOST, "the run to be recorded lost")
         scheduler.close()
 
     asyncio.run(scenario())

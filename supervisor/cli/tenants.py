@@ -1,0 +1,287 @@
+"""`supervise tenant create|list|export|delete`: one tenant's data, listed, exported or deleted alone.
+
+A tenant's data lives in two files of the state directory (or the PostgreSQL
+store): `api.db` (its tokens, tasks, service ownership, audit entries) and the
+run history (its services' runs, one-shots, schedule state, registrations and
+notifications). Every query here is scoped to the tenant; docs/api.md,
+"Tenants", says what is and is not stored apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from supervise.supervisor.cli.base import CliError, Exit, _obj, json_option
+
+if TYPE_CHECKING:
+    from supervise.supervisor.api.store import ApiStore
+    from supervise.supervisor.config.model import Config
+    from supervise.supervisor.store.base import Store
+
+EXPORT_FORMAT = "supervise.tenant-export"
+EXPORT_VERSION = 1
+_ALL = 10_000_000  # "every row": the history keeps far fewer per service
+
+_config_option = click.option(
+    "-c", "--config", "config", default="supervise.toml", show_default=True, help="the daemon's config file"
+)
+
+
+def _load(config: str) -> Config:
+    from supervise.supervisor.config.loader import load_config
+    from supervise.supervisor.core.errors import ConfigError
+
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
+
+
+@contextmanager
+def _api_store(cfg: Config) -> Iterator[ApiStore]:
+    from supervise.supervisor.api.store import ApiStore
+
+    store = ApiStore(cfg.supervisor.state_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
+def _history(cfg: Config) -> Iterator[Store]:
+    from supervise.supervisor.store import StoreError, open_store
+
+    try:
+        store = open_store(cfg.supervisor.store or cfg.supervisor.state_dir / "history.db")
+        with store:
+            yield store
+    except StoreError as e:
+        raise CliError(f"cannot open the run history: {e}") from None
+
+
+def _known(store: ApiStore, tenant: str) -> None:
+    if tenant not in {t["name"] for t in store.tenants()}:
+        raise CliError(f'no tenant "{tenant}" (see supervise tenant list)')
+
+
+@click.group()
+def tenant() -> None:
+    """Tenants of the HTTP API: create, list, export or delete one tenant's data."""
+
+
+_quota_options = [
+    click.option(
+        "--max-pending-tasks",
+        type=click.IntRange(min=1),
+        help="its own tenant_max_pending_tasks (default: the daemon's)",
+    ),
+    click.option(
+        "--max-runs-per-minute",
+        type=click.IntRange(min=1),
+        help="its own tenant_max_runs_per_minute (default: the daemon's)",
+    ),
+]
+
+
+def quota_options(func: Any) -> Any:
+    for option in reversed(_quota_options):
+        func = option(func)
+    return func
+
+
+@tenant.command("create")
+@click.argument("name")
+@quota_options
+@json_option
+@_config_option
+def create(
+    name: str, max_pending_tasks: int | None, max_runs_per_minute: int | None, as_json: bool, config: str
+) -> None:
+    """Register a tenant (a token created with --tenant NAME registers it too)."""
+    from supervise.supervisor.api.store import TenantQuotas
+
+    quotas = TenantQuotas(max_pending_tasks, max_runs_per_minute)
+    with _api_store(_load(config)) as store:
+        try:
+            created = store.create_tenant(name, quotas)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    if not created:
+        raise CliError(f'tenant "{name}" exists; change its quotas with supervise tenant quota')
+    click.echo(json.dumps({"created": name}) if as_json else f"created tenant {name}")
+
+
+@tenant.command("quota")
+@click.argument("name")
+@quota_options
+@json_option
+@_config_option
+def quota(
+    name: str, max_pending_tasks: int | None, max_runs_per_minute: int | None, as_json: bool, config: str
+) -> None:
+    """Set a tenant's own quotas (an option left out: the daemon's value); the daemon applies them within 1 s."""
+    from supervise.supervisor.api.store import TenantQuotas
+
+    with _api_store(_load(config)) as store:
+        _known(store, name)
+        store.create_tenant(name)  # a tenant known only from its tokens or tasks is registered first
+        store.set_quotas(name, TenantQuotas(max_pending_tasks, max_runs_per_minute))
+    result = {"tenant": name, "max_pending_tasks": max_pending_tasks, "max_runs_per_minute": max_runs_per_minute}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    shown = {k: v if v is not None else "the daemon's" for k, v in result.items() if k != "tenant"}
+    click.echo(f"tenant {name}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+@tenant.command("list")
+@json_option
+@_config_option
+def list_tenants(as_json: bool, config: str) -> None:
+    """Every tenant, with how many tokens, services and tasks it has."""
+    with _api_store(_load(config)) as store:
+        rows = store.tenants()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        own = " ".join(f"{k}={r[k]}" for k in ("max_pending_tasks", "max_runs_per_minute") if r[k] is not None)
+        click.echo(
+            f"{r['name']:<20} tokens={r['tokens']:<4} services={r['services']:<4} tasks={r['tasks']:<7} "
+            f"created={r['created_at'] or '-'} {own}".rstrip()
+        )
+
+
+@tenant.command("export")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write to this file (mode 0600), not stdout")
+@json_option
+@_config_option
+def export(name: str, output: str | None, as_json: bool, config: str) -> None:
+    """Everything kept about one tenant, as one JSON document (it holds webhook secrets: keep it safe).
+
+    The document is JSON with or without --json."""
+    cfg = _load(config)
+    with _api_store(cfg) as store:
+        _known(store, name)
+        services = store.tenant_services(name)
+        document: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "tenant": name,
+            "exported_at": datetime.now(UTC).isoformat(),
+            **store.tenant_rows(name),
+        }
+    with _history(cfg) as history:
+        document["services"] = _services(history, services)
+        document["runs"] = _runs(history, services)
+        document["notifications"] = _notifications(history, services)
+    text = json.dumps(document, indent=2, default=str)
+    if output is None:
+        click.echo(text)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    counts = ", ".join(f"{len(document[k])} {k}" for k in ("services", "runs", "tasks", "tokens", "audit"))
+    click.echo(f"exported tenant {name} to {output}: {counts}", err=True)
+
+
+def _services(history: Store, names: list[str]) -> list[dict[str, Any]]:
+    registrations = history.list_registrations()
+    return [{"name": n, "registration": registrations.get(n)} for n in names]
+
+
+def _runs(history: Store, names: list[str]) -> list[dict[str, Any]]:
+    from supervise.supervisor.daemon.scheduler import run_to_dict
+
+    runs = [run for n in names for run in history.list_runs(n, limit=_ALL)]
+    runs.sort(key=lambda r: (r.created_at, r.run_id))
+    return [run_to_dict(r) for r in runs]
+
+
+def _notifications(history: Store, names: list[str]) -> list[dict[str, Any]]:
+    from supervise.supervisor.daemon.notifier import notification_to_dict
+
+    wanted = set(names)
+    return [notification_to_dict(n) for n in history.list_notifications(limit=_ALL) if n.service in wanted]
+
+
+@tenant.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@json_option
+@_config_option
+def delete(name: str, yes: bool, as_json: bool, config: str) -> None:
+    """Delete one tenant: stop and remove its services and jobs, cancel its tasks, delete its history,
+    tokens and audit entries. Works whether the daemon runs or not."""
+    cfg = _load(config)
+    with _api_store(cfg) as store:
+        _known(store, name)
+        services = store.tenant_services(name)
+    if not yes:
+        click.confirm(
+            f"delete tenant {name}: {len(services)} services and jobs, their history, its tasks and tokens?",
+            abort=True,
+        )
+    with _daemon_or_lock(cfg, config) as daemon:
+        if daemon is not None:
+            for service in services:
+                _remove(daemon, service)
+        with _history(cfg) as history:
+            runs = sum(history.forget_service(s) for s in services)
+        with _api_store(cfg) as store:
+            counts = store.delete_tenant(name)
+    result = {"deleted": name, **counts, "services": len(services), "runs": runs}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"deleted tenant {name}: {len(services)} services and jobs, {runs} runs, {counts['tasks']} tasks, "
+        f"{counts['tokens']} tokens, {counts['audit']} audit entries"
+    )
+
+
+@contextmanager
+def _daemon_or_lock(cfg: Config, config: str) -> Iterator[Any]:
+    """A client of the running daemon; or, when none runs, the state directory's lock, held so none starts."""
+    from supervise.supervisor.core.errors import AlreadyRunning
+    from supervise.supervisor.daemon.lock import StateDirLock
+
+    lock = StateDirLock(cfg.supervisor.state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning:
+        from supervise.supervisor.cli.base import _client
+
+        with _client(_obj(config, None, 120.0)) as client:
+            yield client
+        return
+    try:
+        yield None
+    finally:
+        lock.release()
+
+
+def _remove(client: Any, service: str) -> None:
+    """Stop and remove one service through the daemon (already gone: nothing to do)."""
+    from supervise.protocol.errors import ClientTimeout, RemoteError
+
+    try:
+        client.call("remove", name=service)
+    except RemoteError as e:
+        if e.code != "not_found":
+            raise CliError(f"cannot remove {service}: {e.message} ({e.code})") from None
+    except ClientTimeout as e:
+        raise CliError(f"{e}; nothing of the tenant was deleted yet but what was removed", Exit.UNREACHABLE) from None
+
+
+__all__ = ["tenant"]
