@@ -140,6 +140,7 @@ SUPERVISOR_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "nominal_time": FieldType.OPT_STR,
         "attempt": FieldType.INT,
         "key": FieldType.OPT_STR,
+        "epoch": FieldType.OPT_NUMBER,  # cluster mode: the run's fencing token (docs/cluster.md)
     },
     "cancel": {"run_id": FieldType.STR},
 }

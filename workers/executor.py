@@ -112,6 +112,7 @@ class RunExecutor:
             attempt=int(fields.get("attempt") or 1),  # type: ignore[call-overload]
             report=self._channel.send,
             key=fields.get("key"),  # type: ignore[arg-type]
+            epoch=int(epoch) if isinstance(epoch := fields.get("epoch"), (int, float)) else None,
         )
         args = dict(fields.get("args") or {})  # type: ignore[call-overload]
         with self._lock:

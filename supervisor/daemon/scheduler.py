@@ -41,6 +41,7 @@ from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.ports import SchedulerHost
+    from supervise.supervisor.store.leased import LeasedRuns
 
 log = logging.getLogger("supervise.scheduler")
 
@@ -97,9 +98,11 @@ class Scheduler:
         *,
         history_keep: int = 1000,
         history_max_age_ms: int = 30 * 86_400_000,
+        leases: LeasedRuns | None = None,
     ) -> None:
         self._host = host
         self._store = store
+        self._leases = leases  # cluster mode: runs are claimed under leases (docs/cluster.md)
         self._history_keep = history_keep  # finished runs kept per service and outcome
         self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
@@ -144,7 +147,10 @@ class Scheduler:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
         self._loop = asyncio.get_running_loop()
         now = self._now()
-        for run in self._store.runs_in_states(IN_FLIGHT | WAITING):
+        # In cluster mode other nodes' runs are in flight in this store: runs of a dead node are
+        # the leader's to rescue, once their lease expires.
+        leftovers = self._store.runs_in_states(IN_FLIGHT | WAITING) if self._leases is None else []
+        for run in leftovers:
             s = self._schedules.get(run.service)
             if s is None:
                 continue
@@ -385,7 +391,13 @@ class Scheduler:
 
         # The row is committed before the process hears of the run, so a crash from here on
         # leaves a row to mark lost; the writer thread calls back once it is.
-        if first_write:
+        if self._leases is not None and not first_write:
+            if not self._claim(s, run):
+                return run
+            self._store.update_run(run)  # the whole row, a compare-and-set on the new epoch
+            assert self._loop is not None
+            self._loop.call_soon(launch)
+        elif first_write:
             if not self._store.insert_run(run, then=self._on_loop(launch)):
                 # Another supervisor sharing the store enqueued this occurrence first: it runs there.
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
@@ -402,6 +414,23 @@ class Scheduler:
             s.state = replace(s.state, runs_so_far=s.state.runs_so_far + 1)
             self._store.put_schedule_state(s.name, s.state)
         return run
+
+    def _claim(self, s: Schedule, run: Run) -> bool:
+        """Cluster mode: take a stored run under a new lease; False (and it is dropped here)
+        when another node has it, or the store cannot be reached (it stays queued there)."""
+        assert self._leases is not None
+        try:
+            epoch = self._leases.claim(run.run_id)
+        except StoreError as e:
+            log.warning("%s: could not claim run %s (%s); it stays queued in the store", s.name, run.run_id, e)
+            epoch = None
+        if epoch is None:
+            del s.active[run.run_id]
+            return False
+        return True
+
+    def _epoch(self, run_id: str) -> int | None:
+        return self._leases.epoch_of(run_id) if self._leases is not None else None
 
     def _on_loop(self, callback: Callable[[], None]) -> Callable[[], None]:
         """`callback`, to be called from another thread but run on the event loop."""
@@ -441,6 +470,7 @@ class Scheduler:
             nominal_time=nominal,
             attempt=run.attempt,
             key=run.idempotency_key,
+            epoch=self._epoch(run.run_id),
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -454,6 +484,9 @@ class Scheduler:
             E.ORIGIN: str(run.origin),
             E.RUN_ARGS: json.dumps(dict(run.args)),
         }
+        epoch = self._epoch(run.run_id)
+        if epoch is not None:
+            env[E.EPOCH] = str(epoch)
 
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
             self._command_exited(s, run.run_id, code, sig)
@@ -722,6 +755,53 @@ class Scheduler:
                 "key": rerun.idempotency_key,
             },
         )
+
+    # -- cluster mode: what the node's agent tells us (docs/cluster.md) ----------------
+
+    def leases_lost(self, run_ids: set[str], reason: str) -> None:
+        """Stop acting on these runs now: their leases are gone (taken over, or not renewed in
+        time). A command run's process group gets SIGKILL; a warm worker is asked to cancel.
+        Nothing is written: the run's row belongs to whoever holds it now."""
+        for s in self._schedules.values():
+            mine = [a for a in s.active.values() if a.run.run_id in run_ids]
+            for active in mine:
+                run_id = active.run.run_id
+                s.active.pop(run_id, None)
+                for handle in active.timers:
+                    handle.cancel()
+                if run_id in s.waiting_for_worker:
+                    s.waiting_for_worker.remove(run_id)
+                if active.process is not None:
+                    active.process.signal_group(signal.SIGKILL)
+                elif active.worker is not None and active.launched:
+                    self._host.send_cancel(active.worker, run_id)
+                log.warning("%s: run %s: %s; stopped here", s.name, run_id, reason)
+                self._host.publish(s.name, "run_lease_lost", {"run_id": run_id, "reason": reason})
+            if mine:
+                self._drain(s)
+
+    def rescued(self, lost_run_ids: list[str]) -> None:
+        """As leader, these runs were marked lost (their node's lease expired while they ran):
+        each service's on_lost decides (retry: a new attempt with the same idempotency key)."""
+        for run_id in lost_run_ids:
+            run = self._store.get_run(run_id)
+            s = self._schedules.get(run.service) if run is not None else None
+            if run is None or s is None:
+                continue
+            self._host.publish(s.name, "run_finished", {"run_id": run_id, "state": str(run.state), "error": run.error})
+            self._rerun_lost(s, run)
+            self._drain(s)
+
+    def poll_store(self) -> None:
+        """Take queued runs other nodes left (or the leader queued again) while slots are free,
+        and pending one-shots added through other nodes."""
+        for s in self._schedules.values():
+            if len(s.active) < self._capacity(s) and not len(s.queue):
+                self._refill_queue(s)
+                self._drain(s)
+        if not len(self._window) and not self._store.pending:
+            self._window.horizon = None
+            self._refill_window()
 
     # -- commands -----------------------------------------------------------------
 
