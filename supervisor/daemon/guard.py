@@ -89,6 +89,7 @@ def run(grace_s: float) -> int:
     deadline = time.monotonic() + grace_s
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
+        _fence(deadlines, groups)  # a fencing deadline sooner than the grace still holds
         alive = _signal_groups(alive, 0)
     _signal_groups(alive, signal.SIGKILL)
     return 0

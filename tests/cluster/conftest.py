@@ -1,0 +1,174 @@
+"""Cluster tests: several real daemons on one PostgreSQL schema (docs/cluster.md).
+
+The shared server (tests/contract/conftest.py's DSN) with a schema per test; tests
+that must stop or freeze PostgreSQL start their own (`own_postgres`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess  # nosec B404 # the test's own PostgreSQL, fixed argv
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, start_daemon, stop_daemon, toml_value
+from tests.contract.conftest import drop_schema, postgres_dsn
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class ClusterDb:
+    """A schema of a PostgreSQL server: what `[cluster] store` points at."""
+
+    dsn: str
+    schema: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.dsn}?schema={self.schema}"
+
+
+@pytest.fixture
+def cluster_db() -> Iterator[ClusterDb]:
+    dsn = postgres_dsn()
+    schema = f"supervise_cl_{uuid.uuid4().hex[:12]}"
+    try:
+        yield ClusterDb(dsn, schema)
+    finally:
+        drop_schema(dsn, schema)
+
+
+def write_cluster_config(
+    folder: Path,
+    db: ClusterDb,
+    services: dict[str, dict[str, object]],
+    *,
+    node: str | None = None,
+    lease_ttl: str = "2s",
+    renew_every: str = "500ms",
+    **supervisor: object,
+) -> Path:
+    """`supervise.toml` in `folder` (created): [supervisor], [cluster], [services.NAME]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["[supervisor]", 'state_dir = "state"', 'sample_interval = "500ms"']
+    lines += [f"{k} = {toml_value(v)}" for k, v in supervisor.items()]
+    lines += ["", "[cluster]", f"store = {toml_value(db.url)}"]
+    lines += [f"lease_ttl = {toml_value(lease_ttl)}", f"renew_every = {toml_value(renew_every)}"]
+    if node is not None:
+        lines.append(f"node = {toml_value(node)}")
+    for name, keys in services.items():
+        lines.append(f"\n[services.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+    path = folder / "supervise.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def nodes(short_dir: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start cluster daemons, each in its own folder under one short temporary dir."""
+    started: list[Daemon] = []
+
+    def make(db: ClusterDb, services: dict[str, dict[str, object]], **options: object) -> Daemon:
+        config = write_cluster_config(short_dir / f"n{len(started)}", db, services, **options)  # type: ignore[arg-type]
+        daemon = start_daemon(config)
+        started.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        for daemon in started:
+            if daemon.proc.poll() is None:
+                try:
+                    os.kill(daemon.pid, signal.SIGCONT)  # a test may have left it frozen
+                except ProcessLookupError:
+                    pass
+            stop_daemon(daemon)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL server of this test alone, to stop, freeze and restart."""
+
+    data: Path
+    port: int
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(  # nosec B603 B607
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", opts, "-l", str(self.data / "log"), "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._ctl("-m", mode, "stop")
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip("needs PostgreSQL 15's initdb and pg_ctl, and runuser")
+    root = Path(tempfile.mkdtemp(prefix="sv-pg-"))
+    data = root / "data"
+    shutil.chown(root, "postgres", "postgres")
+    subprocess.run(  # nosec B603 B607
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    server = OwnPostgres(data, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cluster_status(db: ClusterDb) -> dict[str, Any]:
+    """What `supervise cluster status --json` shows, read in this process (fast enough to poll)."""
+    from supervise.supervisor.store.cluster import ClusterStore
+
+    reader = ClusterStore(db.dsn, schema=db.schema, node="test", lease_ttl_ms=1000)
+    try:
+        return reader.status()
+    finally:
+        reader.close()
+
+
+def holders(db: ClusterDb, service: str) -> list[str]:
+    """The nodes holding a live lease on a copy of `service`."""
+    return [p["holder"] for p in cluster_status(db)["placements"] if p["name"] == service and p["live"]]
