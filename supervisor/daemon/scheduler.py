@@ -336,7 +336,12 @@ class Scheduler:
         if len(s.active) < self._capacity(s) and not s.queue.depth:
             return self._start(s, run, stored=stored)
         run = transition(run, RunState.QUEUED, at=self._now())
-        (self._store.update_run if stored else self._store.insert_run)(run)
+        if stored and self._leases is not None:
+            # Written now, not queued: a claim of this run (here, soon, or by another node)
+            # must come after it, or the queued write would undo the claim.
+            self._store.store.update_run(run)
+        else:
+            (self._store.update_run if stored else self._store.insert_run)(run)
         s.queue.push(run)
         self._drain(s)
         return run

@@ -6,15 +6,18 @@ that must stop or freeze PostgreSQL start their own (`own_postgres`).
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess  # nosec B404 # the test's own PostgreSQL, fixed argv
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +175,70 @@ def cluster_status(db: ClusterDb) -> dict[str, Any]:
 def holders(db: ClusterDb, service: str) -> list[str]:
     """The nodes holding a live lease on a copy of `service`."""
     return [p["holder"] for p in cluster_status(db)["placements"] if p["name"] == service and p["live"]]
+
+
+@dataclass
+class Sink:
+    """A local HTTP receiver: every call's path, Idempotency-Key and Supervise-Epoch."""
+
+    url: str = ""
+    delay_s: float = 0.0
+    arrivals: list[tuple[str, str, str, float]] = field(default_factory=list)  # (path, key, epoch, time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keys(self, path: str | None = None) -> list[str]:
+        with self.lock:
+            return [key for p, key, _, _ in self.arrivals if path is None or p == path]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    state = Sink()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with state.lock:
+                state.arrivals.append(
+                    (
+                        self.path,
+                        self.headers.get("Idempotency-Key", ""),
+                        self.headers.get("Supervise-Epoch", ""),
+                        time.time(),
+                    )
+                )
+            if state.delay_s:
+                time.sleep(state.delay_s)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # a killed node resets its calls
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def query(db: ClusterDb, text: str, *params: object) -> list[dict[str, Any]]:
+    """Rows of a query on the cluster's schema (`{s}` is the schema)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(db.dsn, autocommit=True, row_factory=dict_row) as conn:
+        statement = sql.SQL(text).format(s=sql.Identifier(db.schema))  # type: ignore[arg-type]
+        return conn.execute(statement, params).fetchall()

@@ -83,7 +83,9 @@ def test_one_copy_across_sigkill_and_sigstop_of_the_holder(
     assert fenced_after < TTL_S, f"the guard fenced after {fenced_after:.2f} s, not before the lease ended"
     assert takeover_s <= TTL_S + 2, f"takeover took {takeover_s:.2f} s"
     # resumed: it finds its lease gone and does not act on it
-    wait_for(lambda: second.state("single") in ("STOPPED", "FATAL"), timeout_s=10, what="the resumed node to stand down")
+    wait_for(
+        lambda: second.state("single") in ("STOPPED", "FATAL"), timeout_s=10, what="the resumed node to stand down"
+    )
     deadline = time.monotonic() + 3 * 0.5 + 1  # a few renewal rounds of the resumed node
     while time.monotonic() < deadline:
         assert holders(cluster_db, "single") == [names[third.pid]]
