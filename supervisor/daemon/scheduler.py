@@ -52,6 +52,8 @@ WAITING = frozenset({RunState.DUE, RunState.BUFFERED})  # found at start: their 
 REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to land first
 WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
 BACKLOG_WAIT_S = 30.0
+OCCURRENCE_RETRIES = 6  # cluster mode: an occurrence the store refused is tried again 6 times (0.5 s .. 16 s)
+OCCURRENCE_RETRY_S = 0.5
 LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
@@ -261,10 +263,30 @@ class Scheduler:
                 self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
             else:
                 self._occur(s, nominal, RunOrigin.SCHEDULE)
-        except StoreError as e:  # a shared store unreachable: this occurrence is lost, the next ones are not
-            log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
+        except StoreError as e:
+            if self._leases is not None:  # cluster mode: try again; whichever node gets through inserts it once
+                self._retry_occurrence(s, nominal, 1, e)
+            else:  # a shared store unreachable: this occurrence is lost, the next ones are not
+                log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
         finally:
             self._arm(s)
+
+    def _retry_occurrence(self, s: Schedule, nominal: datetime, tries: int, error: StoreError) -> None:
+        """Cluster mode: the store was unreachable when `nominal` fired; insert it again in
+        OCCURRENCE_RETRY_S, doubling, OCCURRENCE_RETRIES times (the occurrence is unique, so a
+        node that got through first makes this a no-op)."""
+        if tries > OCCURRENCE_RETRIES or self._loop is None or s.name not in self._schedules:
+            log.error("%s: could not record the occurrence at %s: %s; given up", s.name, nominal.isoformat(), error)
+            return
+        log.warning("%s: could not record the occurrence at %s (%s); trying again", s.name, nominal.isoformat(), error)
+
+        def again() -> None:
+            try:
+                self._occur(s, nominal, RunOrigin.SCHEDULE)
+            except StoreError as e:
+                self._retry_occurrence(s, nominal, tries + 1, e)
+
+        self._loop.call_later(OCCURRENCE_RETRY_S * 2 ** (tries - 1), again)
 
     def _remember_fired(self, s: Schedule, nominal: datetime) -> None:
         s.state = replace(s.state, last_fired=nominal)

@@ -105,3 +105,49 @@ def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
         assert max(gaps) <= 1.0 + 1e-6, f"tick{i} missed occurrences: gaps {gaps}"
     epochs = {int(e) for _, _, e, _ in sink.arrivals if e}
     assert epochs and min(epochs) >= 1, "every call carries the run's fencing epoch"
+
+
+def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_it(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+) -> None:
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    job = {"slow": {"command": ["sleep", "30"], "manual": True, "on_lost": "retry"}}
+    a = nodes(cluster_db, job, node="a")
+    b = nodes(cluster_db, job, node="b")
+    run_id = str(a.client.call("run", name="slow")["run_id"])
+    pid = wait_for(
+        lambda: query(cluster_db, "SELECT pid FROM {s}.runs WHERE run_id = %s AND state = 'running'", run_id),
+        what="the run to start on a",
+    )[0]["pid"]
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        rerun = wait_for(
+            lambda: query(
+                cluster_db,
+                "SELECT run_id, node, attempt, epoch FROM {s}.runs WHERE key = %s AND state = 'running'",
+                run_id,
+            ),
+            timeout_s=15,
+            what="b to run it again",
+        )[0]
+        time.sleep(max(0.0, 3 * LEASE_TTL_S - 2))  # frozen for 3 x lease_ttl in all
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert rerun["node"] == "b" and rerun["attempt"] == 2
+    # resumed, a stops its copy at once and its writes change nothing
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+        timeout_s=10,
+        what="a to kill its copy",
+    )
+    wait_for(lambda: "lease" in a.log(), timeout_s=10, what="a to log the lost lease")
+    time.sleep(1)  # a's reaped run would be written now, were it not fenced
+    first = query(cluster_db, "SELECT state, node, error FROM {s}.runs WHERE run_id = %s", run_id)[0]
+    assert first["state"] == "lost" and first["node"] == "a", first
+    assert "stopped renewing" in first["error"]
+    assert b.client.call("runs", name="slow", limit=10)["runs"][0]["state"] == "running"
