@@ -425,7 +425,12 @@ class Scheduler:
             assert self._loop is not None
             self._loop.call_soon(launch)
         elif first_write:
-            if not self._store.insert_run(run, then=self._on_loop(launch)):
+            try:
+                inserted = self._store.insert_run(run, then=self._on_loop(launch))
+            except StoreError:
+                del s.active[run.run_id]  # a shared store unreachable: the caller tries again, or logs it
+                raise
+            if not inserted:
                 # Another supervisor sharing the store enqueued this occurrence first: it runs there.
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
                 del s.active[run.run_id]

@@ -7,10 +7,16 @@ epoch. Every later write about that run is a compare-and-set on
 `(run_id, epoch, node)`: once the lease is gone (rescued by the leader, or
 revoked here because renewals failed), the write changes nothing. Writes
 about runs this node holds no lease on never touch a run in flight elsewhere.
+
+Each thread gets its own connection: the history writer's retries during an
+outage never hold up the event loop's calls, and a thread running an event
+loop fails fast (one attempt, a short connect timeout) instead of stalling
+supervision; the scheduler tries an occurrence again later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any, Final
@@ -39,16 +45,52 @@ class LeasedRuns:
         self._revoked: set[str] = set()  # leases lost: writes about these runs are dropped
         self._lock = threading.Lock()
         self.fenced_writes = 0  # writes refused because the lease was gone
+        self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
+        self._stores_lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
+        return getattr(self._db(), name)
 
-    def __enter__(self) -> LeasedRuns:
+    def _db(self) -> PostgresStore:
+        """This thread's store (one connection per thread)."""
+        key = threading.get_ident()
+        with self._stores_lock:
+            found = self._stores.get(key)
+        if found is not None:
+            return found
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        mine = PostgresStore(
+            self.store.dsn,
+            schema=self.store.schema,
+            connect_timeout_s=2.0 if on_loop else self.store.connect_timeout_s,
+            reconnect_attempts=1 if on_loop else self.store.reconnect_attempts,
+            reconnect_delay_ms=50 if on_loop else self.store.reconnect_delay_ms,
+        )
+        mine.open()  # the schema exists (the supervisor opened `store`): this only checks it
+        with self._stores_lock:
+            self._stores[key] = mine
+        return mine
+
+    def open(self) -> LeasedRuns:
         self.store.open()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        with self._stores_lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
         self.store.close()
+
+    def __enter__(self) -> LeasedRuns:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the leases this node holds ---------------------------------------------------------
 
@@ -75,17 +117,17 @@ class LeasedRuns:
     def insert_run(self, run: Run) -> bool:
         """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1."""
         if run.state not in IN_FLIGHT:
-            return self.store.insert_run(run)
+            return self._db().insert_run(run)
         row = run_to_row(run, lambda t: t)
         row["node"] = self.node
         columns = list(row)
         values = ", ".join("%s::jsonb" if c in _JSON else "%s" for c in columns)
-        query = self.store._q(
+        query = self._db()._q(
             f"INSERT INTO {{s}}.runs ({', '.join(columns)}, epoch, expires_at) VALUES ({values}, 1, "  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
             "now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING"
         )
         params = [*row.values(), self.lease_ttl_s]
-        inserted = self.store._call(lambda conn: conn.execute(query, params).rowcount == 1)
+        inserted = self._db()._call(lambda conn: conn.execute(query, params).rowcount == 1)
         if inserted:
             with self._lock:
                 self._held[run.run_id] = 1
@@ -94,12 +136,12 @@ class LeasedRuns:
     def claim(self, run_id: str) -> int | None:
         """Take a waiting run (queued, due, buffered or pending) for this node: it becomes
         `starting` under a new epoch, which is returned; None when another node has it."""
-        query = self.store._q(
+        query = self._db()._q(
             "UPDATE {s}.runs SET state = %s, node = %s, epoch = epoch + 1, "
             "expires_at = now() + make_interval(secs => %s) WHERE run_id = %s AND state = ANY(%s) RETURNING epoch"
         )
         params = (RunState.STARTING.value, self.node, self.lease_ttl_s, run_id, TAKEABLE)
-        row = self.store._call(lambda conn: conn.execute(query, params).fetchone())
+        row = self._db()._call(lambda conn: conn.execute(query, params).fetchone())
         if row is None:
             return None
         epoch = int(row["epoch"])
@@ -134,12 +176,12 @@ class LeasedRuns:
         if expected_state is not None:
             guard += " AND state = %s"
             params.append(expected_state.value)
-        query = self.store._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
+        query = self._db()._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
 
         def write(conn: psycopg.Connection[dict[str, Any]]) -> bool:
             return bool(conn.execute(query, params).rowcount == 1)
 
-        done = self.store._call(write)
+        done = self._db()._call(write)
         if epoch is not None:
             with self._lock:
                 if not done:

@@ -3,7 +3,7 @@ and runs fenced by their epoch (docs/cluster.md). Each test has its own schema."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -24,6 +24,22 @@ def runs_store(pg_schema: tuple[str, str]) -> Iterator[PostgresStore]:
     dsn, schema = pg_schema
     with PostgresStore(dsn, schema=schema) as store:
         yield store
+
+
+@pytest.fixture
+def leased(runs_store: PostgresStore) -> Iterator[Callable[[str], LeasedRuns]]:
+    """LeasedRuns of a node, closed after the test."""
+    made: list[LeasedRuns] = []
+
+    def make(name: str) -> LeasedRuns:
+        made.append(
+            LeasedRuns(PostgresStore(runs_store.dsn, schema=runs_store.schema), node=name, lease_ttl_ms=TTL_MS).open()
+        )
+        return made[-1]
+
+    yield make
+    for runs in made:
+        runs.close()
 
 
 def node(store: PostgresStore, name: str, ttl_ms: int = TTL_MS) -> ClusterStore:
@@ -100,11 +116,13 @@ def _run(service: str = "job", state: RunState = RunState.STARTING) -> Run:
     return run if state is RunState.PENDING else transition(run, state, at=datetime.now(UTC))
 
 
-def test_a_late_writer_from_a_dead_lease_changes_nothing(runs_store: PostgresStore) -> None:
+def test_a_late_writer_from_a_dead_lease_changes_nothing(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
     """The river#1302 shape: the rescuer and the old holder race; the compare-and-set on the
     epoch lets exactly one of them write."""
-    a_runs = LeasedRuns(runs_store, node="a", lease_ttl_ms=TTL_MS)
-    b_runs = LeasedRuns(runs_store, node="b", lease_ttl_ms=TTL_MS)
+    a_runs = leased("a")
+    b_runs = leased("b")
     leader = node(runs_store, "b")
     leader.join()
     now = datetime.now(UTC)
@@ -126,9 +144,11 @@ def test_a_late_writer_from_a_dead_lease_changes_nothing(runs_store: PostgresSto
     leader.close()
 
 
-def test_an_expired_run_that_had_not_started_is_queued_again_and_claimable(runs_store: PostgresStore) -> None:
-    a_runs = LeasedRuns(runs_store, node="a", lease_ttl_ms=TTL_MS)
-    b_runs = LeasedRuns(runs_store, node="b", lease_ttl_ms=TTL_MS)
+def test_an_expired_run_that_had_not_started_is_queued_again_and_claimable(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    a_runs = leased("a")
+    b_runs = leased("b")
     leader = node(runs_store, "b")
     run = _run()
     assert a_runs.insert_run(run)
@@ -141,10 +161,12 @@ def test_an_expired_run_that_had_not_started_is_queued_again_and_claimable(runs_
     leader.close()
 
 
-def test_renewal_keeps_a_run_lease_alive_and_drops_one_taken_over(runs_store: PostgresStore) -> None:
+def test_renewal_keeps_a_run_lease_alive_and_drops_one_taken_over(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
     a = node(runs_store, "a")
     a.join()
-    a_runs = LeasedRuns(runs_store, node="a", lease_ttl_ms=TTL_MS)
+    a_runs = leased("a")
     run = _run()
     assert a_runs.insert_run(run)
     beat = a.beat(a_runs.held(), [])
