@@ -18,12 +18,9 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from supervise.supervisor.core.units import parse_duration_ms, show_value, type_name
-
-if TYPE_CHECKING:
-    from supervise.supervisor.config.model import ServiceConfig
 
 __all__ = [
     "CLUSTER_KEYS",
@@ -31,7 +28,6 @@ __all__ = [
     "parse_cluster",
     "parse_placement",
     "placement_copies",
-    "placement_problems",
 ]
 
 KeyPath = tuple[str, ...]
@@ -127,35 +123,3 @@ def placement_copies(placement: str) -> int | None:
     if placement == "one":
         return 1
     return int(placement.partition(":")[2])
-
-
-def placement_problems(
-    services: Mapping[str, ServiceConfig], cluster: ClusterConfig | None, store: str | None
-) -> list[tuple[KeyPath, str]]:
-    """Checks across tables: a placement needs `[cluster]`, and applies to long-running services;
-    `[supervisor] store`, when given beside `[cluster]`, must be the cluster's store."""
-    issues: list[tuple[KeyPath, str]] = []
-    if cluster is not None and store is not None and store != cluster.store:
-        issues.append(
-            (
-                ("supervisor", "store"),
-                "differs from cluster.store; in cluster mode the run history is the cluster's "
-                "store (remove supervisor.store)",
-            )
-        )
-    for name, service in services.items():
-        if service.placement == "every":
-            continue
-        if cluster is None:
-            issues.append(
-                (("services", name, "placement"), f'"{service.placement}" needs a [cluster] table (docs/cluster.md)')
-            )
-        elif service.schedule is not None:
-            issues.append(
-                (
-                    ("services", name, "placement"),
-                    "applies to long-running services; a scheduled service's runs are spread over the cluster "
-                    "by their leases already",
-                )
-            )
-    return issues

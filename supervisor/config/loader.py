@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.protocol.curve import read_key_directory
-from supervise.supervisor.config.cluster import parse_cluster, placement_problems
+from supervise.supervisor.config.cluster import parse_cluster
 from supervise.supervisor.config.diff import ConfigDiff, diff_configs
 from supervise.supervisor.config.interpolate import interpolate
 from supervise.supervisor.config.keys import (
@@ -45,6 +45,7 @@ from supervise.supervisor.config.model import (
 )
 from supervise.supervisor.config.nesting import depth_problem, too_deep
 from supervise.supervisor.config.notify import check_targets, declared_channels, parse_notify
+from supervise.supervisor.config.placement import placement_problems
 from supervise.supervisor.config.positions import locate_keys
 from supervise.supervisor.config.schedule import (
     HTTP_TARGET,

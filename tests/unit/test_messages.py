@@ -53,6 +53,7 @@ SUPERVISOR_SAMPLES: dict[str, dict[str, object]] = {
         "nominal_time": "2025-01-01T00:00:00Z",
         "attempt": 1,
         "key": "r-0",
+        "epoch": 3,
     },
     "cancel": {"run_id": "r-1"},
 }
