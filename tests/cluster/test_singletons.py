@@ -126,3 +126,36 @@ def test_cluster_status_shows_nodes_holdings_and_the_leader(
     assert all(n["heartbeat_age_s"] < TTL_S for n in status["nodes"])
     text = a.cli("cluster", "status", check=True).stdout
     assert "leader: " in text and "single#0: held by" in text
+
+
+def test_node_events_and_metrics(nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path) -> None:
+    import urllib.request
+
+    a = nodes(cluster_db, singleton(short_dir), node="alpha", http="127.0.0.1:0")
+    b = nodes(cluster_db, singleton(short_dir), node="beta")
+
+    def kinds(d: Daemon) -> list[tuple[str, object]]:
+        found = d.client.call("events", since=0)["events"]
+        return [(e["kind"], e.get("node")) for e in found if e["service"] == "cluster"]
+
+    wait_for(lambda: ("node_joined", "beta") in kinds(a), timeout_s=10, what="alpha to see beta join")
+    holder = wait_for(lambda: holders(cluster_db, "single"), timeout_s=10, what="a holder")[0]
+    b.proc.kill()
+    b.proc.wait()
+    wait_for(lambda: ("node_lost", "beta") in kinds(a), timeout_s=10, what="alpha to see beta lost")
+    if holder == "beta":
+        wait_for(lambda: holders(cluster_db, "single") == ["alpha"], timeout_s=10, what="alpha to take over")
+    address = a.client.call("ping")["http"]
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def settled() -> str | None:
+        text = metrics()
+        return text if "supervise_cluster_nodes 1.0" in text else None
+
+    text = wait_for(settled, what="the metrics")
+    assert "supervise_cluster_leader 1.0" in text
+    assert "supervise_cluster_nodes_lost_total 1.0" in text
+    assert "supervise_cluster_placements_held 1.0" in text
