@@ -105,6 +105,7 @@ class Scheduler:
         self._host = host
         self._store = store
         self._leases = leases  # cluster mode: runs are claimed under leases (docs/cluster.md)
+        self._claimed_ahead: dict[str, bool] = {}  # run id -> taken, by `_claim_ahead` for `_claim`
         self._history_keep = history_keep  # finished runs kept per service and outcome
         self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
@@ -372,6 +373,9 @@ class Scheduler:
         """Start queued runs, soonest first, while slots are free."""
         if s.waiting_for_worker:
             self._dispatch_waiting(s)
+        free = self._capacity(s) - len(s.active)
+        if self._leases is not None and free > 1 and len(s.queue) > 1:
+            self._claim_ahead(s, free)
         while len(s.active) < self._capacity(s):
             run = s.queue.pop()
             if run is None:
@@ -447,10 +451,26 @@ class Scheduler:
             self._store.put_schedule_state(s.name, s.state)
         return run
 
+    def _claim_ahead(self, s: Schedule, free: int) -> None:
+        """Cluster mode: claim the runs `_drain` is about to start in one statement."""
+        assert self._leases is not None
+        ids = [r.run_id for r in s.queue.peek(free) if r.run_id not in self._claimed_ahead]
+        try:
+            taken = self._leases.claim_many(ids)
+        except StoreError as e:
+            log.warning("%s: could not claim queued runs (%s); they stay queued in the store", s.name, e)
+            return
+        self._claimed_ahead.update({run_id: run_id in taken for run_id in ids})
+
     def _claim(self, s: Schedule, run: Run) -> bool:
         """Cluster mode: take a stored run under a new lease; False (and it is dropped here)
         when another node has it, or the store cannot be reached (it stays queued there)."""
         assert self._leases is not None
+        ahead = self._claimed_ahead.pop(run.run_id, None)
+        if ahead is not None:
+            if not ahead:
+                del s.active[run.run_id]
+            return ahead
         try:
             epoch = self._leases.claim(run.run_id)
         except StoreError as e:

@@ -150,6 +150,23 @@ class LeasedRuns:
             self._revoked.discard(run_id)
         return epoch
 
+    def claim_many(self, run_ids: list[str]) -> dict[str, int]:
+        """`claim` for several runs in one statement: the ones taken, with their epochs."""
+        if not run_ids:
+            return {}
+        query = self._db()._q(
+            "UPDATE {s}.runs SET state = %s, node = %s, epoch = epoch + 1, "
+            "expires_at = now() + make_interval(secs => %s) WHERE run_id = ANY(%s) AND state = ANY(%s) "
+            "RETURNING run_id, epoch"
+        )
+        params = (RunState.STARTING.value, self.node, self.lease_ttl_s, run_ids, TAKEABLE)
+        rows = self._db()._call(lambda conn: conn.execute(query, params).fetchall())
+        taken = {str(row["run_id"]): int(row["epoch"]) for row in rows}
+        with self._lock:
+            self._held.update(taken)
+            self._revoked.difference_update(taken)
+        return taken
+
     def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
         """Write `run` over its row: under this node's lease, a compare-and-set on the epoch;
         without one, only while the row is not in flight (on any node)."""
