@@ -83,7 +83,8 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
     # each node walks the queue from its own offset, as nodes whose windows overlap do
     procs = [
         ctx.Process(
-            target=_claimer, args=(dsn, schema, f"node{i}", ids[i * total // 3 :] + ids[: i * total // 3], start, out)
+            target=_claimer,
+            args=(dsn, schema, f"node{i}", ids[i * total // 3 :] + ids[: i * total // 3], batch, start, out),
         )
         for i in range(3)
     ]
@@ -92,7 +93,7 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
     time.sleep(1.0)  # connections open
     began = time.monotonic()
     start.set()
-    results = [out.get(timeout=300) for _ in procs]
+    results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
     ended = max(at for _, _, at in results)
