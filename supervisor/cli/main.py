@@ -84,7 +84,7 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     from supervise.supervisor.daemon.logformat import configure_logging
     from supervise.supervisor.daemon.manager_notify import ManagerNotifier
     from supervise.supervisor.daemon.supervisor import Supervisor
-    from supervise.supervisor.store.base import NodeNameTaken
+    from supervise.supervisor.store.base import NodeNameTaken, StoreError
 
     configure_logging(log_level, log_format)
     for problem in config.warnings:
@@ -119,6 +119,8 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
         raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
     except NodeNameTaken as e:
         raise CliError(str(e), Exit.CONFIG) from None
+    except StoreError as e:  # the history or cluster database cannot be opened
+        raise CliError(f"cannot start: {e}") from None
     sys.exit(Exit.FAILED if supervisor.forced_stop else Exit.OK)
 
 

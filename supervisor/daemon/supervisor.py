@@ -181,8 +181,15 @@ class Supervisor:
         sup = self.config.supervisor
         if self.config.cluster is not None:
             await self._join_cluster()  # NodeNameTaken: the daemon exits 78
-        prepare_state_dir(sup.state_dir)
-        self._lock.acquire()
+        try:
+            prepare_state_dir(sup.state_dir)
+            self._lock.acquire()
+        except BaseException:
+            if self.cluster is not None:
+                await self.cluster.close()  # leave at once: this node never ran anything
+                self.cluster.runs.close()
+                self.cluster = None
+            raise
         try:
             self._endpoints.bind()
             await self.observability.start(self._endpoints.events)
