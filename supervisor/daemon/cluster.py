@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
 from supervise.supervisor.config.cluster import ClusterConfig, placement_copies
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.cluster import Beat, ClusterStore
@@ -74,6 +76,9 @@ class ClusterHost(Protocol):
     def fence_deadline(self, names: list[str], deadline: float | None) -> None:
         """Tell the orphan guard the kill deadline of these instances."""
         ...
+
+    execute: Callable[[str, dict[str, Any]], Awaitable[object]]
+    """Run a control command another node relayed here; its result, or ProtocolError."""
 
 
 @dataclass
@@ -133,6 +138,9 @@ class ClusterAgent:
         self._wake = asyncio.Event()
         self.closing = False
         self._members: set[str] = set()
+        self._command_wake = asyncio.Event()
+        self._listening = threading.Event()  # set: the LISTEN thread stops
+        self._commands_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,13 +161,23 @@ class ClusterAgent:
         self._host.publish(TOPIC, "node_joined", {"node": self.config.node, "self": True})
         await self._tick()
         self._task = asyncio.create_task(self._run(), name="supervise-cluster")
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self.store.listen,
+            args=(lambda: loop.call_soon_threadsafe(self._command_wake.set), self._listening),
+            name="supervise-cluster-listen",
+            daemon=True,
+        ).start()
+        self._commands_task = asyncio.create_task(self._serve_commands(), name="supervise-cluster-commands")
 
     async def close(self) -> None:
         """Stop renewing and give every lease back (call once the workers are stopped)."""
         self.closing = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._listening.set()
+        for task in (self._task, self._commands_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._fence_timer is not None:
             self._fence_timer.cancel()
         try:
@@ -360,6 +378,59 @@ class ClusterAgent:
                 {"node": self.config.node, "service": p.name, "slot": p.slot, "epoch": p.epoch},
             )
             self._host.start_singleton(p.name)
+
+    # -- control from any node -----------------------------------------------------------------
+
+    async def forward(self, node: str, command: str, args: dict[str, Any], timeout_s: float = 10.0) -> object:
+        """Relay a control command to the node that holds what it names, and wait for its reply."""
+        if node == self.config.node:
+            raise ProtocolError(ErrorCode.CONFLICT, f"{command}: this node ({node}) holds it, but it is not here")
+        command_id = await asyncio.to_thread(self.store.send, node, command, args)
+        deadline = self._clock() + timeout_s
+        delay = 0.01
+        while self._clock() < deadline:
+            await asyncio.sleep(delay)
+            reply = await asyncio.to_thread(self.store.reply, command_id)
+            if reply is not None:
+                if reply.get("ok"):
+                    return reply.get("result")
+                code = reply.get("code", "internal")
+                known = code if code in ErrorCode.__members__.values() else "internal"
+                raise ProtocolError(ErrorCode(known), f"node {node}: {reply.get('message')}")
+            delay = min(0.1, delay * 2)
+        raise ProtocolError(
+            ErrorCode.CONFLICT,
+            f"{command} was sent to node {node}, which holds it, and got no reply within {timeout_s:.0f} s; "
+            f"is it alive? ('supervise cluster status'); if it is gone, its leases are taken over "
+            f"within lease_ttl ({self.config.lease_ttl_ms} ms)",
+        )
+
+    async def _serve_commands(self) -> None:
+        """Answer the commands other nodes relay here: woken by NOTIFY, polled every renew_every."""
+        while True:
+            try:
+                await asyncio.wait_for(self._command_wake.wait(), self.config.renew_every_ms / 1000)
+            except TimeoutError:
+                pass
+            self._command_wake.clear()
+            try:
+                taken = await asyncio.to_thread(self.store.take_commands)
+            except StoreError as e:
+                log.debug("cluster: could not read relayed commands: %s", e)
+                continue
+            for row in taken:
+                reply: dict[str, Any]
+                try:
+                    result = await self._host.execute(row["command"], dict(row["args"]))
+                    reply = {"ok": True, "result": result}
+                except SuperviseError as e:
+                    code = e.code.value if isinstance(e, ProtocolError) else "internal"
+                    reply = {"ok": False, "code": code, "message": str(e)}
+                log.info("cluster: ran %s relayed from another node: %s", row["command"], reply)
+                try:
+                    await asyncio.to_thread(self.store.answer, int(row["id"]), reply)
+                except StoreError as e:
+                    log.warning("cluster: could not answer relayed command %s: %s", row["id"], e)
 
     # -- what the supervisor asks -------------------------------------------------------------
 

@@ -7,8 +7,8 @@ feed into the core, the orphan guard, the scheduler.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from supervise.supervisor.core import state as core
 from supervise.supervisor.daemon.guard_link import GuardLink
@@ -30,6 +30,7 @@ class ClusterBinding:
         guard: GuardLink,
         scheduler: Callable[[], Scheduler | None],
         publish: Callable[[str, str, Mapping[str, object]], None],
+        execute: Callable[[str, dict[str, Any]], Awaitable[object]],
     ) -> None:
         self._services = services
         self._feed = feed
@@ -37,6 +38,7 @@ class ClusterBinding:
         self._guard = guard
         self._scheduler = scheduler
         self._publish = publish
+        self.execute = execute  # a control command relayed from another node
 
     def publish(self, service: str, kind: str, detail: dict[str, object]) -> None:
         self._publish(service, kind, detail)

@@ -35,6 +35,7 @@ from supervise.supervisor.core.policies import (
 )
 from supervise.supervisor.core.run_queue import RunQueue
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
+from supervise.supervisor.daemon.ports import HeldElsewhere
 from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
 from supervise.supervisor.store.queued import QueuedStore
@@ -900,6 +901,8 @@ class Scheduler:
         if run is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{run_id}"')
         owner = self._schedules.get(run.service)
+        if self._leases is not None and run.state in IN_FLIGHT and run.node and run.node != self._leases.node:
+            raise HeldElsewhere(run.node, run_id)
         if owner is not None and run.state in (RunState.PENDING, RunState.QUEUED):
             # Beyond the in-memory windows: only a row so far.
             if run.state is RunState.QUEUED:

@@ -44,7 +44,7 @@ from supervise.supervisor.daemon.binding import Endpoints
 from supervise.supervisor.daemon.changes import RuntimeChanges
 from supervise.supervisor.daemon.cluster import ClusterAgent
 from supervise.supervisor.daemon.cluster_host import ClusterBinding
-from supervise.supervisor.daemon.commands import Command
+from supervise.supervisor.daemon.commands import Command, resolve
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.hooks import HeldActions, HookRunner
@@ -249,6 +249,7 @@ class Supervisor:
             guard=self._guard,
             scheduler=lambda: self.scheduler,
             publish=self.publish,
+            execute=self._execute_relayed,
         )
         placements = {c.name: c.placement for c in self.config.services.values()}
         self.cluster = ClusterAgent(cfg, nodes, runs, binding, placements=placements, rng=self._rng)
@@ -259,6 +260,19 @@ class Supervisor:
             nodes.close()
             store.close()
             raise
+
+    async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
+        """A control command another node relayed to this one (it holds what the command names)."""
+        command, valid = resolve(name, args)
+        return await self._dispatch(command, valid)
+
+    async def forward(self, node: str, command: str, args: Mapping[str, object]) -> object:
+        """Relay a control command to cluster node `node` and return its reply (docs/cluster.md)."""
+        if self.cluster is None:
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"{command}: held by node {node}, and this node is not in a cluster"
+            )
+        return await self.cluster.forward(node, command, dict(args))
 
     def _start_scheduler(self) -> None:
         url = self.config.supervisor.store

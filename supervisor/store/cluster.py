@@ -20,6 +20,7 @@ from a thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -67,6 +68,17 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
     "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0",
     "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
     "CREATE INDEX IF NOT EXISTS runs_leased ON {s}.runs (expires_at) WHERE state IN ('starting', 'running')",
+    """CREATE TABLE IF NOT EXISTS {s}.commands (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node text NOT NULL,
+        command text NOT NULL,
+        args jsonb NOT NULL,
+        state text NOT NULL,
+        reply jsonb,
+        created_at timestamptz NOT NULL,
+        done_at timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS commands_pending ON {s}.commands (node, id) WHERE state = 'pending'",
 )
 
 
@@ -311,6 +323,62 @@ class ClusterStore:
         """Every node by name: True while its heartbeat is live."""
         query = self._q("SELECT name, state = 'live' AND expires_at > now() AS live FROM {s}.nodes")
         return {row["name"]: row["live"] for row in self._call(lambda conn: conn.execute(query).fetchall())}
+
+    # -- control from any node: a command row for the node that holds the thing ---------------
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this schema's command rows (the payload is the target node)."""
+        return f"supervise_commands_{self.schema}"[:63]
+
+    def send(self, node: str, command: str, args: dict[str, Any]) -> int:
+        """A command for `node`, and a NOTIFY to wake it; returns the row id to wait on."""
+
+        def send(conn: psycopg.Connection[dict[str, Any]]) -> int:
+            row = conn.execute(
+                self._q(
+                    "INSERT INTO {s}.commands (node, command, args, state, created_at) "
+                    "VALUES (%s, %s, %s::jsonb, 'pending', now()) RETURNING id"
+                ),
+                (node, command, json.dumps(args)),
+            ).fetchone()
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, node))
+            assert row is not None
+            return int(row["id"])
+
+        return self._call(send)
+
+    def reply(self, command_id: int) -> dict[str, Any] | None:
+        """The reply of a command once its node answered, else None."""
+        query = self._q("SELECT reply FROM {s}.commands WHERE id = %s AND state = 'done'")
+        row = self._call(lambda conn: conn.execute(query, (command_id,)).fetchone())
+        return None if row is None else dict(row["reply"])
+
+    def take_commands(self) -> list[dict[str, Any]]:
+        """The commands waiting for this node, oldest first, marked taken."""
+        query = self._q(
+            "UPDATE {s}.commands SET state = 'taken' WHERE node = %s AND state = 'pending' RETURNING id, command, args"
+        )
+        rows = self._call(lambda conn: conn.execute(query, (self.node,)).fetchall())
+        return sorted(rows, key=lambda r: int(r["id"]))
+
+    def answer(self, command_id: int, reply: dict[str, Any]) -> None:
+        query = self._q("UPDATE {s}.commands SET state = 'done', reply = %s::jsonb, done_at = now() WHERE id = %s")
+        self._call(lambda conn: conn.execute(query, (json.dumps(reply, default=str), command_id)))
+
+    def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Block (in a thread) calling `wake()` on every NOTIFY for this node, until `stop` is set.
+        Reconnects after a second when the connection drops; polling covers what is missed meanwhile."""
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.payload == self.node:
+                                wake()
+            except psycopg.Error:
+                stop.wait(1.0)
 
     # -- what `supervise cluster status` shows ---------------------------------------------
 

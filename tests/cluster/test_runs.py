@@ -151,3 +151,40 @@ def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_i
     assert first["state"] == "lost" and first["node"] == "a", first
     assert "stopped renewing" in first["error"]
     assert b.client.call("runs", name="slow", limit=10)["runs"][0]["state"] == "running"
+
+
+def test_cancel_through_any_node_reaches_the_node_that_runs_it(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+) -> None:
+    import time
+
+    import psutil
+
+    job = {"slow": {"command": ["sleep", "30"], "manual": True}}
+    a = nodes(cluster_db, job, node="a")
+    b = nodes(cluster_db, job, node="b")
+    run_id = str(a.client.call("run", name="slow")["run_id"])
+    pid = wait_for(
+        lambda: query(cluster_db, "SELECT pid FROM {s}.runs WHERE run_id = %s AND state = 'running'", run_id),
+        what="the run to start on a",
+    )[0]["pid"]
+    asked = time.monotonic()
+    reply = b.client.call("cancel", run_id=run_id)  # b does not run it: the command goes to a
+    took = time.monotonic() - asked
+    assert reply["run_id"] == run_id
+    assert took < 2.0, f"the relayed cancel took {took:.2f} s (NOTIFY should wake a at once)"
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", what="a to stop it")
+    final = wait_for(
+        lambda: query(cluster_db, "SELECT state FROM {s}.runs WHERE run_id = %s AND state = 'cancelled'", run_id),
+        what="the run to be cancelled",
+    )
+    assert final[0]["state"] == "cancelled"
+    # a run nobody holds any more is refused by name, not relayed
+    from supervise.protocol.errors import RemoteError
+
+    try:
+        b.client.call("cancel", run_id=run_id)
+    except RemoteError as e:
+        assert "already cancelled" in str(e)
+    else:
+        raise AssertionError("a finished run cannot be cancelled")
