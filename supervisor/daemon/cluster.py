@@ -444,6 +444,10 @@ class ClusterAgent:
         p = self.placements.get(name)
         return p is None or (p.slot is not None and self.deadline is not None and self._clock() < self.deadline)
 
+    async def holders_of(self, name: str) -> list[str]:
+        """The nodes holding a live copy of singleton `name`."""
+        return await asyncio.to_thread(self.store.holders, name)
+
     def holder_note(self, name: str) -> str:
         """Why this node does not run singleton `name` (for a refused start)."""
         return (

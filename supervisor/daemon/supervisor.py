@@ -721,6 +721,8 @@ class Supervisor:
             "resume": core.ResumeRequested(),
         }
         event = requests[command]
+        elsewhere = self._held_elsewhere(names) if command in ("start", "stop", "restart") else []
+        names = [n for n in names if n not in elsewhere]
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
             if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
@@ -729,15 +731,37 @@ class Supervisor:
                 continue
             if runs_per_process(self._services[name].config):
                 continue  # start/stop of a scheduled command: its runs are driven by the schedule
-            if command in ("start", "restart") and self.cluster is not None:
-                base = self._services[name].config.name
-                if not self.cluster.holds(base):
-                    raise ProtocolError(ErrorCode.CONFLICT, self.cluster.holder_note(base))
             self._feed(name, event)
         if wait:
             timeout_s = max((self._wait_budget_ms(command, self._services[n].config) for n in names), default=0) / 1000
             await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
-        return {"services": {n: self.shown_state(self._services[n]) for n in names}}
+        shown = {n: self.shown_state(self._services[n]) for n in names}
+        if elsewhere:
+            shown |= await self._act_elsewhere(command, elsewhere)
+        return {"services": shown}
+
+    def _held_elsewhere(self, names: list[str]) -> list[str]:
+        """Instances of singletons this node holds no copy of (cluster mode)."""
+        if self.cluster is None:
+            return []
+        return [n for n in names if not self.cluster.holds(self._services[n].config.name)]
+
+    async def _act_elsewhere(self, command: str, names: list[str]) -> dict[str, str]:
+        """start/stop/restart of singletons held by other nodes: relayed to each holder; the
+        states come back as `NAME@NODE` (docs/cluster.md)."""
+        assert self.cluster is not None
+        shown: dict[str, str] = {}
+        for base in dict.fromkeys(self._services[n].config.name for n in names):
+            holders = await self.cluster.holders_of(base)
+            if not holders:
+                shown[base] = (
+                    "STOPPED" if command == "stop" else "no node holds it yet; one takes it within renew_every"
+                )
+            for node in holders:
+                reply = await self.forward(node, command, {"name": base})
+                services = reply.get("services", {}) if isinstance(reply, dict) else {}
+                shown |= {f"{name}@{node}": str(state) for name, state in services.items()}
+        return shown
 
     @staticmethod
     def _wait_budget_ms(command: str, cfg: ServiceConfig) -> int:

@@ -287,6 +287,13 @@ class ClusterStore:
         )
         self._call(lambda conn: conn.execute(query, (service, slot, epoch, self.node)))
 
+    def holders(self, service: str) -> list[str]:
+        """The nodes holding a live lease on a copy of `service`, by slot."""
+        query = self._q(
+            "SELECT holder FROM {s}.leases WHERE kind = 'placement' AND name = %s AND expires_at > now() ORDER BY slot"
+        )
+        return [row["holder"] for row in self._call(lambda conn: conn.execute(query, (service,)).fetchall())]
+
     # -- the leader's maintenance -----------------------------------------------------------
 
     def mark_lost_nodes(self) -> list[str]:

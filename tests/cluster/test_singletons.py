@@ -159,3 +159,20 @@ def test_node_events_and_metrics(nodes: Callable[..., Daemon], cluster_db: Clust
     assert "supervise_cluster_leader 1.0" in text
     assert "supervise_cluster_nodes_lost_total 1.0" in text
     assert "supervise_cluster_placements_held 1.0" in text
+
+
+def test_stop_and_start_of_a_singleton_through_a_node_that_does_not_hold_it(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path
+) -> None:
+    daemons = {name: nodes(cluster_db, singleton(short_dir), node=name) for name in ("a", "b")}
+    holder = wait_for(lambda: holders(cluster_db, "single"), timeout_s=15, what="a holder")[0]
+    other = "b" if holder == "a" else "a"
+    daemons[holder].wait_state("single", "RUNNING")
+    stopped = daemons[other].client.call("stop", name="single")
+    assert stopped["services"] == {f"single@{holder}": "STOPPED"}
+    assert daemons[holder].state("single") == "STOPPED"
+    assert holders(cluster_db, "single") == [holder], "stopped cluster-wide; the holder keeps its copy"
+    started = daemons[other].client.call("start", name="single")
+    assert started["services"] == {f"single@{holder}": "RUNNING"}
+    assert daemons[other].state("single") == "STOPPED"
+    assert [kind for kind, _, _ in events(short_dir / "events")].count("conflict") == 0
