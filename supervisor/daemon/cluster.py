@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -283,7 +284,7 @@ class ClusterAgent:
             "cluster: node %s was declared lost by the cluster; its leases are gone, joining again", self.config.node
         )
         self._fence_all("the node was declared lost")
-        self.store.incarnation = f"{self.store.incarnation.split('-')[0]}-{random.getrandbits(32):08x}"
+        self.store.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
         try:
             await asyncio.to_thread(self.store.join)
         except StoreError as e:
