@@ -326,6 +326,7 @@ class ClusterAgent:
                 self._host.fence_deadline(self._host.singleton_instances(p.name), self.deadline)
 
     async def _maintain(self) -> None:
+        await asyncio.to_thread(self.store.prune_commands)
         lost_nodes = await asyncio.to_thread(self.store.mark_lost_nodes)
         for name in lost_nodes:
             log.warning("cluster: node %s stopped heartbeating; marked lost", name)

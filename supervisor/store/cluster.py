@@ -296,6 +296,14 @@ class ClusterStore:
 
     # -- the leader's maintenance -----------------------------------------------------------
 
+    def prune_commands(self) -> int:
+        """Forget relayed commands answered over an hour ago, or sent over a day ago."""
+        query = self._q(
+            "DELETE FROM {s}.commands WHERE (state = 'done' AND done_at < now() - interval '1 hour') "
+            "OR created_at < now() - interval '1 day'"
+        )
+        return self._call(lambda conn: max(conn.execute(query).rowcount, 0))
+
     def mark_lost_nodes(self) -> list[str]:
         """Nodes whose heartbeat expired become `lost`; returns their names."""
         query = self._q(

@@ -174,3 +174,18 @@ def test_renewal_keeps_a_run_lease_alive_and_drops_one_taken_over(
     # a wrong epoch (someone else's lease now) is not renewed
     assert a.beat([(run.run_id, 7)], []).runs == frozenset()
     a.close()
+
+
+def test_relayed_commands_reach_their_node_once_and_old_ones_are_pruned(runs_store: PostgresStore) -> None:
+    a, b = node(runs_store, "a"), node(runs_store, "b")
+    command_id = a.send("b", "cancel", {"run_id": "r1"})
+    assert a.reply(command_id) is None
+    assert a.take_commands() == [], "a command is for its node only"
+    taken = b.take_commands()
+    assert [(r["id"], r["command"], r["args"]) for r in taken] == [(command_id, "cancel", {"run_id": "r1"})]
+    assert b.take_commands() == [], "taken once"
+    b.answer(command_id, {"ok": True, "result": {"run_id": "r1"}})
+    assert a.reply(command_id) == {"ok": True, "result": {"run_id": "r1"}}
+    assert a.prune_commands() == 0, "a fresh answer is kept"
+    a.close()
+    b.close()
