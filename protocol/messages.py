@@ -141,6 +141,7 @@ SUPERVISOR_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "attempt": FieldType.INT,
         "key": FieldType.OPT_STR,
         "not_before": FieldType.OPT_NUMBER,
+        "epoch": FieldType.OPT_NUMBER,  # cluster mode: the run's fencing token (docs/cluster.md)
     },
     "cancel": {"run_id": FieldType.STR},
 }

@@ -28,6 +28,7 @@ ATTEMPT: Final = "SUPERVISE_ATTEMPT"
 ORIGIN: Final = "SUPERVISE_ORIGIN"
 RUN_ARGS: Final = "SUPERVISE_RUN_ARGS"  # the run's arguments as JSON
 IDEMPOTENCY_KEY: Final = "SUPERVISE_IDEMPOTENCY_KEY"  # stable across the attempts and re-runs of one occurrence
+EPOCH: Final = "SUPERVISE_EPOCH"  # cluster mode: the fencing token of the run's lease, grows with each takeover
 
 MODE_RUNS: Final = "runs"
 MODE_ONCE: Final = "once"

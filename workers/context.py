@@ -117,10 +117,14 @@ class RunContext(JobContext):
         report: Callable[..., None],
         key: str | None = None,
         not_before: float = 0.0,
+        epoch: int | None = None,
     ) -> None:
         super().__init__(service=service, worker_id=worker_id)
         self.run_id = run_id
         self.not_before = not_before  # Unix time the run is due (0: at once); it starts no earlier
+        # Cluster mode: the fencing token of this run's lease; a takeover runs it again with a
+        # higher one, so a receiver that remembers the highest epoch per key can refuse a stale writer.
+        self.epoch = epoch
         # The same for every attempt and re-run of one occurrence: receivers deduplicate on it.
         self.idempotency_key = key or run_id
         self.nominal_time = nominal_time  # ISO-8601 with offset, None for a manual run

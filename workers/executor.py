@@ -115,6 +115,7 @@ class RunExecutor:
             report=self._channel.send,
             key=fields.get("key"),  # type: ignore[arg-type]
             not_before=float(fields.get("not_before") or 0.0),  # type: ignore[arg-type]
+            epoch=int(epoch) if isinstance(epoch := fields.get("epoch"), (int, float)) else None,
         )
         args = dict(fields.get("args") or {})  # type: ignore[call-overload]
         with self._lock:

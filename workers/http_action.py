@@ -4,7 +4,8 @@ The call is asynchronous (aiohttp): a worker's runs share one event loop and one
 connection pool (at most `PER_HOST_LIMIT` connections to one host), so hundreds
 of calls in flight need no threads. Every call carries `Idempotency-Key: <key>`,
 the run's idempotency key, the same for every attempt and re-run of one
-occurrence, so a receiver can deduplicate.
+occurrence, so a receiver can deduplicate; in cluster mode also `Supervise-Epoch:
+<epoch>`, the fencing token of the run's lease (higher after each takeover).
 
 The supervisor passes the service's configured request and its policy in
 `SUPERVISE_HTTP_POLICY` (JSON): what a run's arguments may override
@@ -51,6 +52,7 @@ EXCERPT_CHARS = 2000
 MAX_REDIRECTS = 10
 PER_HOST_LIMIT = 100  # connections to one host at once; more calls wait for one in the pool
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+EPOCH_HEADER = "Supervise-Epoch"  # cluster mode: the run's fencing token (docs/cluster.md)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
@@ -103,6 +105,9 @@ def build_request(
     key = getattr(ctx, "idempotency_key", None)
     if key and not any(k.lower() == IDEMPOTENCY_HEADER.lower() for k in given):
         given[IDEMPOTENCY_HEADER] = key
+    epoch = getattr(ctx, "epoch", None)
+    if epoch is not None and not any(k.lower() == EPOCH_HEADER.lower() for k in given):
+        given[EPOCH_HEADER] = str(epoch)
     return HttpRequest(
         method=method.upper(),
         url=final("url", url),

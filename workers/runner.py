@@ -335,6 +335,7 @@ def run_once(env: WorkerEnv) -> int:
         attempt=int(os.environ.get(E.ATTEMPT, "1")),
         report=lambda *a, **k: None,
         key=os.environ.get("SUPERVISE_IDEMPOTENCY_KEY") or None,
+        epoch=int(os.environ[E.EPOCH]) if os.environ.get(E.EPOCH, "").isdigit() else None,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
     args = json.loads(os.environ.get(E.RUN_ARGS) or "{}")

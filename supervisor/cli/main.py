@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 # Each of these modules registers its commands on `cli` when imported.
-from supervise.supervisor.cli import changes, observe, runs  # noqa: F401
+from supervise.supervisor.cli import changes, cluster, observe, runs  # noqa: F401
 from supervise.supervisor.cli import services as service_commands
 from supervise.supervisor.cli.base import (
     DEFAULT_CONFIG,
@@ -84,6 +84,7 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     from supervise.supervisor.daemon.logformat import configure_logging
     from supervise.supervisor.daemon.manager_notify import ManagerNotifier
     from supervise.supervisor.daemon.supervisor import Supervisor
+    from supervise.supervisor.store.base import NodeNameTaken, StoreError
 
     configure_logging(log_level, log_format)
     for problem in config.warnings:
@@ -116,6 +117,10 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
         raise CliError(str(e)) from None
     except ConfigError as e:
         raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
+    except NodeNameTaken as e:
+        raise CliError(str(e), Exit.CONFIG) from None
+    except StoreError as e:  # the history or cluster database cannot be opened
+        raise CliError(f"cannot start: {e}") from None
     sys.exit(Exit.FAILED if supervisor.forced_stop else Exit.OK)
 
 

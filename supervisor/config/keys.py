@@ -24,6 +24,7 @@ from typing import Final
 from supervise.protocol.curve import read_key_directory, read_key_pair
 from supervise.protocol.url_policy import parse_allow_list
 from supervise.supervisor.config import limits, listen
+from supervise.supervisor.config.cluster import parse_placement
 from supervise.supervisor.config.notify import parse_rule
 from supervise.supervisor.core.restart import ExitStatuses
 from supervise.supervisor.core.units import (
@@ -400,6 +401,7 @@ SERVICE_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "watchdog": Key("watchdog_timeout_ms", _duration(positive=True)),
         "processes": Key("processes", _positive_count),
         "notify": Key("notify", lambda value, ctx: parse_rule(value)),  # docs/notifications.md
+        "placement": Key("placement", lambda value, ctx: parse_placement(value)),  # docs/cluster.md
         # limits and identity (config/limits.py)
         "rlimits": Key("rlimits", limits.convert_rlimits),
         "nice": Key("nice", limits.convert_nice),

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from supervise.protocol.curve import read_key_directory
+from supervise.supervisor.config.cluster import parse_cluster
 from supervise.supervisor.config.diff import ConfigDiff, diff_configs
 from supervise.supervisor.config.interpolate import interpolate
 from supervise.supervisor.config.keys import (
@@ -44,6 +45,7 @@ from supervise.supervisor.config.model import (
 )
 from supervise.supervisor.config.nesting import depth_problem, too_deep
 from supervise.supervisor.config.notify import check_targets, declared_channels, parse_notify
+from supervise.supervisor.config.placement import placement_problems
 from supervise.supervisor.config.positions import locate_keys
 from supervise.supervisor.config.schedule import (
     HTTP_TARGET,
@@ -72,7 +74,7 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_TOP_LEVEL_KEYS = ("supervisor", "services", "notify")
+_TOP_LEVEL_KEYS = ("supervisor", "services", "notify", "cluster")
 # With slots=True the class attributes are slot descriptors, not the defaults.
 _SERVICE_DEFAULTS: Final[Mapping[str, Any]] = {
     f.name: f.default for f in fields(ServiceConfig) if f.default is not MISSING
@@ -179,6 +181,8 @@ def parse_config(
     requires = {name: service.requires for name, service in services.items()}
     issues += [(("services", name, "requires"), problem) for name, problem in find_problems(requires)]
     notify = parse_notify(data.get("notify", {}), issues)
+    cluster = parse_cluster(data["cluster"], issues) if "cluster" in data else None
+    issues += placement_problems(services, cluster, supervisor.store if supervisor is not None else None)
     for name, service in services.items():
         if service.notify is not None:
             declared = declared_channels(data.get("notify"))
@@ -192,6 +196,7 @@ def parse_config(
         MappingProxyType(services),
         notify=notify,
         warnings=tuple(_problems(warnings, text)),
+        cluster=cluster,
     )
 
 

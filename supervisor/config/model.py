@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from supervise.supervisor.config.cluster import ClusterConfig
 from supervise.supervisor.config.keys import RestartMode
 from supervise.supervisor.config.notify import NotifyConfig, NotifyRule
 from supervise.supervisor.config.schedule import ScheduleConfig
@@ -82,6 +83,7 @@ class ServiceConfig:
     # two tables that mean the same service are the same service.
     table: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
     notify: NotifyRule | None = None  # key notify; None: [notify] default applies
+    placement: str = "every"  # cluster mode: "every" node runs it, "one" copy, or "any:N" (docs/cluster.md)
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same immutable shapes as parsing.
@@ -157,3 +159,4 @@ class Config:
     # executable that is missing now (it may be deployed, or its mount appear, later).
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify]: channels and the default rule
+    cluster: ClusterConfig | None = None  # [cluster]: several nodes on one PostgreSQL (docs/cluster.md)

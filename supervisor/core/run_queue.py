@@ -59,6 +59,10 @@ class RunQueue:
         self._ids.discard(run.run_id)
         return run
 
+    def peek(self, count: int) -> list[Run]:
+        """The `count` soonest runs, left in the queue."""
+        return [entry[2] for entry in heapq.nsmallest(count, self._heap)]
+
     def remove(self, run_id: str) -> Run | None:
         """Take one run out (it was cancelled); None when it is not in memory."""
         if run_id not in self._ids:

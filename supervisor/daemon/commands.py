@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.core.runs import RunState
+from supervise.supervisor.daemon.ports import HeldElsewhere
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.ports import ControlApi
@@ -198,7 +199,10 @@ async def _run(sup: ControlApi, args: Mapping[str, object]) -> object:
 async def _cancel(sup: ControlApi, args: Mapping[str, object]) -> object:
     if sup.scheduler is None:
         raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{args["run_id"]}"')
-    run = sup.scheduler.cancel(str(args["run_id"]))
+    try:
+        run = sup.scheduler.cancel(str(args["run_id"]))
+    except HeldElsewhere as e:  # cluster mode: the node that runs it cancels it (docs/cluster.md)
+        return await sup.forward(e.node, "cancel", {"run_id": str(args["run_id"])})
     return {"run_id": run.run_id, "state": str(run.state)}
 
 

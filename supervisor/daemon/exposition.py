@@ -46,6 +46,30 @@ def open_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
     return registry
 
 
+def _cluster_families(c: Mapping[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "supervise_cluster_leader", "1 while this node is the maintenance leader.", value=int(bool(c.get("leader")))
+    )
+    yield GaugeMetricFamily(
+        "supervise_cluster_nodes", "Live nodes this node saw at its last heartbeat.", value=c.get("members", 0)
+    )
+    yield GaugeMetricFamily("supervise_cluster_runs_held", "Run leases this node holds.", value=c.get("runs_held", 0))
+    yield GaugeMetricFamily(
+        "supervise_cluster_placements_held",
+        "Singleton copies this node holds.",
+        value=len(c.get("placements_held") or ()),
+    )
+    for name, help_text in (
+        ("nodes_joined", "Other nodes seen joining."),
+        ("nodes_lost", "Other nodes seen lost (heartbeat expired)."),
+        ("leases_lost", "Run and placement leases this node lost (taken over, or fenced)."),
+        ("runs_rescued", "Runs of expired leases rescued by this node as leader."),
+        ("renew_failures", "Heartbeats that failed (database unreachable)."),
+        ("fenced_writes", "Writes about runs refused because their lease was gone."),
+    ):
+        yield CounterMetricFamily(f"supervise_cluster_{name}", help_text, value=c.get(name, 0))
+
+
 def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
     info = GaugeMetricFamily(
         "supervise_info", "The supervisor: always 1, with its version and pid.", labels=["version", "pid"]
@@ -86,6 +110,9 @@ def _supervisor_families(sup: Mapping[str, Any]) -> Iterator[Metric]:
         "Worker messages dropped: undecodable, unknown sender or wrong token.",
         value=sup.get("bad_worker_messages", 0),
     )
+    cluster = sup.get("cluster")
+    if cluster is not None:  # docs/cluster.md
+        yield from _cluster_families(cluster)
     notifications = sup.get("notifications")
     if notifications is not None:  # docs/notifications.md
         yield CounterMetricFamily(

@@ -8,6 +8,13 @@ group, waits `grace` seconds, sends SIGKILL to what is left, and exits. This
 covers command workers, which cannot use PR_SET_PDEATHSIG without `preexec_fn`,
 and the grandchildren of every worker.
 
+Cluster mode adds fencing deadlines (docs/cluster.md): `=PGID DEADLINE` (seconds
+on CLOCK_MONOTONIC, shared by every process of the host) means the group must be
+dead by then unless a later line moves the deadline (`=PGID 0` clears it). The
+supervisor moves it after every lease renewal; if it cannot (the database is
+gone, or the supervisor itself is frozen by SIGSTOP), the guard sends SIGKILL
+to the group when the deadline passes, before the lease can expire for another node.
+
 Run as `python -m supervise.supervisor.daemon.guard GRACE_SECONDS`; it imports nothing
 but the standard library so it starts fast.
 """
@@ -15,6 +22,7 @@ but the standard library so it starts fast.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -33,12 +41,28 @@ def _signal_groups(groups: set[int], sig: int) -> set[int]:
     return alive
 
 
+def _fence(deadlines: dict[int, float], groups: set[int]) -> None:
+    """SIGKILL every group whose fencing deadline has passed."""
+    now = time.monotonic()
+    for pgid, deadline in list(deadlines.items()):
+        if deadline <= now:
+            del deadlines[pgid]
+            _signal_groups({pgid}, signal.SIGKILL)
+            sys.stderr.write(f"supervise guard: fencing deadline passed; SIGKILL to process group {pgid}\n")
+
+
 def run(grace_s: float) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is the supervisor's business
     groups: set[int] = set()
+    deadlines: dict[int, float] = {}  # pgid -> CLOCK_MONOTONIC time by which it must be dead
     clean = False
     buffer = b""
     while True:
+        if deadlines:
+            wait = max(0.0, min(deadlines.values()) - time.monotonic())
+            if not select.select([0], [], [], wait)[0]:
+                _fence(deadlines, groups)
+                continue
         chunk = os.read(0, 65536)
         if not chunk:
             break
@@ -51,12 +75,21 @@ def run(grace_s: float) -> int:
                 groups.add(int(line[1:]))
             elif line[:1] == b"-":
                 groups.discard(int(line[1:]))
+                deadlines.pop(int(line[1:]), None)
+            elif line[:1] == b"=":
+                pgid, _, at = line[1:].partition(b" ")
+                if float(at) > 0:
+                    deadlines[int(pgid)] = float(at)
+                else:
+                    deadlines.pop(int(pgid), None)
+        _fence(deadlines, groups)
     if clean or not groups:
         return 0
     alive = _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
+        _fence(deadlines, groups)  # a fencing deadline sooner than the grace still holds
         alive = _signal_groups(alive, 0)
     _signal_groups(alive, signal.SIGKILL)
     return 0

@@ -18,6 +18,8 @@ class GuardLink:
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None
+        self._names: dict[int, str] = {}  # pgid -> the service instance it runs
+        self._fences: dict[str, float] = {}  # service instance -> CLOCK_MONOTONIC kill deadline
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -33,13 +35,31 @@ class GuardLink:
             os.close(read_fd)
         self._fd = write_fd
 
-    def watch(self, pgid: int) -> None:
-        """A worker (the leader of process group `pgid`) was spawned."""
+    def watch(self, pgid: int, name: str | None = None) -> None:
+        """A worker (the leader of process group `pgid`) of instance `name` was spawned."""
         self._tell(f"+{pgid}")
+        if name is not None:
+            self._names[pgid] = name
+            if name in self._fences:
+                self._tell(f"={pgid} {self._fences[name]:.6f}")
 
     def forget(self, pgid: int) -> None:
         """The worker was reaped: its group is no longer the guard's to kill."""
+        self._names.pop(pgid, None)
         self._tell(f"-{pgid}")
+
+    def fence(self, names: list[str], deadline: float | None) -> None:
+        """The workers of these instances must be dead by `deadline` (time.monotonic()) unless it is
+        moved again; None lifts it. The guard enforces it even if this process is frozen."""
+        for name in names:
+            if deadline is None:
+                self._fences.pop(name, None)
+            else:
+                self._fences[name] = deadline
+        wanted = set(names)
+        for pgid, name in self._names.items():
+            if name in wanted:
+                self._tell(f"={pgid} {deadline or 0:.6f}")
 
     def stop(self) -> None:
         """A clean exit: `bye`, then wait for the guard (killed after 5 s)."""

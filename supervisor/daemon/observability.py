@@ -76,6 +76,7 @@ class Observability:
         self.http_mounts: list[Callable[[Any], None]] = []  # more routes for the HTTP server (the API)
         self._registry: Any = None  # prometheus_client's, built at the first scrape
         self.notifications: Callable[[], Mapping[str, object]] | None = None  # the notifier's counters, if any
+        self.cluster: Callable[[], Mapping[str, object]] | None = None  # the cluster agent's figures, if any
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -191,6 +192,7 @@ class Observability:
                 "control": self._sup.control_counters(),
                 "sample_interval_s": self.sample_interval_s,
                 "notifications": self.notifications() if self.notifications is not None else None,
+                "cluster": self.cluster() if self.cluster is not None else None,
             },
             "services": services,
         }

@@ -167,7 +167,7 @@ class WorkerPool:
         except OSError as e:
             return core.SpawnFailed(describe_spawn_error(e, svc.config.command or python_worker_argv(), svc.config.cwd))
         svc.worker = worker
-        self._guard.watch(worker.pid)
+        self._guard.watch(worker.pid, svc.name)
         return core.WorkerSpawned(worker.pid)
 
     def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from supervise.protocol.errors import ErrorCode, ProtocolError
+
 if TYPE_CHECKING:
     from supervise.supervisor.config.model import Config, ServiceConfig
     from supervise.supervisor.config.schedule import ScheduleConfig
@@ -22,6 +24,14 @@ if TYPE_CHECKING:
 
 ExitCallback = Callable[["Worker", "int | None", "int | None"], None]
 """Called with (worker, exit code, signal) once a process is reaped."""
+
+
+class HeldElsewhere(ProtocolError):
+    """Cluster mode: the run is in flight on another node; the command must go there."""
+
+    def __init__(self, node: str, run_id: str) -> None:
+        super().__init__(ErrorCode.CONFLICT, f"run {run_id} runs on node {node}")
+        self.node = node
 
 
 class SchedulerHost(Protocol):
@@ -178,6 +188,10 @@ class ControlApi(ServiceView, Protocol):
 
     async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:
         """start / stop / restart / pause / resume, optionally waiting until done."""
+        ...
+
+    async def forward(self, node: str, command: str, args: Mapping[str, object]) -> object:
+        """Cluster mode: relay a command to the node that holds what it names; its reply."""
         ...
 
     def require_scheduler(self, name: str) -> ScheduleControl:

@@ -35,12 +35,14 @@ from supervise.supervisor.core.policies import (
 )
 from supervise.supervisor.core.run_queue import RunQueue
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
+from supervise.supervisor.daemon.ports import HeldElsewhere
 from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
 from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.ports import SchedulerHost
+    from supervise.supervisor.store.leased import LeasedRuns
 
 log = logging.getLogger("supervise.scheduler")
 
@@ -56,6 +58,8 @@ FIRE_AHEAD_S = 0.05
 """How early an occurrence for a warm worker is fired: the supervisor records it and hands it
 over ahead of its time, and the worker starts it at its time by its own clock (`not_before`),
 so the start is not late by the supervisor's work on a burst of simultaneous occurrences."""
+OCCURRENCE_RETRIES = 6  # cluster mode: an occurrence the store refused is tried again 6 times (0.5 s .. 16 s)
+OCCURRENCE_RETRY_S = 0.5
 LOST_RERUN_LIMIT = 5  # attempts of a run whose worker keeps being lost (on_lost = "retry", no retries key)
 
 
@@ -102,9 +106,12 @@ class Scheduler:
         *,
         history_keep: int = 1000,
         history_max_age_ms: int = 30 * 86_400_000,
+        leases: LeasedRuns | None = None,
     ) -> None:
         self._host = host
         self._store = store
+        self._leases = leases  # cluster mode: runs are claimed under leases (docs/cluster.md)
+        self._claimed_ahead: dict[str, bool] = {}  # run id -> taken, by `_claim_ahead` for `_claim`
         self._history_keep = history_keep  # finished runs kept per service and outcome
         self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
@@ -163,7 +170,10 @@ class Scheduler:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
         self._loop = asyncio.get_running_loop()
         now = self._now()
-        for run in self._store.runs_in_states(IN_FLIGHT | WAITING):
+        # In cluster mode other nodes' runs are in flight in this store: runs of a dead node are
+        # the leader's to rescue, once their lease expires.
+        leftovers = self._store.runs_in_states(IN_FLIGHT | WAITING) if self._leases is None else []
+        for run in leftovers:
             s = self._schedules.get(run.service)
             if s is None:  # a service added at runtime: recovered when its registration is restored (`arm`)
                 self._unrecovered.setdefault(run.service, []).append(run)
@@ -275,10 +285,30 @@ class Scheduler:
                 self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
             else:
                 self._occur(s, nominal, RunOrigin.SCHEDULE)
-        except StoreError as e:  # a shared store unreachable: this occurrence is lost, the next ones are not
-            log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
+        except StoreError as e:
+            if self._leases is not None:  # cluster mode: try again; whichever node gets through inserts it once
+                self._retry_occurrence(s, nominal, 1, e)
+            else:  # a shared store unreachable: this occurrence is lost, the next ones are not
+                log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
         finally:
             self._arm(s)
+
+    def _retry_occurrence(self, s: Schedule, nominal: datetime, tries: int, error: StoreError) -> None:
+        """Cluster mode: the store was unreachable when `nominal` fired; insert it again in
+        OCCURRENCE_RETRY_S, doubling, OCCURRENCE_RETRIES times (the occurrence is unique, so a
+        node that got through first makes this a no-op)."""
+        if tries > OCCURRENCE_RETRIES or self._loop is None or s.name not in self._schedules:
+            log.error("%s: could not record the occurrence at %s: %s; given up", s.name, nominal.isoformat(), error)
+            return
+        log.warning("%s: could not record the occurrence at %s (%s); trying again", s.name, nominal.isoformat(), error)
+
+        def again() -> None:
+            try:
+                self._occur(s, nominal, RunOrigin.SCHEDULE)
+            except StoreError as e:
+                self._retry_occurrence(s, nominal, tries + 1, e)
+
+        self._loop.call_later(OCCURRENCE_RETRY_S * 2 ** (tries - 1), again)
 
     def _remember_fired(self, s: Schedule, nominal: datetime) -> None:
         s.state = replace(s.state, last_fired=nominal)
@@ -351,7 +381,12 @@ class Scheduler:
         if len(s.active) < self._capacity(s) and not s.queue.depth:
             return self._start(s, run, stored=stored)
         run = transition(run, RunState.QUEUED, at=self._now())
-        (self._store.update_run if stored else self._store.insert_run)(run)
+        if stored and self._leases is not None:
+            # Written now, not queued: a claim of this run (here, soon, or by another node)
+            # must come after it, or the queued write would undo the claim.
+            self._store.store.update_run(run)
+        else:
+            (self._store.update_run if stored else self._store.insert_run)(run)
         s.queue.push(run)
         self._drain(s)
         return run
@@ -360,6 +395,9 @@ class Scheduler:
         """Start queued runs, soonest first, while slots are free."""
         if s.waiting_for_worker:
             self._dispatch_waiting(s)
+        free = self._capacity(s) - len(s.active)
+        if self._leases is not None and free > 1 and len(s.queue) > 1:
+            self._claim_ahead(s, free)
         while len(s.active) < self._capacity(s):
             run = s.queue.pop()
             if run is None:
@@ -406,8 +444,19 @@ class Scheduler:
 
         # The row is committed before the process hears of the run, so a crash from here on
         # leaves a row to mark lost; the writer thread calls back once it is.
-        if first_write:
-            if not self._store.insert_run(run, then=self._on_loop(launch)):
+        if self._leases is not None and not first_write:
+            if not self._claim(s, run):
+                return run
+            self._store.update_run(run)  # the whole row, a compare-and-set on the new epoch
+            assert self._loop is not None
+            self._loop.call_soon(launch)
+        elif first_write:
+            try:
+                inserted = self._store.insert_run(run, then=self._on_loop(launch))
+            except StoreError:
+                del s.active[run.run_id]  # a shared store unreachable: the caller tries again, or logs it
+                raise
+            if not inserted:
                 # Another supervisor sharing the store enqueued this occurrence first: it runs there.
                 log.info("%s: occurrence %s is claimed by another supervisor; not running it here", s.name, run.label())
                 del s.active[run.run_id]
@@ -423,6 +472,39 @@ class Scheduler:
             s.state = replace(s.state, runs_so_far=s.state.runs_so_far + 1)
             self._store.put_schedule_state(s.name, s.state)
         return run
+
+    def _claim_ahead(self, s: Schedule, free: int) -> None:
+        """Cluster mode: claim the runs `_drain` is about to start in one statement."""
+        assert self._leases is not None
+        ids = [r.run_id for r in s.queue.peek(free) if r.run_id not in self._claimed_ahead]
+        try:
+            taken = self._leases.claim_many(ids)
+        except StoreError as e:
+            log.warning("%s: could not claim queued runs (%s); they stay queued in the store", s.name, e)
+            return
+        self._claimed_ahead.update({run_id: run_id in taken for run_id in ids})
+
+    def _claim(self, s: Schedule, run: Run) -> bool:
+        """Cluster mode: take a stored run under a new lease; False (and it is dropped here)
+        when another node has it, or the store cannot be reached (it stays queued there)."""
+        assert self._leases is not None
+        ahead = self._claimed_ahead.pop(run.run_id, None)
+        if ahead is not None:
+            if not ahead:
+                del s.active[run.run_id]
+            return ahead
+        try:
+            epoch = self._leases.claim(run.run_id)
+        except StoreError as e:
+            log.warning("%s: could not claim run %s (%s); it stays queued in the store", s.name, run.run_id, e)
+            epoch = None
+        if epoch is None:
+            del s.active[run.run_id]
+            return False
+        return True
+
+    def _epoch(self, run_id: str) -> int | None:
+        return self._leases.epoch_of(run_id) if self._leases is not None else None
 
     def _on_loop(self, callback: Callable[[], None]) -> Callable[[], None]:
         """`callback`, to be called from another thread but run on the event loop."""
@@ -468,6 +550,7 @@ class Scheduler:
             attempt=run.attempt,
             key=run.idempotency_key,
             not_before=due.timestamp() if due is not None else None,
+            epoch=self._epoch(run.run_id),
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -481,6 +564,9 @@ class Scheduler:
             E.ORIGIN: str(run.origin),
             E.RUN_ARGS: json.dumps(dict(run.args)),
         }
+        epoch = self._epoch(run.run_id)
+        if epoch is not None:
+            env[E.EPOCH] = str(epoch)
 
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
             self._command_exited(s, run.run_id, code, sig)
@@ -751,6 +837,53 @@ class Scheduler:
             },
         )
 
+    # -- cluster mode: what the node's agent tells us (docs/cluster.md) ----------------
+
+    def leases_lost(self, run_ids: set[str], reason: str) -> None:
+        """Stop acting on these runs now: their leases are gone (taken over, or not renewed in
+        time). A command run's process group gets SIGKILL; a warm worker is asked to cancel.
+        Nothing is written: the run's row belongs to whoever holds it now."""
+        for s in self._schedules.values():
+            mine = [a for a in s.active.values() if a.run.run_id in run_ids]
+            for active in mine:
+                run_id = active.run.run_id
+                s.active.pop(run_id, None)
+                for handle in active.timers:
+                    handle.cancel()
+                if run_id in s.waiting_for_worker:
+                    s.waiting_for_worker.remove(run_id)
+                if active.process is not None:
+                    active.process.signal_group(signal.SIGKILL)
+                elif active.worker is not None and active.launched:
+                    self._host.send_cancel(active.worker, run_id)
+                log.warning("%s: run %s: %s; stopped here", s.name, run_id, reason)
+                self._host.publish(s.name, "run_lease_lost", {"run_id": run_id, "reason": reason})
+            if mine:
+                self._drain(s)
+
+    def rescued(self, lost_run_ids: list[str]) -> None:
+        """As leader, these runs were marked lost (their node's lease expired while they ran):
+        each service's on_lost decides (retry: a new attempt with the same idempotency key)."""
+        for run_id in lost_run_ids:
+            run = self._store.get_run(run_id)
+            s = self._schedules.get(run.service) if run is not None else None
+            if run is None or s is None:
+                continue
+            self._host.publish(s.name, "run_finished", {"run_id": run_id, "state": str(run.state), "error": run.error})
+            self._rerun_lost(s, run)
+            self._drain(s)
+
+    def poll_store(self) -> None:
+        """Take queued runs other nodes left (or the leader queued again) while slots are free,
+        and pending one-shots added through other nodes."""
+        for s in self._schedules.values():
+            if len(s.active) < self._capacity(s) and not len(s.queue):
+                self._refill_queue(s)
+                self._drain(s)
+        if not len(self._window) and not self._store.pending:
+            self._window.horizon = None
+            self._refill_window()
+
     # -- commands -----------------------------------------------------------------
 
     async def written(self) -> bool:
@@ -796,6 +929,8 @@ class Scheduler:
         if run is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f'no run with id "{run_id}"')
         owner = self._schedules.get(run.service)
+        if self._leases is not None and run.state in IN_FLIGHT and run.node and run.node != self._leases.node:
+            raise HeldElsewhere(run.node, run_id)
         if owner is not None and run.state in (RunState.PENDING, RunState.QUEUED):
             # Beyond the in-memory windows: only a row so far.
             if run.state is RunState.QUEUED:

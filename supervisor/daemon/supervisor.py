@@ -42,7 +42,9 @@ from supervise.supervisor.core.health import supervisor_healthy
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.binding import Endpoints
 from supervise.supervisor.daemon.changes import RuntimeChanges
-from supervise.supervisor.daemon.commands import Command
+from supervise.supervisor.daemon.cluster import ClusterAgent
+from supervise.supervisor.daemon.cluster_host import ClusterBinding
+from supervise.supervisor.daemon.commands import Command, resolve
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.hooks import HeldActions, HookRunner
@@ -156,6 +158,7 @@ class Supervisor:
         self.store: QueuedStore | None = None
         self.scheduler: Scheduler | None = None
         self.notifier: Notifier | None = None  # docs/notifications.md; set in start
+        self.cluster: ClusterAgent | None = None  # docs/cluster.md; set in start with [cluster]
         for cfg in config.services.values():
             self.register(cfg)
 
@@ -179,8 +182,17 @@ class Supervisor:
         self._loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
         sup = self.config.supervisor
-        prepare_state_dir(sup.state_dir)
-        self._lock.acquire()
+        if self.config.cluster is not None:
+            await self._join_cluster()  # NodeNameTaken: the daemon exits 78
+        try:
+            prepare_state_dir(sup.state_dir)
+            self._lock.acquire()
+        except BaseException:
+            if self.cluster is not None:
+                await self.cluster.close()  # leave at once: this node never ran anything
+                self.cluster.runs.close()
+                self.cluster = None
+            raise
         try:
             self._endpoints.bind()
             await self.observability.start(self._endpoints.events)
@@ -215,17 +227,71 @@ class Supervisor:
         self._restore_registrations()
         assert self.scheduler is not None
         self.scheduler.arm_stored_oneshots()  # after the registrations: one-shots of runtime services too
-        self.start_in_order([n for n, s in self._services.items() if s.config.autostart])
+        clustered = self.cluster.placements if self.cluster is not None else {}
+        self.start_in_order([n for n, s in self._services.items() if s.config.autostart and n not in clustered])
+        if self.cluster is not None:
+            self.observability.cluster = self.cluster.summary
+            await self.cluster.start()  # takes free singleton placements and starts them
+
+    async def _join_cluster(self) -> None:
+        """Open the cluster's store and join as a node (docs/cluster.md)."""
+        from supervise.supervisor.store.cluster import ClusterStore
+        from supervise.supervisor.store.leased import LeasedRuns
+        from supervise.supervisor.store.postgres import PostgresStore
+
+        cfg = self.config.cluster
+        assert cfg is not None
+        store = await asyncio.to_thread(open_store, cfg.store)
+        assert isinstance(store, PostgresStore)
+        runs = LeasedRuns(store, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
+        nodes = ClusterStore(store.dsn, schema=store.schema, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
+        binding = ClusterBinding(
+            self._services,
+            feed=self._feed,
+            start=self.start_in_order,
+            guard=self._guard,
+            scheduler=lambda: self.scheduler,
+            publish=self.publish,
+            execute=self._execute_relayed,
+        )
+        placements = {c.name: c.placement for c in self.config.services.values()}
+        self.cluster = ClusterAgent(cfg, nodes, runs, binding, placements=placements, rng=self._rng)
+        try:
+            await self.cluster.join()
+        except BaseException:
+            self.cluster = None
+            nodes.close()
+            store.close()
+            raise
+
+    async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
+        """A control command another node relayed to this one (it holds what the command names)."""
+        command, valid = resolve(name, args)
+        return await self._dispatch(command, valid)
+
+    async def forward(self, node: str, command: str, args: Mapping[str, object]) -> object:
+        """Relay a control command to cluster node `node` and return its reply (docs/cluster.md)."""
+        if self.cluster is None:
+            raise ProtocolError(
+                ErrorCode.CONFLICT, f"{command}: held by node {node}, and this node is not in a cluster"
+            )
+        return await self.cluster.forward(node, command, dict(args))
 
     def _start_scheduler(self) -> None:
         url = self.config.supervisor.store
         shared = url is not None and url.startswith(("postgresql://", "postgres://"))
-        store = open_store(url or self.config.supervisor.state_dir / "history.db")
-        queued = QueuedStore(store, shared=shared)
+        if self.cluster is not None:
+            queued = QueuedStore(self.cluster.runs, shared=True)  # a Store: its own run writes, the rest delegated
+        else:
+            queued = QueuedStore(open_store(url or self.config.supervisor.state_dir / "history.db"), shared=shared)
         self.store = queued
         sup = self.config.supervisor
         self.scheduler = Scheduler(
-            self, queued, history_keep=sup.history_keep, history_max_age_ms=sup.history_max_age_ms
+            self,
+            queued,
+            history_keep=sup.history_keep,
+            history_max_age_ms=sup.history_max_age_ms,
+            leases=self.cluster.runs if self.cluster is not None else None,
         )
         for name, svc in self._services.items():
             if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
@@ -309,6 +375,8 @@ class Supervisor:
             return
         self._shutdown.set()
         self._pending_starts.clear()
+        if self.cluster is not None:
+            self.cluster.closing = True  # takes no more placements; keeps renewing until its workers are gone
         for worker in self._pool.run_processes:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
@@ -336,6 +404,8 @@ class Supervisor:
                 svc.worker.output.close()
             if svc.log is not None:
                 svc.log.close()
+        if self.cluster is not None:
+            await self.cluster.close()  # the workers are gone: give every lease back for others to take
         if self.scheduler is not None:
             self.scheduler.close()
         if self.notifier is not None:
@@ -414,6 +484,10 @@ class Supervisor:
 
     def _execute(self, svc: ServiceRuntime, action: core.Action, now_ms: int) -> None:
         match action:
+            case core.Spawn(incarnation) if self.cluster is not None and not self.cluster.may_run(svc.config.name):
+                # A singleton whose lease this node does not hold (or no longer trusts): never a second copy.
+                self._queue.append((svc.name, core.SpawnFailed(self.cluster.holder_note(svc.config.name))))
+                self._queue.append((svc.name, core.StopRequested()))
             case core.Spawn(incarnation) if svc.config.before_start is not None:
                 self._hooks.before_start(svc, incarnation)  # spawns (or fails the start) when it ends
             case core.Spawn(incarnation):
@@ -652,6 +726,8 @@ class Supervisor:
             "resume": core.ResumeRequested(),
         }
         event = requests[command]
+        elsewhere = self._held_elsewhere(names) if command in ("start", "stop", "restart") else []
+        names = [n for n in names if n not in elsewhere]
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
             if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
@@ -664,7 +740,33 @@ class Supervisor:
         if wait:
             timeout_s = max((self._wait_budget_ms(command, self._services[n].config) for n in names), default=0) / 1000
             await self._wait_until(lambda: all(self._settled(command, n, before[n]) for n in names), timeout_s)
-        return {"services": {n: self.shown_state(self._services[n]) for n in names}}
+        shown = {n: self.shown_state(self._services[n]) for n in names}
+        if elsewhere:
+            shown |= await self._act_elsewhere(command, elsewhere)
+        return {"services": shown}
+
+    def _held_elsewhere(self, names: list[str]) -> list[str]:
+        """Instances of singletons this node holds no copy of (cluster mode)."""
+        if self.cluster is None:
+            return []
+        return [n for n in names if not self.cluster.holds(self._services[n].config.name)]
+
+    async def _act_elsewhere(self, command: str, names: list[str]) -> dict[str, str]:
+        """start/stop/restart of singletons held by other nodes: relayed to each holder; the
+        states come back as `NAME@NODE` (docs/cluster.md)."""
+        assert self.cluster is not None
+        shown: dict[str, str] = {}
+        for base in dict.fromkeys(self._services[n].config.name for n in names):
+            holders = await self.cluster.holders_of(base)
+            if not holders:
+                shown[base] = (
+                    "STOPPED" if command == "stop" else "no node holds it yet; one takes it within renew_every"
+                )
+            for node in holders:
+                reply = await self.forward(node, command, {"name": base})
+                services = reply.get("services", {}) if isinstance(reply, dict) else {}
+                shown |= {f"{name}@{node}": str(state) for name, state in services.items()}
+        return shown
 
     @staticmethod
     def _wait_budget_ms(command: str, cfg: ServiceConfig) -> int:

@@ -29,6 +29,10 @@ class StoreError(SuperviseError):
         super().__init__(message)
 
 
+class NodeNameTaken(StoreError):
+    """Cluster mode: another live node already uses this node name (the daemon exits 78, EX_CONFIG)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleState:
     """What the scheduler remembers per service across restarts."""

@@ -103,6 +103,7 @@ def test_a_config_with_every_key_fills_every_field(tmp_path: Path) -> None:
         requires = ["report"]
         processes = 2
         notify = {{ on = ["failure"] }}
+        placement = "every"
         rlimits = {{ nofile = 4096, core = 0, stack = "infinity" }}
         nice = 5
         oom_score_adjust = 100
@@ -203,7 +204,7 @@ def test_every_service_key_is_covered_by_the_full_example() -> None:
         "backoff", "backoff_max", "stable_after", "start_timeout", "heartbeat_interval",
         "heartbeat_timeout", "stop_signal", "stop_timeout", "env", "cwd", "user", "inherit_env", "umask", "max_memory",
         "requires", "processes", "watchdog", "hang_signal", "success_exit_codes", "restart_prevent_exit_codes",
-        "restart_force_exit_codes", "type", "notify",
+        "restart_force_exit_codes", "type", "notify", "placement",
         "rlimits", "nice", "oom_score_adjust", "group", "supplementary_groups", "sockets",
         "before_start", "after_start", "before_stop", "after_stop", "on_fatal", "hook_timeout",
         # machine-dependent (cgroup v2 delegated), so in tests/integration/test_limits.py instead:

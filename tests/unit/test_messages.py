@@ -54,6 +54,7 @@ SUPERVISOR_SAMPLES: dict[str, dict[str, object]] = {
         "attempt": 1,
         "key": "r-0",
         "not_before": 1735689600.0,
+        "epoch": 3,
     },
     "cancel": {"run_id": "r-1"},
 }

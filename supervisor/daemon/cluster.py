@@ -1,0 +1,475 @@
+"""Cluster mode, the node's side: membership, lease renewal, fencing, singletons (docs/cluster.md).
+
+Every `renew_every` (with jitter) one heartbeat transaction renews the node
+row, this node's run leases and singleton placements, and the maintenance
+leadership (`ClusterStore.beat`, in a thread). What it did not renew is gone:
+
+- a run lease lost: the scheduler stops acting on the run (its process is
+  killed, its later writes are refused by the epoch compare-and-set);
+- a placement lost: the service's workers get SIGKILL.
+
+Self-fencing: a renewal sent at monotonic time t proves the lease until at
+least t + lease_ttl on the database clock, so the node may act until
+t + lease_ttl - margin. A timer on the loop fences at that deadline, and the
+orphan guard (a separate process) holds the same deadline for the singleton
+workers, so a supervisor frozen by SIGSTOP still loses its workers in time.
+
+The leader also marks nodes whose heartbeat expired `lost` and rescues runs
+whose lease expired (`ClusterStore.rescue`). Free placements are taken here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
+from supervise.supervisor.config.cluster import ClusterConfig, placement_copies
+from supervise.supervisor.store.base import StoreError
+from supervise.supervisor.store.cluster import Beat, ClusterStore
+from supervise.supervisor.store.leased import LeasedRuns
+
+log = logging.getLogger("supervise.cluster")
+
+TOPIC = "cluster"  # the events' service field for node and lease events
+
+
+class ClusterHost(Protocol):
+    """What the agent needs from the supervisor."""
+
+    def publish(self, service: str, kind: str, detail: dict[str, object]) -> None: ...
+
+    def start_singleton(self, name: str) -> None:
+        """This node holds a copy of `name`: start it."""
+        ...
+
+    def fence_singleton(self, name: str, reason: str) -> None:
+        """This node no longer holds `name`: SIGKILL its workers now and keep it stopped."""
+        ...
+
+    def singleton_instances(self, name: str) -> list[str]:
+        """The instance names of service `name` (for the guard's deadlines)."""
+        ...
+
+    def singleton_stopped(self, name: str) -> bool:
+        """No worker of `name` is alive."""
+        ...
+
+    def runs_lost(self, run_ids: list[str], reason: str) -> None:
+        """Stop acting on these runs now (their leases are gone)."""
+        ...
+
+    def runs_rescued(self, lost_run_ids: list[str]) -> None:
+        """The leader marked these runs lost (their node's lease expired): apply on_lost."""
+        ...
+
+    def poll_runs(self) -> None:
+        """Look in the store for queued runs another node left or the leader requeued."""
+        ...
+
+    def fence_deadline(self, names: list[str], deadline: float | None) -> None:
+        """Tell the orphan guard the kill deadline of these instances."""
+        ...
+
+    execute: Callable[[str, dict[str, Any]], Awaitable[object]]
+    """Run a control command another node relayed here; its result, or ProtocolError."""
+
+
+@dataclass
+class Placement:
+    """A singleton (or any:N) service as this node sees it."""
+
+    name: str
+    copies: int
+    slot: int | None = None  # the copy this node holds
+    epoch: int = 0
+    since: float = 0.0  # monotonic time it was taken
+
+
+@dataclass
+class Counters:
+    nodes_joined: int = 0
+    nodes_lost: int = 0
+    leases_lost: int = 0
+    runs_rescued: int = 0
+    renew_failures: int = 0
+    placements_taken: int = 0
+    fenced: int = 0
+    beats: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
+class ClusterAgent:
+    """One node's membership and leases; started and closed by the supervisor."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        store: ClusterStore,
+        runs: LeasedRuns,
+        host: ClusterHost,
+        *,
+        placements: dict[str, str],
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runs = runs
+        self._host = host
+        self._rng = rng or random.Random()  # nosec B311 # jitter, not a secret
+        self._clock = clock
+        self.placements = {
+            name: Placement(name, copies)
+            for name, placement in placements.items()
+            if (copies := placement_copies(placement)) is not None
+        }
+        self.leader = False
+        self.counters = Counters()
+        self.deadline: float | None = None  # act on leases until this monotonic time
+        self._task: asyncio.Task[None] | None = None
+        self._fence_timer: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()
+        self.closing = False
+        self._members: set[str] = set()
+        self._command_wake = asyncio.Event()
+        self._listening = threading.Event()  # set: the LISTEN thread stops
+        self._commands_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def join(self) -> None:
+        """Join the cluster: NodeNameTaken if a live node has the name (the daemon exits 78)."""
+        await asyncio.to_thread(self.store.open)
+        await asyncio.to_thread(self.store.join)
+        self.deadline = self._clock() + self._trust_s()
+
+    async def start(self) -> None:
+        """Start renewing (after `join`, once the services and the scheduler are up)."""
+        log.info(
+            "cluster: node %s joined (lease_ttl %d ms, renew every %d ms)",
+            self.config.node,
+            self.config.lease_ttl_ms,
+            self.config.renew_every_ms,
+        )
+        self._host.publish(TOPIC, "node_joined", {"node": self.config.node, "self": True})
+        await self._tick()
+        self._task = asyncio.create_task(self._run(), name="supervise-cluster")
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self.store.listen,
+            args=(lambda: loop.call_soon_threadsafe(self._command_wake.set), self._listening),
+            name="supervise-cluster-listen",
+            daemon=True,
+        ).start()
+        self._commands_task = asyncio.create_task(self._serve_commands(), name="supervise-cluster-commands")
+
+    async def close(self) -> None:
+        """Stop renewing and give every lease back (call once the workers are stopped)."""
+        self.closing = True
+        self._listening.set()
+        for task in (self._task, self._commands_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        try:
+            await asyncio.to_thread(self.store.leave)
+        except StoreError as e:
+            log.warning("cluster: could not say goodbye (%s); the leases expire in %d ms", e, self.config.lease_ttl_ms)
+        await asyncio.to_thread(self.store.close)
+
+    def wake(self) -> None:
+        """Renew now (a singleton stopped, a run was queued)."""
+        self._wake.set()
+
+    def _trust_s(self) -> float:
+        return (self.config.lease_ttl_ms - self.config.fence_margin_ms) / 1000
+
+    async def _run(self) -> None:
+        every = self.config.renew_every_ms / 1000
+        while True:
+            delay = every * self._rng.uniform(0.9, 1.1)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("cluster: renewal round failed; trying again")
+
+    # -- one round ---------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        held_runs = self.runs.held()
+        held_places: list[tuple[str, int, int]] = [
+            (p.name, p.slot, p.epoch) for p in self.placements.values() if p.slot is not None
+        ]
+        sent = self._clock()
+        try:
+            beat = await asyncio.to_thread(self.store.beat, held_runs, held_places)
+        except StoreError as e:
+            self.counters.renew_failures += 1
+            left = (self.deadline - self._clock()) if self.deadline is not None else 0.0
+            log.warning("cluster: renewal failed (%s); fencing in %.1f s unless a renewal gets through", e, left)
+            self._arm_fence()
+            return
+        self.counters.beats += 1
+        if not beat.alive:
+            await self._rejoin()
+            return
+        if self._clock() < (self.deadline or 0.0) or not held_runs and not held_places:
+            self.deadline = sent + self._trust_s()
+        self._lost_leases(beat, held_runs, held_places)
+        self._arm_fence()
+        self._fence_guard()
+        if beat.leader != self.leader:
+            self.leader = beat.leader
+            log.info(
+                "cluster: node %s %s the maintenance leader",
+                self.config.node,
+                "is now" if beat.leader else "is no longer",
+            )
+            self._host.publish(TOPIC, "leader_changed", {"node": self.config.node, "leader": beat.leader})
+        if self.leader:
+            await self._maintain()
+        await self._watch_members()
+        await self._take_placements()
+        self._host.poll_runs()
+
+    def _lost_leases(self, beat: Beat, runs: list[tuple[str, int]], places: list[tuple[str, int, int]]) -> None:
+        gone_runs = {run_id for run_id, _ in runs} - beat.runs
+        if gone_runs:
+            self._lose_runs(gone_runs, "its lease was taken over")
+        for name, slot, _ in places:
+            if (name, slot) not in beat.placements:
+                self._lose_placement(self.placements[name], "its lease was not renewed in time")
+
+    def _lose_runs(self, run_ids: set[str], why: str) -> None:
+        lost = self.runs.revoke(run_ids)
+        if not lost:
+            return
+        self.counters.leases_lost += len(lost)
+        log.warning("cluster: lost the lease of %d run(s) (%s); not acting on them any more", len(lost), why)
+        self._host.publish(TOPIC, "lease_lost", {"node": self.config.node, "runs": sorted(lost), "reason": why})
+        self._host.runs_lost(sorted(lost), f"lease lost: {why}")
+
+    def _lose_placement(self, p: Placement, why: str) -> None:
+        if p.slot is None:
+            return
+        log.warning("cluster: lost the placement of %s#%d (%s); SIGKILL to its workers", p.name, p.slot, why)
+        self.counters.leases_lost += 1
+        self.counters.fenced += 1
+        self._host.publish(
+            TOPIC, "lease_lost", {"node": self.config.node, "service": p.name, "slot": p.slot, "reason": why}
+        )
+        p.slot = None
+        self._host.fence_singleton(p.name, why)
+        self._host.fence_deadline(self._host.singleton_instances(p.name), None)
+
+    async def _rejoin(self) -> None:
+        """Our node row expired (frozen, or cut off, for longer than lease_ttl): every lease is
+        gone. Drop them all, then join again as a new member."""
+        log.error(
+            "cluster: node %s was declared lost by the cluster; its leases are gone, joining again", self.config.node
+        )
+        self._fence_all("the node was declared lost")
+        self.store.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            await asyncio.to_thread(self.store.join)
+        except StoreError as e:
+            log.error("cluster: could not join again (%s); retrying", e)
+            return
+        self._host.publish(TOPIC, "node_joined", {"node": self.config.node, "self": True, "rejoined": True})
+        self.deadline = self._clock() + self._trust_s()
+
+    def _fence_all(self, why: str) -> None:
+        self._lose_runs({run_id for run_id, _ in self.runs.held()}, why)
+        for p in self.placements.values():
+            self._lose_placement(p, why)
+
+    def _arm_fence(self) -> None:
+        """A timer at the deadline: if no renewal moved it by then, stop acting on every lease."""
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+            self._fence_timer = None
+        if self.deadline is None or self.closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._fence_timer = loop.call_at(loop.time() + max(0.0, self.deadline - self._clock()), self._on_fence_deadline)
+
+    def _on_fence_deadline(self) -> None:
+        self._fence_timer = None
+        if self.deadline is not None and self._clock() >= self.deadline:
+            held = self.runs.held() or any(p.slot is not None for p in self.placements.values())
+            if held:
+                log.error(
+                    "cluster: no lease renewal got through for %d ms; fencing: this node stops acting on its leases",
+                    self.config.lease_ttl_ms - self.config.fence_margin_ms,
+                )
+                self._fence_all("renewals failed for lease_ttl minus the safety margin")
+
+    def _fence_guard(self) -> None:
+        """Move the guard's kill deadline of every held singleton's workers."""
+        for p in self.placements.values():
+            if p.slot is not None:
+                self._host.fence_deadline(self._host.singleton_instances(p.name), self.deadline)
+
+    async def _maintain(self) -> None:
+        await asyncio.to_thread(self.store.prune_commands)
+        lost_nodes = await asyncio.to_thread(self.store.mark_lost_nodes)
+        for name in lost_nodes:
+            log.warning("cluster: node %s stopped heartbeating; marked lost", name)
+        rescue = await asyncio.to_thread(self.store.rescue)
+        if rescue.requeued or rescue.lost:
+            self.counters.runs_rescued += len(rescue.requeued) + len(rescue.lost)
+            log.warning(
+                "cluster: rescued runs of expired leases: %d queued again, %d lost",
+                len(rescue.requeued),
+                len(rescue.lost),
+            )
+            self._host.publish(
+                TOPIC,
+                "runs_rescued",
+                {"requeued": len(rescue.requeued), "lost": [r["run_id"] for r in rescue.lost]},
+            )
+            self._host.runs_rescued([r["run_id"] for r in rescue.lost])
+
+    async def _watch_members(self) -> None:
+        """Events for nodes that joined or were lost since the last round, as this node saw them."""
+        status = await asyncio.to_thread(self.store.members)
+        live = {name for name, alive in status.items() if alive}
+        if self.counters.beats > 1:
+            for name in sorted(live - self._members - {self.config.node}):
+                self.counters.nodes_joined += 1
+                self._host.publish(TOPIC, "node_joined", {"node": name})
+            for name in sorted(self._members - live):
+                self.counters.nodes_lost += 1
+                log.warning("cluster: node %s is gone", name)
+                self._host.publish(TOPIC, "node_lost", {"node": name})
+        self._members = live
+
+    async def _take_placements(self) -> None:
+        if self.closing or self.deadline is None or self._clock() >= self.deadline:
+            return
+        for p in self.placements.values():
+            if p.slot is not None or not self._host.singleton_stopped(p.name):
+                continue  # held; or still stopping after a fence (never two copies here)
+            taken = await asyncio.to_thread(self.store.acquire, p.name, p.copies)
+            if taken is None:
+                continue
+            p.slot, p.epoch = taken
+            p.since = self._clock()
+            self.counters.placements_taken += 1
+            self.deadline = min(self.deadline, p.since + self._trust_s())
+            self._host.fence_deadline(self._host.singleton_instances(p.name), self.deadline)
+            log.info("cluster: took %s#%d (epoch %d); starting it", p.name, p.slot, p.epoch)
+            self._host.publish(
+                TOPIC,
+                "placement_taken",
+                {"node": self.config.node, "service": p.name, "slot": p.slot, "epoch": p.epoch},
+            )
+            self._host.start_singleton(p.name)
+
+    # -- control from any node -----------------------------------------------------------------
+
+    async def forward(self, node: str, command: str, args: dict[str, Any], timeout_s: float = 10.0) -> object:
+        """Relay a control command to the node that holds what it names, and wait for its reply."""
+        if node == self.config.node:
+            raise ProtocolError(ErrorCode.CONFLICT, f"{command}: this node ({node}) holds it, but it is not here")
+        command_id = await asyncio.to_thread(self.store.send, node, command, args)
+        deadline = self._clock() + timeout_s
+        delay = 0.01
+        while self._clock() < deadline:
+            await asyncio.sleep(delay)
+            reply = await asyncio.to_thread(self.store.reply, command_id)
+            if reply is not None:
+                if reply.get("ok"):
+                    return reply.get("result")
+                code = reply.get("code", "internal")
+                known = code if code in ErrorCode.__members__.values() else "internal"
+                raise ProtocolError(ErrorCode(known), f"node {node}: {reply.get('message')}")
+            delay = min(0.1, delay * 2)
+        raise ProtocolError(
+            ErrorCode.CONFLICT,
+            f"{command} was sent to node {node}, which holds it, and got no reply within {timeout_s:.0f} s; "
+            f"is it alive? ('supervise cluster status'); if it is gone, its leases are taken over "
+            f"within lease_ttl ({self.config.lease_ttl_ms} ms)",
+        )
+
+    async def _serve_commands(self) -> None:
+        """Answer the commands other nodes relay here: woken by NOTIFY, polled every renew_every."""
+        while True:
+            try:
+                await asyncio.wait_for(self._command_wake.wait(), self.config.renew_every_ms / 1000)
+            except TimeoutError:
+                pass
+            self._command_wake.clear()
+            try:
+                taken = await asyncio.to_thread(self.store.take_commands)
+            except StoreError as e:
+                log.debug("cluster: could not read relayed commands: %s", e)
+                continue
+            for row in taken:
+                reply: dict[str, Any]
+                try:
+                    result = await self._host.execute(row["command"], dict(row["args"]))
+                    reply = {"ok": True, "result": result}
+                except SuperviseError as e:
+                    code = e.code.value if isinstance(e, ProtocolError) else "internal"
+                    reply = {"ok": False, "code": code, "message": str(e)}
+                log.info("cluster: ran %s relayed from another node: %s", row["command"], reply)
+                try:
+                    await asyncio.to_thread(self.store.answer, int(row["id"]), reply)
+                except StoreError as e:
+                    log.warning("cluster: could not answer relayed command %s: %s", row["id"], e)
+
+    # -- what the supervisor asks -------------------------------------------------------------
+
+    def holds(self, name: str) -> bool:
+        """This node may run service `name` (it is not a singleton, or this node holds a copy)."""
+        p = self.placements.get(name)
+        return p is None or p.slot is not None
+
+    def may_run(self, name: str) -> bool:
+        """`holds`, and the lease is still trusted (the fencing deadline has not passed)."""
+        p = self.placements.get(name)
+        return p is None or (p.slot is not None and self.deadline is not None and self._clock() < self.deadline)
+
+    async def holders_of(self, name: str) -> list[str]:
+        """The nodes holding a live copy of singleton `name`."""
+        return await asyncio.to_thread(self.store.holders, name)
+
+    def holder_note(self, name: str) -> str:
+        """Why this node does not run singleton `name` (for a refused start)."""
+        return (
+            f"{name} has placement {self.placements[name].copies} cop(y/ies) in the cluster and this node "
+            "holds none; it runs on the node that holds its lease (see 'supervise cluster status')"
+        )
+
+    def summary(self) -> dict[str, object]:
+        """For /metrics and status."""
+        c = self.counters
+        return {
+            "node": self.config.node,
+            "leader": self.leader,
+            "members": len(self._members),
+            "runs_held": len(self.runs.held()),
+            "placements_held": sorted(f"{p.name}#{p.slot}" for p in self.placements.values() if p.slot is not None),
+            "nodes_joined": c.nodes_joined,
+            "nodes_lost": c.nodes_lost,
+            "leases_lost": c.leases_lost,
+            "runs_rescued": c.runs_rescued,
+            "renew_failures": c.renew_failures,
+            "fenced_writes": self.runs.fenced_writes,
+        }

@@ -1,0 +1,213 @@
+"""Runs under leases: the PostgreSQL store as one cluster node sees it (docs/cluster.md).
+
+Wraps a `PostgresStore`. A run this node takes (inserted in flight, or claimed
+out of `queued`/`due`/`buffered`/`pending`) gets `node`, a new `epoch` (the
+fencing token) and `expires_at = now() + lease_ttl`; the node remembers the
+epoch. Every later write about that run is a compare-and-set on
+`(run_id, epoch, node)`: once the lease is gone (rescued by the leader, or
+revoked here because renewals failed), the write changes nothing. Writes
+about runs this node holds no lease on never touch a run in flight elsewhere.
+
+Each thread gets its own connection: the history writer's retries during an
+outage never hold up the event loop's calls, and a thread running an event
+loop fails fast (one attempt, a short connect timeout) instead of stalling
+supervision; the scheduler tries an occurrence again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Final
+
+import psycopg
+
+from supervise.supervisor.core.runs import FINAL, Run, RunState
+from supervise.supervisor.store.base import run_to_row
+from supervise.supervisor.store.postgres import PostgresStore
+
+log = logging.getLogger("supervise.cluster")
+
+IN_FLIGHT: Final = frozenset({RunState.STARTING, RunState.RUNNING})
+TAKEABLE: Final = [s.value for s in (RunState.QUEUED, RunState.DUE, RunState.BUFFERED, RunState.PENDING)]
+_JSON: Final = ("args", "result")
+
+
+class LeasedRuns:
+    """A `Store` whose run writes are fenced by this node's leases; other calls pass through."""
+
+    def __init__(self, store: PostgresStore, *, node: str, lease_ttl_ms: int) -> None:
+        self.store = store
+        self.node = node
+        self.lease_ttl_s = lease_ttl_ms / 1000
+        self._held: dict[str, int] = {}  # run id -> epoch of the lease this node holds
+        self._revoked: set[str] = set()  # leases lost: writes about these runs are dropped
+        self._lock = threading.Lock()
+        self.fenced_writes = 0  # writes refused because the lease was gone
+        self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
+        self._stores_lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db(), name)
+
+    def _db(self) -> PostgresStore:
+        """This thread's store (one connection per thread)."""
+        key = threading.get_ident()
+        with self._stores_lock:
+            found = self._stores.get(key)
+        if found is not None:
+            return found
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        mine = PostgresStore(
+            self.store.dsn,
+            schema=self.store.schema,
+            connect_timeout_s=2.0 if on_loop else self.store.connect_timeout_s,
+            reconnect_attempts=1 if on_loop else self.store.reconnect_attempts,
+            reconnect_delay_ms=50 if on_loop else self.store.reconnect_delay_ms,
+        )
+        mine.open()  # the schema exists (the supervisor opened `store`): this only checks it
+        with self._stores_lock:
+            self._stores[key] = mine
+        return mine
+
+    def open(self) -> LeasedRuns:
+        self.store.open()
+        return self
+
+    def close(self) -> None:
+        with self._stores_lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
+        self.store.close()
+
+    def __enter__(self) -> LeasedRuns:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the leases this node holds ---------------------------------------------------------
+
+    def epoch_of(self, run_id: str) -> int | None:
+        """The epoch of this node's lease on `run_id`, or None."""
+        with self._lock:
+            return self._held.get(run_id)
+
+    def held(self) -> list[tuple[str, int]]:
+        """Every run lease this node holds, `(run_id, epoch)`, for the heartbeat to renew."""
+        with self._lock:
+            return list(self._held.items())
+
+    def revoke(self, run_ids: set[str] | frozenset[str]) -> list[str]:
+        """These leases are gone: forget them, and drop every later write about those runs.
+        Returns the ids that were held."""
+        with self._lock:
+            gone = [r for r in run_ids if self._held.pop(r, None) is not None]
+            self._revoked.update(gone)
+            return gone
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def insert_run(self, run: Run) -> bool:
+        """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1."""
+        if run.state not in IN_FLIGHT:
+            return self._db().insert_run(run)
+        row = run_to_row(run, lambda t: t)
+        row["node"] = self.node
+        columns = list(row)
+        values = ", ".join("%s::jsonb" if c in _JSON else "%s" for c in columns)
+        query = self._db()._q(
+            f"INSERT INTO {{s}}.runs ({', '.join(columns)}, epoch, expires_at) VALUES ({values}, 1, "  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
+            "now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING"
+        )
+        params = [*row.values(), self.lease_ttl_s]
+        inserted = self._db()._call(lambda conn: conn.execute(query, params).rowcount == 1)
+        if inserted:
+            with self._lock:
+                self._held[run.run_id] = 1
+        return inserted
+
+    def claim(self, run_id: str) -> int | None:
+        """Take a waiting run (queued, due, buffered or pending) for this node: it becomes
+        `starting` under a new epoch, which is returned; None when another node has it."""
+        query = self._db()._q(
+            "UPDATE {s}.runs SET state = %s, node = %s, epoch = epoch + 1, "
+            "expires_at = now() + make_interval(secs => %s) WHERE run_id = %s AND state = ANY(%s) RETURNING epoch"
+        )
+        params = (RunState.STARTING.value, self.node, self.lease_ttl_s, run_id, TAKEABLE)
+        row = self._db()._call(lambda conn: conn.execute(query, params).fetchone())
+        if row is None:
+            return None
+        epoch = int(row["epoch"])
+        with self._lock:
+            self._held[run_id] = epoch
+            self._revoked.discard(run_id)
+        return epoch
+
+    def claim_many(self, run_ids: list[str]) -> dict[str, int]:
+        """`claim` for several runs in one statement: the ones taken, with their epochs."""
+        if not run_ids:
+            return {}
+        query = self._db()._q(
+            "UPDATE {s}.runs SET state = %s, node = %s, epoch = epoch + 1, "
+            "expires_at = now() + make_interval(secs => %s) WHERE run_id = ANY(%s) AND state = ANY(%s) "
+            "RETURNING run_id, epoch"
+        )
+        params = (RunState.STARTING.value, self.node, self.lease_ttl_s, run_ids, TAKEABLE)
+        rows = self._db()._call(lambda conn: conn.execute(query, params).fetchall())
+        taken = {str(row["run_id"]): int(row["epoch"]) for row in rows}
+        with self._lock:
+            self._held.update(taken)
+            self._revoked.difference_update(taken)
+        return taken
+
+    def update_run(self, run: Run, *, expected_state: RunState | None = None) -> bool:
+        """Write `run` over its row: under this node's lease, a compare-and-set on the epoch;
+        without one, only while the row is not in flight (on any node)."""
+        with self._lock:
+            if run.run_id in self._revoked:
+                self.fenced_writes += 1
+                log.info("run %s: write (%s) dropped, this node's lease on it is gone", run.run_id, run.state)
+                return False
+            epoch = self._held.get(run.run_id)
+        row = run_to_row(run, lambda t: t)
+        run_id = row.pop("run_id")
+        if epoch is not None:
+            row["node"] = self.node
+        assignments = ", ".join(f"{c} = %s::jsonb" if c in _JSON else f"{c} = %s" for c in row)
+        params: list[object] = [*row.values(), run_id]
+        if epoch is not None:
+            guard = " AND epoch = %s AND node = %s"
+            params += [epoch, self.node]
+            if run.state not in IN_FLIGHT:
+                assignments += ", expires_at = NULL"  # the lease ends with the run (or its requeue)
+        else:
+            guard = " AND NOT (state = ANY(%s))"
+            params.append([s.value for s in IN_FLIGHT])
+        if expected_state is not None:
+            guard += " AND state = %s"
+            params.append(expected_state.value)
+        query = self._db()._q(f"UPDATE {{s}}.runs SET {assignments} WHERE run_id = %s{guard}")  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
+
+        def write(conn: psycopg.Connection[dict[str, Any]]) -> bool:
+            return bool(conn.execute(query, params).rowcount == 1)
+
+        done = self._db()._call(write)
+        if epoch is not None:
+            with self._lock:
+                if not done:
+                    self._held.pop(run.run_id, None)
+                    self._revoked.add(run.run_id)
+                    self.fenced_writes += 1
+                    log.warning(
+                        "run %s: write (%s) refused, its lease (epoch %d) was taken over", run.run_id, run.state, epoch
+                    )
+                elif run.state in FINAL or run.state not in IN_FLIGHT:
+                    self._held.pop(run.run_id, None)
+        return done

@@ -1,0 +1,191 @@
+"""The cluster tables on a real PostgreSQL: membership, leases with epochs, the leader, rescue,
+and runs fenced by their epoch (docs/cluster.md). Each test has its own schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from supervise.supervisor.core.runs import Run, RunOrigin, RunState, new_run, transition
+from supervise.supervisor.store.base import NodeNameTaken
+from supervise.supervisor.store.cluster import ClusterStore
+from supervise.supervisor.store.leased import LeasedRuns
+from supervise.supervisor.store.postgres import PostgresStore
+from tests.conftest import wait_for
+
+TTL_MS = 1000
+
+
+@pytest.fixture
+def runs_store(pg_schema: tuple[str, str]) -> Iterator[PostgresStore]:
+    dsn, schema = pg_schema
+    with PostgresStore(dsn, schema=schema) as store:
+        yield store
+
+
+@pytest.fixture
+def leased(runs_store: PostgresStore) -> Iterator[Callable[[str], LeasedRuns]]:
+    """LeasedRuns of a node, closed after the test."""
+    made: list[LeasedRuns] = []
+
+    def make(name: str) -> LeasedRuns:
+        made.append(
+            LeasedRuns(PostgresStore(runs_store.dsn, schema=runs_store.schema), node=name, lease_ttl_ms=TTL_MS).open()
+        )
+        return made[-1]
+
+    yield make
+    for runs in made:
+        runs.close()
+
+
+def node(store: PostgresStore, name: str, ttl_ms: int = TTL_MS) -> ClusterStore:
+    return ClusterStore(store.dsn, schema=store.schema, node=name, lease_ttl_ms=ttl_ms).open()
+
+
+def test_a_live_node_name_cannot_be_taken_twice_but_a_dead_ones_can(runs_store: PostgresStore) -> None:
+    first = node(runs_store, "n1")
+    first.join()
+    second = node(runs_store, "n1")
+    with pytest.raises(NodeNameTaken, match='node name "n1" is in use by a live node'):
+        second.join()
+    assert first.beat([], []).alive
+    # once n1's heartbeat expires (on the database clock), the name is free again
+    wait_for(lambda: second.join() is None, timeout_s=5, what="the name to be free")
+    assert not first.beat([], []).alive, "the old incarnation must find it is no longer a member"
+    first.close()
+    second.close()
+
+
+def test_a_clean_leave_frees_the_name_and_the_leases_at_once(runs_store: PostgresStore) -> None:
+    a = node(runs_store, "a", ttl_ms=60_000)
+    a.join()
+    assert a.acquire("single", 1) == (0, 1)
+    a.leave()
+    b = node(runs_store, "b", ttl_ms=60_000)
+    b.join()
+    assert b.acquire("single", 1) == (0, 2), "the copy is free the moment a leaves, with a higher epoch"
+    again = node(runs_store, "a", ttl_ms=60_000)
+    again.join()
+    for c in (a, b, again):
+        c.close()
+
+
+def test_placements_are_exclusive_renewed_by_the_holder_and_taken_over_after_expiry(
+    runs_store: PostgresStore,
+) -> None:
+    a, b = node(runs_store, "a"), node(runs_store, "b")
+    a.join()
+    b.join()
+    assert a.acquire("single", 1) == (0, 1)
+    assert b.acquire("single", 1) is None
+    assert a.beat([], [("single", 0, 1)]).placements == {("single", 0)}
+    assert b.acquire("single", 1) is None
+    # a stops renewing: after lease_ttl b takes it with a higher epoch, and a's renewal fails
+    taken = wait_for(lambda: b.acquire("single", 1), timeout_s=5, what="b to take over")
+    assert taken == (0, 2)
+    assert a.beat([], [("single", 0, 1)]).placements == frozenset()
+    # any:2 spreads: two slots, and the holder of one does not renew the other
+    assert a.acquire("pair", 2) == (0, 1)
+    assert b.acquire("pair", 2) == (1, 1)
+    a.close()
+    b.close()
+
+
+def test_one_leader_at_a_time_and_another_when_it_stops_renewing(runs_store: PostgresStore) -> None:
+    a, b = node(runs_store, "a"), node(runs_store, "b")
+    a.join()
+    b.join()
+    assert a.beat([], []).leader
+    assert not b.beat([], []).leader
+    assert a.beat([], []).leader
+    wait_for(lambda: b.beat([], []).leader, timeout_s=5, what="b to lead once a is silent")
+    status = b.status()
+    assert status["leader"]["node"] == "b" and status["leader"]["epoch"] == 2
+    assert {n["name"] for n in status["nodes"]} == {"a", "b"}
+    assert a.mark_lost_nodes() == ["a"] or b.mark_lost_nodes() == ["a"]
+    a.close()
+    b.close()
+
+
+def _run(service: str = "job", state: RunState = RunState.STARTING) -> Run:
+    run = new_run(service, at=datetime.now(UTC), nominal_time=None, origin=RunOrigin.MANUAL)
+    return run if state is RunState.PENDING else transition(run, state, at=datetime.now(UTC))
+
+
+def test_a_late_writer_from_a_dead_lease_changes_nothing(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    """The river#1302 shape: the rescuer and the old holder race; the compare-and-set on the
+    epoch lets exactly one of them write."""
+    a_runs = leased("a")
+    b_runs = leased("b")
+    leader = node(runs_store, "b")
+    leader.join()
+    now = datetime.now(UTC)
+    queued = transition(new_run("job", at=now, nominal_time=None, origin=RunOrigin.MANUAL), RunState.QUEUED, at=now)
+    assert runs_store.insert_run(queued)
+    assert a_runs.claim(queued.run_id) == 1
+    assert b_runs.claim(queued.run_id) is None, "a run is claimed once"
+    running = transition(transition(queued, RunState.STARTING, at=now), RunState.RUNNING, at=now)
+    assert a_runs.update_run(running)
+    # a goes silent: its lease expires and the leader marks the started run lost (epoch 2)
+    rescue = wait_for(lambda: leader.rescue().lost, timeout_s=5, what="the rescue")
+    assert [r["run_id"] for r in rescue] == [queued.run_id]
+    late = transition(running, RunState.SUCCEEDED, at=datetime.now(UTC))
+    assert not a_runs.update_run(late), "the old holder's finish must be refused"
+    stored = runs_store.get_run(queued.run_id)
+    assert stored is not None and stored.state is RunState.LOST
+    assert a_runs.fenced_writes == 1 and a_runs.epoch_of(queued.run_id) is None
+    assert not a_runs.update_run(replace(late, error="again")), "and every later write too"
+    leader.close()
+
+
+def test_an_expired_run_that_had_not_started_is_queued_again_and_claimable(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    a_runs = leased("a")
+    b_runs = leased("b")
+    leader = node(runs_store, "b")
+    run = _run()
+    assert a_runs.insert_run(run)
+    assert a_runs.held() == [(run.run_id, 1)]
+    rescued = wait_for(lambda: leader.rescue().requeued, timeout_s=5, what="the rescue")
+    assert rescued == [run.run_id]
+    assert b_runs.claim(run.run_id) == 3  # insert 1, rescue 2, claim 3
+    stored = runs_store.get_run(run.run_id)
+    assert stored is not None and stored.state is RunState.STARTING and stored.node == "b"
+    leader.close()
+
+
+def test_renewal_keeps_a_run_lease_alive_and_drops_one_taken_over(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    a = node(runs_store, "a")
+    a.join()
+    a_runs = leased("a")
+    run = _run()
+    assert a_runs.insert_run(run)
+    beat = a.beat(a_runs.held(), [])
+    assert beat.runs == {run.run_id}
+    # a wrong epoch (someone else's lease now) is not renewed
+    assert a.beat([(run.run_id, 7)], []).runs == frozenset()
+    a.close()
+
+
+def test_relayed_commands_reach_their_node_once_and_old_ones_are_pruned(runs_store: PostgresStore) -> None:
+    a, b = node(runs_store, "a"), node(runs_store, "b")
+    command_id = a.send("b", "cancel", {"run_id": "r1"})
+    assert a.reply(command_id) is None
+    assert a.take_commands() == [], "a command is for its node only"
+    taken = b.take_commands()
+    assert [(r["id"], r["command"], r["args"]) for r in taken] == [(command_id, "cancel", {"run_id": "r1"})]
+    assert b.take_commands() == [], "taken once"
+    b.answer(command_id, {"ok": True, "result": {"run_id": "r1"}})
+    assert a.reply(command_id) == {"ok": True, "result": {"run_id": "r1"}}
+    assert a.prune_commands() == 0, "a fresh answer is kept"
+    a.close()
+    b.close()
