@@ -12,7 +12,7 @@ import time
 import uuid
 from importlib.metadata import version
 
-from bench import latency, lifecycle, overhead, procs, supervise_only, throughput, venv
+from bench import latency, lifecycle, overhead, procs, scale, supervise_only, throughput, venv
 from bench.plan import Plan
 from bench.session import REPO, System
 from bench.table import Row, render
@@ -34,9 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario",
         action="append",
         metavar="NAME",
-        help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls",
+        help="run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule,"
+        " url calls, scale",
     )
     ap.add_argument("--json", metavar="FILE", help="also write the rows, with every sample, as JSON")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale curve: supervise alone at N = 200, 1 000 and 2 000 (cold start, status, idle, RSS)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run supervise from another source tree as the system `before` (DIR holds "
+        "supervise/{protocol,supervisor,workers}; see bench/README.md), for a before/after in one run",
+    )
     args = ap.parse_args(argv)
 
     plan = Plan.quick() if args.quick else Plan()
@@ -50,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = {"supervise": version("supervise")}
     systems = [System("supervise", sys.executable, str(REPO))] if "supervise" in names else []
+    if args.baseline and systems:
+        base = os.path.abspath(args.baseline)
+        systems.append(
+            System(
+                "before",
+                sys.executable,
+                os.pathsep.join([base, str(REPO)]),
+                driver="supervise",
+                env={"PYTHONPATH": base},
+            )
+        )
+        versions["before"] = base
     if any(n != "supervise" for n in names):
         peer_versions = venv.ensure(log)
         versions |= {
@@ -85,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             else []
         ),
     ]
+    if args.scale:
+        scenarios.append(("scale", lambda: scale.run(systems, plan, tag, log)))
     if args.scenario:
         scenarios = [(name, f) for name, f in scenarios if any(name.startswith(x) for x in args.scenario)]
     failures = 0
