@@ -64,7 +64,7 @@ def _supervisor_table(text: str) -> dict[str, Any] | None:
     string (multi-line strings) or make the rest of the file matter (`${VAR}` outside the
     table: an unset one refuses the whole config) takes the whole-file way.
     """
-    if "\"\"\"" in text or "\'\'\'" in text:
+    if '"""' in text or "'''" in text:
         return None
     lines: list[str] = []
     inside = seen = False
