@@ -82,7 +82,7 @@ def fast_status(args: list[str]) -> int | None:
     timeout = opts["timeout"] if opts["timeout"] is not None else 30.0
     try:
         with Client(endpoint, timeout_s=timeout) as client:
-            result = client.call("status", **call_args)
+            result: Any = client.request("status", call_args)
     except ClientTimeout as e:
         return _error(str(e), UNREACHABLE)
     except RemoteError as e:
@@ -95,8 +95,12 @@ def fast_status(args: list[str]) -> int | None:
         from supervise.supervisor.cli.render import status_table
 
         text = status_table(result)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `supervise status | head -1`: as click, quietly, exit 1
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's exit flushes and closes it
+        return FAILED
     return 0
 
 
