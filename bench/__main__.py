@@ -7,12 +7,13 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
 from importlib.metadata import version
 
-from bench import api, latency, lifecycle, overhead, procs, supervise_only, throughput, venv
+from bench import api, latency, lifecycle, overhead, procs, scale, supervise_only, throughput, venv
 from bench.plan import Plan
 from bench.session import REPO, System
 from bench.table import Row, render
@@ -36,10 +37,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=(
             "run only this scenario (repeatable): cold start, restart, idle, crash storm, hang, schedule, url calls,"
-            " http api"
+            " http api, scale"
         ),
     )
     ap.add_argument("--json", metavar="FILE", help="also write the rows, with every sample, as JSON")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale curve: supervise alone at N = 200, 1 000 and 2 000 (cold start, status, idle, RSS)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run supervise from another source tree as the system `before` (DIR holds "
+        "supervise/{protocol,supervisor,workers}; see bench/README.md), for a before/after in one run",
+    )
     args = ap.parse_args(argv)
 
     plan = Plan.quick() if args.quick else Plan()
@@ -53,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = {"supervise": version("supervise")}
     systems = [System("supervise", sys.executable, str(REPO))] if "supervise" in names else []
+    base = os.path.abspath(args.baseline) if args.baseline else ""
+    if args.baseline and systems:
+        systems.append(
+            System(
+                "before",
+                sys.executable,
+                os.pathsep.join([base, str(REPO)]),
+                driver="supervise",
+                env={"PYTHONPATH": base},
+            )
+        )
+        versions["before"] = base
     if any(n != "supervise" for n in names):
         peer_versions = venv.ensure(log)
         versions |= {
@@ -61,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         systems += [System(n, str(venv.python()), str(venv.pythonpath())) for n in names if n != "supervise"]
 
+    # As pip does at install: without it (PYTHONDONTWRITEBYTECODE=1, or a read-only tree) every
+    # daemon, worker and CLI start compiles each supervise module again (cold start of 50:
+    # +89 ms and +2.3 MB RSS on 2026-11-29; bench/README.md).
+    trees = [str(REPO / d) for d in ("protocol", "supervisor", "workers")] + ([base] if args.baseline else [])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *trees], check=True, stdout=subprocess.DEVNULL)
     tag = uuid.uuid4().hex[:12]
     rows: list[Row] = []
     scenarios = [
@@ -92,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             else []
         ),
     ]
+    if args.scale:
+        scenarios.append(("scale", lambda: scale.run(systems, plan, tag, log)))
     if args.scenario:
         scenarios = [(name, f) for name, f in scenarios if any(name.startswith(x) for x in args.scenario)]
     failures = 0

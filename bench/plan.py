@@ -24,6 +24,9 @@ class Plan:
     storm_window_s: float = 20.0
     storm_slice_s: float = 2.0
     hang_samples: int = 5
+    scale_ns: tuple[int, ...] = (200, 1000, 2000)  # the scale curve (--scale): supervise alone
+    scale_runs: int = 3  # daemon launches per N and system; status, idle and RSS in the last
+    scale_idle_s: float = 15.0
 
     @classmethod
     def quick(cls) -> Plan:
@@ -40,6 +43,8 @@ class Plan:
             idle_python=False,
             storm_window_s=6.0,
             hang_samples=3,
+            scale_runs=2,
+            scale_idle_s=6.0,
         )
 
     def sized(self, n: int) -> Plan:

@@ -28,13 +28,23 @@ class AgentError(RuntimeError):
 class System:
     """One system under test: its driver module and the interpreter that runs it."""
 
-    def __init__(self, name: str, python: str, pythonpath: str = str(REPO)) -> None:
+    def __init__(
+        self,
+        name: str,
+        python: str,
+        pythonpath: str = str(REPO),
+        *,
+        driver: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.python = python
         # where `import bench` works for the agent; for the peers it must not be the repo
         # root, whose supervisor/ folder would shadow supervisord's `supervisor` package
         self.pythonpath = pythonpath
-        self.driver: ModuleType = importlib.import_module(f"bench.sys_{name}")
+        self.driver_name = driver or name  # "before" is supervise's driver on another source tree
+        self.driver: ModuleType = importlib.import_module(f"bench.sys_{self.driver_name}")
+        self.env = env or {}  # more environment for the daemon and the CLI (before: its PYTHONPATH)
 
 
 class Session:
@@ -59,6 +69,7 @@ class Session:
         system.driver.write_config(self.workdir, wl, **config)
         self.env = {**os.environ, procs.TAG_VAR: tag, "PYTHONUNBUFFERED": "1"}
         self.env.pop("PYTHONPATH", None)
+        self.env.update(system.env)
         self.agent_env = {**self.env, "PYTHONPATH": system.pythonpath}
         self.agent_timeout_s = agent_timeout_s
         self.daemon: subprocess.Popen | None = None
@@ -96,7 +107,7 @@ class Session:
                 self.system.python,
                 "-m",
                 "bench.agent",
-                self.system.name,
+                self.system.driver_name,
                 d.endpoint(self.workdir),
                 str(self.agent_timeout_s),
             ],
@@ -135,7 +146,12 @@ class Session:
 
     def cli(self) -> float:
         """One run of the system's `status` command line, end to end, in seconds."""
-        argv = self.system.driver.cli_argv(self.workdir, self.system.python)
+        d = self.system.driver
+        argv = (
+            d.cli_argv(self.workdir, self.system.python, before=True)
+            if self.system.name == "before"
+            else d.cli_argv(self.workdir, self.system.python)
+        )
         t0 = time.perf_counter()
         done = subprocess.run(
             argv,

@@ -65,13 +65,15 @@ def daemon_argv(workdir: Path, python: str) -> list[str]:
     ]
 
 
-def cli_argv(workdir: Path, python: str) -> list[str]:
-    return [
-        str(Path(sys.executable).with_name("supervise")),
-        "status",
-        "-c",
-        str(workdir / "supervise.toml"),
-    ]
+def cli_argv(workdir: Path, python: str, *, before: bool = False) -> list[str]:
+    """The `supervise` command; for `before` (another source tree, whose entry point may differ),
+    what its console script did: import `cli.main` and call `main()`."""
+    command = (
+        [sys.executable, "-c", "import sys; from supervise.supervisor.cli.main import main; sys.exit(main())"]
+        if before
+        else [str(Path(sys.executable).with_name("supervise"))]
+    )
+    return [*command, "status", "-c", str(workdir / "supervise.toml")]
 
 
 def endpoint(workdir: Path) -> str:

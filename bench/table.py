@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-PEERS = ("circus", "supervisord")
+PEERS = ("before", "circus", "supervisord")  # ratio columns: supervise / each
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -19,7 +19,7 @@ def percentile(xs: list[float], q: float) -> float:
 class Row:
     """One figure. `stat`: "median" shows median (min–max); "p50"/"p95"/"p99"/"max" a percentile alone.
 
-    unit: "s" (shown as ms or s), "%", "MB", "/s", "ms" (already in ms), "n".
+    unit: "s" (shown as ms or s), "%", "MB", "/s", "ms" (already in ms), "us", "KB", "n".
     target: supervise's target as text with a check, e.g. ("<= 10 ms", lambda v: v <= 0.010).
     """
 
@@ -87,6 +87,10 @@ def fmt(v: float, unit: str, *, bare: bool = False, like: float | None = None) -
         return f"{v:.1f}" if bare else f"{v:.1f} MB"
     if unit == "ms":
         return f"{v:.2f}" if bare else f"{v:.2f} ms"
+    if unit == "us":
+        return f"{v:.1f}" if bare else f"{v:.1f} µs"
+    if unit == "KB":
+        return f"{v:.1f}" if bare else f"{v:.1f} KB"
     if unit == "/s":
         return f"{v:.0f}" if bare else f"{v:.0f}/s"
     return f"{v:g}"

@@ -7,6 +7,7 @@ so a peer can send anything and get a precise error, never a crash.
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NoReturn
@@ -32,6 +33,8 @@ from supervise.protocol.messages import (
 
 REQUEST_FIELDS = ("v", "id", "cmd", "args")
 """The fields of a control request, in the order error messages list them."""
+
+_PAUSE_GC_BYTES = 64 * 1024
 
 _ID_RULE = f"a string (≤{MAX_REQUEST_ID_CHARS} chars) or integer"
 
@@ -86,6 +89,12 @@ def unpack(frame: bytes, limits: Limits = REQUEST_LIMITS, *, what: str = "reques
             ErrorCode.TOO_LARGE,
             f"{what} of {len(frame)} bytes exceeds limit {limits.max_frame_bytes} bytes",
         )
+    # A large frame (a `status` of thousands of services) becomes thousands of containers at
+    # once, and the cyclic collector would walk them several times meanwhile to find nothing:
+    # msgpack's own advice is to pause it (2 ms of a 9 ms `status` of 2 000 services).
+    pause_gc = len(frame) > _PAUSE_GC_BYTES and gc.isenabled()
+    if pause_gc:
+        gc.disable()
     try:
         obj: object = msgpack.unpackb(
             frame,
@@ -104,6 +113,9 @@ def unpack(frame: bytes, limits: Limits = REQUEST_LIMITS, *, what: str = "reques
         )
     except Exception as exc:  # msgpack raises ValueError, TypeError and subclasses
         raise _explain(exc, frame, limits, what) from exc
+    finally:
+        if pause_gc:
+            gc.enable()
     if walk:
         _check_tree(obj, limits, what)
     return obj

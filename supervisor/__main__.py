@@ -1,5 +1,5 @@
 """`python -m supervise.supervisor`: the supervise command."""
 
-from supervise.supervisor.cli.main import main
+from supervise.supervisor.cli.fast import main
 
 main()

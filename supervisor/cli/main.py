@@ -7,6 +7,7 @@ exit code from `Exit`, in one place (`main`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -102,6 +103,11 @@ def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
 
     async def run() -> None:
         await supervisor.start()
+        # What start-up built (modules, config, services) lives as long as the daemon: moved out
+        # of the cyclic collector's sight, a full collection no longer walks it (40 ms with 2 000
+        # services, in the middle of a `status`). The daemon only: an embedding program decides its own.
+        gc.collect()
+        gc.freeze()
         told = None
         if manager is not None:
             told = asyncio.create_task(manager.serve(supervisor.startup_settled, running_status))
