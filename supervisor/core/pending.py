@@ -90,6 +90,10 @@ class PendingWindow:
         """The soonest pending run here, or None."""
         return self._runs[self._keys[0][1]] if self._keys else None
 
+    def get(self, run_id: str) -> Run | None:
+        """The pending run with this id if it is here, else None."""
+        return self._runs.get(run_id)
+
     def remove(self, run_id: str) -> Run | None:
         """Take one run out (it was cancelled); None when it is not here."""
         run = self._runs.pop(run_id, None)

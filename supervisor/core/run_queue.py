@@ -63,6 +63,12 @@ class RunQueue:
         """The `count` soonest runs, left in the queue."""
         return [entry[2] for entry in heapq.nsmallest(count, self._heap)]
 
+    def get(self, run_id: str) -> Run | None:
+        """The queued run with this id if it is in memory, else None."""
+        if run_id not in self._ids:
+            return None
+        return next(run for _, _, run in self._heap if run.run_id == run_id)
+
     def remove(self, run_id: str) -> Run | None:
         """Take one run out (it was cancelled); None when it is not in memory."""
         if run_id not in self._ids:

@@ -1001,8 +1001,11 @@ class Scheduler:
         return run.run_id
 
     def cancel_oneshot(self, run_id: str) -> bool:
-        """Cancel a one-shot (or any run) that has not started; False when it has, or never existed."""
-        run = self._store.get_run(run_id)
+        """Cancel a one-shot (or any run) that has not started; False when it has, or never existed.
+
+        A run held here is judged by what is held (its row may still be on its way to the
+        store, e.g. a task created a moment ago); others by their row."""
+        run = self._held(run_id) or self._store.get_run(run_id)
         if run is None or run.state not in (RunState.PENDING, RunState.DUE, RunState.BUFFERED, RunState.QUEUED):
             return False
         try:
@@ -1010,6 +1013,20 @@ class Scheduler:
         except ProtocolError:
             return False
         return True
+
+    def _held(self, run_id: str) -> Run | None:
+        """A run this scheduler holds in memory: pending in the window, queued, buffered or in flight."""
+        pending = self._window.get(run_id)
+        if pending is not None:
+            return pending
+        for s in self._schedules.values():
+            active = s.active.get(run_id)
+            if active is not None:
+                return active.run
+            found = s.queue.get(run_id) or next((r for r in s.buffered if r.run_id == run_id), None)
+            if found is not None:
+                return found
+        return None
 
     def arm_stored_oneshots(self) -> None:
         """Load the soonest pending one-shots (one-shots stored by an older version become pending runs first)."""

@@ -254,3 +254,21 @@ def test_runs_left_in_flight_by_a_service_added_at_runtime_are_lost_once_it_is_r
         scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_a_one_shot_added_a_moment_ago_is_cancelled_before_its_row_reaches_the_store(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    _, host, store = parts
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "manual": True})
+        scheduler.start()
+        with store.store._lock:  # the writer stalls: the run's row is not in the store yet
+            run_id = scheduler.schedule_at("job", WALL0 + timedelta(hours=1), None)
+            assert scheduler.cancel_oneshot(run_id)
+        assert await scheduler.written()
+        assert store.store.get_run(run_id).state is RunState.CANCELLED
+        scheduler.close()
+
+    asyncio.run(scenario())
