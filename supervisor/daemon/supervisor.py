@@ -42,8 +42,6 @@ from supervise.supervisor.core.health import supervisor_healthy
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.binding import Endpoints
 from supervise.supervisor.daemon.changes import RuntimeChanges
-from supervise.supervisor.daemon.cluster import ClusterAgent
-from supervise.supervisor.daemon.cluster_host import ClusterBinding
 from supervise.supervisor.daemon.commands import Command, resolve
 from supervise.supervisor.daemon.control import ControlServer
 from supervise.supervisor.daemon.guard_link import GuardLink
@@ -73,6 +71,7 @@ from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
     from supervise.supervisor.api import ApiServer
+    from supervise.supervisor.daemon.cluster import ClusterAgent
 
 log = logging.getLogger("supervise")
 
@@ -235,6 +234,9 @@ class Supervisor:
 
     async def _join_cluster(self) -> None:
         """Open the cluster's store and join as a node (docs/cluster.md)."""
+        # Imported here: PostgreSQL's driver is ~10 MB of a daemon's memory, only in cluster mode.
+        from supervise.supervisor.daemon.cluster import ClusterAgent
+        from supervise.supervisor.daemon.cluster_host import ClusterBinding
         from supervise.supervisor.store.cluster import ClusterStore
         from supervise.supervisor.store.leased import LeasedRuns
         from supervise.supervisor.store.postgres import PostgresStore

@@ -9,6 +9,7 @@ and there are no import circles.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterable
 from functools import cache
@@ -174,3 +175,14 @@ def test_no_import_circles() -> None:
 def test_only_the_codec_imports_msgpack() -> None:
     users = [m for m in all_modules() if any(i.split(".")[0] == "msgpack" for i in raw_imports(m))]
     assert users == ["supervise.protocol.codec"]
+
+
+def test_the_daemon_imports_no_driver_web_or_template_library_it_was_not_configured_for() -> None:
+    """Each costs megabytes of every daemon's memory: PostgreSQL's driver only for a postgresql
+    store or [cluster], aiohttp and pydantic only for the HTTP server, Jinja2 only for templates."""
+    code = (
+        "import sys, supervise.supervisor.daemon.supervisor, supervise.supervisor.cli.main;"
+        "heavy = [m for m in ('psycopg', 'aiohttp', 'pydantic', 'jinja2') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
