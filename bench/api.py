@@ -40,6 +40,18 @@ LATENESS_TASKS = 50
 SCENARIO = "http api (supervise only)"
 
 
+def http_address(client: Any, daemon: subprocess.Popen[bytes], timeout_s: float = 60) -> str:
+    """The daemon's HTTP address (host:port) from `ping`, once it answers; raises if it died or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(client.call("ping", retries=0)["http"])
+        except Exception:
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
 def _config(folder: Path, services: int) -> Path:
     lines = [
         "[supervisor]",
@@ -155,15 +167,7 @@ def measure(tasks: int, services: int, *, tag: str | None = None, profile: str |
     )
     client = Client(f"ipc://{folder}/state/control.sock", timeout_s=5.0)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                address = client.call("ping", retries=0)["http"]
-                break
-            except Exception:
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        address = http_address(client, daemon)
         receiver = f"http://127.0.0.1:{server.server_address[1]}/hook"
         spy = None
         if profile:

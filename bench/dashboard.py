@@ -29,6 +29,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from bench.api import http_address
 from supervise.protocol.client import Client
 from supervise.supervisor.api.store import ApiStore, Role
 from supervise.supervisor.dashboard import ASSETS
@@ -118,15 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     client = Client(f"ipc://{folder}/state/control.sock", timeout_s=5.0)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                address = client.call("ping", retries=0)["http"]
-                break
-            except Exception:
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        address = http_address(client, daemon)
         base = f"http://{address}"
         _wait_running(base, token, args.services)
         _measure(base, token, args.services, args.loads)

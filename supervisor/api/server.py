@@ -266,16 +266,7 @@ class Pipeline:
                 f"credentials in the URL ({sorted(named)[0]}) are refused: URLs end up in logs; "
                 "send them as the header Authorization: Bearer <token>",
             )
-        client = request.remote or "?"
-        now = time.monotonic()
-        wait = self.limiter.retry_after(client, now)
-        if wait is not None:
-            raise ApiError(
-                429,
-                "Too Many Requests",
-                "too many failed authentications from this address",
-                headers={"Retry-After": str(wait)},
-            )
+        client, now = self._refuse_if_limited(request)
         header = request.headers.get("Authorization", "")
         scheme, _, text = header.partition(" ")
         challenge = 'Bearer realm="supervise"'
@@ -363,8 +354,8 @@ class Pipeline:
         text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body, default=str)
         return web.Response(status=reply.status, text=text, content_type="application/json", headers=reply.headers)
 
-    def check_sign_in(self, request: web.Request, text: str) -> Token:
-        """The token a browser signs in with, under the same failure limit as every other; ApiError if wrong."""
+    def _refuse_if_limited(self, request: web.Request) -> tuple[str, float]:
+        """(the client's address, now); ApiError 429 while that address is over the failure limit."""
         client = request.remote or "?"
         now = time.monotonic()
         wait = self.limiter.retry_after(client, now)
@@ -375,6 +366,11 @@ class Pipeline:
                 "too many failed authentications from this address",
                 headers={"Retry-After": str(wait)},
             )
+        return client, now
+
+    def check_sign_in(self, request: web.Request, text: str) -> Token:
+        """The token a browser signs in with, under the same failure limit as every other; ApiError if wrong."""
+        client, now = self._refuse_if_limited(request)
         token = self.store.verify(text.strip()) if len(text) <= MAX_AUTH_HEADER else None
         if token is None:
             self.auth_failures += 1
