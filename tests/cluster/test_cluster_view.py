@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from supervise.supervisor.api.store import Role
-from tests.cluster.conftest import ClusterDb, write_cluster_config
+from tests.cluster.conftest import ClusterDb, OwnPostgres, write_cluster_config
 from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for
 from tests.contract.conftest import drop_schema, postgres_dsn
 from tests.integration.api_helpers import Answer, call
@@ -115,3 +115,23 @@ def test_the_cluster_tab_shows_the_node_alive_and_leader_and_follows_a_node_join
             assert not errors, f"the page raised: {errors}"
         finally:
             browser.close()
+
+
+def test_the_database_away_answers_503_and_the_answer_returns_with_it(own_postgres: OwnPostgres) -> None:
+    db = ClusterDb(own_postgres.dsn, f"supervise_cv_{uuid.uuid4().hex[:12]}")
+    folder = Path(tempfile.mkdtemp(prefix="sv-cv-", dir="/tmp"))
+    config = write_cluster_config(folder, db, {}, node=NODE, http="127.0.0.1:0")
+    tokens = make_tokens(folder / "state", {"viewer": (Role.VIEWER, None)})
+    daemon = start_daemon(config)
+    try:
+        site = Node(daemon, "http://" + daemon.client.call("ping")["http"], tokens, db, folder)
+        assert site.get("viewer").json["nodes"][0]["name"] == NODE
+        own_postgres.stop()
+        answer = site.get("viewer")
+        assert answer.status == 503, answer.text
+        assert "cannot read the cluster store" in answer.json["detail"]
+        own_postgres.start()
+        wait_for(lambda: site.get("viewer").status == 200, timeout_s=15, what="the answer once the database is back")
+    finally:
+        stop_daemon(daemon)
+        shutil.rmtree(folder, ignore_errors=True)
