@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from supervise.supervisor.api.browser import Browser
+from supervise.supervisor.api.cluster import ClusterResource
 from supervise.supervisor.api.openapi import document
 from supervise.supervisor.api.resources import Resources
 from supervise.supervisor.api.server import PREFIX, ApiError, Pipeline, problem_response
@@ -86,6 +87,7 @@ class ApiServer:
         self.resources: Resources | None = None
         self.pipeline: Pipeline | None = None
         self.browser: Browser | None = None
+        self.cluster: ClusterResource | None = None
         self._own: tuple[str | None, int | None] | None = None
 
     def mount(self, app: web.Application) -> None:
@@ -107,7 +109,8 @@ class ApiServer:
         )
         self.pipeline = pipeline = Pipeline(store, context=self._context)
         self.browser = browser = Browser(resources, pipeline, self._samples, self._config.sample_interval_ms / 1000)
-        routes = resources.routes() + browser.routes()
+        self.cluster = cluster = ClusterResource(self._host)
+        routes = resources.routes() + browser.routes() + cluster.routes()
         spec = document(routes)
         for route in routes:
             app.router.add_route(route.method, PREFIX + route.path, pipeline.wrap(route))
@@ -152,6 +155,8 @@ class ApiServer:
             self.browser.close()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
         if self.store is not None:
             self.store.close()
             self.store = None

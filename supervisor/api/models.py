@@ -464,3 +464,43 @@ class EventsQuery(Strict):
 class Ping(Open):
     version: str
     pid: int
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+class ClusterLeader(Open):
+    node: str
+    epoch: int
+
+
+class ClusterNode(Open):
+    name: str
+    host: str | None = None
+    pid: int | None = None
+    state: str = Field(description="live, left, lost, or expired (its heartbeat is older than the lease)")
+    alive: bool = Field(description="state is live: the node renewed its heartbeat within the lease")
+    started_at: str | None = None
+    heartbeat_age_s: float = Field(description="seconds since its last heartbeat, on the database clock")
+    runs_held: int = Field(description="in-flight runs whose lease it holds")
+    singletons_held: list[str] = Field(description='singleton copies it holds, as "service#slot"')
+
+
+class ClusterPlacement(Open):
+    name: str
+    slot: int
+    holder: str
+    epoch: int
+    live: bool = Field(description="false: the copy is free; holder is who held it last")
+    expires_in_s: float
+
+
+class ClusterView(Open):
+    """Cluster mode (docs/cluster.md); only `enabled` when this daemon has no [cluster] table."""
+
+    enabled: bool
+    node: str | None = Field(default=None, description="this daemon's node name")
+    leader: ClusterLeader | None = Field(default=None, description="the maintenance leader; null when none is live")
+    database_time: str | None = None
+    nodes: list[ClusterNode] = Field(default_factory=list)
+    placements: list[ClusterPlacement] = Field(default_factory=list)

@@ -25,6 +25,7 @@ _ERROR_TEXT = {
     415: "The body is not JSON",
     422: "The body or query does not match its schema",
     429: "Too many failed authentications, or a tenant over its quota (see Retry-After)",
+    503: "A store the answer is read from cannot be reached now (retry later)",
 }
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from supervise.supervisor.daemon.ports import ControlApi
 
 if TYPE_CHECKING:
+    from supervise.supervisor.daemon.cluster import ClusterAgent
     from supervise.supervisor.store.queued import QueuedStore
 
 
@@ -26,3 +27,8 @@ class ApiHost(ControlApi, Protocol):
 
     @property
     def store(self) -> QueuedStore | None: ...
+
+    @property
+    def cluster(self) -> ClusterAgent | None:
+        """The node's cluster agent with `[cluster]` (docs/cluster.md); None otherwise."""
+        ...

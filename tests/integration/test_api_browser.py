@@ -180,3 +180,11 @@ def test_the_dashboard_page_is_served_with_a_strict_content_security_policy(api:
     assert again.status == 304
     assert call("GET", api.base + "/ui/..%2Fassets.py").status == 404
     assert call("GET", api.base + "/ui/nothing.js").status == 404
+
+
+def test_the_cluster_endpoint_says_disabled_without_a_cluster_table_and_404_to_a_tenant(api: Api) -> None:
+    answer = api.call("GET", "/cluster", token=api.tokens["viewer"])
+    assert answer.status == 200, answer.text
+    assert answer.json == {"enabled": False}
+    assert api.call("GET", "/cluster", token=api.tokens["acme"]).status == 404
+    assert api.call("GET", "/cluster").status == 401

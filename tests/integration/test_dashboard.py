@@ -303,7 +303,8 @@ def test_tasks_and_the_hidden_cluster_tab(site: Site, context: BrowserContext) -
     page.goto(site.base + "/#/tasks")
     expect(page.locator("#main")).to_contain_text("No tasks.")
     shoot(page, "tasks")
-    expect(page.locator("#cluster-tab")).to_be_hidden()  # no cluster endpoints: no cluster tab
+    expect(page.locator("#cluster-tab")).to_have_attribute("data-mode", "off")  # asked: no cluster mode here
+    expect(page.locator("#cluster-tab")).to_be_hidden()
 
 
 # -- roles, tenants, CSRF ----------------------------------------------------------------------------------

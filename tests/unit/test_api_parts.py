@@ -147,11 +147,14 @@ def test_the_exception_of_a_traceback_keeps_a_message_that_spans_lines() -> None
 
 def test_the_endpoint_table_of_docs_api_md_is_the_route_table() -> None:
     from supervise.supervisor.api.browser import Browser
+    from supervise.supervisor.api.cluster import ClusterResource
     from supervise.supervisor.api.openapi import reference_markdown
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert reference_markdown(Resources.__new__(Resources).routes()) in text
     assert reference_markdown(Browser.__new__(Browser).routes()) in text
+    for row in reference_markdown(ClusterResource.__new__(ClusterResource).routes()).splitlines()[2:]:
+        assert row in text  # in the main table
 
 
 def test_writes_behind_are_read_back_at_once_and_committed_together_by_the_scheduled_flush(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 // The dashboard's shell: sign-in, the router (#/path), the live streams, and what every view shares.
 import { api, ApiError, get, stream } from "./api.js";
+import { CLUSTER_KINDS } from "./cluster.js";
 import { EVENT_KINDS, h } from "./format.js";
 import { VIEWS } from "./views.js";
 
@@ -109,7 +110,7 @@ function onSample(data) {
 
 const pending = new Map();
 function onEvent(event) {
-  const name = event.service;
+  const name = CLUSTER_KINDS.includes(event.kind) ? null : event.service; // "cluster" is a topic, not a service
   if (event.kind === "state" && app.services.has(name)) {
     // The new state is shown at once; the rest of the row follows from a fetch.
     const row = app.services.get(name);
@@ -157,18 +158,20 @@ function setLive(state) {
 
 function openStreams() {
   for (const close of app.closeStreams) close();
-  const handlers = Object.fromEntries(EVENT_KINDS.map((k) => [k, onEvent]));
+  const handlers = Object.fromEntries([...EVENT_KINDS, ...CLUSTER_KINDS].map((k) => [k, onEvent]));
   handlers.missed = () => loadServices().then(() => app.view?.onService?.(null));
   app.closeStreams = [stream("/events", handlers, setLive), stream("/samples/stream", { sample: onSample })];
 }
 
+// The tab is shown only in cluster mode (a tenant's token gets 404: nodes are not a tenant's).
 async function detectCluster() {
+  const tab = $("#cluster-tab");
   try {
-    const doc = await get("/openapi.json");
-    $("#cluster-tab").hidden = !Object.keys(doc.paths).some((p) => p.startsWith("/api/v1/cluster"));
+    tab.hidden = !(await get("/cluster")).enabled;
   } catch {
-    $("#cluster-tab").hidden = true;
+    tab.hidden = true;
   }
+  tab.dataset.mode = tab.hidden ? "off" : "on";
 }
 
 // -- sign-in and routing ----------------------------------------------------------------------

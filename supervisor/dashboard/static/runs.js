@@ -1,4 +1,4 @@
-// Jobs, runs, failures first, tasks, and the cluster when the API has one.
+// Jobs, runs, failures first, and tasks.
 import { api, get, post, query } from "./api.js";
 import { act, app, can } from "./app.js";
 import { badge, h, ms, relative, triggerWords, when } from "./format.js";
@@ -275,22 +275,4 @@ const tasks = {
 
 const fetchDelete = (path) => api("DELETE", path);
 
-// -- cluster (only when the API has it) -------------------------------------------------------------
-const cluster = {
-  title: () => "Cluster",
-  async render(main) {
-    const doc = await get("/openapi.json");
-    const paths = Object.keys(doc.paths).filter((p) => p.startsWith("/api/v1/cluster") && !p.includes("{") && doc.paths[p].get);
-    main.append(h("div", { class: "head" }, h("h1", {}, "Cluster")));
-    if (!paths.length) {
-      main.append(empty("Cluster mode is off: this supervisor runs alone."));
-      return;
-    }
-    for (const p of paths) {
-      const body = await get(p.slice("/api/v1".length)).catch((e) => ({ error: e.message }));
-      main.append(section(p.slice("/api/v1/cluster".length) || "cluster", h("pre", {}, JSON.stringify(body, null, 2))));
-    }
-  },
-};
-
-export const RUN_VIEWS = { jobs, job, runs, run, failures, tasks, cluster };
+export const RUN_VIEWS = { jobs, job, runs, run, failures, tasks };
