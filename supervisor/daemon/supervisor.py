@@ -728,7 +728,7 @@ class Supervisor:
             "resume": core.ResumeRequested(),
         }
         event = requests[command]
-        elsewhere = self._held_elsewhere(names) if command in ("start", "stop", "restart") else []
+        elsewhere = self._held_elsewhere(names)
         names = [n for n in names if n not in elsewhere]
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
@@ -754,8 +754,8 @@ class Supervisor:
         return [n for n in names if not self.cluster.holds(self._services[n].config.name)]
 
     async def _act_elsewhere(self, command: str, names: list[str]) -> dict[str, str]:
-        """start/stop/restart of singletons held by other nodes: relayed to each holder; the
-        states come back as `NAME@NODE` (docs/cluster.md)."""
+        """start/stop/restart/pause/resume of singletons held by other nodes: relayed to each
+        holder; the states come back as `NAME@NODE` (docs/cluster.md)."""
         assert self.cluster is not None
         shown: dict[str, str] = {}
         for base in dict.fromkeys(self._services[n].config.name for n in names):

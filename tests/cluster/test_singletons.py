@@ -161,7 +161,7 @@ def test_node_events_and_metrics(nodes: Callable[..., Daemon], cluster_db: Clust
     assert "supervise_cluster_placements_held 1.0" in text
 
 
-def test_stop_and_start_of_a_singleton_through_a_node_that_does_not_hold_it(
+def test_stop_start_pause_resume_of_a_singleton_through_a_node_that_does_not_hold_it(
     nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path
 ) -> None:
     daemons = {name: nodes(cluster_db, singleton(short_dir), node=name) for name in ("a", "b")}
@@ -175,4 +175,9 @@ def test_stop_and_start_of_a_singleton_through_a_node_that_does_not_hold_it(
     started = daemons[other].client.call("start", name="single")
     assert started["services"] == {f"single@{holder}": "RUNNING"}
     assert daemons[other].state("single") == "STOPPED"
+    paused = daemons[other].client.call("pause", name="single")
+    assert paused["services"] == {f"single@{holder}": "PAUSED"}
+    assert daemons[holder].state("single") == "PAUSED"
+    resumed = daemons[other].client.call("resume", name="single")
+    assert resumed["services"] == {f"single@{holder}": "RUNNING"}
     assert [kind for kind, _, _ in events(short_dir / "events")].count("conflict") == 0
