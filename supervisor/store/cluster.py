@@ -313,7 +313,8 @@ class ClusterStore:
 
     def rescue(self) -> Rescue:
         """Runs whose lease expired: not started -> `queued` again; started -> `lost` (the caller
-        applies each service's on_lost). Both bump the epoch, so the old holder's writes fail."""
+        applies each service's on_lost). Both bump the epoch, so the old holder's writes fail.
+        Also one-shots left `due` (unclaimed) for longer than a lease past their time: `queued`."""
         requeue = self._q(
             "UPDATE {s}.runs SET state = 'queued', epoch = epoch + 1, expires_at = NULL, "
             "reason = 'queued again: the lease of node ' || coalesce(node, '?') || ' expired before it started' "
@@ -326,8 +327,18 @@ class ClusterStore:
             "WHERE state = 'running' AND expires_at <= now() RETURNING run_id"
         )
 
+        # A one-shot a node moved out of `pending` and died before claiming: no lease to expire,
+        # so its time passing by more than a lease says nobody runs it.
+        orphaned = self._q(
+            "UPDATE {s}.runs SET state = 'queued', epoch = epoch + 1, "
+            "reason = 'queued again: made due by a node that did not claim it' "
+            "WHERE state = 'due' AND expires_at IS NULL AND origin = 'oneshot' "
+            "AND nominal_time <= now() - make_interval(secs => %s) RETURNING run_id"
+        )
+
         def rescue(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[str], list[str]]:
             queued = [row["run_id"] for row in conn.execute(requeue).fetchall()]
+            queued += [row["run_id"] for row in conn.execute(orphaned, (self.lease_ttl_s,)).fetchall()]
             lost = [row["run_id"] for row in conn.execute(lose).fetchall()]
             return queued, lost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -189,3 +189,29 @@ def test_relayed_commands_reach_their_node_once_and_old_ones_are_pruned(runs_sto
     assert a.prune_commands() == 0, "a fresh answer is kept"
     a.close()
     b.close()
+
+
+def test_a_one_shot_left_due_by_a_node_that_never_claimed_it_is_queued_again(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    """A node moved the one-shot out of `pending` (its compare-and-set) and died before the
+    claim: there is no lease to expire, so a lease's time past the run's datetime is the sign."""
+    b_runs = leased("b")
+    leader = node(runs_store, "b")
+    now = datetime.now(UTC)
+    late = transition(
+        new_run(
+            "job", at=now, nominal_time=now - timedelta(seconds=5), origin=RunOrigin.ONESHOT, state=RunState.PENDING
+        ),
+        RunState.DUE,
+        at=now,
+    )
+    recent = transition(
+        new_run("job", at=now, nominal_time=now, origin=RunOrigin.ONESHOT, state=RunState.PENDING), RunState.DUE, at=now
+    )
+    assert runs_store.insert_run(late) and runs_store.insert_run(recent)
+    assert leader.rescue().requeued == [late.run_id]  # the recent one may still be claimed by its node
+    stored = runs_store.get_run(late.run_id)
+    assert stored is not None and stored.state is RunState.QUEUED and "did not claim" in (stored.reason or "")
+    assert b_runs.claim(late.run_id) is not None
+    leader.close()
