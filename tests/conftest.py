@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -179,11 +180,12 @@ def stop_daemon(daemon: Daemon) -> None:
 
 
 @pytest.fixture
-def daemon_factory(short_dir: Path) -> Iterator[Callable[..., Daemon]]:
+def launch() -> Iterator[Callable[[Path], Daemon]]:
+    """Start a daemon on a config file; each one started is stopped when the test ends
+    (resumed first, should the test have left it frozen with SIGSTOP)."""
     started: list[Daemon] = []
 
-    def make(services: dict[str, dict[str, object]], **supervisor: object) -> Daemon:
-        config = write_config(short_dir, services, **supervisor)
+    def make(config: Path) -> Daemon:
         daemon = start_daemon(config)
         started.append(daemon)
         return daemon
@@ -192,7 +194,20 @@ def daemon_factory(short_dir: Path) -> Iterator[Callable[..., Daemon]]:
         yield make
     finally:
         for daemon in started:
+            if daemon.proc.poll() is None:
+                try:
+                    os.kill(daemon.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
             stop_daemon(daemon)
+
+
+@pytest.fixture
+def daemon_factory(short_dir: Path, launch: Callable[[Path], Daemon]) -> Callable[..., Daemon]:
+    def make(services: dict[str, dict[str, object]], **supervisor: object) -> Daemon:
+        return launch(write_config(short_dir, services, **supervisor))
+
+    return make
 
 
 def instance_processes() -> list[psutil.Process]:

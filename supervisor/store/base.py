@@ -211,6 +211,16 @@ NOTIFICATION_COLUMNS: Final = (
 )
 
 
+def attempt_outcome(
+    *, at: datetime, error: str | None, retry_at: datetime | None
+) -> tuple[NotificationState, datetime, datetime | None]:
+    """A delivery attempt's result as (state, next_attempt_at, delivered_at): delivered when
+    there was no error, pending again at `retry_at`, or failed for good without one."""
+    if error is None:
+        return NotificationState.DELIVERED, at, at
+    return (NotificationState.PENDING if retry_at is not None else NotificationState.FAILED), retry_at or at, None
+
+
 def notification_row(n: Notification, encode_time: Callable[[datetime], Any]) -> tuple[Any, ...]:
     """A notification's values in `NOTIFICATION_COLUMNS` order, times through the backend's `encode_time`."""
     return (

@@ -33,6 +33,7 @@ from supervise.supervisor.store.base import (
     OneShot,
     ScheduleState,
     StoreError,
+    attempt_outcome,
     notification_row,
     row_to_notification,
     row_to_run,
@@ -525,11 +526,7 @@ class PostgresStore:
     def record_attempt(
         self, notification_id: str, *, at: datetime, error: str | None, retry_at: datetime | None
     ) -> bool:
-        if error is None:
-            state, next_at, delivered = NotificationState.DELIVERED, at, at
-        else:
-            state = NotificationState.PENDING if retry_at is not None else NotificationState.FAILED
-            next_at, delivered = retry_at or at, None
+        state, next_at, delivered = attempt_outcome(at=at, error=error, retry_at=retry_at)
         query = self._q(
             "UPDATE {s}.notifications SET attempts = attempts + 1, state = %s, next_attempt_at = %s, "
             "last_error = coalesce(%s, last_error), delivered_at = %s WHERE id = %s AND state = %s"

@@ -34,6 +34,7 @@ from supervise.supervisor.store.base import (
     OneShot,
     ScheduleState,
     StoreError,
+    attempt_outcome,
     from_json,
     notification_row,
     row_to_notification,
@@ -594,11 +595,7 @@ class SqliteStore:
     def record_attempt(
         self, notification_id: str, *, at: datetime, error: str | None, retry_at: datetime | None
     ) -> bool:
-        if error is None:
-            state, next_at, delivered = NotificationState.DELIVERED, at, at
-        else:
-            state = NotificationState.PENDING if retry_at is not None else NotificationState.FAILED
-            next_at, delivered = retry_at or at, None
+        state, next_at, delivered = attempt_outcome(at=at, error=error, retry_at=retry_at)
         with self._write() as conn:
             return (
                 conn.execute(

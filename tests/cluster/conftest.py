@@ -7,9 +7,7 @@ that must stop or freeze PostgreSQL start their own (`own_postgres`).
 from __future__ import annotations
 
 import http.server
-import os
 import shutil
-import signal
 import socket
 import subprocess  # nosec B404 # the test's own PostgreSQL, fixed argv
 import tempfile
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, start_daemon, stop_daemon, toml_value
+from tests.conftest import Daemon, toml_value
 from tests.contract.conftest import drop_schema, postgres_dsn
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -78,26 +76,14 @@ def write_cluster_config(
 
 
 @pytest.fixture
-def nodes(short_dir: Path) -> Iterator[Callable[..., Daemon]]:
+def nodes(short_dir: Path, launch: Callable[[Path], Daemon]) -> Callable[..., Daemon]:
     """Start cluster daemons, each in its own folder under one short temporary dir."""
-    started: list[Daemon] = []
+    folders = iter(range(1_000))
 
     def make(db: ClusterDb, services: dict[str, dict[str, object]], **options: object) -> Daemon:
-        config = write_cluster_config(short_dir / f"n{len(started)}", db, services, **options)  # type: ignore[arg-type]
-        daemon = start_daemon(config)
-        started.append(daemon)
-        return daemon
+        return launch(write_cluster_config(short_dir / f"n{next(folders)}", db, services, **options))  # type: ignore[arg-type]
 
-    try:
-        yield make
-    finally:
-        for daemon in started:
-            if daemon.proc.poll() is None:
-                try:
-                    os.kill(daemon.pid, signal.SIGCONT)  # a test may have left it frozen
-                except ProcessLookupError:
-                    pass
-            stop_daemon(daemon)
+    return make
 
 
 def free_port() -> int:

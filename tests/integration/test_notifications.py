@@ -22,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from supervise.protocol import RemoteError
-from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
+from tests.conftest import Daemon, stop_daemon, wait_for, write_config
 
 SECRET = "s3cret-for-tests"
 
@@ -119,22 +119,6 @@ def write(
     folder: Path, notify: dict[str, dict[str, object]], services: dict[str, dict[str, object]], **supervisor: object
 ) -> Path:
     return write_config(folder, services, notify=notify, **supervisor)
-
-
-@pytest.fixture
-def launch(short_dir: Path) -> Iterator[Callable[[Path], Daemon]]:
-    started: list[Daemon] = []
-
-    def make(config: Path) -> Daemon:
-        daemon = start_daemon(config)
-        started.append(daemon)
-        return daemon
-
-    try:
-        yield make
-    finally:
-        for daemon in started:
-            stop_daemon(daemon)
 
 
 def webhook(receiver: Receiver, **keys: object) -> dict[str, object]:
