@@ -176,8 +176,9 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
         ids, insert_rate = _insert(daemon.client, "hook", times, batch)
         log(f"urls: {k} inserted at {insert_rate:.0f}/s")
         cpu0 = proc.cpu_times()
-        worker = psutil.Process(daemon.worker_pid("hook") or 0)
-        worker_cpu0 = worker.cpu_times()
+        worker_pid = daemon.worker_pid("hook")
+        worker = psutil.Process(worker_pid) if worker_pid else None
+        worker_cpu0 = worker.cpu_times() if worker is not None else None
         own_cpu0 = psutil.Process().cpu_times()
         peak_rss = proc.memory_info().rss
         kill_at = [start + timedelta(seconds=1.5 + 2 * i) for i in range(kills)]
@@ -198,7 +199,7 @@ def urls(k: int, kills: int, tag: str, log: Any, batch: int = 1) -> tuple[list[R
         cpu1 = proc.cpu_times()
         own_cpu1 = psutil.Process().cpu_times()
         worker_cpu_s = None
-        if not kills:
+        if not kills and worker is not None and worker_cpu0 is not None:
             worker_cpu1 = worker.cpu_times()
             worker_cpu_s = (worker_cpu1.user + worker_cpu1.system) - (worker_cpu0.user + worker_cpu0.system)
     finally:

@@ -196,14 +196,25 @@ def test_an_occurrence_is_fired_ahead_only_when_nothing_of_its_schedule_still_ru
         assert first["not_before"] == (WALL0 + timedelta(seconds=1)).timestamp()
         scheduler.on_worker_message("job", "run_started", {"run_id": first["run_id"]})
         clock.advance(1_000)  # inside the window of WALL0 + 2 s, and the first run still runs
-        scheduler._arm(scheduler._schedules["job"])
-        await asyncio.sleep(FIRE_AHEAD_S * 2)  # real time for the early timer to fire and hold back
-        assert len(host.sent) == 1
+        s = scheduler._schedules["job"]
+        scheduler._arm(s)
+        early = s.timer
+        # The early timer fires, sees the run in flight and arms another for the exact time.
+        await until(lambda: s.timer is not early and s.timer is not None, "the early timer to hold back")
+        assert list(s.active) == [first["run_id"]] and len(host.sent) == 1  # no second run was started
         clock.advance(int(FIRE_AHEAD_S * 1000))  # the occurrence's own time: overlap "skip" decides
         await until(
             lambda: any(kind == "run_skipped" for _, kind, _ in host.events), "the busy occurrence to be skipped"
         )
         assert len(host.sent) == 1
+        clock.advance(1_000 - int(FIRE_AHEAD_S * 1000))  # inside the window of WALL0 + 3 s; the run still runs
+        scheduler._arm(s)
+        early = s.timer
+        await until(lambda: s.timer is not early and s.timer is not None, "the early timer to hold back again")
+        scheduler.on_worker_message("job", "run_finished", {"run_id": first["run_id"], "ok": True})  # ends in time
+        clock.advance(int(FIRE_AHEAD_S * 1000))
+        await until(lambda: len(host.sent) == 2, "the occurrence to start: nothing runs at its own time")
+        assert sum(kind == "run_skipped" for _, kind, _ in host.events) == 1
         scheduler.close()
 
     asyncio.run(scenario())
