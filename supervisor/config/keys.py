@@ -439,6 +439,7 @@ SUPERVISOR_KEYS: Final[Mapping[str, Key]] = MappingProxyType(
         "curve_clients": Key("curve_clients", _key_directory),
         "curve_readonly_clients": Key("curve_readonly_clients", _key_directory),
         "insecure": Key("insecure", _boolean),
+        "max_tcp_connections": Key("max_tcp_connections", _positive_count_any),
         "allow_addresses": Key("allow_addresses", _allow_addresses),
         "insecure_http": Key("insecure_http", _boolean),
         "tenant_max_pending_tasks": Key("tenant_max_pending_tasks", _positive_count_any),

@@ -133,6 +133,7 @@ class SupervisorConfig:
     curve_clients: Path | None = None  # directory of client public keys (*.key): full access
     curve_readonly_clients: Path | None = None  # directory of client public keys: read-only commands only
     insecure: bool = False  # tcp:// without CURVE; logged at CRITICAL at every start
+    max_tcp_connections: int = 1024  # CURVE clients connected at once over the tcp:// endpoints; more are refused
     allow_addresses: tuple[str, ...] = ()  # addresses every http action may reach despite block_private_addresses
     insecure_http: bool = False  # the HTTP API on a non-loopback address with no token (docs/api.md)
     tenant_max_pending_tasks: int = 10_000  # API tasks waiting to run, per tenant; more: 429

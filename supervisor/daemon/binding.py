@@ -28,6 +28,7 @@ from supervise.supervisor.daemon.curve import (
     tcp_endpoints,
 )
 from supervise.supervisor.daemon.descriptors import DescriptorWatch
+from supervise.supervisor.daemon.tcp_connections import ConnectionCounter
 
 if TYPE_CHECKING:
     from zmq.auth.asyncio import AsyncioAuthenticator
@@ -49,12 +50,14 @@ class Endpoints:
         self.curve: CurveServer | None = None
         self._auth: AsyncioAuthenticator | None = None  # ZAP for tcp:// endpoints with CURVE
         self._watch: asyncio.Task[None] | None = None  # DescriptorWatch, with tcp:// endpoints
+        self._connections: ConnectionCounter | None = None  # of the tcp:// endpoints, for ZAP's cap
 
     def bind(self) -> None:
         """Bind control, worker and events endpoints (ipc files 0600); CURVE first on tcp://."""
         sup = self.config.supervisor
         self._zctx = zmq.asyncio.Context()
         if tcp_endpoints(sup):
+            self._connections = ConnectionCounter(zmq.Context.shadow(self._zctx.underlying))
             self._secure_tcp()
         self.control = self._bound(zmq.ROUTER, sup.control_endpoint)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -62,7 +65,9 @@ class Endpoints:
         self.workers = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
         # Set before bind: libzmq copies socket options into each subscriber's pipe at bind time.
         self.events = self._bound(zmq.PUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
-        if tcp_endpoints(sup):
+        if self._connections is not None:
+            for sock, _ in self._tcp_sockets():
+                self._connections.watch(sock)
             watch = DescriptorWatch(self._pause_tcp, self._resume_tcp)
             self._watch = asyncio.get_running_loop().create_task(watch.run(), name="supervise-descriptors")
 
@@ -72,12 +77,15 @@ class Endpoints:
         return [(sock, endpoint) for sock, endpoint in pairs if sock is not None and endpoint.startswith("tcp://")]
 
     def _pause_tcp(self) -> None:
-        """Stop accepting on the tcp:// endpoints (descriptors are short); connected clients stay."""
+        """Stop listening on the tcp:// endpoints (descriptors are short). libzmq also ends the
+        connections accepted there: their descriptors are freed, their clients reconnect later."""
         for sock, endpoint in self._tcp_sockets():
             try:
                 sock.unbind(endpoint)
             except zmq.ZMQError as e:
                 log.warning("could not stop listening on %s: %s", endpoint, e)
+        if self._connections is not None:
+            self._connections.reset()
 
     def _resume_tcp(self) -> None:
         for sock, endpoint in self._tcp_sockets():
@@ -136,7 +144,9 @@ class Endpoints:
             )
             raise ConfigError(self.config.source, [ConfigProblem("supervisor.curve_server_key", problem)])
         assert self._zctx is not None
-        self._auth = self.curve.start_authenticator(self._zctx)
+        self._auth = self.curve.start_authenticator(
+            self._zctx, self._connections.count if self._connections is not None else None, sup.max_tcp_connections
+        )
         log.info("%s", describe(self.curve, sup))
 
     def close(self) -> None:
@@ -144,6 +154,9 @@ class Endpoints:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None

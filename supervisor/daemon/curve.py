@@ -12,13 +12,18 @@ message, so an unknown key never reaches the control dispatcher.
 The ZAP User-Id of an accepted connection is the client's Z85 public key
 (pyzmq's default); `ControlServer` reads it from each request's frame metadata
 to refuse state-changing commands to read-only keys.
+
+The handler also refuses any key while the tcp:// endpoints hold more than
+`max_tcp_connections` connections (counted by tcp_connections.py), so that
+clients with an accepted key cannot use up the supervisor's descriptors.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -66,13 +71,22 @@ class CurveServer:
         """ZAP User-Id (the Z85 public key as text) -> key name, for `ControlServer`."""
         return {key.decode("ascii"): name for key, name in self.readonly.items()}
 
-    def start_authenticator(self, context: zmq.asyncio.Context) -> AsyncioAuthenticator:
-        """Start ZAP on `context` with this allow-list; call before binding any CURVE socket."""
+    def start_authenticator(
+        self,
+        context: zmq.asyncio.Context,
+        connections: Callable[[], int] | None = None,
+        max_connections: int = 1024,
+    ) -> AsyncioAuthenticator:
+        """Start ZAP on `context` with this allow-list; call before binding any CURVE socket.
+
+        `connections` counts the tcp:// connections open, the one being authenticated
+        included: past `max_connections` a handshake is refused, whatever the key.
+        """
         from zmq.auth.asyncio import AsyncioAuthenticator
 
         auth = AsyncioAuthenticator(context=context, log=logging.getLogger("supervise.security.zap"))
         auth.start()
-        auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(self))
+        auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(self, connections, max_connections))
         return auth
 
     def configure(self, sock: zmq.asyncio.Socket) -> None:
@@ -87,11 +101,21 @@ class CurveServer:
 class _AllowList:
     """The credentials provider of `configure_curve_callback`: is this key in an allow-list?"""
 
-    def __init__(self, server: CurveServer) -> None:
+    def __init__(self, server: CurveServer, connections: Callable[[], int] | None, max_connections: int) -> None:
         self._server = server
+        self._connections = connections
+        self._max_connections = max_connections
         self._logged: set[bytes] = set()
+        self._crowded_logged_at = 0.0
 
     def callback(self, domain: str, key: bytes) -> bool:
+        if self._connections is not None and (count := self._connections()) > self._max_connections:
+            if time.monotonic() - self._crowded_logged_at >= 1.0:  # at most once a second
+                self._crowded_logged_at = time.monotonic()
+                log.warning(
+                    "refused a CURVE client: %d tcp:// connections open (at most %d)", count, self._max_connections
+                )
+            return False
         name = self._server.clients.get(key) or self._server.readonly.get(key)
         if name is not None:
             log.debug("CURVE client %s (key %s) accepted", name, key.decode("ascii", "replace"))

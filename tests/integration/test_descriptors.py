@@ -19,14 +19,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from supervise.protocol.client import Client
+from supervise.protocol.codec import encode_request
+from supervise.protocol.curve import apply_client_keys, load_client_keys
 from supervise.supervisor.daemon.curve import create_key_pair
 from tests.conftest import Daemon, stop_daemon, wait_for, write_config
 
 FOREVER = "tests.children.targets:forever"
 CONNECTIONS = 2000
 DAEMON_SOFT_LIMIT = 256
+CAP = 12  # max_tcp_connections of the cap's test
 
 
 def free_port() -> int:
@@ -101,7 +105,7 @@ def start_with_limit(config: Path, client: Client, soft: int, hard: int | None =
     return daemon
 
 
-def tcp_config(folder: Path) -> tuple[Path, Client, int]:
+def tcp_config(folder: Path, **supervisor: object) -> tuple[Path, Client, int]:
     keys = folder / "keys"
     create_key_pair(keys, "server")
     create_key_pair(keys / "mine", "ops")
@@ -115,6 +119,7 @@ def tcp_config(folder: Path) -> tuple[Path, Client, int]:
         curve_server_key=str(keys / "server.key_secret"),
         curve_clients=str(keys / "clients"),
         http="127.0.0.1:0",
+        **supervisor,
     )
     client = Client(
         f"tcp://127.0.0.1:{control_port}",
@@ -172,7 +177,7 @@ def test_thousands_of_idle_connections_to_each_port_cost_nothing(tcp_daemon: tup
                     s.close()
 
     print(f"{len(idle)} connections opened; ping max {max(latencies) * 1000:.0f} ms; daemon fds now {proc.num_fds()}")
-    assert len(idle) >= CONNECTIONS  # the control port alone accepted them all
+    assert len(idle) >= CONNECTIONS  # the HTTP port accepts them all (and closes those past its cap)
     print(f"{len(latencies)} pings while connecting")
     assert max(latencies) < 1.0
     assert {name: d.service(name)["pid"] for name in pids} == pids
@@ -203,4 +208,39 @@ def test_with_a_low_hard_limit_the_daemon_degrades_and_recovers_instead_of_abort
         assert {name: d.service(name)["pid"] for name in pids} == pids
         assert "Too many open files (src/" not in d.log()  # libzmq's abort message
     finally:
+        stop_daemon(d)
+
+
+def test_clients_with_a_key_cannot_hold_more_connections_than_the_cap(short_dir: Path) -> None:
+    """An accepted CURVE key lets a client finish the handshake and stay; past max_tcp_connections at
+    once, a new handshake is refused whatever the key, and the connected clients keep working."""
+    config, client, control_port = tcp_config(short_dir, max_tcp_connections=CAP)
+    d = start_with_limit(config, client, DAEMON_SOFT_LIMIT)
+    keys = load_client_keys(short_dir / "keys" / "mine" / "ops.key_secret", short_dir / "keys" / "server.key")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    held: list[zmq.Socket[bytes]] = []
+
+    def connected_client() -> zmq.Socket[bytes] | None:
+        """A client that connects once (no reconnection); itself if its ping is answered, else None."""
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, -1)
+        apply_client_keys(sock, keys)
+        sock.connect(f"tcp://127.0.0.1:{control_port}")
+        held.append(sock)
+        sock.send(encode_request(1, "ping"))
+        return sock if sock.poll(3000) else None
+
+    try:
+        # The test's own client holds one connection: CAP - 1 more are let in, one by one.
+        assert all(connected_client() is not None for _ in range(CAP - 1))
+        assert connected_client() is None  # one past the cap: refused, whatever the key
+        assert "refused a CURVE client: " in d.log() and f"connections open (at most {CAP})" in d.log()
+        assert d.client.call("ping")  # the connected ones keep working
+        held[0].close(linger=0)
+        assert wait_for(connected_client, timeout_s=10, what="a client let in once one left")
+    finally:
+        for sock in held:
+            sock.close(linger=0)
+        context.term()
         stop_daemon(d)

@@ -1048,3 +1048,10 @@ def test_a_notify_socket_path_must_fit_a_unix_socket_address(tmp_path: Path) -> 
             {"supervisor": {"state_dir": state_dir}, "services": {name: {"command": "sh", "type": "notify"}}},
             base_dir=tmp_path,
         )
+
+
+def test_max_tcp_connections_is_a_count_of_at_least_one(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[supervisor]\nmax_tcp_connections = 64\n")).supervisor.max_tcp_connections == 64
+    assert problems(write(tmp_path, "[supervisor]\nmax_tcp_connections = 0\n")) == [
+        "supervise.toml:2:1: supervisor.max_tcp_connections: expected an integer >= 1, got 0"
+    ]
