@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # msgpack ships no stubs
 
@@ -61,7 +61,9 @@ def pack(obj: object) -> bytes:
     return frame
 
 
-def unpack(frame: bytes, limits: Limits = REQUEST_LIMITS, *, what: str = "request", walk: bool = True) -> object:
+def unpack(
+    frame: bytes | memoryview, limits: Limits = REQUEST_LIMITS, *, what: str = "request", walk: bool = True
+) -> object:
     """Decode one msgpack frame within `limits`.
 
     Args:
@@ -153,7 +155,7 @@ _PY_TO_WIRE = {
 }
 
 
-def _explain(exc: Exception, frame: bytes, limits: Limits, what: str) -> DecodeError:
+def _explain(exc: Exception, frame: bytes | memoryview, limits: Limits, what: str) -> DecodeError:
     """Turn whatever msgpack raised into the documented error."""
     if isinstance(exc, _ExtRejected):
         return _ext_error(exc.code)
@@ -170,7 +172,7 @@ def _explain(exc: Exception, frame: bytes, limits: Limits, what: str) -> DecodeE
             f"{what} is not valid msgpack: it contains byte 0xc1, which msgpack never uses",
         )
     if isinstance(exc, UnicodeDecodeError):
-        at = frame.find(exc.object) if isinstance(exc.object, bytes) else -1
+        at = bytes(frame).find(exc.object) if isinstance(exc.object, bytes) else -1
         where = f"at byte {at} " if at >= 0 else ""
         return DecodeError(ErrorCode.MALFORMED, f"string {where}is not valid UTF-8")
     text = str(exc)
@@ -241,7 +243,10 @@ def _check_types(types: set[type], what: str) -> None:
 # --- the ROUTER envelope -----------------------------------------------------------------
 
 
-def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+_F = TypeVar("_F", bytes, memoryview, bytes | memoryview)  # a frame as received: copied, or a view of it
+
+
+def split_envelope(frames: Sequence[_F]) -> tuple[list[_F], list[_F]]:
     """Split what a ROUTER received into the envelope to reply with, and the body.
 
     A DEALER client's message arrives as `[identity, body]`; a REQ client's as
@@ -272,7 +277,7 @@ def encode_request(request_id: str | int, cmd: str, args: Mapping[str, object] |
     return pack({"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": dict(args or {})})
 
 
-def decode_request(frames: Sequence[bytes]) -> Request:
+def decode_request(frames: Sequence[bytes | memoryview]) -> Request:
     """Decode and check a control request: the body frames after the ROUTER envelope.
 
     Checks the envelope only; whether `cmd` exists and its `args` fit is the

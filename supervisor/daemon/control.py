@@ -62,17 +62,17 @@ class _Backlog:
     """Received, undecoded requests: small ones first, large ones in the order they came."""
 
     def __init__(self) -> None:
-        self._small: collections.deque[tuple[list[bytes], str | None]] = collections.deque()
-        self._large: collections.deque[tuple[list[bytes], str | None]] = collections.deque()
+        self._small: collections.deque[tuple[list[bytes | memoryview], str | None]] = collections.deque()
+        self._large: collections.deque[tuple[list[bytes | memoryview], str | None]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._small) + len(self._large)
 
-    def add(self, frames: list[bytes], user: str | None) -> None:
+    def add(self, frames: list[bytes | memoryview], user: str | None) -> None:
         large = sum(len(f) for f in frames) > LARGE_FRAME_BYTES
         (self._large if large else self._small).append((frames, user))
 
-    def next(self) -> tuple[list[bytes], str | None]:
+    def next(self) -> tuple[list[bytes | memoryview], str | None]:
         return self._small.popleft() if self._small else self._large.popleft()
 
 
@@ -131,8 +131,9 @@ class ControlServer:
             # with many requests queued must not hold the loop while they are decoded.
             await asyncio.sleep(0)
 
-    def _handle(self, frames: list[bytes], user: str | None) -> None:
-        envelope, body = split_envelope(frames)
+    def _handle(self, frames: list[bytes | memoryview], user: str | None) -> None:
+        received_envelope, body = split_envelope(frames)
+        envelope = [bytes(f) for f in received_envelope]  # identities: small frames, already bytes
         size = sum(len(f) for f in body)
         peer = envelope[0] if envelope else b""
         if size > LARGE_FRAME_BYTES and not self._large.allow(peer, size, time.monotonic()):
@@ -157,7 +158,12 @@ class ControlServer:
         self._start(peer, envelope, request_id, command, args)
 
     def _start(
-        self, peer: bytes, envelope: list[bytes], request_id: str | int, command: Command, args: dict[str, object]
+        self,
+        peer: bytes,
+        envelope: list[bytes],
+        request_id: str | int,
+        command: Command,
+        args: dict[str, object],
     ) -> None:
         task = asyncio.create_task(self._run(envelope, request_id, command, args))
         self._tasks.add(task)
@@ -171,16 +177,19 @@ class ControlServer:
 
         task.add_done_callback(done)
 
-    async def _receive(self) -> tuple[list[bytes], str | None]:
+    async def _receive(self) -> tuple[list[bytes | memoryview], str | None]:
         """The next message, and its ZAP User-Id when read-only keys are configured."""
-        if self._readonly is None:
-            return await self._sock.recv_multipart(), None
         parts = await self._sock.recv_multipart(copy=False)
-        try:
-            user = parts[-1].get("User-Id")
-        except zmq.ZMQError:  # no metadata: not a CURVE connection
-            user = None
-        return [part.bytes for part in parts], user if isinstance(user, str) else None
+        user = None
+        if self._readonly is not None:
+            try:
+                user = parts[-1].get("User-Id")
+            except zmq.ZMQError:  # no metadata: not a CURVE connection
+                user = None
+        # A large frame is not copied into a bytes object: most are refused undecoded, and copying
+        # megabytes per frame (a fresh allocation each) is what made a flood of them costly.
+        frames = [part.bytes if len(part) <= LARGE_FRAME_BYTES else part.buffer for part in parts]
+        return frames, user if isinstance(user, str) else None
 
     def _denied(self, user: str | None, command: Command) -> str | None:
         """Why the key `user` may not run `command` (a read-only key, a state change), or None."""
@@ -191,7 +200,7 @@ class ControlServer:
         log.info('refused "%s" to read-only key %s', command.name, name)
         return f'command "{command.name}" needs a full-access key; key "{name}" is read-only'
 
-    def _parse(self, body: list[bytes]) -> tuple[str | int, Command, dict[str, object]]:
+    def _parse(self, body: list[bytes | memoryview]) -> tuple[str | int, Command, dict[str, object]]:
         """Decode and validate a request; raises ProtocolError with the code to reply."""
         request = decode_request(body)
         try:

@@ -45,30 +45,38 @@ def test_a_flood_of_heavy_requests_leaves_ping_fast_and_workers_alive(daemon_fac
     d = daemon_factory({"py": {"target": FOREVER, "heartbeat_interval": "200ms", "heartbeat_timeout": "2s"}})
     pid = d.wait_running_pid("py")
     endpoint = f"ipc://{d.config.parent}/state/control.sock"
-    flood = subprocess.Popen([sys.executable, "-c", FLOOD, endpoint, "5"], stdout=subprocess.PIPE, text=True)
-    latencies: list[float] = []
     with Client(endpoint, timeout_s=5.0) as other:
+
+        def pings(until: Callable[[], bool]) -> list[float]:
+            latencies = []
+            while not until():
+                started = time.monotonic()
+                other.call("ping")
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+            return sorted(latencies)
+
+        calm_until = time.monotonic() + 1.5
+        calm = pings(lambda: time.monotonic() > calm_until)
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, endpoint, "5"], stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)  # let the flood fill its queue
-        while flood.poll() is None:
-            started = time.monotonic()
-            other.call("ping")
-            latencies.append(time.monotonic() - started)
-            time.sleep(0.05)
+        latencies = pings(lambda: flood.poll() is not None)
     out, _ = flood.communicate(timeout=30)
     result = json.loads(out)
 
-    latencies.sort()
-    p90 = latencies[int(len(latencies) * 0.9)]
+    p90, calm_p90 = latencies[int(len(latencies) * 0.9)], calm[int(len(calm) * 0.9)]
     shown = (
         f"{result['sent']} frames, {len(latencies)} pings, p90 {p90 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+        f" (without the flood: p90 {calm_p90 * 1000:.0f} ms)"
     )
     print(f"flood: {shown}")
     assert result["sent"] > 32 and "too_large" in result["codes"]
     assert set(result["codes"]) <= {"too_large", "rate_limited"}
-    assert len(latencies) > 10
-    # 200 ms is the target; the test machine's CPU is shared, so one slow ping in ten is
-    # tolerated, and none may come near the seconds a flood used to cost.
-    assert p90 < 0.2 and latencies[-1] < 1.5, shown
+    assert len(latencies) > 10 and len(calm) > 10
+    # The target is 200 ms. What the test machine costs a ping anyway (its CPU is shared with other
+    # tests) is measured first and allowed on top; one slow ping in ten is tolerated, and none may come
+    # near the seconds a flood used to cost.
+    assert p90 < 0.2 + calm_p90 and latencies[-1] < 1.0, shown
     svc = d.service("py")
     assert (svc["state"], svc["pid"]) == ("RUNNING", pid)
     assert "no word from the supervisor" not in d.log()

@@ -225,12 +225,13 @@ class FakeRouter:
         self.sent: list[list[bytes]] = []
         self.closed = False
 
-    async def recv_multipart(self) -> list[bytes]:
+    async def recv_multipart(self, copy: bool = True) -> list[bytes] | list[zmq.Frame]:
         await asyncio.sleep(0)  # like a real socket, let other tasks (the handlers) run
         if not self._incoming:
             self.closed = True
             raise zmq.ZMQError(zmq.ENOTSOCK)
-        return self._incoming.pop(0)
+        message = self._incoming.pop(0)
+        return message if copy else [zmq.Frame(part) for part in message]
 
     def getsockopt(self, option: int) -> int:
         assert option == zmq.EVENTS
