@@ -2,12 +2,14 @@
 
 The `Notifier` listens to every event (`EventLog.listeners`), turns the ones
 that matter into notification events (failure, retries_exhausted, timed_out,
-lost, missed, fatal, recovered, success), passes them through the pure
-`AlertGate` (no storms) and writes one outbox row per message and channel.
-Each row's id is its fact, `(run or service incarnation, event)`, plus the
-channel, so the same fact never produces two rows. Store calls run on one
-thread of their own, in order: the event loop never waits for the database.
-Delivery is delivery.py, on an asyncio task of its own.
+lost, missed, fatal, recovered, success) and hands each to the history's
+writer. There, in one transaction, the subject's no-storm episode is read from
+the store (locked), passed through the pure policy (core/alerts.py), written
+back, and one outbox row is added per message and channel: a run's event in
+the transaction of the run's final state. Each row's id is its fact, `(run or
+service incarnation, event)`, plus the channel, so the same fact never produces
+two rows. The event loop never waits for the database. Delivery is
+delivery.py, on an asyncio task of its own.
 
 Other parts may add messages of their own (`enqueue`: a task's notify rule,
 decided by the HTTP API) and channels of their own (`channel_sources`: a
@@ -22,21 +24,25 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from supervise.protocol.url_policy import AddressPolicy, parse_allow_list
 from supervise.supervisor.config.model import Config, ServiceConfig
 from supervise.supervisor.config.notify import INLINE, Channel, Delivery, NotifyRule
-from supervise.supervisor.core.alerts import Alert, AlertGate
+from supervise.supervisor.core.alerts import BAD, Alert, due, observe
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.policies import should_retry
 from supervise.supervisor.core.runs import RunState
-from supervise.supervisor.core.units import format_duration_ms
 from supervise.supervisor.daemon.delivery import Deliverer
 from supervise.supervisor.daemon.logtail import tail
+from supervise.supervisor.daemon.notify_text import notification_to_dict, summary_of, text_of
+from supervise.supervisor.daemon.observation import Observation, wall_ms
 from supervise.supervisor.store.base import Notification, NotificationStore
+from supervise.supervisor.store.episodes import EpisodeStore
+
+__all__ = ["Notifier", "notification_to_dict"]
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.runtime import ServiceRuntime
@@ -49,6 +55,11 @@ OUTPUT_LINES = 5  # of the service's log, in a message about a failure
 _GOOD = frozenset({"recovered", "success"})
 PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
+SCAN_EVERY_MS = 1_000  # the least time between two reads of the episodes (digests due, episodes open)
+
+
+class OutboxStore(NotificationStore, EpisodeStore, Protocol):
+    """What the notifier writes to: the outbox and the no-storm episodes."""
 
 
 class OutboxWriter(Protocol):
@@ -88,7 +99,7 @@ class Notifier:
     def __init__(
         self,
         host: NotifyHost,
-        store: NotificationStore,
+        store: OutboxStore,
         *,
         clock: Clock,
         instance: str,
@@ -99,7 +110,8 @@ class Notifier:
         self._writer = writer
         self._clock = clock
         self._instance = instance
-        self._gate = AlertGate()
+        self._failing: set[str] = set()  # subjects that may be in a failing episode (the store decides)
+        self._scanned_ms: int | None = None
         self._hostname = socket.gethostname()
         self._incarnations: dict[str, int] = {}  # service instance -> its latest spawned incarnation
         self._stable_timers: dict[str, asyncio.TimerHandle] = {}
@@ -148,8 +160,9 @@ class Notifier:
         while True:
             now_ms = self._clock.monotonic_ms()
             try:
-                for alert in self._gate.due(now_ms):
-                    self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
+                if self._scanned_ms is None or now_ms - self._scanned_ms >= SCAN_EVERY_MS:
+                    self._scanned_ms = now_ms
+                    await self._scan()
                 if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
                     pruned_at = now_ms
                     await self._prune()
@@ -160,6 +173,18 @@ class Notifier:
             # Woken at once by a new row or a finished attempt; otherwise at the soonest row's time,
             # and at least every IDLE_POLL_S (rows another supervisor sharing the store left behind).
             await self.deliverer.wait(IDLE_POLL_S if next_in is None else min(max(next_in, 0.01), IDLE_POLL_S))
+
+    async def _scan(self) -> None:
+        """Read the open episodes (so that a service back up stable closes one opened before a
+        restart, or by another node) and queue a digest for each whose min_interval has passed."""
+        active = await self.in_store(self._store.active_episodes, wall_ms(self._clock.wall()))
+        self._failing |= {e.subject for e in active if e.failing}
+        for episode in active:
+            if not episode.due:
+                continue
+            obs = self._observation(episode.subject, "digest", fact="", detail={})
+            if obs is not None and obs.rule == episode.rule:
+                self._submit(functools.partial(self._send_digest, obs))
 
     async def _prune(self) -> None:
         """Delivered and failed rows older than history_max_age go; pending ones stay."""
@@ -221,7 +246,7 @@ class Notifier:
 
     def _arm_stable(self, service: str, cfg: ServiceConfig) -> None:
         """A service RUNNING for stable_after (with no new failure) has recovered."""
-        if self._loop is None or not self._gate.failing(cfg.name):
+        if self._loop is None or cfg.name not in self._failing:
             return
         old = self._stable_timers.pop(service, None)
         if old is not None:
@@ -243,10 +268,83 @@ class Notifier:
         rule = self.rule_for(cfg)
         if rule is None:
             return
-        now_ms = self._clock.monotonic_ms()
-        alerts = self._gate.observe(cfg.name, event, on=rule.on, min_interval_ms=rule.min_interval_ms, now_ms=now_ms)
+        if event in BAD:
+            self._failing.add(cfg.name)  # at once: a restart that comes up stable must arm its timer
+        elif cfg.name not in self._failing and (event != "success" or "success" not in rule.on):
+            return  # no episode to close, no success to send: nothing to decide
+        obs = self._observation(cfg.name, event, fact=fact, detail=detail)
+        if obs is not None:
+            self._submit(functools.partial(self._decide, obs))
+
+    def _observation(self, subject: str, event: str, *, fact: str, detail: Mapping[str, object]) -> Observation | None:
+        """What the writer needs to decide about an event, read on the event loop."""
+        try:
+            svc = self._host.require(subject)
+        except LookupError:
+            return None
+        rule = self.rule_for(svc.config)
+        if rule is None:
+            return None
+        sup = self._host.config.supervisor
+        return Observation(
+            rule="own" if svc.config.notify is not None else "default",
+            subject=subject,
+            event=event,
+            fact=fact,
+            on=frozenset(rule.on),
+            min_interval_ms=rule.min_interval_ms,
+            targets=rule.targets,
+            detail=dict(detail),
+            wall=self._clock.wall(),
+            last_error=svc.record.last_error if event in ("failure", "fatal") else None,
+            incarnation=self._incarnations.get(subject),
+            log_path=sup.state_dir / "logs" / f"{subject}.log",
+            log_backups=sup.log_backups,
+        )
+
+    def _submit(self, decide: Callable[[], None]) -> None:
+        """To the history's writer (in the open `together()` group, if any), else to the notifier's thread."""
+        if self._writer is not None:
+            self._writer.add_notifications(decide, then=self._wake_deliverer)
+            return
+        future = self._executor.submit(self._in_transaction, decide)
+        future.add_done_callback(self._written)
+
+    def _in_transaction(self, decide: Callable[[], None]) -> None:
+        batch = getattr(self._store, "batch", None)
+        if batch is None:
+            decide()
+            return
+        with batch():
+            decide()
+
+    def _decide(self, obs: Observation) -> None:
+        """On the writer's thread, in its transaction: the episode, the policy, the rows."""
+        episode, now_ms = self._store.take_episode(obs.rule, obs.subject, wall_ms(obs.wall))
+        after, alerts = observe(
+            episode, obs.subject, obs.event, on=obs.on, min_interval_ms=obs.min_interval_ms, now_ms=now_ms
+        )
+        if after != episode:
+            self._store.put_episode(obs.rule, obs.subject, after)
+        if not after.failing:
+            self._failing.discard(obs.subject)
         for alert in alerts:
-            self._queue(alert, fact=fact, detail=detail)
+            self._write_alert(alert, obs)
+
+    def _send_digest(self, obs: Observation) -> None:
+        """On the writer's thread: the digest of a due episode, unless someone sent it meanwhile."""
+        episode, now_ms = self._store.take_episode(obs.rule, obs.subject, wall_ms(obs.wall))
+        after, alert = due(episode, obs.subject, now_ms)
+        if alert is None:
+            return
+        self._store.put_episode(obs.rule, obs.subject, after)
+        self._write_alert(alert, obs, fact=f"digest:{obs.rule}:{obs.subject}:{alert.tag}")
+
+    def _write_alert(self, alert: Alert, obs: Observation, *, fact: str | None = None) -> None:
+        payload = self._payload(alert, obs)
+        log_path = obs.log_path if alert.event not in _GOOD else None
+        self._write(payload, obs.targets, fact or obs.fact, log_path, obs.log_backups)
+        self.queued += len(obs.targets)
 
     def rule_for(self, cfg: ServiceConfig) -> NotifyRule | None:
         """The service's own rule, else `[notify] default`; None when it has no channel."""
@@ -294,25 +392,6 @@ class Notifier:
         future.add_done_callback(self._written)
         return future
 
-    def _queue(self, alert: Alert, *, fact: str, detail: Mapping[str, object]) -> None:
-        try:
-            cfg = self._host.require(alert.subject).config
-        except LookupError:
-            return
-        rule = self.rule_for(cfg)
-        if rule is None:
-            return
-        payload = self._payload(alert, cfg, detail, self._clock.wall())
-        sup = self._host.config.supervisor
-        log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
-        self.queued += len(rule.targets)
-        if self._writer is not None:
-            write = functools.partial(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
-            self._writer.add_notifications(write, then=self._wake_deliverer)
-            return
-        future = self._executor.submit(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
-        future.add_done_callback(self._written)
-
     def _write(
         self, payload: dict[str, Any], channels: tuple[str, ...], fact: str, log_path: Path | None, backups: int
     ) -> None:
@@ -324,7 +403,7 @@ class Notifier:
             except OSError:
                 output = []
         payload["output_lines"] = output
-        payload["text"] = _text(payload)
+        payload["text"] = text_of(payload)
         now = datetime.fromisoformat(payload["time"])
         for channel in channels:
             row_id = f"{fact}|{payload['event']}|{channel}"
@@ -354,37 +433,31 @@ class Notifier:
             except RuntimeError:  # closed meanwhile
                 pass
 
-    def _payload(self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime) -> dict[str, Any]:
+    def _payload(self, alert: Alert, obs: Observation) -> dict[str, Any]:
         """The template variables of a message (SAMPLE_MESSAGE in config/notify.py lists them)."""
-        error = detail.get("error") or detail.get("reason")
-        if error is None and alert.event in ("failure", "fatal"):
-            try:
-                error = self._host.require(alert.subject).record.last_error
-            except LookupError:
-                error = None
+        detail, now = obs.detail, obs.wall
+        error = detail.get("error") or detail.get("reason") or obs.last_error
         error_text = str(error) if error else ""
         run_id = detail.get("run_id")
-        since = None
-        if alert.failing_since_ms is not None:
-            since = now - timedelta(milliseconds=self._clock.monotonic_ms() - alert.failing_since_ms)
+        since = None if alert.failing_since_ms is None else datetime.fromtimestamp(alert.failing_since_ms / 1000, UTC)
         return {
-            "service": cfg.name,
+            "service": obs.subject,
             "event": alert.event,
-            "summary": _summary(alert, detail, since, now),
+            "summary": summary_of(alert, detail, since, now),
             "error": error_text or None,
             "error_lines": error_text.splitlines()[:ERROR_LINES],
             "output_lines": [],
             "run_id": run_id,
             "state": detail.get("state"),
             "attempt": detail.get("attempt"),
-            "incarnation": self._incarnations.get(alert.subject),
+            "incarnation": obs.incarnation,
             "count": alert.count,
             "counts": alert.counts,
             "digest": alert.event == "digest",
             "time": now.isoformat(),
             "since": since.isoformat() if since is not None else None,
             "host": self._hostname,
-            "command": f"supervise runs {cfg.name}" if run_id else f"supervise logs {cfg.name}",
+            "command": f"supervise runs {obs.subject}" if run_id else f"supervise logs {obs.subject}",
             "detail": {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
         }
 
@@ -409,70 +482,3 @@ def _run_event(state: str, attempt: object, cfg: ServiceConfig) -> str | None:
     return {RunState.TIMED_OUT: "timed_out", RunState.LOST: "lost", RunState.SUCCEEDED: "success"}.get(
         RunState(state) if state in RunState._value2member_map_ else RunState.PENDING
     )
-
-
-def _text(p: Mapping[str, Any]) -> str:
-    """The plain-text body: what, where, when, the error's first lines, the log's last, how to see more."""
-    counts = f" ({_counts(p['counts'])})" if p["count"] > 1 else ""
-    lines = [
-        p["summary"],
-        "",
-        f"service: {p['service']}",
-        f"event:   {p['event']}{counts}",
-        f"when:    {datetime.fromisoformat(p['time']).isoformat(timespec='seconds')}",
-        f"host:    {p['host']}",
-    ]
-    if p["run_id"]:
-        lines.append(f"run:     {p['run_id']}")
-    if p["error_lines"]:
-        lines += ["error:", *(f"  {line}" for line in p["error_lines"])]
-    if p["output_lines"]:
-        lines += ["output (the log's last lines):", *(f"  {line}" for line in p["output_lines"])]
-    return "\n".join([*lines, "", f"more:    {p['command']}"])
-
-
-def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _summary(alert: Alert, detail: Mapping[str, object], since: datetime | None, now: datetime) -> str:
-    name = alert.subject
-    run = f"run {str(detail['run_id'])[:12]}" if detail.get("run_id") else None
-    for_how_long = f" for {format_duration_ms(int((now - since).total_seconds() * 1000))}" if since else ""
-    match alert.event:
-        case "digest":
-            return f"{name}: {alert.count} more events{for_how_long} ({_counts(alert.counts)})"
-        case "recovered":
-            return f"{name}: recovered after {alert.count} failures{for_how_long}"
-        case "fatal":
-            return f"{name}: FATAL, gave up restarting ({detail.get('reason') or 'too many restarts'})"
-        case "missed":
-            return f"{name}: {run or 'a run'} was missed ({detail.get('reason')})"
-        case "success":
-            return f"{name}: {run or 'run'} succeeded"
-        case "retries_exhausted":
-            return f"{name}: {run or 'a run'} failed, retries exhausted (attempt {detail.get('attempt')})"
-        case "timed_out" | "lost":
-            return f"{name}: {run or 'a run'} {alert.event.replace('_', ' ')}"
-    if run:
-        return f"{name}: {run} failed"
-    code, sig = detail.get("code"), detail.get("signal")
-    how = f"killed by signal {sig}" if sig else f"exited with code {code}" if code is not None else "failed to start"
-    return f"{name}: {how}"
-
-
-def notification_to_dict(n: Notification) -> dict[str, object]:
-    """An outbox row as the `notifications` command returns it."""
-    return {
-        "id": n.id,
-        "channel": n.channel,
-        "service": n.service,
-        "event": n.event,
-        "state": str(n.state),
-        "attempts": n.attempts,
-        "created_at": n.created_at.isoformat(),
-        "next_attempt_at": n.next_attempt_at.isoformat(),
-        "delivered_at": n.delivered_at.isoformat() if n.delivered_at else None,
-        "last_error": n.last_error,
-        "summary": n.payload.get("summary"),
-    }
