@@ -52,3 +52,38 @@ def test_a_supervisor_restarted_during_a_crash_loop_does_not_send_a_second_start
     assert [verify(r)["event"] for r in receiver.requests] == ["failure"]
     rows = outbox(second)
     assert [(r["event"], r["state"]) for r in rows] == [("failure", "delivered")]
+
+
+def test_a_supervisor_killed_before_a_service_exit_is_written_sends_it_once_the_service_fails_again(
+    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+) -> None:
+    """The documented window: a service's exit lives in memory until the history's writer commits
+    its episode and rows. Killed in between, that exit is never sent; the next start starts the
+    service again, and its next failure opens the episode and is sent, once."""
+    receiver.start()
+    config = write(short_dir, {"chat": webhook(receiver)}, {"looping": {**LOOPING, "autostart": False}})
+    state = short_dir / "state"
+    first = launch(config)
+    blocker = sqlite3.connect(state / "history.db", timeout=10, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the history's writer waits: rows stay in memory
+    try:
+        first.client.call("start", name="looping")
+        wait_for(
+            lambda: sum(e["kind"] == "exited" for e in first.client.call("events", service="looping")["events"]) >= 3,
+            what="exits seen while the store is locked",
+        )
+        assert outbox(first) == [] and episode(state, "looping") == (0, 0, 0)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    second = launch(config)
+    assert outbox(second) == [] and receiver.requests == [], "the killed supervisor's exits were never written"
+    second.client.call("start", name="looping")
+    wait_for(lambda: episode(state, "looping")[1] >= 3, what="the new start's failures counted")
+    (row,) = wait_for(lambda: (rows := outbox(second)) and rows[0]["state"] == "delivered" and rows, what="delivery")
+    (request,) = receiver.requests
+    body = verify(request)
+    assert (body["event"], body["count"], row["event"]) == ("failure", 1, "failure")
