@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.cluster.conftest import ClusterDb, query, write_cluster_config
 from tests.conftest import Daemon, toml_value, wait_for
-from tests.integration.test_notifications import Receiver, receiver, verify, webhook  # noqa: F401
+from tests.integration.test_notifications import Receiver, verify, webhook
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    """A local webhook receiver (tests/integration/test_notifications.py), stopped after the test."""
+    found = Receiver()
+    try:
+        yield found
+    finally:
+        found.stop()
+
 
 FAILING = {
     "command": ["sh", "-c", "exit 3"],
@@ -18,18 +31,18 @@ FAILING = {
 
 def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str) -> Path:
     path = write_cluster_config(folder, db, {"report": FAILING}, node=name)
-    channel = webhook(receiver)
+    channel = webhook(hook)
     lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in channel.items())]
     path.write_text(path.read_text() + "\n".join(lines) + "\n")
     return path
 
 
 def test_two_nodes_running_one_failing_job_send_one_episodes_messages(
-    launch: Callable[[Path], Daemon], short_dir: Path, cluster_db: ClusterDb, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, cluster_db: ClusterDb, hook: Receiver
 ) -> None:
-    receiver.start()
+    hook.start()
     for name in ("a", "b"):
-        launch(node_config(short_dir / name, cluster_db, receiver, name))
+        launch(node_config(short_dir / name, cluster_db, hook, name))
 
     def failed_on_both() -> bool:
         rows = query(cluster_db, "SELECT node, count(*) AS n FROM {s}.runs WHERE state = 'failed' GROUP BY node")
@@ -50,4 +63,4 @@ def test_two_nodes_running_one_failing_job_send_one_episodes_messages(
         timeout_s=20,
         what="the one row delivered",
     )
-    assert [verify(r)["event"] for r in receiver.requests] == ["failure"]
+    assert [verify(r)["event"] for r in hook.requests] == ["failure"]

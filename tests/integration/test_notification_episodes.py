@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Daemon, wait_for
-from tests.integration.test_notifications import Receiver, outbox, receiver, verify, webhook, write  # noqa: F401
+from tests.integration.test_notifications import Receiver, outbox, verify, webhook, write
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    """A local webhook receiver (tests/integration/test_notifications.py), stopped after the test."""
+    found = Receiver()
+    try:
+        yield found
+    finally:
+        found.stop()
+
 
 LOOPING = {
     "command": ["sh", "-c", "echo 'no config' >&2; exit 1"],
@@ -30,13 +43,13 @@ def episode(state_dir: Path, subject: str) -> tuple[int, int, int]:
 
 
 def test_a_supervisor_restarted_during_a_crash_loop_does_not_send_a_second_started_failing_message(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
-    config = write(short_dir, {"chat": webhook(receiver)}, {"looping": LOOPING})
+    hook.start()
+    config = write(short_dir, {"chat": webhook(hook)}, {"looping": LOOPING})
     state = short_dir / "state"
     first = launch(config)
-    wait_for(lambda: len(receiver.requests) == 1, timeout_s=20, what="the first failure's message")
+    wait_for(lambda: len(hook.requests) == 1, timeout_s=20, what="the first failure's message")
     wait_for(lambda: episode(state, "looping")[1] >= 3, timeout_s=20, what="more failures counted")
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(timeout=10)
@@ -49,19 +62,19 @@ def test_a_supervisor_restarted_during_a_crash_loop_does_not_send_a_second_start
     number, failures, held = episode(state, "looping")
     assert number == before[0] == 1, "the same episode goes on"
     assert held >= 3
-    assert [verify(r)["event"] for r in receiver.requests] == ["failure"]
+    assert [verify(r)["event"] for r in hook.requests] == ["failure"]
     rows = outbox(second)
     assert [(r["event"], r["state"]) for r in rows] == [("failure", "delivered")]
 
 
 def test_a_supervisor_killed_before_a_service_exit_is_written_sends_it_once_the_service_fails_again(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
     """The documented window: a service's exit lives in memory until the history's writer commits
     its episode and rows. Killed in between, that exit is never sent; the next start starts the
     service again, and its next failure opens the episode and is sent, once."""
-    receiver.start()
-    config = write(short_dir, {"chat": webhook(receiver)}, {"looping": {**LOOPING, "autostart": False}})
+    hook.start()
+    config = write(short_dir, {"chat": webhook(hook)}, {"looping": {**LOOPING, "autostart": False}})
     state = short_dir / "state"
     first = launch(config)
     blocker = sqlite3.connect(state / "history.db", timeout=10, isolation_level=None)
@@ -80,10 +93,10 @@ def test_a_supervisor_killed_before_a_service_exit_is_written_sends_it_once_the_
         blocker.close()
 
     second = launch(config)
-    assert outbox(second) == [] and receiver.requests == [], "the killed supervisor's exits were never written"
+    assert outbox(second) == [] and hook.requests == [], "the killed supervisor's exits were never written"
     second.client.call("start", name="looping")
     wait_for(lambda: episode(state, "looping")[1] >= 3, what="the new start's failures counted")
     (row,) = wait_for(lambda: (rows := outbox(second)) and rows[0]["state"] == "delivered" and rows, what="delivery")
-    (request,) = receiver.requests
+    (request,) = hook.requests
     body = verify(request)
     assert (body["event"], body["count"], row["event"]) == ("failure", 1, "failure")
