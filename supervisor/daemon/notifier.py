@@ -24,23 +24,21 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from supervise.protocol.url_policy import AddressPolicy, parse_allow_list
 from supervise.supervisor.config.model import Config, ServiceConfig
 from supervise.supervisor.config.notify import INLINE, Channel, Delivery, NotifyRule
-from supervise.supervisor.core.alerts import BAD, Alert, due, observe
+from supervise.supervisor.core.alerts import BAD
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.policies import should_retry
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.delivery import Deliverer
-from supervise.supervisor.daemon.logtail import tail
-from supervise.supervisor.daemon.notify_text import notification_to_dict, summary_of, text_of
+from supervise.supervisor.daemon.notify_text import notification_to_dict
 from supervise.supervisor.daemon.observation import Observation, wall_ms
-from supervise.supervisor.store.base import Notification, NotificationStore
-from supervise.supervisor.store.episodes import EpisodeStore
+from supervise.supervisor.daemon.outbox_journal import ObservationJournal
+from supervise.supervisor.daemon.outbox_rows import OutboxRows, OutboxStore
 
 __all__ = ["Notifier", "notification_to_dict"]
 
@@ -50,16 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervise.notify")
 
 _T = TypeVar("_T")
-ERROR_LINES = 10  # of a run's or service's error, in a message
-OUTPUT_LINES = 5  # of the service's log, in a message about a failure
-_GOOD = frozenset({"recovered", "success"})
 PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
 SCAN_EVERY_MS = 1_000  # the least time between two reads of the episodes (digests due, episodes open)
-
-
-class OutboxStore(NotificationStore, EpisodeStore, Protocol):
-    """What the notifier writes to: the outbox and the no-storm episodes."""
 
 
 class OutboxWriter(Protocol):
@@ -111,14 +102,16 @@ class Notifier:
         self._clock = clock
         self._instance = instance
         self._failing: set[str] = set()  # subjects that may be in a failing episode (the store decides)
+        self._rows = OutboxRows(store, self._failing)
+        self._enqueued = 0  # rows of messages decided elsewhere (`enqueue`)
         self._scanned_ms: int | None = None
+        self._journal: ObservationJournal | None = None  # a service event's first durable record
         self._hostname = socket.gethostname()
         self._incarnations: dict[str, int] = {}  # service instance -> its latest spawned incarnation
         self._stable_timers: dict[str, asyncio.TimerHandle] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-notify-store")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self.queued = 0  # rows written to the outbox by this supervisor
         self._closed = False
         self.channel_sources: dict[str, Callable[[str], Channel | None]] = {}
         self.deliverer = Deliverer(
@@ -134,8 +127,10 @@ class Notifier:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start delivering: rows left by an earlier run of this supervisor go first."""
+        """Start delivering: rows left by an earlier run of this supervisor go first, and the
+        service events its journal holds that never reached the store are written first."""
         self._loop = asyncio.get_running_loop()
+        self._open_journal()
         self._task = asyncio.create_task(self._tick_forever(), name="supervise-notify")
 
     async def close(self) -> None:
@@ -149,6 +144,8 @@ class Notifier:
             self._task = None
         await self.deliverer.close()
         self._executor.shutdown(wait=True)  # rows already decided are written
+        if self._journal is not None:
+            self._journal.close()
 
     async def in_store(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store call on the notifier's thread (in order with the outbox writes)."""
@@ -174,6 +171,25 @@ class Notifier:
             # and at least every IDLE_POLL_S (rows another supervisor sharing the store left behind).
             await self.deliverer.wait(IDLE_POLL_S if next_in is None else min(max(next_in, 0.01), IDLE_POLL_S))
 
+    def _open_journal(self) -> None:
+        """Queue the lines of earlier starts' journals (each skipped if its mark says it is in),
+        then begin this start's journal. Synchronous, so that they go before any new event."""
+        journal = ObservationJournal(self._host.config.supervisor.state_dir)
+        try:
+            leftovers = journal.leftovers()
+            journal.start()
+        except OSError as exc:
+            log.error("notifications journal unavailable (%s): a service event is kept in memory until written", exc)
+            return
+        self._journal = journal
+        for left in leftovers:
+            for seq, obs in left.lines:
+                self._submit(functools.partial(self._rows.decide, obs, mark=(left.journal, seq), check=True))
+            if left.lines:
+                log.info("notifications: applying %d service events from %s", len(left.lines), left.path.name)
+            forget = functools.partial(self._store.put_journal_mark, left.journal, None)
+            self._submit(forget, then=functools.partial(left.path.unlink, missing_ok=True))
+
     async def _scan(self) -> None:
         """Read the open episodes (so that a service back up stable closes one opened before a
         restart, or by another node) and queue a digest for each whose min_interval has passed."""
@@ -184,7 +200,7 @@ class Notifier:
                 continue
             obs = self._observation(episode.subject, "digest", fact="", detail={})
             if obs is not None and obs.rule == episode.rule:
-                self._submit(functools.partial(self._send_digest, obs))
+                self._submit(functools.partial(self._rows.send_digest, obs))
 
     async def _prune(self) -> None:
         """Delivered and failed rows older than history_max_age go; pending ones stay."""
@@ -273,8 +289,17 @@ class Notifier:
         elif cfg.name not in self._failing and (event != "success" or "success" not in rule.on):
             return  # no episode to close, no success to send: nothing to decide
         obs = self._observation(cfg.name, event, fact=fact, detail=detail)
-        if obs is not None:
-            self._submit(functools.partial(self._decide, obs))
+        if obs is None:
+            return
+        journal = self._journal
+        seq = journal.append(obs) if journal is not None and obs.fact.startswith("svc:") else None
+        if journal is None or seq is None:  # a run's event is durable with the run (its group)
+            self._submit(functools.partial(self._rows.decide, obs))
+            return
+        self._submit(
+            functools.partial(self._rows.decide, obs, mark=(journal.journal, seq)),
+            then=functools.partial(journal.committed, seq),
+        )
 
     def _observation(self, subject: str, event: str, *, fact: str, detail: Mapping[str, object]) -> Observation | None:
         """What the writer needs to decide about an event, read on the event loop."""
@@ -302,49 +327,28 @@ class Notifier:
             log_backups=sup.log_backups,
         )
 
-    def _submit(self, decide: Callable[[], None]) -> None:
-        """To the history's writer (in the open `together()` group, if any), else to the notifier's thread."""
+    def _submit(self, decide: Callable[[], object], then: Callable[[], object] | None = None) -> None:
+        """To the history's writer (in the open `together()` group, if any), else to the notifier's
+        thread; `then` once it is committed."""
+
+        def committed() -> None:
+            if then is not None:
+                then()
+            self._wake_deliverer()
+
         if self._writer is not None:
-            self._writer.add_notifications(decide, then=self._wake_deliverer)
+            self._writer.add_notifications(decide, then=committed)
             return
         future = self._executor.submit(self._in_transaction, decide)
-        future.add_done_callback(self._written)
+        future.add_done_callback(lambda f: committed() if f.exception() is None else self._written(f))
 
-    def _in_transaction(self, decide: Callable[[], None]) -> None:
+    def _in_transaction(self, decide: Callable[[], object]) -> None:
         batch = getattr(self._store, "batch", None)
         if batch is None:
             decide()
             return
         with batch():
             decide()
-
-    def _decide(self, obs: Observation) -> None:
-        """On the writer's thread, in its transaction: the episode, the policy, the rows."""
-        episode, now_ms = self._store.take_episode(obs.rule, obs.subject, wall_ms(obs.wall))
-        after, alerts = observe(
-            episode, obs.subject, obs.event, on=obs.on, min_interval_ms=obs.min_interval_ms, now_ms=now_ms
-        )
-        if after != episode:
-            self._store.put_episode(obs.rule, obs.subject, after)
-        if not after.failing:
-            self._failing.discard(obs.subject)
-        for alert in alerts:
-            self._write_alert(alert, obs)
-
-    def _send_digest(self, obs: Observation) -> None:
-        """On the writer's thread: the digest of a due episode, unless someone sent it meanwhile."""
-        episode, now_ms = self._store.take_episode(obs.rule, obs.subject, wall_ms(obs.wall))
-        after, alert = due(episode, obs.subject, now_ms)
-        if alert is None:
-            return
-        self._store.put_episode(obs.rule, obs.subject, after)
-        self._write_alert(alert, obs, fact=f"digest:{obs.rule}:{obs.subject}:{alert.tag}")
-
-    def _write_alert(self, alert: Alert, obs: Observation, *, fact: str | None = None) -> None:
-        payload = self._payload(alert, obs)
-        log_path = obs.log_path if alert.event not in _GOOD else None
-        self._write(payload, obs.targets, fact or obs.fact, log_path, obs.log_backups)
-        self.queued += len(obs.targets)
 
     def rule_for(self, cfg: ServiceConfig) -> NotifyRule | None:
         """The service's own rule, else `[notify] default`; None when it has no channel."""
@@ -387,36 +391,10 @@ class Notifier:
         are filled in here); each row's id is `fact|event|channel`, so enqueueing the
         same fact again changes nothing. The future is done once the rows are written.
         """
-        self.queued += len(channels)
-        future = self._executor.submit(self._write, payload, channels, fact, None, 0)
+        self._enqueued += len(channels)
+        future = self._executor.submit(self._rows.write, payload, channels, fact, None, 0)
         future.add_done_callback(self._written)
         return future
-
-    def _write(
-        self, payload: dict[str, Any], channels: tuple[str, ...], fact: str, log_path: Path | None, backups: int
-    ) -> None:
-        """On the notifier's thread: add the log's last lines, then one outbox row per channel."""
-        output: list[str] = []
-        if log_path is not None:
-            try:
-                output = [line[:300] for line in tail(log_path, OUTPUT_LINES, backups=backups).lines]
-            except OSError:
-                output = []
-        payload["output_lines"] = output
-        payload["text"] = text_of(payload)
-        now = datetime.fromisoformat(payload["time"])
-        for channel in channels:
-            row_id = f"{fact}|{payload['event']}|{channel}"
-            row = Notification(
-                id=row_id,
-                channel=channel,
-                service=payload["service"],
-                event=payload["event"],
-                payload={**payload, "id": row_id},
-                created_at=now,
-                next_attempt_at=now,
-            )
-            self._store.add_notification(row)
 
     def _written(self, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
@@ -433,35 +411,12 @@ class Notifier:
             except RuntimeError:  # closed meanwhile
                 pass
 
-    def _payload(self, alert: Alert, obs: Observation) -> dict[str, Any]:
-        """The template variables of a message (SAMPLE_MESSAGE in config/notify.py lists them)."""
-        detail, now = obs.detail, obs.wall
-        error = detail.get("error") or detail.get("reason") or obs.last_error
-        error_text = str(error) if error else ""
-        run_id = detail.get("run_id")
-        since = None if alert.failing_since_ms is None else datetime.fromtimestamp(alert.failing_since_ms / 1000, UTC)
-        return {
-            "service": obs.subject,
-            "event": alert.event,
-            "summary": summary_of(alert, detail, since, now),
-            "error": error_text or None,
-            "error_lines": error_text.splitlines()[:ERROR_LINES],
-            "output_lines": [],
-            "run_id": run_id,
-            "state": detail.get("state"),
-            "attempt": detail.get("attempt"),
-            "incarnation": obs.incarnation,
-            "count": alert.count,
-            "counts": alert.counts,
-            "digest": alert.event == "digest",
-            "time": now.isoformat(),
-            "since": since.isoformat() if since is not None else None,
-            "host": self._hostname,
-            "command": f"supervise runs {obs.subject}" if run_id else f"supervise logs {obs.subject}",
-            "detail": {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
-        }
-
     # -- what status, metrics and the `notifications` command show -------------------------
+
+    @property
+    def queued(self) -> int:
+        """Rows written to the outbox by this supervisor."""
+        return self._rows.queued + self._enqueued
 
     def summary(self) -> dict[str, object]:
         """Counters for `status` and `/metrics`."""

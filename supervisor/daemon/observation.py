@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,3 +36,41 @@ class Observation:
 def wall_ms(when: datetime) -> int:
     """Wall-clock milliseconds since the epoch: the episodes' time on SQLite."""
     return int(when.timestamp() * 1000)
+
+
+def observation_to_json(obs: Observation) -> dict[str, Any]:
+    """The observation as JSON values (for the journal)."""
+    return {
+        "rule": obs.rule,
+        "subject": obs.subject,
+        "event": obs.event,
+        "fact": obs.fact,
+        "on": sorted(obs.on),
+        "min_interval_ms": obs.min_interval_ms,
+        "targets": list(obs.targets),
+        "detail": {k: v for k, v in obs.detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
+        "wall": obs.wall.isoformat(),
+        "last_error": obs.last_error,
+        "incarnation": obs.incarnation,
+        "log_path": str(obs.log_path),
+        "log_backups": obs.log_backups,
+    }
+
+
+def observation_from_json(data: Mapping[str, Any]) -> Observation:
+    """The inverse of `observation_to_json`; KeyError, TypeError or ValueError for a value it did not write."""
+    return Observation(
+        rule=str(data["rule"]),
+        subject=str(data["subject"]),
+        event=str(data["event"]),
+        fact=str(data["fact"]),
+        on=frozenset(str(e) for e in data["on"]),
+        min_interval_ms=int(data["min_interval_ms"]),
+        targets=tuple(str(t) for t in data["targets"]),
+        detail=dict(data["detail"]),
+        wall=datetime.fromisoformat(data["wall"]),
+        last_error=data["last_error"],
+        incarnation=data["incarnation"],
+        log_path=Path(data["log_path"]),
+        log_backups=int(data["log_backups"]),
+    )

@@ -45,6 +45,7 @@ from supervise.supervisor.store.base import (
     utc,
 )
 from supervise.supervisor.store.episodes import EPISODE_SCHEMA_PG, EpisodeSummary, pg_active, pg_put, pg_take
+from supervise.supervisor.store.journal_marks import MARKS_SCHEMA_PG, pg_mark, pg_put_mark
 
 log = logging.getLogger("supervise.store")
 
@@ -122,6 +123,7 @@ _OUTBOX_SCHEMA: Final[tuple[LiteralString, ...]] = (
     "CREATE INDEX IF NOT EXISTS notifications_due ON {s}.notifications (state, next_attempt_at, seq)",
     "CREATE INDEX IF NOT EXISTS notifications_by_created ON {s}.notifications (created_at, seq)",
     *EPISODE_SCHEMA_PG,
+    *MARKS_SCHEMA_PG,
 )
 
 _UPDATE_RUN: Final = (
@@ -596,6 +598,12 @@ class PostgresStore:
 
     def active_episodes(self, now_ms: int) -> list[EpisodeSummary]:
         return self._call(lambda conn: pg_active(conn, self._q))
+
+    def journal_mark(self, journal: str) -> int:
+        return self._call(lambda conn: pg_mark(conn, self._q, journal))
+
+    def put_journal_mark(self, journal: str, seq: int | None) -> None:
+        self._call(lambda conn: pg_put_mark(conn, self._q, journal, seq))
 
     def _notifications(self, tail: LiteralString, params: list[object]) -> list[Notification]:
         columns = ", ".join("payload::text AS payload" if c == "payload" else c for c in NOTIFICATION_COLUMNS)

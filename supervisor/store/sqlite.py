@@ -52,6 +52,7 @@ from supervise.supervisor.store.episodes import (
     sqlite_put,
     sqlite_take,
 )
+from supervise.supervisor.store.journal_marks import MARKS_SCHEMA_SQLITE, sqlite_mark, sqlite_put_mark
 
 log = logging.getLogger("supervise.store")
 
@@ -128,6 +129,7 @@ _OUTBOX_SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at, seq)",
     "CREATE INDEX IF NOT EXISTS notifications_by_created ON notifications (created_at, seq)",
     *EPISODE_SCHEMA_SQLITE,
+    *MARKS_SCHEMA_SQLITE,
 )
 
 _T = TypeVar("_T")
@@ -646,6 +648,13 @@ class SqliteStore:
 
     def active_episodes(self, now_ms: int) -> list[EpisodeSummary]:
         return self._read(lambda conn: sqlite_active(conn, now_ms))
+
+    def journal_mark(self, journal: str) -> int:
+        return self._read(lambda conn: sqlite_mark(conn, journal))
+
+    def put_journal_mark(self, journal: str, seq: int | None) -> None:
+        with self._write() as conn:
+            sqlite_put_mark(conn, journal, seq)
 
     def _notifications(self, tail: str, params: list[object]) -> list[Notification]:
         sql = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications {tail}"  # nosec B608 # table and column names are this module's constants; values are bound parameters

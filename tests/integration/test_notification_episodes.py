@@ -67,12 +67,12 @@ def test_a_supervisor_restarted_during_a_crash_loop_does_not_send_a_second_start
     assert [(r["event"], r["state"]) for r in rows] == [("failure", "delivered")]
 
 
-def test_a_supervisor_killed_before_a_service_exit_is_written_sends_it_once_the_service_fails_again(
+def test_service_exits_a_killed_supervisor_had_not_written_are_sent_once_after_its_restart(
     launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    """The documented window: a service's exit lives in memory until the history's writer commits
-    its episode and rows. Killed in between, that exit is never sent; the next start starts the
-    service again, and its next failure opens the episode and is sent, once."""
+    """A service's exit lives in memory until the history's writer commits its episode and rows;
+    the notifications journal holds it meanwhile. Killed in between (here: the store locked, so
+    the writer cannot commit), the next start writes what the journal holds, exactly once."""
     hook.start()
     config = write(short_dir, {"chat": webhook(hook)}, {"looping": {**LOOPING, "autostart": False}})
     state = short_dir / "state"
@@ -91,12 +91,41 @@ def test_a_supervisor_killed_before_a_service_exit_is_written_sends_it_once_the_
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+    (journal,) = state.glob("notify-*.journal")
+    journaled = len(journal.read_text().splitlines()) - 1  # after the header: one line per exit
+    assert journaled >= 3
+
+    second = launch(config)  # the service stays stopped: every exit below is the first start's
+    wait_for(lambda: episode(state, "looping")[1] == journaled, what="the journaled exits counted")
+    (row,) = wait_for(lambda: (rows := outbox(second)) and rows[0]["state"] == "delivered" and rows, what="delivery")
+    assert row["event"] == "failure"
+    (request,) = hook.requests
+    assert (verify(request)["event"], verify(request)["count"]) == ("failure", 1)
+    wait_for(lambda: not journal.exists(), what="the applied journal deleted")
+    assert episode(state, "looping") == (1, journaled, journaled - 1)
+
+
+def test_journaled_exits_already_in_the_store_are_not_counted_again_after_a_kill(
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
+) -> None:
+    hook.start()
+    config = write(short_dir, {"chat": webhook(hook)}, {"looping": {**LOOPING, "autostart": False}})
+    state = short_dir / "state"
+    first = launch(config)
+    first.client.call("start", name="looping")
+    wait_for(lambda: episode(state, "looping")[1] >= 3, what="failures counted")
+    first.client.call("stop", name="looping")
+    (journal,) = state.glob("notify-*.journal")
+
+    def all_in() -> bool:
+        return episode(state, "looping")[1] == len(journal.read_text().splitlines()) - 1
+
+    wait_for(all_in, what="every journaled exit in the store")
+    counted = episode(state, "looping")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
 
     second = launch(config)
-    assert outbox(second) == [] and hook.requests == [], "the killed supervisor's exits were never written"
-    second.client.call("start", name="looping")
-    wait_for(lambda: episode(state, "looping")[1] >= 3, what="the new start's failures counted")
-    (row,) = wait_for(lambda: (rows := outbox(second)) and rows[0]["state"] == "delivered" and rows, what="delivery")
-    (request,) = hook.requests
-    body = verify(request)
-    assert (body["event"], body["count"], row["event"]) == ("failure", 1, "failure")
+    wait_for(lambda: not journal.exists(), what="the earlier journal applied and deleted")
+    assert episode(state, "looping") == counted, "its lines were in the store already: nothing counted twice"
+    assert [r["event"] for r in outbox(second)] == ["failure"]
