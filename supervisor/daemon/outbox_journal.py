@@ -76,7 +76,9 @@ class ObservationJournal:
     def start(self) -> None:
         """Begin this start's journal."""
         header = (json.dumps({"journal": self.journal}) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
         os.write(fd, header)
         self._fd, self._header = fd, len(header)
 
@@ -118,7 +120,9 @@ class ObservationJournal:
 
 def _read(path: Path) -> Leftover | None:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)  # a planted link is not followed
+        with os.fdopen(fd, encoding="utf-8") as file:
+            lines = file.read().splitlines()
     except OSError as exc:
         log.error("cannot read the notifications journal %s: %s", path, exc)
         return None
