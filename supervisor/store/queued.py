@@ -44,6 +44,7 @@ class _Write:
     group: int = 0  # writes queued in one `together()` block share a non-zero group: one transaction
     barrier: bool = False  # a read of pending rows must wait for it (see `unsettled`)
     caused: bool = False  # caused by its group's run write: skipped when that write changed nothing
+    atomic: bool = False  # several statements that must be one transaction, even alone (outbox rows)
 
 
 def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
@@ -119,7 +120,7 @@ class QueuedStore:
         with a store that offers `batch()`): inside a `together()` block, in the same transaction as
         the state change that caused them, and skipped when that change was refused (an update of
         the run that changed nothing: a fenced compare-and-set in cluster mode)."""
-        self._put("notification rows", write, then, caused=self._group != 0)
+        self._put("notification rows", write, then, caused=self._group != 0, atomic=True)
 
     @contextmanager
     def together(self) -> Iterator[None]:
@@ -175,6 +176,7 @@ class QueuedStore:
         updates: str | None = None,
         barrier: bool = False,
         caused: bool = False,
+        atomic: bool = False,
     ) -> None:
         with self._wake:
             if len(self._queue) >= MAX_QUEUED:
@@ -183,7 +185,7 @@ class QueuedStore:
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused))
+            self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused, atomic))
             self._barriers += barrier
             self._enqueued += 1
             self._wake.notify()
@@ -197,7 +199,8 @@ class QueuedStore:
                 if not self._queue:
                     return
                 head = [self._queue[0]]
-                if self._batch is not None and not self._batch_failed:
+                # a prune commits its own batches (and SQLite's vacuum ends any open transaction)
+                if self._batch is not None and not self._batch_failed and head[0].what != "prune":
                     head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
                 # a group is never split, even when retried alone after a failed batch
                 head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
@@ -249,7 +252,7 @@ class QueuedStore:
         A write `caused` by its group's run update is skipped when that update changed
         nothing: the state change did not happen, so neither does what it causes.
         """
-        if self._batch is None:
+        if self._batch is None or (len(head) == 1 and not head[0].atomic and not head[0].group):
             del head[1:]
             return [head[0].write()]
         last_update = {w.updates: i for i, w in enumerate(head) if w.updates is not None}
