@@ -67,6 +67,7 @@ class QueuedStore:
         self.failing_since: str | None = None  # the last error while writes are being retried
         self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
         self._batch_failed = False
+        self._merge = self._batch is not None and not shared  # several writes per transaction (SQLite)
         self._barriers = 0  # queued writes flagged `barrier`, not yet done
         self._holding = 0  # `together()` blocks open: the writer waits for them to close
         self._group = 0  # the group of the open `together()` block
@@ -199,8 +200,10 @@ class QueuedStore:
                 if not self._queue:
                     return
                 head = [self._queue[0]]
-                # a prune commits its own batches (and SQLite's vacuum ends any open transaction)
-                if self._batch is not None and not self._batch_failed and head[0].what != "prune":
+                # A prune commits its own batches (and SQLite's vacuum ends any open transaction). On a
+                # shared store, unrelated writes are not merged: a transaction holding many rows' locks
+                # would deadlock with another supervisor's, or with the cluster's lease renewals.
+                if self._merge and not self._batch_failed and head[0].what != "prune":
                     head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
                 # a group is never split, even when retried alone after a failed batch
                 head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
@@ -244,7 +247,8 @@ class QueuedStore:
                 self._wake.notify_all()
 
     def _write_all(self, head: list[_Write]) -> list[object]:
-        """Run the writes in one transaction when the store can (`batch()`: SQLite, PostgreSQL).
+        """Run the writes in one transaction when the store can (`batch()`: SQLite, PostgreSQL): one
+        group's, or (SQLite) up to BATCH queued writes.
 
         In a batch, an update of a run that a later update in the same batch overwrites is
         left out: `update_run` writes the whole row, so the last one says it all. A busy

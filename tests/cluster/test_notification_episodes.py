@@ -31,7 +31,7 @@ FAILING = {
 
 def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str) -> Path:
     path = write_cluster_config(folder, db, {"report": FAILING}, node=name)
-    channel = webhook(hook)
+    channel = webhook(receiver)
     lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in channel.items())]
     path.write_text(path.read_text() + "\n".join(lines) + "\n")
     return path
