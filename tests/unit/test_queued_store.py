@@ -154,3 +154,33 @@ def test_a_prune_at_the_head_of_the_queue_is_written_outside_any_batch(tmp_path:
             assert opened == text.startswith("COMMIT"), f"{text} with a transaction {'open' if opened else 'closed'}"
             opened = not opened
     assert len([t for t in statements if t.startswith("INSERT INTO runs")]) == 1, "written once, not retried"
+
+
+def test_on_a_shared_store_each_write_is_its_own_transaction_and_a_group_one_transaction(tmp_path: Path) -> None:
+    """Supervisors sharing a store must not hold many rows' locks in one transaction (they would
+    deadlock with each other and with the cluster's lease renewals): only a group is merged."""
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    statements: list[str] = []
+    sqlite._db().set_trace_callback(statements.append)
+    queued = QueuedStore(sqlite, shared=True)
+    runs = [new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL) for _ in range(3)]
+    for run in runs:
+        sqlite.insert_run(run)
+    statements.clear()
+    try:
+        with queued._wake:  # the writer looks at the queue once all is in
+            for run in runs[:2]:
+                queued.update_run(transition(run, RunState.STARTING, at=T0))
+            with queued.together():
+                queued.update_run(transition(runs[2], RunState.STARTING, at=T0))
+                queued.add_notifications(lambda: sqlite.put_registration("marker", {}))
+        assert queued.wait_written(10)
+    finally:
+        queued.close()
+    transactions: list[list[str]] = []
+    for text in statements:
+        if text.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions and text.startswith(("UPDATE runs", "INSERT OR REPLACE INTO registrations")):
+            transactions[-1].append(text.split()[0])
+    assert transactions == [["UPDATE"], ["UPDATE"], ["UPDATE", "INSERT"]]
