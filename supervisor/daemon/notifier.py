@@ -261,8 +261,10 @@ class Notifier:
         return None
 
     def _arm_stable(self, service: str, cfg: ServiceConfig) -> None:
-        """A service RUNNING for stable_after (with no new failure) has recovered."""
-        if self._loop is None or cfg.name not in self._failing:
+        """A service RUNNING for stable_after (with no new failure) has recovered. Armed whether or
+        not an episode is known to be open: one opened before a restart, or by another node, is
+        known once the notifier has read the store (`_feed` decides at the end)."""
+        if self._loop is None or self.rule_for(cfg) is None:
             return
         old = self._stable_timers.pop(service, None)
         if old is not None:

@@ -129,3 +129,31 @@ def test_journaled_exits_already_in_the_store_are_not_counted_again_after_a_kill
     wait_for(lambda: not journal.exists(), what="the earlier journal applied and deleted")
     assert episode(state, "looping") == counted, "its lines were in the store already: nothing counted twice"
     assert [r["event"] for r in outbox(second)] == ["failure"]
+
+
+def test_a_service_failing_before_a_restart_that_runs_stable_after_it_sends_recovered(
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
+) -> None:
+    hook.start()
+    fixed = short_dir / "fixed"
+    svc = {
+        "command": ["sh", "-c", f"test -f {fixed} && exec sleep 1000; exit 1"],
+        "backoff": "100ms",
+        "backoff_max": "100ms",
+        "stable_after": "1s",
+        "notify": {"on": ["failure", "recovered"], "to": ["chat"], "min_interval": "5m"},
+    }
+    config = write(short_dir, {"chat": webhook(hook)}, {"web": svc})
+    state = short_dir / "state"
+    first = launch(config)
+    wait_for(lambda: len(hook.requests) == 1 and episode(state, "web")[1] >= 3, what="a failing episode")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    fixed.touch()
+
+    launch(config)  # the service starts and stays up: the episode opened before the restart closes
+    wait_for(lambda: len(hook.requests) == 2, timeout_s=20, what="the recovery")
+    recovered = verify(hook.requests[1])
+    failures = episode(state, "web")[1]
+    assert (recovered["event"], recovered["count"]) == ("recovered", failures)
+    assert recovered["summary"].startswith(f"web: recovered after {failures} failures")
