@@ -2,12 +2,14 @@
 
 The `Notifier` listens to every event (`EventLog.listeners`), turns the ones
 that matter into notification events (failure, retries_exhausted, timed_out,
-lost, missed, fatal, recovered, success), passes them through the pure
-`AlertGate` (no storms) and writes one outbox row per message and channel.
-Each row's id is its fact, `(run or service incarnation, event)`, plus the
-channel, so the same fact never produces two rows. Store calls run on one
-thread of their own, in order: the event loop never waits for the database.
-Delivery is delivery.py, on an asyncio task of its own.
+lost, missed, fatal, recovered, success) and hands each to the history's
+writer. There, in one transaction, the subject's no-storm episode is read from
+the store (locked), passed through the pure policy (core/alerts.py), written
+back, and one outbox row is added per message and channel: a run's event in
+the transaction of the run's final state. Each row's id is its fact, `(run or
+service incarnation, event)`, plus the channel, so the same fact never produces
+two rows. The event loop never waits for the database. Delivery is
+delivery.py, on an asyncio task of its own.
 
 Other parts may add messages of their own (`enqueue`: a task's notify rule,
 decided by the HTTP API) and channels of their own (`channel_sources`: a
@@ -22,21 +24,23 @@ import functools
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from supervise.protocol.url_policy import AddressPolicy, parse_allow_list
 from supervise.supervisor.config.model import Config, ServiceConfig
 from supervise.supervisor.config.notify import INLINE, Channel, Delivery, NotifyRule
-from supervise.supervisor.core.alerts import Alert, AlertGate
+from supervise.supervisor.core.alerts import BAD
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.policies import should_retry
 from supervise.supervisor.core.runs import RunState
-from supervise.supervisor.core.units import format_duration_ms
 from supervise.supervisor.daemon.delivery import Deliverer
-from supervise.supervisor.daemon.logtail import tail
-from supervise.supervisor.store.base import Notification, NotificationStore
+from supervise.supervisor.daemon.notify_text import notification_to_dict
+from supervise.supervisor.daemon.observation import Observation, wall_ms
+from supervise.supervisor.daemon.outbox_journal import ObservationJournal
+from supervise.supervisor.daemon.outbox_rows import OutboxRows, OutboxStore
+
+__all__ = ["Notifier", "notification_to_dict"]
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.runtime import ServiceRuntime
@@ -44,11 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervise.notify")
 
 _T = TypeVar("_T")
-ERROR_LINES = 10  # of a run's or service's error, in a message
-OUTPUT_LINES = 5  # of the service's log, in a message about a failure
-_GOOD = frozenset({"recovered", "success"})
 PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
+SCAN_EVERY_MS = 1_000  # the least time between two reads of the episodes (digests due, episodes open)
 
 
 class OutboxWriter(Protocol):
@@ -88,7 +90,7 @@ class Notifier:
     def __init__(
         self,
         host: NotifyHost,
-        store: NotificationStore,
+        store: OutboxStore,
         *,
         clock: Clock,
         instance: str,
@@ -99,14 +101,17 @@ class Notifier:
         self._writer = writer
         self._clock = clock
         self._instance = instance
-        self._gate = AlertGate()
+        self._failing: set[str] = set()  # subjects that may be in a failing episode (the store decides)
+        self._rows = OutboxRows(store, self._failing)
+        self._enqueued = 0  # rows of messages decided elsewhere (`enqueue`)
+        self._scanned_ms: int | None = None
+        self._journal: ObservationJournal | None = None  # a service event's first durable record
         self._hostname = socket.gethostname()
         self._incarnations: dict[str, int] = {}  # service instance -> its latest spawned incarnation
         self._stable_timers: dict[str, asyncio.TimerHandle] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-notify-store")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self.queued = 0  # rows written to the outbox by this supervisor
         self._closed = False
         self.channel_sources: dict[str, Callable[[str], Channel | None]] = {}
         self.deliverer = Deliverer(
@@ -122,8 +127,10 @@ class Notifier:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start delivering: rows left by an earlier run of this supervisor go first."""
+        """Start delivering: rows left by an earlier run of this supervisor go first, and the
+        service events its journal holds that never reached the store are written first."""
         self._loop = asyncio.get_running_loop()
+        self._open_journal()
         self._task = asyncio.create_task(self._tick_forever(), name="supervise-notify")
 
     async def close(self) -> None:
@@ -137,6 +144,8 @@ class Notifier:
             self._task = None
         await self.deliverer.close()
         self._executor.shutdown(wait=True)  # rows already decided are written
+        if self._journal is not None:
+            self._journal.close()
 
     async def in_store(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store call on the notifier's thread (in order with the outbox writes)."""
@@ -148,8 +157,9 @@ class Notifier:
         while True:
             now_ms = self._clock.monotonic_ms()
             try:
-                for alert in self._gate.due(now_ms):
-                    self._queue(alert, fact=f"digest:{self._instance}:{alert.subject}:{alert.tag}", detail={})
+                if self._scanned_ms is None or now_ms - self._scanned_ms >= SCAN_EVERY_MS:
+                    self._scanned_ms = now_ms
+                    await self._scan()
                 if pruned_at is None or now_ms - pruned_at >= PRUNE_EVERY_MS:
                     pruned_at = now_ms
                     await self._prune()
@@ -160,6 +170,37 @@ class Notifier:
             # Woken at once by a new row or a finished attempt; otherwise at the soonest row's time,
             # and at least every IDLE_POLL_S (rows another supervisor sharing the store left behind).
             await self.deliverer.wait(IDLE_POLL_S if next_in is None else min(max(next_in, 0.01), IDLE_POLL_S))
+
+    def _open_journal(self) -> None:
+        """Queue the lines of earlier starts' journals (each skipped if its mark says it is in),
+        then begin this start's journal. Synchronous, so that they go before any new event."""
+        journal = ObservationJournal(self._host.config.supervisor.state_dir)
+        try:
+            leftovers = journal.leftovers()
+            journal.start()
+        except OSError as exc:
+            log.error("notifications journal unavailable (%s): a service event is kept in memory until written", exc)
+            return
+        self._journal = journal
+        for left in leftovers:
+            for seq, obs in left.lines:
+                self._submit(functools.partial(self._rows.decide, obs, mark=(left.journal, seq), check=True))
+            if left.lines:
+                log.info("notifications: applying %d service events from %s", len(left.lines), left.path.name)
+            forget = functools.partial(self._store.put_journal_mark, left.journal, None)
+            self._submit(forget, then=functools.partial(left.path.unlink, missing_ok=True))
+
+    async def _scan(self) -> None:
+        """Read the open episodes (so that a service back up stable closes one opened before a
+        restart, or by another node) and queue a digest for each whose min_interval has passed."""
+        active = await self.in_store(self._store.active_episodes, wall_ms(self._clock.wall()))
+        self._failing |= {e.subject for e in active if e.failing}
+        for episode in active:
+            if not episode.due:
+                continue
+            obs = self._observation(episode.subject, "digest", fact="", detail={})
+            if obs is not None and obs.rule == episode.rule:
+                self._submit(functools.partial(self._rows.send_digest, obs))
 
     async def _prune(self) -> None:
         """Delivered and failed rows older than history_max_age go; pending ones stay."""
@@ -220,8 +261,10 @@ class Notifier:
         return None
 
     def _arm_stable(self, service: str, cfg: ServiceConfig) -> None:
-        """A service RUNNING for stable_after (with no new failure) has recovered."""
-        if self._loop is None or not self._gate.failing(cfg.name):
+        """A service RUNNING for stable_after (with no new failure) has recovered. Armed whether or
+        not an episode is known to be open: one opened before a restart, or by another node, is
+        known once the notifier has read the store (`_feed` decides at the end)."""
+        if self._loop is None or self.rule_for(cfg) is None:
             return
         old = self._stable_timers.pop(service, None)
         if old is not None:
@@ -243,10 +286,71 @@ class Notifier:
         rule = self.rule_for(cfg)
         if rule is None:
             return
-        now_ms = self._clock.monotonic_ms()
-        alerts = self._gate.observe(cfg.name, event, on=rule.on, min_interval_ms=rule.min_interval_ms, now_ms=now_ms)
-        for alert in alerts:
-            self._queue(alert, fact=fact, detail=detail)
+        if event in BAD:
+            self._failing.add(cfg.name)  # at once: a restart that comes up stable must arm its timer
+        elif cfg.name not in self._failing and (event != "success" or "success" not in rule.on):
+            return  # no episode to close, no success to send: nothing to decide
+        obs = self._observation(cfg.name, event, fact=fact, detail=detail)
+        if obs is None:
+            return
+        journal = self._journal
+        seq = journal.append(obs) if journal is not None and obs.fact.startswith("svc:") else None
+        if journal is None or seq is None:  # a run's event is durable with the run (its group)
+            self._submit(functools.partial(self._rows.decide, obs))
+            return
+        self._submit(
+            functools.partial(self._rows.decide, obs, mark=(journal.journal, seq)),
+            then=functools.partial(journal.committed, seq),
+        )
+
+    def _observation(self, subject: str, event: str, *, fact: str, detail: Mapping[str, object]) -> Observation | None:
+        """What the writer needs to decide about an event, read on the event loop."""
+        try:
+            svc = self._host.require(subject)
+        except LookupError:
+            return None
+        rule = self.rule_for(svc.config)
+        if rule is None:
+            return None
+        sup = self._host.config.supervisor
+        return Observation(
+            rule="own" if svc.config.notify is not None else "default",
+            subject=subject,
+            event=event,
+            fact=fact,
+            on=frozenset(rule.on),
+            min_interval_ms=rule.min_interval_ms,
+            targets=rule.targets,
+            detail=dict(detail),
+            wall=self._clock.wall(),
+            last_error=svc.record.last_error if event in ("failure", "fatal") else None,
+            incarnation=self._incarnations.get(subject),
+            log_path=sup.state_dir / "logs" / f"{subject}.log",
+            log_backups=sup.log_backups,
+        )
+
+    def _submit(self, decide: Callable[[], object], then: Callable[[], object] | None = None) -> None:
+        """To the history's writer (in the open `together()` group, if any), else to the notifier's
+        thread; `then` once it is committed."""
+
+        def committed() -> None:
+            if then is not None:
+                then()
+            self._wake_deliverer()
+
+        if self._writer is not None:
+            self._writer.add_notifications(decide, then=committed)
+            return
+        future = self._executor.submit(self._in_transaction, decide)
+        future.add_done_callback(lambda f: committed() if f.exception() is None else self._written(f))
+
+    def _in_transaction(self, decide: Callable[[], object]) -> None:
+        batch = getattr(self._store, "batch", None)
+        if batch is None:
+            decide()
+            return
+        with batch():
+            decide()
 
     def rule_for(self, cfg: ServiceConfig) -> NotifyRule | None:
         """The service's own rule, else `[notify] default`; None when it has no channel."""
@@ -289,55 +393,10 @@ class Notifier:
         are filled in here); each row's id is `fact|event|channel`, so enqueueing the
         same fact again changes nothing. The future is done once the rows are written.
         """
-        self.queued += len(channels)
-        future = self._executor.submit(self._write, payload, channels, fact, None, 0)
+        self._enqueued += len(channels)
+        future = self._executor.submit(self._rows.write, payload, channels, fact, None, 0)
         future.add_done_callback(self._written)
         return future
-
-    def _queue(self, alert: Alert, *, fact: str, detail: Mapping[str, object]) -> None:
-        try:
-            cfg = self._host.require(alert.subject).config
-        except LookupError:
-            return
-        rule = self.rule_for(cfg)
-        if rule is None:
-            return
-        payload = self._payload(alert, cfg, detail, self._clock.wall())
-        sup = self._host.config.supervisor
-        log_path = sup.state_dir / "logs" / f"{alert.subject}.log" if alert.event not in _GOOD else None
-        self.queued += len(rule.targets)
-        if self._writer is not None:
-            write = functools.partial(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
-            self._writer.add_notifications(write, then=self._wake_deliverer)
-            return
-        future = self._executor.submit(self._write, payload, rule.targets, fact, log_path, sup.log_backups)
-        future.add_done_callback(self._written)
-
-    def _write(
-        self, payload: dict[str, Any], channels: tuple[str, ...], fact: str, log_path: Path | None, backups: int
-    ) -> None:
-        """On the notifier's thread: add the log's last lines, then one outbox row per channel."""
-        output: list[str] = []
-        if log_path is not None:
-            try:
-                output = [line[:300] for line in tail(log_path, OUTPUT_LINES, backups=backups).lines]
-            except OSError:
-                output = []
-        payload["output_lines"] = output
-        payload["text"] = _text(payload)
-        now = datetime.fromisoformat(payload["time"])
-        for channel in channels:
-            row_id = f"{fact}|{payload['event']}|{channel}"
-            row = Notification(
-                id=row_id,
-                channel=channel,
-                service=payload["service"],
-                event=payload["event"],
-                payload={**payload, "id": row_id},
-                created_at=now,
-                next_attempt_at=now,
-            )
-            self._store.add_notification(row)
 
     def _written(self, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
@@ -354,41 +413,12 @@ class Notifier:
             except RuntimeError:  # closed meanwhile
                 pass
 
-    def _payload(self, alert: Alert, cfg: ServiceConfig, detail: Mapping[str, object], now: datetime) -> dict[str, Any]:
-        """The template variables of a message (SAMPLE_MESSAGE in config/notify.py lists them)."""
-        error = detail.get("error") or detail.get("reason")
-        if error is None and alert.event in ("failure", "fatal"):
-            try:
-                error = self._host.require(alert.subject).record.last_error
-            except LookupError:
-                error = None
-        error_text = str(error) if error else ""
-        run_id = detail.get("run_id")
-        since = None
-        if alert.failing_since_ms is not None:
-            since = now - timedelta(milliseconds=self._clock.monotonic_ms() - alert.failing_since_ms)
-        return {
-            "service": cfg.name,
-            "event": alert.event,
-            "summary": _summary(alert, detail, since, now),
-            "error": error_text or None,
-            "error_lines": error_text.splitlines()[:ERROR_LINES],
-            "output_lines": [],
-            "run_id": run_id,
-            "state": detail.get("state"),
-            "attempt": detail.get("attempt"),
-            "incarnation": self._incarnations.get(alert.subject),
-            "count": alert.count,
-            "counts": alert.counts,
-            "digest": alert.event == "digest",
-            "time": now.isoformat(),
-            "since": since.isoformat() if since is not None else None,
-            "host": self._hostname,
-            "command": f"supervise runs {cfg.name}" if run_id else f"supervise logs {cfg.name}",
-            "detail": {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool)) or v is None},
-        }
-
     # -- what status, metrics and the `notifications` command show -------------------------
+
+    @property
+    def queued(self) -> int:
+        """Rows written to the outbox by this supervisor."""
+        return self._rows.queued + self._enqueued
 
     def summary(self) -> dict[str, object]:
         """Counters for `status` and `/metrics`."""
@@ -409,70 +439,3 @@ def _run_event(state: str, attempt: object, cfg: ServiceConfig) -> str | None:
     return {RunState.TIMED_OUT: "timed_out", RunState.LOST: "lost", RunState.SUCCEEDED: "success"}.get(
         RunState(state) if state in RunState._value2member_map_ else RunState.PENDING
     )
-
-
-def _text(p: Mapping[str, Any]) -> str:
-    """The plain-text body: what, where, when, the error's first lines, the log's last, how to see more."""
-    counts = f" ({_counts(p['counts'])})" if p["count"] > 1 else ""
-    lines = [
-        p["summary"],
-        "",
-        f"service: {p['service']}",
-        f"event:   {p['event']}{counts}",
-        f"when:    {datetime.fromisoformat(p['time']).isoformat(timespec='seconds')}",
-        f"host:    {p['host']}",
-    ]
-    if p["run_id"]:
-        lines.append(f"run:     {p['run_id']}")
-    if p["error_lines"]:
-        lines += ["error:", *(f"  {line}" for line in p["error_lines"])]
-    if p["output_lines"]:
-        lines += ["output (the log's last lines):", *(f"  {line}" for line in p["output_lines"])]
-    return "\n".join([*lines, "", f"more:    {p['command']}"])
-
-
-def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _summary(alert: Alert, detail: Mapping[str, object], since: datetime | None, now: datetime) -> str:
-    name = alert.subject
-    run = f"run {str(detail['run_id'])[:12]}" if detail.get("run_id") else None
-    for_how_long = f" for {format_duration_ms(int((now - since).total_seconds() * 1000))}" if since else ""
-    match alert.event:
-        case "digest":
-            return f"{name}: {alert.count} more events{for_how_long} ({_counts(alert.counts)})"
-        case "recovered":
-            return f"{name}: recovered after {alert.count} failures{for_how_long}"
-        case "fatal":
-            return f"{name}: FATAL, gave up restarting ({detail.get('reason') or 'too many restarts'})"
-        case "missed":
-            return f"{name}: {run or 'a run'} was missed ({detail.get('reason')})"
-        case "success":
-            return f"{name}: {run or 'run'} succeeded"
-        case "retries_exhausted":
-            return f"{name}: {run or 'a run'} failed, retries exhausted (attempt {detail.get('attempt')})"
-        case "timed_out" | "lost":
-            return f"{name}: {run or 'a run'} {alert.event.replace('_', ' ')}"
-    if run:
-        return f"{name}: {run} failed"
-    code, sig = detail.get("code"), detail.get("signal")
-    how = f"killed by signal {sig}" if sig else f"exited with code {code}" if code is not None else "failed to start"
-    return f"{name}: {how}"
-
-
-def notification_to_dict(n: Notification) -> dict[str, object]:
-    """An outbox row as the `notifications` command returns it."""
-    return {
-        "id": n.id,
-        "channel": n.channel,
-        "service": n.service,
-        "event": n.event,
-        "state": str(n.state),
-        "attempts": n.attempts,
-        "created_at": n.created_at.isoformat(),
-        "next_attempt_at": n.next_attempt_at.isoformat(),
-        "delivered_at": n.delivered_at.isoformat() if n.delivered_at else None,
-        "last_error": n.last_error,
-        "summary": n.payload.get("summary"),
-    }

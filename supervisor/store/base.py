@@ -16,6 +16,8 @@ from typing import Any, Final, Protocol, Self
 
 from supervise.protocol.errors import SuperviseError
 from supervise.supervisor.core.runs import FINAL, JSONValue, Run, RunOrigin, RunState
+from supervise.supervisor.store.episodes import EpisodeStore
+from supervise.supervisor.store.journal_marks import JournalMarks
 
 
 class StoreError(SuperviseError):
@@ -257,7 +259,7 @@ def row_to_notification(row: Mapping[str, Any], decode_time: Callable[[Any], dat
     )
 
 
-class Store(NotificationStore, Protocol):
+class Store(NotificationStore, EpisodeStore, JournalMarks, Protocol):
     """Persistence for runs, schedule state, one-shots and runtime registrations.
 
     Every method is one short transaction. Datetimes go in aware and come back

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import psycopg
@@ -47,6 +49,7 @@ class LeasedRuns:
         self.fenced_writes = 0  # writes refused because the lease was gone
         self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
         self._stores_lock = threading.Lock()
+        self._pending = threading.local()  # inside `batch()`: bookkeeping to do once it commits
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db(), name)
@@ -91,6 +94,32 @@ class LeasedRuns:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction on this thread's connection (`PostgresStore.batch`). A lease that a
+        run's final write ends is forgotten only once the transaction commits: rolled back, the
+        write is tried again under the same lease."""
+        if getattr(self._pending, "after", None) is not None:  # nested
+            with self._db().batch():
+                yield
+            return
+        after: list[Callable[[], None]] = []
+        self._pending.after = after
+        try:
+            with self._db().batch():
+                yield
+        finally:
+            self._pending.after = None
+        for action in after:
+            action()
+
+    def _after_commit(self, action: Callable[[], None]) -> None:
+        after: list[Callable[[], None]] | None = getattr(self._pending, "after", None)
+        if after is None:
+            action()
+        else:
+            after.append(action)
 
     # -- the leases this node holds ---------------------------------------------------------
 
@@ -200,14 +229,19 @@ class LeasedRuns:
 
         done = self._db()._call(write)
         if epoch is not None:
-            with self._lock:
-                if not done:
+            if not done:
+                with self._lock:
                     self._held.pop(run.run_id, None)
                     self._revoked.add(run.run_id)
                     self.fenced_writes += 1
-                    log.warning(
-                        "run %s: write (%s) refused, its lease (epoch %d) was taken over", run.run_id, run.state, epoch
-                    )
-                elif run.state in FINAL or run.state not in IN_FLIGHT:
-                    self._held.pop(run.run_id, None)
+                log.warning(
+                    "run %s: write (%s) refused, its lease (epoch %d) was taken over", run.run_id, run.state, epoch
+                )
+            elif run.state in FINAL or run.state not in IN_FLIGHT:
+                self._after_commit(lambda: self._release(run.run_id, epoch))
         return done
+
+    def _release(self, run_id: str, epoch: int) -> None:
+        with self._lock:
+            if self._held.get(run_id) == epoch:
+                self._held.pop(run_id)

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, LiteralString, Self, TypeVar, final
 
@@ -21,6 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
+from supervise.supervisor.core.alerts import Episode
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import (
     CLAIMABLE,
@@ -42,6 +44,8 @@ from supervise.supervisor.store.base import (
     to_json,
     utc,
 )
+from supervise.supervisor.store.episodes import EPISODE_SCHEMA_PG, EpisodeSummary, pg_active, pg_put, pg_take
+from supervise.supervisor.store.journal_marks import MARKS_SCHEMA_PG, pg_mark, pg_put_mark
 
 log = logging.getLogger("supervise.store")
 
@@ -118,6 +122,8 @@ _OUTBOX_SCHEMA: Final[tuple[LiteralString, ...]] = (
     )""",
     "CREATE INDEX IF NOT EXISTS notifications_due ON {s}.notifications (state, next_attempt_at, seq)",
     "CREATE INDEX IF NOT EXISTS notifications_by_created ON {s}.notifications (created_at, seq)",
+    *EPISODE_SCHEMA_PG,
+    *MARKS_SCHEMA_PG,
 )
 
 _UPDATE_RUN: Final = (
@@ -170,6 +176,7 @@ class PostgresStore:
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._opened = False
         self._lock = threading.RLock()
+        self._batch: psycopg.Connection[dict[str, Any]] | None = None  # inside `batch()`: its transaction's
         self._where = _describe_dsn(dsn)
         self._update_run = self._q(_UPDATE_RUN)
 
@@ -239,11 +246,38 @@ class PostgresStore:
             )
         return self._conn
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every call made inside (by this thread): committed at the end,
+        rolled back whole if any call fails (StoreError), with no reconnect in the middle. The
+        history's writer commits a run's final state with the notifications it causes this way."""
+        with self._lock:
+            if self._batch is not None:  # nested: the outer batch commits
+                yield
+                return
+            conn = self._call(lambda c: c)  # connected, with the usual reconnect attempts
+            try:
+                with conn.transaction():
+                    self._batch = conn
+                    try:
+                        yield
+                    finally:
+                        self._batch = None
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken:
+                    self._conn = None
+                raise self._error(exc) from exc
+
     def _call(self, op: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
         """Run `op` on a live connection, reconnecting with backoff if the connection drops."""
         with self._lock:
             if not self._opened:
                 raise StoreError(f"PostgreSQL store {self._where} is not open; call open() or use 'with store:'")
+            if self._batch is not None:  # inside `batch()`: its transaction, no retry on another connection
+                try:
+                    return op(self._batch)
+                except psycopg.Error as exc:
+                    raise self._error(exc) from exc
             last: Exception | None = None
             for attempt in range(self.reconnect_attempts + 1):
                 if attempt:
@@ -445,6 +479,7 @@ class PostgresStore:
             self._q("DELETE FROM {s}.oneshots WHERE service = %s"),
             self._q("DELETE FROM {s}.schedules WHERE service = %s"),
             self._q("DELETE FROM {s}.notifications WHERE service = %s"),
+            self._q("DELETE FROM {s}.alert_episodes WHERE subject = %s"),
             self._q("DELETE FROM {s}.registrations WHERE name = %s"),
         ]
 
@@ -552,6 +587,23 @@ class PostgresStore:
         query = self._q("DELETE FROM {s}.notifications WHERE state != %s AND created_at < %s")
         params = (NotificationState.PENDING.value, utc(before))
         return self._call(lambda conn: max(conn.execute(query, params).rowcount, 0))
+
+    # -- no-storm episodes (store/episodes.py) ----------------------------------------------------
+
+    def take_episode(self, rule: str, subject: str, now_ms: int) -> tuple[Episode, int]:
+        return self._call(lambda conn: pg_take(conn, self._q, rule, subject))
+
+    def put_episode(self, rule: str, subject: str, episode: Episode) -> None:
+        self._call(lambda conn: pg_put(conn, self._q, rule, subject, episode))
+
+    def active_episodes(self, now_ms: int) -> list[EpisodeSummary]:
+        return self._call(lambda conn: pg_active(conn, self._q))
+
+    def journal_mark(self, journal: str) -> int:
+        return self._call(lambda conn: pg_mark(conn, self._q, journal))
+
+    def put_journal_mark(self, journal: str, seq: int | None) -> None:
+        self._call(lambda conn: pg_put_mark(conn, self._q, journal, seq))
 
     def _notifications(self, tail: LiteralString, params: list[object]) -> list[Notification]:
         columns = ", ".join("payload::text AS payload" if c == "payload" else c for c in NOTIFICATION_COLUMNS)

@@ -43,6 +43,8 @@ class _Write:
     updates: str | None  # the run id, for an `update_run`
     group: int = 0  # writes queued in one `together()` block share a non-zero group: one transaction
     barrier: bool = False  # a read of pending rows must wait for it (see `unsettled`)
+    caused: bool = False  # caused by its group's run write: skipped when that write changed nothing
+    atomic: bool = False  # several statements that must be one transaction, even alone (outbox rows)
 
 
 def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
@@ -65,6 +67,7 @@ class QueuedStore:
         self.failing_since: str | None = None  # the last error while writes are being retried
         self._batch: Callable[[], AbstractContextManager[None]] | None = getattr(store, "batch", None)
         self._batch_failed = False
+        self._merge = self._batch is not None and not shared  # several writes per transaction (SQLite)
         self._barriers = 0  # queued writes flagged `barrier`, not yet done
         self._holding = 0  # `together()` blocks open: the writer waits for them to close
         self._group = 0  # the group of the open `together()` block
@@ -114,9 +117,11 @@ class QueuedStore:
         return True
 
     def add_notifications(self, write: Callable[[], object], *, then: Callable[[], None] | None = None) -> None:
-        """Queue a write of outbox rows (`write` adds them, on the writer thread): inside a
-        `together()` block, in the same transaction as the state change that caused them."""
-        self._put("notification rows", write, then)
+        """Queue a write of outbox rows (`write` adds them, on the writer thread, in one transaction
+        with a store that offers `batch()`): inside a `together()` block, in the same transaction as
+        the state change that caused them, and skipped when that change was refused (an update of
+        the run that changed nothing: a fenced compare-and-set in cluster mode)."""
+        self._put("notification rows", write, then, caused=self._group != 0, atomic=True)
 
     @contextmanager
     def together(self) -> Iterator[None]:
@@ -171,6 +176,8 @@ class QueuedStore:
         *,
         updates: str | None = None,
         barrier: bool = False,
+        caused: bool = False,
+        atomic: bool = False,
     ) -> None:
         with self._wake:
             if len(self._queue) >= MAX_QUEUED:
@@ -179,7 +186,7 @@ class QueuedStore:
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append(_Write(what, write, then, updates, self._group, barrier))
+            self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused, atomic))
             self._barriers += barrier
             self._enqueued += 1
             self._wake.notify()
@@ -193,13 +200,17 @@ class QueuedStore:
                 if not self._queue:
                     return
                 head = [self._queue[0]]
-                if self._batch is not None and not self._batch_failed:
+                # A prune commits its own batches (and SQLite's vacuum ends any open transaction). On a
+                # shared store, unrelated writes are not merged: a transaction holding many rows' locks
+                # would deadlock with another supervisor's, or with the cluster's lease renewals.
+                if self._merge and not self._batch_failed and head[0].what != "prune":
                     head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
-                    head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
+                # a group is never split, even when retried alone after a failed batch
+                head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
             try:
                 results = self._write_all(head)
             except StoreError as e:
-                if len(head) > 1:
+                if len(head) > 1 and not self._batch_failed:
                     self._batch_failed = True  # one at a time until this write is through
                     continue
                 if self.failing_since is None:
@@ -236,20 +247,31 @@ class QueuedStore:
                 self._wake.notify_all()
 
     def _write_all(self, head: list[_Write]) -> list[object]:
-        """Run the writes, several in one transaction when the store can (SQLite's `batch`).
+        """Run the writes in one transaction when the store can (`batch()`: SQLite, PostgreSQL): one
+        group's, or (SQLite) up to BATCH queued writes.
 
         In a batch, an update of a run that a later update in the same batch overwrites is
         left out: `update_run` writes the whole row, so the last one says it all. A busy
         service's run often goes queued, starting, running and finished within one batch.
+        A write `caused` by its group's run update is skipped when that update changed
+        nothing: the state change did not happen, so neither does what it causes.
         """
-        if len(head) == 1 or self._batch is None or self._batch_failed:
+        if self._batch is None or (len(head) == 1 and not head[0].atomic and not head[0].group):
             del head[1:]
             return [head[0].write()]
         last_update = {w.updates: i for i, w in enumerate(head) if w.updates is not None}
+        refused: set[int] = set()  # groups whose run update changed nothing
+        results: list[object] = []
         with self._batch():
-            return [
-                True if w.updates is not None and last_update[w.updates] != i else w.write() for i, w in enumerate(head)
-            ]
+            for i, w in enumerate(head):
+                if w.caused and w.group in refused:
+                    results.append(None)
+                    continue
+                result = True if w.updates is not None and last_update[w.updates] != i else w.write()
+                if w.updates is not None and w.group and result is False:
+                    refused.add(w.group)
+                results.append(result)
+        return results
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (bounded by `timeout_s`), then close the store."""

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar, final
 
+from supervise.supervisor.core.alerts import Episode
 from supervise.supervisor.core.clock import Clock, SystemClock
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.private_files import make_database_private
@@ -44,6 +45,14 @@ from supervise.supervisor.store.base import (
     to_json,
     utc,
 )
+from supervise.supervisor.store.episodes import (
+    EPISODE_SCHEMA_SQLITE,
+    EpisodeSummary,
+    sqlite_active,
+    sqlite_put,
+    sqlite_take,
+)
+from supervise.supervisor.store.journal_marks import MARKS_SCHEMA_SQLITE, sqlite_mark, sqlite_put_mark
 
 log = logging.getLogger("supervise.store")
 
@@ -119,6 +128,8 @@ _OUTBOX_SCHEMA: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at, seq)",
     "CREATE INDEX IF NOT EXISTS notifications_by_created ON notifications (created_at, seq)",
+    *EPISODE_SCHEMA_SQLITE,
+    *MARKS_SCHEMA_SQLITE,
 )
 
 _T = TypeVar("_T")
@@ -500,6 +511,7 @@ class SqliteStore:
         """See `Store.forget_service`: one transaction."""
         with self._write() as conn:
             runs = conn.execute("DELETE FROM runs WHERE service = ?", (service,)).rowcount
+            conn.execute("DELETE FROM alert_episodes WHERE subject = ?", (service,))
             for table in ("oneshots", "schedules", "notifications"):
                 conn.execute(f"DELETE FROM {table} WHERE service = ?", (service,))  # nosec B608 # constant names
             conn.execute("DELETE FROM registrations WHERE name = ?", (service,))
@@ -623,6 +635,26 @@ class SqliteStore:
                 "DELETE FROM notifications WHERE state != ? AND created_at < ?",
                 (NotificationState.PENDING.value, encode_time(before)),
             ).rowcount
+
+    # -- no-storm episodes (store/episodes.py) ----------------------------------------------------
+
+    def take_episode(self, rule: str, subject: str, now_ms: int) -> tuple[Episode, int]:
+        with self._write() as conn:
+            return sqlite_take(conn, rule, subject), now_ms
+
+    def put_episode(self, rule: str, subject: str, episode: Episode) -> None:
+        with self._write() as conn:
+            sqlite_put(conn, rule, subject, episode)
+
+    def active_episodes(self, now_ms: int) -> list[EpisodeSummary]:
+        return self._read(lambda conn: sqlite_active(conn, now_ms))
+
+    def journal_mark(self, journal: str) -> int:
+        return self._read(lambda conn: sqlite_mark(conn, journal))
+
+    def put_journal_mark(self, journal: str, seq: int | None) -> None:
+        with self._write() as conn:
+            sqlite_put_mark(conn, journal, seq)
 
     def _notifications(self, tail: str, params: list[object]) -> list[Notification]:
         sql = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications {tail}"  # nosec B608 # table and column names are this module's constants; values are bound parameters

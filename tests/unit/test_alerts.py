@@ -132,3 +132,36 @@ def test_subjects_are_independent_and_tags_are_unique_per_subject() -> None:
 def test_an_unknown_event_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown event"):
         AlertGate().observe("web", "exploded", on=ALL, min_interval_ms=0, now_ms=0)
+
+
+def test_the_policy_is_a_function_of_the_episode_so_a_stored_episode_goes_on_where_it_was() -> None:
+    from supervise.supervisor.core.alerts import Episode, due, observe
+
+    clock = FakeClock()
+    episode, sent = observe(Episode(), "web", "failure", on=ALL, min_interval_ms=FIVE_MIN, now_ms=clock.monotonic_ms())
+    assert [a.event for a in sent] == ["failure"] and episode.failing
+    # what a restarted supervisor, or another node, reads back: an equal value, no hidden state
+    reread = Episode(**{f: getattr(episode, f) for f in Episode.__slots__})
+    for _ in range(3):
+        clock.advance(1_000)
+        reread, sent = observe(reread, "web", "lost", on=ALL, min_interval_ms=FIVE_MIN, now_ms=clock.monotonic_ms())
+        assert sent == []
+    assert (reread.number, reread.failures, dict(reread.held)) == (1, 4, {"lost": 3})
+    assert due(reread, "web", clock.monotonic_ms()) == (reread, None)
+    assert reread.due_at_ms() == 1_000_000 + FIVE_MIN
+    clock.advance(FIVE_MIN)
+    after, digest = due(reread, "web", clock.monotonic_ms())
+    assert digest is not None and (digest.event, digest.count, digest.tag) == ("digest", 3, "e1.m2")
+    assert after.held == {} and after.sent == 2
+    assert episode.held == {}, "the episode passed in is never changed"
+
+
+def test_a_new_episode_after_a_recovery_gets_new_tags() -> None:
+    from supervise.supervisor.core.alerts import Episode, observe
+
+    episode = Episode()
+    tags = []
+    for at, event in ((0, "failure"), (1_000, "success"), (2_000, "failure")):
+        episode, sent = observe(episode, "job", event, on=ALL, min_interval_ms=0, now_ms=at)
+        tags += [(a.event, a.tag) for a in sent]
+    assert tags == [("failure", "e1.m1"), ("recovered", "e1.m2"), ("failure", "e2.m3")]

@@ -123,3 +123,64 @@ def test_unsettled_counts_only_the_barrier_writes_still_queued(tmp_path: Path) -
         assert queued.pending == 0 and queued.unsettled == 0
     finally:
         queued.close()
+
+
+def test_a_prune_at_the_head_of_the_queue_is_written_outside_any_batch(tmp_path: Path) -> None:
+    """A prune commits its own deletes, and SQLite's vacuum after them ends any open transaction:
+    inside a batch, the batch's commit would fail and its writes be tried again one by one."""
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    old = [
+        transition(new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL), RunState.SKIPPED, at=T0, reason="x")
+        for _ in range(20)
+    ]
+    sqlite.insert_runs(old)
+    statements: list[str] = []
+    sqlite._db().set_trace_callback(statements.append)  # the writer's connection, as SQLite runs it
+    queued = QueuedStore(sqlite, shared=False)
+    later = new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL)
+    try:
+        with queued._wake:  # the writer looks at the queue once all three are in
+            queued.prune(keep_per_outcome=5, max_age=timedelta(days=365), now=T0)
+            queued.insert_run(later)
+            queued.add_notifications(lambda: None)
+        assert queued.wait_written(10)
+        assert len(sqlite.list_runs("a", states={RunState.SKIPPED})) == 5
+        assert sqlite.get_run(later.run_id) is not None
+    finally:
+        queued.close()
+    opened = False
+    for text in statements:  # every COMMIT ends a BEGIN: none is left to fail on a closed transaction
+        if text.startswith(("BEGIN", "COMMIT")):
+            assert opened == text.startswith("COMMIT"), f"{text} with a transaction {'open' if opened else 'closed'}"
+            opened = not opened
+    assert len([t for t in statements if t.startswith("INSERT INTO runs")]) == 1, "written once, not retried"
+
+
+def test_on_a_shared_store_each_write_is_its_own_transaction_and_a_group_one_transaction(tmp_path: Path) -> None:
+    """Supervisors sharing a store must not hold many rows' locks in one transaction (they would
+    deadlock with each other and with the cluster's lease renewals): only a group is merged."""
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    statements: list[str] = []
+    sqlite._db().set_trace_callback(statements.append)
+    queued = QueuedStore(sqlite, shared=True)
+    runs = [new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL) for _ in range(3)]
+    for run in runs:
+        sqlite.insert_run(run)
+    statements.clear()
+    try:
+        with queued._wake:  # the writer looks at the queue once all is in
+            for run in runs[:2]:
+                queued.update_run(transition(run, RunState.STARTING, at=T0))
+            with queued.together():
+                queued.update_run(transition(runs[2], RunState.STARTING, at=T0))
+                queued.add_notifications(lambda: sqlite.put_registration("marker", {}))
+        assert queued.wait_written(10)
+    finally:
+        queued.close()
+    transactions: list[list[str]] = []
+    for text in statements:
+        if text.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions and text.startswith(("UPDATE runs", "INSERT OR REPLACE INTO registrations")):
+            transactions[-1].append(text.split()[0])
+    assert transactions == [["UPDATE"], ["UPDATE"], ["UPDATE", "INSERT"]]
