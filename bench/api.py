@@ -1,4 +1,4 @@
-"""`python -m bench.api [--tasks N] [--services N]`: figures of the HTTP API of one supervise daemon.
+"""`python -m bench.api [--tasks N] [--services N] [--tenant T]`: figures of the HTTP API of one supervise daemon.
 
 - task creation through `POST /api/v1/tasks`, 16 requests in flight on one keep-alive session;
 - `GET /api/v1/services` with N services, p50 and p95 of 200 sequential requests;
@@ -58,6 +58,7 @@ def _config(folder: Path, services: int) -> Path:
         'state_dir = "state"',
         'http = "127.0.0.1:0"',
         "tenant_max_pending_tasks = 1000000",
+        "tenant_max_runs_per_minute = 1000000",
         'allow_addresses = ["127.0.0.1"]',  # the receiver is on loopback, which the address policy refuses
     ]
     for i in range(services):
@@ -149,14 +150,18 @@ async def _measure(
         return figures
 
 
-def measure(tasks: int, services: int, *, tag: str | None = None, profile: str | None = None) -> dict[str, Any]:
-    """Start a daemon with `services` services, measure, stop it; returns the figures (and prints them)."""
+def measure(
+    tasks: int, services: int, *, tag: str | None = None, profile: str | None = None, tenant: str | None = None
+) -> dict[str, Any]:
+    """Start a daemon with `services` services, measure, stop it; returns the figures (and prints them).
+
+    With `tenant`, the tasks are created by an admin token of that tenant (its runs go to the tenant's store)."""
     folder = Path(tempfile.mkdtemp(prefix="sv-bench-api-", dir="/tmp"))
     arrivals: dict[str, float] = {}
     server = _receiver(arrivals)
     config = _config(folder, services)
     store = ApiStore(folder / "state")
-    token, _ = store.create_token("bench", Role.ADMIN, None, None)
+    token, _ = store.create_token("bench", Role.ADMIN, tenant, None)
     store.close()
     env = {**os.environ, **({TAG_VAR: tag} if tag else {})}
     daemon = subprocess.Popen(
@@ -217,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile", metavar="FILE", help="sample the daemon with py-spy while it is measured (collapsed stacks)"
     )
+    ap.add_argument("--tenant", help="create the tasks with an admin token of this tenant (default: no tenant)")
     args = ap.parse_args(argv)
-    measure(args.tasks, args.services, profile=args.profile)
+    measure(args.tasks, args.services, profile=args.profile, tenant=args.tenant)
     return 0
 
 

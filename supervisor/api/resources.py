@@ -59,6 +59,7 @@ from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
 from supervise.supervisor.daemon.scheduler import run_to_dict
+from supervise.supervisor.store.routed import RoutedStore
 
 TRIGGER_KINDS = ("every", "cron", "at", "manual")
 RUN_ID = r"[0-9a-f]{32}"
@@ -160,6 +161,13 @@ class Resources:
             self._own_quotas = (quotas, now)
         return quotas.get(tenant, TenantQuotas())
 
+    def route(self, service: str, tenant: str | None) -> None:
+        """Before a service is added: its history goes to its tenant's own store (store/routed.py).
+        Not undone when it is removed: writes about it still queued must reach that store."""
+        history = self.host.store.store if self.host.store is not None else None
+        if isinstance(history, RoutedStore):
+            history.assign(service, tenant)
+
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
         if tenant is None:
@@ -200,6 +208,7 @@ class Resources:
         body: ServiceCreate = call.body
         self._check_new_name(call, body.name)
         check_tenant_spec(call, body.spec, "/spec")
+        self.route(body.name, call.tenant)
         result = await self.command("add", name=body.name, spec=body.spec)
         self.set_owner(body.name, call.tenant)
         return Reply(result, 201, {"Location": f"{PREFIX}/services/{body.name}"})
@@ -281,6 +290,7 @@ class Resources:
         body: JobCreate = call.body
         self._check_new_name(call, body.name)
         check_tenant_spec(call, body.table(), "")
+        self.route(body.name, call.tenant)
         await self.command("add", name=body.name, spec=body.table())
         self.set_owner(body.name, call.tenant)
         return Reply(self._job(body.name), 201, {"Location": f"{PREFIX}/jobs/{body.name}"})
@@ -469,6 +479,7 @@ class Resources:
                     "concurrency": 100,
                     "retries": {"max": retries, "backoff": "exponential", "initial": "1s", "max_delay": "5m"},
                 }
+                self.route(name, tenant)
                 await self.command("add", name=name, spec=table)
                 self.set_owner(name, tenant)
         return name
