@@ -270,14 +270,8 @@ class RoutedStore:
             return self._writing(self.main).claim_notifications(now, until, limit)
         # The soonest `limit` across the stores decide how many each store gives (a store
         # whose rows another claimer took meanwhile gives fewer).
-        soonest = list(
-            itertools.islice(
-                heapq.merge(
-                    *(((n.next_attempt_at, i) for n in s.due_notifications(now, limit)) for i, s in enumerate(stores)),
-                ),
-                limit,
-            )
-        )
+        due = [[(n.next_attempt_at, index) for n in s.due_notifications(now, limit)] for index, s in enumerate(stores)]
+        soonest = list(itertools.islice(heapq.merge(*due), limit))
         shares = [sum(1 for _, i in soonest if i == index) for index in range(len(stores))]
         claimed: list[Notification] = []
         for store, share in zip(stores, shares, strict=True):
