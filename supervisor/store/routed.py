@@ -18,8 +18,8 @@ import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -46,6 +46,11 @@ class RoutedStore:
         self._tenants: dict[str, Store] = {}
         self._lock = threading.RLock()  # opening or dropping a tenant's store
         self._batch: tuple[int, ExitStack, set[int]] | None = None  # (thread, its stack, stores entered)
+        # A batch where the stores have one (SQLite); none where they do not (PostgreSQL), so the
+        # history writer writes one at a time there, as it does on such a store alone.
+        self.batch: Callable[[], AbstractContextManager[None]] | None = (
+            self._batched if getattr(main, "batch", None) is not None else None
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -101,11 +106,11 @@ class RoutedStore:
             tenants = dict(self._tenants)
             store = tenants.pop(tenant, None)
             self._tenants = tenants
-            if store is not None:
-                store.close()
             for service in [s for s, t in self._owners.items() if t == tenant]:
                 del self._owners[service]
-            return self.places.drop(tenant)
+        if store is not None:  # closed outside the lock: the writer may hold the store's while it opens another
+            store.close()
+        return self.places.drop(tenant)
 
     def tenants(self) -> list[str]:
         """Tenants whose store is open."""
@@ -136,7 +141,7 @@ class RoutedStore:
     # -- one transaction per store for the history writer's batch ---------------------------------
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def _batched(self) -> Iterator[None]:
         """The writes this thread makes inside go into one transaction per store they touch (each
         store's own `batch()`, entered at its first write); every store commits at the end, or
         each rolls back when a write fails. A run and the outbox rows it causes share a store."""

@@ -60,6 +60,7 @@ def test_the_outbox_is_claimed_across_the_stores_soonest_first_within_the_limit(
 
 
 def test_a_batch_commits_in_every_store_it_touched_or_in_none(routed: RoutedStore, tmp_path: Path) -> None:
+    assert routed.batch is not None  # SQLite stores have one
     with routed.batch():
         routed.insert_run(due("acme-job", 1))
         routed.insert_run(due("own-job", 1))
