@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections import defaultdict
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,19 +54,14 @@ def open_history(sup: SupervisorConfig) -> RoutedStore:
     shared store (an older version's state directory) moved to their tenant's store first.
 
     Raises:
-        StoreError: a store cannot be opened, or a move failed (nothing of that tenant changed).
+        StoreError: a store cannot be opened, or a move failed (the next start finishes it).
     """
     places = tenant_places(sup.store, sup.state_dir)
     owners = read_owners(sup.state_dir)
     routed = RoutedStore(open_store(sup.store or sup.state_dir / "history.db"), places, owners)
     try:
         routed.open()
-        by_tenant: dict[str, list[str]] = defaultdict(list)
-        for service, tenant in owners.items():
-            if TENANT_RE.fullmatch(tenant):
-                by_tenant[tenant].append(service)
-        for tenant, services in sorted(by_tenant.items()):
-            move_tenant_rows(routed.main, tenant, sorted(services), partial(routed.tenant_store, tenant))
+        move_tenant_rows(routed.main, owners, routed.tenant_store)
     except BaseException:
         routed.close()
         raise

@@ -25,7 +25,7 @@ from typing import Any, Self
 
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import Notification, OneShot, ScheduleState, Store
-from supervise.supervisor.store.tenants import TenantPlaces, check_tenant
+from supervise.supervisor.store.tenants import TENANT_RE, TenantPlaces, check_tenant
 
 log = logging.getLogger("supervise.store")
 
@@ -42,7 +42,7 @@ class RoutedStore:
     def __init__(self, main: Store, places: TenantPlaces, owners: Mapping[str, str] | None = None) -> None:
         self.main = main
         self.places = places
-        self._owners: dict[str, str] = dict(owners or {})
+        self._owners: dict[str, str] = {s: t for s, t in (owners or {}).items() if TENANT_RE.fullmatch(t)}
         self._tenants: dict[str, Store] = {}
         self._lock = threading.RLock()  # opening or dropping a tenant's store
         self._batch: tuple[int, ExitStack, set[int]] | None = None  # (thread, its stack, stores entered)

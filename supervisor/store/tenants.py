@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, LiteralString, Protocol
+from typing import TYPE_CHECKING, Any, Final, LiteralString, Protocol
 
 from supervise.supervisor.private_files import UnsafePath, ensure_private_dir
-from supervise.supervisor.store.base import Store, StoreError
+from supervise.supervisor.store.base import Notification, ScheduleState, Store, StoreError
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -160,41 +160,66 @@ def tenant_places(store_url: str | None, state_dir: Path) -> TenantPlaces:
     return SqliteTenants(Path(state_dir) / FOLDER)
 
 
-def move_tenant_rows(main: Store, tenant: str, services: list[str], open_target: Callable[[], Store]) -> int:
-    """Move what `main` keeps of a tenant's services into the tenant's own store (`open_target`,
-    called only when there is something to move); returns the runs moved.
+def move_tenant_rows(main: Store, owners: Mapping[str, str], open_target: Callable[[str], Store]) -> int:
+    """Move what `main` keeps of tenants' services (`owners`: service -> tenant) into each tenant's
+    own store (`open_target(tenant)`, called only for a tenant with something to move); returns
+    the runs moved.
 
-    Copies runs, schedule states, registrations and outbox rows (inserts that ignore rows
-    already there), then deletes them from `main` (`forget_service`): run again after a
-    crash between the two, it copies nothing twice and finishes the delete. Each side is
-    one transaction when the store offers `batch()` (SQLite). A service with one-shot rows
-    of the old format is left for the next start (the scheduler turns them into pending
-    runs first).
+    Per tenant, copies runs, schedule states, registrations and outbox rows (inserts that
+    ignore rows already there), then deletes them from `main` (`forget_service`): run again
+    after a crash between the two, it copies nothing twice and finishes the delete. Each side
+    is one transaction when the store offers `batch()` (SQLite). A service with one-shot rows
+    of the old format is left for the next start (the scheduler turns them into pending runs
+    first).
     """
+    by_tenant: dict[str, list[str]] = {}
+    for service, tenant in sorted(owners.items()):
+        if TENANT_RE.fullmatch(tenant):
+            by_tenant.setdefault(tenant, []).append(service)
+    if not by_tenant:
+        return 0
+    registrations = main.list_registrations()
+    outbox = main.list_notifications(limit=_ALL)
+    moved = 0
+    for tenant, services in sorted(by_tenant.items()):
+        wanted = set(services)
+        notifications = [n for n in outbox if n.service in wanted]
+        moved += _move(main, tenant, services, registrations, notifications, open_target)
+    return moved
+
+
+def _move(
+    main: Store,
+    tenant: str,
+    services: list[str],
+    registrations: Mapping[str, Mapping[str, Any]],
+    notifications: list[Notification],
+    open_target: Callable[[str], Store],
+) -> int:
     movable = [s for s in services if not main.list_oneshots(s)]
     for service in set(services) - set(movable):
         log.warning("tenant %s: %s keeps old one-shot rows; its history moves at the next start", tenant, service)
-    registrations = main.list_registrations()
-    notifications = [n for n in main.list_notifications(limit=_ALL) if n.service in set(movable)]
+    notifications = [n for n in notifications if n.service in set(movable)]
     found = {s: main.list_runs(s, limit=_ALL) for s in movable}
     states = {s: main.get_schedule_state(s) for s in movable}
-    if not any(found.values()) and not notifications and not any(s in registrations for s in movable):
-        if all(state == type(state)() for state in states.values()):
-            return 0
-    target = open_target()
+    registered = [s for s in movable if s in registrations]
+    changed = [s for s in movable if states[s] != ScheduleState()]
+    if not any(found.values()) and not notifications and not registered and not changed:
+        return 0
+    target = open_target(tenant)
     with _together(target):
         for service in movable:
-            target.insert_runs(list(reversed(found[service])))
-            if states[service] != type(states[service])():
-                target.put_schedule_state(service, states[service])
-            if service in registrations:
-                target.put_registration(service, registrations[service])
+            target.insert_runs(list(reversed(found[service])))  # oldest first, as they were inserted
+        for service in changed:
+            target.put_schedule_state(service, states[service])
+        for service in registered:
+            target.put_registration(service, registrations[service])
         for notification in notifications:
             target.add_notification(notification)
-    moved = sum(len(runs) for runs in found.values())
     with _together(main):
         for service in movable:
             main.forget_service(service)
+    moved = sum(len(runs) for runs in found.values())
     log.info("tenant %s: moved %d runs of %d services to its own store", tenant, moved, len(movable))
     return moved
 

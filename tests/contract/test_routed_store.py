@@ -108,8 +108,9 @@ def test_rows_in_the_shared_store_move_to_the_tenants_store_once(tmp_path: Path)
     shared.put_registration("old-job", {"command": ["true"]})
     target = SqliteStore(tmp_path / "acme.db").open()
     try:
-        assert move_tenant_rows(shared, "acme", ["acme-job", "old-job"], lambda: target) == 2
-        assert move_tenant_rows(shared, "acme", ["acme-job", "old-job"], lambda: target) == 0
+        owners = {"acme-job": "acme", "old-job": "acme"}
+        assert move_tenant_rows(shared, owners, lambda tenant: target) == 2
+        assert move_tenant_rows(shared, owners, lambda tenant: target) == 0
         assert {r.run_id for r in target.list_runs()} == {r.run_id for r in moved_runs}
         assert target.get_schedule_state("acme-job").runs_so_far == 2
         assert list(target.list_registrations()) == ["acme-job"]
