@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from bench.procs import TAG_VAR
 from bench.table import Row
@@ -95,7 +96,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _measure(
-    base: str, token: str, tasks: int, services: int, receiver: str, arrivals: dict[str, float]
+    base: str, token: str, tasks: int, services: int, receiver: str, arrivals: dict[str, float], pid: int
 ) -> dict[str, Any]:
     far = (datetime.now(UTC) + timedelta(days=365)).isoformat()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
@@ -120,13 +121,17 @@ async def _measure(
                 async with session.post(f"{base}/tasks", json={"url": receiver, "at": far}) as r:
                     assert r.status == 201, await r.text()
 
+        daemon = psutil.Process(pid)
+        cpu0 = sum(daemon.cpu_times()[:2])
         started = time.perf_counter()
         await asyncio.gather(*(create() for _ in range(IN_FLIGHT)))
         elapsed = time.perf_counter() - started
+        cpu = sum(daemon.cpu_times()[:2]) - cpu0  # less swayed by other load on the machine than wall time
         figures["tasks_per_s"] = tasks / elapsed
+        figures["daemon_cpu_us_per_task"] = cpu / tasks * 1e6
         print(
             f"POST /api/v1/tasks: {tasks} in {elapsed:.2f} s, {tasks / elapsed:.0f}/s"
-            f" ({IN_FLIGHT} in flight, keep-alive)"
+            f" ({IN_FLIGHT} in flight, keep-alive); daemon CPU {cpu:.2f} s, {cpu / tasks * 1e6:.0f} µs a task"
         )
 
         due = datetime.now(UTC) + timedelta(seconds=2)
@@ -181,7 +186,9 @@ def measure(
                 stdout=subprocess.DEVNULL,
             )
             time.sleep(1)  # py-spy attaches
-        figures = asyncio.run(_measure(f"http://{address}/api/v1", token, tasks, services, receiver, arrivals))
+        figures = asyncio.run(
+            _measure(f"http://{address}/api/v1", token, tasks, services, receiver, arrivals, daemon.pid)
+        )
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
