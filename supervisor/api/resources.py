@@ -72,6 +72,7 @@ PENDING_RECOUNT_S = 1.0
 ENDED_TASKS_KEPT = 10_000
 FINAL_TASK_STATES = frozenset(str(s) for s in FINAL)
 TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
+UNROUTE_WAIT_S = 5.0  # a removed service's queued history writes, written before its route is dropped
 RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
@@ -162,11 +163,19 @@ class Resources:
         return quotas.get(tenant, TenantQuotas())
 
     def route(self, service: str, tenant: str | None) -> None:
-        """Before a service is added: its history goes to its tenant's own store (store/routed.py).
-        Not undone when it is removed: writes about it still queued must reach that store."""
+        """Before a service is added: its history goes to its tenant's own store (store/routed.py)."""
         history = self.host.store.store if self.host.store is not None else None
         if isinstance(history, RoutedStore):
             history.assign(service, tenant)
+
+    async def unroute(self, service: str) -> None:
+        """After a service was removed, and the writes about it queued before were written: a service
+        of that name added later (through the control socket too) starts in the daemon's own store."""
+        store = self.host.store
+        if store is not None and isinstance(store.store, RoutedStore):
+            if not await store.written(UNROUTE_WAIT_S):
+                return  # writes about it still queued must reach its tenant's store: keep the route
+            store.store.assign(service, None)
 
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
@@ -234,6 +243,7 @@ class Resources:
         name = self.require_visible(call, call.param("name"))
         result = await self.command("remove", name=name)
         self.set_owner(name, None)
+        await self.unroute(name)
         return Reply(result)
 
     def service_action(self, action: str) -> Any:
@@ -327,6 +337,7 @@ class Resources:
         name = self._require_job(call)
         result = await self.command("remove", name=name)
         self.set_owner(name, None)
+        await self.unroute(name)
         return Reply(result)
 
     def job_pause(self, action: str) -> Any:

@@ -19,7 +19,7 @@ from supervise.supervisor.api.store import ApiStore, Role
 from supervise.supervisor.core.runs import Run, RunOrigin, RunState, new_run, transition
 from supervise.supervisor.store import Store
 from supervise.supervisor.store.sqlite import SqliteStore
-from tests.conftest import Daemon, start_daemon, stop_daemon, wait_for, write_config
+from tests.conftest import REPO, Daemon, start_daemon, stop_daemon, wait_for, write_config
 from tests.integration.api_helpers import Answer, Receiver, call, start_receiver
 from tests.integration.test_api import make_tokens
 from tests.integration.test_api_tenants import cli
@@ -301,3 +301,43 @@ def test_postgresql_keeps_each_tenant_in_a_schema_of_its_own(folder: Path, recei
     finally:
         for name in schemas:
             drop_schema(dsn, name)
+
+
+def test_a_name_a_tenant_gave_up_keeps_its_old_runs_with_the_tenant_and_its_new_ones_elsewhere(folder: Path) -> None:
+    config = write_config(folder, {}, http="127.0.0.1:0")
+    state = folder / "state"
+    tokens = make_tokens(state, {"acme-admin": (Role.ADMIN, "acme")})
+    spec = {
+        "target": "tests.children.jobs@settle-merchants",
+        "manual": True,
+        "args": {"merchant": "M1"},
+        "env": {"RUNS_FILE": str(folder / "runs.txt"), "PYTHONPATH": str(REPO)},
+    }
+    daemon = start_daemon(config)
+    try:
+        api = TenantApi(daemon, tokens)
+
+        def succeeded(run_id: str) -> None:
+            wait_for(
+                lambda: (
+                    daemon.client.call("runs", name="settle")["runs"][0]["run_id"] == run_id
+                    and daemon.client.call("runs", name="settle")["runs"][0]["state"] == "succeeded"
+                ),
+                timeout_s=30,
+                what=f"run {run_id}",
+            )
+
+        # Given: acme's job ran, and acme deleted it
+        assert api("POST", "/jobs", "acme-admin", body={"name": "settle", **spec}).status == 201
+        acme_run = api("POST", "/jobs/settle/run", "acme-admin", body={}).json["run_id"]
+        succeeded(acme_run)
+        assert api("DELETE", "/jobs/settle", "acme-admin").status == 200
+        # When: a service of that name is added through the control socket, of no tenant, and runs
+        daemon.client.call("add", name="settle", spec=spec)
+        own_run = daemon.client.call("run", name="settle")["run_id"]
+        succeeded(own_run)
+    finally:
+        stop_daemon(daemon)
+    # Then: each run is in its owner's store
+    assert set(runs_in(state / "tenants" / "acme" / "history.db")) == {acme_run}
+    assert set(runs_in(state / "history.db")) == {own_run}
