@@ -216,11 +216,11 @@ def export(name: str, output: str | None, as_json: bool, config: str) -> None:
             **store.tenant_rows(name),
         }
     with _own_history(cfg, name) as own, _history(cfg) as shared:
-        # Its own store first; the shared one may still hold rows an older version wrote there.
-        stores = [own, shared] if own is not None else [shared]
-        document["services"] = _services(stores, services)
-        document["runs"] = _runs(stores, services)
-        document["notifications"] = _notifications(stores, services)
+        # Everything in its own store (deleted services' runs too); of the shared store, the rows of
+        # its services an older version wrote there, or all of them in cluster mode.
+        document["services"] = _services([own, shared] if own is not None else [shared], services)
+        document["runs"] = _runs(own, shared, services)
+        document["notifications"] = _notifications(own, shared, services)
     text = json.dumps(document, indent=2, default=str)
     if output is None:
         click.echo(text)
@@ -239,18 +239,22 @@ def _services(stores: list[Store], names: list[str]) -> list[dict[str, Any]]:
     return [{"name": n, "registration": registrations.get(n)} for n in names]
 
 
-def _runs(stores: list[Store], names: list[str]) -> list[dict[str, Any]]:
+def _runs(own: Store | None, shared: Store, names: list[str]) -> list[dict[str, Any]]:
     from supervise.supervisor.daemon.scheduler import run_to_dict
 
-    runs = {run.run_id: run for store in reversed(stores) for n in names for run in store.list_runs(n, limit=_ALL)}
+    runs = {run.run_id: run for n in names for run in shared.list_runs(n, limit=_ALL)}
+    if own is not None:
+        runs.update((run.run_id, run) for run in own.list_runs(limit=_ALL))
     return [run_to_dict(r) for r in sorted(runs.values(), key=lambda r: (r.created_at, r.run_id))]
 
 
-def _notifications(stores: list[Store], names: list[str]) -> list[dict[str, Any]]:
+def _notifications(own: Store | None, shared: Store, names: list[str]) -> list[dict[str, Any]]:
     from supervise.supervisor.daemon.notifier import notification_to_dict
 
     wanted = set(names)
-    found = {n.id: n for store in reversed(stores) for n in store.list_notifications(limit=_ALL) if n.service in wanted}
+    found = {n.id: n for n in shared.list_notifications(limit=_ALL) if n.service in wanted}
+    if own is not None:
+        found.update((n.id, n) for n in own.list_notifications(limit=_ALL))
     return [notification_to_dict(n) for n in sorted(found.values(), key=lambda n: (n.created_at, n.id))]
 
 

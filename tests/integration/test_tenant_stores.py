@@ -338,6 +338,9 @@ def test_a_name_a_tenant_gave_up_keeps_its_old_runs_with_the_tenant_and_its_new_
         succeeded(own_run)
     finally:
         stop_daemon(daemon)
-    # Then: each run is in its owner's store
+    # Then: each run is in its owner's store, and acme's export has its own (its job deleted since)
     assert set(runs_in(state / "tenants" / "acme" / "history.db")) == {acme_run}
     assert set(runs_in(state / "history.db")) == {own_run}
+    exported = cli(config, "tenant", "export", "acme")
+    assert exported.returncode == 0, exported.stderr
+    assert [r["run_id"] for r in json.loads(exported.stdout)["runs"]] == [acme_run]
