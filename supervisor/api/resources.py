@@ -59,6 +59,7 @@ from supervise.supervisor.core.runs import FINAL, RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
 from supervise.supervisor.daemon.scheduler import run_to_dict
+from supervise.supervisor.store.routed import RoutedStore
 
 TRIGGER_KINDS = ("every", "cron", "at", "manual")
 RUN_ID = r"[0-9a-f]{32}"
@@ -71,6 +72,7 @@ PENDING_RECOUNT_S = 1.0
 ENDED_TASKS_KEPT = 10_000
 FINAL_TASK_STATES = frozenset(str(s) for s in FINAL)
 TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
+UNROUTE_WAIT_S = 5.0  # a removed service's queued history writes, written before its route is dropped
 RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
@@ -160,6 +162,21 @@ class Resources:
             self._own_quotas = (quotas, now)
         return quotas.get(tenant, TenantQuotas())
 
+    def route(self, service: str, tenant: str | None) -> None:
+        """Before a service is added: its history goes to its tenant's own store (store/routed.py)."""
+        history = self.host.store.store if self.host.store is not None else None
+        if isinstance(history, RoutedStore):
+            history.assign(service, tenant)
+
+    async def unroute(self, service: str) -> None:
+        """After a service was removed, and the writes about it queued before were written: a service
+        of that name added later (through the control socket too) starts in the daemon's own store."""
+        store = self.host.store
+        if store is not None and isinstance(store.store, RoutedStore):
+            if not await store.written(UNROUTE_WAIT_S):
+                return  # writes about it still queued must reach its tenant's store: keep the route
+            store.store.assign(service, None)
+
     def set_owner(self, service: str, tenant: str | None) -> None:
         self.store.set_owner(service, tenant)
         if tenant is None:
@@ -200,6 +217,7 @@ class Resources:
         body: ServiceCreate = call.body
         self._check_new_name(call, body.name)
         check_tenant_spec(call, body.spec, "/spec")
+        self.route(body.name, call.tenant)
         result = await self.command("add", name=body.name, spec=body.spec)
         self.set_owner(body.name, call.tenant)
         return Reply(result, 201, {"Location": f"{PREFIX}/services/{body.name}"})
@@ -225,6 +243,7 @@ class Resources:
         name = self.require_visible(call, call.param("name"))
         result = await self.command("remove", name=name)
         self.set_owner(name, None)
+        await self.unroute(name)
         return Reply(result)
 
     def service_action(self, action: str) -> Any:
@@ -281,6 +300,7 @@ class Resources:
         body: JobCreate = call.body
         self._check_new_name(call, body.name)
         check_tenant_spec(call, body.table(), "")
+        self.route(body.name, call.tenant)
         await self.command("add", name=body.name, spec=body.table())
         self.set_owner(body.name, call.tenant)
         return Reply(self._job(body.name), 201, {"Location": f"{PREFIX}/jobs/{body.name}"})
@@ -317,6 +337,7 @@ class Resources:
         name = self._require_job(call)
         result = await self.command("remove", name=name)
         self.set_owner(name, None)
+        await self.unroute(name)
         return Reply(result)
 
     def job_pause(self, action: str) -> Any:
@@ -469,6 +490,7 @@ class Resources:
                     "concurrency": 100,
                     "retries": {"max": retries, "backoff": "exponential", "initial": "1s", "max_delay": "5m"},
                 }
+                self.route(name, tenant)
                 await self.command("add", name=name, spec=table)
                 self.set_owner(name, tenant)
         return name

@@ -28,12 +28,13 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from supervise.supervisor.store.tenants import TENANT_RE
+
 log = logging.getLogger("supervise.api")
 
 FILE_NAME = "api.db"
 TOKEN_RE = re.compile(r"svt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-TENANT_RE = re.compile(r"[a-z][a-z0-9_]{0,30}")
 AUDIT_KEEP = 100_000  # audit entries kept (the newest)
 _DUMMY_HASH = hashlib.sha256(b"not a token").hexdigest()
 

@@ -1,10 +1,11 @@
 """`supervise tenant create|list|export|delete`: one tenant's data, listed, exported or deleted alone.
 
-A tenant's data lives in two files of the state directory (or the PostgreSQL
-store): `api.db` (its tokens, tasks, service ownership, audit entries) and the
-run history (its services' runs, one-shots, schedule state, registrations and
-notifications). Every query here is scoped to the tenant; docs/api.md,
-"Tenants", says what is and is not stored apart.
+A tenant's run history (its services' runs, one-shots, schedule state,
+registrations and notifications) is a store of its own: `tenants/<tenant>/history.db`
+in the state directory, or the PostgreSQL schema `<schema>_tenant_<tenant>`
+(store/tenants.py). Its tokens, tasks, service ownership and audit entries are
+rows of `api.db`, found by tenant-scoped queries. docs/api.md, "A tenant's data",
+says what is stored where.
 """
 
 from __future__ import annotations
@@ -53,6 +54,40 @@ def _api_store(cfg: Config) -> Iterator[ApiStore]:
         yield store
     finally:
         store.close()
+
+
+@contextmanager
+def _own_history(cfg: Config, tenant: str) -> Iterator[Store | None]:
+    """The tenant's own history store, when it has one (None in cluster mode: one schema for all)."""
+    from supervise.supervisor.store import StoreError
+    from supervise.supervisor.store.tenants import tenant_places
+
+    if cfg.cluster is not None:
+        yield None
+        return
+    try:
+        places = tenant_places(cfg.supervisor.store, cfg.supervisor.state_dir)
+        if tenant not in places.existing():
+            yield None
+            return
+        store = places.open(tenant)
+    except StoreError as e:
+        raise CliError(f"cannot open tenant {tenant}'s run history: {e}") from None
+    with store:
+        yield store
+
+
+def _drop_own_history(cfg: Config, tenant: str) -> bool:
+    """Delete the tenant's own history store (no daemon holds it open); False when it has none."""
+    from supervise.supervisor.store import StoreError
+    from supervise.supervisor.store.tenants import tenant_places
+
+    if cfg.cluster is not None:
+        return False
+    try:
+        return tenant_places(cfg.supervisor.store, cfg.supervisor.state_dir).drop(tenant)
+    except (StoreError, OSError) as e:
+        raise CliError(f"cannot delete tenant {tenant}'s run history: {e}") from None
 
 
 @contextmanager
@@ -180,10 +215,12 @@ def export(name: str, output: str | None, as_json: bool, config: str) -> None:
             "exported_at": datetime.now(UTC).isoformat(),
             **store.tenant_rows(name),
         }
-    with _history(cfg) as history:
-        document["services"] = _services(history, services)
-        document["runs"] = _runs(history, services)
-        document["notifications"] = _notifications(history, services)
+    with _own_history(cfg, name) as own, _history(cfg) as shared:
+        # Everything in its own store (deleted services' runs too); of the shared store, the rows of
+        # its services an older version wrote there, or all of them in cluster mode.
+        document["services"] = _services([own, shared] if own is not None else [shared], services)
+        document["runs"] = _runs(own, shared, services)
+        document["notifications"] = _notifications(own, shared, services)
     text = json.dumps(document, indent=2, default=str)
     if output is None:
         click.echo(text)
@@ -195,24 +232,30 @@ def export(name: str, output: str | None, as_json: bool, config: str) -> None:
     click.echo(f"exported tenant {name} to {output}: {counts}", err=True)
 
 
-def _services(history: Store, names: list[str]) -> list[dict[str, Any]]:
-    registrations = history.list_registrations()
+def _services(stores: list[Store], names: list[str]) -> list[dict[str, Any]]:
+    registrations: dict[str, Any] = {}
+    for store in reversed(stores):  # the first store's registration wins
+        registrations.update(store.list_registrations())
     return [{"name": n, "registration": registrations.get(n)} for n in names]
 
 
-def _runs(history: Store, names: list[str]) -> list[dict[str, Any]]:
+def _runs(own: Store | None, shared: Store, names: list[str]) -> list[dict[str, Any]]:
     from supervise.supervisor.daemon.scheduler import run_to_dict
 
-    runs = [run for n in names for run in history.list_runs(n, limit=_ALL)]
-    runs.sort(key=lambda r: (r.created_at, r.run_id))
-    return [run_to_dict(r) for r in runs]
+    runs = {run.run_id: run for n in names for run in shared.list_runs(n, limit=_ALL)}
+    if own is not None:
+        runs.update((run.run_id, run) for run in own.list_runs(limit=_ALL))
+    return [run_to_dict(r) for r in sorted(runs.values(), key=lambda r: (r.created_at, r.run_id))]
 
 
-def _notifications(history: Store, names: list[str]) -> list[dict[str, Any]]:
+def _notifications(own: Store | None, shared: Store, names: list[str]) -> list[dict[str, Any]]:
     from supervise.supervisor.daemon.notifier import notification_to_dict
 
     wanted = set(names)
-    return [notification_to_dict(n) for n in history.list_notifications(limit=_ALL) if n.service in wanted]
+    found = {n.id: n for n in shared.list_notifications(limit=_ALL) if n.service in wanted}
+    if own is not None:
+        found.update((n.id, n) for n in own.list_notifications(limit=_ALL))
+    return [notification_to_dict(n) for n in sorted(found.values(), key=lambda n: (n.created_at, n.id))]
 
 
 @tenant.command("delete")
@@ -232,15 +275,22 @@ def delete(name: str, yes: bool, as_json: bool, config: str) -> None:
             f"delete tenant {name}: {len(services)} services and jobs, their history, its tasks and tokens?",
             abort=True,
         )
+    from supervise.supervisor.core.runs import RunState
+
     with _daemon_or_lock(cfg, config) as daemon:
+        with _own_history(cfg, name) as own:  # counted before it goes
+            runs = sum(own.count_runs(s, frozenset(RunState)) for s in services) if own is not None else 0
         if daemon is not None:
             for service in services:
                 _remove(daemon, service)
-        with _history(cfg) as history:
-            runs = sum(history.forget_service(s) for s in services)
+            dropped = bool(_drop_in_daemon(daemon, name)["dropped"])
+        else:
+            dropped = _drop_own_history(cfg, name)
+        with _history(cfg) as history:  # rows an older version kept in the shared store
+            runs += sum(history.forget_service(s) for s in services)
         with _api_store(cfg) as store:
             counts = store.delete_tenant(name)
-    result = {"deleted": name, **counts, "services": len(services), "runs": runs}
+    result = {"deleted": name, **counts, "services": len(services), "runs": runs, "store_deleted": dropped}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -269,6 +319,18 @@ def _daemon_or_lock(cfg: Config, config: str) -> Iterator[Any]:
         yield None
     finally:
         lock.release()
+
+
+def _drop_in_daemon(client: Any, tenant: str) -> dict[str, Any]:
+    """The running daemon closes and deletes the tenant's own history store."""
+    from supervise.protocol.errors import ClientTimeout, RemoteError
+
+    try:
+        return dict(client.call("drop_tenant", tenant=tenant))
+    except RemoteError as e:
+        raise CliError(f"cannot delete tenant {tenant}'s run history: {e.message} ({e.code})") from None
+    except ClientTimeout as e:
+        raise CliError(f"{e}; its services were removed, its history and tokens not yet", Exit.UNREACHABLE) from None
 
 
 def _remove(client: Any, service: str) -> None:

@@ -288,6 +288,10 @@ async def _remove(sup: ControlApi, args: Mapping[str, object]) -> object:
     return await sup.remove(str(args["name"]))
 
 
+async def _drop_tenant(sup: ControlApi, args: Mapping[str, object]) -> object:
+    return await sup.drop_tenant(str(args["tenant"]))
+
+
 async def _update(sup: ControlApi, args: Mapping[str, object]) -> object:
     unset = args.get("unset", [])
     assert isinstance(unset, list)
@@ -389,6 +393,14 @@ COMMANDS: dict[str, Command] = {
             True,
         ),
         Command("remove", _remove, "Stop a service (as stop does) and deregister it.", {"name": Arg(str, True)}, True),
+        Command(
+            "drop_tenant",
+            _drop_tenant,
+            "Close and delete a tenant's own run-history store (its SQLite file or PostgreSQL schema);"
+            " `supervise tenant delete` calls it after removing the tenant's services.",
+            {"tenant": Arg(str, True, "the tenant's name")},
+            True,
+        ),
         Command(
             "update",
             _update,

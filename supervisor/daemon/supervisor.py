@@ -66,6 +66,7 @@ from supervise.supervisor.daemon.status import (
     status_row,
     status_row_detail,
 )
+from supervise.supervisor.daemon.tenant_history import drop_tenant, open_history
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
 
@@ -285,7 +286,7 @@ class Supervisor:
         if self.cluster is not None:
             queued = QueuedStore(self.cluster.runs, shared=True)  # a Store: its own run writes, the rest delegated
         else:
-            queued = QueuedStore(open_store(url or self.config.supervisor.state_dir / "history.db"), shared=shared)
+            queued = QueuedStore(open_history(self.config.supervisor), shared=shared)  # a store per tenant
         self.store = queued
         sup = self.config.supervisor
         self.scheduler = Scheduler(
@@ -625,6 +626,10 @@ class Supervisor:
     async def remove(self, name: str) -> dict[str, object]:
         """Stop a service as `stop` does, then forget it (and its runtime registration)."""
         return await self.changes.remove(name)
+
+    async def drop_tenant(self, tenant: str) -> dict[str, object]:
+        """Close and delete a tenant's own history store (its services were removed first)."""
+        return await drop_tenant(self.store, tenant)
 
     async def update(
         self, name: str, table: Mapping[str, Any], *, unset: Sequence[str] = (), replace_all: bool = False

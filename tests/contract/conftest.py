@@ -72,21 +72,37 @@ def pg_schema() -> Iterator[tuple[str, str]]:
         drop_schema(dsn, schema)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+ROUTED_OWNERS = {"a": "acme", "hook": "acme", "acme-report": "acme", "web": "beta"}
+"""Services the routed variants keep in tenants' stores; the others ("report", "b", ...) stay in the main one."""
+
+
+@pytest.fixture(params=["sqlite", "postgres", "routed-sqlite", "routed-postgres"])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """How to open the store under test, in a form a subprocess can use too."""
-    if request.param == "sqlite":
-        yield {"kind": "sqlite", "path": str(tmp_path / "history.db")}
+    """How to open the store under test, in a form a subprocess can use too.
+
+    The routed variants are a `RoutedStore` over a main store and two tenants' stores
+    (files under tmp_path/tenants, or schemas <schema>_tenant_acme and _beta)."""
+    if request.param in ("sqlite", "routed-sqlite"):
+        yield {"kind": request.param, "path": str(tmp_path / "history.db")}
         return
     dsn = postgres_dsn()
     schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
     try:
-        yield {"kind": "postgres", "dsn": dsn, "schema": schema}
+        yield {"kind": request.param, "dsn": dsn, "schema": schema}
     finally:
-        drop_schema(dsn, schema)
+        for tenant in ("", "_tenant_acme", "_tenant_beta"):
+            drop_schema(dsn, schema + tenant)
 
 
 def make_store(spec: dict[str, str]) -> Store:
+    if spec["kind"].startswith("routed-"):
+        from supervise.supervisor.store.routed import RoutedStore
+        from supervise.supervisor.store.tenants import PostgresTenants, SqliteTenants
+
+        main = make_store({**spec, "kind": spec["kind"].removeprefix("routed-")})
+        if spec["kind"] == "routed-sqlite":
+            return RoutedStore(main, SqliteTenants(Path(spec["path"]).parent / "tenants"), ROUTED_OWNERS)
+        return RoutedStore(main, PostgresTenants(spec["dsn"], spec["schema"]), ROUTED_OWNERS)
     if spec["kind"] == "sqlite":
         return SqliteStore(spec["path"])
     from supervise.supervisor.store.postgres import PostgresStore

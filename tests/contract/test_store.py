@@ -221,13 +221,9 @@ _RACER = r"""
 import json, sys
 from datetime import datetime
 from supervise.supervisor.core.runs import RunOrigin, new_run
+from tests.contract.conftest import make_store
 spec, node = json.loads(sys.argv[1]), sys.argv[2]
-if spec["kind"] == "sqlite":
-    from supervise.supervisor.store.sqlite import SqliteStore
-    store = SqliteStore(spec["path"])
-else:
-    from supervise.supervisor.store.postgres import PostgresStore
-    store = PostgresStore(spec["dsn"], schema=spec["schema"])
+store = make_store(spec)
 nominal = datetime.fromisoformat(spec["nominal"])
 with store:
     print("ready", flush=True)
@@ -246,7 +242,11 @@ def test_racing_processes_enqueue_and_claim_an_occurrence_exactly_once(
     arg = json.dumps({**store_spec, "nominal": T0.isoformat()})
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _RACER, arg, f"node-{i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _RACER, arg, f"node-{i}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
         )
         for i in range(4)
     ]
