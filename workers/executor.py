@@ -87,6 +87,11 @@ class RunExecutor:
         with self._lock:
             return len(self._runs)
 
+    def has(self, run_id: str) -> bool:
+        """Whether run `run_id` was received and has not finished."""
+        with self._lock:
+            return run_id in self._runs
+
     def _start_loop(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()

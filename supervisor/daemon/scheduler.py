@@ -551,6 +551,7 @@ class Scheduler:
             key=run.idempotency_key,
             not_before=due.timestamp() if due is not None else None,
             epoch=self._epoch(run.run_id),
+            **(self._leases.worker_lease(run.run_id) if self._leases is not None else {}),
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -860,6 +861,15 @@ class Scheduler:
                 self._host.publish(s.name, "run_lease_lost", {"run_id": run_id, "reason": reason})
             if mine:
                 self._drain(s)
+
+    def runs_in_workers(self, run_ids: set[str]) -> dict[str, list[str]]:
+        """Which of these runs are in a warm worker, by worker (for their lease renewals)."""
+        found: dict[str, list[str]] = {}
+        for s in self._schedules.values():
+            for run_id, active in s.active.items():
+                if run_id in run_ids and active.worker is not None and active.launched:
+                    found.setdefault(active.worker, []).append(run_id)
+        return found
 
     def rescued(self, lost_run_ids: list[str]) -> None:
         """As leader, these runs were marked lost (their node's lease expired while they ran):

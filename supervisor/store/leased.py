@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 import psycopg
@@ -47,6 +48,10 @@ class LeasedRuns:
         self.fenced_writes = 0  # writes refused because the lease was gone
         self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
         self._stores_lock = threading.Lock()
+        # Set by the node's agent (docs/cluster.md):
+        self.fence_until: float | None = None  # CLOCK_MONOTONIC time this node's run leases are trusted to
+        self.fence_grace_ms = 0  # how long past fence_until a warm worker may take to cancel a run
+        self.on_claimable: Callable[[], None] | None = None  # a run was left queued for any node to claim
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db(), name)
@@ -112,12 +117,26 @@ class LeasedRuns:
             self._revoked.update(gone)
             return gone
 
+    def worker_lease(self, run_id: str) -> dict[str, object]:
+        """The lease fields of a "run" message for a warm worker (docs/protocol.md): the
+        deadline it enforces on its own, or nothing when this node holds no lease on the run."""
+        if self.fence_until is None or self.epoch_of(run_id) is None:
+            return {}
+        return {"lease_until": self.fence_until, "lease_grace_ms": self.fence_grace_ms}
+
+    def _claimable(self, run: Run) -> None:
+        if run.state is RunState.QUEUED and self.on_claimable is not None:
+            self.on_claimable()
+
     # -- writes -----------------------------------------------------------------------------
 
     def insert_run(self, run: Run) -> bool:
         """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1."""
         if run.state not in IN_FLIGHT:
-            return self._db().insert_run(run)
+            inserted = self._db().insert_run(run)
+            if inserted:
+                self._claimable(run)
+            return inserted
         row = run_to_row(run, lambda t: t)
         row["node"] = self.node
         columns = list(row)
@@ -199,6 +218,8 @@ class LeasedRuns:
             return bool(conn.execute(query, params).rowcount == 1)
 
         done = self._db()._call(write)
+        if done:
+            self._claimable(run)
         if epoch is not None:
             with self._lock:
                 if not done:
