@@ -76,8 +76,9 @@ class ClusterHost(Protocol):
         """The leader marked these runs lost (their node's lease expired): apply on_lost."""
         ...
 
-    def poll_runs(self) -> None:
-        """Look in the store for queued runs another node left or the leader requeued."""
+    def poll_runs(self, services: set[str] | None = None) -> None:
+        """Look in the store for queued runs (of these services; None: of every one) another
+        node left or the leader requeued."""
         ...
 
     def fence_deadline(self, names: list[str], deadline: float | None) -> None:

@@ -77,10 +77,10 @@ class ClusterBinding:
         if scheduler is not None:
             scheduler.rescued(lost_run_ids)
 
-    def poll_runs(self) -> None:
+    def poll_runs(self, services: set[str] | None = None) -> None:
         scheduler = self._scheduler()
         if scheduler is not None:
-            scheduler.poll_store()
+            scheduler.poll_store(services)
 
     def renew_runs(self, run_ids: set[str], until: float) -> None:
         scheduler = self._scheduler()

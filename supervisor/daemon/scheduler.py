@@ -883,10 +883,12 @@ class Scheduler:
             self._rerun_lost(s, run)
             self._drain(s)
 
-    def poll_store(self) -> None:
-        """Take queued runs other nodes left (or the leader queued again) while slots are free,
-        and pending one-shots added through other nodes."""
+    def poll_store(self, services: set[str] | None = None) -> None:
+        """Take queued runs other nodes left (or the leader queued again) while slots are free
+        (of `services`, None: of every one), and pending one-shots added through other nodes."""
         for s in self._schedules.values():
+            if services is not None and s.name not in services:
+                continue
             if len(s.active) < self._capacity(s) and not len(s.queue):
                 self._refill_queue(s)
                 self._drain(s)

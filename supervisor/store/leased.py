@@ -51,7 +51,7 @@ class LeasedRuns:
         # Set by the node's agent (docs/cluster.md):
         self.fence_until: float | None = None  # CLOCK_MONOTONIC time this node's run leases are trusted to
         self.fence_grace_ms = 0  # how long past fence_until a warm worker may take to cancel a run
-        self.on_claimable: Callable[[], None] | None = None  # a run was left queued for any node to claim
+        self.on_claimable: Callable[[str], None] | None = None  # a run of this service was left queued for any node
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db(), name)
@@ -126,7 +126,7 @@ class LeasedRuns:
 
     def _claimable(self, run: Run) -> None:
         if run.state is RunState.QUEUED and self.on_claimable is not None:
-            self.on_claimable()
+            self.on_claimable(run.service)
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from tests.cluster.conftest import ClusterDb, Sink, query
 from tests.conftest import Daemon, wait_for
 
-LEASE_TTL_S = 2.0
+LEASE_TTL_S = 4.0  # long enough for a node of a busy 2-core machine to renew in time
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,25 @@ def services(sink: Sink, size: Size) -> dict[str, dict[str, object]]:
             "concurrency": size.concurrency,
         }
     }
-    for i in range(size.ticks):
-        table[f"tick{i}"] = {**http, "url": f"{sink.url}/tick{i}", "every": "1s"}
+    for i in range(size.ticks):  # commands: a warm worker each would be 20 more processes per node
+        table[f"tick{i}"] = {"command": ["true"], "every": "1s"}
     return table
 
 
 def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb, sink: Sink
+    cluster_db: ClusterDb, sink: Sink, nodes: Callable[..., Daemon]
 ) -> None:
     size = SIZE
     sink.delay_s = size.sink_delay_s  # runs stay in flight long enough for the kill to catch some
     daemons = [
-        nodes(cluster_db, services(sink, size), node=f"n{i}", allow_addresses=["127.0.0.1"], lease_ttl="2s")
+        nodes(
+            cluster_db,
+            services(sink, size),
+            node=f"n{i}",
+            allow_addresses=["127.0.0.1"],
+            lease_ttl=f"{LEASE_TTL_S:g}s",
+            renew_every="1s",
+        )
         for i in range(3)
     ]
     for d in daemons:
@@ -162,7 +169,7 @@ def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
 
 
 def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_it(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+    cluster_db: ClusterDb, nodes: Callable[..., Daemon]
 ) -> None:
     import signal
 
@@ -206,7 +213,7 @@ def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_i
 
 
 def test_cancel_through_any_node_reaches_the_node_that_runs_it(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+    cluster_db: ClusterDb, nodes: Callable[..., Daemon]
 ) -> None:
     import psutil
 

@@ -35,7 +35,7 @@ def lines(path: Path) -> list[tuple[str, int, int, float]]:
 
 
 def test_a_frozen_supervisors_python_run_stops_before_its_lease_ends_and_runs_on_another_node(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path
+    cluster_db: ClusterDb, nodes: Callable[..., Daemon], short_dir: Path
 ) -> None:
     files = {name: short_dir / f"ticks-{name}.txt" for name in ("a", "b")}
 
@@ -50,7 +50,7 @@ def test_a_frozen_supervisors_python_run_stops_before_its_lease_ends_and_runs_on
         }
 
     a = nodes(cluster_db, job("a"), node="a", lease_ttl=f"{LEASE_TTL_S:g}s")
-    b = nodes(cluster_db, job("b"), node="b", lease_ttl=f"{LEASE_TTL_S:g}s")
+    nodes(cluster_db, job("b"), node="b", lease_ttl=f"{LEASE_TTL_S:g}s")
     run_id = str(a.client.call("run", name="long")["run_id"])
     wait_for(lambda: len(lines(files["a"])) >= 10, what="the run to tick on a")
     worker_pid = lines(files["a"])[-1][2]
