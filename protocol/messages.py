@@ -120,6 +120,7 @@ WORKER_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "traceback": FieldType.OPT_STR,
         "at": FieldType.OPT_NUMBER,
     },
+    "run_lease_expired": {"token": FieldType.STR, "run_id": FieldType.STR, "at": FieldType.OPT_NUMBER},
     "metrics": {
         "token": FieldType.STR,
         "counters": FieldType.NUMBER_MAP,

@@ -6,7 +6,8 @@ the supervisor computed means the same instant here, whatever the wall clock
 does and however long the message took), and `lease_grace_ms`. The supervisor
 moves `lease_until` forward with a `lease` message after each renewal that got
 through. When a run's `lease_until` passes without one (the supervisor is
-frozen, stuck, or cut off from the database), this worker cancels the run; if
+frozen, stuck, or cut off from the database), this worker cancels the run (and
+reports its end as `run_lease_expired`, not as an outcome); if
 the run is still there `lease_grace_ms` later (a target that ignores its
 cancellation), the worker process exits at once, so no code of that run acts
 after its lease could have been taken over by another node.
@@ -39,7 +40,7 @@ class RunLeases:
     """The lease deadlines of the runs in this worker, enforced by a thread of their own.
 
     Args:
-        cancel: cancel one run (the executor's `cancel`).
+        cancel: cancel one run because its lease ran out (the executor's `expire`).
         running: whether a run is still in this worker (received and not finished).
         exit: ends the process (os._exit; a test may pass something else).
         clock: CLOCK_MONOTONIC in seconds.

@@ -313,7 +313,7 @@ def main() -> int:
                 )
             except BaseException as e:  # noqa: BLE001 - a failing setup() is the target's failure
                 return _report(channel, f"setup failed: {type(e).__name__}: {e}", e)
-            leases = RunLeases(cancel=runs.cancel, running=runs.has)
+            leases = RunLeases(cancel=runs.expire, running=runs.has)
             channel.on_run, channel.on_cancel = _leased(runs.start, leases), runs.cancel
             channel.on_lease = leases.renew
             channel.send("hello", pid=os.getpid())

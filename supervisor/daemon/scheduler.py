@@ -730,6 +730,9 @@ class Scheduler:
                 "run_progress",
                 {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")},
             )
+        elif kind == "run_lease_expired" and run_id in s.active:
+            # The worker stopped it, its lease not renewed in time there: lost, as with its worker.
+            self._lost_in_worker(s, [s.active[run_id]], "its lease ran out in the worker (no renewal in time)")
         elif kind == "run_finished":
             at = fields.get("at")
             self._finish(
@@ -766,7 +769,11 @@ class Scheduler:
         s = self._schedule_of(name)
         if s is None or not s.python:
             return
-        handed = [a for a in s.active.values() if a.worker == name]
+        self._lost_in_worker(s, [a for a in s.active.values() if a.worker == name], "the worker exited during the run")
+
+    def _lost_in_worker(self, s: Schedule, handed: list[ActiveRun], why: str) -> None:
+        """Runs handed to a worker ended there without an outcome: lost (re-run under
+        on_lost = "retry")."""
         if s.config.on_lost == "retry":
             # Not reported started: back to the queue as they are (a start the worker had no time
             # to report runs again, with the same key: at least once).
@@ -782,7 +789,7 @@ class Scheduler:
             if active.ending_as is not None:
                 self._finish(s, run_id, ok=False, error=active.run.reason)
             else:
-                self._finish(s, run_id, ok=False, error="the worker exited during the run", lost=True)
+                self._finish(s, run_id, ok=False, error=why, lost=True)
 
     def _requeue(self, s: Schedule, active: ActiveRun) -> None:
         """A run handed to a worker that died before starting it: queued again, unchanged."""

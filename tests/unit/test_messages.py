@@ -39,6 +39,7 @@ WORKER_SAMPLES: dict[str, dict[str, object]] = {
         "traceback": None,
         "at": 1767225601.5,
     },
+    "run_lease_expired": {"token": TOKEN, "run_id": "r-1", "at": 1767225601.5},
     "metrics": {"token": TOKEN, "counters": {"jobs": 3}, "gauges": {"queue": 1.5}},
     "log": {"token": TOKEN, "level": "info", "message": "ready"},
 }

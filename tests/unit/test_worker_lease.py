@@ -29,9 +29,9 @@ class Outbox:
         with self.lock:
             self.sent.append((kind, fields))
 
-    def finished(self, run_id: str) -> dict[str, object] | None:
+    def finished(self, run_id: str, kind: str = "run_finished") -> dict[str, object] | None:
         with self.lock:
-            return next((f for k, f in self.sent if k == "run_finished" and f["run_id"] == run_id), None)
+            return next((f for k, f in self.sent if k == kind and f["run_id"] == run_id), None)
 
 
 class Exits:
@@ -64,7 +64,7 @@ def worker() -> Iterator[MakeWorker]:
     def make(target: Callable[..., object]) -> Worker:
         outbox, exits = Outbox(), Exits()
         runs = RunExecutor(service="job", worker_id="job/1", channel=outbox, target=target, concurrency=4)
-        leases = RunLeases(cancel=runs.cancel, running=runs.has, exit=exits)
+        leases = RunLeases(cancel=runs.expire, running=runs.has, exit=exits)
         made.append((runs, leases))
         return runs, leases, outbox, exits
 
@@ -85,10 +85,10 @@ def test_a_run_whose_lease_is_not_renewed_is_cancelled_at_its_deadline(worker: M
     runs, leases, outbox, exits = worker(patient)
     began = time.monotonic()
     start(runs, leases, "r1", lease_s=0.3)
-    finished = wait_for(lambda: outbox.finished("r1"), timeout_s=5, what="the run to end")
+    wait_for(lambda: outbox.finished("r1", "run_lease_expired"), timeout_s=5, what="the run to end")
     assert time.monotonic() - began >= 0.3, "not before its deadline"
-    assert finished["ok"] and finished["result"] == "cancelled"
-    assert leases.expired == ["r1"] and exits.codes == []
+    assert outbox.finished("r1") is None, "its end is no outcome: the supervisor treats it as lost"
+    assert leases.expired == ["r1"] and exits.codes == [] and not runs.has("r1")
 
 
 def test_renewals_keep_a_run_going_past_its_first_deadline(worker: MakeWorker) -> None:
@@ -111,7 +111,7 @@ def test_a_run_that_ignores_its_cancellation_ends_the_worker_after_the_grace(wor
     took = time.monotonic() - began
     assert exits.codes == [EXIT_LEASE_EXPIRED]
     assert took >= 0.5, f"cancelled at 0.2 s, then 300 ms of grace; it exited after {took:.2f} s"
-    assert outbox.finished("r1") is None, "the run was still going"
+    assert outbox.finished("r1") is None and outbox.finished("r1", "run_lease_expired") is None, "still going"
 
 
 def test_a_run_that_ended_in_time_leaves_nothing_to_enforce(worker: MakeWorker) -> None:
