@@ -205,7 +205,8 @@ class ClusterAgent:
         self._listening.set()
         if self.waker is not None:
             self.runs.on_claimable = None
-            await asyncio.to_thread(self.waker.close)
+            self.waker.stop()
+            await asyncio.to_thread(self.waker.join)
         for task in (self._task, self._commands_task):
             if task is not None:
                 task.cancel()

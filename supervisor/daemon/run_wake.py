@@ -91,13 +91,17 @@ class RunWaker:
         self._thread = threading.Thread(target=self._serve, name="supervise-run-wake", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop waking this node (on the event loop); `join` then waits for the thread."""
         self._stop.set()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def join(self, timeout_s: float = 3.0) -> None:
+        """Wait for the thread to end (it notices `stop` within SEND_EVERY_S, or its connect timeout)."""
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=timeout_s)
 
     def claimable(self, service: str | None = None) -> None:
         """Runs of `service` (None: of any) were left for any node to claim: notify the others
