@@ -57,7 +57,7 @@ def services(sink: Sink, size: Size) -> dict[str, dict[str, object]]:
         }
     }
     for i in range(size.ticks):  # commands: a warm worker each would be 20 more processes per node
-        table[f"tick{i}"] = {"command": ["true"], "every": "1s"}
+        table[f"tick{i}"] = {"command": ["true"], "every": "1s", "on_lost": "retry"}
     return table
 
 
