@@ -120,6 +120,7 @@ WORKER_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "traceback": FieldType.OPT_STR,
         "at": FieldType.OPT_NUMBER,
     },
+    "run_lease_expired": {"token": FieldType.STR, "run_id": FieldType.STR, "at": FieldType.OPT_NUMBER},
     "metrics": {
         "token": FieldType.STR,
         "counters": FieldType.NUMBER_MAP,
@@ -142,8 +143,11 @@ SUPERVISOR_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
         "key": FieldType.OPT_STR,
         "not_before": FieldType.OPT_NUMBER,
         "epoch": FieldType.OPT_NUMBER,  # cluster mode: the run's fencing token (docs/cluster.md)
+        "lease_until": FieldType.OPT_NUMBER,  # cluster mode: CLOCK_MONOTONIC time the run's lease is trusted to
+        "lease_grace_ms": FieldType.OPT_NUMBER,  # cluster mode: past lease_until, how long a cancel may take
     },
     "cancel": {"run_id": FieldType.STR},
+    "lease": {"runs": FieldType.NUMBER_MAP},  # cluster mode: run id -> its renewed lease_until
 }
 """Supervisor -> worker: kind -> field -> type. No token: the worker has one supervisor."""
 

@@ -76,6 +76,7 @@ class RunExecutor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._expired: set[str] = set()  # runs cancelled because their lease ran out (workers/lease.py)
         if self._is_async:
             self._start_loop()
         else:
@@ -86,6 +87,11 @@ class RunExecutor:
         """Runs received and not finished (running or waiting for a slot)."""
         with self._lock:
             return len(self._runs)
+
+    def has(self, run_id: str) -> bool:
+        """Whether run `run_id` was received and has not finished."""
+        with self._lock:
+            return run_id in self._runs
 
     def _start_loop(self) -> None:
         loop = asyncio.new_event_loop()
@@ -178,6 +184,15 @@ class RunExecutor:
         self._channel.send("run_started", run_id=run_ctx.run_id, at=time.time())
 
     def _finished(self, run_ctx: RunContext, fields: dict[str, object]) -> None:
+        with self._lock:
+            expired = run_ctx.run_id in self._expired
+            self._expired.discard(run_ctx.run_id)
+        if expired:
+            # Its lease ran out: whatever it did is no outcome of ours to report (the supervisor
+            # treats it as lost, and on_lost decides).
+            self._channel.send("run_lease_expired", run_id=run_ctx.run_id, at=time.time())
+            self._forget(run_ctx)
+            return
         if run_ctx.cancelled and not fields["ok"]:
             fields["error"] = f"cancelled: {fields['error']}"
         try:
@@ -192,6 +207,9 @@ class RunExecutor:
                 error=f"the run's result could not be sent: {type(e).__name__}: {e}",
                 traceback=None,
             )
+        self._forget(run_ctx)
+
+    def _forget(self, run_ctx: RunContext) -> None:
         with self._lock:
             self._runs.pop(run_ctx.run_id, None)
             if not self._runs:
@@ -208,6 +226,14 @@ class RunExecutor:
         entry[0].cancel()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._cancel_task, run_id)
+
+    def expire(self, run_id: str) -> None:
+        """Cancel one run because its lease ran out: its end is reported as `run_lease_expired`."""
+        with self._lock:
+            if run_id not in self._runs:
+                return
+            self._expired.add(run_id)
+        self.cancel(run_id)
 
     def _cancel_task(self, run_id: str) -> None:
         """On the run loop (after `_take_arrivals`, so the run's task exists if the run is here)."""

@@ -4,7 +4,8 @@ The supervisor starts `python -m supervise.workers` with the worker's identity i
 its environment (see `WorkerEnv`). One I/O thread owns the DEALER socket: it
 sends heartbeats, forwards what the other threads queue, and turns stop, pause and
 resume messages into the `JobContext`. The main thread runs the target; a
-scheduled service's runs go to a bounded `RunExecutor` (workers/executor.py).
+scheduled service's runs go to a bounded `RunExecutor` (workers/executor.py); in cluster mode
+the worker also enforces each run's lease deadline itself (workers/lease.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from supervise.protocol.codec import decode_worker_message, encode_worker_messag
 from supervise.protocol.errors import ProtocolError
 from supervise.workers.context import JobContext, RunContext
 from supervise.workers.executor import RunExecutor, concurrency_from_env
+from supervise.workers.lease import RunLeases
 from supervise.workers.service import Service
 from supervise.workers.target import call_target, resolve_target
 
@@ -116,6 +118,7 @@ class Channel:
         self.supervisor_lost = threading.Event()
         self.on_run: Callable[[dict[str, object]], None] | None = None
         self.on_cancel: Callable[[str], None] | None = None
+        self.on_lease: Callable[[dict[str, float]], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -255,6 +258,8 @@ class Channel:
                 self.on_run(msg.fields)
             elif msg.kind == "cancel" and self.on_cancel is not None:
                 self.on_cancel(str(msg.fields["run_id"]))
+            elif msg.kind == "lease" and self.on_lease is not None:
+                self.on_lease({str(k): float(v) for k, v in dict(msg.fields["runs"]).items()})  # type: ignore[call-overload]
             elif msg.kind == "stop":
                 self._ctx.cancel()
             elif msg.kind == "pause":
@@ -308,9 +313,12 @@ def main() -> int:
                 )
             except BaseException as e:  # noqa: BLE001 - a failing setup() is the target's failure
                 return _report(channel, f"setup failed: {type(e).__name__}: {e}", e)
-            channel.on_run, channel.on_cancel = runs.start, runs.cancel
+            leases = RunLeases(cancel=runs.expire, running=runs.has)
+            channel.on_run, channel.on_cancel = _leased(runs.start, leases), runs.cancel
+            channel.on_lease = leases.renew
             channel.send("hello", pid=os.getpid())
             ctx.wait_cancelled()
+            leases.close()
             runs.close()
             return EXIT_SUPERVISOR_GONE if channel.supervisor_lost.is_set() else 0
         channel.send("hello", pid=os.getpid())
@@ -354,6 +362,19 @@ def run_once(env: WorkerEnv) -> int:
         traceback.print_exception(e, file=sys.stderr)
         return EXIT_TARGET_FAILED
     return 0
+
+
+def _leased(start: Callable[[dict[str, object]], None], leases: RunLeases) -> Callable[[dict[str, object]], None]:
+    """A "run" handler that also hands a cluster run's lease deadline to `leases`."""
+
+    def on_run(fields: dict[str, object]) -> None:
+        start(fields)
+        until = fields.get("lease_until")
+        if isinstance(until, (int, float)):
+            grace = fields.get("lease_grace_ms")
+            leases.grant(str(fields["run_id"]), float(until), float(grace) if isinstance(grace, (int, float)) else 0.0)
+
+    return on_run
 
 
 def _report(channel: Channel, message: str, error: BaseException) -> int:

@@ -12,7 +12,12 @@ Self-fencing: a renewal sent at monotonic time t proves the lease until at
 least t + lease_ttl on the database clock, so the node may act until
 t + lease_ttl - margin. A timer on the loop fences at that deadline, and the
 orphan guard (a separate process) holds the same deadline for the singleton
-workers, so a supervisor frozen by SIGSTOP still loses its workers in time.
+workers, and each warm worker for the leased runs it executes (sent with each
+run and moved by a `lease` message after each renewal; workers/lease.py), so a
+supervisor frozen by SIGSTOP still loses its workers and runs in time.
+
+Runs left for any node to claim are announced by NOTIFY (run_wake.py); polling
+at every round stays the safety net.
 
 The leader also marks nodes whose heartbeat expired `lost` and rescues runs
 whose lease expired (`ClusterStore.rescue`). Free placements are taken here.
@@ -32,6 +37,7 @@ from typing import Any, Protocol
 
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
 from supervise.supervisor.config.cluster import ClusterConfig, placement_copies
+from supervise.supervisor.daemon.run_wake import RunWaker
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.cluster import Beat, ClusterStore
 from supervise.supervisor.store.leased import LeasedRuns
@@ -70,12 +76,17 @@ class ClusterHost(Protocol):
         """The leader marked these runs lost (their node's lease expired): apply on_lost."""
         ...
 
-    def poll_runs(self) -> None:
-        """Look in the store for queued runs another node left or the leader requeued."""
+    def poll_runs(self, services: set[str] | None = None) -> None:
+        """Look in the store for queued runs (of these services; None: of every one) another
+        node left or the leader requeued."""
         ...
 
     def fence_deadline(self, names: list[str], deadline: float | None) -> None:
         """Tell the orphan guard the kill deadline of these instances."""
+        ...
+
+    def renew_runs(self, run_ids: set[str], until: float) -> None:
+        """These runs' leases are trusted until `until` (monotonic): tell their warm workers."""
         ...
 
     execute: Callable[[str, dict[str, Any]], Awaitable[object]]
@@ -133,7 +144,9 @@ class ClusterAgent:
         }
         self.leader = False
         self.counters = Counters()
-        self.deadline: float | None = None  # act on leases until this monotonic time
+        self._deadline: float | None = None  # act on leases until this monotonic time
+        self.runs.fence_grace_ms = config.fence_margin_ms // 2  # a warm worker's run is gone by then
+        self.waker: RunWaker | None = None  # LISTEN/NOTIFY wake-ups for runs (run_wake.py)
         self._task: asyncio.Task[None] | None = None
         self._fence_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
@@ -142,6 +155,16 @@ class ClusterAgent:
         self._command_wake = asyncio.Event()
         self._listening = threading.Event()  # set: the LISTEN thread stops
         self._commands_task: asyncio.Task[None] | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """The monotonic time this node acts on its leases until (warm workers enforce it too)."""
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self._deadline = value
+        self.runs.fence_until = value
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -170,11 +193,20 @@ class ClusterAgent:
             daemon=True,
         ).start()
         self._commands_task = asyncio.create_task(self._serve_commands(), name="supervise-cluster-commands")
+        self.waker = RunWaker(
+            self.store.dsn, schema=self.store.schema, node=self.config.node, on_wake=self._host.poll_runs, rng=self._rng
+        )
+        self.runs.on_claimable = self.waker.claimable
+        self.waker.start()
 
     async def close(self) -> None:
         """Stop renewing and give every lease back (call once the workers are stopped)."""
         self.closing = True
         self._listening.set()
+        if self.waker is not None:
+            self.runs.on_claimable = None
+            self.waker.stop()
+            await asyncio.to_thread(self.waker.join)
         for task in (self._task, self._commands_task):
             if task is not None:
                 task.cancel()
@@ -233,6 +265,8 @@ class ClusterAgent:
         self._lost_leases(beat, held_runs, held_places)
         self._arm_fence()
         self._fence_guard()
+        if self.deadline is not None and self._clock() < self.deadline:
+            self._host.renew_runs({run_id for run_id, _ in self.runs.held()}, self.deadline)
         if beat.leader != self.leader:
             self.leader = beat.leader
             log.info(
@@ -331,6 +365,8 @@ class ClusterAgent:
         for name in lost_nodes:
             log.warning("cluster: node %s stopped heartbeating; marked lost", name)
         rescue = await asyncio.to_thread(self.store.rescue)
+        if rescue.requeued and self.waker is not None:
+            self.waker.claimable()  # for the other nodes; this one looks at the end of the round
         if rescue.requeued or rescue.lost:
             self.counters.runs_rescued += len(rescue.requeued) + len(rescue.lost)
             log.warning(

@@ -31,6 +31,7 @@ class ClusterBinding:
         scheduler: Callable[[], Scheduler | None],
         publish: Callable[[str, str, Mapping[str, object]], None],
         execute: Callable[[str, dict[str, Any]], Awaitable[object]],
+        send: Callable[[str, str, dict[str, object]], None],
     ) -> None:
         self._services = services
         self._feed = feed
@@ -39,6 +40,7 @@ class ClusterBinding:
         self._scheduler = scheduler
         self._publish = publish
         self.execute = execute  # a control command relayed from another node
+        self._send = send  # (worker, kind, fields): a message to a warm worker
 
     def publish(self, service: str, kind: str, detail: dict[str, object]) -> None:
         self._publish(service, kind, detail)
@@ -75,7 +77,14 @@ class ClusterBinding:
         if scheduler is not None:
             scheduler.rescued(lost_run_ids)
 
-    def poll_runs(self) -> None:
+    def poll_runs(self, services: set[str] | None = None) -> None:
         scheduler = self._scheduler()
         if scheduler is not None:
-            scheduler.poll_store()
+            scheduler.poll_store(services)
+
+    def renew_runs(self, run_ids: set[str], until: float) -> None:
+        scheduler = self._scheduler()
+        if scheduler is None:
+            return
+        for worker, ids in scheduler.runs_in_workers(run_ids).items():
+            self._send(worker, "lease", {"runs": dict.fromkeys(ids, until)})

@@ -551,6 +551,7 @@ class Scheduler:
             key=run.idempotency_key,
             not_before=due.timestamp() if due is not None else None,
             epoch=self._epoch(run.run_id),
+            **(self._leases.worker_lease(run.run_id) if self._leases is not None else {}),
         )
 
     def _spawn_command(self, s: Schedule, active: ActiveRun) -> None:
@@ -729,6 +730,9 @@ class Scheduler:
                 "run_progress",
                 {"run_id": run_id, "progress": fields.get("progress"), "message": fields.get("message")},
             )
+        elif kind == "run_lease_expired" and run_id in s.active:
+            # The worker stopped it, its lease not renewed in time there: lost, as with its worker.
+            self._lost_in_worker(s, [s.active[run_id]], "its lease ran out in the worker (no renewal in time)")
         elif kind == "run_finished":
             at = fields.get("at")
             self._finish(
@@ -765,7 +769,11 @@ class Scheduler:
         s = self._schedule_of(name)
         if s is None or not s.python:
             return
-        handed = [a for a in s.active.values() if a.worker == name]
+        self._lost_in_worker(s, [a for a in s.active.values() if a.worker == name], "the worker exited during the run")
+
+    def _lost_in_worker(self, s: Schedule, handed: list[ActiveRun], why: str) -> None:
+        """Runs handed to a worker ended there without an outcome: lost (re-run under
+        on_lost = "retry")."""
         if s.config.on_lost == "retry":
             # Not reported started: back to the queue as they are (a start the worker had no time
             # to report runs again, with the same key: at least once).
@@ -781,7 +789,7 @@ class Scheduler:
             if active.ending_as is not None:
                 self._finish(s, run_id, ok=False, error=active.run.reason)
             else:
-                self._finish(s, run_id, ok=False, error="the worker exited during the run", lost=True)
+                self._finish(s, run_id, ok=False, error=why, lost=True)
 
     def _requeue(self, s: Schedule, active: ActiveRun) -> None:
         """A run handed to a worker that died before starting it: queued again, unchanged."""
@@ -861,6 +869,15 @@ class Scheduler:
             if mine:
                 self._drain(s)
 
+    def runs_in_workers(self, run_ids: set[str]) -> dict[str, list[str]]:
+        """Which of these runs are in a warm worker, by worker (for their lease renewals)."""
+        found: dict[str, list[str]] = {}
+        for s in self._schedules.values():
+            for run_id, active in s.active.items():
+                if run_id in run_ids and active.worker is not None and active.launched:
+                    found.setdefault(active.worker, []).append(run_id)
+        return found
+
     def rescued(self, lost_run_ids: list[str]) -> None:
         """As leader, these runs were marked lost (their node's lease expired while they ran):
         each service's on_lost decides (retry: a new attempt with the same idempotency key)."""
@@ -873,10 +890,12 @@ class Scheduler:
             self._rerun_lost(s, run)
             self._drain(s)
 
-    def poll_store(self) -> None:
-        """Take queued runs other nodes left (or the leader queued again) while slots are free,
-        and pending one-shots added through other nodes."""
+    def poll_store(self, services: set[str] | None = None) -> None:
+        """Take queued runs other nodes left (or the leader queued again) while slots are free
+        (of `services`, None: of every one), and pending one-shots added through other nodes."""
         for s in self._schedules.values():
+            if services is not None and s.name not in services:
+                continue
             if len(s.active) < self._capacity(s) and not len(s.queue):
                 self._refill_queue(s)
                 self._drain(s)

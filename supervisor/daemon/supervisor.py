@@ -256,6 +256,9 @@ class Supervisor:
             scheduler=lambda: self.scheduler,
             publish=self.publish,
             execute=self._execute_relayed,
+            send=lambda worker, kind, fields: (
+                self._pool.send(self._services[worker], kind, **fields) if worker in self._services else None
+            ),
         )
         placements = {c.name: c.placement for c in self.config.services.values()}
         self.cluster = ClusterAgent(cfg, nodes, runs, binding, placements=placements, rng=self._rng)

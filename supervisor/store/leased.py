@@ -50,6 +50,10 @@ class LeasedRuns:
         self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
         self._stores_lock = threading.Lock()
         self._pending = threading.local()  # inside `batch()`: bookkeeping to do once it commits
+        # Set by the node's agent (docs/cluster.md):
+        self.fence_until: float | None = None  # CLOCK_MONOTONIC time this node's run leases are trusted to
+        self.fence_grace_ms = 0  # how long past fence_until a warm worker may take to cancel a run
+        self.on_claimable: Callable[[str], None] | None = None  # a run of this service was left queued for any node
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db(), name)
@@ -141,12 +145,28 @@ class LeasedRuns:
             self._revoked.update(gone)
             return gone
 
+    def worker_lease(self, run_id: str) -> dict[str, object]:
+        """The lease fields of a "run" message for a warm worker (docs/protocol.md): the
+        deadline it enforces on its own, or nothing when this node holds no lease on the run."""
+        if self.fence_until is None or self.epoch_of(run_id) is None:
+            return {}
+        return {"lease_until": self.fence_until, "lease_grace_ms": self.fence_grace_ms}
+
+    def _claimable(self, run: Run) -> None:
+        """Wake the other nodes for a queued run, once it is committed (inside `batch()`, after it)."""
+        if run.state is RunState.QUEUED and self.on_claimable is not None:
+            callback, service = self.on_claimable, run.service
+            self._after_commit(lambda: callback(service))
+
     # -- writes -----------------------------------------------------------------------------
 
     def insert_run(self, run: Run) -> bool:
         """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1."""
         if run.state not in IN_FLIGHT:
-            return self._db().insert_run(run)
+            inserted = self._db().insert_run(run)
+            if inserted:
+                self._claimable(run)
+            return inserted
         row = run_to_row(run, lambda t: t)
         row["node"] = self.node
         columns = list(row)
@@ -228,6 +248,8 @@ class LeasedRuns:
             return bool(conn.execute(query, params).rowcount == 1)
 
         done = self._db()._call(write)
+        if done:
+            self._claimable(run)
         if epoch is not None:
             if not done:
                 with self._lock:

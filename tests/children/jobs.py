@@ -62,3 +62,13 @@ def deaf(ctx: RunContext, seconds: float = 60.0) -> None:
     with open(os.environ["RUNS_FILE"], "a") as out:
         out.write(f"start {ctx.run_id} pid={os.getpid()}\n")
     time.sleep(seconds)
+
+
+def ticker(ctx: RunContext, seconds: float = 60.0, every_s: float = 0.05) -> None:
+    """Appends "<run_id> <attempt> <pid> <time>" to $RUNS_FILE every `every_s` for `seconds`,
+    ignoring its cancellation (only its worker's exit ends it early)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with open(os.environ["RUNS_FILE"], "a") as out:
+            out.write(f"{ctx.run_id} {ctx.attempt} {os.getpid()} {time.time():.3f}\n")
+        time.sleep(every_s)

@@ -1,48 +1,102 @@
 """Runs under leases with three real daemons on one store (docs/cluster.md).
 
-A burst of one-shot http runs and interval schedules; one node is SIGKILLed in the
-middle. Every occurrence ends `succeeded` (directly, or through a re-run of a run the
-dead node had started); the sink sees every idempotency key at least once, and twice
-only for runs the dead node had taken.
+One-shot http runs spread over a few seconds and interval schedules; one node is
+SIGKILLed in the middle. Every occurrence ends `succeeded` (directly, or through a
+re-run of a run the dead node had started); the sink sees every idempotency key at
+least once, and twice only for runs the dead node had taken.
+
+The default size fits the suite on a small machine; `SUPERVISE_CLUSTER_SCALE=full`
+runs the size of the cluster issue: 10 000 one-shot occurrences and 20 interval
+schedules over 30 s (docs/cluster.md, "Figures").
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tests.cluster.conftest import ClusterDb, Sink, query
 from tests.conftest import Daemon, wait_for
 
-BURST = 300
-TICKS = 3
 LEASE_TTL_S = 2.0
 
 
-def services(sink: Sink) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class Size:
+    """How big the burst test is."""
+
+    oneshots: int  # one-shot occurrences of `hook`
+    ticks: int  # interval schedules, every 1 s
+    spread_s: float  # the one-shots' times spread over this long
+    sink_delay_s: float  # each call's time at the sink
+    concurrency: int  # `hook` runs at once per node
+    settle_s: float  # time allowed after the last one-shot's time for every run to succeed
+    lease_ttl_s: float  # renew_every is a quarter of it
+
+
+DEFAULT = Size(oneshots=300, ticks=5, spread_s=3.0, sink_delay_s=0.05, concurrency=16, settle_s=40.0, lease_ttl_s=4.0)
+FULL = Size(
+    oneshots=10_000, ticks=20, spread_s=30.0, sink_delay_s=0.01, concurrency=32, settle_s=240.0, lease_ttl_s=15.0
+)
+SIZE = FULL if os.environ.get("SUPERVISE_CLUSTER_SCALE") == "full" else DEFAULT
+BATCH = 50  # one-shots per `schedule` call: each call's inserts hold up that node's event loop
+
+
+def services(sink: Sink, size: Size) -> dict[str, dict[str, object]]:
     http = {"action": "http", "method": "POST", "body": "{}"}
     table: dict[str, dict[str, object]] = {
-        "hook": {**http, "url": f"{sink.url}/hook", "manual": True, "overlap": "allow_all", "concurrency": 16}
+        "hook": {
+            **http,
+            "url": f"{sink.url}/hook",
+            "manual": True,
+            "overlap": "allow_all",
+            "concurrency": size.concurrency,
+        }
     }
-    for i in range(TICKS):
-        table[f"tick{i}"] = {**http, "url": f"{sink.url}/tick{i}", "every": "1s"}
+    for i in range(size.ticks):  # commands: a warm worker each would be 20 more processes per node
+        table[f"tick{i}"] = {"command": ["true"], "every": "1s", "on_lost": "retry"}
     return table
 
 
 def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb, sink: Sink
+    cluster_db: ClusterDb, sink: Sink, nodes: Callable[..., Daemon]
 ) -> None:
-    sink.delay_s = 0.05  # runs stay in flight long enough for the kill to catch some
+    size = SIZE
+    sink.delay_s = size.sink_delay_s  # runs stay in flight long enough for the kill to catch some
     daemons = [
-        nodes(cluster_db, services(sink), node=f"n{i}", allow_addresses=["127.0.0.1"], lease_ttl="2s") for i in range(3)
+        nodes(
+            cluster_db,
+            services(sink, size),
+            node=f"n{i}",
+            allow_addresses=["127.0.0.1"],
+            lease_ttl=f"{size.lease_ttl_s:g}s",
+            renew_every=f"{size.lease_ttl_s / 4:g}s",
+        )
+        for i in range(3)
     ]
     for d in daemons:
         d.wait_running_pid("hook")
+    began = time.monotonic()
     started = datetime.now(UTC)
-    at = started + timedelta(seconds=1)
-    ids = [str(daemons[i % 3].client.call("schedule", name="hook", at=at.isoformat())["run_id"]) for i in range(BURST)]
+    first = started + timedelta(seconds=2)
+    step = size.spread_s / size.oneshots
+    times = [(first + timedelta(seconds=i * step)).isoformat() for i in range(size.oneshots)]
+    ids: list[str] = []
+    for n, at in enumerate(range(0, size.oneshots, BATCH)):
+        batch = [{"at": when, "args": {}} for when in times[at : at + BATCH]]
+        reply = daemons[n % 3].client.request("schedule", {"name": "hook", "runs": batch}, timeout_s=60)
+        ids += [str(r) for r in reply["run_ids"]]  # type: ignore[index]
+    assert len(set(ids)) == size.oneshots
+    scheduled_s = time.monotonic() - began
     victim = daemons[0]
-    wait_for(lambda: len(sink.keys("/hook")) >= BURST // 4, timeout_s=20, what="the burst to be under way")
+    wait_for(
+        lambda: len(sink.keys("/hook")) >= size.oneshots // 2,
+        timeout_s=size.spread_s + size.settle_s,
+        what="the burst to be half way",
+    )
     victim.proc.kill()
     victim.proc.wait()
     killed = datetime.now(UTC)
@@ -59,14 +113,22 @@ def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
         return not missing or missing[:5]  # type: ignore[return-value]
 
     try:
-        wait_for(lambda: every_key_succeeded() is True, timeout_s=40, interval_s=0.25, what="every run to succeed")
+        wait_for(
+            lambda: every_key_succeeded() is True,
+            timeout_s=size.spread_s + size.settle_s,
+            interval_s=0.5,
+            what="every run to succeed",
+        )
     except AssertionError:
         raise AssertionError(f"runs that did not succeed: {every_key_succeeded()}") from None
+    done_s = time.monotonic() - began
     wait_for(
-        lambda: (datetime.now(UTC) - killed).total_seconds() > LEASE_TTL_S + 2, timeout_s=10, what="a few more ticks"
+        lambda: (datetime.now(UTC) - killed).total_seconds() > size.lease_ttl_s + 2,
+        timeout_s=size.lease_ttl_s + 10,
+        what="a few more ticks",
     )
     for d in alive:
-        for i in range(TICKS):
+        for i in range(size.ticks):
             d.client.call("pause", name=f"tick{i}")
 
     # the burst: nothing still waiting, every key at the sink, duplicates only from the dead node
@@ -84,9 +146,15 @@ def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
     assert not odd, f"keys sent twice that n0 never held: {odd[:5]}"
     lost = [r for r in rows if r["state"] == "lost"]
     assert all(r["node"] == "n0" for r in lost), "only the dead node's started runs were lost"
+    print(
+        f"\n{size.oneshots} one-shots over {size.spread_s:.0f} s and {size.ticks} interval schedules on 3 nodes: "
+        f"scheduled in {scheduled_s:.1f} s, every occurrence succeeded {done_s:.1f} s after the first call; "
+        f"{len(lost)} runs lost with the killed node "
+        f"and re-run, {len(twice)} keys sent twice (all of the killed node's runs)"
+    )
 
     # the schedules: one succeeded run per nominal second, none skipped, no gap, across the kill
-    for i in range(TICKS):
+    for i in range(size.ticks):
         ticks = query(
             cluster_db,
             "SELECT nominal_time, state, attempt FROM {s}.runs WHERE service = %s AND nominal_time > %s "
@@ -97,22 +165,20 @@ def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
         by_time: dict[datetime, list[str]] = {}
         for t in ticks:
             by_time.setdefault(t["nominal_time"], []).append(t["state"])
-        times = sorted(by_time)
-        assert len(times) >= 5
-        for when in times[:-1]:  # the newest may still be running at pause
+        nominal = sorted(by_time)
+        assert len(nominal) >= 5
+        for when in nominal[:-1]:  # the newest may still be running at pause
             assert "succeeded" in by_time[when], f"tick{i} at {when}: {by_time[when]}"
-        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in zip(nominal, nominal[1:], strict=False)]
         assert max(gaps) <= 1.0 + 1e-6, f"tick{i} missed occurrences: gaps {gaps}"
     epochs = {int(e) for _, _, e, _ in sink.arrivals if e}
     assert epochs and min(epochs) >= 1, "every call carries the run's fencing epoch"
 
 
 def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_it(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+    cluster_db: ClusterDb, nodes: Callable[..., Daemon]
 ) -> None:
-    import os
     import signal
-    import time
 
     import psutil
 
@@ -154,10 +220,8 @@ def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_i
 
 
 def test_cancel_through_any_node_reaches_the_node_that_runs_it(
-    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+    cluster_db: ClusterDb, nodes: Callable[..., Daemon]
 ) -> None:
-    import time
-
     import psutil
 
     job = {"slow": {"command": ["sleep", "30"], "manual": True}}

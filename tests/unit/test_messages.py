@@ -39,6 +39,7 @@ WORKER_SAMPLES: dict[str, dict[str, object]] = {
         "traceback": None,
         "at": 1767225601.5,
     },
+    "run_lease_expired": {"token": TOKEN, "run_id": "r-1", "at": 1767225601.5},
     "metrics": {"token": TOKEN, "counters": {"jobs": 3}, "gauges": {"queue": 1.5}},
     "log": {"token": TOKEN, "level": "info", "message": "ready"},
 }
@@ -55,8 +56,11 @@ SUPERVISOR_SAMPLES: dict[str, dict[str, object]] = {
         "key": "r-0",
         "not_before": 1735689600.0,
         "epoch": 3,
+        "lease_until": 12345.5,
+        "lease_grace_ms": 200,
     },
     "cancel": {"run_id": "r-1"},
+    "lease": {"runs": {"r-1": 12350.5}},
 }
 
 # A value of the wrong type for each field type (bool is never a number).
