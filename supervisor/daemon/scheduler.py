@@ -320,8 +320,9 @@ class Scheduler:
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
         with self._store.together():
-            self._store.insert_run(run)
-            self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
+            # On a shared store another supervisor may have recorded this occurrence first: its event.
+            if self._store.insert_run(run):
+                self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
         return run
 
     # -- occurrences and runs ---------------------------------------------------
