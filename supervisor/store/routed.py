@@ -23,8 +23,10 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Self
 
+from supervise.supervisor.core.alerts import Episode
 from supervise.supervisor.core.runs import JSONValue, Run, RunState
 from supervise.supervisor.store.base import Notification, OneShot, ScheduleState, Store
+from supervise.supervisor.store.episodes import EpisodeSummary
 from supervise.supervisor.store.tenants import TENANT_RE, TenantPlaces, check_tenant
 
 log = logging.getLogger("supervise.store")
@@ -301,6 +303,25 @@ class RoutedStore:
 
     def prune_notifications(self, before: datetime) -> int:
         return sum(self._writing(s).prune_notifications(before) for s in self._all())
+
+    # -- no-storm episodes and the notification journal's marks ----------------------------------
+
+    def take_episode(self, rule: str, subject: str, now_ms: int) -> tuple[Episode, int]:
+        return self._writing(self._for(subject)).take_episode(rule, subject, now_ms)
+
+    def put_episode(self, rule: str, subject: str, episode: Episode) -> None:
+        self._writing(self._for(subject)).put_episode(rule, subject, episode)
+
+    def active_episodes(self, now_ms: int) -> list[EpisodeSummary]:
+        return [summary for s in self._all() for summary in s.active_episodes(now_ms)]
+
+    def journal_mark(self, journal: str) -> int:
+        """The daemon's journal is marked in the main store (a tenant's episode and rows, in its own,
+        commit in a transaction of their own: docs/notifications.md)."""
+        return self._writing(self.main).journal_mark(journal)
+
+    def put_journal_mark(self, journal: str, seq: int | None) -> None:
+        self._writing(self.main).put_journal_mark(journal, seq)
 
 
 def _pending_key(run: Run) -> tuple[datetime, str]:
