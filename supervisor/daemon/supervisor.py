@@ -223,7 +223,10 @@ class Supervisor:
         )
         self._start_scheduler()
         await self._start_notifier()
-        self._restore_registrations()
+        if self.cluster is not None:
+            await self._share_registrations()  # the cluster's runtime services (docs/cluster.md)
+        else:
+            self._restore_registrations()
         assert self.scheduler is not None
         self.scheduler.arm_stored_oneshots()  # after the registrations: one-shots of runtime services too
         clustered = self.cluster.placements if self.cluster is not None else {}
@@ -231,6 +234,8 @@ class Supervisor:
         if self.cluster is not None:
             self.observability.cluster = self.cluster.summary
             await self.cluster.start()  # takes free singleton placements and starts them
+        if self.changes.shared is not None:
+            self.changes.shared.start()
 
     async def _join_cluster(self) -> None:
         """Open the cluster's store and join as a node (docs/cluster.md)."""
@@ -265,6 +270,19 @@ class Supervisor:
             nodes.close()
             store.close()
             raise
+
+    async def _share_registrations(self) -> None:
+        """Cluster mode: runtime services live in the cluster's store; load them all (docs/cluster.md)."""
+        from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
+        from supervise.supervisor.store.cluster_registrations import RegistrationStore
+
+        assert self.cluster is not None
+        nodes = self.cluster.store
+        rows = RegistrationStore(nodes.dsn, schema=nodes.schema, node=self.cluster.config.node)
+        await asyncio.to_thread(rows.open)
+        shared = ClusterRegistrations(rows, self.changes, renew_every_ms=self.cluster.config.renew_every_ms)
+        self.changes.shared = shared
+        await shared.load()
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
         """A control command another node relayed to this one (it holds what the command names)."""
@@ -406,6 +424,8 @@ class Supervisor:
                 svc.worker.output.close()
             if svc.log is not None:
                 svc.log.close()
+        if self.changes.shared is not None:
+            await self.changes.shared.close()
         if self.cluster is not None:
             await self.cluster.close()  # the workers are gone: give every lease back for others to take
         if self.scheduler is not None:
@@ -730,6 +750,9 @@ class Supervisor:
         event = requests[command]
         elsewhere = self._held_elsewhere(names)
         names = [n for n in names if n not in elsewhere]
+        if command in ("pause", "resume") and self.changes.shared is not None and self.scheduler is not None:
+            scheduled = [self._services[n].config.name for n in names if self.scheduler.has(n)]
+            await self.changes.shared.set_paused(scheduled, command == "pause")  # the cluster's runtime jobs
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
             if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
