@@ -1,0 +1,149 @@
+"""Schedules added at runtime live in the cluster's store (docs/cluster.md): a job added through
+one node is listed and fired by the cluster once per occurrence; an update through another node
+reschedules it on every node; a node started later loads it; pause and resume act cluster-wide;
+removal stops it everywhere and cancels its waiting runs. Real daemons on one PostgreSQL."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from supervise.protocol.errors import RemoteError
+from tests.cluster.conftest import ClusterDb, Sink, query
+from tests.conftest import Daemon, wait_for
+
+
+def job_spec(sink: Sink, every: str) -> dict[str, object]:
+    return {"action": "http", "method": "POST", "body": "{}", "url": f"{sink.url}/job", "every": every}
+
+
+def schedule_of(daemon: Daemon) -> dict[str, Any] | None:
+    """The job's schedule as the node shows it, or None when the node does not have the job."""
+    try:
+        schedule: dict[str, Any] = daemon.service("job")["schedule"]
+    except RemoteError:
+        return None
+    return schedule
+
+
+def db_now(db: ClusterDb) -> datetime:
+    now: datetime = query(db, "SELECT now() AS now")[0]["now"]
+    return now
+
+
+def occurrences(db: ClusterDb, since: datetime | None = None) -> list[dict[str, Any]]:
+    rows = query(
+        db,
+        "SELECT run_id, coalesce(key, run_id) AS k, nominal_time, state, node, created_at FROM {s}.runs "
+        "WHERE service = 'job' AND origin = 'schedule' ORDER BY nominal_time",
+    )
+    return [r for r in rows if since is None or r["created_at"] >= since]
+
+
+def wait_until_db_time(db: ClusterDb, when: datetime, what: str) -> None:
+    """Let the cluster's clock pass `when` (an observation window: nothing may fire in it)."""
+    wait_for(lambda: db_now(db) >= when, timeout_s=30, what=what)
+
+
+def test_a_job_added_through_one_node_is_the_clusters(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb, sink: Sink
+) -> None:
+    a, b = (nodes(cluster_db, {}, node=f"n{i}", allow_addresses=["127.0.0.1"]) for i in range(2))
+
+    # Added through A: B lists it, and the cluster fires each occurrence once.
+    added = a.client.call("add", name="job", spec=job_spec(sink, "1s"))
+    assert added["name"] == "job"
+    wait_for(lambda: schedule_of(b), timeout_s=10, what="node B to list the job")
+    wait_for(lambda: len(sink.keys("/job")) >= 4, timeout_s=20, what="four occurrences")
+    fired = occurrences(cluster_db)
+    nominal = [r["nominal_time"] for r in fired]
+    assert len(nominal) == len(set(nominal)), "one row per occurrence"
+    assert all(t2 - t1 == timedelta(seconds=1) for t1, t2 in zip(nominal, nominal[1:], strict=False)), nominal
+    keys = collections.Counter(sink.keys("/job"))
+    assert max(keys.values()) == 1, f"an occurrence ran twice: {keys.most_common(3)}"
+
+    # Updated through B: every node reschedules its pending occurrence on the new interval.
+    b.client.call("update", name="job", spec={"every": "2s"})
+    for node in (a, b):
+        wait_for(
+            lambda node=node: (s := schedule_of(node)) is not None and "2s" in str(s["trigger"]) and s,  # type: ignore[misc]
+            timeout_s=10,
+            what="every node to have the new interval",
+        )
+    updated_at = db_now(cluster_db)
+    wait_for(lambda: len(occurrences(cluster_db, updated_at)) >= 3, timeout_s=20, what="occurrences after the update")
+    after = [r["nominal_time"] for r in occurrences(cluster_db, updated_at)]
+    assert all(t2 - t1 == timedelta(seconds=2) for t1, t2 in zip(after, after[1:], strict=False)), after
+
+    # A node started after the add loads the job (with its update).
+    c = nodes(cluster_db, {}, node="n2", allow_addresses=["127.0.0.1"])
+    loaded = wait_for(lambda: schedule_of(c), timeout_s=10, what="the late node to load the job")
+    assert "2s" in str(loaded["trigger"])
+
+    # Paused through B: no node fires it; resumed through C: it fires again.
+    b.client.call("pause", name="job")
+    for node in (a, b, c):
+        wait_for(lambda node=node: (s := schedule_of(node)) and s["paused"], timeout_s=10, what="paused everywhere")  # type: ignore[misc]
+    paused_at = db_now(cluster_db)
+    wait_until_db_time(cluster_db, paused_at + timedelta(seconds=5), "two intervals and more while paused")
+    late = [r for r in occurrences(cluster_db) if r["nominal_time"] > paused_at]
+    assert not late, f"fired while paused: {late}"
+    c.client.call("resume", name="job")
+    for node in (a, b, c):
+        wait_for(lambda node=node: (s := schedule_of(node)) and not s["paused"], timeout_s=10, what="resumed")  # type: ignore[misc]
+    resumed_at = db_now(cluster_db)
+    wait_for(
+        lambda: [r for r in occurrences(cluster_db) if r["nominal_time"] > resumed_at],
+        timeout_s=15,
+        what="an occurrence after the resume",
+    )
+
+    # Removed through A: gone from every node; nothing fires any more.
+    a.client.call("remove", name="job")
+    for node in (a, b, c):
+        wait_for(lambda node=node: schedule_of(node) is None, timeout_s=10, what="the job gone from every node")  # type: ignore[misc]
+    removed_at = db_now(cluster_db)
+    wait_until_db_time(cluster_db, removed_at + timedelta(seconds=5), "two intervals and more after the removal")
+    late = [r for r in occurrences(cluster_db) if r["nominal_time"] > removed_at]
+    assert not late, f"fired after the removal: {late}"
+    assert not query(cluster_db, "SELECT name FROM {s}.registrations")
+    waiting = query(
+        cluster_db,
+        "SELECT state FROM {s}.runs WHERE service = 'job' AND state IN ('pending', 'due', 'queued', 'buffered')",
+    )
+    assert not waiting
+    keys = collections.Counter(sink.keys("/job"))
+    assert max(keys.values()) == 1, f"an occurrence ran twice: {keys.most_common(3)}"
+    rows = occurrences(cluster_db)
+    succeeded = {r["k"] for r in rows if r["state"] == "succeeded"}
+    assert succeeded <= set(keys) <= {r["k"] for r in rows}, "each call is one of the job's occurrences"
+    # (a call may belong to a run cancelled in flight by the update or the removal)
+
+
+def test_runtime_changes_that_would_split_the_cluster_are_refused(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+) -> None:
+    web = {"command": ["sleep", "600"]}
+    a, b = (nodes(cluster_db, {"web": web}, node=f"n{i}") for i in range(2))
+    for node in (a, b):
+        node.wait_state("web", "RUNNING")
+    with pytest.raises(RemoteError, match="declared in this node's config file"):
+        a.client.call("update", name="web", spec={"stop_timeout": "2s"})
+    with pytest.raises(RemoteError, match="declared in this node's config file"):
+        a.client.call("remove", name="web")
+    with pytest.raises(RemoteError, match=r'services\.solo\.placement: "one" is not available'):
+        a.client.call("add", name="solo", spec={"command": ["sleep", "600"], "placement": "one"})
+    assert not query(cluster_db, "SELECT name FROM {s}.registrations"), "a refused add writes nothing"
+
+    # A long-running service added at runtime runs on every node (placement "every").
+    a.client.call("add", name="extra", spec={"command": ["sleep", "600"]})
+    for node in (a, b):
+        node.wait_state("extra", "RUNNING")
+    with pytest.raises(RemoteError, match='"extra" exists'):
+        b.client.call("add", name="extra", spec={"command": ["sleep", "60"]})
+    b.client.call("remove", name="extra")
+    wait_for(lambda: "extra" not in a.client.call("status")["services"].__repr__(), timeout_s=10, what="extra gone")
