@@ -146,9 +146,11 @@ class RegistrationStore:
         """The rows of `names` (every row with None), with their specs."""
         if names is not None and not names:
             return {}
-        where: LiteralString = "" if names is None else " WHERE name = ANY(%s)"
-        query = self._q("SELECT name, spec, revision, spec_revision, paused, updated_by FROM {s}.registrations" + where)
-        params = () if names is None else (names,)
+        query = self._q(
+            "SELECT name, spec, revision, spec_revision, paused, updated_by FROM {s}.registrations "
+            "WHERE %s::text[] IS NULL OR name = ANY(%s::text[])"
+        )
+        params = (names, names)
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return {
             r["name"]: Registration(

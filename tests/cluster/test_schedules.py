@@ -70,7 +70,7 @@ def test_a_job_added_through_one_node_is_the_clusters(
     b.client.call("update", name="job", spec={"every": "2s"})
     for node in (a, b):
         wait_for(
-            lambda node=node: (s := schedule_of(node)) is not None and "2s" in str(s["trigger"]) and s,  # type: ignore[misc]
+            lambda node=node: (s := schedule_of(node)) is not None and "2s" in str(s["trigger"]) and s,
             timeout_s=10,
             what="every node to have the new interval",
         )
@@ -87,14 +87,14 @@ def test_a_job_added_through_one_node_is_the_clusters(
     # Paused through B: no node fires it; resumed through C: it fires again.
     b.client.call("pause", name="job")
     for node in (a, b, c):
-        wait_for(lambda node=node: (s := schedule_of(node)) and s["paused"], timeout_s=10, what="paused everywhere")  # type: ignore[misc]
+        wait_for(lambda node=node: (s := schedule_of(node)) and s["paused"], timeout_s=10, what="paused everywhere")
     paused_at = db_now(cluster_db)
     wait_until_db_time(cluster_db, paused_at + timedelta(seconds=5), "two intervals and more while paused")
     late = [r for r in occurrences(cluster_db) if r["nominal_time"] > paused_at]
     assert not late, f"fired while paused: {late}"
     c.client.call("resume", name="job")
     for node in (a, b, c):
-        wait_for(lambda node=node: (s := schedule_of(node)) and not s["paused"], timeout_s=10, what="resumed")  # type: ignore[misc]
+        wait_for(lambda node=node: (s := schedule_of(node)) and not s["paused"], timeout_s=10, what="resumed")
     resumed_at = db_now(cluster_db)
     wait_for(
         lambda: [r for r in occurrences(cluster_db) if r["nominal_time"] > resumed_at],
@@ -105,7 +105,7 @@ def test_a_job_added_through_one_node_is_the_clusters(
     # Removed through A: gone from every node; nothing fires any more.
     a.client.call("remove", name="job")
     for node in (a, b, c):
-        wait_for(lambda node=node: schedule_of(node) is None, timeout_s=10, what="the job gone from every node")  # type: ignore[misc]
+        wait_for(lambda node=node: schedule_of(node) is None, timeout_s=10, what="the job gone from every node")
     removed_at = db_now(cluster_db)
     wait_until_db_time(cluster_db, removed_at + timedelta(seconds=5), "two intervals and more after the removal")
     late = [r for r in occurrences(cluster_db) if r["nominal_time"] > removed_at]
@@ -146,4 +146,9 @@ def test_runtime_changes_that_would_split_the_cluster_are_refused(
     with pytest.raises(RemoteError, match='"extra" exists'):
         b.client.call("add", name="extra", spec={"command": ["sleep", "60"]})
     b.client.call("remove", name="extra")
-    wait_for(lambda: "extra" not in a.client.call("status")["services"].__repr__(), timeout_s=10, what="extra gone")
+    for node in (a, b):
+        wait_for(
+            lambda node=node: all(s["name"] != "extra" for s in node.client.call("status")["services"]),
+            timeout_s=10,
+            what="the removed service gone from every node",
+        )
