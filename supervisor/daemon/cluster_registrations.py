@@ -100,15 +100,23 @@ class ClusterRegistrations:
         self._shadowed: set[str] = set()  # warned once each
         self._failed: dict[str, int] = {}  # name -> the revision that could not be loaded (warned once)
         self._wake = asyncio.Event()
+        self._loaded = asyncio.Event()  # set by `load`: this node's own changes wait for it
         self._listening = threading.Event()  # set: the LISTEN thread stops
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """At start: register every runtime service of the cluster (the daemon starts them with the others)."""
+        """At start: register every runtime service of the cluster (the daemon starts them with the
+        others). Changes asked of this node meanwhile wait for it."""
+        await asyncio.to_thread(self.store.open)
         async with self.lock:
             await self._sync(start=False)
+        self._loaded.set()
+
+    async def _locked(self) -> asyncio.Lock:
+        await self._loaded.wait()
+        return self.lock
 
     def start(self) -> None:
         """Apply changes as they are notified, and poll every renew_every."""
@@ -140,7 +148,7 @@ class ClusterRegistrations:
     async def sync(self) -> None:
         """Bring this node to the store's rows now."""
         try:
-            async with self.lock:
+            async with await self._locked():
                 await self._sync(start=True)
         except StoreError as e:
             self.counters.sync_failures += 1
@@ -159,7 +167,7 @@ class ClusterRegistrations:
     async def add(self, name: str, spec: Mapping[str, Any], cfg: ServiceConfig, apply: Callable[[], None]) -> None:
         """Insert the row (refused when the cluster has the name), then `apply` here."""
         check_placement(cfg)
-        async with self.lock:
+        async with await self._locked():
             done = await asyncio.to_thread(self.store.add, name, spec)
             if isinstance(done, Registration):
                 raise ProtocolError(
@@ -175,7 +183,7 @@ class ClusterRegistrations:
     ) -> _T:
         """Replace the row's spec if no other node changed it since this node applied it, then `apply` here."""
         check_placement(cfg)
-        async with self.lock:
+        async with await self._locked():
             mine = self.applied[name]
             done = await asyncio.to_thread(self.store.update, name, spec, expected=mine.spec_revision)
             if done is None:
@@ -191,7 +199,7 @@ class ClusterRegistrations:
 
     async def remove(self, name: str, apply: Callable[[], Awaitable[_T]]) -> _T:
         """Delete the row (and cancel its runs that have not started, cluster-wide), then `apply` here."""
-        async with self.lock:
+        async with await self._locked():
             removal = await asyncio.to_thread(self.store.remove, name)
             if removal.cancelled:
                 log.info("%s: removed from the cluster; %d waiting run(s) cancelled", name, removal.cancelled)
@@ -205,7 +213,7 @@ class ClusterRegistrations:
         for name in dict.fromkeys(names):
             if not self.owns(name):
                 continue
-            async with self.lock:
+            async with await self._locked():
                 done = await asyncio.to_thread(self.store.set_paused, name, paused)
                 mine = self.applied.get(name)
                 if done is not None and mine is not None:

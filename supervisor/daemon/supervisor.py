@@ -191,6 +191,7 @@ class Supervisor:
                 await self.cluster.close()  # leave at once: this node never ran anything
                 self.cluster.runs.close()
                 self.cluster = None
+                self.changes.shared = None
             raise
         try:
             self._endpoints.bind()
@@ -223,8 +224,8 @@ class Supervisor:
         )
         self._start_scheduler()
         await self._start_notifier()
-        if self.cluster is not None:
-            await self._share_registrations()  # the cluster's runtime services (docs/cluster.md)
+        if self.changes.shared is not None:
+            await self.changes.shared.load()  # the cluster's runtime services (docs/cluster.md)
         else:
             self._restore_registrations()
         assert self.scheduler is not None
@@ -242,7 +243,9 @@ class Supervisor:
         # Imported here: PostgreSQL's driver is ~10 MB of a daemon's memory, only in cluster mode.
         from supervise.supervisor.daemon.cluster import ClusterAgent
         from supervise.supervisor.daemon.cluster_host import ClusterBinding
+        from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
         from supervise.supervisor.store.cluster import ClusterStore
+        from supervise.supervisor.store.cluster_registrations import RegistrationStore
         from supervise.supervisor.store.leased import LeasedRuns
         from supervise.supervisor.store.postgres import PostgresStore
 
@@ -270,19 +273,10 @@ class Supervisor:
             nodes.close()
             store.close()
             raise
-
-    async def _share_registrations(self) -> None:
-        """Cluster mode: runtime services live in the cluster's store; load them all (docs/cluster.md)."""
-        from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
-        from supervise.supervisor.store.cluster_registrations import RegistrationStore
-
-        assert self.cluster is not None
-        nodes = self.cluster.store
-        rows = RegistrationStore(nodes.dsn, schema=nodes.schema, node=self.cluster.config.node)
-        await asyncio.to_thread(rows.open)
-        shared = ClusterRegistrations(rows, self.changes, renew_every_ms=self.cluster.config.renew_every_ms)
-        self.changes.shared = shared
-        await shared.load()
+        # Runtime services are the cluster's (docs/cluster.md): set before the control socket
+        # answers, so an early `add` waits for them to be loaded rather than going around them.
+        rows = RegistrationStore(store.dsn, schema=store.schema, node=cfg.node)
+        self.changes.shared = ClusterRegistrations(rows, self.changes, renew_every_ms=cfg.renew_every_ms)
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
         """A control command another node relayed to this one (it holds what the command names)."""

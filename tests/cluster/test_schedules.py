@@ -6,6 +6,7 @@ removal stops it everywhere and cancels its waiting runs. Real daemons on one Po
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,19 +80,22 @@ def test_a_job_added_through_one_node_is_the_clusters(
     after = [r["nominal_time"] for r in occurrences(cluster_db, updated_at)]
     assert all(t2 - t1 == timedelta(seconds=2) for t1, t2 in zip(after, after[1:], strict=False)), after
 
-    # A node started after the add loads the job (with its update).
-    c = nodes(cluster_db, {}, node="n2", allow_addresses=["127.0.0.1"])
-    loaded = wait_for(lambda: schedule_of(c), timeout_s=10, what="the late node to load the job")
-    assert "2s" in str(loaded["trigger"])
-
-    # Paused through B: no node fires it; resumed through C: it fires again.
+    # Paused through B: no node fires it.
     b.client.call("pause", name="job")
-    for node in (a, b, c):
+    for node in (a, b):
         wait_for(lambda node=node: (s := schedule_of(node)) and s["paused"], timeout_s=10, what="paused everywhere")
     paused_at = db_now(cluster_db)
+
+    # A node started after the add loads the job, with its update and its pause.
+    c = nodes(cluster_db, {}, node="n2", allow_addresses=["127.0.0.1"])
+    loaded = wait_for(lambda: schedule_of(c), timeout_s=10, what="the late node to load the job")
+    assert "2s" in str(loaded["trigger"]) and loaded["paused"], loaded
+
     wait_until_db_time(cluster_db, paused_at + timedelta(seconds=5), "two intervals and more while paused")
     late = [r for r in occurrences(cluster_db) if r["nominal_time"] > paused_at]
     assert not late, f"fired while paused: {late}"
+
+    # Resumed through C: it fires again.
     c.client.call("resume", name="job")
     for node in (a, b, c):
         wait_for(lambda node=node: (s := schedule_of(node)) and not s["paused"], timeout_s=10, what="resumed")
@@ -102,7 +106,8 @@ def test_a_job_added_through_one_node_is_the_clusters(
         what="an occurrence after the resume",
     )
 
-    # Removed through A: gone from every node; nothing fires any more.
+    # Removed through A: gone from every node, its pending one-shot cancelled; nothing fires any more.
+    oneshot = b.client.call("schedule", name="job", at=(db_now(cluster_db) + timedelta(seconds=20)).isoformat())
     a.client.call("remove", name="job")
     for node in (a, b, c):
         wait_for(lambda node=node: schedule_of(node) is None, timeout_s=10, what="the job gone from every node")
@@ -116,6 +121,8 @@ def test_a_job_added_through_one_node_is_the_clusters(
         "SELECT state FROM {s}.runs WHERE service = 'job' AND state IN ('pending', 'due', 'queued', 'buffered')",
     )
     assert not waiting
+    cancelled = query(cluster_db, "SELECT state, reason FROM {s}.runs WHERE run_id = %s", oneshot["run_id"])
+    assert cancelled == [{"state": "cancelled", "reason": "the service was removed"}]
     keys = collections.Counter(sink.keys("/job"))
     assert max(keys.values()) == 1, f"an occurrence ran twice: {keys.most_common(3)}"
     rows = occurrences(cluster_db)
@@ -128,7 +135,8 @@ def test_runtime_changes_that_would_split_the_cluster_are_refused(
     nodes: Callable[..., Daemon], cluster_db: ClusterDb
 ) -> None:
     web = {"command": ["sleep", "600"]}
-    a, b = (nodes(cluster_db, {"web": web}, node=f"n{i}") for i in range(2))
+    a = nodes(cluster_db, {"web": web}, node="n0")
+    b = nodes(cluster_db, {"web": web, "dup": web}, node="n1")  # B's config also declares "dup"
     for node in (a, b):
         node.wait_state("web", "RUNNING")
     with pytest.raises(RemoteError, match="declared in this node's config file"):
@@ -152,3 +160,33 @@ def test_runtime_changes_that_would_split_the_cluster_are_refused(
             timeout_s=10,
             what="the removed service gone from every node",
         )
+
+    # A runtime service named as one of B's config services: B keeps its own (and says so).
+    a.client.call("add", name="dup", spec={"command": ["sleep", "60"]})
+    a.wait_state("dup", "RUNNING")
+    wait_for(lambda: "runtime service dup is shadowed here" in b.log(), timeout_s=10, what="B to log the shadowing")
+    assert b.service("dup")["origin"] == "config"
+    a.client.call("remove", name="dup")
+    assert b.state("dup") == "RUNNING", "B's own dup is not the cluster's to remove"
+
+
+def test_a_change_whose_notification_was_missed_is_applied_by_the_poll(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+) -> None:
+    a = nodes(cluster_db, {}, node="n0")
+    a.client.call("add", name="first", spec={"command": ["sleep", "600"]})  # the table and its sequence exist
+    # Written as another node would, but with no NOTIFY: only the poll (every renew_every) finds it.
+    query(
+        cluster_db,
+        "INSERT INTO {s}.registrations (name, spec, paused, revision, spec_revision, updated_by) "
+        "SELECT 'polled', %s::jsonb, false, r, r, 'elsewhere' FROM nextval(%s::regclass) AS n(r) RETURNING name",
+        json.dumps({"command": ["sleep", "600"]}),
+        f'"{cluster_db.schema}".registration_revisions',
+    )
+    a.wait_state("polled", "RUNNING", timeout_s=10)
+    query(cluster_db, "DELETE FROM {s}.registrations WHERE name = 'polled' RETURNING name")
+    wait_for(
+        lambda: all(s["name"] != "polled" for s in a.client.call("status")["services"]),
+        timeout_s=10,
+        what="the poll to remove it",
+    )
