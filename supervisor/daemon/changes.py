@@ -84,7 +84,7 @@ class RuntimeChanges:
         if not self.shared.owns(svc.config.name):
             raise config_declared("remove", name)
         self._check_removable(name)
-        return await self.shared.remove(svc.config.name, lambda: self._remove(name, persist=False))
+        return await self.shared.remove(svc.config.name, lambda: self._remove(name, persist=False, check=False))
 
     def _check_removable(self, name: str) -> None:
         dependents = [n for n, s in self._services.items() if name in s.config.requires]

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
@@ -54,13 +54,6 @@ class RegistrationHost(Protocol):
         ...
 
 
-@dataclass
-class SyncCounters:
-    syncs: int = 0
-    changes_applied: int = 0
-    sync_failures: int = 0
-
-
 def check_placement(cfg: ServiceConfig) -> None:
     """A runtime service runs on every node: a singleton placement is refused (it must be declared
     in every node's config, where its leases are set up at start)."""
@@ -96,7 +89,6 @@ class ClusterRegistrations:
         self._rng = rng or random.Random()  # nosec B311 # jitter, not a secret
         self.applied: dict[str, Applied] = {}
         self.lock = asyncio.Lock()
-        self.counters = SyncCounters()
         self._shadowed: set[str] = set()  # warned once each
         self._failed: dict[str, int] = {}  # name -> the revision that could not be loaded (warned once)
         self._wake = asyncio.Event()
@@ -151,10 +143,8 @@ class ClusterRegistrations:
             async with await self._locked():
                 await self._sync(start=True)
         except StoreError as e:
-            self.counters.sync_failures += 1
             log.warning("cluster: could not read the runtime services (%s); trying again in renew_every", e)
         except Exception:
-            self.counters.sync_failures += 1
             log.exception("cluster: applying the runtime services failed; trying again in renew_every")
 
     # -- what this node changes ----------------------------------------------------------------
@@ -184,8 +174,10 @@ class ClusterRegistrations:
         """Replace the row's spec if no other node changed it since this node applied it, then `apply` here."""
         check_placement(cfg)
         async with await self._locked():
-            mine = self.applied[name]
-            done = await asyncio.to_thread(self.store.update, name, spec, expected=mine.spec_revision)
+            mine = self.applied.get(name)
+            done = None
+            if mine is not None:
+                done = await asyncio.to_thread(self.store.update, name, spec, expected=mine.spec_revision)
             if done is None:
                 await self._sync(start=True)  # take the other change now, so a retry patches it
                 raise ProtocolError(
@@ -194,6 +186,7 @@ class ClusterRegistrations:
                     "applied that change: look at it again and retry",
                 )
             result = await apply()
+            self._host.set_paused(name, done.paused)  # the schedule was replaced: keep the cluster's state
             self.applied[name] = Applied(done.revision, done.spec_revision, done.paused)
             return result
 
@@ -223,7 +216,6 @@ class ClusterRegistrations:
 
     async def _sync(self, *, start: bool) -> None:
         stored = await asyncio.to_thread(self.store.revisions)
-        self.counters.syncs += 1
         steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
         if not steps:
             return
@@ -257,7 +249,6 @@ class ClusterRegistrations:
 
     def _applied(self, name: str, row: Stored, *, present: bool = True) -> None:
         self.applied[name] = Applied(row.revision, row.spec_revision, row.paused, present)
-        self.counters.changes_applied += 1
 
     async def _remove_here(self, name: str) -> None:
         mine = self.applied.pop(name)
@@ -265,7 +256,6 @@ class ClusterRegistrations:
         if mine.present:
             log.info("cluster: %s was removed through another node; removing it here", name)
             await self._host.drop(name)
-            self.counters.changes_applied += 1
 
     async def _update_here(self, row: Registration) -> None:
         try:

@@ -391,6 +391,8 @@ class Supervisor:
         self._pending_starts.clear()
         if self.cluster is not None:
             self.cluster.closing = True  # takes no more placements; keeps renewing until its workers are gone
+        if self.changes.shared is not None:
+            await self.changes.shared.close()  # applies no more changes from other nodes while stopping
         for worker in self._pool.run_processes:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
@@ -418,8 +420,6 @@ class Supervisor:
                 svc.worker.output.close()
             if svc.log is not None:
                 svc.log.close()
-        if self.changes.shared is not None:
-            await self.changes.shared.close()
         if self.cluster is not None:
             await self.cluster.close()  # the workers are gone: give every lease back for others to take
         if self.scheduler is not None:
