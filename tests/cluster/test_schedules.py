@@ -190,3 +190,24 @@ def test_a_change_whose_notification_was_missed_is_applied_by_the_poll(
         timeout_s=10,
         what="the poll to remove it",
     )
+
+
+def test_an_update_on_a_stale_copy_is_refused_and_the_retry_applies_to_the_latest(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb
+) -> None:
+    # Polls 10 s apart: the change written below (without NOTIFY) stays unseen by the node meanwhile.
+    a = nodes(cluster_db, {}, node="n0", lease_ttl="30s", renew_every="10s")
+    a.client.call("add", name="job", spec={"command": ["true"], "every": "1h"})
+    query(
+        cluster_db,
+        "UPDATE {s}.registrations SET spec = %s::jsonb, revision = r, spec_revision = r, updated_by = 'elsewhere' "
+        "FROM nextval(%s::regclass) AS n(r) WHERE name = 'job' RETURNING name",
+        json.dumps({"command": ["true"], "every": "2h"}),
+        f'"{cluster_db.schema}".registration_revisions',
+    )
+    with pytest.raises(RemoteError, match="changed or removed through another node meanwhile"):
+        a.client.call("update", name="job", spec={"jitter": "1s"})
+    assert "2h" in str(a.service("job")["schedule"]["trigger"]), "the refusal applied the other change here"
+    a.client.call("update", name="job", spec={"jitter": "1s"})
+    spec = query(cluster_db, "SELECT spec FROM {s}.registrations WHERE name = 'job'")[0]["spec"]
+    assert spec == {"command": ["true"], "every": "2h", "jitter": "1s"}, "the retry patched the latest spec"
