@@ -100,8 +100,7 @@ class ClusterRegistrations:
 
     async def load(self) -> None:
         """At start: register every runtime service of the cluster (the daemon starts them with the
-        others). Changes asked of this node meanwhile wait for it."""
-        await asyncio.to_thread(self.store.open)
+        others). Changes asked of this node meanwhile wait for it. The store must be open."""
         async with self.lock:
             await self._sync(start=False)
         self._loaded.set()

@@ -191,6 +191,8 @@ class Supervisor:
                 await self.cluster.close()  # leave at once: this node never ran anything
                 self.cluster.runs.close()
                 self.cluster = None
+            if self.changes.shared is not None:
+                await self.changes.shared.close()
                 self.changes.shared = None
             raise
         try:
@@ -276,6 +278,14 @@ class Supervisor:
         # Runtime services are the cluster's (docs/cluster.md): set before the control socket
         # answers, so an early `add` waits for them to be loaded rather than going around them.
         rows = RegistrationStore(store.dsn, schema=store.schema, node=cfg.node)
+        try:
+            await asyncio.to_thread(rows.open)  # its columns: created before the sockets answer
+        except BaseException:
+            rows.close()
+            await self.cluster.close()
+            self.cluster.runs.close()
+            self.cluster = None
+            raise
         self.changes.shared = ClusterRegistrations(rows, self.changes, renew_every_ms=cfg.renew_every_ms)
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
