@@ -255,6 +255,9 @@ class ClusterRegistrations:
         if mine.present:
             log.info("cluster: %s was removed through another node; removing it here", name)
             await self._host.drop(name)
+            late = await asyncio.to_thread(self.store.cancel_orphans, name)
+            if late:
+                log.warning("cluster: %s: cancelled %d run(s) fired before this node learnt of the removal", name, late)
 
     async def _update_here(self, row: Registration) -> None:
         try:

@@ -254,6 +254,15 @@ class RegistrationStore:
 
         return self._call(remove)
 
+    def cancel_orphans(self, name: str) -> int:
+        """Cancel the runs of `name` that have not started, if it has no row (any more): those a
+        node inserted by its schedule after the removal, before it applied it. Returns how many."""
+        query = self._q(
+            "UPDATE {s}.runs SET state = 'cancelled', finished_at = now(), reason = %s "
+            "WHERE service = %s AND state = ANY(%s) AND NOT EXISTS (SELECT 1 FROM {s}.registrations WHERE name = %s)"
+        )
+        return self._call(lambda conn: max(conn.execute(query, (REMOVED_REASON, name, WAITING, name)).rowcount, 0))
+
     def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
         """Block (in a thread) calling `wake()` on every change notified, until `stop` is set.
         Reconnects after a second when the connection drops (and wakes then: a change may

@@ -141,3 +141,20 @@ def test_every_change_is_notified_to_listening_nodes(node: Callable[[str], Regis
     finally:
         stop.set()
         listener.join(timeout=5)
+
+
+def test_orphans_are_cancelled_only_while_the_service_has_no_row(
+    node: Callable[[str], RegistrationStore], runs_store: PostgresStore
+) -> None:
+    a = node("a")
+    a.add("job", JOB)
+    now = datetime.now(UTC)
+    late = new_run("job", at=now, nominal_time=now, origin=RunOrigin.SCHEDULE)  # inserted by a lagging node
+    assert runs_store.insert_run(late)
+    assert a.cancel_orphans("job") == 0, "the service exists: its runs are not orphans"
+    assert a.remove("job").cancelled == 1
+    again = new_run("job", at=now, nominal_time=now + timedelta(seconds=1), origin=RunOrigin.SCHEDULE)
+    assert runs_store.insert_run(again)
+    assert a.cancel_orphans("job") == 1
+    got = runs_store.get_run(again.run_id)
+    assert got is not None and got.state is RunState.CANCELLED and got.reason == "the service was removed"
