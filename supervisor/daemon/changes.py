@@ -31,10 +31,20 @@ from supervise.supervisor.daemon.runtime import (
 )
 
 if TYPE_CHECKING:
+    from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
     from supervise.supervisor.daemon.ports import ChangesHost
     from supervise.supervisor.daemon.registry import ServiceTable
 
 log = logging.getLogger("supervise")
+
+
+def config_declared(command: str, name: str) -> ProtocolError:
+    """The error for a runtime change of a service declared in the config file (cluster mode)."""
+    return ProtocolError(
+        ErrorCode.CONFLICT,
+        f"{command}: {name} is declared in this node's config file; in cluster mode runtime changes apply to "
+        "every node and only to services added at runtime: change it in the config file of every node and reload",
+    )
 
 
 class RuntimeChanges:
@@ -43,6 +53,7 @@ class RuntimeChanges:
     def __init__(self, host: ChangesHost, services: ServiceTable) -> None:
         self._host = host
         self._services = services
+        self.shared: ClusterRegistrations | None = None  # cluster mode: runtime services are the cluster's
 
     async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
         """Register, persist and start a service described by a config table (same keys and checks)."""
@@ -55,27 +66,44 @@ class RuntimeChanges:
         unknown = [c for c in (cfg.notify.to if cfg.notify else ()) if c not in self._host.config.notify.channels]
         if unknown:  # docs/notifications.md
             raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.notify.to: unknown channel "{unknown[0]}"')
-        assert self._host.store is not None
-        self._host.store.put_registration(name, dict(table))
-        self._add_config_service(replace(cfg, origin="runtime"))
+        cfg = replace(cfg, origin="runtime")
+        if self.shared is not None:  # docs/cluster.md: every node adds it
+            await self.shared.add(name, table, cfg, lambda: self._add_config_service(cfg))
+        else:
+            assert self._host.store is not None
+            self._host.store.put_registration(name, dict(table))
+            self._add_config_service(cfg)
         log.info("%s: added at runtime", name)
         return {"name": name, "state": self._host.shown_state(self._services[name])}
 
     async def remove(self, name: str) -> dict[str, object]:
         """Stop a service as `stop` does, then forget it (and its runtime registration)."""
-        self._services.require(name)
+        svc = self._services.require(name)
+        if self.shared is None:
+            return await self._remove(name)
+        if not self.shared.owns(svc.config.name):
+            raise config_declared("remove", name)
+        self._check_removable(name)
+        return await self.shared.remove(svc.config.name, lambda: self._remove(name, persist=False, check=False))
+
+    def _check_removable(self, name: str) -> None:
         dependents = [n for n, s in self._services.items() if name in s.config.requires]
         if dependents:
             raise ProtocolError(
                 ErrorCode.CONFLICT, f"{name} is required by {', '.join(dependents)}; remove those first"
             )
+
+    async def _remove(self, name: str, *, persist: bool = True, check: bool = True) -> dict[str, object]:
+        self._services.require(name)
+        if check:
+            self._check_removable(name)
         instances = self._services.expand(name)
         await self._host.act("stop", instances, wait=True)
         if self._host.scheduler is not None:
             self._host.scheduler.remove(name, cancel_waiting=True)
         for instance_name in instances:
             self._host.forget(instance_name)
-        if self._host.store is not None:
+        if persist and self._host.store is not None:
             self._host.store.delete_registration(name)
         log.info("%s: removed", name)
         self._host.notify()
@@ -91,6 +119,8 @@ class RuntimeChanges:
         `table` is the service's whole new table.
         """
         old = self._services.require(name)
+        if self.shared is not None and not self.shared.owns(old.config.name):
+            raise config_declared("update", name)
         if not replace_all and not old.config.table:
             raise ProtocolError(
                 ErrorCode.CONFLICT,
@@ -100,9 +130,13 @@ class RuntimeChanges:
         source = f"update {name}"
         warnings: list[ConfigProblem] = []
         cfg = parse_service(name, table, base_dir=self._host.config.base_dir, source=source, warnings=warnings)
-        changed = await self._replace(name, replace(cfg, origin=old.config.origin))
-        if old.config.origin == "runtime" and self._host.store is not None:
-            self._host.store.put_registration(name, dict(table))
+        cfg = replace(cfg, origin=old.config.origin)
+        if self.shared is not None:  # docs/cluster.md: every node applies it
+            changed = await self.shared.update(old.config.name, table, cfg, lambda: self._replace(name, cfg))
+        else:
+            changed = await self._replace(name, cfg)
+            if old.config.origin == "runtime" and self._host.store is not None:
+                self._host.store.put_registration(name, dict(table))
         shown = [p.render(source) for p in warnings]
         return {
             "name": name,
@@ -151,12 +185,14 @@ class RuntimeChanges:
         for warning in plan["warnings"]:
             log.warning("reload: %s", warning)
         for name in plan["removed"]:
-            await self.remove(name)
+            await self._remove(name)
         for name in diff.changed:
             await self._replace(name, new.services[name])
         for name in diff.added:
             if name in self._services:  # a runtime service of that name: the config's wins
-                await self.remove(name)
+                if self.shared is not None:  # here only: the cluster keeps it (shadowed on this node)
+                    self.shared.applied.pop(name, None)
+                await self._remove(name, persist=self.shared is None, check=False)
             self._add_config_service(new.services[name])
         self._host.config = replace(new, supervisor=self._host.config.supervisor)
         log.info("reloaded %s: %s", new.source, plan)
@@ -195,3 +231,35 @@ class RuntimeChanges:
                 self._host.forget(instance_name)
         self._host.notify()
         return {"name": svc.config.name, "processes": processes, "instances": self._services.expand(svc.config.name)}
+
+    # -- the cluster's runtime services, applied here (daemon/cluster_registrations.py) ------------
+
+    def local_names(self) -> set[str]:
+        """Services here that are not runtime services of the cluster (declared in the config)."""
+        shared = self.shared
+        return {s.config.name for s in self._services.values() if shared is None or not shared.owns(s.config.name)}
+
+    def adopt(self, name: str, spec: Mapping[str, Any], *, start: bool) -> None:
+        """Register a runtime service another node added (or, at start, any); start it if asked."""
+        cfg = parse_service(name, spec, base_dir=self._host.config.base_dir, source="cluster registration", warnings=[])
+        cfg = replace(cfg, origin="runtime")
+        if start:
+            self._add_config_service(cfg)
+        else:
+            self._host.register(cfg)
+
+    async def adopt_update(self, name: str, spec: Mapping[str, Any]) -> None:
+        """A runtime service updated through another node: replaced here as `update` does."""
+        cfg = parse_service(name, spec, base_dir=self._host.config.base_dir, source="cluster registration", warnings=[])
+        await self._replace(name, replace(cfg, origin="runtime"))
+
+    async def drop(self, name: str) -> None:
+        """A runtime service removed through another node: stopped and forgotten here."""
+        await self._remove(name, persist=False, check=False)
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        """A scheduled service paused or resumed through another node: its schedule here follows."""
+        scheduler = self._host.scheduler
+        described = scheduler.describe(name) if scheduler is not None else None
+        if scheduler is not None and described is not None and described.get("paused") is not paused:
+            (scheduler.pause if paused else scheduler.resume)(name)

@@ -192,6 +192,9 @@ class Supervisor:
                 await self.cluster.close()  # leave at once: this node never ran anything
                 self.cluster.runs.close()
                 self.cluster = None
+            if self.changes.shared is not None:
+                await self.changes.shared.close()
+                self.changes.shared = None
             raise
         try:
             self._endpoints.bind()
@@ -224,7 +227,10 @@ class Supervisor:
         )
         self._start_scheduler()
         await self._start_notifier()
-        self._restore_registrations()
+        if self.changes.shared is not None:
+            await self.changes.shared.load()  # the cluster's runtime services (docs/cluster.md)
+        else:
+            self._restore_registrations()
         assert self.scheduler is not None
         self.scheduler.arm_stored_oneshots()  # after the registrations: one-shots of runtime services too
         clustered = self.cluster.placements if self.cluster is not None else {}
@@ -232,13 +238,17 @@ class Supervisor:
         if self.cluster is not None:
             self.observability.cluster = self.cluster.summary
             await self.cluster.start()  # takes free singleton placements and starts them
+        if self.changes.shared is not None:
+            self.changes.shared.start()
 
     async def _join_cluster(self) -> None:
         """Open the cluster's store and join as a node (docs/cluster.md)."""
         # Imported here: PostgreSQL's driver is ~10 MB of a daemon's memory, only in cluster mode.
         from supervise.supervisor.daemon.cluster import ClusterAgent
         from supervise.supervisor.daemon.cluster_host import ClusterBinding
+        from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
         from supervise.supervisor.store.cluster import ClusterStore
+        from supervise.supervisor.store.cluster_registrations import RegistrationStore
         from supervise.supervisor.store.leased import LeasedRuns
         from supervise.supervisor.store.postgres import PostgresStore
 
@@ -269,6 +279,18 @@ class Supervisor:
             nodes.close()
             store.close()
             raise
+        # Runtime services are the cluster's (docs/cluster.md): set before the control socket
+        # answers, so an early `add` waits for them to be loaded rather than going around them.
+        rows = RegistrationStore(store.dsn, schema=store.schema, node=cfg.node)
+        try:
+            await asyncio.to_thread(rows.open)  # its columns: created before the sockets answer
+        except BaseException:
+            rows.close()
+            await self.cluster.close()
+            self.cluster.runs.close()
+            self.cluster = None
+            raise
+        self.changes.shared = ClusterRegistrations(rows, self.changes, renew_every_ms=cfg.renew_every_ms)
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
         """A control command another node relayed to this one (it holds what the command names)."""
@@ -383,6 +405,8 @@ class Supervisor:
         self._pending_starts.clear()
         if self.cluster is not None:
             self.cluster.closing = True  # takes no more placements; keeps renewing until its workers are gone
+        if self.changes.shared is not None:
+            await self.changes.shared.close()  # applies no more changes from other nodes while stopping
         for worker in self._pool.run_processes:
             worker.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + self.config.supervisor.shutdown_timeout_ms / 1000
@@ -738,6 +762,9 @@ class Supervisor:
         event = requests[command]
         elsewhere = self._held_elsewhere(names)
         names = [n for n in names if n not in elsewhere]
+        if command in ("pause", "resume") and self.changes.shared is not None and self.scheduler is not None:
+            scheduled = [self._services[n].config.name for n in names if self.scheduler.has(n)]
+            await self.changes.shared.set_paused(scheduled, command == "pause")  # the cluster's runtime jobs
         before = {n: self._services[n].record.incarnation for n in names}
         for name in names:
             if command in ("pause", "resume") and self.scheduler is not None and self.scheduler.has(name):
