@@ -36,6 +36,7 @@ from psycopg.rows import dict_row
 
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.store.base import NodeNameTaken, StoreError
+from supervise.supervisor.store.postgres import idle_transaction_limit, with_options
 
 log = logging.getLogger("supervise.cluster")
 
@@ -131,7 +132,7 @@ class ClusterStore:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(
-                        self.dsn,
+                        with_options(self.dsn, idle_transaction_limit(int(self.lease_ttl_s * 1000))),
                         autocommit=True,
                         row_factory=dict_row,
                         connect_timeout=max(1, int(self._timeout_s)),

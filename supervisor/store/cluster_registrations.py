@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from supervise.supervisor.core.registration_sync import Stored
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.store.base import StoreError
+from supervise.supervisor.store.postgres import with_options
 
 log = logging.getLogger("supervise.cluster")
 
@@ -78,8 +79,9 @@ class RegistrationStore:
         node: this node's name (recorded as `updated_by`).
     """
 
-    def __init__(self, dsn: str, *, schema: str, node: str, timeout_s: float = 2.0) -> None:
+    def __init__(self, dsn: str, *, schema: str, node: str, timeout_s: float = 2.0, options: str | None = None) -> None:
         self.dsn = dsn
+        self._options = options  # libpq session options (`postgres.idle_transaction_limit`)
         self.schema = schema
         self.node = node
         self._timeout_s = timeout_s
@@ -101,7 +103,7 @@ class RegistrationStore:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(
-                        self.dsn,
+                        with_options(self.dsn, self._options),
                         autocommit=True,
                         row_factory=dict_row,
                         connect_timeout=max(1, int(self._timeout_s)),

@@ -27,7 +27,7 @@ import psycopg
 
 from supervise.supervisor.core.runs import FINAL, Run, RunState
 from supervise.supervisor.store.base import run_to_row
-from supervise.supervisor.store.postgres import PostgresStore
+from supervise.supervisor.store.postgres import PostgresStore, idle_transaction_limit
 
 log = logging.getLogger("supervise.cluster")
 
@@ -76,6 +76,7 @@ class LeasedRuns:
             connect_timeout_s=2.0 if on_loop else self.store.connect_timeout_s,
             reconnect_attempts=1 if on_loop else self.store.reconnect_attempts,
             reconnect_delay_ms=50 if on_loop else self.store.reconnect_delay_ms,
+            options=idle_transaction_limit(int(self.lease_ttl_s * 1000)),
         )
         mine.open()  # the schema exists (the supervisor opened `store`): this only checks it
         with self._stores_lock:

@@ -166,8 +166,10 @@ class PostgresStore:
         reconnect_attempts: int = 3,
         reconnect_delay_ms: int = 200,
         sleep: Callable[[float], None] = time.sleep,
+        options: str | None = None,
     ) -> None:
         self.dsn = dsn
+        self.options = options  # libpq session options (`-c name=value`), e.g. `idle_transaction_limit`
         self.schema = schema
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_attempts = reconnect_attempts
@@ -239,7 +241,7 @@ class PostgresStore:
     def _connection(self) -> psycopg.Connection[dict[str, Any]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
-                self.dsn,
+                with_options(self.dsn, self.options),
                 autocommit=True,
                 connect_timeout=max(1, int(self.connect_timeout_s)),
                 row_factory=dict_row,
@@ -610,6 +612,23 @@ class PostgresStore:
         query = self._q(f"SELECT {columns} FROM {{s}}.notifications {tail}")  # nosec B608 # table and column names are this module's constants; values are bound parameters
         rows = self._call(lambda conn: conn.execute(query, params).fetchall())
         return [row_to_notification(row, _decode_time) for row in rows]
+
+
+def idle_transaction_limit(lease_ttl_ms: int) -> str:
+    """Session options for a cluster node's connections: the server ends a transaction left idle
+    for half a lease (a node frozen between two statements of it), so that its row locks do not
+    outlive its leases and hold up the node that rescues its runs."""
+    return f"-c idle_in_transaction_session_timeout={max(500, lease_ttl_ms // 2)}"
+
+
+def with_options(dsn: str, options: str | None) -> str:
+    """`dsn` with libpq session `options` added to any it has already."""
+    if not options:
+        return dsn
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    given = conninfo_to_dict(dsn).get("options")
+    return make_conninfo(dsn, options=f"{given} {options}" if given else options)
 
 
 def _describe_dsn(dsn: str) -> str:
