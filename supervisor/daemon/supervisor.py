@@ -240,6 +240,7 @@ class Supervisor:
             await self.cluster.start()  # takes free singleton placements and starts them
         if self.changes.shared is not None:
             self.changes.shared.start()
+        log.debug("start-up complete")
 
     async def _join_cluster(self) -> None:
         """Open the cluster's store and join as a node (docs/cluster.md)."""

@@ -126,6 +126,8 @@ def test_the_database_away_answers_503_and_the_answer_returns_with_it(own_postgr
     try:
         site = Node(daemon, "http://" + daemon.client.call("ping")["http"], tokens, db, folder)
         assert site.get("viewer").json["nodes"][0]["name"] == NODE
+        # A daemon running, not one still starting (a database lost during start-up fails the start).
+        wait_for(lambda: "start-up complete" in daemon.log(), timeout_s=20, what="the start-up to complete")
         own_postgres.stop()
         answer = site.get("viewer")
         assert answer.status == 503, answer.text
