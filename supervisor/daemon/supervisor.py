@@ -251,7 +251,7 @@ class Supervisor:
         from supervise.supervisor.store.cluster import ClusterStore
         from supervise.supervisor.store.cluster_registrations import RegistrationStore
         from supervise.supervisor.store.leased import LeasedRuns
-        from supervise.supervisor.store.postgres import PostgresStore, idle_transaction_limit
+        from supervise.supervisor.store.postgres import PostgresStore
 
         cfg = self.config.cluster
         assert cfg is not None
@@ -282,9 +282,7 @@ class Supervisor:
             raise
         # Runtime services are the cluster's (docs/cluster.md): set before the control socket
         # answers, so an early `add` waits for them to be loaded rather than going around them.
-        rows = RegistrationStore(
-            store.dsn, schema=store.schema, node=cfg.node, options=idle_transaction_limit(cfg.lease_ttl_ms)
-        )
+        rows = RegistrationStore(store.dsn, schema=store.schema, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
         try:
             await asyncio.to_thread(rows.open)  # its columns: created before the sockets answer
         except BaseException:

@@ -28,19 +28,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, LiteralString, TypeVar
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from supervise.supervisor.core.runs import RunState
-from supervise.supervisor.store.base import NodeNameTaken, StoreError
-from supervise.supervisor.store.postgres import idle_transaction_limit, with_options
+from supervise.supervisor.store.base import NodeNameTaken
+from supervise.supervisor.store.node_connection import NodeConnection
 
 log = logging.getLogger("supervise.cluster")
 
-_T = TypeVar("_T")
 IN_FLIGHT: Final = [RunState.STARTING.value, RunState.RUNNING.value]
 LEADER: Final = "maintenance"
 
@@ -101,7 +99,7 @@ class Rescue:
     lost: list[dict[str, Any]] = field(default_factory=list)  # started: now `lost` (rows, for on_lost)
 
 
-class ClusterStore:
+class ClusterStore(NodeConnection):
     """The cluster tables of one PostgreSQL schema, seen by one node.
 
     Args:
@@ -111,64 +109,17 @@ class ClusterStore:
         lease_ttl_ms: how long every lease lives after each renewal.
     """
 
+    purpose = "supervise-cluster"
+
     def __init__(self, dsn: str, *, schema: str, node: str, lease_ttl_ms: int, timeout_s: float = 2.0) -> None:
-        self.dsn = dsn
-        self.schema = schema
-        self.node = node
+        super().__init__(dsn, schema=schema, node=node, lease_ttl_ms=lease_ttl_ms, timeout_s=timeout_s)
         self.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.lease_ttl_s = lease_ttl_ms / 1000
-        self._timeout_s = timeout_s
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _q(self, text: LiteralString) -> sql.Composed:
-        return sql.SQL(text).format(s=sql.Identifier(self.schema))
-
-    def _call(self, op: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
-        """Run `op` in one transaction; a dead connection is dropped (the next call reconnects)."""
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(
-                        with_options(self.dsn, idle_transaction_limit(int(self.lease_ttl_s * 1000))),
-                        autocommit=True,
-                        row_factory=dict_row,
-                        connect_timeout=max(1, int(self._timeout_s)),
-                        # a frozen or unplugged server must fail the call, not hang it
-                        tcp_user_timeout=int(self._timeout_s * 1000),
-                        keepalives=1,
-                        keepalives_idle=1,
-                        keepalives_interval=1,
-                        keepalives_count=2,
-                        application_name=f"supervise-cluster:{self.node}"[:63],
-                    )
-                conn = self._conn
-                with conn.transaction():
-                    return op(conn)
-            except psycopg.Error as exc:
-                if self._conn is not None and (self._conn.closed or self._conn.broken):
-                    self._conn.close()
-                    self._conn = None
-                raise StoreError(f"cluster store: {exc}".strip(), exc) from exc
 
     def open(self) -> ClusterStore:
         """Create the cluster tables if missing (the run store's schema must exist)."""
-
-        def create(conn: psycopg.Connection[dict[str, Any]]) -> None:
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:{self.schema}",))
-            for statement in _SCHEMA:
-                conn.execute(self._q(statement))
-
-        self._call(create)
+        self._create(_SCHEMA)
         return self
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     # -- membership -------------------------------------------------------------------------
 

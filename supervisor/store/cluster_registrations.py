@@ -25,20 +25,17 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, LiteralString, TypeVar
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from supervise.supervisor.core.registration_sync import Stored
 from supervise.supervisor.core.runs import RunState
-from supervise.supervisor.store.base import StoreError
-from supervise.supervisor.store.postgres import with_options
+from supervise.supervisor.store.node_connection import NodeConnection
 
 log = logging.getLogger("supervise.cluster")
 
-_T = TypeVar("_T")
 WAITING: Final = [s.value for s in (RunState.PENDING, RunState.DUE, RunState.QUEUED, RunState.BUFFERED)]
 REMOVED_REASON: Final = "the service was removed"
 
@@ -70,7 +67,7 @@ class Removal:
     cancelled: int
 
 
-class RegistrationStore:
+class RegistrationStore(NodeConnection):
     """The `registrations` rows of one schema, written by one node.
 
     Args:
@@ -79,14 +76,12 @@ class RegistrationStore:
         node: this node's name (recorded as `updated_by`).
     """
 
-    def __init__(self, dsn: str, *, schema: str, node: str, timeout_s: float = 2.0, options: str | None = None) -> None:
-        self.dsn = dsn
-        self._options = options  # libpq session options (`postgres.idle_transaction_limit`)
-        self.schema = schema
-        self.node = node
-        self._timeout_s = timeout_s
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
+    purpose = "supervise-registrations"
+
+    def __init__(
+        self, dsn: str, *, schema: str, node: str, timeout_s: float = 2.0, lease_ttl_ms: int | None = None
+    ) -> None:
+        super().__init__(dsn, schema=schema, node=node, lease_ttl_ms=lease_ttl_ms, timeout_s=timeout_s)
         self._sequence = '"{}".registration_revisions'.format(schema.replace('"', '""'))
 
     @property
@@ -94,47 +89,10 @@ class RegistrationStore:
         """The NOTIFY channel of changes (the payload is `node revision name`, for the logs)."""
         return f"supervise_registrations_{self.schema}"[:63]
 
-    def _q(self, text: LiteralString) -> sql.Composed:
-        return sql.SQL(text).format(s=sql.Identifier(self.schema))
-
-    def _call(self, op: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
-        """Run `op` in one transaction; a dead connection is dropped (the next call reconnects)."""
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(
-                        with_options(self.dsn, self._options),
-                        autocommit=True,
-                        row_factory=dict_row,
-                        connect_timeout=max(1, int(self._timeout_s)),
-                        tcp_user_timeout=int(self._timeout_s * 1000),
-                        application_name=f"supervise-registrations:{self.node}"[:63],
-                    )
-                conn = self._conn
-                with conn.transaction():
-                    return op(conn)
-            except psycopg.Error as exc:
-                if self._conn is not None and (self._conn.closed or self._conn.broken):
-                    self._conn.close()
-                    self._conn = None
-                raise StoreError(f"cluster store: {exc}".strip(), exc) from exc
-
     def open(self) -> RegistrationStore:
         """Add the revision columns and sequence if missing."""
-
-        def create(conn: psycopg.Connection[dict[str, Any]]) -> None:
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:{self.schema}",))
-            for statement in _SCHEMA:
-                conn.execute(self._q(statement))
-
-        self._call(create)
+        self._create(_SCHEMA)
         return self
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     # -- reads --------------------------------------------------------------------------------
 
