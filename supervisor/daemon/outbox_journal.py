@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,7 +55,9 @@ class ObservationJournal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.journal = secrets.token_hex(8)
+        # Named so that the names sort as the starts came (the time first), whatever the file system's
+        # timestamp resolution: two starts within one tick of it must not swap.
+        self.journal = f"{time.time_ns():016x}-{secrets.token_hex(4)}"
         self.path = directory / f"notify-{self.journal}.journal"
         self._fd: int | None = None
         self._seq = 0
@@ -65,7 +68,7 @@ class ObservationJournal:
     def leftovers(self) -> list[Leftover]:
         """The journals of earlier starts, oldest first (a torn last line is left out)."""
         found = []
-        paths = sorted(self.directory.glob("notify-*.journal"), key=lambda p: p.stat().st_mtime)
+        paths = sorted(self.directory.glob("notify-*.journal"))
         for path in paths:
             if path != self.path:
                 left = _read(path)
