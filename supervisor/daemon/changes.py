@@ -10,9 +10,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from supervise.protocol.errors import ErrorCode, ProtocolError
+from supervise.supervisor.config.cluster import ClusterConfig
 from supervise.supervisor.config.loader import (
     ServiceConfig,
     diff_configs,
@@ -20,6 +21,7 @@ from supervise.supervisor.config.loader import (
     parse_service,
 )
 from supervise.supervisor.config.patch import patch_table
+from supervise.supervisor.config.placement import placement_problems
 from supervise.supervisor.core import state as core
 from supervise.supervisor.core.errors import ConfigProblem
 from supervise.supervisor.daemon.runtime import (
@@ -31,6 +33,8 @@ from supervise.supervisor.daemon.runtime import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
     from supervise.supervisor.daemon.ports import ChangesHost
     from supervise.supervisor.daemon.registry import ServiceTable
@@ -47,6 +51,24 @@ def config_declared(command: str, name: str) -> ProtocolError:
     )
 
 
+class Singletons(Protocol):
+    """The cluster's singleton placements, as changes at runtime need them (`ClusterAgent`)."""
+
+    def add_placement(self, name: str, placement: str) -> None:
+        """Compete for a copy of a service added here: the node that takes one starts it."""
+        ...
+
+    async def remove_placement(self, name: str, stop: Callable[[], Awaitable[object]]) -> None:
+        """Stop competing for `name`, `stop` its copy here, then give its lease back."""
+        ...
+
+
+def check_placement(cfg: ServiceConfig, cluster: ClusterConfig | None) -> None:
+    """The `placement` key of a service added or updated at runtime, checked as the config file's is."""
+    for path, message in placement_problems({cfg.name: cfg}, cluster, None):
+        raise ProtocolError(ErrorCode.BAD_ARGS, f"{'.'.join(path)}: {message}")
+
+
 class RuntimeChanges:
     """add / remove / update / scale / reload: a registered service changes without a restart of supervise."""
 
@@ -54,6 +76,7 @@ class RuntimeChanges:
         self._host = host
         self._services = services
         self.shared: ClusterRegistrations | None = None  # cluster mode: runtime services are the cluster's
+        self.singletons: Singletons | None = None  # cluster mode: placements "one" / "any:N"
 
     async def add(self, name: str, table: Mapping[str, Any]) -> dict[str, object]:
         """Register, persist and start a service described by a config table (same keys and checks)."""
@@ -67,8 +90,9 @@ class RuntimeChanges:
         if unknown:  # docs/notifications.md
             raise ProtocolError(ErrorCode.BAD_ARGS, f'add: services.{name}.notify.to: unknown channel "{unknown[0]}"')
         cfg = replace(cfg, origin="runtime")
+        check_placement(cfg, self._host.config.cluster)
         if self.shared is not None:  # docs/cluster.md: every node adds it
-            await self.shared.add(name, table, cfg, lambda: self._add_config_service(cfg))
+            await self.shared.add(name, table, lambda: self._add_config_service(cfg))
         else:
             assert self._host.store is not None
             self._host.store.put_registration(name, dict(table))
@@ -98,7 +122,10 @@ class RuntimeChanges:
         if check:
             self._check_removable(name)
         instances = self._services.expand(name)
-        await self._host.act("stop", instances, wait=True)
+        if self.singletons is not None:  # its copy stops here; the lease is given back after
+            await self.singletons.remove_placement(name, lambda: self._host.act("stop", instances, wait=True))
+        else:
+            await self._host.act("stop", instances, wait=True)
         if self._host.scheduler is not None:
             self._host.scheduler.remove(name, cancel_waiting=True)
         for instance_name in instances:
@@ -131,8 +158,15 @@ class RuntimeChanges:
         warnings: list[ConfigProblem] = []
         cfg = parse_service(name, table, base_dir=self._host.config.base_dir, source=source, warnings=warnings)
         cfg = replace(cfg, origin=old.config.origin)
+        check_placement(cfg, self._host.config.cluster)
+        if cfg.placement != old.config.placement:
+            raise ProtocolError(
+                ErrorCode.BAD_ARGS,
+                f'services.{name}.placement: cannot change from "{old.config.placement}" to "{cfg.placement}" '
+                "by update; remove the service and add it again",
+            )
         if self.shared is not None:  # docs/cluster.md: every node applies it
-            changed = await self.shared.update(old.config.name, table, cfg, lambda: self._replace(name, cfg))
+            changed = await self.shared.update(old.config.name, table, lambda: self._replace(name, cfg))
         else:
             changed = await self._replace(name, cfg)
             if old.config.origin == "runtime" and self._host.store is not None:
@@ -200,8 +234,17 @@ class RuntimeChanges:
 
     def _add_config_service(self, cfg: ServiceConfig) -> None:
         self._host.register(cfg)
+        if self._compete(cfg):
+            return  # started by the node that takes its lease
         if cfg.autostart:
             self._host.start_in_order([cfg.name])
+
+    def _compete(self, cfg: ServiceConfig) -> bool:
+        """A singleton (cluster mode): this node competes for a copy; False for any other service."""
+        if self.singletons is None or cfg.placement == "every":
+            return False
+        self.singletons.add_placement(cfg.name, cfg.placement)
+        return True
 
     def _origin(self, name: str) -> str | None:
         svc = self._services.get(name)
@@ -247,6 +290,7 @@ class RuntimeChanges:
             self._add_config_service(cfg)
         else:
             self._host.register(cfg)
+            self._compete(cfg)
 
     async def adopt_update(self, name: str, spec: Mapping[str, Any]) -> None:
         """A runtime service updated through another node: replaced here as `update` does."""

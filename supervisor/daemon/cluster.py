@@ -472,6 +472,28 @@ class ClusterAgent:
 
     # -- what the supervisor asks -------------------------------------------------------------
 
+    def add_placement(self, name: str, placement: str) -> None:
+        """Compete for a copy of singleton `name` (added at runtime, or by a reload): this node
+        takes a free one at its next round, woken now, and starts it."""
+        copies = placement_copies(placement)
+        if copies is None or name in self.placements:
+            return
+        self.placements[name] = Placement(name, copies)
+        self.wake()
+
+    async def remove_placement(self, name: str, stop: Callable[[], Awaitable[object]]) -> None:
+        """Stop competing for `name`: `stop` its copy here (a local stop, not relayed to a holder,
+        once it is no longer a singleton here), then give the lease back so no node waits for it
+        to expire. The guard's deadline stays on the copy until it has stopped."""
+        p = self.placements.pop(name, None)
+        await stop()
+        if p is None or p.slot is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.release, p.name, p.slot, p.epoch)
+        except StoreError as e:
+            log.warning("cluster: could not give back %s#%d (%s); it expires within lease_ttl", p.name, p.slot, e)
+
     def holds(self, name: str) -> bool:
         """This node may run service `name` (it is not a singleton, or this node holds a copy)."""
         p = self.placements.get(name)

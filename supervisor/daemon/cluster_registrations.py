@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
-from supervise.supervisor.config.model import ServiceConfig
 from supervise.supervisor.core.registration_sync import Applied, Change, Stored, order_adds, plan_sync
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.cluster_registrations import Registration, RegistrationStore
@@ -52,18 +51,6 @@ class RegistrationHost(Protocol):
     def set_paused(self, name: str, paused: bool) -> None:
         """Pause or resume a scheduled service's schedule here (nothing for a long-running one)."""
         ...
-
-
-def check_placement(cfg: ServiceConfig) -> None:
-    """A runtime service runs on every node: a singleton placement is refused (it must be declared
-    in every node's config, where its leases are set up at start)."""
-    if cfg.placement != "every":
-        raise ProtocolError(
-            ErrorCode.BAD_ARGS,
-            f'services.{cfg.name}.placement: "{cfg.placement}" is not available to a service added at runtime '
-            "in cluster mode (such a service runs on every node); declare it in the config file of every node, "
-            "or leave placement out",
-        )
 
 
 class ClusterRegistrations:
@@ -153,9 +140,8 @@ class ClusterRegistrations:
         mine = self.applied.get(name)
         return mine is not None and mine.present
 
-    async def add(self, name: str, spec: Mapping[str, Any], cfg: ServiceConfig, apply: Callable[[], None]) -> None:
+    async def add(self, name: str, spec: Mapping[str, Any], apply: Callable[[], None]) -> None:
         """Insert the row (refused when the cluster has the name), then `apply` here."""
-        check_placement(cfg)
         async with await self._locked():
             done = await asyncio.to_thread(self.store.add, name, spec)
             if isinstance(done, Registration):
@@ -167,11 +153,8 @@ class ClusterRegistrations:
             apply()
             self.applied[name] = Applied(done.revision, done.spec_revision, done.paused)
 
-    async def update(
-        self, name: str, spec: Mapping[str, Any], cfg: ServiceConfig, apply: Callable[[], Awaitable[_T]]
-    ) -> _T:
+    async def update(self, name: str, spec: Mapping[str, Any], apply: Callable[[], Awaitable[_T]]) -> _T:
         """Replace the row's spec if no other node changed it since this node applied it, then `apply` here."""
-        check_placement(cfg)
         async with await self._locked():
             mine = self.applied.get(name)
             done = None

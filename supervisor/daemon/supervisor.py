@@ -192,6 +192,7 @@ class Supervisor:
                 await self.cluster.close()  # leave at once: this node never ran anything
                 self.cluster.runs.close()
                 self.cluster = None
+                self.changes.singletons = None
             if self.changes.shared is not None:
                 await self.changes.shared.close()
                 self.changes.shared = None
@@ -292,6 +293,7 @@ class Supervisor:
             self.cluster = None
             raise
         self.changes.shared = ClusterRegistrations(rows, self.changes, renew_every_ms=cfg.renew_every_ms)
+        self.changes.singletons = self.cluster  # runtime services may be singletons too
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:
         """A control command another node relayed to this one (it holds what the command names)."""

@@ -145,8 +145,8 @@ def test_runtime_changes_that_would_split_the_cluster_are_refused(
         a.client.call("update", name="web", spec={"stop_timeout": "2s"})
     with pytest.raises(RemoteError, match="declared in this node's config file"):
         a.client.call("remove", name="web")
-    with pytest.raises(RemoteError, match=r'services\.solo\.placement: "one" is not available'):
-        a.client.call("add", name="solo", spec={"command": ["sleep", "600"], "placement": "one"})
+    with pytest.raises(RemoteError, match=r"services\.solo\.placement: applies to long-running services"):
+        a.client.call("add", name="solo", spec={"command": ["true"], "every": "1s", "placement": "one"})
     assert not query(cluster_db, "SELECT name FROM {s}.registrations"), "a refused add writes nothing"
 
     # A long-running service added at runtime runs on every node (placement "every").

@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from supervise.protocol.errors import RemoteError
 from tests.cluster.conftest import ClusterDb, holders, write_cluster_config
 from tests.conftest import REPO, Daemon, alive, wait_for
 
@@ -181,3 +184,62 @@ def test_stop_start_pause_resume_of_a_singleton_through_a_node_that_does_not_hol
     resumed = daemons[other].client.call("resume", name="single")
     assert resumed["services"] == {f"single@{holder}": "RUNNING"}
     assert [kind for kind, _, _ in events(short_dir / "events")].count("conflict") == 0
+
+
+def test_a_singleton_added_at_runtime_runs_once_moves_on_sigkill_and_is_removed_everywhere(
+    nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path
+) -> None:
+    log = short_dir / "events"
+    daemons = [nodes(cluster_db, {}, node=f"n{i}") for i in range(3)]
+    names = {d.pid: f"n{i}" for i, d in enumerate(daemons)}
+    daemons[0].client.call("add", name="single", spec=singleton(short_dir)["single"])
+    first = the_holder(cluster_db, daemons, log)
+    assert holders(cluster_db, "single") == [names[first.pid]]
+    for d in daemons:
+        wait_for(
+            lambda d=d: any(s["name"] == "single" for s in d.client.call("status")["services"]),
+            timeout_s=10,
+            what="every node to have the runtime singleton",
+        )
+    first.wait_state("single", "RUNNING")
+    assert [d.state("single") for d in daemons if d is not first] == ["STOPPED", "STOPPED"]
+
+    # The holder's supervisor SIGKILLed: another node takes the runtime singleton over.
+    killed_at = time.time()
+    first.proc.kill()
+    first.proc.wait()
+    second = wait_for(
+        lambda: next((d for d in daemons if d is not first and d.pid == events(log)[-1][1]), None),
+        timeout_s=15,
+        what="a takeover after SIGKILL",
+    )
+    takeover_s = events(log)[-1][2] - killed_at
+    assert takeover_s <= TTL_S + 2, f"takeover took {takeover_s:.2f} s"
+
+    # A node started later loads it and competes, but does not start a second copy.
+    late = nodes(cluster_db, {}, node="n3")
+    wait_for(
+        lambda: any(s["name"] == "single" for s in late.client.call("status")["services"]),
+        timeout_s=10,
+        what="the late node to load the runtime singleton",
+    )
+    daemons.append(late)
+    assert late.state("single") == "STOPPED"
+    assert holders(cluster_db, "single") == [names[second.pid]]
+
+    # Its placement cannot change by update; removed through a node that does not hold it, it
+    # stops on the holder and its lease is given back (no copy anywhere, none taken again).
+    other = next(d for d in daemons if d not in (first, second))
+    with pytest.raises(RemoteError, match=r'services\.single\.placement: cannot change from "one" to "every"'):
+        other.client.call("update", name="single", spec={"placement": "every"})
+    worker = second.service("single")["pid"]
+    other.client.call("remove", name="single")
+    wait_for(lambda: not alive(worker), timeout_s=10, what="the holder's copy to stop")
+    wait_for(lambda: not holders(cluster_db, "single"), timeout_s=10, what="the lease to be given back")
+    for d in (second, other, late):
+        wait_for(
+            lambda d=d: all(s["name"] != "single" for s in d.client.call("status")["services"]),
+            timeout_s=10,
+            what="the removed singleton gone from every live node",
+        )
+    assert [kind for kind, _, _ in events(log)].count("conflict") == 0, events(log)

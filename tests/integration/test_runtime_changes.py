@@ -32,6 +32,8 @@ def test_add_and_remove_at_runtime_and_the_addition_survives_a_restart(short_dir
         assert bad.returncode == 1 and 'executable "nope-not-a-binary" not found' in bad.stderr
         duplicate = d.cli("add", "base", "--command", "sleep 5")
         assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+        with pytest.raises(RemoteError, match=r'services\.solo\.placement: "one" needs a \[cluster\] table'):
+            d.client.call("add", name="solo", spec={"command": ["sleep", "5"], "placement": "one"})
     finally:
         stop_daemon(d)
     assert not alive(pid)
