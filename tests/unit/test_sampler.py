@@ -110,3 +110,60 @@ def test_a_gone_worker_has_no_figures_and_the_supervisor_is_sampled_too() -> Non
     services, own = Sampler().sample({"gone": pid})
     assert services == {}
     assert own.rss_bytes > 0 and own.threads >= 1 and own.fds > 0
+
+
+def _own_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_files_are_bounded_and_closed_when_their_processes_go() -> None:
+    with _process(["sleep", "60"]) as a, _process(["sleep", "60"]) as b, _process(["sleep", "60"]) as c:
+        before = _own_fds()
+        kept = Sampler(keep_open=2)
+        plain = Sampler(keep_open=0)
+        roots = {"a": a.pid, "b": b.pid, "c": c.pid}
+        for _ in range(3):  # figures read through kept files equal those of files opened per read
+            with_kept, without = kept.sample(roots)[0], plain.sample(roots)[0]
+            assert {n: (s.threads, s.processes, s.rss_bytes > 0) for n, s in with_kept.items()} == {
+                n: (s.threads, s.processes, s.rss_bytes > 0) for n, s in without.items()
+            }
+        assert _own_fds() == before + 2 * 2, "two processes' stat and children files, no more"
+        os.killpg(a.pid, 9)
+        a.wait()
+        services = kept.sample(roots)[0]
+        assert set(services) == {"b", "c"}  # the exited one is gone, its kept files too
+        assert _own_fds() == before + 2 * 2, "the third process took the freed place"
+        kept.sample({"b": b.pid})
+        assert _own_fds() == before + 2, "files of processes no longer sampled are closed"
+
+
+def test_a_child_that_exits_leaves_its_tree_whether_its_files_were_kept_or_not() -> None:
+    with _process(["sh", "-c", "sleep 60 & sleep 61"]) as shell:
+        sampler = Sampler(keep_open=10)
+        first = _until(
+            lambda: (s := sampler.sample({"sh": shell.pid})[0].get("sh")) and s.children == 2 and s, "two children"
+        )
+        child = int(Path(f"/proc/{shell.pid}/task/{shell.pid}/children").read_text().split()[0])
+        os.kill(child, 9)  # the sampler's kept files of that child now fail to read
+        again = _until(
+            lambda: (s := sampler.sample({"sh": shell.pid})[0].get("sh")) and s.children == 1 and s, "one child"
+        )
+        assert again.processes == 2 and first.processes == 3
+
+
+def test_no_file_is_kept_while_the_rest_take_over_half_the_open_files_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with _process(["sleep", "60"]) as sleeper:
+        sampler = Sampler()
+        sampler.sample({"s": sleeper.pid})
+        before = _own_fds()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before + 8, hard))  # over half in use
+        try:
+            assert sampler.sample({"s": sleeper.pid})[0]["s"].processes == 1
+            assert _own_fds() == before - 2, "the kept files were closed"
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        sampler.sample({"s": sleeper.pid})
+        assert _own_fds() == before, "kept again once the limit leaves room"
