@@ -45,6 +45,11 @@ class SchedulerHost(Protocol):
         """Emit an event of `kind` about `service`."""
         ...
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        """Decide the notifications of an event about to be published (`publish` follows once its
+        row is committed), so that they are written in the open `together()` group."""
+        ...
+
     def worker_ready(self, name: str) -> bool:
         """The service's warm worker is up and has said hello."""
         ...

@@ -319,10 +319,17 @@ class Scheduler:
     ) -> Run:
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
+        detail = {"run_id": run.run_id, "reason": str(reason)}
+        if not self._store.shared or self._loop is None:
+            with self._store.together():
+                if self._store.insert_run(run):
+                    self._host.publish(s.name, "run_skipped", detail)
+            return run
+        # On a shared store another supervisor may have recorded this occurrence first: the row,
+        # its notifications and its event are the winner's (docs/notifications.md).
         with self._store.together():
-            # On a shared store another supervisor may have recorded this occurrence first: its event.
-            if self._store.insert_run(run):
-                self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
+            self._store.insert_first(run, won=self._on_loop(lambda: self._host.publish(s.name, "run_skipped", detail)))
+            self._host.notice(s.name, "run_skipped", detail)
         return run
 
     # -- occurrences and runs ---------------------------------------------------

@@ -44,6 +44,9 @@ class FakeHost:
     def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         self.events.append((service, kind, dict(detail)))
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        pass  # no notifier here
+
     def worker_ready(self, name: str) -> bool:
         return self.ready
 
