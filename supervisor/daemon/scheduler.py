@@ -55,6 +55,7 @@ REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to 
 WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
 BACKLOG_WAIT_S = 30.0
 FIRE_AHEAD_S = 0.05
+SKIPPED_LOOKED_AT = 50  # a skip refused as a duplicate: the latest skipped rows searched for the same occurrence
 """How early an occurrence for a warm worker is fired: the supervisor records it and hands it
 over ahead of its time, and the worker starts it at its time by its own clock (`not_before`),
 so the start is not late by the supervisor's work on a burst of simultaneous occurrences."""
@@ -988,9 +989,33 @@ class Scheduler:
 
     def skip_next(self, name: str) -> str | None:
         s = self._require(name)
+        if self._store.shared and s.next_nominal is not None:
+            return self._skip_shared(s, s.next_nominal)
         s.state = replace(s.state, skip_next=True)
         self._store.put_schedule_state(name, s.state)
         return s.next_nominal.isoformat() if s.next_nominal else None
+
+    def _skip_shared(self, s: Schedule, nominal: datetime) -> str:
+        """On a shared store (cluster mode): the occurrence is recorded `skipped` now, under its
+        unique key, so whichever supervisor fires it finds it taken and does not run it."""
+        now = self._now()
+        run = transition(
+            new_run(s.name, at=now, nominal_time=nominal, origin=RunOrigin.SCHEDULE),
+            RunState.SKIPPED,
+            at=now,
+            reason=str(SkipReason.USER_SKIP),
+        )
+        if self._store.insert_run(run):
+            self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(SkipReason.USER_SKIP)})
+            return nominal.isoformat()
+        skipped = self._store.list_runs(s.name, states={RunState.SKIPPED}, limit=SKIPPED_LOOKED_AT)
+        if any(r.nominal_time == nominal and r.reason == str(SkipReason.USER_SKIP) for r in skipped):
+            return nominal.isoformat()  # skipped already (through this node or another)
+        raise ProtocolError(
+            ErrorCode.CONFLICT,
+            f"skip: the occurrence of {s.name} at {nominal.isoformat()} is already recorded (fired by a supervisor "
+            "sharing the store); nothing skipped",
+        )
 
     def next_fires(self, name: str, count: int) -> list[str]:
         s = self._require(name)
