@@ -70,8 +70,12 @@ class SchedulerHost(Protocol):
         """SIGKILL the service's warm worker's process group now and start a fresh one."""
         ...
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
-        """Start one execution of a scheduled service in a process of its own; OSError if it cannot start."""
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
+        """Start one execution of a scheduled service in a process of its own; OSError if it cannot start.
+        `fence_until` (cluster mode, a leased run): the orphan guard SIGKILLs its process group at
+        that CLOCK_MONOTONIC time unless a lease renewal moves it."""
         ...
 
 

@@ -581,8 +581,12 @@ class Scheduler:
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
             self._command_exited(s, run.run_id, code, sig)
 
+        lease = self._leases.worker_lease(run.run_id) if self._leases is not None else {}
+        fence_until = lease.get("lease_until")
         try:
-            active.process = self._host.spawn_run_process(s.name, env, exited)
+            active.process = self._host.spawn_run_process(
+                s.name, env, exited, fence_until=fence_until if isinstance(fence_until, float) else None
+            )
         except OSError as e:
             self._finish(s, run.run_id, ok=False, error=f"could not spawn: {e}")
             return
@@ -877,6 +881,15 @@ class Scheduler:
                 self._host.publish(s.name, "run_lease_lost", {"run_id": run_id, "reason": reason})
             if mine:
                 self._drain(s)
+
+    def run_groups(self, run_ids: set[str]) -> list[int]:
+        """The process groups of these runs that are commands (for their guard deadlines)."""
+        return [
+            active.process.pid
+            for s in self._schedules.values()
+            for run_id, active in s.active.items()
+            if run_id in run_ids and active.process is not None
+        ]
 
     def runs_in_workers(self, run_ids: set[str]) -> dict[str, list[str]]:
         """Which of these runs are in a warm worker, by worker (for their lease renewals)."""

@@ -634,9 +634,11 @@ class Supervisor:
         """SIGKILL a worker's process group now and start a fresh worker (no restart policy)."""
         self._feed(name, core.KillRequested(reason))
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
         """Start one execution of a scheduled service; raises OSError if it cannot start."""
-        return self._pool.spawn_run_process(name, env, on_exit)
+        return self._pool.spawn_run_process(name, env, on_exit, fence_until=fence_until)
 
     # -- what runtime changes call ------------------------------------------------
 

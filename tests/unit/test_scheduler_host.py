@@ -62,7 +62,9 @@ class FakeHost:
     def kill_worker(self, name: str, reason: str) -> None:
         self.restarts.append(name)
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
         raise OSError("no processes in this test")
 
 
