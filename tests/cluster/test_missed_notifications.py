@@ -8,6 +8,7 @@ nothing (docs/notifications.md, "What is written in one transaction").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,14 @@ from tests.cluster.conftest import ClusterDb, query, write_cluster_config
 from tests.conftest import Daemon, stop_daemon, toml_value, wait_for
 from tests.integration.test_notifications import Receiver, verify, webhook
 
-HOURLY = {
-    "command": ["true"],
-    "every": "1h",
-    "notify": {"on": ["missed"], "to": ["chat"]},
-}
+
+def hourly() -> dict[str, object]:
+    """Hourly, on a grid anchored 5 minutes ago: one time passed 5 minutes ago, the next is 55
+    minutes away (no occurrence comes due during the test)."""
+    anchor = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    return {"command": ["true"], "every": "1h", "anchor": anchor, "notify": {"on": ["missed"], "to": ["chat"]}}
+
+
 REFUSE = """
 CREATE FUNCTION {s}.refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN RAISE EXCEPTION 'outbox refused by the test'; END $$;
@@ -46,8 +50,8 @@ def execute(db: ClusterDb, text: str) -> None:
         conn.execute(sql.SQL(text).format(s=sql.Identifier(db.schema)))  # type: ignore[arg-type]
 
 
-def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str) -> Path:
-    path = write_cluster_config(folder, db, {"report": HOURLY}, node=name)
+def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str, job: dict[str, object]) -> Path:
+    path = write_cluster_config(folder, db, {"report": job}, node=name)
     lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in webhook(receiver).items())]
     path.write_text(path.read_text() + "\n".join(lines) + "\n")
     return path
@@ -57,7 +61,8 @@ def test_a_missed_occurrence_is_one_skipped_row_with_its_notification_written_at
     launch: Callable[[Path], Daemon], short_dir: Path, cluster_db: ClusterDb, hook: Receiver
 ) -> None:
     hook.start()
-    first = launch(node_config(short_dir / "boot", cluster_db, hook, "boot"))  # creates the schema
+    job = hourly()
+    first = launch(node_config(short_dir / "boot", cluster_db, hook, "boot", job))  # creates the schema
     stop_daemon(first)
     # The job last fired 65 minutes ago: its next time, 5 minutes ago, is outside the catch-up window.
     execute(
@@ -67,7 +72,7 @@ def test_a_missed_occurrence_is_one_skipped_row_with_its_notification_written_at
     )
     for statement in REFUSE.strip().split(";\n"):
         execute(cluster_db, statement)
-    nodes = [launch(node_config(short_dir / name, cluster_db, hook, name)) for name in ("a", "b")]
+    nodes = [launch(node_config(short_dir / name, cluster_db, hook, name, job)) for name in ("a", "b")]
 
     wait_for(
         lambda: any("outbox refused by the test" in d.log() for d in nodes),
