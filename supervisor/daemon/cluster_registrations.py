@@ -24,7 +24,6 @@ from supervise.supervisor.config.model import ServiceConfig
 from supervise.supervisor.core.registration_sync import (
     Applied,
     Change,
-    Step,
     Stored,
     order_adds,
     plan_config_pauses,
@@ -225,13 +224,6 @@ class ClusterRegistrations:
 
     # -- applying the store's rows ---------------------------------------------------------------
 
-    async def _sync(self, *, start: bool) -> None:
-        stored = await asyncio.to_thread(self.store.revisions)
-        steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
-        if steps:
-            await self._apply(steps, stored, start=start)
-        await self._sync_config_pauses()
-
     async def _sync_config_pauses(self) -> None:
         """Apply the cluster's pause state of the scheduled services this node's config declares."""
         rows = await asyncio.to_thread(self.store.config_pauses)
@@ -241,7 +233,12 @@ class ClusterRegistrations:
             log.info("cluster: %s is %s for the cluster; applied here", name, "paused" if paused else "resumed")
             self._host.set_paused(name, paused)
 
-    async def _apply(self, steps: list[Step], stored: Mapping[str, Stored], *, start: bool) -> None:
+    async def _sync(self, *, start: bool) -> None:
+        await self._sync_config_pauses()
+        stored = await asyncio.to_thread(self.store.revisions)
+        steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
+        if not steps:
+            return
         wanted = [s.name for s in steps if s.change in (Change.ADD, Change.UPDATE)]
         rows = await asyncio.to_thread(self.store.read, wanted) if wanted else {}
         adds: dict[str, Registration] = {}
