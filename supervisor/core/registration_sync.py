@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Applied", "Change", "Stored", "Step", "order_adds", "plan_sync"]
+__all__ = ["Applied", "Change", "Stored", "Step", "order_adds", "plan_config_pauses", "plan_sync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,35 @@ def plan_sync(applied: Mapping[str, Applied], stored: Mapping[str, Stored], loca
         else:
             steps.append(Step(name, Change.ADOPT))
     return removals + steps
+
+
+def plan_config_pauses(
+    applied: Mapping[str, int], stored: Mapping[str, Stored], declared: Set[str]
+) -> tuple[dict[str, bool], dict[str, int]]:
+    """What a node does about the cluster's pause state of config-declared scheduled services.
+
+    Args:
+        applied: the revision of each row this node applied, by service name.
+        stored: the store's `config_pauses` rows, by service name.
+        declared: the services this node's config declares (runtime services excluded).
+
+    Returns:
+        (the pause state to apply, by name: rows newer than what was applied, of services
+        declared here; what is then applied, by name). A row of a service this node does not
+        declare is not applied and not remembered, so it is applied once the service is
+        declared here (a reload).
+    """
+    todo: dict[str, bool] = {}
+    now: dict[str, int] = {}
+    for name in sorted(stored):
+        if name not in declared:
+            continue
+        row = stored[name]
+        mine = applied.get(name)
+        if mine is None or row.revision > mine:
+            todo[name] = row.paused
+        now[name] = max(row.revision, mine or 0)
+    return todo, now
 
 
 def order_adds(requires: Mapping[str, Sequence[str]], present: Set[str]) -> tuple[list[str], list[str]]:

@@ -88,3 +88,5 @@ class ClusterBinding:
             return
         for worker, ids in scheduler.runs_in_workers(run_ids).items():
             self._send(worker, "lease", {"runs": dict.fromkeys(ids, until)})
+        for pgid in scheduler.run_groups(run_ids):  # command runs: the orphan guard holds them to it
+            self._guard.fence_group(pgid, until)

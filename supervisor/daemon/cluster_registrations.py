@@ -20,7 +20,14 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
-from supervise.supervisor.core.registration_sync import Applied, Change, Stored, order_adds, plan_sync
+from supervise.supervisor.core.registration_sync import (
+    Applied,
+    Change,
+    Stored,
+    order_adds,
+    plan_config_pauses,
+    plan_sync,
+)
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.cluster_registrations import Registration, RegistrationStore
 
@@ -75,6 +82,7 @@ class ClusterRegistrations:
         self._every_s = renew_every_ms / 1000
         self._rng = rng or random.Random()  # nosec B311 # jitter, not a secret
         self.applied: dict[str, Applied] = {}
+        self.config_applied: dict[str, int] = {}  # config-declared service -> the `config_pauses` revision applied
         self.lock = asyncio.Lock()
         self._shadowed: set[str] = set()  # warned once each
         self._failed: dict[str, int] = {}  # name -> the revision that could not be loaded (warned once)
@@ -183,10 +191,13 @@ class ClusterRegistrations:
             return result
 
     async def set_paused(self, names: list[str], paused: bool) -> None:
-        """Pause or resume these scheduled services for the whole cluster (those that are runtime
-        services; the caller then applies it here)."""
+        """Pause or resume these scheduled services for the whole cluster (a runtime service's
+        row, or a config-declared service's `config_pauses` row; the caller then applies it here)."""
         for name in dict.fromkeys(names):
             if not self.owns(name):
+                async with await self._locked():
+                    row = await asyncio.to_thread(self.store.set_config_paused, name, paused)
+                    self.config_applied[name] = max(row.revision, self.config_applied.get(name, 0))
                 continue
             async with await self._locked():
                 done = await asyncio.to_thread(self.store.set_paused, name, paused)
@@ -196,7 +207,17 @@ class ClusterRegistrations:
 
     # -- applying the store's rows ---------------------------------------------------------------
 
+    async def _sync_config_pauses(self) -> None:
+        """Apply the cluster's pause state of the scheduled services this node's config declares."""
+        rows = await asyncio.to_thread(self.store.config_pauses)
+        declared = {n for n in self._host.local_names() if not self.owns(n)}
+        todo, self.config_applied = plan_config_pauses(self.config_applied, rows, declared)
+        for name, paused in todo.items():
+            log.info("cluster: %s is %s for the cluster; applied here", name, "paused" if paused else "resumed")
+            self._host.set_paused(name, paused)
+
     async def _sync(self, *, start: bool) -> None:
+        await self._sync_config_pauses()
         stored = await asyncio.to_thread(self.store.revisions)
         steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
         if not steps:

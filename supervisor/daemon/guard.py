@@ -8,7 +8,8 @@ group, waits `grace` seconds, sends SIGKILL to what is left, and exits. This
 covers command workers, which cannot use PR_SET_PDEATHSIG without `preexec_fn`,
 and the grandchildren of every worker.
 
-Cluster mode adds fencing deadlines (docs/cluster.md): `=PGID DEADLINE` (seconds
+Cluster mode adds fencing deadlines (docs/cluster.md), for a singleton's workers and
+for each leased command run's process group: `=PGID DEADLINE` (seconds
 on CLOCK_MONOTONIC, shared by every process of the host) means the group must be
 dead by then unless a later line moves the deadline (`=PGID 0` clears it). The
 supervisor moves it after every lease renewal; if it cannot (the database is

@@ -61,6 +61,11 @@ class GuardLink:
             if name in wanted:
                 self._tell(f"={pgid} {deadline or 0:.6f}")
 
+    def fence_group(self, pgid: int, deadline: float | None) -> None:
+        """Process group `pgid` (a leased command run) must be dead by `deadline` (time.monotonic())
+        unless it is moved again; None lifts it. Forgotten with the group (`forget`)."""
+        self._tell(f"={pgid} {deadline or 0:.6f}")
+
     def stop(self) -> None:
         """A clean exit: `bye`, then wait for the guard (killed after 5 s)."""
         self._tell("bye")

@@ -50,6 +50,7 @@ log = logging.getLogger("supervise.notify")
 _T = TypeVar("_T")
 PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
+NOTICED_KEPT = 1_024  # events noticed ahead of their publication, remembered at most
 SCAN_EVERY_MS = 1_000  # the least time between two reads of the episodes (digests due, episodes open)
 
 
@@ -107,6 +108,7 @@ class Notifier:
         self._scanned_ms: int | None = None
         self._journal: ObservationJournal | None = None  # a service event's first durable record
         self._hostname = socket.gethostname()
+        self._noticed: dict[str, None] = {}  # run ids whose event was decided by `notice` (oldest first)
         self._incarnations: dict[str, int] = {}  # service instance -> its latest spawned incarnation
         self._stable_timers: dict[str, asyncio.TimerHandle] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="supervise-notify-store")
@@ -215,10 +217,23 @@ class Notifier:
 
     # -- events in ---------------------------------------------------------------------------
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        """An event decided before it is published: what it causes joins the history writer's open
+        `together()` group now (a missed occurrence's rows, committed with its insert), and the
+        event, published once that insert won, is not decided again. It never raises."""
+        self.observe(service, kind, detail)
+        run_id = detail.get("run_id")
+        if isinstance(run_id, str):
+            self._noticed[run_id] = None
+            while len(self._noticed) > NOTICED_KEPT:  # an insert that lost is never published
+                self._noticed.pop(next(iter(self._noticed)))
+
     def observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         """An `EventLog` listener: every event of the supervisor passes here; it never raises."""
         if self._closed or kind.startswith("notification"):
             return
+        if kind == "run_skipped" and self._noticed.pop(str(detail.get("run_id")), 0) is None:
+            return  # decided already (`notice`)
         try:
             self._observe(service, kind, detail)
         except Exception:  # a notification problem must not reach the state machine that emitted the event

@@ -170,8 +170,11 @@ class WorkerPool:
         self._guard.watch(worker.pid, svc.name)
         return core.WorkerSpawned(worker.pid)
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
-        """Start one execution of a scheduled service; raises OSError if it cannot start."""
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
+        """Start one execution of a scheduled service; raises OSError if it cannot start. With
+        `fence_until`, the orphan guard kills its process group at that time (a leased run)."""
         assert self._loop is not None
         svc = self._services[name]
         svc.token = svc.token or secrets.token_hex(16)
@@ -192,6 +195,8 @@ class WorkerPool:
         worker = spawn(self._loop, request, svc.log, exited)
         self.run_processes.add(worker)
         self._guard.watch(worker.pid)
+        if fence_until is not None:
+            self._guard.fence_group(worker.pid, fence_until)
         return worker
 
     def _request(self, svc: ServiceRuntime) -> SpawnRequest:

@@ -45,6 +45,11 @@ class SchedulerHost(Protocol):
         """Emit an event of `kind` about `service`."""
         ...
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        """Decide the notifications of an event about to be published (`publish` follows once its
+        row is committed), so that they are written in the open `together()` group."""
+        ...
+
     def worker_ready(self, name: str) -> bool:
         """The service's warm worker is up and has said hello."""
         ...
@@ -65,8 +70,12 @@ class SchedulerHost(Protocol):
         """SIGKILL the service's warm worker's process group now and start a fresh one."""
         ...
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
-        """Start one execution of a scheduled service in a process of its own; OSError if it cannot start."""
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
+        """Start one execution of a scheduled service in a process of its own; OSError if it cannot start.
+        `fence_until` (cluster mode, a leased run): the orphan guard SIGKILLs its process group at
+        that CLOCK_MONOTONIC time unless a lease renewal moves it."""
         ...
 
 

@@ -55,6 +55,7 @@ REFILL_RETRY_S = 0.05  # a window refill waits for the store's queued writes to 
 WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
 BACKLOG_WAIT_S = 30.0
 FIRE_AHEAD_S = 0.05
+SKIPPED_LOOKED_AT = 50  # a skip refused as a duplicate: the latest skipped rows searched for the same occurrence
 """How early an occurrence for a warm worker is fired: the supervisor records it and hands it
 over ahead of its time, and the worker starts it at its time by its own clock (`not_before`),
 so the start is not late by the supervisor's work on a burst of simultaneous occurrences."""
@@ -319,10 +320,17 @@ class Scheduler:
     ) -> Run:
         run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
         run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
+        detail = {"run_id": run.run_id, "reason": str(reason)}
+        if not self._store.shared or self._loop is None:
+            with self._store.together():
+                if self._store.insert_run(run):
+                    self._host.publish(s.name, "run_skipped", detail)
+            return run
+        # On a shared store another supervisor may have recorded this occurrence first: the row,
+        # its notifications and its event are the winner's (docs/notifications.md).
         with self._store.together():
-            # On a shared store another supervisor may have recorded this occurrence first: its event.
-            if self._store.insert_run(run):
-                self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(reason)})
+            self._store.insert_first(run, won=self._on_loop(lambda: self._host.publish(s.name, "run_skipped", detail)))
+            self._host.notice(s.name, "run_skipped", detail)
         return run
 
     # -- occurrences and runs ---------------------------------------------------
@@ -573,8 +581,12 @@ class Scheduler:
         def exited(worker: Worker, code: int | None, sig: int | None) -> None:
             self._command_exited(s, run.run_id, code, sig)
 
+        lease = self._leases.worker_lease(run.run_id) if self._leases is not None else {}
+        fence_until = lease.get("lease_until")
         try:
-            active.process = self._host.spawn_run_process(s.name, env, exited)
+            active.process = self._host.spawn_run_process(
+                s.name, env, exited, fence_until=fence_until if isinstance(fence_until, float) else None
+            )
         except OSError as e:
             self._finish(s, run.run_id, ok=False, error=f"could not spawn: {e}")
             return
@@ -870,6 +882,15 @@ class Scheduler:
             if mine:
                 self._drain(s)
 
+    def run_groups(self, run_ids: set[str]) -> list[int]:
+        """The process groups of these runs that are commands (for their guard deadlines)."""
+        return [
+            active.process.pid
+            for s in self._schedules.values()
+            for run_id, active in s.active.items()
+            if run_id in run_ids and active.process is not None
+        ]
+
     def runs_in_workers(self, run_ids: set[str]) -> dict[str, list[str]]:
         """Which of these runs are in a warm worker, by worker (for their lease renewals)."""
         found: dict[str, list[str]] = {}
@@ -981,9 +1002,33 @@ class Scheduler:
 
     def skip_next(self, name: str) -> str | None:
         s = self._require(name)
+        if self._store.shared and s.next_nominal is not None:
+            return self._skip_shared(s, s.next_nominal)
         s.state = replace(s.state, skip_next=True)
         self._store.put_schedule_state(name, s.state)
         return s.next_nominal.isoformat() if s.next_nominal else None
+
+    def _skip_shared(self, s: Schedule, nominal: datetime) -> str:
+        """On a shared store (cluster mode): the occurrence is recorded `skipped` now, under its
+        unique key, so whichever supervisor fires it finds it taken and does not run it."""
+        now = self._now()
+        run = transition(
+            new_run(s.name, at=now, nominal_time=nominal, origin=RunOrigin.SCHEDULE),
+            RunState.SKIPPED,
+            at=now,
+            reason=str(SkipReason.USER_SKIP),
+        )
+        if self._store.insert_run(run):
+            self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(SkipReason.USER_SKIP)})
+            return nominal.isoformat()
+        skipped = self._store.list_runs(s.name, states={RunState.SKIPPED}, limit=SKIPPED_LOOKED_AT)
+        if any(r.nominal_time == nominal and r.reason == str(SkipReason.USER_SKIP) for r in skipped):
+            return nominal.isoformat()  # skipped already (through this node or another)
+        raise ProtocolError(
+            ErrorCode.CONFLICT,
+            f"skip: the occurrence of {s.name} at {nominal.isoformat()} is already recorded (fired by a supervisor "
+            "sharing the store); nothing skipped",
+        )
 
     def next_fires(self, name: str, count: int) -> list[str]:
         s = self._require(name)

@@ -228,6 +228,8 @@ class Supervisor:
         )
         self._start_scheduler()
         await self._start_notifier()
+        assert self.scheduler is not None
+        self.scheduler.start()  # after the notifier: the occurrences its catch-up skips are notified
         if self.changes.shared is not None:
             await self.changes.shared.load()  # the cluster's runtime services (docs/cluster.md)
         else:
@@ -327,7 +329,6 @@ class Supervisor:
         for name, svc in self._services.items():
             if svc.config.schedule is not None and svc.instance == 0:  # one schedule for all its processes
                 self.scheduler.add(name, svc.config.schedule, python=not runs_per_process(svc.config))
-        self.scheduler.start()
 
     async def _start_notifier(self) -> None:
         if self.store is None:
@@ -617,6 +618,10 @@ class Supervisor:
     def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         self.observability.emit(service, kind, detail, "")
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        if self.notifier is not None:
+            self.notifier.notice(service, kind, detail)
+
     def worker_ready(self, name: str) -> bool:
         svc = self._services[name]
         return svc.worker is not None and svc.record.hello
@@ -631,9 +636,11 @@ class Supervisor:
         """SIGKILL a worker's process group now and start a fresh worker (no restart policy)."""
         self._feed(name, core.KillRequested(reason))
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
         """Start one execution of a scheduled service; raises OSError if it cannot start."""
-        return self._pool.spawn_run_process(name, env, on_exit)
+        return self._pool.spawn_run_process(name, env, on_exit, fence_until=fence_until)
 
     # -- what runtime changes call ------------------------------------------------
 

@@ -9,6 +9,11 @@ schema) gains, when a node joins a cluster:
     spec_revision  the revision at which the spec last changed
     updated_at, updated_by   when, and through which node
 
+The pause state of a scheduled service declared in the nodes' config files (not a
+runtime service) is a row of `config_pauses` (name, paused, revision from the same
+sequence, updated_at, updated_by), applied by every node whose config declares a
+scheduled service of that name.
+
 Every change is one transaction that ends with a NOTIFY on
 `supervise_registrations_<schema>`; nodes LISTEN to apply it at once and poll
 every `renew_every` for what a dropped notification missed. Removing a service
@@ -46,6 +51,8 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
     "ALTER TABLE {s}.registrations ADD COLUMN IF NOT EXISTS spec_revision bigint NOT NULL DEFAULT 0",
     "ALTER TABLE {s}.registrations ADD COLUMN IF NOT EXISTS updated_at timestamptz",
     "ALTER TABLE {s}.registrations ADD COLUMN IF NOT EXISTS updated_by text",
+    "CREATE TABLE IF NOT EXISTS {s}.config_pauses (name text PRIMARY KEY, paused boolean NOT NULL, "
+    "revision bigint NOT NULL, updated_at timestamptz NOT NULL, updated_by text NOT NULL)",
 )
 
 
@@ -191,6 +198,37 @@ class RegistrationStore(NodeConnection):
             if row is None:
                 return None
             return Stored(int(row["revision"]), int(row["spec_revision"]), bool(row["paused"]))
+
+        return self._call(pause)
+
+    def config_pauses(self) -> dict[str, Stored]:
+        """The pause state of config-declared scheduled services, by name (`spec_revision` is
+        the revision too: there is no spec)."""
+        query = self._q("SELECT name, paused, revision FROM {s}.config_pauses")
+        rows = self._call(lambda conn: conn.execute(query).fetchall())
+        return {r["name"]: Stored(int(r["revision"]), int(r["revision"]), bool(r["paused"])) for r in rows}
+
+    def set_config_paused(self, name: str, paused: bool) -> Stored:
+        """Pause or resume a config-declared scheduled service for the whole cluster: the row's
+        new `Stored` (unchanged when it already had that state: no new revision, no NOTIFY)."""
+        upsert = self._q(
+            "INSERT INTO {s}.config_pauses AS p VALUES (%s, %s, nextval(%s::regclass), now(), %s) "
+            "ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, revision = EXCLUDED.revision, "
+            "updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by WHERE p.paused <> EXCLUDED.paused "
+            "RETURNING revision"
+        )
+        same = self._q("SELECT revision FROM {s}.config_pauses WHERE name = %s")
+        seq = self._sequence
+
+        def pause(conn: psycopg.Connection[dict[str, Any]]) -> Stored:
+            row = conn.execute(upsert, (name, paused, seq, self.node)).fetchone()
+            if row is not None:
+                self._notify(conn, int(row["revision"]), name)
+            else:
+                row = conn.execute(same, (name,)).fetchone()
+                assert row is not None  # the conflicting row, with this state already
+            revision = int(row["revision"])
+            return Stored(revision, revision, paused)
 
         return self._call(pause)
 

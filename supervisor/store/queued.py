@@ -45,6 +45,7 @@ class _Write:
     barrier: bool = False  # a read of pending rows must wait for it (see `unsettled`)
     caused: bool = False  # caused by its group's run write: skipped when that write changed nothing
     atomic: bool = False  # several statements that must be one transaction, even alone (outbox rows)
+    decides: bool = False  # its group's `caused` writes are skipped when it returns False (an insert that lost)
 
 
 def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
@@ -109,6 +110,24 @@ class QueuedStore:
             return claimed
         self._put(f"insert run {run.run_id}", lambda: self.store.insert_run(run), then, barrier=barrier)
         return True  # one supervisor owns this history: its own occurrences are its own
+
+    def insert_first(self, run: Run, *, won: Callable[[], None] | None = None) -> None:
+        """Queue the insert of an occurrence's row that decides its `together()` group, even on a
+        shared store: the writes caused inside the block (its notification rows) are committed in
+        the insert's transaction when the insert won the occurrence's unique key, and not written
+        at all when another supervisor recorded the occurrence first. `won` is called (on the
+        writer thread) once a winning insert is committed."""
+        result: list[bool] = []
+
+        def write() -> bool:
+            result[:] = [self.store.insert_run(run)]
+            return result[0]
+
+        def then() -> None:
+            if result == [True] and won is not None:
+                won()
+
+        self._put(f"insert run {run.run_id}", write, then, decides=True)
 
     def update_run(self, run: Run, *, then: Callable[[], None] | None = None, barrier: bool = False) -> bool:
         self._put(
@@ -178,6 +197,7 @@ class QueuedStore:
         barrier: bool = False,
         caused: bool = False,
         atomic: bool = False,
+        decides: bool = False,
     ) -> None:
         with self._wake:
             if len(self._queue) >= MAX_QUEUED:
@@ -186,7 +206,7 @@ class QueuedStore:
                 self._done += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("history writes are failing and %d were dropped (queue full)", self.dropped)
-            self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused, atomic))
+            self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused, atomic, decides))
             self._barriers += barrier
             self._enqueued += 1
             self._wake.notify()
@@ -254,7 +274,8 @@ class QueuedStore:
         left out: `update_run` writes the whole row, so the last one says it all. A busy
         service's run often goes queued, starting, running and finished within one batch.
         A write `caused` by its group's run update is skipped when that update changed
-        nothing: the state change did not happen, so neither does what it causes.
+        nothing, or when its group's `insert_first` lost the occurrence to another
+        supervisor: the state change did not happen, so neither does what it causes.
         """
         if self._batch is None or (len(head) == 1 and not head[0].atomic and not head[0].group):
             del head[1:]
@@ -268,7 +289,7 @@ class QueuedStore:
                     results.append(None)
                     continue
                 result = True if w.updates is not None and last_update[w.updates] != i else w.write()
-                if w.updates is not None and w.group and result is False:
+                if (w.updates is not None or w.decides) and w.group and result is False:
                     refused.add(w.group)
                 results.append(result)
         return results

@@ -57,3 +57,25 @@ def test_a_worker_spawned_under_a_fence_gets_its_deadline(guard: GuardLink) -> N
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_command_runs_group_is_held_to_its_own_deadline_and_forgotten_when_reaped(guard: GuardLink) -> None:
+    renewed, lapsed, reaped = sleeper(), sleeper(), sleeper()
+    try:
+        for proc in (renewed, lapsed, reaped):
+            guard.watch(proc.pid)  # a command run's process: no instance name
+        soon = time.monotonic() + 0.5
+        for proc in (renewed, lapsed, reaped):
+            guard.fence_group(proc.pid, soon)  # spawned under the node's fencing deadline
+        guard.fence_group(renewed.pid, soon + 1.5)  # a renewal got through
+        guard.forget(reaped.pid)  # it exited and was reaped: its deadline goes with it
+        wait_for(lambda: lapsed.poll() is not None, timeout_s=5, what="the guard to kill the lapsed run")
+        assert time.monotonic() >= soon
+        assert alive(renewed.pid) and alive(reaped.pid)
+        wait_for(lambda: renewed.poll() is not None, timeout_s=5, what="the guard to kill it at its new deadline")
+        assert time.monotonic() >= soon + 1.5
+        assert reaped.poll() is None, "a forgotten group is not the guard's to kill"
+    finally:
+        for proc in (renewed, lapsed, reaped):
+            proc.kill()
+            proc.wait()

@@ -191,7 +191,18 @@ def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_i
         what="the run to start on a",
     )[0]["pid"]
     os.kill(a.pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
     try:
+        # The orphan guard holds the run's process group to the node's fencing deadline (the last
+        # renewal + lease_ttl - margin): it is killed while its supervisor is still stopped.
+        wait_for(
+            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+            timeout_s=2 * LEASE_TTL_S,
+            interval_s=0.02,
+            what="the guard to kill a's copy while a is frozen",
+        )
+        killed_after = time.monotonic() - frozen_at
+        assert killed_after < LEASE_TTL_S, f"killed {killed_after:.2f} s after the freeze, not before lease_ttl"
         rerun = wait_for(
             lambda: query(
                 cluster_db,
@@ -205,12 +216,7 @@ def test_a_node_frozen_for_three_lease_ttls_finds_its_run_taken_over_and_stops_i
     finally:
         os.kill(a.pid, signal.SIGCONT)
     assert rerun["node"] == "b" and rerun["attempt"] == 2
-    # resumed, a stops its copy at once and its writes change nothing
-    wait_for(
-        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
-        timeout_s=10,
-        what="a to kill its copy",
-    )
+    # resumed, a finds its lease gone and its writes change nothing
     wait_for(lambda: "lease" in a.log(), timeout_s=10, what="a to log the lost lease")
     time.sleep(1)  # a's reaped run would be written now, were it not fenced
     first = query(cluster_db, "SELECT state, node, error FROM {s}.runs WHERE run_id = %s", run_id)[0]

@@ -158,3 +158,30 @@ def test_orphans_are_cancelled_only_while_the_service_has_no_row(
     assert a.cancel_orphans("job") == 1
     got = runs_store.get_run(again.run_id)
     assert got is not None and got.state is RunState.CANCELLED and got.reason == "the service was removed"
+
+
+def test_a_config_services_pause_is_one_row_revised_and_notified_only_when_it_changes(
+    node: Callable[[str], RegistrationStore],
+) -> None:
+    a, b = node("a"), node("b")
+    assert b.config_pauses() == {}
+    woken = threading.Event()
+    stop = threading.Event()
+    listener = threading.Thread(target=b.listen, args=(woken.set, stop), daemon=True)
+    listener.start()
+    try:
+        wait_for(woken.is_set, timeout_s=5, what="the listener to connect")
+        woken.clear()
+        paused = a.set_config_paused("report", True)
+        assert paused.paused and b.config_pauses() == {"report": paused}
+        wait_for(woken.is_set, timeout_s=5, what="a notification of the pause")
+        woken.clear()
+        assert b.set_config_paused("report", True) == paused, "the state it has: no new revision"
+        resumed = b.set_config_paused("report", False)
+        assert resumed.revision > paused.revision and not resumed.paused
+        assert a.config_pauses() == {"report": resumed}
+        wait_for(woken.is_set, timeout_s=5, what="a notification of the resume")
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+    assert a.revisions() == {}, "not a runtime service: no registration row"

@@ -193,3 +193,85 @@ def _rows_and_episode(store: LeasedRuns, run: Run) -> None:
     after, _ = observe(episode, run.service, "failure", on=ON, min_interval_ms=1000, now_ms=now_ms)
     store.put_episode("default", run.service, after)
     store.add_notification(replace(row(run), service=run.service))
+
+
+# -- a missed occurrence: its `skipped` row and its outbox rows are one transaction ------------------
+
+
+def missed(nominal: datetime = T0) -> Run:
+    run = new_run("report", at=T0, nominal_time=nominal, origin=RunOrigin.CATCHUP)
+    return transition(run, RunState.SKIPPED, at=T0, reason="missed")
+
+
+def missed_row(run: Run) -> Notification:
+    return replace(row(run), id=f"run:{run.run_id}|missed|ops", event="missed")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_missed_occurrence_is_inserted_with_its_rows_and_a_failed_try_leaves_neither(
+    store: Store, store_spec: dict[str, str], shared: bool
+) -> None:
+    run = missed()
+    queued = QueuedStore(store, shared=shared)
+    seen: list[tuple[int, int]] = []
+    won: list[str] = []
+
+    with make_store(store_spec) as reader:
+
+        def rows() -> None:
+            episode, now_ms = store.take_episode("default", "report", 0)
+            after, _ = observe(
+                episode, "report", "missed", on=frozenset({"missed"}), min_interval_ms=1000, now_ms=now_ms
+            )
+            store.put_episode("default", "report", after)
+            if not seen:  # the first try fails after the insert and the episode
+                seen.append((len(reader.list_runs("report")), len(reader.list_notifications())))
+                store.add_notification(replace(missed_row(run), channel=None))  # type: ignore[arg-type]  # NOT NULL
+            store.add_notification(missed_row(run))
+
+        try:
+            with queued.together():
+                queued.insert_first(run, won=lambda: won.append(run.run_id))
+                queued.add_notifications(rows)
+            assert queued.wait_written(20)
+        finally:
+            queued.close()
+        assert seen == [(0, 0)], "before the failing statement nothing of the group was visible"
+        assert [r.run_id for r in reader.list_runs("report")] == [run.run_id]
+        assert reader.get_run(run.run_id).state is RunState.SKIPPED  # type: ignore[union-attr]
+        assert [n.id for n in reader.list_notifications()] == [missed_row(run).id]
+        assert won == [run.run_id], "told once, after the commit that won"
+        with reader.batch():  # type: ignore[attr-defined]
+            episode, _ = reader.take_episode("default", "report", 0)
+        assert episode.failures == 1, "the failed try counted nothing: rolled back with the insert"
+
+
+def test_a_missed_occurrence_another_supervisor_recorded_first_writes_nothing(
+    store: Store, store_spec: dict[str, str]
+) -> None:
+    first = missed()
+    assert store.insert_run(first)  # the other supervisor's insert won the occurrence's unique key
+    late = missed()  # the same occurrence, as this supervisor sees it
+    queued = QueuedStore(store, shared=True)
+    won: list[str] = []
+    decided: list[str] = []
+
+    def rows() -> None:
+        decided.append("decided")
+        store.add_notification(missed_row(late))
+        with store.batch():  # type: ignore[attr-defined]
+            episode, _ = store.take_episode("default", "report", 0)
+            store.put_episode("default", "report", replace(episode, failing_since_ms=1, failures=1, number=1))
+
+    try:
+        with queued.together():
+            queued.insert_first(late, won=lambda: won.append(late.run_id))
+            queued.add_notifications(rows)
+        assert queued.wait_written(20)
+    finally:
+        queued.close()
+    with make_store(store_spec) as reader:
+        assert [r.run_id for r in reader.list_runs("report")] == [first.run_id]
+        assert reader.list_notifications() == []
+        assert reader.active_episodes(0) == []
+    assert (won, decided) == ([], []), "the insert that lost decides nothing and is not told"

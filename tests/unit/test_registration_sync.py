@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from supervise.supervisor.core.registration_sync import Applied, Change, Step, Stored, order_adds, plan_sync
+from supervise.supervisor.core.registration_sync import (
+    Applied,
+    Change,
+    Step,
+    Stored,
+    order_adds,
+    plan_config_pauses,
+    plan_sync,
+)
 
 A = Applied
 S = Stored
@@ -74,3 +82,27 @@ def test_adds_come_after_what_they_require_and_the_unresolvable_wait() -> None:
 
 def test_a_cycle_waits_rather_than_looping() -> None:
     assert order_adds({"a": ["b"], "b": ["a"]}, set()) == ([], ["a", "b"])
+
+
+# -- the pause state of config-declared scheduled services ------------------------------------
+
+
+def test_a_config_pause_newer_than_applied_is_applied_to_declared_services_only() -> None:
+    stored = {"report": S(7, 7, True), "elsewhere": S(8, 8, True), "seen": S(3, 3, False)}
+    todo, applied = plan_config_pauses({"seen": 3}, stored, {"report", "seen", "web"})
+    assert todo == {"report": True}, "not `elsewhere` (not declared here), not `seen` (applied already)"
+    assert applied == {"report": 7, "seen": 3}
+
+
+def test_a_config_pause_is_applied_again_once_its_service_is_declared_here() -> None:
+    stored = {"report": S(5, 5, True)}
+    todo, applied = plan_config_pauses({}, stored, set())
+    assert (todo, applied) == ({}, {})
+    todo, applied = plan_config_pauses(applied, stored, {"report"})  # a reload declared it
+    assert (todo, applied) == ({"report": True}, {"report": 5})
+
+
+def test_a_row_older_than_this_nodes_own_write_changes_nothing() -> None:
+    # a read that started before this node paused it (revision 9) still shows revision 6
+    todo, applied = plan_config_pauses({"report": 9}, {"report": S(6, 6, False)}, {"report"})
+    assert (todo, applied) == ({}, {"report": 9})

@@ -44,6 +44,9 @@ class FakeHost:
     def publish(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         self.events.append((service, kind, dict(detail)))
 
+    def notice(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
+        pass  # no notifier here
+
     def worker_ready(self, name: str) -> bool:
         return self.ready
 
@@ -59,7 +62,9 @@ class FakeHost:
     def kill_worker(self, name: str, reason: str) -> None:
         self.restarts.append(name)
 
-    def spawn_run_process(self, name: str, env: Mapping[str, str], on_exit: ExitCallback) -> Worker:
+    def spawn_run_process(
+        self, name: str, env: Mapping[str, str], on_exit: ExitCallback, *, fence_until: float | None = None
+    ) -> Worker:
         raise OSError("no processes in this test")
 
 
