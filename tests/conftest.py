@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 import pytest
 
 from supervise.protocol.client import Client
+
+if TYPE_CHECKING:
+    from tests.integration.test_notifications import Receiver
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -42,6 +45,18 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last saw: {last!r}")
         time.sleep(interval_s)
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    """A local webhook receiver (tests/integration/test_notifications.py), stopped after the test."""
+    from tests.integration.test_notifications import Receiver  # it imports this module
+
+    found = Receiver()
+    try:
+        yield found
+    finally:
+        found.stop()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ nothing (docs/notifications.md, "What is written in one transaction").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from tests.cluster.conftest import ClusterDb, query, write_cluster_config
 from tests.conftest import Daemon, stop_daemon, toml_value, wait_for
@@ -30,15 +28,6 @@ CREATE FUNCTION {s}.refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN RAISE EXCEPTION 'outbox refused by the test'; END $$;
 CREATE TRIGGER refuse_outbox BEFORE INSERT ON {s}.notifications FOR EACH ROW EXECUTE FUNCTION {s}.refuse_outbox();
 """
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    found = Receiver()
-    try:
-        yield found
-    finally:
-        found.stop()
 
 
 def execute(db: ClusterDb, text: str) -> None:

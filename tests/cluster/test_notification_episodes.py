@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.cluster.conftest import ClusterDb, query, write_cluster_config
 from tests.conftest import Daemon, toml_value, wait_for
 from tests.integration.test_notifications import Receiver, verify, webhook
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    """A local webhook receiver (tests/integration/test_notifications.py), stopped after the test."""
-    found = Receiver()
-    try:
-        yield found
-    finally:
-        found.stop()
-
 
 FAILING = {
     "command": ["sh", "-c", "exit 3"],

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from supervise.supervisor.api.store import ApiStore, Role
 from supervise.supervisor.store import open_store
 from tests.conftest import REPO, start_daemon, stop_daemon, wait_for, write_config
-from tests.integration.api_helpers import Answer, Receiver, call, start_receiver
+from tests.integration.api_helpers import Answer, Receiver, call
 from tests.integration.test_api import make_tokens
 
 TOKENS = {
@@ -36,29 +31,11 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sv-tenant-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = start_receiver()
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 def test_a_tenant_is_exported_and_deleted_alone_while_the_daemon_runs_and_while_it_is_stopped(
-    folder: Path, receiver: Receiver
+    short_dir: Path, receiver: Receiver
 ) -> None:
-    config = write_config(folder, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
-    tokens = make_tokens(folder / "state", TOKENS)
+    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
+    tokens = make_tokens(short_dir / "state", TOKENS)
     assert cli(config, "tenant", "create", "initech").returncode == 0
     assert "exists" in cli(config, "tenant", "create", "initech").stderr
     daemon = start_daemon(config)
@@ -82,7 +59,7 @@ def test_a_tenant_is_exported_and_deleted_alone_while_the_daemon_runs_and_while_
             "target": "tests.children.jobs@settle-merchants",
             "manual": True,
             "args": {"merchant": "M1"},
-            "env": {"RUNS_FILE": str(folder / "runs.txt"), "PYTHONPATH": str(REPO)},
+            "env": {"RUNS_FILE": str(short_dir / "runs.txt"), "PYTHONPATH": str(REPO)},
         }
         assert api("POST", "/jobs", "acme-admin", body=job).status == 201
         run_id = api("POST", "/jobs/acme-report/run", "acme-operator", body={}).json["run_id"]
@@ -107,7 +84,7 @@ def test_a_tenant_is_exported_and_deleted_alone_while_the_daemon_runs_and_while_
         ]
 
         # When: acme is exported
-        out = folder / "acme.json"
+        out = short_dir / "acme.json"
         exported = cli(config, "tenant", "export", "acme", "-o", str(out))
         assert exported.returncode == 0, exported.stderr
         assert out.stat().st_mode & 0o777 == 0o600
@@ -145,13 +122,13 @@ def test_a_tenant_is_exported_and_deleted_alone_while_the_daemon_runs_and_while_
     deleted = cli(config, "tenant", "delete", "globex", "--yes", "--json")
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout)["tasks"] == 1
-    store = ApiStore(folder / "state")
+    store = ApiStore(short_dir / "state")
     try:
         assert [t["name"] for t in store.tenants()] == ["initech"]
         assert [t.name for t in store.tokens()] == ["admin"]
     finally:
         store.close()
-    history = open_store(folder / "state" / "history.db")
+    history = open_store(short_dir / "state" / "history.db")
     with history:
         assert history.list_runs(limit=1000) == []
         assert history.list_registrations() == {}

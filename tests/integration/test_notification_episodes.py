@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import Daemon, wait_for
 from tests.integration.test_notifications import Receiver, outbox, verify, webhook, write
-
-
-@pytest.fixture
-def hook() -> Iterator[Receiver]:
-    """A local webhook receiver (tests/integration/test_notifications.py), stopped after the test."""
-    found = Receiver()
-    try:
-        yield found
-    finally:
-        found.stop()
-
 
 LOOPING = {
     "command": ["sh", "-c", "echo 'no config' >&2; exit 1"],

@@ -92,15 +92,6 @@ class Mailbox:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
     box = Mailbox()
     port = free_port()
@@ -121,8 +112,8 @@ def write(
     return write_config(folder, services, notify=notify, **supervisor)
 
 
-def webhook(receiver: Receiver, **keys: object) -> dict[str, object]:
-    return {"type": "webhook", "url": receiver.url, "secret": SECRET, **keys}
+def webhook(hook: Receiver, **keys: object) -> dict[str, object]:
+    return {"type": "webhook", "url": hook.url, "secret": SECRET, **keys}
 
 
 def outbox(d: Daemon, **args: object) -> list[dict[str, Any]]:
@@ -155,12 +146,12 @@ FAILING_JOB = {"command": ["sh", "-c", "echo 'disk full: /var/reports' >&2; exit
 
 
 def test_a_failing_job_sends_exactly_one_email_and_one_signed_webhook(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver, mailbox: tuple[Mailbox, int]
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver, mailbox: tuple[Mailbox, int]
 ) -> None:
     box, smtp_port = mailbox
-    receiver.start()
+    hook.start()
     notify = {
-        "chat": webhook(receiver),
+        "chat": webhook(hook),
         "mail": {
             "type": "email",
             "host": "127.0.0.1",
@@ -180,7 +171,7 @@ def test_a_failing_job_sends_exactly_one_email_and_one_signed_webhook(
         ("chat", "delivered", 1),
         ("mail", "delivered", 1),
     ]
-    (request,) = receiver.requests
+    (request,) = hook.requests
     body = verify(request)
     assert (body["service"], body["event"], body["run_id"], body["count"]) == ("report", "failure", run_id, 1)
     assert request.headers["X-Supervise-Notification-Id"] == body["id"]
@@ -197,9 +188,9 @@ def test_a_failing_job_sends_exactly_one_email_and_one_signed_webhook(
 
 
 def test_a_crash_loop_of_50_restarts_sends_at_most_3_messages(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
+    hook.start()
     looping = {
         "command": ["sh", "-c", "exit 1"],
         "max_restarts": 50,
@@ -208,21 +199,21 @@ def test_a_crash_loop_of_50_restarts_sends_at_most_3_messages(
         "backoff_max": "10ms",
         "notify": {"on": ["failure", "fatal", "recovered"], "to": ["chat"], "min_interval": "5m"},
     }
-    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"looping": looping}))
+    d = launch(write(short_dir, {"chat": webhook(hook)}, {"looping": looping}))
     final = d.wait_state("looping", "FATAL", timeout_s=60)
     assert final["restarts"] == 50
     settled(d, at_least=2)
-    events = [verify(r)["event"] for r in receiver.requests]
+    events = [verify(r)["event"] for r in hook.requests]
     assert events == ["failure", "fatal"]
-    fatal = verify(receiver.requests[-1])
+    fatal = verify(hook.requests[-1])
     # 51 exits (the first run and 50 restarts), then FATAL: the first exit was the first message
     assert fatal["count"] == 51 and fatal["counts"] == {"failure": 50, "fatal": 1}
 
 
 def test_a_receiver_down_for_10_s_gets_the_message_once_when_it_comes_back(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    channel = webhook(receiver, backoff="1s", backoff_max="2s", max_attempts=20)
+    channel = webhook(hook, backoff="1s", backoff_max="2s", max_attempts=20)
     job = {**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}}
     d = launch(write(short_dir, {"chat": channel}, {"report": job}))
     d.client.call("run", name="report")
@@ -231,10 +222,10 @@ def test_a_receiver_down_for_10_s_gets_the_message_once_when_it_comes_back(
         lambda: (rows := outbox(d)) and rows[0]["attempts"] >= 5 and rows[0], timeout_s=20, what="five attempts"
     )
     assert seen["state"] == "pending" and "ClientConnectorError" in seen["last_error"]
-    receiver.start()
+    hook.start()
 
     (row,) = settled(d)
-    assert row["state"] == "delivered" and len(receiver.requests) == 1
+    assert row["state"] == "delivered" and len(hook.requests) == 1
     failures = d.client.call("events", service="report")["events"]
     failed_attempts = [e for e in failures if e["kind"] == "notification_failed"]
     assert row["attempts"] == len(failed_attempts) + 1
@@ -245,11 +236,11 @@ def test_a_receiver_down_for_10_s_gets_the_message_once_when_it_comes_back(
 
 
 def test_a_supervisor_killed_before_delivery_delivers_once_after_restart(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
     # backoff 3s: the kill lands between two attempts, not inside one (an attempt cut short by the kill
     # would be retried only once its lease ends, 40 s later)
-    channel = webhook(receiver, backoff="3s", backoff_max="3s", max_attempts=100)
+    channel = webhook(hook, backoff="3s", backoff_max="3s", max_attempts=100)
     job = {**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}}
     config = write(short_dir, {"chat": channel}, {"report": job})
     first = launch(config)
@@ -260,25 +251,25 @@ def test_a_supervisor_killed_before_delivery_delivers_once_after_restart(
     assert pending["state"] == "pending"
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(timeout=10)
-    receiver.start()
+    hook.start()
 
     second = launch(config)
     (row,) = settled(second)
     assert (row["id"], row["state"]) == (pending["id"], "delivered")
-    (request,) = receiver.requests
+    (request,) = hook.requests
     assert request.headers["X-Supervise-Notification-Id"] == pending["id"]
     assert verify(request)["event"] == "failure"
 
 
 def test_with_a_postgresql_store_a_killed_supervisor_delivers_once_after_restart(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
     from tests.contract.conftest import drop_schema, postgres_dsn
 
     dsn = postgres_dsn()
     schema = f"supervise_test_{uuid.uuid4().hex[:12]}"
     try:
-        channel = webhook(receiver, backoff="3s", backoff_max="3s")
+        channel = webhook(hook, backoff="3s", backoff_max="3s")
         job = {**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}}
         config = write(short_dir, {"chat": channel}, {"report": job}, store=f"{dsn}?schema={schema}")
         first = launch(config)
@@ -286,10 +277,10 @@ def test_with_a_postgresql_store_a_killed_supervisor_delivers_once_after_restart
         wait_for(lambda: (rows := outbox(first)) and rows[0]["attempts"] >= 1, what="a first, failed attempt")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=10)
-        receiver.start()
+        hook.start()
         second = launch(config)
         (row,) = settled(second)
-        assert (row["state"], len(receiver.requests)) == ("delivered", 1)
+        assert (row["state"], len(hook.requests)) == ("delivered", 1)
         stop_daemon(second)
     finally:
         drop_schema(dsn, schema)
@@ -333,57 +324,57 @@ def test_a_channel_that_cannot_deliver_never_slows_supervision(
 
 
 def test_services_added_at_runtime_take_notify_rules_and_unknown_channels_are_refused(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
-    d = launch(write(short_dir, {"chat": webhook(receiver, preset="slack")}, {}))
+    hook.start()
+    d = launch(write(short_dir, {"chat": webhook(hook, preset="slack")}, {}))
     with pytest.raises(RemoteError, match=r'services\.late\.notify\.to: unknown channel "pager"'):
         d.client.call("add", name="late", spec={**FAILING_JOB, "notify": {"to": ["pager"]}})
     d.client.call("add", name="late", spec={**FAILING_JOB, "notify": {"on": ["failure"], "to": ["chat"]}})
     d.client.call("run", name="late")
     (row,) = settled(d)
     assert row["state"] == "delivered"
-    (request,) = receiver.requests
+    (request,) = hook.requests
     text = verify(request)["text"]  # the Slack preset: {"text": ...}
     assert text.startswith(":rotating_light: *late: run ") and "disk full: /var/reports" in text
 
     # "tell me when my job ran": a task added through the API with a webhook of its own
-    own = {"on": ["success"], "webhook": {"url": receiver.url, "secret": SECRET}}
+    own = {"on": ["success"], "webhook": {"url": hook.url, "secret": SECRET}}
     d.client.call("add", name="task", spec={"command": "true", "manual": True, "notify": own})
     run_id = d.client.call("run", name="task")["run_id"]
     rows = wait_for(lambda: [r for r in settled(d) if r["service"] == "task"], what="the task's notification")
     assert [(r["channel"], r["event"], r["state"]) for r in rows] == [("webhook", "success", "delivered")]
-    body = verify(receiver.requests[-1])
+    body = verify(hook.requests[-1])
     assert (body["service"], body["event"], body["run_id"]) == ("task", "success", run_id)
 
 
 def test_retries_exhausted_is_one_message_for_the_last_attempt(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
+    hook.start()
     job = {
         "target": "tests.children.jobs:fail",
         "manual": True,
         "retries": {"max": 2, "backoff": "fixed", "initial": "50ms"},
         "notify": {"on": ["retries_exhausted"], "to": ["chat"]},
     }
-    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"flaky": job}))
+    d = launch(write(short_dir, {"chat": webhook(hook)}, {"flaky": job}))
     d.client.call("run", name="flaky")
     wait_for(lambda: len(d.client.call("runs", name="flaky", state="failed")["runs"]) == 3, what="3 failed attempts")
     (row,) = settled(d)
-    (request,) = receiver.requests
+    (request,) = hook.requests
     body = verify(request)
     assert (row["event"], body["event"], body["attempt"]) == ("retries_exhausted", "retries_exhausted", 3)
     assert body["error_lines"][-1] == "RuntimeError: attempt 3 failed"
 
 
 def test_a_job_that_fails_then_succeeds_sends_failure_then_recovered(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
+    hook.start()
     flag = short_dir / "fixed"
     job = {"command": ["sh", "-c", f"test -f {flag}"], "manual": True}
-    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"report": {**job, "notify": {"to": ["chat"]}}}))
+    d = launch(write(short_dir, {"chat": webhook(hook)}, {"report": {**job, "notify": {"to": ["chat"]}}}))
     for state in ("failed", "failed", "succeeded", "succeeded"):
         if state == "succeeded":
             flag.touch()
@@ -394,15 +385,15 @@ def test_a_job_that_fails_then_succeeds_sends_failure_then_recovered(
 
         wait_for(ended, what=f"run {run_id} {state}")
     settled(d)
-    sent = [verify(r) for r in receiver.requests]
+    sent = [verify(r) for r in hook.requests]
     assert [b["event"] for b in sent] == ["failure", "recovered"]
     assert sent[1]["count"] == 2 and sent[1]["summary"].startswith("report: recovered after 2 failures")
 
 
 def test_a_crash_looping_service_that_comes_up_stable_sends_recovered(
-    launch: Callable[[Path], Daemon], short_dir: Path, receiver: Receiver
+    launch: Callable[[Path], Daemon], short_dir: Path, hook: Receiver
 ) -> None:
-    receiver.start()
+    hook.start()
     marks = short_dir / "marks"
     script = (
         f'echo x >> {marks}; [ "$(wc -l < {marks})" -gt 3 ] && exec sleep 1000; '
@@ -415,9 +406,9 @@ def test_a_crash_looping_service_that_comes_up_stable_sends_recovered(
         "stable_after": "1s",
         "notify": {"on": ["failure", "recovered"], "to": ["chat"]},
     }
-    d = launch(write(short_dir, {"chat": webhook(receiver)}, {"web": svc}))
-    wait_for(lambda: len(receiver.requests) == 2, timeout_s=20, what="failure and recovered")
-    first, second = (verify(r) for r in receiver.requests)
+    d = launch(write(short_dir, {"chat": webhook(hook)}, {"web": svc}))
+    wait_for(lambda: len(hook.requests) == 2, timeout_s=20, what="failure and recovered")
+    first, second = (verify(r) for r in hook.requests)
     assert (first["event"], first["summary"]) == ("failure", "web: exited with code 2")
     assert first["output_lines"][-1] == "crash 1" and first["command"] == "supervise logs web"
     assert (second["event"], second["count"]) == ("recovered", 3)

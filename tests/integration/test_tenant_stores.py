@@ -4,23 +4,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import stat
-import tempfile
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from supervise.supervisor.api.store import ApiStore, Role
 from supervise.supervisor.core.runs import Run, RunOrigin, RunState, new_run, transition
 from supervise.supervisor.store import Store
 from supervise.supervisor.store.sqlite import SqliteStore
 from tests.conftest import REPO, Daemon, start_daemon, stop_daemon, wait_for, write_config
-from tests.integration.api_helpers import Answer, Receiver, call, start_receiver
+from tests.integration.api_helpers import Answer, Receiver, call
 from tests.integration.test_api import make_tokens
 from tests.integration.test_api_tenants import cli
 
@@ -29,24 +24,6 @@ TOKENS = {
     "acme-operator": (Role.OPERATOR, "acme"),
     "globex-operator": (Role.OPERATOR, "globex"),
 }
-
-
-@pytest.fixture
-def folder() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sv-tstore-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = start_receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 class TenantApi:
@@ -90,10 +67,10 @@ def runs_in(path: Path) -> dict[str, Run]:
 
 
 def test_two_tenants_runs_land_in_their_own_files_and_their_waiting_tasks_run_after_a_restart(
-    folder: Path, receiver: Receiver
+    short_dir: Path, receiver: Receiver
 ) -> None:
-    config = write_config(folder, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
-    state = folder / "state"
+    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
+    state = short_dir / "state"
     tokens = make_tokens(state, TOKENS)
     daemon = start_daemon(config)
     try:
@@ -142,10 +119,10 @@ def test_two_tenants_runs_land_in_their_own_files_and_their_waiting_tasks_run_af
 
 
 def test_export_reads_the_tenants_own_file_and_delete_removes_it_leaving_the_other_tenant_intact(
-    folder: Path, receiver: Receiver
+    short_dir: Path, receiver: Receiver
 ) -> None:
-    config = write_config(folder, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
-    state = folder / "state"
+    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
+    state = short_dir / "state"
     tokens = make_tokens(state, TOKENS)
     daemon = start_daemon(config)
     try:
@@ -207,15 +184,15 @@ def _old_rows(store: Store, service: str, soon: datetime) -> tuple[list[Run], Ru
     return done, waiting
 
 
-def test_a_state_directory_with_tenant_rows_in_the_shared_file_is_moved_on_start_once(folder: Path) -> None:
+def test_a_state_directory_with_tenant_rows_in_the_shared_file_is_moved_on_start_once(short_dir: Path) -> None:
     # Given: the layout of an older version: acme's job owned in api.db, its rows in history.db
-    config = write_config(folder, {}, http="127.0.0.1:0")
-    state = folder / "state"
+    config = write_config(short_dir, {}, http="127.0.0.1:0")
+    state = short_dir / "state"
     make_tokens(state, {"admin": (Role.ADMIN, None)})
     api_store = ApiStore(state)
     api_store.set_owner("acme-job", "acme")
     api_store.close()
-    marker = folder / "ran.txt"
+    marker = short_dir / "ran.txt"
     spec = {"command": ["sh", "-c", f"echo ran >> {marker}"], "manual": True}
     soon = datetime.now(UTC) + timedelta(seconds=3)
     with SqliteStore(state / "history.db") as shared:
@@ -249,7 +226,7 @@ def test_a_state_directory_with_tenant_rows_in_the_shared_file_is_moved_on_start
     assert set(runs_in(state / "history.db")) == set(main)
 
 
-def test_postgresql_keeps_each_tenant_in_a_schema_of_its_own(folder: Path, receiver: Receiver) -> None:
+def test_postgresql_keeps_each_tenant_in_a_schema_of_its_own(short_dir: Path, receiver: Receiver) -> None:
     import psycopg
     from psycopg import sql
 
@@ -271,9 +248,9 @@ def test_postgresql_keeps_each_tenant_in_a_schema_of_its_own(folder: Path, recei
 
     try:
         config = write_config(
-            folder, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"], store=f"{dsn}?schema={schema}"
+            short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"], store=f"{dsn}?schema={schema}"
         )
-        tokens = make_tokens(folder / "state", TOKENS)
+        tokens = make_tokens(short_dir / "state", TOKENS)
         daemon = start_daemon(config)
         try:
             api = TenantApi(daemon, tokens)
@@ -303,15 +280,15 @@ def test_postgresql_keeps_each_tenant_in_a_schema_of_its_own(folder: Path, recei
             drop_schema(dsn, name)
 
 
-def test_a_name_a_tenant_gave_up_keeps_its_old_runs_with_the_tenant_and_its_new_ones_elsewhere(folder: Path) -> None:
-    config = write_config(folder, {}, http="127.0.0.1:0")
-    state = folder / "state"
+def test_a_name_a_tenant_gave_up_keeps_its_old_runs_with_the_tenant_and_its_new_ones_elsewhere(short_dir: Path) -> None:
+    config = write_config(short_dir, {}, http="127.0.0.1:0")
+    state = short_dir / "state"
     tokens = make_tokens(state, {"acme-admin": (Role.ADMIN, "acme")})
     spec = {
         "target": "tests.children.jobs@settle-merchants",
         "manual": True,
         "args": {"merchant": "M1"},
-        "env": {"RUNS_FILE": str(folder / "runs.txt"), "PYTHONPATH": str(REPO)},
+        "env": {"RUNS_FILE": str(short_dir / "runs.txt"), "PYTHONPATH": str(REPO)},
     }
     daemon = start_daemon(config)
     try:
