@@ -397,10 +397,11 @@ class Scheduler:
         """Start queued runs, soonest first, while slots are free."""
         if s.waiting_for_worker:
             self._dispatch_waiting(s)
-        free = self._capacity(s) - len(s.active)
+        capacity = self._capacity(s)
+        free = capacity - len(s.active)
         if self._leases is not None and free > 1 and len(s.queue) > 1:
             self._claim_ahead(s, free)
-        while len(s.active) < self._capacity(s):
+        while len(s.active) < capacity:
             run = s.queue.pop()
             if run is None:
                 break
