@@ -43,6 +43,8 @@ class _Flag:
                 self._event.clear()
 
     def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True  # what Event.wait returns at once for a set event (`ctx.wait` asks this of pause)
         event = self._event
         if event is None:
             with self._guard:

@@ -28,6 +28,7 @@ def send_nowait(sock: zmq.asyncio.Socket, frames: list[bytes]) -> zmq.ZMQError |
 
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 class Inbox:
@@ -69,7 +70,11 @@ class Inbox:
     def send(self, frames: list[bytes]) -> bool:
         """Send now or drop (a peer not connected, or at its high-water mark); True if sent."""
         try:
-            self._sock.send_multipart(frames, _NOBLOCK)
+            # Frame by frame with plain int flags, as send_multipart would, without its checks and
+            # enum arithmetic (one run message per run of a burst).
+            for frame in frames[:-1]:
+                self._sock.send(frame, _SNDMORE_NOBLOCK)
+            self._sock.send(frames[-1], _NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
