@@ -7,10 +7,10 @@ below. Pure data and pure checks: no bytes (that is codec.py), no sockets.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from supervise.protocol.errors import DecodeError, ErrorCode, RemoteError
 
@@ -72,31 +72,31 @@ class FieldType(StrEnum):
     @property
     def nullable(self) -> bool:
         """Whether nil is allowed, and so whether the field may be left out."""
-        return self in (FieldType.OPT_STR, FieldType.OPT_NUMBER, FieldType.ANY)
+        return self in _NULLABLE
 
     def accepts(self, value: object) -> bool:
         """Whether `value` (as decoded from msgpack) has this type. bool is not a number."""
-        match self:
-            case FieldType.STR:
-                return isinstance(value, str)
-            case FieldType.INT:
-                return type(value) is int
-            case FieldType.BOOL:
-                return type(value) is bool
-            case FieldType.MAP:
-                return isinstance(value, dict)
-            case FieldType.NUMBER_MAP:
-                return isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
-            case FieldType.OPT_STR:
-                return value is None or isinstance(value, str)
-            case FieldType.OPT_NUMBER:
-                return value is None or _is_number(value)
-            case FieldType.ANY:
-                return True
+        return _ACCEPTS[self](value)
 
 
 def _is_number(value: object) -> bool:
     return type(value) in (int, float)
+
+
+_NULLABLE: Final = frozenset({FieldType.OPT_STR, FieldType.OPT_NUMBER, FieldType.ANY})
+_ACCEPTS: Final[Mapping[FieldType, Callable[[object], bool]]] = {
+    FieldType.STR: lambda value: isinstance(value, str),
+    FieldType.INT: lambda value: type(value) is int,
+    FieldType.BOOL: lambda value: type(value) is bool,
+    FieldType.MAP: lambda value: isinstance(value, dict),
+    FieldType.NUMBER_MAP: lambda value: (
+        isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
+    ),
+    FieldType.OPT_STR: lambda value: value is None or isinstance(value, str),
+    FieldType.OPT_NUMBER: lambda value: value is None or _is_number(value),
+    FieldType.ANY: lambda value: True,
+}
+"""Each type's check, looked up once per field (two or three messages per run cross the channel)."""
 
 
 WORKER_FIELDS: Mapping[str, Mapping[str, FieldType]] = {
@@ -209,20 +209,35 @@ def check_worker_fields(kind: str, fields: Mapping[str, object], sender: Sender 
             allowed = ", ".join(table) or "none"
             raise DecodeError(ErrorCode.BAD_REQUEST, f'{kind}: unknown field "{name}"; allowed: {allowed}')
     checked: dict[str, object] = {}
-    for name, ftype in table.items():
+    for name, ftype, accepts, nullable in _compiled(table):
         if name not in fields:
-            if not ftype.nullable:
+            if not nullable:
                 raise DecodeError(ErrorCode.BAD_REQUEST, f'{kind}: missing field "{name}" ({ftype})')
             checked[name] = None
             continue
         value = fields[name]
-        if not ftype.accepts(value):
+        if not accepts(value):
             raise DecodeError(
                 ErrorCode.BAD_REQUEST,
                 f'{kind}: field "{name}" must be {ftype}, got {wire_type(value)}',
             )
         checked[name] = value
     return checked
+
+
+_Spec = tuple[tuple[str, FieldType, Callable[[object], bool], bool], ...]
+_COMPILED: dict[int, tuple[Mapping[str, FieldType], _Spec]] = {}
+
+
+def _compiled(table: Mapping[str, FieldType]) -> _Spec:
+    """A field table as (name, type, its check, nullable) rows, made once per table."""
+    hit = _COMPILED.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    spec = tuple((name, ftype, _ACCEPTS[ftype], ftype in _NULLABLE) for name, ftype in table.items())
+    if len(_COMPILED) < 64:  # the module's own tables; a caller's ad-hoc table is compiled each time
+        _COMPILED[id(table)] = (table, spec)
+    return spec
 
 
 def wire_type(value: object) -> str:

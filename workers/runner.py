@@ -42,6 +42,16 @@ EXIT_SUPERVISOR_GONE = 3
 _SEND_LINGER_MS = 2000
 _SNDHWM = 10_000
 _FLUSH_PER_TURN = 256  # messages sent between two looks at the heartbeat clock
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def _drain_wakeups(sock: zmq.Socket[bytes]) -> None:
+    """Read every wake-up waiting in the PAIR pipe (they carry nothing)."""
+    while True:
+        try:
+            sock.recv(_NOBLOCK)
+        except zmq.Again:
+            return
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +154,7 @@ class Channel:
                 return
             self._wake_pending = True
             try:
-                self._wake_send.send(b"", zmq.NOBLOCK)
+                self._wake_send.send(b"", _NOBLOCK)
             except zmq.ZMQError:
                 pass  # a wake-up already waits in the pipe; the I/O thread also looks every heartbeat
 
@@ -185,16 +195,19 @@ class Channel:
                 timeout_ms = 0 if backlog and not self._unsent else int(max(0.0, next_beat - time.monotonic()) * 1000)
                 events = dict(poller.poll(timeout=timeout_ms))
                 if self._wake_recv in events:
-                    while self._wake_recv.poll(0):
-                        self._wake_recv.recv()
+                    _drain_wakeups(self._wake_recv)
                 if self._flush(sock):
                     return
                 if events.get(sock, 0) & zmq.POLLIN:
+                    # Receive until Again (not `sock.poll(0)` before each message: it builds a
+                    # Poller every call, a run message's largest cost on this thread).
                     for _ in range(_FLUSH_PER_TURN):
-                        if not sock.poll(0):
+                        try:
+                            frame = sock.recv(_NOBLOCK)
+                        except zmq.Again:
                             break
                         last_heard = time.monotonic()
-                        self._handle(sock.recv())
+                        self._handle(frame)
         except zmq.ZMQError:
             if not self._closed.is_set():
                 raise
@@ -231,7 +244,7 @@ class Channel:
                     return self._drain_at_close(sock)
                 self._unsent.append(frame)
             try:
-                sock.send(self._unsent[0], zmq.NOBLOCK)
+                sock.send(self._unsent[0], _NOBLOCK)
             except zmq.Again:
                 return False  # the supervisor is not reading now; kept, sent when there is room
             self._unsent.popleft()

@@ -7,9 +7,10 @@ code and error (scheduling.md §5.1, §5.8). Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, TypeAlias
@@ -267,19 +268,48 @@ def transition(
         raise InvalidTransition(f"run {run.label()}: skipping needs a reason (a SkipReason)")
     if at.utcoffset() is None:
         raise InvalidTransition(f"run {run.label()}: transition time {at.isoformat()} is naive")
-    return replace(
-        run,
-        state=new_state,
-        reason=reason if reason is not None else run.reason,
-        node=node if node is not None else run.node,
-        pid=pid if pid is not None else run.pid,
-        exit_code=exit_code if exit_code is not None else run.exit_code,
-        signal=signal if signal is not None else run.signal,
-        error=error if error is not None else run.error,
-        result=result if result is not None else run.result,
-        started_at=at if new_state is RunState.RUNNING and run.started_at is None else run.started_at,
-        finished_at=at if new_state in FINAL else run.finished_at,
+    # Every field copied in one attrgetter call and the changed ones set by position: a third
+    # of `dataclasses.replace`'s cost (a busy service's run makes four or five transitions).
+    values = list(_RUN_VALUES(run))
+    values[_STATE] = new_state
+    if reason is not None:
+        values[_REASON] = reason
+    if node is not None:
+        values[_NODE] = node
+    if pid is not None:
+        values[_PID] = pid
+    if exit_code is not None:
+        values[_EXIT_CODE] = exit_code
+    if signal is not None:
+        values[_SIGNAL] = signal
+    if error is not None:
+        values[_ERROR] = error
+    if result is not None:
+        values[_RESULT] = result
+    if new_state is RunState.RUNNING and run.started_at is None:
+        values[_STARTED_AT] = at
+    if new_state in FINAL:
+        values[_FINISHED_AT] = at
+    return Run(*values)
+
+
+_RUN_FIELDS: Final = tuple(f.name for f in fields(Run))
+_RUN_VALUES: Final = operator.attrgetter(*_RUN_FIELDS)
+_STATE, _REASON, _NODE, _PID, _EXIT_CODE, _SIGNAL, _ERROR, _RESULT, _STARTED_AT, _FINISHED_AT = (
+    _RUN_FIELDS.index(name)
+    for name in (
+        "state",
+        "reason",
+        "node",
+        "pid",
+        "exit_code",
+        "signal",
+        "error",
+        "result",
+        "started_at",
+        "finished_at",
     )
+)
 
 
 def _names(states: frozenset[RunState]) -> str:

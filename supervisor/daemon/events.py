@@ -32,6 +32,8 @@ MAX_REPLAY = 1000
 """Events returned by one `events` command; ask again from the last `seq` for more."""
 
 WARNING_KINDS = frozenset({"hung", "fatal", "killed", "spawn_failed", "start_timeout", "memory_exceeded"})
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 Event = dict[str, Any]
 Listener = Callable[[str, str, Mapping[str, object]], None]
@@ -84,8 +86,12 @@ class EventLog:
         for listener in self.listeners:
             listener(service, kind, detail)
         if self._sock is not None:
+            body = pack(event)  # before the first frame goes: nothing may fail between the two sends
             try:
-                self._sock.send_multipart([f"{service}.{kind}".encode(), pack(event)], zmq.NOBLOCK)
+                # Two frames, [topic, event]; sent as two sends with plain int flags, which spares
+                # send_multipart's checks and its enum arithmetic on every event (two per run).
+                self._sock.send(f"{service}.{kind}".encode(), _SNDMORE_NOBLOCK)
+                self._sock.send(body, _NOBLOCK)
                 self.published += 1
             except zmq.ZMQError:
                 self.dropped += 1
@@ -118,9 +124,10 @@ class EventLog:
 
 
 def _log_event(service: str, kind: str, detail: Mapping[str, object], message: str) -> None:
-    extra = {"service": service, "event": kind}
     if kind == "state":
-        log.info("%s: %s -> %s", service, detail.get("from"), detail.get("to"), extra=extra)
+        log.info(
+            "%s: %s -> %s", service, detail.get("from"), detail.get("to"), extra={"service": service, "event": kind}
+        )
     elif message:
         level = logging.WARNING if kind in WARNING_KINDS else logging.INFO
-        log.log(level, "%s: %s", service, message, extra=extra)
+        log.log(level, "%s: %s", service, message, extra={"service": service, "event": kind})

@@ -51,6 +51,8 @@ _T = TypeVar("_T")
 PRUNE_EVERY_MS = 3_600_000
 _MISSED = frozenset({"missed", "missed_deadline"})
 NOTICED_KEPT = 1_024  # events noticed ahead of their publication, remembered at most
+_OBSERVED = frozenset({"spawned", "state", "run_finished", "run_skipped", "exited", "spawn_failed", "fatal"})
+"""The event kinds `_observe` acts on (the rest, the notifier's own events among them, it ignores)."""
 SCAN_EVERY_MS = 1_000  # the least time between two reads of the episodes (digests due, episodes open)
 
 
@@ -230,8 +232,8 @@ class Notifier:
 
     def observe(self, service: str, kind: str, detail: Mapping[str, object]) -> None:
         """An `EventLog` listener: every event of the supervisor passes here; it never raises."""
-        if self._closed or kind.startswith("notification"):
-            return
+        if self._closed or kind not in _OBSERVED:
+            return  # e.g. run_started, run_progress: two events a run, none of them a notification
         if kind == "run_skipped" and self._noticed.pop(str(detail.get("run_id")), 0) is None:
             return  # decided already (`notice`)
         try:
@@ -261,12 +263,12 @@ class Notifier:
         self, service: str, kind: str, detail: Mapping[str, object], cfg: ServiceConfig
     ) -> tuple[str, str] | None:
         """(notification event, fact key) for an event that matters, else None."""
-        incarnation = f"svc:{service}:{self._instance}:{self._incarnations.get(service, 0)}"
         if kind == "run_finished":
             event = _run_event(str(detail.get("state")), detail.get("attempt"), cfg)
             return None if event is None else (event, f"run:{detail.get('run_id')}")
         if kind == "run_skipped" and detail.get("reason") in _MISSED:
             return "missed", f"run:{detail.get('run_id')}"
+        incarnation = f"svc:{service}:{self._instance}:{self._incarnations.get(service, 0)}"
         if kind == "exited" and detail.get("cause") != "stopped" and (detail.get("code") or detail.get("signal")):
             return "failure", incarnation
         if kind == "spawn_failed":

@@ -90,6 +90,7 @@ class Schedule:
     last_run: Run | None = None  # the newest final run (not skipped) that `status` shows
     last_run_read_at: float | None = None  # monotonic time of the last read of it from the store
     queue: RunQueue = field(default_factory=RunQueue)  # admitted runs waiting for a free slot (concurrency)
+    handed: collections.Counter[str] = field(default_factory=collections.Counter)  # runs in `active` per warm worker
 
 
 # `status` shows each schedule's last run: read from the store at most this often (a
@@ -404,10 +405,11 @@ class Scheduler:
         """Start queued runs, soonest first, while slots are free."""
         if s.waiting_for_worker:
             self._dispatch_waiting(s)
-        free = self._capacity(s) - len(s.active)
+        capacity = self._capacity(s)
+        free = capacity - len(s.active)
         if self._leases is not None and free > 1 and len(s.queue) > 1:
             self._claim_ahead(s, free)
-        while len(s.active) < self._capacity(s):
+        while len(s.active) < capacity:
             run = s.queue.pop()
             if run is None:
                 break
@@ -429,8 +431,7 @@ class Scheduler:
 
     def _pick_worker(self, s: Schedule) -> str | None:
         """The ready warm worker with the fewest runs in flight and a free slot, or None."""
-        load = collections.Counter(a.worker for a in s.active.values() if a.worker is not None)
-        ready = [(load[w], w) for w in self._host.expand(s.name) if self._host.worker_ready(w)]
+        ready = [(s.handed[w], w) for w in self._host.expand(s.name) if self._host.worker_ready(w)]
         if not ready:
             return None
         count, worker = min(ready)
@@ -548,7 +549,10 @@ class Scheduler:
     def _dispatch(self, s: Schedule, active: ActiveRun, worker: str) -> None:
         run = active.run
         active.launched = True
+        if active.worker is not None:
+            s.handed[active.worker] -= 1
         active.worker = worker
+        s.handed[worker] += 1
         nominal = run.nominal_time.isoformat() if run.nominal_time else None
         due = _due_time(run)
         self._host.send_run(
@@ -622,7 +626,7 @@ class Scheduler:
         at: datetime | None = None,
     ) -> None:
         """The run ended; `at`: when, as the worker saw it (else now)."""
-        active = s.active.pop(run_id, None)
+        active = _pop_active(s, run_id)
         if active is None:
             return
         for handle in active.timers:
@@ -806,7 +810,7 @@ class Scheduler:
 
     def _requeue(self, s: Schedule, active: ActiveRun) -> None:
         """A run handed to a worker that died before starting it: queued again, unchanged."""
-        s.active.pop(active.run.run_id, None)
+        _pop_active(s, active.run.run_id)
         for handle in active.timers:
             handle.cancel()
         run = transition(active.run, RunState.QUEUED, at=self._now())
@@ -868,7 +872,7 @@ class Scheduler:
             mine = [a for a in s.active.values() if a.run.run_id in run_ids]
             for active in mine:
                 run_id = active.run.run_id
-                s.active.pop(run_id, None)
+                _pop_active(s, run_id)
                 for handle in active.timers:
                     handle.cancel()
                 if run_id in s.waiting_for_worker:
@@ -1270,6 +1274,15 @@ class Scheduler:
             "runs_so_far": s.state.runs_so_far,
             "last_run": _run_summary(last) if last is not None else None,
         }
+
+
+def _pop_active(s: Schedule, run_id: str) -> ActiveRun | None:
+    """Take a run out of `s.active`, and out of its worker's count (`_pick_worker` reads that count
+    for every run it hands out, instead of counting up to 2 x concurrency runs each time)."""
+    active = s.active.pop(run_id, None)
+    if active is not None and active.worker is not None:
+        s.handed[active.worker] -= 1
+    return active
 
 
 def _due_time(run: Run) -> datetime | None:

@@ -8,6 +8,7 @@ are synchronous and short; the shell runs them in a thread or inline.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -444,18 +445,39 @@ def run_to_row(run: Run, encode_time: Callable[[datetime], object]) -> dict[str,
 
 def run_update_values(run: Run, encode_time: Callable[[datetime], object]) -> list[object]:
     """The values of `RUN_UPDATABLE`, in that order, for an UPDATE of the run's row."""
-    return [_column_value(run, name, encode_time) for name in RUN_UPDATABLE]
+    values: list[object] = list(_UPDATABLE_VALUES(run))
+    for i in _UPDATABLE_TIMES:
+        if values[i] is not None:
+            values[i] = encode_time(utc(values[i]))  # type: ignore[arg-type]
+    if values[_UPDATABLE_RESULT] is not None:
+        values[_UPDATABLE_RESULT] = to_json(values[_UPDATABLE_RESULT])
+    return values
+
+
+# A state change writes these for every run of a burst: the columns' kinds are worked out once.
+_UPDATABLE_VALUES: Final = operator.attrgetter(*RUN_UPDATABLE)
+_UPDATABLE_TIMES: Final = tuple(i for i, name in enumerate(RUN_UPDATABLE) if name in _TIMES)
+_UPDATABLE_RESULT: Final = RUN_UPDATABLE.index("result")
+assert "args" not in RUN_UPDATABLE  # run_update_values encodes `result` alone as JSON
+
+_PLAIN, _TIME, _JSON = 0, 1, 2
+_COLUMN_KINDS: Final = tuple(
+    (name, _TIME if name in _TIMES else _JSON if name in ("args", "result") else _PLAIN) for name in RUN_COLUMNS
+)
 
 
 def row_to_run(row: Mapping[str, Any], decode_time: Callable[[Any], datetime]) -> Run:
     """Rebuild a run from a row mapping that has the `RUN_COLUMNS`."""
     values: dict[str, Any] = {}
-    for name in RUN_COLUMNS:
+    for name, kind in _COLUMN_KINDS:
         value = row[name]
-        if name in _TIMES and value is not None:
-            value = decode_time(value)
-        elif name in ("args", "result") and isinstance(value, str):
-            value = json.loads(value)
+        if value is not None and kind:
+            if kind == _TIME:
+                value = decode_time(value)
+            elif value == "{}":  # most runs' arguments: no decoder needed for an empty map
+                value = {}
+            elif isinstance(value, str):
+                value = json.loads(value)
         values[name] = value
     values["origin"] = RunOrigin(values["origin"])
     values["state"] = RunState(values["state"])

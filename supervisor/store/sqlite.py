@@ -180,6 +180,7 @@ class SqliteStore:
         self._read_conn: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._in_batch = False  # inside `batch()`: writes join its transaction
+        self._batch_owner: int | None = None  # the thread inside `batch()`, holding the lock
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -298,10 +299,12 @@ class SqliteStore:
         rolled back whole if any write fails. A busy writer commits once for many runs."""
         with self._write():
             self._in_batch = True
+            self._batch_owner = threading.get_ident()
             try:
                 yield
             finally:
                 self._in_batch = False
+                self._batch_owner = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -371,6 +374,13 @@ class SqliteStore:
         if expected_state is not None:
             sql += " AND state = ?"
             params.append(expected_state.value)
+        if self._batch_owner == threading.get_ident():
+            # Inside this thread's batch (the writer's, for every state change of a burst): its
+            # transaction and lock are held already; what `_write` would do, without its overhead.
+            try:
+                return self._db().execute(sql, params).rowcount == 1
+            except sqlite3.Error as exc:
+                raise self._error("cannot write to", exc) from exc
         with self._write() as conn:
             return conn.execute(sql, params).rowcount == 1
 
