@@ -43,6 +43,21 @@ def the_holder(db: ClusterDb, daemons: list[Daemon], log: Path) -> Daemon:
     return wait_for(found, timeout_s=15, what="a copy to start")
 
 
+def kill_and_take_over(holder: Daemon, daemons: list[Daemon], log: Path) -> Daemon:
+    """SIGKILL the holder's supervisor; the node whose copy starts next, within lease_ttl + 2 s."""
+    killed_at = time.time()
+    holder.proc.kill()
+    holder.proc.wait()
+    taker = wait_for(
+        lambda: next((d for d in daemons if d is not holder and d.pid == events(log)[-1][1]), None),
+        timeout_s=15,
+        what="a takeover after SIGKILL",
+    )
+    takeover_s = events(log)[-1][2] - killed_at
+    assert takeover_s <= TTL_S + 2, f"takeover took {takeover_s:.2f} s"
+    return taker
+
+
 def test_one_copy_across_sigkill_and_sigstop_of_the_holder(
     nodes: Callable[..., Daemon], cluster_db: ClusterDb, short_dir: Path
 ) -> None:
@@ -53,16 +68,7 @@ def test_one_copy_across_sigkill_and_sigstop_of_the_holder(
     assert len(holders(cluster_db, "single")) == 1
 
     # SIGKILL the holder's supervisor: its guard kills the copy, another node takes over
-    killed_at = time.time()
-    first.proc.kill()
-    first.proc.wait()
-    second = wait_for(
-        lambda: next((d for d in daemons if d is not first and d.pid == events(log)[-1][1]), None),
-        timeout_s=15,
-        what="a takeover after SIGKILL",
-    )
-    takeover_s = events(log)[-1][2] - killed_at
-    assert takeover_s <= TTL_S + 2, f"takeover took {takeover_s:.2f} s"
+    second = kill_and_take_over(first, daemons, log)
 
     # SIGSTOP the new holder's supervisor for 3 x lease_ttl: its guard kills the copy before
     # the lease can expire; a third node takes over; resumed, it must not start it again.
@@ -205,16 +211,7 @@ def test_a_singleton_added_at_runtime_runs_once_moves_on_sigkill_and_is_removed_
     assert [d.state("single") for d in daemons if d is not first] == ["STOPPED", "STOPPED"]
 
     # The holder's supervisor SIGKILLed: another node takes the runtime singleton over.
-    killed_at = time.time()
-    first.proc.kill()
-    first.proc.wait()
-    second = wait_for(
-        lambda: next((d for d in daemons if d is not first and d.pid == events(log)[-1][1]), None),
-        timeout_s=15,
-        what="a takeover after SIGKILL",
-    )
-    takeover_s = events(log)[-1][2] - killed_at
-    assert takeover_s <= TTL_S + 2, f"takeover took {takeover_s:.2f} s"
+    second = kill_and_take_over(first, daemons, log)
 
     # A node started later loads it and competes, but does not start a second copy.
     late = nodes(cluster_db, {}, node="n3")
