@@ -12,6 +12,7 @@ its syncs, so a sync never applies a read older than a change made here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -51,6 +52,22 @@ class RegistrationHost(Protocol):
 
     def set_paused(self, name: str, paused: bool) -> None:
         """Pause or resume a scheduled service's schedule here (nothing for a long-running one)."""
+        ...
+
+
+class TenantRoutes(Protocol):
+    """Where a service's runs are kept: its API tenant's schema (store/cluster_tenants.py)."""
+
+    def owner(self, service: str) -> str | None:
+        """The tenant `service` belongs to (None: none)."""
+        ...
+
+    def assign(self, service: str, tenant: str | None) -> None:
+        """`service` belongs to `tenant` from now on (its schema opened, made if missing)."""
+        ...
+
+    def discover(self) -> list[str]:
+        """Open the tenants' schemas other nodes made."""
         ...
 
 
@@ -95,6 +112,7 @@ class ClusterRegistrations:
         self._loaded = asyncio.Event()  # set by `load`: this node's own changes wait for it
         self._listening = threading.Event()  # set: the LISTEN thread stops
         self._task: asyncio.Task[None] | None = None
+        self.tenants: TenantRoutes | None = None  # set once the run store is open
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -157,8 +175,11 @@ class ClusterRegistrations:
         """Insert the row (refused when the cluster has the name), then `apply` here."""
         check_placement(cfg)
         async with await self._locked():
-            done = await asyncio.to_thread(self.store.add, name, spec)
+            tenant = self.tenants.owner(name) if self.tenants is not None else None
+            done = await asyncio.to_thread(functools.partial(self.store.add, name, spec, tenant=tenant))
             if isinstance(done, Registration):
+                if self.tenants is not None:
+                    self.tenants.assign(name, done.tenant)  # the cluster's service keeps its owner here
                 raise ProtocolError(
                     ErrorCode.CONFLICT,
                     f'a service named "{name}" exists in the cluster (added through node {done.updated_by or "?"}); '
@@ -214,6 +235,8 @@ class ClusterRegistrations:
     # -- applying the store's rows ---------------------------------------------------------------
 
     async def _sync(self, *, start: bool) -> None:
+        if self.tenants is not None:
+            await asyncio.to_thread(self.tenants.discover)  # tenants made through other nodes
         stored = await asyncio.to_thread(self.store.revisions)
         steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
         if not steps:
@@ -244,7 +267,15 @@ class ClusterRegistrations:
                     self._applied(name, stored[name])
         self._shadowed &= set(stored)
         if adds:
+            if self.tenants is not None:
+                await asyncio.to_thread(self._route, adds)
             self._add_here(adds, start=start)
+
+    def _route(self, rows: dict[str, Registration]) -> None:
+        """Before services are added here: each one's runs go to its tenant's schema (or the main one)."""
+        assert self.tenants is not None
+        for name, row in rows.items():
+            self.tenants.assign(name, row.tenant)
 
     def _applied(self, name: str, row: Stored, *, present: bool = True) -> None:
         self.applied[name] = Applied(row.revision, row.spec_revision, row.paused, present)
@@ -255,7 +286,8 @@ class ClusterRegistrations:
         if mine.present:
             log.info("cluster: %s was removed through another node; removing it here", name)
             await self._host.drop(name)
-            late = await asyncio.to_thread(self.store.cancel_orphans, name)
+            tenant = self.tenants.owner(name) if self.tenants is not None else None
+            late = await asyncio.to_thread(self.store.cancel_orphans, name, tenant)
             if late:
                 log.warning("cluster: %s: cancelled %d run(s) fired before this node learnt of the removal", name, late)
 

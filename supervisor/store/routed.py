@@ -41,6 +41,10 @@ class RoutedStore:
         owners: service -> tenant, known before open (the API's `owners` table).
     """
 
+    cluster_owners = False
+    """True when the owners here are the cluster's (each registration's tenant, on every node), and
+    so the ones the API shows (store/cluster_tenants.py); else the API's own table is."""
+
     def __init__(self, main: Store, places: TenantPlaces, owners: Mapping[str, str] | None = None) -> None:
         self.main = main
         self.places = places
@@ -94,6 +98,10 @@ class RoutedStore:
     def owner(self, service: str) -> str | None:
         """The tenant whose store keeps `service`'s rows, or None (the main store)."""
         return self._owners.get(service)
+
+    def owned_by(self, tenant: str) -> list[str]:
+        """The services routed to `tenant`'s store."""
+        return sorted(s for s, t in list(self._owners.items()) if t == tenant)
 
     def tenant_store(self, tenant: str) -> Store:
         """The tenant's own store (opened, and created if missing)."""
