@@ -75,6 +75,10 @@ def _move(conn: psycopg.Connection[dict[str, Any]], main: str, own: str, tenant:
     m, t = sql.Identifier(main), sql.Identifier(own)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:tenant-move:{main}",))
+        here = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS here", (f'"{own}".runs',)).fetchone()
+        if not (here and here["here"]):
+            log.warning("tenant %s: no schema %s to move its rows to (yet); they stay where they are", tenant, own)
+            return 0
         conn.execute(
             sql.SQL("UPDATE {}.registrations SET tenant = %s WHERE name = ANY(%s) AND tenant IS NULL").format(m),
             (tenant, services),
