@@ -236,7 +236,7 @@ class ClusterRegistrations:
 
     async def _sync(self, *, start: bool) -> None:
         if self.tenants is not None:
-            await asyncio.to_thread(self.tenants.discover)  # tenants made through other nodes
+            await asyncio.to_thread(self._follow_tenants)
         stored = await asyncio.to_thread(self.store.revisions)
         steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
         if not steps:
@@ -270,6 +270,16 @@ class ClusterRegistrations:
             if self.tenants is not None:
                 await asyncio.to_thread(self._route, adds)
             self._add_here(adds, start=start)
+
+    def _follow_tenants(self) -> None:
+        """Open the tenants' schemas made through other nodes, and follow owners recorded after a
+        service was added here (an older cluster database's rows, given their tenant at a node's start)."""
+        assert self.tenants is not None
+        self.tenants.discover()
+        owners = self.store.owners()
+        for name in [n for n in self.applied if self.owns(n)]:
+            if self.tenants.owner(name) != owners.get(name):
+                self.tenants.assign(name, owners.get(name))
 
     def _route(self, rows: dict[str, Registration]) -> None:
         """Before services are added here: each one's runs go to its tenant's schema (or the main one)."""
