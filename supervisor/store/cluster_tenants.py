@@ -22,13 +22,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import psycopg
+
 from supervise.supervisor.store.base import ScheduleState, Store, StoreError
 from supervise.supervisor.store.cluster import RUN_LEASES
 from supervise.supervisor.store.leased import LeasedRuns
 from supervise.supervisor.store.node_connection import NodeConnection
 from supervise.supervisor.store.postgres import PostgresStore, idle_transaction_limit
 from supervise.supervisor.store.routed import RoutedStore
-from supervise.supervisor.store.tenants import PostgresTenants, check_tenant
+from supervise.supervisor.store.tenants import SCHEMA_INFIX, TENANT_RE, PostgresTenants, check_tenant
 
 log = logging.getLogger("supervise.cluster")
 
@@ -82,6 +84,7 @@ class ClusterTenants:
         self.node = node
         self.lease_ttl_ms = lease_ttl_ms
         self.configure: Callable[[LeasedRuns], None] = lambda _: None  # set by ClusterHistory
+        self.main: LeasedRuns | None = None  # the main schema's store, for `existing` (set by ClusterHistory)
 
     def schema_of(self, tenant: str) -> str:
         return self.places.schema_of(tenant)
@@ -106,7 +109,22 @@ class ClusterTenants:
         return leased  # a Store: run writes fenced, the rest delegated
 
     def existing(self) -> list[str]:
-        return self.places.existing()
+        """The tenants whose schema has a `runs` table (made through any node). Read on the main
+        store's connection when there is one: every node asks at each poll of the registrations."""
+        if self.main is None:
+            return self.places.existing()
+        prefix = f"{self.places.schema}{SCHEMA_INFIX}"
+        query = (
+            "SELECT n.nspname AS name FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+            "WHERE c.relname = 'runs' AND c.relkind IN ('r', 'p') AND left(n.nspname, %s) = %s"
+        )
+
+        def read(conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+            return conn.execute(query, (len(prefix), prefix)).fetchall()
+
+        rows: list[dict[str, Any]] = self.main._call(read)
+        names = (str(r["name"])[len(prefix) :] for r in rows)
+        return sorted(n for n in names if TENANT_RE.fullmatch(n))
 
     def drop(self, tenant: str) -> bool:
         return self.places.drop(tenant)
@@ -174,6 +192,7 @@ class ClusterHistory(RoutedStore):
         self._fence_grace_ms = 0
         self._on_claimable: Callable[[str], None] | None = None
         places.configure = self._configure
+        places.main = main
 
     # -- the agent's settings, the same on every schema's store --------------------------------
 
