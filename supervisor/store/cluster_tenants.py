@@ -188,6 +188,9 @@ class ClusterHistory(RoutedStore):
         self.node = main.node
         self._gone_tenants: set[str] = set()
         self._watched: dict[int, _Watched] = {}  # id of a tenant's store -> its watcher
+        # Stores of dropped schemas that still had run leases: reported by `held()` until the
+        # heartbeat finds those leases gone and the agent revokes them (their runs are stopped).
+        self._orphans: list[LeasedRuns] = []
         self._fence_until: float | None = None
         self._fence_grace_ms = 0
         self._on_claimable: Callable[[str], None] | None = None
@@ -202,8 +205,13 @@ class ClusterHistory(RoutedStore):
         store.on_claimable = self._on_claimable
 
     def _leased(self) -> list[LeasedRuns]:
-        stores: list[object] = [self.main, *self._tenants.values()]
+        stores: list[object] = [self.main, *self._tenants.values(), *self._orphans]
         return [s for s in stores if isinstance(s, LeasedRuns)]
+
+    def _orphan(self, store: Store | None) -> None:
+        if isinstance(store, LeasedRuns) and store.held():
+            with self._lock:
+                self._orphans = [*[o for o in self._orphans if o.held()], store]
 
     @property
     def fence_until(self) -> float | None:
@@ -320,6 +328,8 @@ class ClusterHistory(RoutedStore):
     def drop_tenant(self, tenant: str) -> bool:
         with self._lock:
             self._gone_tenants.add(check_tenant(tenant))
+            store = self._tenants.get(tenant)
+        self._orphan(store)
         return super().drop_tenant(tenant)
 
     def _vanished(self, tenant: str, store: Store) -> None:
@@ -329,6 +339,7 @@ class ClusterHistory(RoutedStore):
                 return
             self._tenants = {t: s for t, s in self._tenants.items() if t != tenant}
             self._gone_tenants.add(tenant)
+        self._orphan(store)
         log.warning(
             "cluster: tenant %s's run history (%s) was deleted through another node; its rows are no longer "
             "written or read here",

@@ -150,6 +150,12 @@ def test_a_tenant_dropped_through_one_node_is_skipped_by_another_that_held_it_op
     # b's first call that touches the schema fails once; after it, acme's schema is skipped
     with pytest.raises(StoreError):
         b_runs.list_runs()
+    # the lease b held there is still offered to the heartbeat, which finds it gone, so the agent
+    # revokes it (and stops the run)
+    assert held.run_id in dict(b_runs.held())
+    assert b.beat(b_runs.held(), []).runs == {kept.run_id}
+    assert b_runs.revoke({held.run_id}) == [held.run_id]
+    assert dict(b_runs.held()) == {kept.run_id: 1}
     assert [r.run_id for r in b_runs.list_runs()] == [kept.run_id]
     assert not b_runs.insert_run(starting("acme-job", 5))  # a write about its service changes nothing
     assert not b_runs.update_run(transition(held, RunState.RUNNING, at=held.created_at, pid=1))
