@@ -51,7 +51,9 @@ class RoutedStore:
         self._owners: dict[str, str] = {s: t for s, t in (owners or {}).items() if TENANT_RE.fullmatch(t)}
         self._tenants: dict[str, Store] = {}
         self._lock = threading.RLock()  # opening or dropping a tenant's store
-        self._batch: tuple[int, ExitStack, set[int]] | None = None  # (thread, its stack, stores entered)
+        # Inside `batch()`, per thread (the history writer's and the notifier's may batch at once):
+        # (its stack, the stores entered).
+        self._batches = threading.local()
         # A batch where the stores have one (SQLite); none where they do not (PostgreSQL), so the
         # history writer writes one at a time there, as it does on such a store alone.
         self.batch: Callable[[], AbstractContextManager[None]] | None = (
@@ -155,20 +157,23 @@ class RoutedStore:
         """The writes this thread makes inside go into one transaction per store they touch (each
         store's own `batch()`, entered at its first write); every store commits at the end, or
         each rolls back when a write fails. A run and the outbox rows it causes share a store."""
+        if getattr(self._batches, "open", None) is not None:  # nested: the outer batch commits
+            yield
+            return
         with ExitStack() as stack:
-            self._batch = (threading.get_ident(), stack, set())
+            self._batches.open = (stack, set())
             try:
                 yield
             finally:
-                self._batch = None
+                self._batches.open = None
 
     def _writing(self, store: Store) -> Store:
-        batch = self._batch
-        if batch is not None and batch[0] == threading.get_ident() and id(store) not in batch[2]:
+        batch: tuple[ExitStack, set[int]] | None = getattr(self._batches, "open", None)
+        if batch is not None and id(store) not in batch[1]:
             enter = getattr(store, "batch", None)
             if enter is not None:
-                batch[1].enter_context(enter())
-            batch[2].add(id(store))
+                batch[0].enter_context(enter())
+            batch[1].add(id(store))
         return store
 
     # -- runs -------------------------------------------------------------------------------------
