@@ -119,6 +119,22 @@ def test_a_tenants_run_is_leased_in_its_schema_renewed_counted_rescued_and_claim
     assert b_runs.worker_lease(acme.run_id) == {} and b_runs.revoke({acme.run_id}) == [acme.run_id]
 
 
+def test_a_run_queued_in_any_schema_wakes_the_other_nodes_and_the_fencing_deadline_reaches_every_schema(
+    history: Callable[..., tuple[ClusterHistory, ClusterStore]],
+) -> None:
+    runs, _ = history("a", OWNERS)
+    woken: list[str] = []
+    runs.on_claimable = woken.append
+    runs.fence_until, runs.fence_grace_ms = 123.0, 50
+    for service in ("acme-job", "globex-job", "own-job"):  # globex's store opens after the settings
+        queued = transition(starting(service), RunState.QUEUED, at=datetime.now(UTC))
+        assert runs.insert_run(queued)
+    assert woken == ["acme-job", "globex-job", "own-job"]
+    leased = starting("globex-job", 3)
+    assert runs.insert_run(leased)
+    assert runs.worker_lease(leased.run_id) == {"lease_until": 123.0, "lease_grace_ms": 50}
+
+
 def test_a_schema_made_through_another_node_is_found_and_read(
     schema: tuple[str, str], history: Callable[..., tuple[ClusterHistory, ClusterStore]]
 ) -> None:
