@@ -187,6 +187,7 @@ class ClusterHistory(RoutedStore):
         self.cluster_places = places
         self.node = main.node
         self._gone_tenants: set[str] = set()
+        self._unrouted: set[str] = set()
         self._watched: dict[int, _Watched] = {}  # id of a tenant's store -> its watcher
         # Stores of dropped schemas that still had run leases: reported by `held()` until the
         # heartbeat finds those leases gone and the agent revokes them (their runs are stopped).
@@ -196,6 +197,17 @@ class ClusterHistory(RoutedStore):
         self._on_claimable: Callable[[str], None] | None = None
         places.configure = self._configure
         places.main = main
+
+    def __getattr__(self, name: str) -> Any:
+        """A `LeasedRuns` method not routed here acts on the main schema only (logged once per name):
+        a method about runs of several services belongs in this class, spanning the schemas."""
+        if name.startswith("__") or name in ("leased_main", "_unrouted"):
+            raise AttributeError(name)
+        found = getattr(self.leased_main, name)
+        if name not in self._unrouted:
+            self._unrouted.add(name)
+            log.warning("cluster: %s is not routed across the tenants' schemas; the main schema's store answers", name)
+        return found
 
     # -- the agent's settings, the same on every schema's store --------------------------------
 
