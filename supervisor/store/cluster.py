@@ -185,6 +185,10 @@ class ClusterStore(NodeConnection):
         me = self.node
 
         def beat(conn: psycopg.Connection[dict[str, Any]]) -> Beat:
+            # The tenants' schemas are locked (shared) before any row is: a drop waiting on one of them
+            # then never waits, through a writer, on a row this transaction holds.
+            groups = self.runs_by_schema(runs) if runs else {}
+            here = {schema: leases for schema, leases in groups.items() if self._lock_runs(conn, schema)}
             alive = conn.execute(
                 self._q(
                     "UPDATE {s}.nodes SET heartbeat_at = now(), expires_at = now() + make_interval(secs => %s) "
@@ -195,9 +199,7 @@ class ClusterStore(NodeConnection):
             if alive is None:
                 return Beat(alive=False)
             kept_runs: set[str] = set()
-            for schema, leases in (self.runs_by_schema(runs) if runs else {}).items():
-                if not self._lock_runs(conn, schema):
-                    continue  # a tenant's schema dropped: its leases are gone
+            for schema, leases in here.items():  # a tenant's schema dropped: its leases are gone
                 rows = conn.execute(
                     self._in(
                         schema,
@@ -318,9 +320,7 @@ class ClusterStore(NodeConnection):
         def rescue(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[str], list[str]]:
             queued: list[str] = []
             lost: list[str] = []
-            for schema in self._run_schemas(conn):
-                if not self._lock_runs(conn, schema):
-                    continue
+            for schema in [s for s in self._run_schemas(conn) if self._lock_runs(conn, s)]:  # locked first
                 queued += [row["run_id"] for row in conn.execute(self._in(schema, requeue)).fetchall()]
                 queued += [
                     row["run_id"] for row in conn.execute(self._in(schema, orphaned), (self.lease_ttl_s,)).fetchall()
