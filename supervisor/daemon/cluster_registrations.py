@@ -275,8 +275,8 @@ class ClusterRegistrations:
         """Open the tenants' schemas made through other nodes, and follow owners recorded after a
         service was added here (an older cluster database's rows, given their tenant at a node's start)."""
         assert self.tenants is not None
+        owners = self.store.owners()  # first: it fails fast while the database is away
         self.tenants.discover()
-        owners = self.store.owners()
         for name in [n for n in self.applied if self.owns(n)]:
             if self.tenants.owner(name) != owners.get(name):
                 self.tenants.assign(name, owners.get(name))
