@@ -235,3 +235,26 @@ def test_rows_in_the_shared_schema_move_once_to_their_tenants_schemas_even_with_
     # And: run again, it moves nothing
     assert move_cluster_tenant_rows(dsn, name, OWNERS) == {}
     rows.close()
+
+
+def test_removing_a_tenants_service_cancels_its_waiting_runs_in_the_tenants_schema(
+    schema: tuple[str, str], history: Callable[..., tuple[ClusterHistory, ClusterStore]]
+) -> None:
+    dsn, name = schema
+    runs, _ = history("a")
+    runs.assign("acme-job", "acme")
+    rows = RegistrationStore(dsn, schema=name, node="a").open()
+    try:
+        rows.add("acme-job", {"command": ["true"], "manual": True}, tenant="acme")
+        assert rows.owners() == {"acme-job": "acme"} and rows.tenant_names("acme") == ["acme-job"]
+        waiting = transition(starting("acme-job"), RunState.QUEUED, at=datetime.now(UTC))
+        assert runs.insert_run(waiting)
+        removal = rows.remove("acme-job")
+        assert removal.existed and removal.cancelled == 1
+        assert services_in(dsn, f"{name}_tenant_acme") == {waiting.run_id: "cancelled"}
+        late = transition(starting("acme-job", 2), RunState.QUEUED, at=datetime.now(UTC))
+        assert runs.insert_run(late)  # fired by a node that had not applied the removal yet
+        assert rows.cancel_orphans("acme-job", "acme") == 1
+        assert services_in(dsn, f"{name}_tenant_acme")[late.run_id] == "cancelled"
+    finally:
+        rows.close()
