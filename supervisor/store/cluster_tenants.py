@@ -64,8 +64,6 @@ _GONE: Final[dict[str, Callable[[], object]]] = {
 
 def schema_gone(error: BaseException) -> bool:
     """The store's schema (or its tables) no longer exists: a tenant's store dropped by another node."""
-    import psycopg
-
     cause = error.cause if isinstance(error, StoreError) else error
     return isinstance(cause, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName))
 
