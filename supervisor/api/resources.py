@@ -112,7 +112,16 @@ class Resources:
         return await command.handler(self.host, valid)
 
     def owner(self, service: str) -> str | None:
-        return self._owners.get(service.split(":")[0])
+        name = service.split(":")[0]
+        routes = self._cluster_routes()
+        return routes.owner(name) if routes is not None else self._owners.get(name)
+
+    def _cluster_routes(self) -> RoutedStore | None:
+        """Cluster mode: the run store, whose owners are the registrations' tenants (the same on
+        every node); None otherwise (this daemon's `api.db` says)."""
+        store = self.host.store
+        history = store.store if store is not None else None
+        return history if isinstance(history, RoutedStore) and history.cluster_owners else None
 
     def visible(self, call: Call, service: str) -> bool:
         return call.tenant is None or self.owner(service) == call.tenant
@@ -385,6 +394,9 @@ class Resources:
         return Reply(RunPage(runs=[Run.model_validate(run_to_dict(r)) for r in page], next_cursor=cursor))
 
     def _tenant_services(self, call: Call) -> list[str | None]:
+        routes = self._cluster_routes()
+        if routes is not None and call.tenant is not None:
+            return list(routes.owned_by(call.tenant))
         return [s for s, t in self._owners.items() if t == call.tenant]
 
     def _visible_run(self, call: Call) -> Any:

@@ -56,17 +56,57 @@ def _api_store(cfg: Config) -> Iterator[ApiStore]:
         store.close()
 
 
+def _store_url(cfg: Config) -> str | None:
+    """The run history's store: the cluster's in cluster mode (docs/cluster.md)."""
+    return cfg.cluster.store if cfg.cluster is not None else cfg.supervisor.store
+
+
+def _cluster_services(cfg: Config, tenant: str) -> list[str]:
+    """Cluster mode: the runtime services the cluster's registrations say `tenant` owns (added through
+    any node); none otherwise."""
+    if cfg.cluster is None:
+        return []
+    from supervise.supervisor.store import StoreError
+    from supervise.supervisor.store.cluster_registrations import RegistrationStore
+
+    dsn, _, schema = cfg.cluster.store.partition("?schema=")
+    rows = RegistrationStore(dsn, schema=schema or "supervise", node="tenant-cli")
+    try:
+        return rows.open().tenant_names(tenant)  # open: the tenant column, if no node made it yet
+    except StoreError as e:
+        raise CliError(f"cannot read the cluster's services: {e}") from None
+    finally:
+        rows.close()
+
+
+def _remove_in_cluster(cfg: Config, services: list[str]) -> None:
+    """No daemon runs here: remove the tenant's services from the cluster's registrations (every node
+    stops them, as when removed through a node)."""
+    if cfg.cluster is None or not services:
+        return
+    from supervise.supervisor.store import StoreError
+    from supervise.supervisor.store.cluster_registrations import RegistrationStore
+
+    dsn, _, schema = cfg.cluster.store.partition("?schema=")
+    rows = RegistrationStore(dsn, schema=schema or "supervise", node="tenant-cli")
+    try:
+        rows.open()
+        for service in services:
+            rows.remove(service)
+    except StoreError as e:
+        raise CliError(f"cannot remove the tenant's services from the cluster: {e}") from None
+    finally:
+        rows.close()
+
+
 @contextmanager
 def _own_history(cfg: Config, tenant: str) -> Iterator[Store | None]:
-    """The tenant's own history store, when it has one (None in cluster mode: one schema for all)."""
+    """The tenant's own history store (its file, or its schema), when it has one."""
     from supervise.supervisor.store import StoreError
     from supervise.supervisor.store.tenants import tenant_places
 
-    if cfg.cluster is not None:
-        yield None
-        return
     try:
-        places = tenant_places(cfg.supervisor.store, cfg.supervisor.state_dir)
+        places = tenant_places(_store_url(cfg), cfg.supervisor.state_dir)
         if tenant not in places.existing():
             yield None
             return
@@ -78,14 +118,12 @@ def _own_history(cfg: Config, tenant: str) -> Iterator[Store | None]:
 
 
 def _drop_own_history(cfg: Config, tenant: str) -> bool:
-    """Delete the tenant's own history store (no daemon holds it open); False when it has none."""
+    """Delete the tenant's own history store (no daemon here holds it open); False when it has none."""
     from supervise.supervisor.store import StoreError
     from supervise.supervisor.store.tenants import tenant_places
 
-    if cfg.cluster is not None:
-        return False
     try:
-        return tenant_places(cfg.supervisor.store, cfg.supervisor.state_dir).drop(tenant)
+        return tenant_places(_store_url(cfg), cfg.supervisor.state_dir).drop(tenant)
     except (StoreError, OSError) as e:
         raise CliError(f"cannot delete tenant {tenant}'s run history: {e}") from None
 
@@ -95,7 +133,7 @@ def _history(cfg: Config) -> Iterator[Store]:
     from supervise.supervisor.store import StoreError, open_store
 
     try:
-        store = open_store(cfg.supervisor.store or cfg.supervisor.state_dir / "history.db")
+        store = open_store(_store_url(cfg) or cfg.supervisor.state_dir / "history.db")
         with store:
             yield store
     except StoreError as e:
@@ -207,7 +245,7 @@ def export(name: str, output: str | None, as_json: bool, config: str) -> None:
     cfg = _load(config)
     with _api_store(cfg) as store:
         _known(store, name)
-        services = store.tenant_services(name)
+        services = sorted({*store.tenant_services(name), *_cluster_services(cfg, name)})
         document: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
@@ -217,7 +255,7 @@ def export(name: str, output: str | None, as_json: bool, config: str) -> None:
         }
     with _own_history(cfg, name) as own, _history(cfg) as shared:
         # Everything in its own store (deleted services' runs too); of the shared store, the rows of
-        # its services an older version wrote there, or all of them in cluster mode.
+        # its services an older version wrote there.
         document["services"] = _services([own, shared] if own is not None else [shared], services)
         document["runs"] = _runs(own, shared, services)
         document["notifications"] = _notifications(own, shared, services)
@@ -269,7 +307,7 @@ def delete(name: str, yes: bool, as_json: bool, config: str) -> None:
     cfg = _load(config)
     with _api_store(cfg) as store:
         _known(store, name)
-        services = store.tenant_services(name)
+        services = sorted({*store.tenant_services(name), *_cluster_services(cfg, name)})
     if not yes:
         click.confirm(
             f"delete tenant {name}: {len(services)} services and jobs, their history, its tasks and tokens?",
@@ -285,6 +323,7 @@ def delete(name: str, yes: bool, as_json: bool, config: str) -> None:
                 _remove(daemon, service)
             dropped = bool(_drop_in_daemon(daemon, name)["dropped"])
         else:
+            _remove_in_cluster(cfg, services)
             dropped = _drop_own_history(cfg, name)
         with _history(cfg) as history:  # rows an older version kept in the shared store
             runs += sum(history.forget_service(s) for s in services)

@@ -40,7 +40,7 @@ from supervise.supervisor.config.cluster import ClusterConfig, placement_copies
 from supervise.supervisor.daemon.run_wake import RunWaker
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.cluster import Beat, ClusterStore
-from supervise.supervisor.store.leased import LeasedRuns
+from supervise.supervisor.store.cluster_tenants import ClusterHistory
 
 log = logging.getLogger("supervise.cluster")
 
@@ -124,7 +124,7 @@ class ClusterAgent:
         self,
         config: ClusterConfig,
         store: ClusterStore,
-        runs: LeasedRuns,
+        runs: ClusterHistory,
         host: ClusterHost,
         *,
         placements: dict[str, str],

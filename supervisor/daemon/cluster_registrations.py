@@ -12,6 +12,7 @@ its syncs, so a sync never applies a read older than a change made here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -60,6 +61,22 @@ class RegistrationHost(Protocol):
         ...
 
 
+class TenantRoutes(Protocol):
+    """Where a service's runs are kept: its API tenant's schema (store/cluster_tenants.py)."""
+
+    def owner(self, service: str) -> str | None:
+        """The tenant `service` belongs to (None: none)."""
+        ...
+
+    def assign(self, service: str, tenant: str | None) -> None:
+        """`service` belongs to `tenant` from now on (its schema opened, made if missing)."""
+        ...
+
+    def discover(self) -> list[str]:
+        """Open the tenants' schemas other nodes made."""
+        ...
+
+
 class ClusterRegistrations:
     """This node's side of the cluster's runtime services: writes, then applies; syncs on NOTIFY and by polling.
 
@@ -90,6 +107,7 @@ class ClusterRegistrations:
         self._loaded = asyncio.Event()  # set by `load`: this node's own changes wait for it
         self._listening = threading.Event()  # set: the LISTEN thread stops
         self._task: asyncio.Task[None] | None = None
+        self.tenants: TenantRoutes | None = None  # set once the run store is open
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,8 +169,11 @@ class ClusterRegistrations:
     async def add(self, name: str, spec: Mapping[str, Any], apply: Callable[[], None]) -> None:
         """Insert the row (refused when the cluster has the name), then `apply` here."""
         async with await self._locked():
-            done = await asyncio.to_thread(self.store.add, name, spec)
+            tenant = self.tenants.owner(name) if self.tenants is not None else None
+            done = await asyncio.to_thread(functools.partial(self.store.add, name, spec, tenant=tenant))
             if isinstance(done, Registration):
+                if self.tenants is not None:
+                    self.tenants.assign(name, done.tenant)  # the cluster's service keeps its owner here
                 raise ProtocolError(
                     ErrorCode.CONFLICT,
                     f'a service named "{name}" exists in the cluster (added through node {done.updated_by or "?"}); '
@@ -217,6 +238,8 @@ class ClusterRegistrations:
             self._host.set_paused(name, paused)
 
     async def _sync(self, *, start: bool) -> None:
+        if self.tenants is not None:
+            await asyncio.to_thread(self._follow_tenants)
         await self._sync_config_pauses()
         stored = await asyncio.to_thread(self.store.revisions)
         steps = plan_sync(self.applied, stored, self._host.local_names() - set(self.applied))
@@ -248,7 +271,25 @@ class ClusterRegistrations:
                     self._applied(name, stored[name])
         self._shadowed &= set(stored)
         if adds:
+            if self.tenants is not None:
+                await asyncio.to_thread(self._route, adds)
             self._add_here(adds, start=start)
+
+    def _follow_tenants(self) -> None:
+        """Open the tenants' schemas made through other nodes, and follow owners recorded after a
+        service was added here (an older cluster database's rows, given their tenant at a node's start)."""
+        assert self.tenants is not None
+        owners = self.store.owners()  # first: it fails fast while the database is away
+        self.tenants.discover()
+        for name in [n for n in self.applied if self.owns(n)]:
+            if self.tenants.owner(name) != owners.get(name):
+                self.tenants.assign(name, owners.get(name))
+
+    def _route(self, rows: dict[str, Registration]) -> None:
+        """Before services are added here: each one's runs go to its tenant's schema (or the main one)."""
+        assert self.tenants is not None
+        for name, row in rows.items():
+            self.tenants.assign(name, row.tenant)
 
     def _applied(self, name: str, row: Stored, *, present: bool = True) -> None:
         self.applied[name] = Applied(row.revision, row.spec_revision, row.paused, present)
@@ -259,7 +300,8 @@ class ClusterRegistrations:
         if mine.present:
             log.info("cluster: %s was removed through another node; removing it here", name)
             await self._host.drop(name)
-            late = await asyncio.to_thread(self.store.cancel_orphans, name)
+            tenant = self.tenants.owner(name) if self.tenants is not None else None
+            late = await asyncio.to_thread(self.store.cancel_orphans, name, tenant)
             if late:
                 log.warning("cluster: %s: cancelled %d run(s) fired before this node learnt of the removal", name, late)
 

@@ -42,7 +42,7 @@ from supervise.supervisor.store.queued import QueuedStore
 
 if TYPE_CHECKING:
     from supervise.supervisor.daemon.ports import SchedulerHost
-    from supervise.supervisor.store.leased import LeasedRuns
+    from supervise.supervisor.store.cluster_tenants import ClusterHistory
 
 log = logging.getLogger("supervise.scheduler")
 
@@ -108,7 +108,7 @@ class Scheduler:
         *,
         history_keep: int = 1000,
         history_max_age_ms: int = 30 * 86_400_000,
-        leases: LeasedRuns | None = None,
+        leases: ClusterHistory | None = None,
     ) -> None:
         self._host = host
         self._store = store
@@ -488,7 +488,7 @@ class Scheduler:
         assert self._leases is not None
         ids = [r.run_id for r in s.queue.peek(free) if r.run_id not in self._claimed_ahead]
         try:
-            taken = self._leases.claim_many(ids)
+            taken = self._leases.claim_many(ids, service=s.name)
         except StoreError as e:
             log.warning("%s: could not claim queued runs (%s); they stay queued in the store", s.name, e)
             return
@@ -504,7 +504,7 @@ class Scheduler:
                 del s.active[run.run_id]
             return ahead
         try:
-            epoch = self._leases.claim(run.run_id)
+            epoch = self._leases.claim(run.run_id, service=s.name)
         except StoreError as e:
             log.warning("%s: could not claim run %s (%s); it stays queued in the store", s.name, run.run_id, e)
             epoch = None

@@ -66,7 +66,7 @@ from supervise.supervisor.daemon.status import (
     status_row,
     status_row_detail,
 )
-from supervise.supervisor.daemon.tenant_history import drop_tenant, open_history
+from supervise.supervisor.daemon.tenant_history import drop_tenant, open_cluster_history, open_history
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
 
@@ -253,6 +253,7 @@ class Supervisor:
         from supervise.supervisor.daemon.cluster_registrations import ClusterRegistrations
         from supervise.supervisor.store.cluster import ClusterStore
         from supervise.supervisor.store.cluster_registrations import RegistrationStore
+        from supervise.supervisor.store.cluster_tenants import ClusterHistory, ClusterTenants
         from supervise.supervisor.store.leased import LeasedRuns
         from supervise.supervisor.store.postgres import PostgresStore
 
@@ -260,8 +261,13 @@ class Supervisor:
         assert cfg is not None
         store = await asyncio.to_thread(open_store, cfg.store)
         assert isinstance(store, PostgresStore)
-        runs = LeasedRuns(store, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
+        # Each tenant's runs in a schema of its own, leased like the main schema's (docs/api.md)
+        runs = ClusterHistory(
+            LeasedRuns(store, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms),
+            ClusterTenants(store.dsn, store.schema, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms),
+        )
         nodes = ClusterStore(store.dsn, schema=store.schema, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
+        nodes.runs_by_schema = runs.runs_by_schema
         binding = ClusterBinding(
             self._services,
             feed=self._feed,
@@ -288,6 +294,7 @@ class Supervisor:
         rows = RegistrationStore(store.dsn, schema=store.schema, node=cfg.node, lease_ttl_ms=cfg.lease_ttl_ms)
         try:
             await asyncio.to_thread(rows.open)  # its columns: created before the sockets answer
+            await asyncio.to_thread(open_cluster_history, runs, rows, self.config.supervisor.state_dir)
         except BaseException:
             rows.close()
             await self.cluster.close()
@@ -295,6 +302,7 @@ class Supervisor:
             self.cluster = None
             raise
         self.changes.shared = ClusterRegistrations(rows, self.changes, renew_every_ms=cfg.renew_every_ms)
+        self.changes.shared.tenants = runs
         self.changes.singletons = self.cluster  # runtime services may be singletons too
 
     async def _execute_relayed(self, name: str, args: dict[str, Any]) -> object:

@@ -4,8 +4,9 @@ The history the scheduler writes to is a `RoutedStore` (store/routed.py): the
 daemon's own store, plus one store per tenant of the HTTP API (a SQLite file
 under `tenants/`, or a PostgreSQL schema). Owners come from `api.db`'s `owners`
 table, read here without importing the API. Rows an older version kept in the
-shared store are moved into the tenants' stores at start. Cluster mode keeps
-one schema for every tenant (docs/api.md, "A tenant's data").
+shared store are moved into the tenants' stores at start. In cluster mode the
+history is a `ClusterHistory` (store/cluster_tenants.py): a schema per tenant too,
+under the node's leases (docs/api.md, "What is stored where").
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from supervise.supervisor.store.tenants import TENANT_RE, move_tenant_rows, tena
 
 if TYPE_CHECKING:
     from supervise.supervisor.config.model import SupervisorConfig
+    from supervise.supervisor.store.cluster_registrations import RegistrationStore
+    from supervise.supervisor.store.cluster_tenants import ClusterHistory
     from supervise.supervisor.store.queued import QueuedStore
 
 log = logging.getLogger("supervise.store")
@@ -68,6 +71,25 @@ def open_history(sup: SupervisorConfig) -> RoutedStore:
     return routed
 
 
+def open_cluster_history(history: ClusterHistory, rows: RegistrationStore, state_dir: Path) -> None:
+    """Cluster mode: open every tenant's schema, then move the rows of tenants' services that the
+    shared schema still keeps (an older version's cluster database: store/cluster_migration.py).
+    The owners are the registrations' tenants and, for rows that name none yet, this node's `api.db`.
+
+    Raises:
+        StoreError: a schema cannot be opened, or a move failed (the next start moves it again).
+    """
+    from supervise.supervisor.store.cluster_migration import move_cluster_tenant_rows
+
+    history.open()
+    owners = {**read_owners(state_dir), **rows.owners()}
+    for service, tenant in sorted(owners.items()):
+        if TENANT_RE.fullmatch(tenant):
+            history.assign(service, tenant)  # its schema made or opened: the rows have somewhere to go
+    main = history.leased_main.store
+    move_cluster_tenant_rows(main.dsn, main.schema, owners)
+
+
 async def drop_tenant(store: QueuedStore | None, tenant: str) -> dict[str, object]:
     """Close and delete `tenant`'s own store (its file or schema), after the writes queued for it.
 
@@ -78,7 +100,7 @@ async def drop_tenant(store: QueuedStore | None, tenant: str) -> dict[str, objec
         raise ProtocolError(ErrorCode.BAD_ARGS, f'drop_tenant: "tenant" must match {TENANT_RE.pattern}')
     router = store.store if store is not None else None
     if not isinstance(router, RoutedStore):
-        return {"tenant": tenant, "dropped": False, "where": None}  # cluster mode: no store of its own
+        return {"tenant": tenant, "dropped": False, "where": None}
     assert store is not None
     if not await store.written(DROP_WAIT_S):
         log.warning("tenant %s: history writes still queued after %.0f s; dropping its store", tenant, DROP_WAIT_S)

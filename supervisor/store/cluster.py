@@ -36,11 +36,19 @@ from psycopg import sql
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.store.base import NodeNameTaken
 from supervise.supervisor.store.node_connection import NodeConnection
+from supervise.supervisor.store.tenants import SCHEMA_INFIX, TENANT_RE
 
 log = logging.getLogger("supervise.cluster")
 
 IN_FLIGHT: Final = [RunState.STARTING.value, RunState.RUNNING.value]
 LEADER: Final = "maintenance"
+
+RUN_LEASES: Final[tuple[LiteralString, ...]] = (
+    "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
+    "CREATE INDEX IF NOT EXISTS runs_leased ON {s}.runs (expires_at) WHERE state IN ('starting', 'running')",
+)
+"""The lease columns of a `runs` table: the main schema's, and each tenant's (cluster_tenants.py)."""
 
 _SCHEMA: Final[tuple[LiteralString, ...]] = (
     """CREATE TABLE IF NOT EXISTS {s}.nodes (
@@ -64,9 +72,7 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
         expires_at timestamptz NOT NULL,
         PRIMARY KEY (kind, name, slot)
     )""",
-    "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0",
-    "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS expires_at timestamptz",
-    "CREATE INDEX IF NOT EXISTS runs_leased ON {s}.runs (expires_at) WHERE state IN ('starting', 'running')",
+    *RUN_LEASES,
     """CREATE TABLE IF NOT EXISTS {s}.commands (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         node text NOT NULL,
@@ -115,11 +121,29 @@ class ClusterStore(NodeConnection):
         super().__init__(dsn, schema=schema, node=node, lease_ttl_ms=lease_ttl_ms, timeout_s=timeout_s)
         self.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.lease_ttl_s = lease_ttl_ms / 1000
+        # The held runs grouped by the schema keeping them (ClusterHistory.runs_by_schema, with
+        # tenants' schemas); by default every run is in the main schema.
+        self.runs_by_schema: Callable[[list[tuple[str, int]]], dict[str, list[tuple[str, int]]]] = lambda runs: {
+            self.schema: runs
+        }
 
     def open(self) -> ClusterStore:
         """Create the cluster tables if missing (the run store's schema must exist)."""
         self._create(_SCHEMA)
         return self
+
+    # -- the schemas holding runs: the main one and each tenant's (store/cluster_tenants.py) ------
+
+    def _run_schemas(self, conn: psycopg.Connection[dict[str, Any]]) -> list[str]:
+        """The main schema, then every tenant's schema that has a `runs` table (whichever node made it)."""
+        prefix = f"{self.schema}{SCHEMA_INFIX}"
+        rows = conn.execute(
+            "SELECT n.nspname AS name FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+            "WHERE c.relname = 'runs' AND c.relkind IN ('r', 'p') AND left(n.nspname, %s) = %s ORDER BY 1",
+            (len(prefix), prefix),
+        ).fetchall()
+        tenants = [str(r["name"]) for r in rows if TENANT_RE.fullmatch(str(r["name"])[len(prefix) :])]
+        return [self.schema, *tenants]
 
     # -- membership -------------------------------------------------------------------------
 
@@ -161,6 +185,10 @@ class ClusterStore(NodeConnection):
         me = self.node
 
         def beat(conn: psycopg.Connection[dict[str, Any]]) -> Beat:
+            # The tenants' schemas are locked (shared) before any row is: a drop waiting on one of them
+            # then never waits, through a writer, on a row this transaction holds.
+            groups = self.runs_by_schema(runs) if runs else {}
+            here = {schema: leases for schema, leases in groups.items() if self._lock_runs(conn, schema)}
             alive = conn.execute(
                 self._q(
                     "UPDATE {s}.nodes SET heartbeat_at = now(), expires_at = now() + make_interval(secs => %s) "
@@ -171,17 +199,18 @@ class ClusterStore(NodeConnection):
             if alive is None:
                 return Beat(alive=False)
             kept_runs: set[str] = set()
-            if runs:
+            for schema, leases in here.items():  # a tenant's schema dropped: its leases are gone
                 rows = conn.execute(
-                    self._q(
+                    self._in(
+                        schema,
                         "UPDATE {s}.runs r SET expires_at = now() + make_interval(secs => %s) "
                         "FROM unnest(%s::text[], %s::bigint[]) AS h(id, ep) "
                         "WHERE r.run_id = h.id AND r.epoch = h.ep AND r.node = %s AND r.state = ANY(%s) "
-                        "AND r.expires_at > now() RETURNING r.run_id"
+                        "AND r.expires_at > now() RETURNING r.run_id",
                     ),
-                    (ttl, [r[0] for r in runs], [r[1] for r in runs], me, IN_FLIGHT),
+                    (ttl, [r[0] for r in leases], [r[1] for r in leases], me, IN_FLIGHT),
                 ).fetchall()
-                kept_runs = {row["run_id"] for row in rows}
+                kept_runs |= {row["run_id"] for row in rows}
             kept_places: set[tuple[str, int]] = set()
             if placements:
                 rows = conn.execute(
@@ -267,12 +296,12 @@ class ClusterStore(NodeConnection):
         """Runs whose lease expired: not started -> `queued` again; started -> `lost` (the caller
         applies each service's on_lost). Both bump the epoch, so the old holder's writes fail.
         Also one-shots left `due` (unclaimed) for longer than a lease past their time: `queued`."""
-        requeue = self._q(
+        requeue: LiteralString = (
             "UPDATE {s}.runs SET state = 'queued', epoch = epoch + 1, expires_at = NULL, "
             "reason = 'queued again: the lease of node ' || coalesce(node, '?') || ' expired before it started' "
             "WHERE state = 'starting' AND expires_at <= now() RETURNING run_id"
         )
-        lose = self._q(
+        lose: LiteralString = (
             "UPDATE {s}.runs SET state = 'lost', epoch = epoch + 1, expires_at = NULL, finished_at = now(), "
             "reason = 'the lease of node ' || coalesce(node, '?') || ' expired while it ran', "
             "error = 'node ' || coalesce(node, '?') || ' stopped renewing its lease' "
@@ -281,7 +310,7 @@ class ClusterStore(NodeConnection):
 
         # A one-shot a node moved out of `pending` and died before claiming: no lease to expire,
         # so its time passing by more than a lease says nobody runs it.
-        orphaned = self._q(
+        orphaned: LiteralString = (
             "UPDATE {s}.runs SET state = 'queued', epoch = epoch + 1, "
             "reason = 'queued again: made due by a node that did not claim it' "
             "WHERE state = 'due' AND expires_at IS NULL AND origin = 'oneshot' "
@@ -289,9 +318,14 @@ class ClusterStore(NodeConnection):
         )
 
         def rescue(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[str], list[str]]:
-            queued = [row["run_id"] for row in conn.execute(requeue).fetchall()]
-            queued += [row["run_id"] for row in conn.execute(orphaned, (self.lease_ttl_s,)).fetchall()]
-            lost = [row["run_id"] for row in conn.execute(lose).fetchall()]
+            queued: list[str] = []
+            lost: list[str] = []
+            for schema in [s for s in self._run_schemas(conn) if self._lock_runs(conn, s)]:  # locked first
+                queued += [row["run_id"] for row in conn.execute(self._in(schema, requeue)).fetchall()]
+                queued += [
+                    row["run_id"] for row in conn.execute(self._in(schema, orphaned), (self.lease_ttl_s,)).fetchall()
+                ]
+                lost += [row["run_id"] for row in conn.execute(self._in(schema, lose)).fetchall()]
             return queued, lost
 
         queued, lost = self._call(rescue)
@@ -372,13 +406,17 @@ class ClusterStore(NodeConnection):
                     "expires_at > now() AND state = 'live' AS live FROM {s}.nodes ORDER BY name"
                 )
             ).fetchall()
-            held = conn.execute(
-                self._q(
-                    "SELECT node, count(*)::int AS n FROM {s}.runs WHERE state = ANY(%s) AND expires_at > now() "
-                    "GROUP BY node"
-                ),
-                (IN_FLIGHT,),
-            ).fetchall()
+            held: list[dict[str, Any]] = []
+            for schema in self._run_schemas(conn):  # every tenant's schema too
+                if self._lock_runs(conn, schema):
+                    held += conn.execute(
+                        self._in(
+                            schema,
+                            "SELECT node, count(*)::int AS n FROM {s}.runs WHERE state = ANY(%s) "
+                            "AND expires_at > now() GROUP BY node",
+                        ),
+                        (IN_FLIGHT,),
+                    ).fetchall()
             leases = conn.execute(
                 self._q(
                     "SELECT kind, name, slot, holder, epoch, expires_at > now() AS live, "
@@ -389,7 +427,9 @@ class ClusterStore(NodeConnection):
             return {"now": now["now"] if now else None, "nodes": nodes, "runs": held, "leases": leases}
 
         raw = self._call(read)
-        runs = {row["node"]: row["n"] for row in raw["runs"]}
+        runs: dict[str, int] = {}
+        for row in raw["runs"]:
+            runs[row["node"]] = runs.get(row["node"], 0) + row["n"]
         leader = next((lease for lease in raw["leases"] if lease["kind"] == "leader" and lease["live"]), None)
         placements = [
             {k: lease[k] for k in ("name", "slot", "holder", "epoch", "live", "expires_in_s")}

@@ -8,6 +8,8 @@ schema) gains, when a node joins a cluster:
                    so a name removed and added again never repeats a revision
     spec_revision  the revision at which the spec last changed
     updated_at, updated_by   when, and through which node
+    tenant         the HTTP API tenant that owns the service (null: none); its runs are kept
+                   in that tenant's schema on every node (store/cluster_tenants.py)
 
 The pause state of a scheduled service declared in the nodes' config files (not a
 runtime service) is a row of `config_pauses` (name, paused, revision from the same
@@ -53,6 +55,7 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
     "ALTER TABLE {s}.registrations ADD COLUMN IF NOT EXISTS updated_by text",
     "CREATE TABLE IF NOT EXISTS {s}.config_pauses (name text PRIMARY KEY, paused boolean NOT NULL, "
     "revision bigint NOT NULL, updated_at timestamptz NOT NULL, updated_by text NOT NULL)",
+    "ALTER TABLE {s}.registrations ADD COLUMN IF NOT EXISTS tenant text",
 )
 
 
@@ -64,6 +67,7 @@ class Registration:
     spec: dict[str, Any]
     stored: Stored
     updated_by: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,7 @@ class RegistrationStore(NodeConnection):
         if names is not None and not names:
             return {}
         query = self._q(
-            "SELECT name, spec, revision, spec_revision, paused, updated_by FROM {s}.registrations "
+            "SELECT name, spec, revision, spec_revision, paused, updated_by, tenant FROM {s}.registrations "
             "WHERE %s::text[] IS NULL OR name = ANY(%s::text[])"
         )
         params = (names, names)
@@ -125,6 +129,7 @@ class RegistrationStore(NodeConnection):
                 dict(r["spec"]),
                 Stored(int(r["revision"]), int(r["spec_revision"]), bool(r["paused"])),
                 r["updated_by"],
+                r["tenant"],
             )
             for r in rows
         }
@@ -134,18 +139,18 @@ class RegistrationStore(NodeConnection):
     def _notify(self, conn: psycopg.Connection[dict[str, Any]], revision: int, name: str) -> None:
         conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{self.node} {revision} {name}"))
 
-    def add(self, name: str, spec: Mapping[str, Any]) -> Stored | Registration:
-        """Insert a new row: its `Stored` revisions, or the `Registration` already there under
-        that name (nothing changed)."""
+    def add(self, name: str, spec: Mapping[str, Any], *, tenant: str | None = None) -> Stored | Registration:
+        """Insert a new row (owned by API `tenant`, or by none): its `Stored` revisions, or the
+        `Registration` already there under that name (nothing changed)."""
         insert = self._q(
-            "INSERT INTO {s}.registrations (name, spec, paused, revision, spec_revision, updated_at, updated_by) "
-            "SELECT %s, %s::jsonb, false, r, r, now(), %s FROM nextval(%s::regclass) AS n(r) "
+            "INSERT INTO {s}.registrations (name, spec, paused, revision, spec_revision, updated_at, updated_by, "
+            "tenant) SELECT %s, %s::jsonb, false, r, r, now(), %s, %s FROM nextval(%s::regclass) AS n(r) "
             "ON CONFLICT (name) DO NOTHING RETURNING revision"
         )
         seq = self._sequence
 
         def add(conn: psycopg.Connection[dict[str, Any]]) -> Stored | None:
-            row = conn.execute(insert, (name, json.dumps(dict(spec)), self.node, seq)).fetchone()
+            row = conn.execute(insert, (name, json.dumps(dict(spec)), self.node, tenant, seq)).fetchone()
             if row is None:
                 return None
             revision = int(row["revision"])
@@ -156,7 +161,7 @@ class RegistrationStore(NodeConnection):
         if done is not None:
             return done
         existing = self.read([name]).get(name)
-        return existing if existing is not None else self.add(name, spec)  # removed meanwhile: try again
+        return existing if existing is not None else self.add(name, spec, tenant=tenant)  # removed meanwhile
 
     def update(self, name: str, spec: Mapping[str, Any], *, expected: int) -> Stored | None:
         """Replace the spec of a row whose spec is still at revision `expected` (compare-and-set;
@@ -233,33 +238,55 @@ class RegistrationStore(NodeConnection):
         return self._call(pause)
 
     def remove(self, name: str) -> Removal:
-        """Delete a row, its schedule state, and cancel its runs that have not started, on every node."""
-        delete = self._q("DELETE FROM {s}.registrations WHERE name = %s RETURNING revision")
-        cancel = self._q(
+        """Delete a row, its schedule state, and cancel its runs that have not started, on every node
+        (in its tenant's schema, for a service an API tenant owns)."""
+        delete = self._q("DELETE FROM {s}.registrations WHERE name = %s RETURNING revision, tenant")
+        cancel: LiteralString = (
             "UPDATE {s}.runs SET state = 'cancelled', finished_at = now(), reason = %s "
             "WHERE service = %s AND state = ANY(%s)"
         )
-        forget = self._q("DELETE FROM {s}.schedules WHERE service = %s")
+        forget: LiteralString = "DELETE FROM {s}.schedules WHERE service = %s"
 
         def remove(conn: psycopg.Connection[dict[str, Any]]) -> Removal:
             row = conn.execute(delete, (name,)).fetchone()
             if row is None:
                 return Removal(existed=False, cancelled=0)
-            cancelled = conn.execute(cancel, (REMOVED_REASON, name, WAITING)).rowcount
-            conn.execute(forget, (name,))
+            cancelled = 0
+            schema = self.schema if row["tenant"] is None else self.tenant_schema(row["tenant"])
+            if self._lock_runs(conn, schema):
+                cancelled = conn.execute(self._in(schema, cancel), (REMOVED_REASON, name, WAITING)).rowcount
+                conn.execute(self._in(schema, forget), (name,))
             self._notify(conn, int(row["revision"]), name)
             return Removal(existed=True, cancelled=max(cancelled, 0))
 
         return self._call(remove)
 
-    def cancel_orphans(self, name: str) -> int:
-        """Cancel the runs of `name` that have not started, if it has no row (any more): those a
-        node inserted by its schedule after the removal, before it applied it. Returns how many."""
-        query = self._q(
-            "UPDATE {s}.runs SET state = 'cancelled', finished_at = now(), reason = %s "
+    def owners(self) -> dict[str, str]:
+        """Every runtime service an API tenant owns: name -> tenant."""
+        query = self._q("SELECT name, tenant FROM {s}.registrations WHERE tenant IS NOT NULL")
+        return {str(r["name"]): str(r["tenant"]) for r in self._call(lambda conn: conn.execute(query).fetchall())}
+
+    def tenant_names(self, tenant: str) -> list[str]:
+        """The runtime services the API `tenant` owns, cluster-wide."""
+        query = self._q("SELECT name FROM {s}.registrations WHERE tenant = %s ORDER BY name")
+        return [str(r["name"]) for r in self._call(lambda conn: conn.execute(query, (tenant,)).fetchall())]
+
+    def cancel_orphans(self, name: str, tenant: str | None = None) -> int:
+        """Cancel the runs of `name` (kept in `tenant`'s schema, or the main one) that have not
+        started, if it has no row (any more): those a node inserted by its schedule after the
+        removal, before it applied it. Returns how many."""
+        schema = self.schema if tenant is None else self.tenant_schema(tenant)
+        query = sql.SQL(
+            "UPDATE {r}.runs SET state = 'cancelled', finished_at = now(), reason = %s "
             "WHERE service = %s AND state = ANY(%s) AND NOT EXISTS (SELECT 1 FROM {s}.registrations WHERE name = %s)"
-        )
-        return self._call(lambda conn: max(conn.execute(query, (REMOVED_REASON, name, WAITING, name)).rowcount, 0))
+        ).format(r=sql.Identifier(schema), s=sql.Identifier(self.schema))
+
+        def cancel(conn: psycopg.Connection[dict[str, Any]]) -> int:
+            if not self._lock_runs(conn, schema):
+                return 0
+            return max(conn.execute(query, (REMOVED_REASON, name, WAITING, name)).rowcount, 0)
+
+        return self._call(cancel)
 
     def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
         """Block (in a thread) calling `wake()` on every change notified, until `stop` is set.

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.postgres import idle_transaction_limit, with_options
+from supervise.supervisor.store.tenants import SCHEMA_INFIX
 
 _T = TypeVar("_T")
 
@@ -68,6 +69,26 @@ class NodeConnection:
                     self._conn.close()
                     self._conn = None
                 raise StoreError(f"cluster store: {exc}".strip(), exc) from exc
+
+    def _in(self, schema: str, text: LiteralString) -> sql.Composed:
+        """`text` with `{s}` naming `schema` (a tenant's, beside this store's own)."""
+        return sql.SQL(text).format(s=sql.Identifier(schema))
+
+    def tenant_schema(self, tenant: str) -> str:
+        """The schema keeping the API tenant's runs (store/tenants.py)."""
+        return f"{self.schema}{SCHEMA_INFIX}{tenant}"
+
+    def _lock_runs(self, conn: psycopg.Connection[dict[str, Any]], schema: str) -> bool:
+        """Before touching a tenant's `runs` in this transaction: hold off a drop of its schema until
+        the transaction ends (a shared lock on the key the schema's migrations and drops take);
+        False when the schema is gone already (dropped through some node)."""
+        if schema == self.schema:
+            return True
+        conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext(%s))", (f"supervise:{schema}",))
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS here", ('"{}".runs'.format(schema.replace('"', '""')),)
+        ).fetchone()
+        return bool(row and row["here"])
 
     def _create(self, statements: Iterable[LiteralString]) -> None:
         """Run the schema's statements once, under the schema's advisory lock (nodes start together)."""

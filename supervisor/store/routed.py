@@ -41,13 +41,19 @@ class RoutedStore:
         owners: service -> tenant, known before open (the API's `owners` table).
     """
 
+    cluster_owners = False
+    """True when the owners here are the cluster's (each registration's tenant, on every node), and
+    so the ones the API shows (store/cluster_tenants.py); else the API's own table is."""
+
     def __init__(self, main: Store, places: TenantPlaces, owners: Mapping[str, str] | None = None) -> None:
         self.main = main
         self.places = places
         self._owners: dict[str, str] = {s: t for s, t in (owners or {}).items() if TENANT_RE.fullmatch(t)}
         self._tenants: dict[str, Store] = {}
         self._lock = threading.RLock()  # opening or dropping a tenant's store
-        self._batch: tuple[int, ExitStack, set[int]] | None = None  # (thread, its stack, stores entered)
+        # Inside `batch()`, per thread (the history writer's and the notifier's may batch at once):
+        # (its stack, the stores entered).
+        self._batches = threading.local()
         # A batch where the stores have one (SQLite); none where they do not (PostgreSQL), so the
         # history writer writes one at a time there, as it does on such a store alone.
         self.batch: Callable[[], AbstractContextManager[None]] | None = (
@@ -94,6 +100,10 @@ class RoutedStore:
     def owner(self, service: str) -> str | None:
         """The tenant whose store keeps `service`'s rows, or None (the main store)."""
         return self._owners.get(service)
+
+    def owned_by(self, tenant: str) -> list[str]:
+        """The services routed to `tenant`'s store."""
+        return sorted(s for s, t in list(self._owners.items()) if t == tenant)
 
     def tenant_store(self, tenant: str) -> Store:
         """The tenant's own store (opened, and created if missing)."""
@@ -147,20 +157,23 @@ class RoutedStore:
         """The writes this thread makes inside go into one transaction per store they touch (each
         store's own `batch()`, entered at its first write); every store commits at the end, or
         each rolls back when a write fails. A run and the outbox rows it causes share a store."""
+        if getattr(self._batches, "open", None) is not None:  # nested: the outer batch commits
+            yield
+            return
         with ExitStack() as stack:
-            self._batch = (threading.get_ident(), stack, set())
+            self._batches.open = (stack, set())
             try:
                 yield
             finally:
-                self._batch = None
+                self._batches.open = None
 
     def _writing(self, store: Store) -> Store:
-        batch = self._batch
-        if batch is not None and batch[0] == threading.get_ident() and id(store) not in batch[2]:
+        batch: tuple[ExitStack, set[int]] | None = getattr(self._batches, "open", None)
+        if batch is not None and id(store) not in batch[1]:
             enter = getattr(store, "batch", None)
             if enter is not None:
-                batch[1].enter_context(enter())
-            batch[2].add(id(store))
+                batch[0].enter_context(enter())
+            batch[1].add(id(store))
         return store
 
     # -- runs -------------------------------------------------------------------------------------

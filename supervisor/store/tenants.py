@@ -131,12 +131,22 @@ class PostgresTenants:
         return sorted(n for n in names if TENANT_RE.fullmatch(n))
 
     def drop(self, tenant: str) -> bool:
+        """One transaction under the schema's advisory lock (the key its migrations take): a cluster
+        node renewing, rescuing or counting the tenant's runs holds the lock shared, so the drop
+        waits for that transaction and the node then finds the schema gone (store/cluster.py)."""
+        import psycopg
         from psycopg import sql
 
         schema = self.schema_of(tenant)
-        found = self._run("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,))
-        self._run(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)), ())
-        return bool(found)
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"supervise:{schema}",))
+                found = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,))
+                existed = found.fetchone() is not None
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL store: cannot drop tenant schema {schema}: {exc}", exc) from exc
+        return existed
 
     def where(self, tenant: str) -> str:
         return f"schema {self.schema_of(tenant)}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from supervise.supervisor.store.base import Store
+from supervise.supervisor.store.postgres import PostgresStore
 from supervise.supervisor.store.sqlite import SqliteStore
 
 _DEFAULT_DSNS = (
@@ -76,12 +77,13 @@ ROUTED_OWNERS = {"a": "acme", "hook": "acme", "acme-report": "acme", "web": "bet
 """Services the routed variants keep in tenants' stores; the others ("report", "b", ...) stay in the main one."""
 
 
-@pytest.fixture(params=["sqlite", "postgres", "routed-sqlite", "routed-postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "routed-sqlite", "routed-postgres", "routed-cluster"])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """How to open the store under test, in a form a subprocess can use too.
 
     The routed variants are a `RoutedStore` over a main store and two tenants' stores
-    (files under tmp_path/tenants, or schemas <schema>_tenant_acme and _beta)."""
+    (files under tmp_path/tenants, or schemas <schema>_tenant_acme and _beta); routed-cluster is
+    the cluster mode's (`ClusterHistory`: each schema's store a `LeasedRuns` of one node)."""
     if request.param in ("sqlite", "routed-sqlite"):
         yield {"kind": request.param, "path": str(tmp_path / "history.db")}
         return
@@ -95,6 +97,19 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
 
 
 def make_store(spec: dict[str, str]) -> Store:
+    if spec["kind"] == "routed-cluster":
+        from supervise.supervisor.store.cluster import ClusterStore
+        from supervise.supervisor.store.cluster_tenants import ClusterHistory, ClusterTenants
+        from supervise.supervisor.store.leased import LeasedRuns
+
+        main = make_store({**spec, "kind": "postgres"})
+        assert isinstance(main, PostgresStore)
+        with main:  # the cluster's columns on the main schema's runs, as a node joining makes them
+            nodes = ClusterStore(spec["dsn"], schema=spec["schema"], node="contract", lease_ttl_ms=60_000)
+            nodes.open()
+            nodes.close()
+        places = ClusterTenants(spec["dsn"], spec["schema"], node="contract", lease_ttl_ms=60_000)
+        return ClusterHistory(LeasedRuns(main, node="contract", lease_ttl_ms=60_000), places, ROUTED_OWNERS)
     if spec["kind"].startswith("routed-"):
         from supervise.supervisor.store.routed import RoutedStore
         from supervise.supervisor.store.tenants import PostgresTenants, SqliteTenants
@@ -105,8 +120,6 @@ def make_store(spec: dict[str, str]) -> Store:
         return RoutedStore(main, PostgresTenants(spec["dsn"], spec["schema"]), ROUTED_OWNERS)
     if spec["kind"] == "sqlite":
         return SqliteStore(spec["path"])
-    from supervise.supervisor.store.postgres import PostgresStore
-
     return PostgresStore(spec["dsn"], schema=spec["schema"], reconnect_delay_ms=20)
 
 

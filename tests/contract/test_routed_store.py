@@ -3,6 +3,7 @@ its batch, dropping a tenant's store, owners learnt at open, and the move of sha
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -147,3 +148,32 @@ def test_postgresql_tenants_are_schemas_listed_and_dropped(tmp_path: Path) -> No
     finally:
         for name in (schema, f"{schema}_tenant_acme", f"{schema}_tenant_globex"):
             drop_schema(dsn, name)
+
+
+def test_batches_of_two_threads_at_once_each_commit_or_roll_back_alone(routed: RoutedStore) -> None:
+    # The history writer and the notifier's thread may each be inside `batch()` at the same time.
+    import threading
+
+    assert routed.batch is not None
+    first_open, second_open, rolled_back = threading.Event(), threading.Event(), threading.Event()
+    failed, kept = due("acme-job", 1), due("own-job", 2)
+
+    def failing() -> None:
+        assert routed.batch is not None
+        with contextlib.suppress(RuntimeError), routed.batch():
+            first_open.set()
+            second_open.wait(10)  # the other thread's batch opened after this one
+            routed.insert_run(failed)
+            routed.insert_run(due("own-job", 3))
+            raise RuntimeError("a write failed")
+        rolled_back.set()
+
+    thread = threading.Thread(target=failing)
+    thread.start()
+    assert first_open.wait(10)
+    with routed.batch():
+        second_open.set()
+        assert rolled_back.wait(10)
+        routed.insert_run(kept)
+    thread.join(10)
+    assert [r.run_id for r in routed.list_runs(limit=10)] == [kept.run_id]

@@ -171,7 +171,9 @@ def test_list_runs_is_newest_first_with_filters_and_paging(store: Store) -> None
     assert store.list_runs("nobody") == []
 
 
-def test_runs_left_starting_or_running_are_found_and_marked_lost(store: Store) -> None:
+def test_runs_left_starting_or_running_are_found_and_marked_lost(store: Store, store_spec: dict[str, str]) -> None:
+    if store_spec["kind"] == "routed-cluster":
+        pytest.skip("in cluster mode a run in flight is written only under its lease, and rescued by the leader")
     starting = transition(due(minute=0), RunState.STARTING, at=T0)
     running = transition(transition(due(minute=1), RunState.STARTING, at=T0), RunState.RUNNING, at=T0)
     done = finished("report", 2, RunState.SUCCEEDED)
@@ -356,6 +358,8 @@ def test_prune_deletes_finished_runs_older_than_max_age(store: Store) -> None:
 
 
 def test_open_is_idempotent_and_a_closed_store_says_so(store_spec: dict[str, str]) -> None:
+    if store_spec["kind"] == "routed-cluster":
+        pytest.skip("a node's leased store reconnects per thread until the daemon stops (store/leased.py)")
     store = make_store(store_spec)
     assert store.open() is store.open()
     store.insert_run(due())
