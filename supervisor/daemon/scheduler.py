@@ -925,8 +925,10 @@ class Scheduler:
     async def keep_up(self) -> None:
         """Back-pressure for clients adding runs: while more than WRITE_BACKLOG writes wait
         for the store, wait until they are in (so nothing a client was told is stored is
-        dropped by a full write queue, and memory stays bounded)."""
-        if self._store.pending > WRITE_BACKLOG:
+        dropped by a full write queue, and memory stays bounded). A shared store's one-shots are
+        inserted before the reply, not queued: nothing to wait for there (the backlog is the
+        state changes of runs in flight, which scheduling does not add to)."""
+        if not self._store.shared and self._store.pending > WRITE_BACKLOG:
             await self._store.written(timeout_s=BACKLOG_WAIT_S)
 
     def has(self, name: str) -> bool:
