@@ -8,7 +8,9 @@
   slots does, one statement for the runs it is about to start).
 - due one-shots claimed/s: three node processes take 30 000 due one-shots, each 32 at a
   time with `claim_due_oneshots` (`FOR UPDATE SKIP LOCKED … LIMIT 32`: what a node with
-  32 free slots does when one-shots come due), never the same run twice.
+  32 free slots does when one-shots come due), never the same run twice; and 6 000 the way
+  it was done before, each node trying every run (a compare-and-set out of `pending`, then
+  a claim).
 - one-shots scheduled/s: 10 000 pending one-shots inserted by 50 (a `schedule` batch), one
   statement per batch (`insert_waiting`), against one `insert_run` per run.
 - fire lateness p99: three daemons, 20 interval schedules every second for 15 s; each run's
@@ -114,10 +116,17 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
 
 def _due_claimer(dsn: str, schema: str, node: str, service: str, batch: int, start: Any, out: Any) -> None:
     runs = LeasedRuns(PostgresStore(dsn, schema=schema), node=node, lease_ttl_ms=60_000).open()
+    pending = runs.pending_runs(None, 1_000_000) if batch == 0 else []
     start.wait()
     got: list[str] = []
-    while taken := runs.claim_due_oneshots(service, datetime.now(UTC), batch):
-        got += [r.run_id for r in taken]
+    if batch == 0:  # the way before: every node moves every due run out of pending (CAS), then claims it
+        for run in pending:
+            due = transition(run, RunState.DUE, at=datetime.now(UTC))
+            if runs.store.update_run(due, expected_state=RunState.PENDING) and runs.claim(run.run_id) is not None:
+                got.append(run.run_id)
+    else:
+        while taken := runs.claim_due_oneshots(service, datetime.now(UTC), batch):
+            got += [r.run_id for r in taken]
     out.put((node, got, time.monotonic()))
     runs.close()
 
@@ -131,13 +140,14 @@ def _oneshots(service: str, total: int) -> list[Any]:
 
 
 def due_claims_per_second(dsn: str, schema: str, total: int = 30_000, batch: int = 32) -> dict[str, float]:
+    service = f"due{batch}"
     with PostgresStore(dsn, schema=schema) as store:
         ClusterStore(dsn, schema=schema, node="bench", lease_ttl_ms=60_000).open().close()
-        store.insert_runs(_oneshots("due", total))
+        store.insert_runs(_oneshots(service, total))
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=_due_claimer, args=(dsn, schema, f"node{i}", "due", batch, start, out)) for i in range(3)
+        ctx.Process(target=_due_claimer, args=(dsn, schema, f"node{i}", service, batch, start, out)) for i in range(3)
     ]
     for p in procs:
         p.start()
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["claims_batched"] = claims_per_second(args.dsn, schemas[0], total=30_000, batch=32)
         log("due one-shots claimed with SKIP LOCKED, and one-shots scheduled in batches ...")
         figures["due_claims"] = due_claims_per_second(args.dsn, schemas[0])
+        figures["due_raced"] = due_claims_per_second(args.dsn, schemas[0], total=6000, batch=0)
         figures["scheduled"] = scheduled_per_second(args.dsn, schemas[0])
         log("fire lateness (three daemons, 20 schedules every second) ...")
         figures["lateness"] = fire_lateness(args.dsn, schemas[1], root)
@@ -335,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     print("                          (target >= 2000)")
     due: Any = figures["due_claims"]
     sched: Any = figures["scheduled"]
+    raced: Any = figures["due_raced"]
     print(f"due one-shots claimed/s:  {due['claims_per_s']} (32 per SKIP LOCKED claim; per node {due['per_node']})")
+    print(f"                          {raced['claims_per_s']} (every node: compare-and-set out of pending, then claim)")
     print(
         f"one-shots scheduled/s:    {sched['batch_per_statement_per_s']} by 50 per statement, "
         f"{sched['one_per_statement_per_s']} one per statement"
