@@ -113,6 +113,8 @@ class Scheduler:
         self._store = store
         self._leases = leases  # cluster mode: runs are claimed under leases (docs/cluster.md)
         self._claimed_ahead: dict[str, bool] = {}  # run id -> taken, by `_claim_ahead` for `_claim`
+        self._window_reading = False  # cluster mode: a window refill is being read in a thread
+        self._window_missed: list[Run] = []  # one-shots the window turned away while a refill was read
         self._due_claims = (  # cluster mode: due one-shots claimed off the loop (due_claims.py)
             None
             if leases is None
@@ -1032,6 +1034,8 @@ class Scheduler:
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
         if self._window.add(run):
             self._arm_window()
+        elif self._window_reading:
+            self._window_missed.append(run)
         return run.run_id
 
     async def schedule_many(self, name: str, entries: list[tuple[datetime, Mapping[str, Any] | None]]) -> list[str]:
@@ -1058,7 +1062,10 @@ class Scheduler:
         clash = next((run.run_id for run in runs if run.run_id not in inserted), None)
         if clash is not None:
             raise ProtocolError(ErrorCode.CONFLICT, f"run {clash} exists already")
-        if any([self._window.add(run) for run in runs]):
+        kept = [self._window.add(run) for run in runs]
+        if self._window_reading:
+            self._window_missed += [run for run, here in zip(runs, kept, strict=True) if not here]
+        if any(kept):
             self._arm_window()
         return [run.run_id for run in runs]
 
@@ -1215,8 +1222,41 @@ class Scheduler:
         asked = self._window.room
         if asked == 0:
             return
+        if self._due_claims is not None and self._loop is not None:
+            self._refill_window_off_loop(asked)
+            return
         self._window.load(self._store.pending_runs(self._window.horizon, asked), asked)
         self._arm_window()
+
+    def _refill_window_off_loop(self, asked: int) -> None:
+        """Cluster mode: read the next pending runs in a thread (every node reads the same rows at
+        about the same time, up to the window's size). A one-shot added here meanwhile that the
+        window turned away (beyond its horizon) may be missing from the read: it is offered
+        again once the read is loaded."""
+        if self._window_reading:
+            return
+        self._window_reading = True
+        horizon = self._window.horizon
+        assert self._loop is not None
+
+        async def read() -> None:
+            try:
+                runs = await asyncio.to_thread(self._store.pending_runs, horizon, asked)
+            except StoreError as e:
+                log.warning("could not read pending one-shots (%s); the next poll reads them", e)
+                return
+            finally:
+                self._window_reading = False
+                missed, self._window_missed = self._window_missed, []
+            if self._window.horizon == horizon:
+                self._window.load(runs, asked)
+            for run in missed:
+                self._window.add(run)
+            self._arm_window()
+            if self._window.wants_more:
+                self._schedule_refill()
+
+        self._loop.create_task(read())
 
     def _refill_queue(self, s: Schedule) -> None:
         total = self._store.count_runs(s.name, {RunState.QUEUED})
