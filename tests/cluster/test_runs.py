@@ -37,7 +37,7 @@ class Size:
     lease_ttl_s: float  # renew_every is a quarter of it
 
 
-DEFAULT = Size(oneshots=1000, ticks=10, spread_s=5.0, sink_delay_s=0.05, concurrency=16, settle_s=40.0, lease_ttl_s=4.0)
+DEFAULT = Size(oneshots=300, ticks=5, spread_s=3.0, sink_delay_s=0.05, concurrency=16, settle_s=40.0, lease_ttl_s=4.0)
 FULL = Size(
     oneshots=10_000, ticks=20, spread_s=30.0, sink_delay_s=0.01, concurrency=32, settle_s=240.0, lease_ttl_s=15.0
 )
