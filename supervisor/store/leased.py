@@ -34,7 +34,10 @@ log = logging.getLogger("supervise.cluster")
 
 IN_FLIGHT: Final = frozenset({RunState.STARTING, RunState.RUNNING})
 TAKEABLE: Final = [s.value for s in (RunState.QUEUED, RunState.DUE, RunState.BUFFERED, RunState.PENDING)]
-DUE_ONESHOT: Final = [RunState.PENDING.value, RunState.DUE.value]  # what `claim_due_oneshots` takes
+# What `claim_due_oneshots` takes: one state, so the (state, nominal_time, run_id) index hands the
+# soonest rows over in order and the LIMIT stops the scan (a `due` row, left by an earlier
+# version, is the leader's to queue again).
+DUE_ONESHOT: Final = [RunState.PENDING.value]
 _JSON: Final = ("args", "result")
 INSERT_CHUNK: Final = 500  # rows per multi-row INSERT (PostgreSQL binds at most 65 535 parameters)
 _RETURNED: Final = ", ".join(f"r.{c}::text AS {c}" if c in _JSON else f"r.{c}" for c in RUN_COLUMNS)
@@ -220,14 +223,14 @@ class LeasedRuns:
         return done
 
     def claim_due_oneshots(self, service: str, due_by: datetime, limit: int) -> list[Run]:
-        """Take up to `limit` of `service`'s one-shots waiting for their time (`pending`, or
-        `due`) whose time is at or before `due_by`, soonest first, in one statement: each
-        becomes `starting` under a new epoch, leased to this node.
+        """Take up to `limit` of `service`'s one-shots waiting for their time (`pending`) whose
+        time is at or before `due_by`, soonest first, in one statement: each becomes
+        `starting` under a new epoch, leased to this node.
 
         The rows are picked `FOR UPDATE SKIP LOCKED`: a row another node's claim has locked at
         that moment is passed over, not waited for, so two nodes claiming at once never get
         the same run and neither waits on the other. Returns the runs as they were before
-        the claim (their state `pending` or `due`), so the caller starts them from there.
+        the claim (`pending`), so the caller starts them from there.
         """
         if limit <= 0:
             return []
@@ -260,7 +263,7 @@ class LeasedRuns:
         return taken
 
     def due_services(self, due_by: datetime) -> set[str]:
-        """The services that have one-shots waiting (`pending` or `due`) whose time is at or
+        """The services that have one-shots waiting (`pending`) whose time is at or
         before `due_by`: what a node looks for at each poll, should a wake-up have been missed."""
         db = self._db()
         query = db._q("SELECT DISTINCT service FROM {s}.runs WHERE state = ANY(%s) AND nominal_time <= %s")
