@@ -6,6 +6,13 @@
   claimed runs over wall time. One at a time (`LeasedRuns.claim`, one compare-and-set per
   run: a drain with one free slot), and 32 at a time (`claim_many`: what a drain with free
   slots does, one statement for the runs it is about to start).
+- due one-shots claimed/s: three node processes take 30 000 due one-shots, each 32 at a
+  time with `claim_due_oneshots` (`FOR UPDATE SKIP LOCKED … LIMIT 32`: what a node with
+  32 free slots does when one-shots come due), never the same run twice; and 6 000 the way
+  it was done before, each node trying every run (a compare-and-set out of `pending`, then
+  a claim).
+- one-shots scheduled/s: 10 000 pending one-shots inserted by 50 (a `schedule` batch), one
+  statement per batch (`insert_waiting`), against one `insert_run` per run.
 - fire lateness p99: three daemons, 20 interval schedules every second for 15 s; each run's
   start (as its worker saw it) minus its due time, from the store.
 - singleton failover: three daemons, a `placement = "one"` service; the holder's supervisor is
@@ -105,6 +112,78 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
         "seconds": round(ended - began, 3),
         "claims_per_s": round(total / (ended - began)),
     }
+
+
+def _due_claimer(dsn: str, schema: str, node: str, service: str, batch: int, start: Any, out: Any) -> None:
+    runs = LeasedRuns(PostgresStore(dsn, schema=schema), node=node, lease_ttl_ms=60_000).open()
+    pending = runs.pending_runs(None, 1_000_000) if batch == 0 else []
+    start.wait()
+    got: list[str] = []
+    if batch == 0:  # the way before: every node moves every due run out of pending (CAS), then claims it
+        for run in pending:
+            due = transition(run, RunState.DUE, at=datetime.now(UTC))
+            if runs.store.update_run(due, expected_state=RunState.PENDING) and runs.claim(run.run_id) is not None:
+                got.append(run.run_id)
+    else:
+        while taken := runs.claim_due_oneshots(service, datetime.now(UTC), batch):
+            got += [r.run_id for r in taken]
+    out.put((node, got, time.monotonic()))
+    runs.close()
+
+
+def _oneshots(service: str, total: int) -> list[Any]:
+    now = datetime.now(UTC)
+    return [
+        new_run(service, at=now, nominal_time=now, origin=RunOrigin.ONESHOT, state=RunState.PENDING)
+        for _ in range(total)
+    ]
+
+
+def due_claims_per_second(dsn: str, schema: str, total: int = 30_000, batch: int = 32) -> dict[str, float]:
+    service = f"due{batch}"
+    with PostgresStore(dsn, schema=schema) as store:
+        ClusterStore(dsn, schema=schema, node="bench", lease_ttl_ms=60_000).open().close()
+        store.insert_runs(_oneshots(service, total))
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_due_claimer, args=(dsn, schema, f"node{i}", service, batch, start, out)) for i in range(3)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # connections open
+    began = time.monotonic()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    ended = max(at for _, _, at in results)
+    every = [run_id for _, got, _ in results for run_id in got]
+    assert len(every) == len(set(every)) == total, "a due one-shot was claimed twice or not at all"
+    return {
+        "runs": total,
+        "batch": batch,
+        "seconds": round(ended - began, 3),
+        "claims_per_s": round(total / (ended - began)),
+        "per_node": [len(got) for _, got, _ in results],
+    }
+
+
+def scheduled_per_second(dsn: str, schema: str, total: int = 10_000, batch: int = 50) -> dict[str, float]:
+    ClusterStore(dsn, schema=schema, node="bench", lease_ttl_ms=60_000).open().close()
+    figures: dict[str, float] = {"runs": total, "batch": batch}
+    with LeasedRuns(PostgresStore(dsn, schema=schema), node="bench", lease_ttl_ms=60_000) as runs:
+        one_by_one = _oneshots("one", total)
+        began = time.monotonic()
+        for run in one_by_one:
+            runs.insert_run(run)
+        figures["one_per_statement_per_s"] = round(total / (time.monotonic() - began))
+        batched = _oneshots("batched", total)
+        began = time.monotonic()
+        for i in range(0, total, batch):
+            runs.insert_waiting(batched[i : i + batch])
+        figures["batch_per_statement_per_s"] = round(total / (time.monotonic() - began))
+    return figures
 
 
 # -- three daemons -----------------------------------------------------------------------------
@@ -246,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         log("claims per second (three node processes) ...")
         figures["claims"] = claims_per_second(args.dsn, schemas[0], batch=1)
         figures["claims_batched"] = claims_per_second(args.dsn, schemas[0], total=30_000, batch=32)
+        log("due one-shots claimed with SKIP LOCKED, and one-shots scheduled in batches ...")
+        figures["due_claims"] = due_claims_per_second(args.dsn, schemas[0])
+        figures["due_raced"] = due_claims_per_second(args.dsn, schemas[0], total=6000, batch=0)
+        figures["scheduled"] = scheduled_per_second(args.dsn, schemas[0])
         log("fire lateness (three daemons, 20 schedules every second) ...")
         figures["lateness"] = fire_lateness(args.dsn, schemas[1], root)
         log("singleton failover (SIGKILL of the holder's supervisor) ...")
@@ -261,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     fail: Any = figures["failover"]
     print(f"claims/s across 3 nodes: {claims['claims_per_s']} one at a time, {batched['claims_per_s']} 32 at a time")
     print("                          (target >= 2000)")
+    due: Any = figures["due_claims"]
+    sched: Any = figures["scheduled"]
+    raced: Any = figures["due_raced"]
+    print(f"due one-shots claimed/s:  {due['claims_per_s']} (32 per SKIP LOCKED claim; per node {due['per_node']})")
+    print(f"                          {raced['claims_per_s']} (every node: compare-and-set out of pending, then claim)")
+    print(
+        f"one-shots scheduled/s:    {sched['batch_per_statement_per_s']} by 50 per statement, "
+        f"{sched['one_per_statement_per_s']} one per statement"
+    )
     print(f"fire lateness, 3 nodes:   p50 {late['p50_ms']} ms, p99 {late['p99_ms']} ms, max {late['max_ms']} ms")
     print(f"                          over {late['runs']} runs (target p99 <= 50 ms)")
     print(f"singleton failover:       {fail['seconds']} s (lease_ttl 3 s; target <= 5 s)")

@@ -2,7 +2,11 @@
 
 Every `renew_every` (with jitter) one heartbeat transaction renews the node
 row, this node's run leases and singleton placements, and the maintenance
-leadership (`ClusterStore.beat`, in a thread). What it did not renew is gone:
+leadership (`ClusterStore.beat`). The heartbeat has a thread and a connection
+of its own: it is sent on time, and a renewal that got through moves the
+fencing deadline at once, however busy the event loop is. The rest of the round
+(acting on lost leases, the leader's maintenance, placements, the workers'
+`lease` messages) runs on the event loop after it. What it did not renew is gone:
 
 - a run lease lost: the scheduler stops acting on the run (its process is
   killed, its later writes are refused by the epoch compare-and-set);
@@ -39,7 +43,7 @@ from supervise.protocol.errors import ErrorCode, ProtocolError, SuperviseError
 from supervise.supervisor.config.cluster import ClusterConfig, placement_copies
 from supervise.supervisor.daemon.run_wake import RunWaker
 from supervise.supervisor.store.base import StoreError
-from supervise.supervisor.store.cluster import Beat, ClusterStore
+from supervise.supervisor.store.cluster import ClusterStore
 from supervise.supervisor.store.cluster_tenants import ClusterHistory
 
 log = logging.getLogger("supervise.cluster")
@@ -149,12 +153,24 @@ class ClusterAgent:
         self.waker: RunWaker | None = None  # LISTEN/NOTIFY wake-ups for runs (run_wake.py)
         self._task: asyncio.Task[None] | None = None
         self._fence_timer: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
         self.closing = False
         self._members: set[str] = set()
         self._command_wake = asyncio.Event()
         self._listening = threading.Event()  # set: the LISTEN thread stops
         self._commands_task: asyncio.Task[None] | None = None
+        # The renewal thread (`_renew_forever`) and what it leaves for the loop's round:
+        self._renewer: threading.Thread | None = None
+        self._renew_now = threading.Event()  # renew without waiting for the interval
+        self._stop_renewing = threading.Event()
+        self._rejoining = False  # the loop is joining again: no beat meanwhile
+        self._beats = threading.Lock()  # guards the fields below, and the deadline against a placement taken
+        self._gone_runs: set[tuple[str, int]] = set()  # run leases a beat did not renew
+        self._gone_places: set[tuple[str, int, int]] = set()  # placements a beat did not renew
+        self._failures: list[StoreError] = []  # renewals that failed since the last round
+        self._renewed = False  # a renewal got through since the last round
+        self._must_rejoin = False  # a beat found this node's row expired
+        self._is_leader = False  # what the last beat said
+        self._round = asyncio.Event()  # set from the thread: a beat is done, run the round
 
     @property
     def deadline(self) -> float | None:
@@ -183,9 +199,15 @@ class ClusterAgent:
             self.config.renew_every_ms,
         )
         self._host.publish(TOPIC, "node_joined", {"node": self.config.node, "self": True})
-        await self._tick()
-        self._task = asyncio.create_task(self._run(), name="supervise-cluster")
         loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._renew, loop)  # the first round before the services start
+        await self._run_round()
+        self._round.clear()
+        self._task = asyncio.create_task(self._run(), name="supervise-cluster")
+        self._renewer = threading.Thread(
+            target=self._renew_forever, args=(loop,), name="supervise-cluster-renew", daemon=True
+        )
+        self._renewer.start()
         threading.Thread(
             target=self.store.listen,
             args=(lambda: loop.call_soon_threadsafe(self._command_wake.set), self._listening),
@@ -207,6 +229,10 @@ class ClusterAgent:
             self.runs.on_claimable = None
             self.waker.stop()
             await asyncio.to_thread(self.waker.join)
+        self._stop_renewing.set()
+        self._renew_now.set()
+        if self._renewer is not None:
+            await asyncio.to_thread(self._renewer.join)
         for task in (self._task, self._commands_task):
             if task is not None:
                 task.cancel()
@@ -221,73 +247,116 @@ class ClusterAgent:
 
     def wake(self) -> None:
         """Renew now (a singleton stopped, a run was queued)."""
-        self._wake.set()
+        self._renew_now.set()
 
     def _trust_s(self) -> float:
         return (self.config.lease_ttl_ms - self.config.fence_margin_ms) / 1000
 
-    async def _run(self) -> None:
+    def _renew_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The renewal thread: a heartbeat every renew_every (±10 %), or at once when woken."""
         every = self.config.renew_every_ms / 1000
         while True:
-            delay = every * self._rng.uniform(0.9, 1.1)
+            self._renew_now.wait(every * self._rng.uniform(0.9, 1.1))
+            self._renew_now.clear()
+            if self._stop_renewing.is_set():
+                return
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+                self._renew(loop)
+            except Exception:
+                log.exception("cluster: renewal failed unexpectedly; trying again")
+
+    def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One heartbeat (on the renewal thread, or the loop's first round): renew, move the
+        fencing deadline if it got through, and leave what it found for the loop's round."""
+        if self._rejoining:
+            return
+        sent = self._clock()  # before the snapshot: a lease taken after it lives past sent + lease_ttl
+        with self._beats:
+            held_runs = self.runs.held()
+            held_places = [(p.name, p.slot, p.epoch) for p in list(self.placements.values()) if p.slot is not None]
+        try:
+            beat = self.store.beat(held_runs, held_places)
+        except StoreError as e:
+            with self._beats:
+                self._failures.append(e)
+            loop.call_soon_threadsafe(self._round.set)
+            return
+        with self._beats:
+            self.counters.beats += 1
+            self._renewed = True
+            if not beat.alive:
+                self._must_rejoin = True
+            else:
+                if self._clock() < (self.deadline or 0.0) or not held_runs and not held_places:
+                    deadline = sent + self._trust_s()
+                    for p in list(self.placements.values()):  # taken after the snapshot: not renewed by it
+                        if p.slot is not None and (p.name, p.slot, p.epoch) not in held_places:
+                            deadline = min(deadline, p.since + self._trust_s())
+                    self.deadline = deadline
+                self._gone_runs |= {(run_id, epoch) for run_id, epoch in held_runs if run_id not in beat.runs}
+                self._gone_places |= {(n, slot, ep) for n, slot, ep in held_places if (n, slot) not in beat.placements}
+                self._is_leader = beat.leader
+        loop.call_soon_threadsafe(self._round.set)
+
+    async def _run(self) -> None:
+        while True:
+            await self._round.wait()
+            self._round.clear()
             try:
-                await self._tick()
+                await self._run_round()
             except Exception:
                 log.exception("cluster: renewal round failed; trying again")
 
     # -- one round ---------------------------------------------------------------------------
 
-    async def _tick(self) -> None:
-        held_runs = self.runs.held()
-        held_places: list[tuple[str, int, int]] = [
-            (p.name, p.slot, p.epoch) for p in self.placements.values() if p.slot is not None
-        ]
-        sent = self._clock()
-        try:
-            beat = await asyncio.to_thread(self.store.beat, held_runs, held_places)
-        except StoreError as e:
+    async def _run_round(self) -> None:
+        """What the beats since the last round found, acted on (on the event loop)."""
+        with self._beats:
+            failures, self._failures = self._failures, []
+            renewed, self._renewed = self._renewed, False
+            rejoin, self._must_rejoin = self._must_rejoin, False
+            gone_runs, self._gone_runs = self._gone_runs, set()
+            gone_places, self._gone_places = self._gone_places, set()
+            leader = self._is_leader
+        for e in failures:
             self.counters.renew_failures += 1
             left = (self.deadline - self._clock()) if self.deadline is not None else 0.0
             log.warning("cluster: renewal failed (%s); fencing in %.1f s unless a renewal gets through", e, left)
-            self._arm_fence()
-            return
-        self.counters.beats += 1
-        if not beat.alive:
+        if rejoin:
             await self._rejoin()
             return
-        if self._clock() < (self.deadline or 0.0) or not held_runs and not held_places:
-            self.deadline = sent + self._trust_s()
-        self._lost_leases(beat, held_runs, held_places)
+        if not renewed:
+            self._arm_fence()
+            return
+        self._lost_leases(gone_runs, gone_places)
         self._arm_fence()
         self._fence_guard()
         if self.deadline is not None and self._clock() < self.deadline:
             self._host.renew_runs({run_id for run_id, _ in self.runs.held()}, self.deadline)
-        if beat.leader != self.leader:
-            self.leader = beat.leader
+        if leader != self.leader:
+            self.leader = leader
             log.info(
                 "cluster: node %s %s the maintenance leader",
                 self.config.node,
-                "is now" if beat.leader else "is no longer",
+                "is now" if leader else "is no longer",
             )
-            self._host.publish(TOPIC, "leader_changed", {"node": self.config.node, "leader": beat.leader})
+            self._host.publish(TOPIC, "leader_changed", {"node": self.config.node, "leader": leader})
         if self.leader:
             await self._maintain()
         await self._watch_members()
         await self._take_placements()
         self._host.poll_runs()
 
-    def _lost_leases(self, beat: Beat, runs: list[tuple[str, int]], places: list[tuple[str, int, int]]) -> None:
-        gone_runs = {run_id for run_id, _ in runs} - beat.runs
+    def _lost_leases(self, runs: set[tuple[str, int]], places: set[tuple[str, int, int]]) -> None:
+        """Leases a beat did not renew, each still held at the epoch that beat sent (a run taken
+        again since, under a new epoch, is not touched)."""
+        gone_runs = {run_id for run_id, epoch in runs if self.runs.epoch_of(run_id) == epoch}
         if gone_runs:
             self._lose_runs(gone_runs, "its lease was taken over")
-        for name, slot, _ in places:
-            if (name, slot) not in beat.placements:
-                self._lose_placement(self.placements[name], "its lease was not renewed in time")
+        for name, slot, epoch in places:
+            p = self.placements[name]
+            if p.slot == slot and p.epoch == epoch:
+                self._lose_placement(p, "its lease was not renewed in time")
 
     def _lose_runs(self, run_ids: set[str], why: str) -> None:
         lost = self.runs.revoke(run_ids)
@@ -318,12 +387,17 @@ class ClusterAgent:
             "cluster: node %s was declared lost by the cluster; its leases are gone, joining again", self.config.node
         )
         self._fence_all("the node was declared lost")
-        self.store.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
+        self._rejoining = True
         try:
+            self.store.incarnation = f"{os.getpid()}-{os.urandom(4).hex()}"
             await asyncio.to_thread(self.store.join)
         except StoreError as e:
             log.error("cluster: could not join again (%s); retrying", e)
+            with self._beats:
+                self._must_rejoin = True
             return
+        finally:
+            self._rejoining = False
         self._host.publish(TOPIC, "node_joined", {"node": self.config.node, "self": True, "rejoined": True})
         self.deadline = self._clock() + self._trust_s()
 
@@ -344,6 +418,9 @@ class ClusterAgent:
 
     def _on_fence_deadline(self) -> None:
         self._fence_timer = None
+        if self.deadline is not None and self._clock() < self.deadline:
+            self._arm_fence()  # the renewal thread moved it meanwhile
+            return
         if self.deadline is not None and self._clock() >= self.deadline:
             held = self.runs.held() or any(p.slot is not None for p in self.placements.values())
             if held:
@@ -404,10 +481,11 @@ class ClusterAgent:
             taken = await asyncio.to_thread(self.store.acquire, p.name, p.copies)
             if taken is None:
                 continue
-            p.slot, p.epoch = taken
-            p.since = self._clock()
+            with self._beats:
+                p.slot, p.epoch = taken
+                p.since = self._clock()
+                self.deadline = min(self.deadline, p.since + self._trust_s())
             self.counters.placements_taken += 1
-            self.deadline = min(self.deadline, p.since + self._trust_s())
             self._host.fence_deadline(self._host.singleton_instances(p.name), self.deadline)
             log.info("cluster: took %s#%d (epoch %d); starting it", p.name, p.slot, p.epoch)
             self._host.publish(

@@ -244,7 +244,7 @@ async def _schedule(sup: ControlApi, args: Mapping[str, object]) -> object:
         )
     if "runs" in args:
         entries = _schedule_batch(args["runs"])
-        run_ids = [scheduler.schedule_at(name, at, run_args) for at, run_args in entries]
+        run_ids = await scheduler.schedule_many(name, entries)
         await scheduler.keep_up()
         return {"run_ids": run_ids}
     at = _datetime_arg("schedule", "at", args["at"])

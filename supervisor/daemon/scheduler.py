@@ -35,6 +35,7 @@ from supervise.supervisor.core.policies import (
 )
 from supervise.supervisor.core.run_queue import RunQueue
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
+from supervise.supervisor.daemon.due_claims import DueClaims
 from supervise.supervisor.daemon.ports import HeldElsewhere
 from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
@@ -114,6 +115,13 @@ class Scheduler:
         self._store = store
         self._leases = leases  # cluster mode: runs are claimed under leases (docs/cluster.md)
         self._claimed_ahead: dict[str, bool] = {}  # run id -> taken, by `_claim_ahead` for `_claim`
+        self._window_reading = False  # cluster mode: a window refill is being read in a thread
+        self._window_missed: list[Run] = []  # one-shots the window turned away while a refill was read
+        self._due_claims = (  # cluster mode: due one-shots claimed off the loop (due_claims.py)
+            None
+            if leases is None
+            else DueClaims(leases, room=self._room, due_by=self._due_by, start=self._start_claimed, now=self._now)
+        )
         self._history_keep = history_keep  # finished runs kept per service and outcome
         self._history_max_age = timedelta(milliseconds=history_max_age_ms)
         self._schedules: dict[str, Schedule] = {}
@@ -207,6 +215,8 @@ class Scheduler:
         for timer in (self._prune_timer, self._window_timer, self._refill_timer):
             if timer is not None:
                 timer.cancel()
+        if self._due_claims is not None:
+            self._due_claims.stop()
         for s in self._schedules.values():
             if s.timer is not None:
                 s.timer.cancel()
@@ -416,6 +426,8 @@ class Scheduler:
             self._start(s, run, stored=True)
         if s.queue.wants_refill:
             self._schedule_refill()
+        if self._due_claims is not None and not s.queue.depth:
+            self._due_claims.room_freed(s.name)
 
     def _capacity(self, s: Schedule) -> int:
         """Runs handed out at once: `_per_worker` per warm worker (`processes` of them),
@@ -928,6 +940,8 @@ class Scheduler:
         if not len(self._window) and not self._store.pending:
             self._window.horizon = None
             self._refill_window()
+        if self._due_claims is not None:
+            self._due_claims.poll()
 
     # -- commands -----------------------------------------------------------------
 
@@ -938,8 +952,10 @@ class Scheduler:
     async def keep_up(self) -> None:
         """Back-pressure for clients adding runs: while more than WRITE_BACKLOG writes wait
         for the store, wait until they are in (so nothing a client was told is stored is
-        dropped by a full write queue, and memory stays bounded)."""
-        if self._store.pending > WRITE_BACKLOG:
+        dropped by a full write queue, and memory stays bounded). A shared store's one-shots are
+        inserted before the reply, not queued: nothing to wait for there (the backlog is the
+        state changes of runs in flight, which scheduling does not add to)."""
+        if not self._store.shared and self._store.pending > WRITE_BACKLOG:
             await self._store.written(timeout_s=BACKLOG_WAIT_S)
 
     def has(self, name: str) -> bool:
@@ -1067,7 +1083,40 @@ class Scheduler:
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
         if self._window.add(run):
             self._arm_window()
+        elif self._window_reading:
+            self._window_missed.append(run)
         return run.run_id
+
+    async def schedule_many(self, name: str, entries: list[tuple[datetime, Mapping[str, Any] | None]]) -> list[str]:
+        """Several one-shots (`schedule` with `runs`), as `schedule_at` each; returns their run ids.
+
+        In cluster mode they are inserted with one statement, in a thread: the event loop
+        (and with it the node's renewals) goes on meanwhile."""
+        if self._leases is None:
+            return [self.schedule_at(name, at, args) for at, args in entries]
+        s = self._require(name)
+        now = self._now()
+        runs = [
+            new_run(
+                name,
+                at=now,
+                nominal_time=at,
+                origin=RunOrigin.ONESHOT,
+                state=RunState.PENDING,
+                args={**s.config.args, **(args or {})},
+            )
+            for at, args in entries
+        ]
+        inserted = await asyncio.to_thread(self._leases.insert_waiting, runs)
+        clash = next((run.run_id for run in runs if run.run_id not in inserted), None)
+        if clash is not None:
+            raise ProtocolError(ErrorCode.CONFLICT, f"run {clash} exists already")
+        kept = [self._window.add(run) for run in runs]
+        if self._window_reading:
+            self._window_missed += [run for run, here in zip(runs, kept, strict=True) if not here]
+        if any(kept):
+            self._arm_window()
+        return [run.run_id for run in runs]
 
     def cancel_oneshot(self, run_id: str) -> bool:
         """Cancel a one-shot (or any run) that has not started; False when it has, or never existed.
@@ -1139,10 +1188,14 @@ class Scheduler:
     def _on_window_timer(self) -> None:
         self._window_timer = self._window_timer_at = None
         now = self._now()
+        due: set[str] = set()
         for run in self._window.take(now, now + timedelta(seconds=FIRE_AHEAD_S), self._fires_ahead):
             s = self._schedules.get(run.service)
             if s is None:
                 continue  # its service is gone: the row stays pending, for when it comes back
+            if self._due_claims is not None:
+                due.add(s.name)  # cluster mode: claimed below, as many as there is room for
+                continue
             try:
                 if self._store.shared:
                     # Every supervisor sharing the store holds this row: the one whose
@@ -1153,9 +1206,37 @@ class Scheduler:
                 self._admit(s, run, stored=True)
             except StoreError as e:
                 log.error("%s: could not start one-shot run %s: %s", s.name, run.run_id, e)
+        if due and self._due_claims is not None:
+            self._due_claims.due(due)
         if self._window.wants_more:
             self._schedule_refill()
         self._arm_window()
+
+    def _room(self, name: str) -> int:
+        """Cluster mode: free slots of service `name` for due one-shots (none while it has a queue)."""
+        s = self._schedules.get(name)
+        return 0 if s is None or s.queue.depth else max(0, self._capacity(s) - len(s.active))
+
+    def _due_by(self, name: str) -> datetime:
+        """Cluster mode: the one-shots of `name` due by this time are claimed now."""
+        s = self._schedules.get(name)
+        return self._now() + timedelta(seconds=FIRE_AHEAD_S if s is not None and s.python else 0.0)
+
+    def _start_claimed(self, run: Run) -> None:
+        """Cluster mode: start a due one-shot this node claimed (`DueClaims`), or, when its slots
+        filled meanwhile, queue it for any node (the write gives the lease back)."""
+        s = self._schedules.get(run.service)
+        try:
+            if s is None:
+                self._store.store.update_run(run)  # back to pending, for when the service is back
+            elif self._room(s.name) > 0:
+                self._claimed_ahead[run.run_id] = True
+                self._start(s, run, stored=True)
+                self._claimed_ahead.pop(run.run_id, None)
+            else:
+                self._admit(s, run, stored=True)
+        except StoreError as e:
+            log.error("%s: could not start one-shot run %s: %s", run.service, run.run_id, e)
 
     def _schedule_refill(self) -> None:
         if self._loop is not None and self._refill_timer is None:
@@ -1190,8 +1271,41 @@ class Scheduler:
         asked = self._window.room
         if asked == 0:
             return
+        if self._due_claims is not None and self._loop is not None:
+            self._refill_window_off_loop(asked)
+            return
         self._window.load(self._store.pending_runs(self._window.horizon, asked), asked)
         self._arm_window()
+
+    def _refill_window_off_loop(self, asked: int) -> None:
+        """Cluster mode: read the next pending runs in a thread (every node reads the same rows at
+        about the same time, up to the window's size). A one-shot added here meanwhile that the
+        window turned away (beyond its horizon) may be missing from the read: it is offered
+        again once the read is loaded."""
+        if self._window_reading:
+            return
+        self._window_reading = True
+        horizon = self._window.horizon
+        assert self._loop is not None
+
+        async def read() -> None:
+            try:
+                runs = await asyncio.to_thread(self._store.pending_runs, horizon, asked)
+            except StoreError as e:
+                log.warning("could not read pending one-shots (%s); the next poll reads them", e)
+                return
+            finally:
+                self._window_reading = False
+                missed, self._window_missed = self._window_missed, []
+            if self._window.horizon == horizon:
+                self._window.load(runs, asked)
+            for run in missed:
+                self._window.add(run)
+            self._arm_window()
+            if self._window.wants_more:
+                self._schedule_refill()
+
+        self._loop.create_task(read())
 
     def _refill_queue(self, s: Schedule) -> None:
         total = self._store.count_runs(s.name, {RunState.QUEUED})

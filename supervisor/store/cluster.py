@@ -15,7 +15,8 @@ holder and the epoch, so a holder that lost its lease changes nothing.
 
 The class is synchronous and keeps its own connection, apart from the run
 store's, so heartbeats never queue behind history writes; the daemon calls it
-from a thread.
+from a thread. `beat` has a connection of its own besides: the renewal never
+waits on the leader's maintenance or on relayed commands.
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ class Rescue:
     lost: list[dict[str, Any]] = field(default_factory=list)  # started: now `lost` (rows, for on_lost)
 
 
+class _Renewals(NodeConnection):
+    """The connection of a node's heartbeats: nothing else uses it."""
+
+    purpose = "supervise-renew"
+
+
 class ClusterStore(NodeConnection):
     """The cluster tables of one PostgreSQL schema, seen by one node.
 
@@ -126,6 +133,7 @@ class ClusterStore(NodeConnection):
         self.runs_by_schema: Callable[[list[tuple[str, int]]], dict[str, list[tuple[str, int]]]] = lambda runs: {
             self.schema: runs
         }
+        self._renewals = _Renewals(dsn, schema=schema, node=node, lease_ttl_ms=lease_ttl_ms, timeout_s=timeout_s)
 
     def open(self) -> ClusterStore:
         """Create the cluster tables if missing (the run store's schema must exist)."""
@@ -237,7 +245,12 @@ class ClusterStore(NodeConnection):
             ).fetchone()
             return Beat(alive=True, runs=frozenset(kept_runs), placements=frozenset(kept_places), leader=bool(leader))
 
-        return self._call(beat)
+        return self._renewals._call(beat)
+
+    def close(self) -> None:
+        """Close both connections."""
+        super().close()
+        self._renewals.close()
 
     # -- singleton placements ---------------------------------------------------------------
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg
 
+from supervise.supervisor.core.runs import Run
 from supervise.supervisor.store.base import ScheduleState, Store, StoreError
 from supervise.supervisor.store.cluster import RUN_LEASES
 from supervise.supervisor.store.leased import LeasedRuns
@@ -306,6 +308,30 @@ class ClusterHistory(RoutedStore):
         for store in [self._for(service)] if service is not None else self._all():
             taken.update(store.claim_many([r for r in run_ids if r not in taken]))  # type: ignore[attr-defined]
         return taken
+
+    def insert_waiting(self, runs: list[Run]) -> set[str]:
+        """`LeasedRuns.insert_waiting` in the store of each run's service (one transaction per
+        store: a `schedule` batch is of one service, so one store)."""
+        by_store: dict[int, tuple[Store, list[Run]]] = {}
+        for run in runs:
+            store = self._for(run.service)
+            by_store.setdefault(id(store), (store, []))[1].append(run)
+        inserted: set[str] = set()
+        for store, batch in by_store.values():
+            inserted |= store.insert_waiting(batch)  # type: ignore[attr-defined]
+        return inserted
+
+    def claim_due_oneshots(self, service: str, due_by: datetime, limit: int) -> list[Run]:
+        """`LeasedRuns.claim_due_oneshots` in the store of `service` (its tenant's schema)."""
+        found: list[Run] = self._for(service).claim_due_oneshots(service, due_by, limit)  # type: ignore[attr-defined]
+        return found
+
+    def due_services(self, due_by: datetime) -> set[str]:
+        """The services with one-shots due by `due_by` that nobody took, in every schema."""
+        found: set[str] = set()
+        for store in self._all():
+            found |= store.due_services(due_by)  # type: ignore[attr-defined]
+        return found
 
     # -- tenants' schemas made or dropped by other nodes --------------------------------------------
 

@@ -21,19 +21,26 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
 
 from supervise.supervisor.core.runs import FINAL, Run, RunState
-from supervise.supervisor.store.base import run_to_row
+from supervise.supervisor.store.base import RUN_COLUMNS, row_to_run, run_to_row
 from supervise.supervisor.store.postgres import PostgresStore, idle_transaction_limit
 
 log = logging.getLogger("supervise.cluster")
 
 IN_FLIGHT: Final = frozenset({RunState.STARTING, RunState.RUNNING})
 TAKEABLE: Final = [s.value for s in (RunState.QUEUED, RunState.DUE, RunState.BUFFERED, RunState.PENDING)]
+# What `claim_due_oneshots` takes: one state, so the (state, nominal_time, run_id) index hands the
+# soonest rows over in order and the LIMIT stops the scan (a `due` row, left by an earlier
+# version, is the leader's to queue again).
+DUE_ONESHOT: Final = [RunState.PENDING.value]
 _JSON: Final = ("args", "result")
+INSERT_CHUNK: Final = 500  # rows per multi-row INSERT (PostgreSQL binds at most 65 535 parameters)
+_RETURNED: Final = ", ".join(f"r.{c}::text AS {c}" if c in _JSON else f"r.{c}" for c in RUN_COLUMNS)
 
 
 class LeasedRuns:
@@ -182,6 +189,86 @@ class LeasedRuns:
             with self._lock:
                 self._held[run.run_id] = 1
         return inserted
+
+    def insert_waiting(self, runs: list[Run]) -> set[str]:
+        """Insert runs that are not in flight (a `schedule` batch of pending one-shots) with one
+        multi-row `INSERT … ON CONFLICT DO NOTHING` per INSERT_CHUNK rows, in one transaction;
+        returns the ids inserted (an occurrence whose unique key exists already is left out)."""
+        if any(run.state in IN_FLIGHT for run in runs):
+            raise ValueError("insert_waiting: runs in flight are inserted under a lease (insert_run)")
+        if not runs:
+            return set()
+        rows = [run_to_row(run, lambda t: t) for run in runs]
+        columns = list(rows[0])
+        one = "(" + ", ".join("%s::jsonb" if c in _JSON else "%s" for c in columns) + ")"
+        db = self._db()
+
+        def insert(conn: psycopg.Connection[dict[str, Any]]) -> set[str]:
+            inserted: set[str] = set()
+            with conn.transaction():
+                for start in range(0, len(rows), INSERT_CHUNK):
+                    chunk = rows[start : start + INSERT_CHUNK]
+                    query = db._q(
+                        f"INSERT INTO {{s}}.runs ({', '.join(columns)}) VALUES {', '.join([one] * len(chunk))} "  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
+                        "ON CONFLICT DO NOTHING RETURNING run_id"
+                    )
+                    params = [value for row in chunk for value in row.values()]
+                    inserted.update(str(r["run_id"]) for r in conn.execute(query, params).fetchall())
+            return inserted
+
+        done = db._call(insert)
+        for run in runs:
+            if run.run_id in done:
+                self._claimable(run)
+        return done
+
+    def claim_due_oneshots(self, service: str, due_by: datetime, limit: int) -> list[Run]:
+        """Take up to `limit` of `service`'s one-shots waiting for their time (`pending`) whose
+        time is at or before `due_by`, soonest first, in one statement: each becomes
+        `starting` under a new epoch, leased to this node.
+
+        The rows are picked `FOR UPDATE SKIP LOCKED`: a row another node's claim has locked at
+        that moment is passed over, not waited for, so two nodes claiming at once never get
+        the same run and neither waits on the other. Returns the runs as they were before
+        the claim (`pending`), so the caller starts them from there.
+        """
+        if limit <= 0:
+            return []
+        db = self._db()
+        query = db._q(
+            "WITH c AS (SELECT run_id, state AS was FROM {s}.runs WHERE state = ANY(%s) AND service = %s "  # nosec B608 # column names from RUN_COLUMNS; values are bound parameters
+            "AND nominal_time <= %s ORDER BY nominal_time, run_id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE {s}.runs r SET state = %s, node = %s, epoch = r.epoch + 1, "
+            "expires_at = now() + make_interval(secs => %s) FROM c WHERE r.run_id = c.run_id "
+            f"RETURNING {_RETURNED}, c.was, r.epoch"
+        )
+        params = (
+            DUE_ONESHOT,
+            service,
+            due_by,
+            limit,
+            RunState.STARTING.value,
+            self.node,
+            self.lease_ttl_s,
+        )
+        rows = db._call(lambda conn: conn.execute(query, params).fetchall())
+        taken: list[Run] = []
+        for row in sorted(rows, key=lambda r: (r["nominal_time"], r["run_id"])):
+            row["state"] = row["was"]
+            taken.append(row_to_run(row, lambda t: t.astimezone(UTC)))
+        with self._lock:
+            for row in rows:
+                self._held[str(row["run_id"])] = int(row["epoch"])
+                self._revoked.discard(str(row["run_id"]))
+        return taken
+
+    def due_services(self, due_by: datetime) -> set[str]:
+        """The services that have one-shots waiting (`pending`) whose time is at or
+        before `due_by`: what a node looks for at each poll, should a wake-up have been missed."""
+        db = self._db()
+        query = db._q("SELECT DISTINCT service FROM {s}.runs WHERE state = ANY(%s) AND nominal_time <= %s")
+        rows = db._call(lambda conn: conn.execute(query, (DUE_ONESHOT, due_by)).fetchall())
+        return {str(row["service"]) for row in rows}
 
     def claim(self, run_id: str) -> int | None:
         """Take a waiting run (queued, due, buffered or pending) for this node: it becomes

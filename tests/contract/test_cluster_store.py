@@ -215,3 +215,91 @@ def test_a_one_shot_left_due_by_a_node_that_never_claimed_it_is_queued_again(
     assert stored is not None and stored.state is RunState.QUEUED and "did not claim" in (stored.reason or "")
     assert b_runs.claim(late.run_id) is not None
     leader.close()
+
+
+def _oneshot(at: datetime, service: str = "hook") -> Run:
+    return new_run(service, at=datetime.now(UTC), nominal_time=at, origin=RunOrigin.ONESHOT, state=RunState.PENDING)
+
+
+def test_a_schedule_batch_is_inserted_in_one_go_and_an_existing_occurrence_is_left_out(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    node(runs_store, "a").close()  # the cluster's columns
+    a_runs = leased("a")
+    now = datetime.now(UTC)
+    runs = [_oneshot(now + timedelta(seconds=i)) for i in range(1200)]  # more than one INSERT's worth of rows
+    assert a_runs.insert_waiting(runs) == {r.run_id for r in runs}
+    assert runs_store.count_runs("hook", {RunState.PENDING}) == 1200
+    stored = runs_store.get_run(runs[777].run_id)
+    assert stored is not None and stored.nominal_time == runs[777].nominal_time and stored.args == runs[777].args
+    assert a_runs.held() == [], "waiting runs carry no lease"
+    # a run sent again (a retried call) is not inserted twice, nor is an occurrence that exists; new ones are
+    tick = new_run("tick", at=now, nominal_time=now, origin=RunOrigin.SCHEDULE, state=RunState.PENDING)
+    same_tick = new_run("tick", at=now, nominal_time=now, origin=RunOrigin.SCHEDULE, state=RunState.PENDING)
+    fresh = _oneshot(now - timedelta(seconds=1))
+    assert a_runs.insert_waiting([tick]) == {tick.run_id}
+    assert a_runs.insert_waiting([runs[0], same_tick, fresh]) == {fresh.run_id}
+    assert runs_store.get_run(same_tick.run_id) is None
+    with pytest.raises(ValueError, match="in flight"):
+        a_runs.insert_waiting([_run()])
+
+
+def test_due_one_shots_are_claimed_soonest_first_up_to_the_limit_under_a_lease(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    node(runs_store, "a").close()  # the cluster's columns
+    a_runs = leased("a")
+    now = datetime.now(UTC)
+    due = [_oneshot(now - timedelta(seconds=10 - i)) for i in range(5)]
+    later = _oneshot(now + timedelta(hours=1))
+    other = _oneshot(now - timedelta(seconds=20), service="other")
+    assert len(a_runs.insert_waiting([*reversed(due), later, other])) == 7
+    assert a_runs.due_services(now) == {"hook", "other"}
+    taken = a_runs.claim_due_oneshots("hook", now, limit=3)
+    assert [r.run_id for r in taken] == [r.run_id for r in due[:3]], "the soonest first, at most the limit"
+    assert all(r.state is RunState.PENDING for r in taken), "returned as they were before the claim"
+    assert sorted(a_runs.held()) == sorted((r.run_id, 1) for r in taken)
+    stored = runs_store.get_run(taken[0].run_id)
+    assert stored is not None and stored.state is RunState.STARTING and stored.node == "a"
+    rest = a_runs.claim_due_oneshots("hook", now, limit=10)
+    assert [r.run_id for r in rest] == [r.run_id for r in due[3:]], "a run not yet due is not taken"
+    assert a_runs.claim_due_oneshots("hook", now, limit=10) == []
+    assert a_runs.due_services(now) == {"other"}
+    # the claimed run is fenced like any other: its writes are a compare-and-set on the epoch
+    started = transition(taken[0], RunState.STARTING, at=now)
+    assert a_runs.update_run(started)
+
+
+def test_two_nodes_claiming_due_one_shots_at_once_never_get_the_same_run(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    """Claimers in threads, over and over, each for a few runs (FOR UPDATE SKIP LOCKED): every
+    run goes to exactly one of them, and none is left behind."""
+    import threading
+
+    node(runs_store, "a").close()  # the cluster's columns
+    now = datetime.now(UTC)
+    runs = [_oneshot(now - timedelta(milliseconds=i)) for i in range(600)]
+    assert runs_store.insert_runs(runs) == 600
+    claimers = [leased(f"n{i}") for i in range(4)]
+    got: dict[str, list[str]] = {c.node: [] for c in claimers}
+    start = threading.Barrier(len(claimers))
+
+    def claim(runs_of: LeasedRuns) -> None:
+        start.wait()
+        while True:
+            taken = runs_of.claim_due_oneshots("hook", now, limit=7)
+            if not taken and not runs_of.due_services(now):
+                return
+            got[runs_of.node] += [r.run_id for r in taken]
+
+    threads = [threading.Thread(target=claim, args=(c,)) for c in claimers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    every = [run_id for ids in got.values() for run_id in ids]
+    assert len(every) == len(set(every)) == 600, "each run claimed by exactly one node"
+    assert sum(1 for ids in got.values() if ids) >= 2, "the claims were concurrent"
+    for c in claimers:
+        assert {run_id for run_id, _ in c.held()} == set(got[c.node])

@@ -258,3 +258,34 @@ def test_removing_a_tenants_service_cancels_its_waiting_runs_in_the_tenants_sche
         assert services_in(dsn, f"{name}_tenant_acme")[late.run_id] == "cancelled"
     finally:
         rows.close()
+
+
+def test_a_schedule_batch_and_the_due_claims_of_a_tenants_one_shots_stay_in_its_schema(
+    schema: tuple[str, str], history: Callable[..., tuple[ClusterHistory, ClusterStore]]
+) -> None:
+    dsn, name = schema
+    a, _ = history("a", OWNERS)
+    b, _ = history("b", OWNERS)
+    now = datetime.now(UTC)
+
+    def pending(service: str, seconds: int) -> Run:
+        at = now - timedelta(seconds=seconds)
+        return new_run(service, at=at, nominal_time=at, origin=RunOrigin.ONESHOT, state=RunState.PENDING)
+
+    acme = [pending("acme-job", s) for s in (3, 2, 1)]
+    shared = [pending("plain-job", 1)]
+    assert a.insert_waiting(acme + shared) == {r.run_id for r in acme + shared}
+    assert set(services_in(dsn, f"{name}_tenant_acme")) == {r.run_id for r in acme}
+    assert set(services_in(dsn, name)) == {shared[0].run_id}
+    assert a.insert_waiting(acme[:1]) == set(), "an occurrence inserted already is left out"
+
+    b.discover()  # as a node's registration sync does
+    assert b.due_services(now) == {"acme-job", "plain-job"}, "found in every schema, through any node"
+    first = b.claim_due_oneshots("acme-job", now, 2)
+    assert [r.run_id for r in first] == [r.run_id for r in acme[:2]], "soonest first, up to the limit"
+    rest = a.claim_due_oneshots("acme-job", now, 5)
+    assert [r.run_id for r in rest] == [acme[2].run_id], "the other node gets only what is left"
+    states = services_in(dsn, f"{name}_tenant_acme")
+    assert set(states.values()) == {"starting"}
+    assert {run_id for run_id, _ in b.held()} >= {r.run_id for r in first}
+    assert b.due_services(now) == {"plain-job"}
