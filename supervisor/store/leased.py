@@ -202,17 +202,23 @@ class LeasedRuns:
         columns = list(rows[0])
         one = "(" + ", ".join("%s::jsonb" if c in _JSON else "%s" for c in columns) + ")"
         db = self._db()
+        # Every statement is built before the transaction opens: the connection's idle-in-transaction
+        # limit (half the lease) counts the client's time between two statements.
+        statements = [
+            (
+                db._q(
+                    f"INSERT INTO {{s}}.runs ({', '.join(columns)}) VALUES {', '.join([one] * len(chunk))} "  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
+                    "ON CONFLICT DO NOTHING RETURNING run_id"
+                ),
+                [value for row in chunk for value in row.values()],
+            )
+            for chunk in (rows[start : start + INSERT_CHUNK] for start in range(0, len(rows), INSERT_CHUNK))
+        ]
 
         def insert(conn: psycopg.Connection[dict[str, Any]]) -> set[str]:
             inserted: set[str] = set()
             with conn.transaction():
-                for start in range(0, len(rows), INSERT_CHUNK):
-                    chunk = rows[start : start + INSERT_CHUNK]
-                    query = db._q(
-                        f"INSERT INTO {{s}}.runs ({', '.join(columns)}) VALUES {', '.join([one] * len(chunk))} "  # nosec B608 # column names from run_to_row's fixed keys; values are bound parameters
-                        "ON CONFLICT DO NOTHING RETURNING run_id"
-                    )
-                    params = [value for row in chunk for value in row.values()]
+                for query, params in statements:
                     inserted.update(str(r["run_id"]) for r in conn.execute(query, params).fetchall())
             return inserted
 

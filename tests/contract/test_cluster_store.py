@@ -31,9 +31,9 @@ def leased(runs_store: PostgresStore) -> Iterator[Callable[[str], LeasedRuns]]:
     """LeasedRuns of a node, closed after the test."""
     made: list[LeasedRuns] = []
 
-    def make(name: str) -> LeasedRuns:
+    def make(name: str, ttl_ms: int = TTL_MS) -> LeasedRuns:
         made.append(
-            LeasedRuns(PostgresStore(runs_store.dsn, schema=runs_store.schema), node=name, lease_ttl_ms=TTL_MS).open()
+            LeasedRuns(PostgresStore(runs_store.dsn, schema=runs_store.schema), node=name, lease_ttl_ms=ttl_ms).open()
         )
         return made[-1]
 
@@ -222,10 +222,10 @@ def _oneshot(at: datetime, service: str = "hook") -> Run:
 
 
 def test_a_schedule_batch_is_inserted_in_one_go_and_an_existing_occurrence_is_left_out(
-    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+    runs_store: PostgresStore, leased: Callable[..., LeasedRuns]
 ) -> None:
     node(runs_store, "a").close()  # the cluster's columns
-    a_runs = leased("a")
+    a_runs = leased("a", ttl_ms=15_000)  # the default lease: its connection's idle-in-transaction limit is 7.5 s
     now = datetime.now(UTC)
     runs = [_oneshot(now + timedelta(seconds=i)) for i in range(1200)]  # more than one INSERT's worth of rows
     assert a_runs.insert_waiting(runs) == {r.run_id for r in runs}
