@@ -308,7 +308,8 @@ class ClusterStore(NodeConnection):
     def rescue(self) -> Rescue:
         """Runs whose lease expired: not started -> `queued` again; started -> `lost` (the caller
         applies each service's on_lost). Both bump the epoch, so the old holder's writes fail.
-        Also one-shots left `due` (unclaimed) for longer than a lease past their time: `queued`."""
+        Also one-shots left `due` (unclaimed) for longer than a lease past their time, and
+        occurrences `buffered` by a node that is no longer live: `queued`."""
         requeue: LiteralString = (
             "UPDATE {s}.runs SET state = 'queued', epoch = epoch + 1, expires_at = NULL, "
             "reason = 'queued again: the lease of node ' || coalesce(node, '?') || ' expired before it started' "
@@ -330,14 +331,25 @@ class ClusterStore(NodeConnection):
             "AND nominal_time <= now() - make_interval(secs => %s) RETURNING run_id"
         )
 
+        # An occurrence buffered (overlap) by a node that is gone: it waited in that node's memory.
+        abandoned = sql.SQL(
+            "UPDATE {s}.runs r SET state = 'queued', epoch = epoch + 1, "
+            "reason = 'queued again: node ' || r.node || ', which buffered it, is gone' "
+            "WHERE r.state = 'buffered' AND r.node IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {nodes} n "
+            "WHERE n.name = r.node AND n.state = 'live' AND n.expires_at > now()) RETURNING r.run_id"
+        )
+
         def rescue(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[str], list[str]]:
             queued: list[str] = []
             lost: list[str] = []
+            nodes = sql.Identifier(self.schema, "nodes")
             for schema in [s for s in self._run_schemas(conn) if self._lock_runs(conn, s)]:  # locked first
                 queued += [row["run_id"] for row in conn.execute(self._in(schema, requeue)).fetchall()]
                 queued += [
                     row["run_id"] for row in conn.execute(self._in(schema, orphaned), (self.lease_ttl_s,)).fetchall()
                 ]
+                left = abandoned.format(s=sql.Identifier(schema), nodes=nodes)
+                queued += [row["run_id"] for row in conn.execute(left).fetchall()]
                 lost += [row["run_id"] for row in conn.execute(self._in(schema, lose)).fetchall()]
             return queued, lost
 

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -169,8 +170,12 @@ class LeasedRuns:
     # -- writes -----------------------------------------------------------------------------
 
     def insert_run(self, run: Run) -> bool:
-        """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1."""
+        """Insert; a run inserted in flight (`starting`) is leased to this node at epoch 1. A
+        `buffered` run names this node (it waits in this node's memory for a slot), so the
+        leader can queue it again should this node die first (`ClusterStore.rescue`)."""
         if run.state not in IN_FLIGHT:
+            if run.state is RunState.BUFFERED and run.node is None:
+                run = replace(run, node=self.node)
             inserted = self._db().insert_run(run)
             if inserted:
                 self._claimable(run)

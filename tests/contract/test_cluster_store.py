@@ -303,3 +303,36 @@ def test_two_nodes_claiming_due_one_shots_at_once_never_get_the_same_run(
     assert sum(1 for ids in got.values() if ids) >= 2, "the claims were concurrent"
     for c in claimers:
         assert {run_id for run_id, _ in c.held()} == set(got[c.node])
+
+
+def test_an_occurrence_buffered_by_a_node_that_is_gone_is_queued_again(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    """A buffered occurrence waits in its node's memory, with no lease: it names its node, and
+    once that node is no longer a live member the leader queues it for any node."""
+    a = node(runs_store, "a")
+    a.join()
+    a_runs = leased("a")
+    leader = node(runs_store, "b", ttl_ms=60_000)
+    leader.join()
+    b_runs = leased("b")
+    now = datetime.now(UTC)
+    buffered = transition(
+        new_run("job", at=now, nominal_time=now, origin=RunOrigin.SCHEDULE, state=RunState.PENDING),
+        RunState.BUFFERED,
+        at=now,
+    )
+    assert a_runs.insert_run(buffered)
+    stored = runs_store.get_run(buffered.run_id)
+    assert stored is not None and stored.node == "a" and a_runs.held() == [], "named, not leased"
+    assert leader.rescue().requeued == [], "its node is live: it keeps it"
+    rescued = wait_for(lambda: leader.rescue().requeued, timeout_s=5, what="a's membership to expire")
+    assert rescued == [buffered.run_id]
+    stored = runs_store.get_run(buffered.run_id)
+    assert (
+        stored is not None and stored.state is RunState.QUEUED and "which buffered it, is gone" in (stored.reason or "")
+    )
+    assert b_runs.claim(buffered.run_id) is not None
+    assert a_runs.claim(buffered.run_id) is None, "the node that comes back late finds it taken"
+    a.close()
+    leader.close()
