@@ -55,7 +55,7 @@ class LeasedRuns:
         self._revoked: set[str] = set()  # leases lost: writes about these runs are dropped
         self._lock = threading.Lock()
         self.fenced_writes = 0  # writes refused because the lease was gone
-        self._stores: dict[int, PostgresStore] = {}  # thread id -> its connection
+        self._stores: dict[int | str, PostgresStore] = {}  # thread id (or "executor") -> its connection
         self._stores_lock = threading.Lock()
         self._pending = threading.local()  # inside `batch()`: bookkeeping to do once it commits
         # Set by the node's agent (docs/cluster.md):
@@ -67,8 +67,11 @@ class LeasedRuns:
         return getattr(self._db(), name)
 
     def _db(self) -> PostgresStore:
-        """This thread's store (one connection per thread)."""
-        key = threading.get_ident()
+        """This thread's store: one connection per thread, except that the event loop's executor
+        threads (`asyncio.to_thread`) share one, its calls taking turns (the store's lock; a
+        `batch()` holds it to its end), so a node needs a few connections per schema, not one
+        per executor thread."""
+        key: int | str = "executor" if threading.current_thread().name.startswith("asyncio_") else threading.get_ident()
         with self._stores_lock:
             found = self._stores.get(key)
         if found is not None:
