@@ -135,6 +135,13 @@ class ClusterTokens(NodeConnection):
         self._read_at = None
         return done
 
+    def note_used(self, token_id: str, now: float) -> None:
+        """Set the copy's last use of `token_id` (until the next read), so that the requests
+        before `touch` is written do not each ask for it."""
+        row = self._copy.get(token_id)
+        if row is not None:
+            self._copy[token_id] = (*row[:7], now, *row[8:])
+
     def touch(self, token_id: str, now: float) -> None:
         """Record that the token was used at `now`."""
         self._call(

@@ -340,6 +340,7 @@ class ApiStore:
     def _touch_shared(self, token_id: str, now: float) -> None:
         shared = self.shared
         assert shared is not None
+        shared.note_used(token_id, now)
 
         def touch() -> None:
             try:
@@ -348,7 +349,7 @@ class ApiStore:
                 log.warning("cannot record a token's last use in the cluster store: %s", e)
 
         if self._schedule is not None:
-            self._schedule(touch)  # the daemon: after the request's answer, not before it
+            self._schedule(touch)  # the daemon: at the next turn of the event loop, not in the request's path
         else:
             touch()
 

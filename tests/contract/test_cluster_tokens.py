@@ -79,6 +79,11 @@ def test_a_token_made_through_one_node_authenticates_through_another_and_only_it
     with pytest.raises(ValueError, match='a token named "ci" exists'):
         b.create_token("ci", Role.VIEWER, None, None)
     assert [t.name for t in a.tokens()] == [t.name for t in b.tokens()] == ["ci"]
+    # And: its use is recorded in the table, once a minute at most
+    used = a.tokens()[0].last_used_at
+    assert used is not None
+    assert b.verify(text) is not None and a.verify(text) is not None
+    assert a.tokens()[0].last_used_at == used
 
 
 def test_a_revoke_through_one_node_is_refused_by_another_once_its_copy_is_a_second_old(
