@@ -565,7 +565,7 @@ class ApiStore:
             if self.shared is not None:  # the cluster's tokens of the tenant (their answers are this file's)
                 shared_ids = self.shared.delete_tenant(tenant)
                 db.executemany("DELETE FROM idempotency WHERE token_id = ?", [(i,) for i in shared_ids])
-                tokens += len(shared_ids)
+                tokens = len(set(ids) | set(shared_ids))  # this file's copies of the cluster's count once
         self._q("PRAGMA wal_checkpoint(TRUNCATE)")
         return {"tokens": tokens, "tasks": tasks, "services": services, "audit": audit, "tenant": created}
 

@@ -218,6 +218,11 @@ def test_export_and_delete_of_a_tenant_with_two_nodes_running(
     assert deleted.returncode == 0, deleted.stderr
     counts = json.loads(deleted.stdout)
     assert counts["runs"] == 2 and counts["store_deleted"] is True and counts["services"] == 1
+    assert counts["tokens"] == 1, "acme's token, deleted from the cluster's table"
+    # Then: acme's token is refused by both nodes (within their copies' age)
+    wait_for(
+        lambda: all(n("GET", "/jobs", "acme").status == 401 for n in (a, b)), timeout_s=3, what="acme's token refused"
+    )
     # Then: the schema is gone, its job is gone from both nodes, and beta goes on with globex
     assert runs_in(tenant_db, f"{tenant_db.schema}_tenant_acme") == {}
     wait_for(lambda: not has_job(b, "acme-report"), timeout_s=30, what="acme-report removed on beta")
