@@ -41,6 +41,9 @@ _SCHEMA: Final[tuple[LiteralString, ...]] = (
         tenant text, created_at double precision NOT NULL, expires_at double precision,
         revoked_at double precision, last_used_at double precision
     )""",
+    # The ids of tokens deleted with their tenant (nothing else of them), so that a copy left in a
+    # node's api.db is not copied in again at its next start
+    "CREATE TABLE IF NOT EXISTS {s}.tokens_deleted (id text PRIMARY KEY, deleted_at double precision NOT NULL)",
 )
 _SELECT: Final = "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash FROM {s}.tokens"
 
@@ -149,11 +152,17 @@ class ClusterTokens(NodeConnection):
         )
 
     def delete_tenant(self, tenant: str) -> list[str]:
-        """Delete the tenant's tokens; returns their ids."""
+        """Delete the tenant's tokens, keeping their ids alone in `tokens_deleted`; returns the ids."""
 
         def delete(conn: psycopg.Connection[dict[str, Any]]) -> list[str]:
             found = conn.execute(self._q("DELETE FROM {s}.tokens WHERE tenant = %s RETURNING id"), (tenant,))
-            return [r["id"] for r in found.fetchall()]
+            ids = [str(r["id"]) for r in found.fetchall()]
+            for token_id in ids:
+                conn.execute(
+                    self._q("INSERT INTO {s}.tokens_deleted (id, deleted_at) VALUES (%s, %s) ON CONFLICT DO NOTHING"),
+                    (token_id, time.time()),
+                )
+            return ids
 
         ids = self._call(delete)
         self._read_at = None
@@ -162,14 +171,16 @@ class ClusterTokens(NodeConnection):
     def copy_in(self, rows: Sequence[Row]) -> list[str]:
         """Copy a node's `api.db` tokens (COLUMNS order) into the table, by name, in one transaction.
 
-        A name not in the table is added; a name there with the same hash is kept, and revoked
-        if the node's copy is revoked; a name there with another hash (or a clash of ids) is kept
-        as the table has it, and its name is returned (the caller warns). Idempotent.
+        A name not in the table is added, unless its id was deleted with its tenant (`tokens_deleted`);
+        a name there with the same hash is kept, and revoked if the node's copy is revoked; a name
+        there with another hash (or a clash of ids) is kept as the table has it, and its name is
+        returned (the caller warns). Idempotent.
         """
 
         def copy(conn: psycopg.Connection[dict[str, Any]]) -> list[str]:
             clashes = []
-            for row in rows:
+            gone = {r["id"] for r in conn.execute(self._q("SELECT id FROM {s}.tokens_deleted")).fetchall()}
+            for row in [r for r in rows if r[0] not in gone]:
                 conn.execute(
                     self._q(
                         "INSERT INTO {s}.tokens (id, name, role, tenant, created_at, expires_at, revoked_at,"

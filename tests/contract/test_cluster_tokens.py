@@ -6,6 +6,7 @@ copied in by name, idempotently, the cluster's row winning a clash. Each test ha
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -141,3 +142,41 @@ def test_a_nodes_api_db_tokens_are_copied_in_once_and_a_clash_keeps_the_clusters
     finally:
         a.close()
         b.close()
+
+
+def test_a_token_deleted_with_its_tenant_is_not_copied_in_again_from_another_nodes_api_db(
+    pg_schema: tuple[str, str], tmp_path: Path
+) -> None:
+    dsn, schema = pg_schema
+    cluster = ClusterConfig(store=f"{dsn}?schema={schema}", node="n")
+    # Given: two nodes' api.db with the same acme token (one copied into the other before clustering)
+    first = ApiStore(tmp_path / "a")
+    text, _ = first.create_token("acme-bot", Role.OPERATOR, "acme", None)
+    keep, _ = first.create_token("other", Role.VIEWER, None, None)
+    rows = first.local_token_rows()
+    first.close()
+    second = ApiStore(tmp_path / "b")
+    second.close()
+    with sqlite3.connect(tmp_path / "b" / "api.db") as db:
+        db.executemany(
+            "INSERT INTO tokens (id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    a = open_api_store(tmp_path / "a", cluster, node="a")
+    try:
+        # When: acme is deleted through a's config, then b starts
+        assert a.delete_tenant("acme")["tokens"] == 1
+        b = open_api_store(tmp_path / "b", cluster, node="b")
+        try:
+            # Then: the deleted token is refused everywhere; the other token is the cluster's as before
+            assert [t.name for t in b.tokens()] == ["other"]
+            assert b.verify(text) is None and a.verify(text) is None
+            assert b.verify(keep) is not None
+            with psycopg.connect(dsn) as conn:
+                kept = conn.execute(sql.SQL("SELECT * FROM {}.tokens_deleted").format(sql.Identifier(schema)))
+                assert [len(r) for r in kept.fetchall()] == [2], "the id and the time alone"
+        finally:
+            b.close()
+    finally:
+        a.close()
