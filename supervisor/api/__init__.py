@@ -22,10 +22,12 @@ from supervise.supervisor.api.server import PREFIX, ApiError, Pipeline, problem_
 from supervise.supervisor.api.store import ApiStore
 from supervise.supervisor.core.errors import ConfigError, ConfigProblem
 from supervise.supervisor.core.samples import SampleHistory
+from supervise.supervisor.store.base import StoreError
 
 if TYPE_CHECKING:
     from supervise.supervisor.api.ports import ApiHost, EventRing
     from supervise.supervisor.api.task_notify import TaskOutbox
+    from supervise.supervisor.config.cluster import ClusterConfig
     from supervise.supervisor.config.model import SupervisorConfig
 
 log = logging.getLogger("supervise")
@@ -77,8 +79,15 @@ class ApiServer:
     """Owned by the composition root; mounted on the HTTP server's application."""
 
     def __init__(
-        self, host: ApiHost, events: EventRing, config: SupervisorConfig, *, samples: SampleHistory | None = None
+        self,
+        host: ApiHost,
+        events: EventRing,
+        config: SupervisorConfig,
+        *,
+        samples: SampleHistory | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
+        self._cluster = cluster  # cluster mode: the tokens are the cluster's (cluster_tokens.py)
         self._host = host
         self._events = events
         self._config = config
@@ -92,7 +101,17 @@ class ApiServer:
 
     def mount(self, app: web.Application) -> None:
         """Add `/api/v1` to `app`; raises ConfigError when the address is exposed without a token."""
-        store = ApiStore(self._config.state_dir)
+        if self._cluster is not None:
+            from supervise.supervisor.api.cluster_tokens import open_api_store  # psycopg: cluster mode only
+
+            try:
+                store = open_api_store(self._config.state_dir, self._cluster, node=self._cluster.node)
+            except StoreError as e:
+                raise ConfigError(
+                    "[cluster]", [ConfigProblem("cluster.store", f"cannot open the cluster's API tokens: {e}")]
+                ) from None
+        else:
+            store = ApiStore(self._config.state_dir)
         try:
             check_exposure(self._config, store)
         except ConfigError:

@@ -37,6 +37,7 @@ from supervise.supervisor.api.models import FieldProblem, Problem
 from supervise.supervisor.api.session import CSRF_HEADER, SAFE_METHODS, csrf_ok, session_token
 from supervise.supervisor.api.store import ApiStore, Remembered, Role, Token
 from supervise.supervisor.core.errors import ConfigError, ServiceNotFound
+from supervise.supervisor.store.base import StoreError
 
 log = logging.getLogger("supervise.api")
 
@@ -278,9 +279,9 @@ class Pipeline:
         token = None
         if cookie is not None:
             if len(cookie) <= MAX_AUTH_HEADER:
-                token = self.store.verify(cookie)
+                token = self._verify(cookie)
         elif scheme.lower() == "bearer" and len(header) <= MAX_AUTH_HEADER:
-            token = self.store.verify(text.strip())
+            token = self._verify(text.strip())
         if token is None:
             self.auth_failures += 1
             self.limiter.failed(client, now)
@@ -291,6 +292,16 @@ class Pipeline:
                 headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
             )
         return token, cookie is not None
+
+    def _verify(self, text: str) -> Token | None:
+        """The store's `verify`; in cluster mode a cluster store that cannot be read answers 503."""
+        try:
+            return self.store.verify(text)
+        except StoreError as e:
+            log.warning("cannot check a token: %s", e)
+            raise ApiError(
+                503, "Service Unavailable", "cannot read the cluster store to check the token; retry"
+            ) from None
 
     def _query(self, model: type[BaseModel], request: web.Request) -> BaseModel:
         values: dict[str, Any] = {}
@@ -371,7 +382,7 @@ class Pipeline:
     def check_sign_in(self, request: web.Request, text: str) -> Token:
         """The token a browser signs in with, under the same failure limit as every other; ApiError if wrong."""
         client, now = self._refuse_if_limited(request)
-        token = self.store.verify(text.strip()) if len(text) <= MAX_AUTH_HEADER else None
+        token = self._verify(text.strip()) if len(text) <= MAX_AUTH_HEADER else None
         if token is None:
             self.auth_failures += 1
             self.limiter.failed(client, now)

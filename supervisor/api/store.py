@@ -20,15 +20,20 @@ import re
 import secrets
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.tenants import TENANT_RE
+
+if TYPE_CHECKING:
+    from supervise.supervisor.api.cluster_tokens import ClusterTokens
 
 log = logging.getLogger("supervise.api")
 
@@ -167,12 +172,29 @@ class ApiStore:
         self._deferred: list[tuple[str, tuple[object, ...]]] | None = None  # None: every write at once
         self._schedule: Callable[[Callable[[], None]], object] | None = None
         self._audits = 0
+        self.shared: ClusterTokens | None = None  # cluster mode: the tokens are the cluster's
+
+    def share_tokens(self, shared: ClusterTokens) -> None:
+        """From now on the tokens are `shared`'s (cluster mode, cluster_tokens.py), not this file's."""
+        self.shared = shared
+
+    def local_token_rows(self) -> list[tuple[Any, ...]]:
+        """This file's own token rows, hash included (cluster_tokens.COLUMNS order)."""
+        return [
+            tuple(r)
+            for r in self._q(
+                "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash"
+                " FROM tokens ORDER BY created_at"
+            ).fetchall()
+        ]
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
             self._db.close()
+            if self.shared is not None:
+                self.shared.close()
 
     # -- writing: at once, or behind (batched per event-loop turn) ----------------------------
 
@@ -243,6 +265,13 @@ class ApiStore:
         secret = secrets.token_urlsafe(32)
         now = time.time()
         expires = now + expires_in.total_seconds() if expires_in is not None else None
+        clash = ValueError(f'a token named "{name}" exists; revoke it or choose another name')
+        if self.shared is not None:
+            if not self.shared.insert((token_id, name, str(role), tenant, now, expires, None, None, _hash(secret))):
+                raise clash
+            if tenant is not None:
+                self._q("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
+            return f"svt_{token_id}_{secret}", Token(token_id, name, role, tenant, now, expires, None, None)
         try:
             with self._tx() as db:
                 db.execute(
@@ -252,10 +281,14 @@ class ApiStore:
                 if tenant is not None:  # a token of a tenant not created yet creates it
                     db.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
         except sqlite3.IntegrityError:
-            raise ValueError(f'a token named "{name}" exists; revoke it or choose another name') from None
+            raise clash from None
         return f"svt_{token_id}_{secret}", Token(token_id, name, role, tenant, now, expires, None, None)
 
     def tokens(self) -> list[Token]:
+        """Every token, oldest first (the cluster's in cluster mode)."""
+        if self.shared is not None:
+            rows = self.shared.rows()
+            return [Token(r[0], r[1], Role.parse(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
         rows = self._q(
             "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at"
             " FROM tokens ORDER BY created_at"
@@ -267,6 +300,8 @@ class ApiStore:
         return sum(1 for t in self.tokens() if t.usable(now))
 
     def revoke(self, name_or_id: str) -> bool:
+        if self.shared is not None:
+            return self.shared.revoke(name_or_id, time.time())
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE (name = ? OR id = ?) AND revoked_at IS NULL",
@@ -278,13 +313,16 @@ class ApiStore:
         """The usable token `text` is, or None; the secret is compared in constant time."""
         match = TOKEN_RE.fullmatch(text)
         token_id, secret = (match[1], match[2]) if match else ("", text)
-        # Not after the queued writes: tokens are written at once (only last_used_at waits), and a flush
-        # here would commit each request's writes alone.
-        row = self._db.execute(
-            "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash"
-            " FROM tokens WHERE id = ?",
-            (token_id,),
-        ).fetchone()
+        if self.shared is not None:
+            row = self.shared.find(token_id)  # StoreError: the cluster store cannot be read
+        else:
+            # Not after the queued writes: tokens are written at once (only last_used_at waits), and a flush
+            # here would commit each request's writes alone.
+            row = self._db.execute(
+                "SELECT id, name, role, tenant, created_at, expires_at, revoked_at, last_used_at, hash"
+                " FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
         stored = row[8] if row is not None else _DUMMY_HASH  # the same work whether the id exists or not
         if not hmac.compare_digest(stored, _hash(secret)) or row is None or match is None:
             return None
@@ -293,8 +331,27 @@ class ApiStore:
         if not token.usable(now):
             return None
         if token.last_used_at is None or now - token.last_used_at > 60:
+            if self.shared is not None:
+                self._touch_shared(token.id, now)
+                return token
             self._w("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token.id))
         return token
+
+    def _touch_shared(self, token_id: str, now: float) -> None:
+        shared = self.shared
+        assert shared is not None
+        shared.note_used(token_id, now)
+
+        def touch() -> None:
+            try:
+                shared.touch(token_id, now)
+            except StoreError as e:
+                log.warning("cannot record a token's last use in the cluster store: %s", e)
+
+        if self._schedule is not None:
+            self._schedule(touch)  # the daemon: at the next turn of the event loop, not in the request's path
+        else:
+            touch()
 
     # -- audit ---------------------------------------------------------------------
 
@@ -429,8 +486,10 @@ class ApiStore:
         """Every tenant (created, or named by a token, a service or a task), with what it has here."""
         names = {r[0]: r[1] for r in self._q("SELECT name, created_at FROM tenants").fetchall()}
         own = self.quotas()
+        token_counts = Counter(t.tenant for t in self.tokens() if t.tenant is not None)  # the cluster's too
+        for name in token_counts:
+            names.setdefault(name, None)
         for query in (
-            "SELECT DISTINCT tenant FROM tokens WHERE tenant IS NOT NULL",
             "SELECT DISTINCT tenant FROM owners",
             "SELECT DISTINCT tenant FROM tasks WHERE tenant IS NOT NULL",
         ):
@@ -445,7 +504,7 @@ class ApiStore:
                     "created_at": datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
                     if created is not None
                     else None,
-                    "tokens": self._count("SELECT count(*) FROM tokens WHERE tenant = ?", name),
+                    "tokens": token_counts[name],
                     "services": self._count("SELECT count(*) FROM owners WHERE tenant = ?", name),
                     "tasks": self._count("SELECT count(*) FROM tasks WHERE tenant = ?", name),
                     "max_pending_tasks": own.get(name, TenantQuotas()).max_pending_tasks,
@@ -503,6 +562,10 @@ class ApiStore:
             services = db.execute("DELETE FROM owners WHERE tenant = ?", (tenant,)).rowcount
             audit = db.execute("DELETE FROM audit WHERE tenant = ?", (tenant,)).rowcount
             created = db.execute("DELETE FROM tenants WHERE name = ?", (tenant,)).rowcount
+            if self.shared is not None:  # the cluster's tokens of the tenant (their answers are this file's)
+                shared_ids = self.shared.delete_tenant(tenant)
+                db.executemany("DELETE FROM idempotency WHERE token_id = ?", [(i,) for i in shared_ids])
+                tokens = len(set(ids) | set(shared_ids))  # this file's copies of the cluster's count once
         self._q("PRAGMA wal_checkpoint(TRUNCATE)")
         return {"tokens": tokens, "tasks": tasks, "services": services, "audit": audit, "tenant": created}
 

@@ -2,7 +2,8 @@
 
 Both work on the state directory's `api.db` (docs/api.md), whether the daemon
 runs or not: a token created here is usable at once, a revoked one refused at
-the next request.
+the next request. With `[cluster]` in the config the tokens are the cluster's
+table in PostgreSQL (api/cluster_tokens.py); the audit log stays the node's.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ def _store(config: str) -> ApiStore:
         cfg = load_config(config)
     except ConfigError as e:
         raise click.ClickException(f"config error:\n{e}") from None
-    return ApiStore(cfg.supervisor.state_dir)
+    if cfg.cluster is None:
+        return ApiStore(cfg.supervisor.state_dir)
+    from supervise.supervisor.api.cluster_tokens import open_api_store  # psycopg: cluster mode only
+    from supervise.supervisor.store.base import StoreError
+
+    try:
+        return open_api_store(cfg.supervisor.state_dir, cfg.cluster, node=f"cli-{cfg.cluster.node}")
+    except StoreError as e:
+        raise click.ClickException(f"cannot reach the cluster store: {e}") from None
 
 
 def parse_expiry(text: str) -> timedelta:
@@ -51,7 +60,7 @@ def parse_expiry(text: str) -> timedelta:
 
 @click.group()
 def token() -> None:
-    """Bearer tokens of the HTTP API (stored as hashes in the state directory)."""
+    """Bearer tokens of the HTTP API (stored as hashes in the state directory, or the cluster store)."""
 
 
 @token.command("create")

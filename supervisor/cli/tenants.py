@@ -49,7 +49,16 @@ def _load(config: str) -> Config:
 def _api_store(cfg: Config) -> Iterator[ApiStore]:
     from supervise.supervisor.api.store import ApiStore
 
-    store = ApiStore(cfg.supervisor.state_dir)
+    if cfg.cluster is None:
+        store = ApiStore(cfg.supervisor.state_dir)
+    else:  # the tokens are the cluster's (docs/api.md)
+        from supervise.supervisor.api.cluster_tokens import open_api_store
+        from supervise.supervisor.store.base import StoreError
+
+        try:
+            store = open_api_store(cfg.supervisor.state_dir, cfg.cluster, node=f"cli-{cfg.cluster.node}")
+        except StoreError as e:
+            raise CliError(f"cannot reach the cluster store: {e}", Exit.UNREACHABLE) from None
     try:
         yield store
     finally:

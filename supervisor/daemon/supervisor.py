@@ -150,7 +150,13 @@ class Supervisor:
         if config.supervisor.http is not None:
             from supervise.supervisor.api import ApiServer  # pydantic and aiohttp: only when HTTP is on
 
-            self.api = ApiServer(self, self.observability.events, config.supervisor, samples=self.observability.samples)
+            self.api = ApiServer(
+                self,
+                self.observability.events,
+                config.supervisor,
+                samples=self.observability.samples,
+                cluster=config.cluster,
+            )
             self.observability.http_mounts.append(self.api.mount)
             from supervise.supervisor.dashboard import mount as mount_dashboard  # docs/dashboard.md
 

@@ -132,8 +132,17 @@ def test_the_database_away_answers_503_and_the_answer_returns_with_it(own_postgr
         answer = site.get("viewer")
         assert answer.status == 503, answer.text
         assert "cannot read the cluster store" in answer.json["detail"]
+        # A token the node's copy of the cluster's tokens does not know needs a read: 503, not 401
+        unknown = "svt_000000000000_" + "A" * 43
+        ask = lambda: call("GET", f"{site.base}/api/v1/cluster", token=unknown)  # noqa: E731
+        wait_for(
+            lambda: ask().status == 503 and "to check the token" in ask().json["detail"],
+            timeout_s=10,
+            what="a token check answered 503 while the database is away",
+        )
         own_postgres.start()
         wait_for(lambda: site.get("viewer").status == 200, timeout_s=15, what="the answer once the database is back")
+        assert ask().status == 401, "with the database back, an unknown token is refused as usual"
     finally:
         stop_daemon(daemon)
         shutil.rmtree(folder, ignore_errors=True)

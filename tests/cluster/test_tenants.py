@@ -1,7 +1,8 @@
 """Tenants of the HTTP API in cluster mode, with real daemons on one PostgreSQL (docs/api.md, docs/cluster.md):
 each tenant's runs in its own schema whichever node runs them, its jobs seen through any node by its
 tokens only, a run of a SIGKILLed node rescued from the tenant's schema, export and delete with two
-nodes running, and an older cluster database's rows moved to the tenants' schemas at start."""
+nodes running, an older cluster database's rows moved to the tenants' schemas at start, and the tokens
+the cluster's: created, listed and revoked with the CLI against one node, seen by every node."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ TOKENS = {
 
 
 class Node:
-    """One daemon of the cluster and its API, with tokens of its own `api.db`."""
+    """One daemon of the cluster and its API, with the cluster's tokens."""
 
     def __init__(self, daemon: Daemon, tokens: dict[str, str], name: str) -> None:
         self.daemon = daemon
@@ -57,15 +58,19 @@ def tenant_db(cluster_db: ClusterDb) -> Iterator[ClusterDb]:
 
 @pytest.fixture
 def start_node(short_dir: Path, launch: Callable[[Path], Daemon]) -> Callable[..., Node]:
-    """A node with its own state dir, the API on loopback, and the three tokens in its api.db."""
+    """A node with its own state dir and the API on loopback. The first node of a database has the three
+    tokens in its api.db (copied into the cluster's table as it starts); the others use the same ones."""
     numbers = iter(range(100))
+    made: dict[str, dict[str, str]] = {}
 
     def make(db: ClusterDb, name: str, *, before: Callable[[Path], None] | None = None, **options: object) -> Node:
         folder = short_dir / f"n{next(numbers)}"
         config = write_cluster_config(
             folder, db, {}, node=name, http="127.0.0.1:0", allow_addresses=["127.0.0.1"], **options
         )
-        tokens = make_tokens(folder / "state", TOKENS)
+        if db.url not in made:
+            made[db.url] = make_tokens(folder / "state", TOKENS)
+        tokens = made[db.url]
         if before is not None:
             before(folder / "state")
         return Node(launch(config), tokens, name)
@@ -213,6 +218,11 @@ def test_export_and_delete_of_a_tenant_with_two_nodes_running(
     assert deleted.returncode == 0, deleted.stderr
     counts = json.loads(deleted.stdout)
     assert counts["runs"] == 2 and counts["store_deleted"] is True and counts["services"] == 1
+    assert counts["tokens"] == 1, "acme's token, deleted from the cluster's table"
+    # Then: acme's token is refused by both nodes (within their copies' age)
+    wait_for(
+        lambda: all(n("GET", "/jobs", "acme").status == 401 for n in (a, b)), timeout_s=3, what="acme's token refused"
+    )
     # Then: the schema is gone, its job is gone from both nodes, and beta goes on with globex
     assert runs_in(tenant_db, f"{tenant_db.schema}_tenant_acme") == {}
     wait_for(lambda: not has_job(b, "acme-report"), timeout_s=30, what="acme-report removed on beta")
@@ -259,3 +269,56 @@ def test_an_older_cluster_databases_tenant_rows_move_to_the_tenants_schema_once(
     # And: another node starting with the same knowledge moves nothing twice
     start_node(tenant_db, "gamma", before=owned)
     assert set(runs_in(tenant_db, f"{tenant_db.schema}_tenant_acme")) == {r.run_id for r in done}
+
+
+def test_a_token_made_with_the_cli_against_one_node_is_the_clusters_until_revoked_through_the_other(
+    tenant_db: ClusterDb, start_node: Callable[..., Node]
+) -> None:
+    own: dict[str, str] = {}
+
+    def clashing(state: Path) -> None:  # gamma's api.db has an "acme" token of its own
+        own.update(make_tokens(state, {"acme": (Role.ADMIN, "acme")}))
+
+    a = start_node(tenant_db, "alpha")
+    b = start_node(tenant_db, "beta")
+    # When: a token is created with the CLI against alpha's config, while both nodes run
+    made = cli(a.daemon.config, "token", "create", "ci", "--role", "viewer", "--tenant", "acme")
+    assert made.returncode == 0, made.stderr
+    text = made.stdout.strip()
+    secret = text.rsplit("_", 1)[1]
+
+    # Then: it authenticates on both nodes (a token unknown to a node makes it read the table again)
+    for node in (b, a):
+        answer = call("GET", node.base + "/jobs", token=text)
+        assert answer.status == 200, answer.text
+        assert node("GET", "/jobs", "acme").status == 200, "api.db tokens of the first node are the cluster's"
+
+    # And: listed once through either node's config, with no secret and no hash
+    for config in (a.daemon.config, b.daemon.config):
+        listed = cli(config, "token", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [r["name"] for r in rows].count("ci") == 1
+        assert secret not in listed.stdout and "hash" not in listed.stdout
+        assert next(r for r in rows if r["name"] == "ci")["tenant"] == "acme"
+
+    # When: revoked with the CLI against beta's config
+    revoked = cli(b.daemon.config, "token", "revoke", "ci")
+    assert revoked.returncode == 0, revoked.stderr
+    # Then: both nodes refuse it (401) within their copies' age (1 s), and go on refusing it
+    wait_for(
+        lambda: all(call("GET", n.base + "/jobs", token=text).status == 401 for n in (a, b)),
+        timeout_s=3,
+        what="the revoked token refused by both nodes",
+    )
+    for node in (a, b):
+        answer = call("GET", node.base + "/jobs", token=text)
+        assert answer.status == 401 and "WWW-Authenticate" in answer.headers
+    assert cli(a.daemon.config, "token", "revoke", "ci").returncode != 0, "nothing left to revoke"
+
+    # When: a third node starts whose api.db has another "acme" token
+    c = start_node(tenant_db, "gamma", before=clashing)
+    # Then: the cluster's is kept and works there; gamma's own is refused; the log names the token
+    assert c("GET", "/jobs", "acme").status == 200
+    assert call("GET", c.base + "/jobs", token=own["acme"]).status == 401
+    assert 'token "acme"' in c.daemon.log()
