@@ -102,7 +102,7 @@ class ApiServer:
     def mount(self, app: web.Application) -> None:
         """Add `/api/v1` to `app`; raises ConfigError when the address is exposed without a token."""
         if self._cluster is not None:
-            from supervise.supervisor.api.cluster_tokens import open_api_store  # psycopg: cluster mode only
+            from supervise.supervisor.api.open_store import open_api_store  # psycopg: cluster mode only
 
             try:
                 store = open_api_store(self._config.state_dir, self._cluster, node=self._cluster.node)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, LiteralString
 
 from supervise.supervisor.store.node_connection import NodeConnection
@@ -26,8 +25,6 @@ from supervise.supervisor.store.node_connection import NodeConnection
 if TYPE_CHECKING:
     import psycopg
 
-    from supervise.supervisor.api.store import ApiStore
-    from supervise.supervisor.config.cluster import ClusterConfig
 
 log = logging.getLogger("supervise.api")
 
@@ -201,34 +198,3 @@ class ClusterTokens(NodeConnection):
         clashes = self._call(copy)
         self._read_at = None
         return clashes
-
-
-def open_api_store(state_dir: Path, cluster: ClusterConfig | None, *, node: str) -> ApiStore:
-    """The API's store of `state_dir`; with `[cluster]`, its tokens are the cluster table's, and the
-    tokens of `api.db` are first copied into that table (ClusterTokens.copy_in).
-
-    Raises:
-        StoreError: the cluster store cannot be reached.
-    """
-    from supervise.supervisor.api.store import ApiStore
-
-    store = ApiStore(state_dir)
-    if cluster is None:
-        return store
-    dsn, schema = cluster_location(cluster.store)
-    shared = ClusterTokens(dsn, schema=schema, node=node)
-    try:
-        shared.open()
-        for name in shared.copy_in(store.local_token_rows()):
-            log.warning(
-                "token \"%s\" of %s is not the cluster's token of that name: the cluster's is kept, "
-                "this node's copy is not used",
-                name,
-                store.path,
-            )
-    except BaseException:
-        shared.close()
-        store.close()
-        raise
-    store.share_tokens(shared)
-    return store

@@ -40,7 +40,7 @@ def _store(config: str) -> ApiStore:
         raise click.ClickException(f"config error:\n{e}") from None
     if cfg.cluster is None:
         return ApiStore(cfg.supervisor.state_dir)
-    from supervise.supervisor.api.cluster_tokens import open_api_store  # psycopg: cluster mode only
+    from supervise.supervisor.api.open_store import open_api_store  # psycopg: cluster mode only
     from supervise.supervisor.store.base import StoreError
 
     try:

@@ -52,7 +52,7 @@ def _api_store(cfg: Config) -> Iterator[ApiStore]:
     if cfg.cluster is None:
         store = ApiStore(cfg.supervisor.state_dir)
     else:  # the tokens are the cluster's (docs/api.md)
-        from supervise.supervisor.api.cluster_tokens import open_api_store
+        from supervise.supervisor.api.open_store import open_api_store
         from supervise.supervisor.store.base import StoreError
 
         try:

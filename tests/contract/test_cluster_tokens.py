@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from supervise.supervisor.api.cluster_tokens import ClusterTokens, open_api_store
+from supervise.supervisor.api.cluster_tokens import ClusterTokens
+from supervise.supervisor.api.open_store import open_api_store
 from supervise.supervisor.api.store import ApiStore, Role
 from supervise.supervisor.config.cluster import ClusterConfig
 
