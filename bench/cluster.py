@@ -85,25 +85,10 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
         ]
         store.insert_runs(runs)
     ids = [r.run_id for r in runs]
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
     # each node walks the queue from its own offset, as nodes whose windows overlap do
-    procs = [
-        ctx.Process(
-            target=_claimer,
-            args=(dsn, schema, f"node{i}", ids[i * total // 3 :] + ids[: i * total // 3], batch, start, out),
-        )
-        for i in range(3)
-    ]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)  # connections open
-    began = time.monotonic()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join()
-    ended = max(at for _, _, at in results)
+    began, ended, results = _race(
+        _claimer, [(dsn, schema, f"node{i}", ids[i * total // 3 :] + ids[: i * total // 3], batch) for i in range(3)]
+    )
     won = sum(n for _, n, _ in results)
     assert won == total, f"{won} claims won for {total} runs: a run was claimed twice or not at all"
     return {
@@ -112,6 +97,23 @@ def claims_per_second(dsn: str, schema: str, total: int = 6000, batch: int = 1) 
         "seconds": round(ended - began, 3),
         "claims_per_s": round(total / (ended - began)),
     }
+
+
+def _race(target: Any, node_args: list[tuple[Any, ...]]) -> tuple[float, float, list[Any]]:
+    """One process per node running `target(*args, start, out)`, released at once once their
+    connections are open; returns (start, the last node's end, what each node put on `out`)."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, start, out)) for args in node_args]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # connections open
+    began = time.monotonic()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    return began, max(at for _, _, at in results), results
 
 
 def _due_claimer(dsn: str, schema: str, node: str, service: str, batch: int, start: Any, out: Any) -> None:
@@ -144,20 +146,7 @@ def due_claims_per_second(dsn: str, schema: str, total: int = 30_000, batch: int
     with PostgresStore(dsn, schema=schema) as store:
         ClusterStore(dsn, schema=schema, node="bench", lease_ttl_ms=60_000).open().close()
         store.insert_runs(_oneshots(service, total))
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_due_claimer, args=(dsn, schema, f"node{i}", service, batch, start, out)) for i in range(3)
-    ]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)  # connections open
-    began = time.monotonic()
-    start.set()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join()
-    ended = max(at for _, _, at in results)
+    began, ended, results = _race(_due_claimer, [(dsn, schema, f"node{i}", service, batch) for i in range(3)])
     every = [run_id for _, got, _ in results for run_id in got]
     assert len(every) == len(set(every)) == total, "a due one-shot was claimed twice or not at all"
     return {

@@ -1069,16 +1069,7 @@ class Scheduler:
         Only the soonest pending runs are held in memory (`PendingWindow`); the others
         are read from the store as those fire.
         """
-        s = self._require(name)
-        now = self._now()
-        run = new_run(
-            name,
-            at=now,
-            nominal_time=at,
-            origin=RunOrigin.ONESHOT,
-            state=RunState.PENDING,
-            args={**s.config.args, **(args or {})},
-        )
+        run = self._new_oneshot(self._require(name), self._now(), at, args)
         if not self._store.insert_run(run, barrier=True):
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
         if self._window.add(run):
@@ -1086,6 +1077,18 @@ class Scheduler:
         elif self._window_reading:
             self._window_missed.append(run)
         return run.run_id
+
+    @staticmethod
+    def _new_oneshot(s: Schedule, now: datetime, at: datetime, args: Mapping[str, Any] | None) -> Run:
+        """A pending one-shot of `s` at `at`, its args over the service's own."""
+        return new_run(
+            s.name,
+            at=now,
+            nominal_time=at,
+            origin=RunOrigin.ONESHOT,
+            state=RunState.PENDING,
+            args={**s.config.args, **(args or {})},
+        )
 
     async def schedule_many(self, name: str, entries: list[tuple[datetime, Mapping[str, Any] | None]]) -> list[str]:
         """Several one-shots (`schedule` with `runs`), as `schedule_at` each; returns their run ids.
@@ -1096,17 +1099,7 @@ class Scheduler:
             return [self.schedule_at(name, at, args) for at, args in entries]
         s = self._require(name)
         now = self._now()
-        runs = [
-            new_run(
-                name,
-                at=now,
-                nominal_time=at,
-                origin=RunOrigin.ONESHOT,
-                state=RunState.PENDING,
-                args={**s.config.args, **(args or {})},
-            )
-            for at, args in entries
-        ]
+        runs = [self._new_oneshot(s, now, at, args) for at, args in entries]
         inserted = await asyncio.to_thread(self._leases.insert_waiting, runs)
         clash = next((run.run_id for run in runs if run.run_id not in inserted), None)
         if clash is not None:
