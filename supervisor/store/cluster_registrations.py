@@ -289,7 +289,7 @@ class RegistrationStore(NodeConnection):
         return self._call(cancel)
 
     def listen(self, wake: Callable[[], None], stop: threading.Event) -> None:
-        """Block (in a thread) calling `wake()` on every change notified, until `stop` is set.
+        """Block (in a thread) calling `wake()` on every change another node notified, until `stop` is set.
         Reconnects after a second when the connection drops (and wakes then: a change may
         have been missed; polling covers it anyway)."""
         while not stop.is_set():
@@ -297,9 +297,11 @@ class RegistrationStore(NodeConnection):
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     wake()
+                    mine = f"{self.node} "
                     while not stop.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            wake()
+                        for note in conn.notifies(timeout=0.5):
+                            if not note.payload.startswith(mine):  # this node's own change is applied already
+                                wake()
             except psycopg.Error as e:
                 log.debug("cluster: listening for service changes: %s; again in 1 s", e)
                 stop.wait(1.0)

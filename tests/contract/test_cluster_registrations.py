@@ -163,11 +163,12 @@ def test_orphans_are_cancelled_only_while_the_service_has_no_row(
 def test_a_config_services_pause_is_one_row_revised_and_notified_only_when_it_changes(
     node: Callable[[str], RegistrationStore],
 ) -> None:
-    a, b = node("a"), node("b")
+    a, b, c = node("a"), node("b"), node("c")
     assert b.config_pauses() == {}
     woken = threading.Event()
     stop = threading.Event()
-    listener = threading.Thread(target=b.listen, args=(woken.set, stop), daemon=True)
+    # c listens: a node is not woken by its own changes (it has applied them already)
+    listener = threading.Thread(target=c.listen, args=(woken.set, stop), daemon=True)
     listener.start()
     try:
         wait_for(woken.is_set, timeout_s=5, what="the listener to connect")
