@@ -60,6 +60,14 @@ def succeeded(api: TenantApi, who: str, task_id: str, timeout_s: float = 60) -> 
     )
 
 
+def api_daemon(folder: Path) -> tuple[Path, Path, dict[str, str], Daemon]:
+    """A daemon with the API on loopback and the test's tokens: (config, state dir, tokens, daemon)."""
+    config = write_config(folder, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
+    state = folder / "state"
+    tokens = make_tokens(state, TOKENS)
+    return config, state, tokens, start_daemon(config)
+
+
 def runs_in(path: Path) -> dict[str, Run]:
     """Every run of a history file, by run id (the daemon is stopped, or writes through WAL)."""
     with SqliteStore(path) as store:
@@ -69,10 +77,7 @@ def runs_in(path: Path) -> dict[str, Run]:
 def test_two_tenants_runs_land_in_their_own_files_and_their_waiting_tasks_run_after_a_restart(
     short_dir: Path, receiver: Receiver
 ) -> None:
-    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
-    state = short_dir / "state"
-    tokens = make_tokens(state, TOKENS)
-    daemon = start_daemon(config)
+    config, state, tokens, daemon = api_daemon(short_dir)
     try:
         api = TenantApi(daemon, tokens)
         # Given: each tenant (and the admin, of no tenant) has tasks that ran, and one waiting
@@ -121,10 +126,7 @@ def test_two_tenants_runs_land_in_their_own_files_and_their_waiting_tasks_run_af
 def test_export_reads_the_tenants_own_file_and_delete_removes_it_leaving_the_other_tenant_intact(
     short_dir: Path, receiver: Receiver
 ) -> None:
-    config = write_config(short_dir, {}, http="127.0.0.1:0", allow_addresses=["127.0.0.1"])
-    state = short_dir / "state"
-    tokens = make_tokens(state, TOKENS)
-    daemon = start_daemon(config)
+    config, state, tokens, daemon = api_daemon(short_dir)
     try:
         api = TenantApi(daemon, tokens)
         acme = [task(api, "acme-operator", receiver.url) for _ in range(3)]
