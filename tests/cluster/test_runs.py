@@ -58,8 +58,15 @@ def services(sink: Sink, size: Size) -> dict[str, dict[str, object]]:
     }
     for i in range(size.ticks):  # commands: a warm worker each would be 20 more processes per node
         # allow_all: an occurrence that fires while the node still runs the previous one (started
-        # late under load, or a re-run of the killed node's) starts too, rather than being skipped
-        table[f"tick{i}"] = {"command": ["true"], "every": "1s", "on_lost": "retry", "overlap": "allow_all"}
+        # late under load, or a re-run of the killed node's) starts too, rather than being skipped;
+        # catchup all: times every node's loop slept through (load) run too, rather than superseded
+        table[f"tick{i}"] = {
+            "command": ["true"],
+            "every": "1s",
+            "on_lost": "retry",
+            "overlap": "allow_all",
+            "catchup": "all",
+        }
     return table
 
 
