@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.cluster.conftest import ClusterDb, Sink, query
 from tests.conftest import Daemon, wait_for
 
@@ -70,6 +72,8 @@ def services(sink: Sink, size: Size) -> dict[str, dict[str, object]]:
     return table
 
 
+# the test's own deadlines, not the suite's per-test limit (the full size needs minutes under load)
+@pytest.mark.timeout(60 + 2 * (SIZE.spread_s + SIZE.settle_s + SIZE.lease_ttl_s))
 def test_a_node_sigkilled_mid_burst_loses_no_occurrence(
     cluster_db: ClusterDb, sink: Sink, nodes: Callable[..., Daemon]
 ) -> None:
