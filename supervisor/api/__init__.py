@@ -156,7 +156,7 @@ class ApiServer:
     def attach(self, outbox: TaskOutbox) -> None:
         """The notifier has started: tasks' notify rules are delivered through its outbox."""
         if self.resources is not None:
-            self.resources.task_notifier.attach(outbox)
+            self.resources.tasks.notifier.attach(outbox)
 
     def _context(self) -> dict[str, Any]:
         if self._own is None:

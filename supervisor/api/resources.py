@@ -1,4 +1,4 @@
-"""The resources of `/api/v1`: services, jobs, runs, tasks, events.
+"""The resources of `/api/v1`: services, jobs, runs, events, and the route table (tasks: tasks.py).
 
 Every action goes through the control commands (`daemon/commands.py`, looked up
 with `resolve`, the same handlers and argument checks as the ZeroMQ socket);
@@ -10,20 +10,15 @@ not exist.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from supervise.supervisor.api.models import (
-    TASK_HEADER,
     ActionResult,
     Cancelled,
     EventsQuery,
@@ -49,13 +44,14 @@ from supervise.supervisor.api.models import (
     TasksQuery,
     check_job_table,
 )
+from supervise.supervisor.api.paging import decode_cursor, encode_cursor
 from supervise.supervisor.api.ports import ApiHost, EventRing
 from supervise.supervisor.api.quota import RunQuota
 from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, Route, not_found, wait_event
-from supervise.supervisor.api.store import ApiStore, Role, TaskRow, TenantQuotas
-from supervise.supervisor.api.task_notify import TaskNotifier
+from supervise.supervisor.api.store import ApiStore, Role, TenantQuotas
+from supervise.supervisor.api.tasks import PENDING_RECOUNT_S, RESERVED_PREFIX, Tasks
 from supervise.supervisor.core.errors import ServiceNotFound
-from supervise.supervisor.core.runs import FINAL, RunState
+from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
 from supervise.supervisor.daemon.scheduler import run_to_dict
@@ -65,15 +61,9 @@ TRIGGER_KINDS = ("every", "cron", "at", "manual")
 RUN_ID = r"[0-9a-f]{32}"
 TASK_ID = r"[0-9a-f]{32}"
 NAME = r"[a-z][a-z0-9_-]{0,62}"
-RESERVED_PREFIX = "api-"  # the task services: created by the API itself
 SSE_KEEPALIVE_S = IDLE_TIMEOUT_S / 2  # a quiet stream writes a comment before the HTTP guard calls it idle
-TASK_RUN_PAGE = 500  # runs of a task service read at a time to find a task's runs
-PENDING_RECOUNT_S = 1.0
-ENDED_TASKS_KEPT = 10_000
-FINAL_TASK_STATES = frozenset(str(s) for s in FINAL)
 TENANT_FORBIDDEN_KEYS = ("command", "user", "cwd", "requires")
 UNROUTE_WAIT_S = 5.0  # a removed service's queued history writes, written before its route is dropped
-RETRY_WAIT_AT_MOST = timedelta(minutes=6)  # the longest retry backoff of a task service, and some
 
 
 class Resources:
@@ -95,14 +85,10 @@ class Resources:
         self.run_quota = RunQuota(max_runs_per_minute)
         self._own_quotas: tuple[dict[str, TenantQuotas], float] = ({}, float("-inf"))  # (quotas, read at)
         self._owners = store.owners()
-        self._task_services = asyncio.Lock()
-        self._pending: dict[str | None, tuple[int, float]] = {}  # tenant -> (pending tasks, counted at)
-        self._ended_tasks: dict[str, Task] = {}  # in insertion order: the oldest is dropped first
         self._wake = asyncio.Event()
         self.closing = asyncio.Event()
         events.listeners.append(self._on_event)
-        self.task_notifier = TaskNotifier(host, store, self._task_view)
-        events.listeners.append(self.task_notifier.observe)
+        self.tasks = Tasks(self)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -197,7 +183,7 @@ class Resources:
         """End every event stream (the server is shutting down)."""
         self.closing.set()
         self._on_event("", "", None)
-        self.task_notifier.close()
+        self.tasks.notifier.close()
 
     def _on_event(self, service: str, kind: str, detail: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()
@@ -377,7 +363,7 @@ class Resources:
             return Reply(RunPage(runs=[], next_cursor=None))
         if query.job is not None and not (query.job in self.host.service_names() and self.visible(call, query.job)):
             raise not_found(f'job "{query.job}"')
-        before = _decode_cursor(query.cursor) if query.cursor else query.until
+        before = decode_cursor(query.cursor) if query.cursor else query.until
         states = {RunState(query.state)} if query.state else None
         services: list[str | None] = (
             [query.job] if query.job else ([None] if call.tenant is None else self._tenant_services(call))
@@ -390,7 +376,7 @@ class Resources:
             found = [r for r in found if r.created_at >= query.since]
         page = found[: query.limit]
         more = len(found) > query.limit
-        cursor = _encode_cursor(page[-1].created_at) if more and page else None
+        cursor = encode_cursor(page[-1].created_at) if more and page else None
         return Reply(RunPage(runs=[Run.model_validate(run_to_dict(r)) for r in page], next_cursor=cursor))
 
     def _tenant_services(self, call: Call) -> list[str | None]:
@@ -432,215 +418,6 @@ class Resources:
         with self.starting_run(call):
             started = await self.command("run", name=run.service, args=dict(run.args))
         return Reply(RunStarted.model_validate(started), 202, {"Location": f"{PREFIX}/runs/{started['run_id']}"})
-
-    # -- tasks -----------------------------------------------------------------------------------
-
-    async def create_task(self, call: Call) -> Reply:
-        body: TaskCreate = call.body
-        if body.notify is not None:
-            self._check_notify_targets(call, body.notify.to)
-        service = await self._task_service(call.tenant, body.retries.max)
-        pending = self._pending_tasks(call.tenant)
-        own = self.quotas_of(call.tenant).max_pending_tasks if call.tenant is not None else None
-        most = own or self.max_pending_tasks
-        if pending >= most:
-            raise ApiError(
-                429,
-                "Too Many Requests",
-                f"the tenant has {pending} pending tasks, its quota is {most}; retry when some have run",
-                headers={"Retry-After": "60"},
-            )
-        task_id = uuid.uuid4().hex
-        now = datetime.now(UTC)
-        at = body.at if body.at is not None and body.at > now else now
-        with self.starting_run(call):
-            scheduled = await self.command("schedule", name=service, at=at.isoformat(), args=body.run_args(task_id))
-        row = TaskRow(
-            task_id,
-            call.tenant,
-            service,
-            scheduled["id"],
-            at.isoformat(),
-            body.model_dump(mode="json"),
-            time.time(),
-            None,
-        )
-        self.store.add_task(row)
-        if body.notify is not None:
-            self.task_notifier.track(task_id)
-        self._pending_changed(call.tenant, +1)
-        return Reply(self._task(row), 201, {"Location": f"{PREFIX}/tasks/{task_id}"})
-
-    def _check_notify_targets(self, call: Call, to: list[str]) -> None:
-        """`notify.to` names the daemon's own channels: not for a tenant's token, and each must exist."""
-        if not to:
-            return
-        if call.tenant is not None:
-            raise ApiError(
-                403,
-                "Forbidden",
-                "/notify/to: a tenant's token may not send to the daemon's channels; use notify.webhook",
-            )
-        defined = self.host.config.notify.channels
-        unknown = [name for name in to if name not in defined]
-        if unknown:
-            known = ", ".join(sorted(defined)) or "none"
-            detail = f'unknown channel "{unknown[0]}" (defined: {known})'
-            raise ApiError(
-                422, "Invalid request", f"/notify/to: {detail}", errors=[{"pointer": "/notify/to", "detail": detail}]
-            )
-
-    async def _task_service(self, tenant: str | None, retries: int) -> str:
-        name = f"{RESERVED_PREFIX}tasks-{tenant}-r{retries}" if tenant else f"{RESERVED_PREFIX}tasks-r{retries}"
-        async with self._task_services:
-            if name not in self.host.service_names():
-                table = {
-                    "action": "http",
-                    "url": "http://127.0.0.1:9/",  # every task brings its own
-                    "manual": True,
-                    "allow_run_overrides": ["url", "method", "headers", "body"],
-                    "concurrency": 100,
-                    "retries": {"max": retries, "backoff": "exponential", "initial": "1s", "max_delay": "5m"},
-                }
-                self.route(name, tenant)
-                await self.command("add", name=name, spec=table)
-                self.set_owner(name, tenant)
-        return name
-
-    def _pending_tasks(self, tenant: str | None) -> int:
-        """A tenant's tasks waiting for their time: counted at most every PENDING_RECOUNT_S, tracked between."""
-        now = time.monotonic()
-        cached = self._pending.get(tenant)
-        if cached is not None and now - cached[1] < PENDING_RECOUNT_S:
-            return cached[0]
-        store = self.host.store
-        prefix = f"{RESERVED_PREFIX}tasks-{tenant}-r" if tenant else f"{RESERVED_PREFIX}tasks-r"
-        services = [n for n in self.host.service_names() if n.startswith(prefix)]
-        count = sum(store.count_runs(s, {RunState.PENDING}) for s in services) if store is not None else 0
-        self._pending[tenant] = (count, now)
-        return count
-
-    def _pending_changed(self, tenant: str | None, delta: int) -> None:
-        cached = self._pending.get(tenant)
-        if cached is not None:
-            self._pending[tenant] = (max(0, cached[0] + delta), cached[1])
-
-    def _task(self, row: TaskRow) -> Task:
-        """A task's view, with its notify rule's progress when it has one."""
-        task = self._task_view(row)
-        rule = row.request.get("notify")
-        if not rule:
-            return task
-        found = self.store.task_notify_event(row.id)
-        closed, event = found if found is not None else (True, None)
-        hook = rule.get("webhook")
-        notify = {
-            "on": rule.get("on", []),
-            "to": rule.get("to", []),
-            "webhook": hook.get("url") if isinstance(hook, dict) else None,
-            "state": "sent" if event else "not_sent" if closed else "waiting",
-            "event": event,
-        }
-        return task.model_copy(update={"notify": notify})
-
-    def _task_view(self, row: TaskRow) -> Task:
-        request = row.request
-        view: dict[str, Any] = {
-            "id": row.id,
-            "tenant": row.tenant,
-            "at": row.at,
-            "url": request["url"],
-            "method": request["method"],
-            "created_at": datetime.fromtimestamp(row.created_at, UTC).isoformat(),
-        }
-        if row.cancelled_at is not None:
-            return Task.model_validate({**view, "state": "cancelled"})
-        ended = self._ended_tasks.get(row.id)
-        if ended is not None:
-            return ended
-        if datetime.fromisoformat(row.at) > datetime.now(UTC) + timedelta(seconds=1):
-            return Task.model_validate({**view, "state": "scheduled"})  # its time has not come: no run to look for
-        runs = self._task_runs(row)
-        if runs:
-            last = runs[0]
-            view.update(
-                state=_task_state(last, int(request.get("retries", {}).get("max", 0))),
-                attempts=len(runs),
-                run=Run.model_validate(run_to_dict(last)),
-                result=last.result,
-                error=_exception_text(last.error),
-            )
-            if view["state"] in FINAL_TASK_STATES:
-                task = Task.model_validate(view)
-                self._remember_ended(task)
-                return task
-        else:
-            store = self.host.store
-            run = store.get_run(row.oneshot_id) if store is not None else None
-            waiting = run is None or run.state is RunState.PENDING  # None: its row is still being written
-            view["state"] = "scheduled" if waiting else "starting"
-        return Task.model_validate(view)
-
-    def _remember_ended(self, task: Task) -> None:
-        """A task in a final state never changes again: keep its view, the newest ENDED_TASKS_KEPT of them."""
-        if len(self._ended_tasks) >= ENDED_TASKS_KEPT:
-            del self._ended_tasks[next(iter(self._ended_tasks))]
-        self._ended_tasks[task.id] = task
-
-    def _task_runs(self, row: TaskRow) -> list[Any]:
-        """The runs of a task, newest first (one per attempt)."""
-        store = self.host.store
-        if store is None:
-            return []
-        oldest = datetime.fromisoformat(row.at) - timedelta(seconds=1)  # a task's runs are created after its time
-        found: list[Any] = []
-        before = None
-        while True:
-            page = store.list_runs(row.service, limit=TASK_RUN_PAGE, before=before)
-            found += [r for r in page if (r.args.get("headers") or {}).get(TASK_HEADER) == row.id]
-            if len(page) < TASK_RUN_PAGE or page[-1].created_at < oldest:
-                return found
-            before = page[-1].created_at
-
-    def _visible_task(self, call: Call) -> TaskRow:
-        task_id = call.param("task_id")
-        row = self.store.task(task_id)
-        if row is None or (call.tenant is not None and row.tenant != call.tenant):
-            raise not_found(f'task "{task_id}"')
-        return row
-
-    async def get_task(self, call: Call) -> Reply:
-        return Reply(self._task(self._visible_task(call)))
-
-    async def list_tasks(self, call: Call) -> Reply:
-        query: TasksQuery = call.query
-        before = _decode_cursor(query.cursor).timestamp() if query.cursor else None
-        rows = self.store.tasks(call.tenant, everyone=call.tenant is None, limit=query.limit + 1, before=before)
-        page = rows[: query.limit]
-        cursor = None
-        if len(rows) > query.limit and page:
-            cursor = _encode_cursor(datetime.fromtimestamp(page[-1].created_at, UTC))
-        return Reply(TaskList(tasks=[self._task(r) for r in page], next_cursor=cursor))
-
-    async def cancel_task(self, call: Call) -> Reply:
-        row = self._visible_task(call)
-        if row.cancelled_at is not None:
-            return Reply(self._task(row))
-        scheduler = self.host.scheduler
-        store = self.host.store
-        if store is not None:
-            await store.written()  # a task created a moment ago: its run's row is in the store to be found
-        if scheduler is None or not scheduler.cancel_oneshot(row.oneshot_id):
-            task = self._task(row)
-            raise ApiError(
-                409, "Conflict", f"task {row.id} is {task.state}: it has already started; cancel its run instead"
-            )
-        self.store.cancel_task(row.id)
-        self.task_notifier.forget(row.id)
-        self._pending_changed(row.tenant, -1)
-        cancelled = self.store.task(row.id)
-        assert cancelled is not None
-        return Reply(self._task(cancelled))
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -919,7 +696,7 @@ class Resources:
             Route(
                 "POST",
                 "/tasks",
-                self.create_task,
+                self.tasks.create_task,
                 OP,
                 "Call a URL at a datetime",
                 "tasks",
@@ -929,12 +706,19 @@ class Resources:
                 errors=(422, 429),
             ),
             Route(
-                "GET", "/tasks", self.list_tasks, V, "Tasks, newest first", "tasks", query=TasksQuery, response=TaskList
+                "GET",
+                "/tasks",
+                self.tasks.list_tasks,
+                V,
+                "Tasks, newest first",
+                "tasks",
+                query=TasksQuery,
+                response=TaskList,
             ),
             Route(
                 "GET",
                 "/tasks/{task_id}",
-                self.get_task,
+                self.tasks.get_task,
                 V,
                 "A task: its state and result",
                 "tasks",
@@ -945,7 +729,7 @@ class Resources:
             Route(
                 "DELETE",
                 "/tasks/{task_id}",
-                self.cancel_task,
+                self.tasks.cancel_task,
                 OP,
                 "Cancel a task that has not started",
                 "tasks",
@@ -984,47 +768,9 @@ def check_tenant_spec(call: Call, table: dict[str, Any], where: str) -> None:
         )
 
 
-def _exception_text(error: str | None) -> str | None:
-    """The exception of a traceback without its frames (its message may span lines)."""
-    if not error:
-        return None
-    lines = error.strip().splitlines()
-    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
-    return "\n".join(lines[frames[-1] + 1 :] if frames and frames[-1] + 1 < len(lines) else lines[-1:])
-
-
-def _task_state(last: Any, retries: int) -> str:
-    """The state of a task from its newest run: `retry_wait` while a retry is still to come."""
-    retried = last.state in (RunState.FAILED, RunState.TIMED_OUT) and last.attempt <= retries
-    recent = last.finished_at is not None and datetime.now(UTC) - last.finished_at < RETRY_WAIT_AT_MOST
-    if retried and recent:
-        return "retry_wait"
-    return "scheduled" if last.state is RunState.PENDING else str(last.state)
-
-
 def _sse(kind: str, data: object, event_id: str | None) -> bytes:
     lines = [f"event: {kind}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
     lines.append("data: " + json.dumps(data, default=str, separators=(",", ":")))
     return ("\n".join(lines) + "\n\n").encode()
-
-
-def _encode_cursor(created_at: datetime) -> str:
-    return base64.urlsafe_b64encode(created_at.astimezone(UTC).isoformat().encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> datetime:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when = datetime.fromisoformat(text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(
-            422,
-            "Invalid request",
-            "query:/cursor: not a cursor this API returned",
-            errors=[{"pointer": "query:/cursor", "detail": "not a cursor this API returned"}],
-        ) from None
-    if when.utcoffset() is None:
-        raise ApiError(422, "Invalid request", "query:/cursor: not a cursor this API returned")
-    return when
