@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from supervise.protocol import AsyncClient, decode_reply, encode_reply
 from supervise.supervisor import Supervisor
 from supervise.supervisor.core.clock import SystemClock
 from tests.integration.test_embedding import wait_async
+
+# Memory that grows for a few seconds: each sample of it differs from the one before.
+GROWER = (
+    "import time\nheld = []\nfor _ in range(300):\n    held.append(bytearray(1 << 16))\n    time.sleep(0.01)\n"
+    "time.sleep(1000)"
+)
 
 
 class HeldClock:
@@ -47,23 +54,39 @@ def states(sup: Supervisor) -> dict[str, str]:
 
 def test_the_encoded_status_is_the_status_of_the_library_as_services_change(short_dir: Path) -> None:
     config = {
-        "supervisor": {"state_dir": str(short_dir / "state")},
+        "supervisor": {"state_dir": str(short_dir / "state"), "sample_interval": "100ms"},
         "services": {
             "steady": {"command": ["sleep", "1000"], "start_timeout": "0s", "processes": 2},
             "quitter": {"command": ["sh", "-c", "exit 3"], "start_timeout": "0s", "restart": "never"},
             "ticker": {"command": ["true"], "every": "1h"},
+            "grower": {"command": [sys.executable, "-c", GROWER], "start_timeout": "0s"},
         },
     }
 
     async def main() -> None:
         clock = HeldClock()
         async with Supervisor(config, clock=clock) as sup:
-            settled = {"steady": "RUNNING", "steady:1": "RUNNING", "quitter": "EXITED", "ticker": "SCHEDULED"}
+            settled = {
+                "steady": "RUNNING",
+                "steady:1": "RUNNING",
+                "quitter": "EXITED",
+                "ticker": "SCHEDULED",
+                "grower": "RUNNING",
+            }
             await wait_async(lambda: states(sup) == settled, what="steady running, quitter exited")
             library, wire = both_forms(sup, clock)
             assert wire == library
             assert wire["services"][2]["last_exit"]["code"] == 3
             await asyncio.sleep(0.05)  # the ages move on; the kept rows must follow
+            library, wire = both_forms(sup, clock)
+            assert wire == library
+
+            # A new sample of the workers' CPU and memory (every 100 ms here) is a row to encode again.
+            def grower_rss() -> object:
+                return sup.status()["services"][4]["rss_bytes"]
+
+            first = await wait_async(grower_rss, what="a sample of grower")
+            await wait_async(lambda: grower_rss() != first, what="another sample of grower")
             library, wire = both_forms(sup, clock)
             assert wire == library
 
@@ -77,7 +100,7 @@ def test_the_encoded_status_is_the_status_of_the_library_as_services_change(shor
             # Through the control socket, as clients see it.
             async with AsyncClient(sup.config.supervisor.control_endpoint, timeout_s=10) as client:
                 remote = await client.call("status")
-            assert [s["name"] for s in remote["services"]] == ["steady", "steady:1", "quitter", "ticker"]
+            assert [s["name"] for s in remote["services"]] == ["steady", "steady:1", "quitter", "ticker", "grower"]
             assert remote["services"][0]["pid"] == sup.status()["services"][0]["pid"]
 
     asyncio.run(main())
