@@ -92,20 +92,20 @@ class EncodedRows:
         rows = self._rows
         out: list[bytes] = []
         append = out.append
-        count = 0
         for svc in services:
-            count += 1
-            if svc.config.schedule is not None:
-                append(pack(status_row(svc, now_ms, resources, scheduler)))
-                continue
             row = rows.get(svc.name)
-            sample = sample_of(svc)
-            if row is None or row.record is not svc.record or row.config is not svc.config or row.sample is not sample:
-                row = rows[svc.name] = _Row(svc, sample, resources, scheduler)
+            if row is None or row.config is not svc.config or row.record is not svc.record:
+                if svc.config.schedule is not None:
+                    append(pack(status_row(svc, now_ms, resources, scheduler)))
+                    continue
+                row = rows[svc.name] = _Row(svc, sample_of(svc), resources, scheduler)
+            elif row.sample is not sample_of(svc):
+                row = rows[svc.name] = _Row(svc, sample_of(svc), resources, scheduler)
             append(row.head)
             for at_ms, after in row.ages:
                 append(pack_float((now_ms - at_ms) / 1000))
                 append(after)
+        count = len(services)
         if len(rows) > count:  # services were removed: forget their rows
             kept = {svc.name for svc in services}
             self._rows = {name: row for name, row in rows.items() if name in kept}
