@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gc
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final, NoReturn, TypeVar
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # msgpack ships no stubs
@@ -59,6 +61,47 @@ def pack(obj: object) -> bytes:
             "other objects as maps, arrays, strings, numbers, booleans, nil or bytes"
         ) from exc
     return frame
+
+
+_FLOAT64 = struct.Struct(">Bd")
+_HEADER16 = struct.Struct(">BH")
+_HEADER32 = struct.Struct(">BI")
+NIL: Final = b"\xc0"
+"""msgpack's nil, as `pack(None)` encodes it."""
+
+
+def pack_float(value: float) -> bytes:
+    """`pack(value)` for a float, without msgpack: 0xcb and the IEEE 754 double, big-endian."""
+    return _FLOAT64.pack(0xCB, value)
+
+
+def map_header(entries: int) -> bytes:
+    """The bytes that open a msgpack map of `entries` key/value pairs (as `pack` writes it)."""
+    if entries < 16:
+        return bytes((0x80 | entries,))
+    return _HEADER16.pack(0xDE, entries) if entries < 1 << 16 else _HEADER32.pack(0xDF, entries)
+
+
+def array_header(items: int) -> bytes:
+    """The bytes that open a msgpack array of `items` values (as `pack` writes it)."""
+    if items < 16:
+        return bytes((0x90 | items,))
+    return _HEADER16.pack(0xDC, items) if items < 1 << 16 else _HEADER32.pack(0xDD, items)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepacked:
+    """A reply's result whose last entry is an array of values encoded beforehand.
+
+    `encode_reply` sends it as `{**head, key: [the decoded items]}` would be sent,
+    byte for byte, without encoding the items again: `items` is the concatenation of
+    `count` msgpack values (a `status` of thousands of services, each row kept encoded).
+    """
+
+    head: Mapping[str, object]
+    key: str
+    count: int
+    items: bytes
 
 
 def unpack(
@@ -320,11 +363,18 @@ def decode_request(frames: Sequence[bytes | memoryview]) -> Request:
 
 
 def encode_reply(request_id: str | int | None, result: object) -> bytes:
-    """Encode a successful reply `{v, id, ok: true, result}`.
+    """Encode a successful reply `{v, id, ok: true, result}`; `result` may be `Prepacked`.
 
     Raises:
         TypeError: `result` cannot be encoded (see `pack`).
     """
+    if isinstance(result, Prepacked):
+        if result.key in result.head:
+            raise ValueError(f'Prepacked: "{result.key}" is both in the head and the prepacked key')
+        # The result is the reply's last value and its array the result's last: the reply with an
+        # empty array there ends with that array's one byte, which the real array replaces.
+        empty = pack({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": {**result.head, result.key: []}})
+        return b"".join((empty[:-1], array_header(result.count), result.items))
     return pack({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result})
 
 

@@ -15,7 +15,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -64,9 +64,14 @@ class RestartMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a converter needs besides the value: the folder relative paths resolve against."""
+    """What a converter needs besides the value: the folder relative paths resolve against.
+
+    `on_path`: what this parse found looking programs up on a PATH, `(program, PATH) -> found`;
+    two thousand services running `sleep` look it up once.
+    """
 
     base_dir: Path
+    on_path: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False)
 
 
 class Invalid(ValueError):

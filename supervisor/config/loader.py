@@ -276,7 +276,7 @@ def _parse_service(
     values.setdefault("start_timeout_ms", START_TIMEOUT_TARGET_MS if slow_start else START_TIMEOUT_COMMAND_MS)
     if values.get("critical") and values.get("restart") is RestartMode.NEVER:
         values["restart"] = RestartMode.ON_FAILURE  # a critical service always gets its restarts
-    _check_service(table, values, path, issues, warnings)
+    _check_service(table, values, path, issues, warnings, ctx)
     if len(issues) > before:
         return None
     values.setdefault("command", None)
@@ -285,7 +285,12 @@ def _parse_service(
 
 
 def _check_service(
-    table: Mapping[str, object], values: dict[str, Any], path: KeyPath, issues: _Issues, warnings: _Issues | None = None
+    table: Mapping[str, object],
+    values: dict[str, Any],
+    path: KeyPath,
+    issues: _Issues,
+    warnings: _Issues | None = None,
+    ctx: Context | None = None,
 ) -> None:
     """Rules across keys; fills the defaults that follow other keys (backoff_max, heartbeat_timeout).
 
@@ -347,7 +352,8 @@ def _check_service(
         expected = f"must be > heartbeat_interval ({format_duration_ms(interval)}), got {got}"
         issues.append(((*path, "heartbeat_timeout"), expected))
     if "command" in values and usable("cwd") and usable("env"):
-        problem = _find_executable(values["command"][0], values["cwd"], values.get("env", {}))
+        on_path = ctx.on_path if ctx is not None else {}
+        problem = _find_executable(values["command"][0], values["cwd"], values.get("env", {}), on_path)
         if problem is not None and warnings is not None:
             warnings.append(((*path, "command"), problem + SPAWN_WARNING))
         elif problem is not None:
@@ -372,11 +378,15 @@ def _notify_socket_problems(state_dir: Path, services: Mapping[str, ServiceConfi
     return issues
 
 
-def _find_executable(program: str, cwd: Path, env: Mapping[str, str]) -> str | None:
-    """Why `program` cannot be started from `cwd` with `env`, or None if it can."""
+def _find_executable(
+    program: str, cwd: Path, env: Mapping[str, str], on_path: dict[tuple[str, str], bool]
+) -> str | None:
+    """Why `program` cannot be started from `cwd` with `env`, or None if it can (`on_path`: see `Context`)."""
     if "/" not in program:
         search = env.get("PATH", os.environ.get("PATH", os.defpath))
-        found = shutil.which(program, path=search)
+        found = on_path.get((program, search))
+        if found is None:
+            found = on_path[program, search] = shutil.which(program, path=search) is not None
         return None if found else f'executable "{program}" not found on PATH={search}'
     path = cwd / program  # as exec would see it: relative to the worker's cwd
     shown = f'"{program}"' if path == Path(program) else f'"{program}" ({path})'

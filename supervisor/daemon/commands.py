@@ -42,6 +42,7 @@ class Command:
     doc: str
     args: Mapping[str, Arg] = field(default_factory=dict)
     changes_state: bool = False  # False: read-only CURVE keys may run it too (docs/security.md)
+    wire: Handler | None = None  # the same reply for the control socket, maybe encoded already (codec.Prepacked)
 
     def validate(self, args: Mapping[str, object]) -> dict[str, object]:
         """Check `args` against the schema; raise BAD_ARGS naming the argument."""
@@ -149,6 +150,13 @@ async def _help(sup: ControlApi, args: Mapping[str, object]) -> object:
 async def _status(sup: ControlApi, args: Mapping[str, object]) -> object:
     name = args.get("name")
     return sup.status(name if isinstance(name, str) else None, detail=args.get("detail") is True)
+
+
+async def _status_wire(sup: ControlApi, args: Mapping[str, object]) -> object:
+    """`status` of every service, the monitoring poll, with its rows kept encoded between calls."""
+    if args.get("name") is None and args.get("detail") is not True:
+        return sup.status_prepacked()
+    return await _status(sup, args)
 
 
 def _targets(sup: ControlApi, command: str, args: Mapping[str, object]) -> list[str]:
@@ -366,6 +374,7 @@ COMMANDS: dict[str, Command] = {
                     " max_memory_bytes, log_dropped_bytes, log_write_errors and metrics",
                 ),
             },
+            wire=_status_wire,
         ),
         Command("start", _service_action("start"), "Start a stopped, exited or FATAL service.", _TARGET_ARGS, True),
         Command(

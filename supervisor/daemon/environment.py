@@ -15,6 +15,7 @@ another user does not.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -69,6 +70,29 @@ def base_environment(
         env.update(Account.lookup(user).environment())
     env.update(service_env)
     return env
+
+
+class EnvironCopy:
+    """`os.environ` as a plain dict, made again only when `os.environ` changed.
+
+    Reading `os.environ` decodes every name and value (~30 µs with 40 variables): once per
+    spawn, a fifth of what spawning a worker costs the supervisor. Whether it changed is
+    told by comparing its bytes with the copy's (C speed), so a program embedding the
+    supervisor that sets a variable sees its workers get it, as before.
+    """
+
+    def __init__(self) -> None:
+        self._raw: dict[bytes, bytes] | None = None
+        self._decoded: dict[str, str] = {}
+
+    def current(self) -> Mapping[str, str]:
+        raw = getattr(os.environ, "_data", None)  # the encoded variables, where CPython keeps them
+        if not isinstance(raw, dict):
+            return dict(os.environ)
+        if raw != self._raw:
+            self._raw = dict(raw)
+            self._decoded = {os.fsdecode(name): os.fsdecode(value) for name, value in self._raw.items()}
+        return self._decoded
 
 
 def worker_environment(cfg: ServiceConfig, sup: SupervisorConfig, environ: Mapping[str, str]) -> dict[str, str]:

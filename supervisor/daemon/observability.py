@@ -21,7 +21,7 @@ import zmq.asyncio
 
 from supervise.supervisor.core.clock import Clock
 from supervise.supervisor.core.health import UP_STATES, service_healthy
-from supervise.supervisor.core.metrics import MetricsBook, count_within
+from supervise.supervisor.core.metrics import MetricsBook, ProcessStats, count_within
 from supervise.supervisor.core.samples import SampleHistory, capacity_for
 from supervise.supervisor.daemon.events import EventLog
 from supervise.supervisor.daemon.logtail import tail
@@ -159,10 +159,14 @@ class Observability:
 
     # -- outputs -----------------------------------------------------------
 
+    def sample_of(self, svc: ServiceRuntime) -> ProcessStats | None:
+        """The last sample of a service's worker (a new object at each sample), or None."""
+        m = self.book.services.get(svc.name)
+        return m.process if m is not None and svc.worker is not None else None
+
     def resources(self, svc: ServiceRuntime) -> tuple[float | None, int | None]:
         """The CPU percent and RSS `status` shows for a service (None before a sample of its worker)."""
-        m = self.book.services.get(svc.name)
-        process = m.process if m is not None and svc.worker is not None else None
+        process = self.sample_of(svc)
         if process is None:
             return None, None
         return round(process.cpu_percent, 1), process.rss_bytes

@@ -28,7 +28,7 @@ from supervise.protocol.errors import ProtocolError
 from supervise.supervisor.cgroups import prepare_service_cgroup
 from supervise.supervisor.config.model import SupervisorConfig
 from supervise.supervisor.core import state as core
-from supervise.supervisor.daemon.environment import worker_environment
+from supervise.supervisor.daemon.environment import EnvironCopy, worker_environment
 from supervise.supervisor.daemon.guard_link import GuardLink
 from supervise.supervisor.daemon.launch import identity_for, launch_for
 from supervise.supervisor.daemon.listeners import ListenSockets
@@ -69,10 +69,19 @@ class PoolHooks:
     command_env: Callable[[ServiceRuntime], Mapping[str, str]]  # more environment for a command's worker
 
 
-def worker_spawn_request(svc: ServiceRuntime, sup: SupervisorConfig, *, base_dir: Path, instance: str) -> SpawnRequest:
-    """How to start `svc`'s next worker: argv, the environment contract, cwd, user and umask."""
+def worker_spawn_request(
+    svc: ServiceRuntime,
+    sup: SupervisorConfig,
+    *,
+    base_dir: Path,
+    instance: str,
+    environ: Mapping[str, str] | None = None,
+) -> SpawnRequest:
+    """How to start `svc`'s next worker: argv, the environment contract, cwd, user and umask.
+
+    `environ`: the supervisor's environment (`os.environ` if not given)."""
     cfg = svc.config
-    env = worker_environment(cfg, sup, os.environ)
+    env = worker_environment(cfg, sup, os.environ if environ is None else environ)
     env.update(
         {
             E.SERVICE: svc.name,
@@ -119,6 +128,7 @@ class WorkerPool:
         self._guard = guard
         self._hooks = hooks
         self._instance = secrets.token_hex(8)  # this supervisor incarnation, told to its workers
+        self._environ = EnvironCopy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: Inbox | None = None
         self._exits: collections.deque[tuple[ServiceRuntime, Worker, int | None, int | None]] = collections.deque()
@@ -200,7 +210,9 @@ class WorkerPool:
         return worker
 
     def _request(self, svc: ServiceRuntime) -> SpawnRequest:
-        request = worker_spawn_request(svc, self._sup, base_dir=self._base_dir, instance=self._instance)
+        request = worker_spawn_request(
+            svc, self._sup, base_dir=self._base_dir, instance=self._instance, environ=self._environ.current()
+        )
         cfg = svc.config
         cgroup = None
         if cfg.cpu_quota_percent is not None or cfg.memory_max_bytes is not None:

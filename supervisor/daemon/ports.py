@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from supervise.protocol.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from supervise.protocol.codec import Prepacked
     from supervise.supervisor.config.model import Config, ServiceConfig
     from supervise.supervisor.config.schedule import ScheduleConfig
     from supervise.supervisor.core.runs import Run, RunState
@@ -194,6 +195,10 @@ class ControlApi(ServiceView, Protocol):
 
     def status(self, name: str | None = None, *, detail: bool = False) -> dict[str, object]:
         """The `status` reply."""
+        ...
+
+    def status_prepacked(self) -> Prepacked:
+        """The `status` reply of every service, its rows encoded (the control socket's form)."""
         ...
 
     async def act(self, command: str, names: list[str], *, wait: bool = True) -> dict[str, object]:

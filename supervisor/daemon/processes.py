@@ -43,19 +43,17 @@ class Worker:
         self,
         loop: asyncio.AbstractEventLoop,
         popen: subprocess.Popen[bytes],
+        pipe_fd: int,
         log: RotatingLog,
         on_exit: Callable[[Worker, int | None, int | None], None],
     ) -> None:
+        """`pipe_fd`: the read end of the worker's stdout and stderr, now this worker's to close."""
         self.pid = popen.pid
         self._loop = loop
         self._popen = popen
         self._on_exit = on_exit
         self.exited = False
         self._pidfd: int | None = None
-        assert popen.stdout is not None
-        # The Popen file object would read through a buffer; take its fd and let it go.
-        pipe_fd = os.dup(popen.stdout.fileno())
-        popen.stdout.close()
         self.output = PipeReader(loop, pipe_fd, log)
         self._pidfd = os.pidfd_open(self.pid)
         loop.add_reader(self._pidfd, self._pidfd_readable)
@@ -122,23 +120,32 @@ def spawn(
         # The wrapper switches identity itself, after the settings that need root.
         argv = wrapped_argv(request.launch, identity, argv, request.env, request.cwd)
         pass_fds, identity = request.launch.listen_fds, Identity()
-    popen = subprocess.Popen(  # nosec B603 # running the operator's configured command is this module's purpose; no shell
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        close_fds=True,
-        pass_fds=pass_fds,
-        start_new_session=True,
-        cwd=request.cwd,
-        env=dict(request.env),
-        user=identity.uid,
-        group=identity.gid,
-        extra_groups=None if identity.groups is None else list(identity.groups),
-        umask=-1 if request.umask is None else request.umask,
-    )
+    # The output pipe is made here rather than by Popen (stdout=PIPE), which would wrap its end
+    # in a buffered file object that the event loop cannot use.
+    read_fd, write_fd = os.pipe()
+    try:
+        popen = subprocess.Popen(  # nosec B603 # running the operator's configured command is this module's purpose; no shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            cwd=request.cwd,
+            env=dict(request.env),
+            user=identity.uid,
+            group=identity.gid,
+            extra_groups=None if identity.groups is None else list(identity.groups),
+            umask=-1 if request.umask is None else request.umask,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
     restore_worker_limit(popen.pid)
-    return Worker(loop, popen, log, on_exit)
+    return Worker(loop, popen, read_fd, log, on_exit)
 
 
 def describe_spawn_error(error: OSError, argv: Sequence[str], cwd: Path) -> str:

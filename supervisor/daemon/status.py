@@ -1,13 +1,15 @@
 """What `status` shows of a service: its live state, and with `detail` its configuration facts.
 
 The reply's keys are documented in docs/protocol.md ("The `status` reply").
-Monitoring polls `status`, so a row is built without intermediate dicts.
+Monitoring polls `status`, so a row is built without intermediate dicts, and the
+control socket sends each service's row as encoded when it last changed
+(`status_wire.py`), with the ages in it (`Since`) filled in at each call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from supervise.supervisor.daemon.runtime import ServiceRuntime, runs_per_process
 
@@ -18,11 +20,24 @@ Resources = Callable[[ServiceRuntime], tuple[float | None, int | None]]
 """A service's CPU percent and RSS from the last sample (None, None before one)."""
 
 
-def status_row(
-    svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None
-) -> dict[str, object]:
-    """A service's live state: state, pid, uptime, restarts, heartbeat age, last exit and error,
-    CPU, memory, schedule."""
+class Since:
+    """A row's value that is the time since `at_ms`, in seconds: resolved when the row is sent."""
+
+    __slots__ = ("at_ms",)
+
+    def __init__(self, at_ms: int) -> None:
+        self.at_ms = at_ms
+
+    def seconds(self, now_ms: int) -> float:
+        return (now_ms - self.at_ms) / 1000
+
+
+def status_fields(svc: ServiceRuntime, resources: Resources, scheduler: ScheduleView | None) -> dict[str, object]:
+    """A service's `status` row with its ages left as `Since` markers: uptime, heartbeat_age, last_exit.ago.
+
+    Apart from those, the row is a function of the service's core record (replaced at every
+    step), its config and its last resource sample, and, for a scheduled service, the scheduler.
+    """
     r = svc.record
     alive = r.pid is not None
     schedule = scheduler.describe(svc.name) if scheduler is not None else None
@@ -32,16 +47,16 @@ def status_row(
         "name": svc.name,
         "state": shown_state(svc, scheduler, schedule) if svc.config.schedule is not None else str(r.state),
         "pid": r.pid,
-        "uptime": (now_ms - r.running_since_ms) / 1000 if alive and r.running_since_ms is not None else None,
+        "uptime": Since(r.running_since_ms) if alive and r.running_since_ms is not None else None,
         "restarts": r.restarts,
-        "heartbeat_age": (now_ms - r.last_heartbeat_ms) / 1000 if alive and r.last_heartbeat_ms is not None else None,
+        "heartbeat_age": Since(r.last_heartbeat_ms) if alive and r.last_heartbeat_ms is not None else None,
         "last_exit": None
         if last_exit is None
         else {
             "cause": str(last_exit.cause),
             "code": last_exit.code,
             "signal": last_exit.signal,
-            "ago": (now_ms - last_exit.at_ms) / 1000,
+            "ago": Since(last_exit.at_ms),
             "text": last_exit.describe(),
         },
         "last_error": r.last_error,
@@ -50,6 +65,22 @@ def status_row(
         "rss_bytes": rss_bytes,
         "schedule": schedule,
     }
+
+
+def status_row(
+    svc: ServiceRuntime, now_ms: int, resources: Resources, scheduler: ScheduleView | None
+) -> dict[str, object]:
+    """A service's live state: state, pid, uptime, restarts, heartbeat age, last exit and error,
+    CPU, memory, schedule."""
+    row = status_fields(svc, resources, scheduler)
+    for key in ("uptime", "heartbeat_age"):
+        since = row[key]
+        if since is not None:
+            row[key] = cast(Since, since).seconds(now_ms)
+    last_exit = cast("dict[str, object] | None", row["last_exit"])
+    if last_exit is not None:
+        last_exit["ago"] = cast(Since, last_exit["ago"]).seconds(now_ms)
+    return row
 
 
 def status_row_detail(

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from supervise.protocol.codec import Prepacked
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.protocol.version import VERSION
 from supervise.supervisor.config.loader import (
@@ -66,6 +67,7 @@ from supervise.supervisor.daemon.status import (
     status_row,
     status_row_detail,
 )
+from supervise.supervisor.daemon.status_wire import EncodedRows
 from supervise.supervisor.daemon.tenant_history import drop_tenant, open_cluster_history, open_history
 from supervise.supervisor.store import open_store
 from supervise.supervisor.store.queued import QueuedStore
@@ -116,6 +118,7 @@ class Supervisor:
         self._lock = StateDirLock(config.supervisor.state_dir)
         self._endpoints = Endpoints(config)
         self._control: ControlServer | None = None
+        self._status_rows = EncodedRows()
         self._tasks: list[asyncio.Task[None]] = []
         self._guard = GuardLink()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,7 +219,7 @@ class Supervisor:
         assert endpoints.control is not None and endpoints.workers is not None
         self._pool.open(self._loop, endpoints.workers)
         readonly = endpoints.curve.readonly_user_ids() if endpoints.curve is not None else None
-        self._control = ControlServer(endpoints.control, self._dispatch, readonly=readonly)
+        self._control = ControlServer(endpoints.control, self._dispatch_control, readonly=readonly)
         self._tasks = [
             asyncio.create_task(self._control.serve(), name="supervise-control"),
             asyncio.create_task(self._pool.beat_forever(), name="supervise-heartbeats"),
@@ -702,6 +705,10 @@ class Supervisor:
     async def _dispatch(self, command: Command, args: dict[str, object]) -> object:
         return await command.handler(self, args)
 
+    async def _dispatch_control(self, command: Command, args: dict[str, object]) -> object:
+        """A command for the control socket: its reply may come encoded already (`Command.wire`)."""
+        return await (command.wire or command.handler)(self, args)
+
     def require_scheduler(self, name: str) -> Scheduler:
         self.require(name)
         if self.scheduler is None or not self.scheduler.has(name):
@@ -752,12 +759,23 @@ class Supervisor:
         row = status_row_detail if detail else status_row
         resources, scheduler = self.observability.resources, self.scheduler
         return {
-            "supervisor": {
-                **self.ping(),
-                "healthy": self.healthy(),
-                **({"notifications": self.notifier.summary()} if self.notifier is not None else {}),
-            },
+            "supervisor": self._status_head(),
             "services": [row(self._services[n], now_ms, resources, scheduler) for n in names],
+        }
+
+    def status_prepacked(self) -> Prepacked:
+        """`status()` of every service, as the control socket sends it: each row encoded once per change."""
+        now_ms = self._clock.monotonic_ms()
+        services = list(self._services.values())
+        obs = self.observability
+        count, rows = self._status_rows.encode(services, now_ms, obs.sample_of, obs.resources, self.scheduler)
+        return Prepacked({"supervisor": self._status_head()}, "services", count, rows)
+
+    def _status_head(self) -> dict[str, object]:
+        return {
+            **self.ping(),
+            "healthy": self.healthy(),
+            **({"notifications": self.notifier.summary()} if self.notifier is not None else {}),
         }
 
     def startup_settled(self) -> bool:
@@ -767,7 +785,9 @@ class Supervisor:
     def healthy(self) -> bool:
         """Every critical service is healthy (core/health.py: the same verdict as `/health`)."""
         return supervisor_healthy(
-            (str(s.record.state), s.config.critical, s.config.schedule is not None) for s in self._services.values()
+            (str(s.record.state), True, s.config.schedule is not None)
+            for s in self._services.values()
+            if s.config.critical  # the others do not count
         )
 
     def shown_state(self, svc: ServiceRuntime) -> str:

@@ -30,6 +30,7 @@ from supervise.protocol import (
     split_envelope,
     unpack,
 )
+from supervise.protocol.codec import Prepacked, array_header, map_header, pack_float
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "protocol"
 
@@ -321,6 +322,30 @@ def test_error_reply_round_trips_and_unwraps_to_remote_error() -> None:
 def test_error_reply_is_a_plain_string_code_on_the_wire() -> None:
     wire = msgpack.unpackb(encode_error(5, ErrorCode.MALFORMED, "m"))
     assert wire == {"v": 1, "id": 5, "ok": False, "error": {"code": "malformed", "message": "m"}}
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536])
+def test_a_prepacked_reply_is_byte_for_byte_the_reply_of_its_values(count: int) -> None:
+    items = [{"name": f"s{i}", "uptime": i / 7, "pid": i or None} for i in range(count)]
+    head = {"supervisor": {"pid": 42, "healthy": True}}
+    prepacked = Prepacked(head, "services", count, b"".join(pack(item) for item in items))
+    assert encode_reply(9, prepacked) == encode_reply(9, {**head, "services": items})
+
+
+def test_a_prepacked_key_must_not_be_in_its_head() -> None:
+    with pytest.raises(ValueError, match='"services" is both in the head'):
+        encode_reply(1, Prepacked({"services": 1}, "services", 0, b""))
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 1.5, -2.25e-300, 1e300, math.inf, -math.inf])
+def test_pack_float_is_packs_encoding_of_a_float(value: float) -> None:
+    assert pack_float(value) == pack(value)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 65_535, 65_536])
+def test_headers_are_packs_encoding_of_a_map_and_an_array(n: int) -> None:
+    assert map_header(n) + b"".join(pack(f"k{i}") + pack(i) for i in range(n)) == pack({f"k{i}": i for i in range(n)})
+    assert array_header(n) + b"".join(pack(i) for i in range(n)) == pack(list(range(n)))
 
 
 def test_a_status_of_thousands_of_services_decodes_as_a_reply() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from supervise.supervisor.config.loader import parse_config
 from supervise.supervisor.core.errors import ConfigError
 from supervise.supervisor.daemon.account import Account
-from supervise.supervisor.daemon.environment import base_environment, inherits
+from supervise.supervisor.daemon.environment import EnvironCopy, base_environment, inherits
 
 SUPERVISOR_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -74,3 +75,15 @@ def test_inherit_env_is_a_boolean_key() -> None:
     assert cfg.services["a"].inherit_env is False
     with pytest.raises(ConfigError, match="inherit_env: expected true or false"):
         parse_config({"services": {"a": {"command": ["true"], "inherit_env": "no"}}})
+
+
+def test_the_environ_copy_follows_every_change_of_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = EnvironCopy()
+    assert copy.current() == dict(os.environ)
+    monkeypatch.setenv("SUPERVISE_TEST_COPY", "one")
+    assert copy.current()["SUPERVISE_TEST_COPY"] == "one"
+    monkeypatch.setenv("SUPERVISE_TEST_COPY", "two\udcff")  # not UTF-8: kept as os.environ keeps it
+    assert copy.current() == dict(os.environ)
+    monkeypatch.delenv("SUPERVISE_TEST_COPY")
+    assert "SUPERVISE_TEST_COPY" not in copy.current()
+    assert copy.current() is copy.current()  # unchanged: not made again

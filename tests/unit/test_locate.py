@@ -72,3 +72,26 @@ def test_what_it_cannot_read_is_left_to_the_loader(tmp_path: Path) -> None:
     path.write_text("[supervisor\n")
     assert control_endpoint_of(path) is None
     assert control_endpoint_of(tmp_path / "missing.toml") is None
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "  state_dir = \"s\"  # a comment\n\n# another\ncontrol = 'ipc://lit/c.sock'\n",
+        'state_dir = "tab\there"\nlog_max_bytes = 5\n',
+        'state_dir = "esc\\\\aped"\n',
+        '"quoted" = "key"\nstate_dir = "s"\n',
+        'state_dir = "s"\nstate_dir = "again"\n',
+        'state_dir = "s" # bell \x07 in a comment\n',
+        'state_dir = "unterminated\n',
+        'state_dir = "s" trailing\n',
+    ],
+    ids=["plain", "not-a-string", "escape", "quoted-key", "duplicate", "control-char", "unterminated", "trailing"],
+)
+def test_the_tables_read_without_a_toml_parser_are_read_as_tomllib_reads_them(table: str) -> None:
+    text = "[supervisor]\n" + table + '[services.a]\ncommand = ["sleep", "1"]\n'
+    try:
+        expected: object = {"supervisor": tomllib.loads(text)["supervisor"]}
+    except tomllib.TOMLDecodeError:
+        expected = None
+    assert _supervisor_table(text) == expected
