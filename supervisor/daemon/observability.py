@@ -129,32 +129,38 @@ class Observability:
             await asyncio.sleep(self.sample_interval_s)
 
     def _worker_pids(self) -> dict[str, int]:
-        pids = {}
-        for name in self._sup.service_names():
-            svc = self._sup.require(name)
-            if svc.worker is not None:
-                pids[name] = svc.worker.pid
-        return pids
+        return {name: svc.worker.pid for name, svc in self._sup.runtimes().items() if svc.worker is not None}
 
-    def _apply(self, roots: Mapping[str, int], per_service: Mapping[str, Any], own: Any) -> None:
+    def _apply(self, roots: Mapping[str, int], per_service: Mapping[str, ProcessStats], own: ProcessStats) -> None:
+        """Hand a pass's figures to the metrics, the memory watch and the charts' history, in one go."""
         self.book.supervisor = own
         recorded: dict[str, tuple[float, int]] = {}
-        names = self._sup.service_names()
-        for name in names:
-            svc = self._sup.require(name)
+        services = self.book.services
+        runtimes = self._sup.runtimes()
+        for name, svc in runtimes.items():
             pid = svc.worker.pid if svc.worker is not None else None
-            if pid is None or roots.get(name) != pid or name not in per_service:
+            stats = per_service.get(name)
+            if pid is None or roots.get(name) != pid or stats is None:
                 if pid is None:
                     self.book.clear_sample(name)
                 continue  # restarted while the sample was taken: wait for the next one
-            stats = per_service[name]
+            m = services.get(name)
             limit = svc.config.max_memory_bytes
-            if self.book.observe_sample(name, pid, stats, limit) and limit is not None:
-                self._on_over_memory(name, stats.rss_bytes, limit)
-            m = self.book.services.get(name)
+            # The sampler hands back the same object for a tree whose figures did not change: under
+            # the limit, with no streak over it, recording it again would change nothing.
+            unchanged = (
+                m is not None
+                and stats is m.process
+                and m.memory_streak == 0
+                and (limit is None or stats.rss_bytes <= limit)
+            )
+            if not unchanged:
+                if self.book.observe_sample(name, pid, stats, limit) and limit is not None:
+                    self._on_over_memory(name, stats.rss_bytes, limit)
+                m = services.get(name)
             if m is not None and m.process is not None:
                 recorded[name] = (m.process.cpu_percent, m.process.rss_bytes)
-        self.samples.retain(names)
+        self.samples.retain(runtimes)
         self.samples.record(self._clock.wall().timestamp(), recorded)
 
     # -- outputs -----------------------------------------------------------

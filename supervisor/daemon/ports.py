@@ -135,6 +135,10 @@ class ServiceView(Protocol):
         """The runtime of `name` (a service or one instance); ServiceNotFound otherwise."""
         ...
 
+    def runtimes(self) -> Mapping[str, ServiceRuntime]:
+        """Every instance by name, in registration order; read it, never change it."""
+        ...
+
     def ping(self) -> dict[str, object]:
         """The supervisor's pid, version, uptime and endpoints."""
         ...

@@ -748,6 +748,9 @@ class Supervisor:
     def service_names(self) -> list[str]:
         return list(self._services)
 
+    def runtimes(self) -> Mapping[str, ServiceRuntime]:
+        return self._services
+
     def require(self, name: str) -> ServiceRuntime:
         """The runtime of `name` (a service, or one instance of it); ServiceNotFound otherwise."""
         return self._services.require(name)
