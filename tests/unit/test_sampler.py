@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from supervise.supervisor.daemon.sampler import Sampler
+from supervise.supervisor.daemon.sampler import QUIET_PASSES, Sampler
 
 T = TypeVar("T")
 
@@ -167,3 +167,67 @@ def test_no_file_is_kept_while_the_rest_take_over_half_the_open_files_limit() ->
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         sampler.sample({"s": sleeper.pid})
         assert _own_fds() == before, "kept again once the limit leaves room"
+
+
+@contextmanager
+def _waiting_on_stdin(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A process that blocks on a line of stdin before it does anything (single-threaded)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        assert proc.stdin is not None
+        proc.stdin.close()
+
+
+def _same_twice(sampler: Sampler, roots: dict[str, int], name: str) -> object:
+    """Sample until two passes in a row hand back the very same figures (the process is idle)."""
+    last: list[object] = [None]
+
+    def probe() -> object:
+        now = sampler.sample(roots)[0][name]
+        same, last[0] = now is last[0], now
+        return now if same else None
+
+    return _until(probe, "the same figures object twice in a row")
+
+
+def test_an_idle_process_keeps_its_figures_until_it_runs_again() -> None:
+    with _waiting_on_stdin([sys.executable, "-c", "import sys\nsys.stdin.readline()\nwhile True: pass"]) as py:
+        sampler = Sampler()
+        roots = {"py": py.pid}
+        idle = _same_twice(sampler, roots, "py")
+        assert py.stdin is not None
+        py.stdin.write("go\n")
+        py.stdin.flush()
+        busy = _until(lambda: (s := sampler.sample(roots)[0]["py"]).cpu_percent > 10 and s, "its CPU above 10 %")
+        assert busy is not idle and busy.cpu_seconds >= idle.cpu_seconds  # type: ignore[attr-defined]
+
+
+def test_an_idle_process_that_starts_a_child_is_seen_with_it() -> None:
+    with _waiting_on_stdin(["sh", "-c", "read line; sleep 60 & wait"]) as shell:
+        sampler = Sampler()
+        roots = {"sh": shell.pid}
+        idle = _same_twice(sampler, roots, "sh")
+        assert idle.children == 0  # type: ignore[attr-defined]
+        assert shell.stdin is not None
+        shell.stdin.write("go\n")
+        shell.stdin.flush()
+        both = _until(lambda: (s := sampler.sample(roots)[0]["sh"]).children == 1 and s, "the shell's child")
+        assert both.processes == 2 and both.threads == 2
+
+
+def test_an_idle_process_keeps_the_figures_a_full_read_gives() -> None:
+    with _process(["sleep", "60"]) as sleeper:
+        sampler = Sampler()
+        roots = {"s": sleeper.pid}
+        idle = _same_twice(sampler, roots, "s")
+        # It does not run: the passes up to (and past) a full read again give the same figures.
+        figures = [sampler.sample(roots)[0]["s"] for _ in range(QUIET_PASSES + 2)]
+        assert all(f == idle for f in figures)
+        assert Sampler().sample(roots)[0]["s"] == idle  # a sampler that never saw it reads the same
