@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -121,7 +121,7 @@ class EventLog:
             return True
         sock = self._sock
         assert sock is not None
-        while sock.get(_EVENTS) & _POLLIN:
+        while cast(int, sock.get(_EVENTS)) & _POLLIN:
             try:
                 message = sock.recv(_NOBLOCK)
             except zmq.ZMQError:
