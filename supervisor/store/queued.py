@@ -158,7 +158,8 @@ class QueuedStore:
                 self._holding -= 1
                 if self._holding == 0:
                     self._group = 0
-                    self._wake.notify()
+                    if not self._held:  # else the held block's end wakes the writer
+                        self._wake.notify()
 
     @contextmanager
     def held(self) -> Iterator[None]:
