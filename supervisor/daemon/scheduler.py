@@ -234,10 +234,15 @@ class Scheduler:
 
     def _catch_up(self, s: Schedule, now: datetime) -> None:
         last = s.state.last_fired
-        if last is None:
-            return
-        missed = s.config.trigger.fires_between(last, now, 1000)
-        missed = [t for t in missed if last < t <= now]
+        if last is not None:
+            self._decide_missed(s, self._due_after(s, last, now), now)
+
+    def _due_after(self, s: Schedule, after: datetime, now: datetime) -> list[datetime]:
+        """The schedule's times in (after, now]."""
+        return [t for t in s.config.trigger.fires_between(after, now, 1000) if after < t <= now]
+
+    def _decide_missed(self, s: Schedule, missed: list[datetime], now: datetime) -> None:
+        """Times that passed without firing: the catch-up policy runs some and records the rest skipped."""
         if not missed:
             return
         decision = decide_catchup(
@@ -292,13 +297,21 @@ class Scheduler:
             s.timer = self._loop.call_later((s.next_at - now).total_seconds(), self._on_timer, s)
             return
         nominal = s.next_nominal
+        # Woken after later times too (a starved event loop, a suspended host): those were
+        # missed, and the catch-up policy decides them as after a restart, so each time gets a
+        # row; in cluster mode each row is unique per time, whichever node writes it first.
+        overdue = self._due_after(s, nominal, now) if now > nominal else []
         try:
-            self._remember_fired(s, nominal)
             if s.state.skip_next:
+                self._remember_fired(s, nominal)
                 s.state = replace(s.state, skip_next=False)
                 self._store.put_schedule_state(s.name, s.state)
                 self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
+                self._decide_missed(s, overdue, now)
+            elif overdue:
+                self._decide_missed(s, [nominal, *overdue], now)
             else:
+                self._remember_fired(s, nominal)
                 self._occur(s, nominal, RunOrigin.SCHEDULE)
         except StoreError as e:
             if self._leases is not None:  # cluster mode: try again; whichever node gets through inserts it once

@@ -211,12 +211,15 @@ class ClusterStore(NodeConnection):
                 rows = conn.execute(
                     self._in(
                         schema,
+                        # rows locked in run id order, as the history writer's batches lock them
+                        "WITH h AS (SELECT r.run_id FROM {s}.runs r "
+                        "JOIN unnest(%s::text[], %s::bigint[]) AS u(id, ep) ON r.run_id = u.id AND r.epoch = u.ep "
+                        "WHERE r.node = %s AND r.state = ANY(%s) AND r.expires_at > now() "
+                        "ORDER BY r.run_id FOR UPDATE OF r) "
                         "UPDATE {s}.runs r SET expires_at = now() + make_interval(secs => %s) "
-                        "FROM unnest(%s::text[], %s::bigint[]) AS h(id, ep) "
-                        "WHERE r.run_id = h.id AND r.epoch = h.ep AND r.node = %s AND r.state = ANY(%s) "
-                        "AND r.expires_at > now() RETURNING r.run_id",
+                        "FROM h WHERE r.run_id = h.run_id RETURNING r.run_id",
                     ),
-                    (ttl, [r[0] for r in leases], [r[1] for r in leases], me, IN_FLIGHT),
+                    ([r[0] for r in leases], [r[1] for r in leases], me, IN_FLIGHT, ttl),
                 ).fetchall()
                 kept_runs |= {row["run_id"] for row in rows}
             kept_places: set[tuple[str, int]] = set()

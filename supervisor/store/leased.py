@@ -306,11 +306,14 @@ class LeasedRuns:
         if not run_ids:
             return {}
         query = self._db()._q(
-            "UPDATE {s}.runs SET state = %s, node = %s, epoch = epoch + 1, "
-            "expires_at = now() + make_interval(secs => %s) WHERE run_id = ANY(%s) AND state = ANY(%s) "
-            "RETURNING run_id, epoch"
+            # rows locked in run id order, as the history writer's batches lock them
+            "WITH c AS (SELECT run_id FROM {s}.runs WHERE run_id = ANY(%s) AND state = ANY(%s) "
+            "ORDER BY run_id FOR UPDATE) "
+            "UPDATE {s}.runs r SET state = %s, node = %s, epoch = r.epoch + 1, "
+            "expires_at = now() + make_interval(secs => %s) FROM c WHERE r.run_id = c.run_id "
+            "RETURNING r.run_id, r.epoch"
         )
-        params = (RunState.STARTING.value, self.node, self.lease_ttl_s, run_ids, TAKEABLE)
+        params = (run_ids, TAKEABLE, RunState.STARTING.value, self.node, self.lease_ttl_s)
         rows = self._db()._call(lambda conn: conn.execute(query, params).fetchall())
         taken = {str(row["run_id"]): int(row["epoch"]) for row in rows}
         with self._lock:

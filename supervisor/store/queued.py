@@ -32,6 +32,7 @@ MAX_QUEUED = 100_000  # writes held while the database is unavailable; beyond, t
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 BATCH = 256  # writes committed in one transaction at most, when the store offers `batch()`
+SHARED_BATCH = 64  # run updates committed in one transaction at most on a shared store
 READ_YOUR_WRITES_S = 1.0  # `runs` waits this long at most for the writes queued before it
 
 
@@ -46,6 +47,21 @@ class _Write:
     caused: bool = False  # caused by its group's run write: skipped when that write changed nothing
     atomic: bool = False  # several statements that must be one transaction, even alone (outbox rows)
     decides: bool = False  # its group's `caused` writes are skipped when it returns False (an insert that lost)
+
+
+def _solo_updates(queue: collections.deque[_Write], limit: int) -> int:
+    """How many writes at the head of `queue` are run state changes with nothing else in their
+    transaction (no group, or a group of that write alone), at most `limit`: on a shared store,
+    several of these (the node's own runs) are committed together."""
+    n = 0
+    while n < min(limit, len(queue)):
+        w = queue[n]
+        if w.updates is None or w.atomic:
+            break
+        if w.group and n + 1 < len(queue) and queue[n + 1].group == w.group:
+            break  # its group has more writes (the notifications its final state causes)
+        n += 1
+    return n
 
 
 def _rest_of_group(group: int, following: Iterable[_Write]) -> list[_Write]:
@@ -168,7 +184,8 @@ class QueuedStore:
         finished within one read of the worker channel is written once), and the writer does not
         compete with the event loop for the interpreter while the block runs. Unlike `together()`,
         the writes are no group: each batch is one transaction, as without the block. A store
-        whose writes are not merged (shared by several supervisors) is not held."""
+        shared by several supervisors is not held: its writes go as they come, a few run updates
+        per transaction at most, so that rows stay locked briefly."""
         if not self._merge:
             yield
             return
@@ -244,15 +261,23 @@ class QueuedStore:
                 if not self._queue:
                     return
                 head = [self._queue[0]]
+                in_id_order = False
                 # A prune commits its own batches (and SQLite's vacuum ends any open transaction). On a
-                # shared store, unrelated writes are not merged: a transaction holding many rows' locks
-                # would deadlock with another supervisor's, or with the cluster's lease renewals.
+                # shared store, only plain run updates are merged: other rows locked in any order
+                # could deadlock with another supervisor's transaction, or with the lease renewals.
                 if self._merge and not self._batch_failed and head[0].what != "prune":
                     head += itertools.takewhile(lambda w: w.what != "prune", itertools.islice(self._queue, 1, BATCH))
+                elif self._shared and self._batch is not None and not self._batch_failed:
+                    # The node's own runs' state changes, one commit for the lot (each commit waits
+                    # for the server's disk: one per change fell tens of seconds behind in a burst).
+                    # They lock their rows in run id order, as the lease renewal does.
+                    solo = _solo_updates(self._queue, SHARED_BATCH)
+                    head = list(itertools.islice(self._queue, max(solo, 1)))
+                    in_id_order = solo > 1
                 # a group is never split, even when retried alone after a failed batch
                 head += _rest_of_group(head[-1].group, itertools.islice(self._queue, len(head), None))
             try:
-                results = self._write_all(head)
+                results = self._write_all(head, in_id_order=in_id_order)
             except StoreError as e:
                 if len(head) > 1 and not self._batch_failed:
                     self._batch_failed = True  # one at a time until this write is through
@@ -290,9 +315,10 @@ class QueuedStore:
                 self._done += len(head)
                 self._wake.notify_all()
 
-    def _write_all(self, head: list[_Write]) -> list[object]:
+    def _write_all(self, head: list[_Write], *, in_id_order: bool = False) -> list[object]:
         """Run the writes in one transaction when the store can (`batch()`: SQLite, PostgreSQL): one
-        group's, or (SQLite) up to BATCH queued writes.
+        group's, or (SQLite) up to BATCH queued writes, or (a shared store) up to SHARED_BATCH run
+        updates with nothing else in their transactions, executed `in_id_order` of their runs.
 
         In a batch, an update of a run that a later update in the same batch overwrites is
         left out: `update_run` writes the whole row, so the last one says it all. A busy
@@ -306,16 +332,19 @@ class QueuedStore:
             return [head[0].write()]
         last_update = {w.updates: i for i, w in enumerate(head) if w.updates is not None}
         refused: set[int] = set()  # groups whose run update changed nothing
-        results: list[object] = []
+        results: list[object] = [None] * len(head)
+        order: Iterable[int] = range(len(head))
+        if in_id_order:
+            order = sorted(order, key=lambda i: (head[i].updates or "", i))
         with self._batch():
-            for i, w in enumerate(head):
+            for i in order:
+                w = head[i]
                 if w.caused and w.group in refused:
-                    results.append(None)
                     continue
                 result = True if w.updates is not None and last_update[w.updates] != i else w.write()
                 if (w.updates is not None or w.decides) and w.group and result is False:
                     refused.add(w.group)
-                results.append(result)
+                results[i] = result
         return results
 
     def close(self, timeout_s: float = 10.0) -> None:

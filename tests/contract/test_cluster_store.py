@@ -336,3 +336,73 @@ def test_an_occurrence_buffered_by_a_node_that_is_gone_is_queued_again(
     assert a_runs.claim(buffered.run_id) is None, "the node that comes back late finds it taken"
     a.close()
     leader.close()
+
+
+def test_a_nodes_run_updates_are_committed_together_without_deadlocking_its_renewals(
+    runs_store: PostgresStore, leased: Callable[[str], LeasedRuns]
+) -> None:
+    """The history writer commits a node's run state changes several to a transaction; they lock
+    their rows in run id order, as the heartbeat's renewal does, so the two never deadlock."""
+    import threading
+
+    import psycopg
+
+    from supervise.supervisor.store.base import StoreError
+    from supervise.supervisor.store.queued import QueuedStore
+
+    a = node(runs_store, "a", ttl_ms=30_000)
+    a.join()
+    a_runs = leased("a", 30_000)
+    runs = [_run() for _ in range(300)]
+    for run in runs:
+        assert a_runs.insert_run(run)
+    with psycopg.connect(runs_store.dsn, autocommit=True) as conn:  # which transaction wrote each state
+        conn.execute(f"CREATE TABLE {runs_store.schema}.written (run_id text, state text, tx bigint)")
+        conn.execute(
+            f"CREATE FUNCTION {runs_store.schema}.note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"INSERT INTO {runs_store.schema}.written VALUES (NEW.run_id, NEW.state, txid_current()); "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            f"CREATE TRIGGER note AFTER UPDATE OF state ON {runs_store.schema}.runs "
+            f"FOR EACH ROW EXECUTE FUNCTION {runs_store.schema}.note()"
+        )
+    beats: list[int] = []
+    errors: list[StoreError] = []
+    done = threading.Event()
+
+    def renew() -> None:  # renewals all along, every lease, in the opposite order of the writes
+        while not done.is_set():
+            try:
+                beat = a.beat(sorted(a_runs.held(), reverse=True), [])
+            except StoreError as e:
+                errors.append(e)
+            else:
+                beats.append(len(beat.runs))
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    queued = QueuedStore(a_runs, shared=True)
+    try:
+        now = datetime.now(UTC)
+        started = [transition(r, RunState.RUNNING, at=now) for r in runs]
+        for run in reversed(started):
+            queued.update_run(run)
+        for run in started:
+            with queued.together():  # as the scheduler writes a final state: a group of one here
+                queued.update_run(transition(run, RunState.SUCCEEDED, at=datetime.now(UTC)))
+        assert queued.wait_written(60), "every write went through"
+    finally:
+        done.set()
+        renewer.join()
+        queued.close()
+    assert not errors, f"renewals failed: {errors[:3]}"
+    assert len(beats) >= 2 and queued.failing_since is None
+    assert {r.state for r in runs_store.list_runs("job", limit=1000)} == {RunState.SUCCEEDED}
+    with psycopg.connect(runs_store.dsn) as conn:
+        rows = conn.execute(f"SELECT count(*), count(DISTINCT tx) FROM {runs_store.schema}.written").fetchone()
+    assert rows is not None
+    changes, transactions = rows
+    assert changes >= len(runs)  # every run's final state, and most of their `running`
+    assert transactions <= changes / 8, f"{changes} state changes in {transactions} transactions"
+    a.close()

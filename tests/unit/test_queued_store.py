@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from supervise.supervisor.core.runs import RunOrigin, RunState, new_run, transition
-from supervise.supervisor.store.base import Notification
+from supervise.supervisor.store.base import Notification, ScheduleState
 from supervise.supervisor.store.queued import BATCH, QueuedStore
 from supervise.supervisor.store.sqlite import SqliteStore
 
@@ -156,9 +156,10 @@ def test_a_prune_at_the_head_of_the_queue_is_written_outside_any_batch(tmp_path:
     assert len([t for t in statements if t.startswith("INSERT INTO runs")]) == 1, "written once, not retried"
 
 
-def test_on_a_shared_store_each_write_is_its_own_transaction_and_a_group_one_transaction(tmp_path: Path) -> None:
-    """Supervisors sharing a store must not hold many rows' locks in one transaction (they would
-    deadlock with each other and with the cluster's lease renewals): only a group is merged."""
+def test_on_a_shared_store_run_updates_are_merged_and_a_larger_group_is_one_transaction(tmp_path: Path) -> None:
+    """Supervisors sharing a store merge only their runs' state changes (locked in run id order,
+    as the cluster's lease renewals lock them); any other write, and a group of several (a final
+    state and its notification rows), is a transaction of its own."""
     sqlite = SqliteStore(tmp_path / "history.db").open()
     statements: list[str] = []
     sqlite._db().set_trace_callback(statements.append)
@@ -171,6 +172,10 @@ def test_on_a_shared_store_each_write_is_its_own_transaction_and_a_group_one_tra
         with queued._wake:  # the writer looks at the queue once all is in
             for run in runs[:2]:
                 queued.update_run(transition(run, RunState.STARTING, at=T0))
+            queued.put_schedule_state("a", ScheduleState(paused=False, last_fired=T0, runs_so_far=1))
+            for run in runs[:2]:
+                with queued.together():  # a group of one write: merged
+                    queued.update_run(transition(transition(run, RunState.STARTING, at=T0), RunState.RUNNING, at=T0))
             with queued.together():
                 queued.update_run(transition(runs[2], RunState.STARTING, at=T0))
                 queued.add_notifications(lambda: sqlite.put_registration("marker", {}))
@@ -183,7 +188,9 @@ def test_on_a_shared_store_each_write_is_its_own_transaction_and_a_group_one_tra
             transactions.append([])
         elif transactions and text.startswith(("UPDATE runs", "INSERT OR REPLACE INTO registrations")):
             transactions[-1].append(text.split()[0])
-    assert transactions == [["UPDATE"], ["UPDATE"], ["UPDATE", "INSERT"]]
+        elif transactions and text.startswith("INSERT OR REPLACE INTO schedules"):
+            transactions[-1].append("schedule state")
+    assert transactions == [["UPDATE", "UPDATE"], ["schedule state"], ["UPDATE", "UPDATE"], ["UPDATE", "INSERT"]]
 
 
 def test_writes_queued_while_held_wait_for_the_block_and_one_runs_updates_merge(tmp_path: Path) -> None:
@@ -216,7 +223,8 @@ def test_writes_queued_while_held_wait_for_the_block_and_one_runs_updates_merge(
 
 
 def test_a_shared_store_is_not_held(tmp_path: Path) -> None:
-    """Writes to a store other supervisors share are not merged, so holding them gains nothing."""
+    """A store other supervisors share is not held: its writes go as they come, a few run
+    updates per transaction at most, so that rows stay locked briefly."""
     sqlite = SqliteStore(tmp_path / "history.db").open()
     queued = QueuedStore(sqlite, shared=True)
     try:

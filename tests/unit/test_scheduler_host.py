@@ -288,3 +288,42 @@ def test_a_one_shot_added_a_moment_ago_is_cancelled_before_its_row_reaches_the_s
         scheduler.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("catchup", "expected"),
+    [
+        ("latest", {1: "skipped superseded", 2: "skipped superseded", 3: "run"}),
+        ("all", {1: "run", 2: "run", 3: "run"}),
+    ],
+)
+def test_a_timer_woken_after_several_of_its_times_decides_each_by_the_catchup_policy(
+    parts: tuple[FakeClock, FakeHost, QueuedStore], catchup: str, expected: dict[int, str]
+) -> None:
+    """An event loop held up for longer than the period: every time it slept through gets a run
+    or a `skipped` row with its reason, and the schedule goes on from the next time."""
+    clock, host, store = parts
+
+    async def scenario() -> None:
+        table = {"target": "m:f", "every": "1s", "start": WALL0.isoformat(), "catchup": catchup, "overlap": "allow_all"}
+        scheduler = scheduler_with(host, store, table)
+        scheduler.start()
+        s = scheduler._schedules["job"]
+        assert s.timer is not None and s.next_nominal == WALL0 + timedelta(seconds=1)
+        s.timer.cancel()
+        clock.advance(3_500)  # the loop wakes 2.5 s after the time it was armed for
+        scheduler._on_timer(s)
+        assert await scheduler.written()
+        runs = store.store.list_runs("job")
+        outcome = {
+            int((r.nominal_time - WALL0).total_seconds()): "run"
+            if r.state is not RunState.SKIPPED
+            else f"skipped {r.reason}"
+            for r in runs
+            if r.nominal_time is not None
+        }
+        assert outcome == expected
+        assert s.next_nominal == WALL0 + timedelta(seconds=4)
+        scheduler.close()
+
+    asyncio.run(scenario())
