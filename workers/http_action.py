@@ -45,6 +45,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from supervise.protocol.url_policy import POLICY_VARIABLE, AddressPolicy, UrlRefused, check_url, origin, refusal_error
 from supervise.workers.context import JobContext
+from supervise.workers.executor import is_shared_loop
 from supervise.workers.http_policy import HttpPolicy, OverrideRefused
 
 MAX_BODY_BYTES = 64 * 1024
@@ -124,10 +125,9 @@ def check_request(request: HttpRequest, addresses: AddressPolicy, trusted: Origi
     resolver sees it.
     """
     try:
-        parts = check_url(request.url)
+        hop = _checked_origin(request.url)
     except UrlRefused as e:
         raise HttpActionError(f"refusing {request.url}: {e}") from None
-    hop = origin(parts)
     if hop != trusted:
         host, port = hop
         try:
@@ -177,9 +177,16 @@ def _policy(text: str) -> HttpPolicy:
 def _origin_of(url: str) -> Origin | None:
     """The origin of a well-formed http(s) URL (the configured one is trusted); None otherwise."""
     try:
-        return origin(check_url(url))
+        return _checked_origin(url)
     except UrlRefused:
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_origin(url: str) -> Origin:
+    """`origin(check_url(url))`, worked out once per URL (a service's runs mostly call one URL,
+    and each call checks it three times); raises UrlRefused, which is not cached."""
+    return origin(check_url(url))
 
 
 async def send(
@@ -286,8 +293,6 @@ _sessions: weakref.WeakKeyDictionary[
 
 def _session(addresses: AddressPolicy, trusted: Origin | None) -> tuple[aiohttp.ClientSession, bool]:
     """The pool of this worker's long-lived run loop for this policy, else a session for one call (owned: close it)."""
-    from supervise.workers.executor import is_shared_loop
-
     loop = asyncio.get_running_loop()
     if not is_shared_loop(loop):
         return _new_session(addresses, trusted), True
@@ -302,7 +307,13 @@ def _new_session(addresses: AddressPolicy, trusted: Origin | None) -> aiohttp.Cl
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=PER_HOST_LIMIT, resolver=_PolicyResolver(addresses, trusted)
     )
-    return aiohttp.ClientSession(connector=connector, trust_env=False)
+    # No timeouts of aiohttp's own (its defaults: 300 s in all, 30 s to connect): `send` holds
+    # every call to one deadline, request_timeout, which also bounds connecting. Without them
+    # a call arms one timer, not three.
+    return aiohttp.ClientSession(connector=connector, trust_env=False, timeout=_NO_TIMEOUT)
+
+
+_NO_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
 
 __all__ = ["HttpActionError", "HttpPolicy", "HttpRequest", "build_request", "call", "check_request", "expand", "send"]

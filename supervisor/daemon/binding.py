@@ -64,7 +64,9 @@ class Endpoints:
         # A plain socket: read by `Inbox` without a future per heartbeat.
         self.workers = self._bound(zmq.ROUTER, sup.workers_endpoint, zmq.Context.shadow(self._zctx.underlying))
         # Set before bind: libzmq copies socket options into each subscriber's pipe at bind time.
-        self.events = self._bound(zmq.PUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
+        # XPUB, not PUB: the same to subscribers, and it tells the supervisor what they subscribed
+        # to, so events nobody listens to are not encoded and sent (`EventLog._wanted`).
+        self.events = self._bound(zmq.XPUB, sup.events_endpoint, options={zmq.SNDHWM: 10_000})
         if self._connections is not None:
             for sock, _ in self._tcp_sockets():
                 self._connections.watch(sock)

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -34,6 +34,9 @@ MAX_REPLAY = 1000
 WARNING_KINDS = frozenset({"hung", "fatal", "killed", "spawn_failed", "start_timeout", "memory_exceeded"})
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_XPUB = int(zmq.XPUB)
 
 Event = dict[str, Any]
 Listener = Callable[[str, str, Mapping[str, object]], None]
@@ -58,6 +61,8 @@ class EventLog:
         self._wall = wall
         self._ring: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._sock: zmq.Socket[bytes] | None = None
+        self._xpub = False  # the socket tells its subscriptions: events nobody subscribed to are not sent
+        self._subscribed: set[bytes] = set()  # the topic prefixes subscribed to (an XPUB socket's)
         self.listeners: list[Listener] = []
 
     def attach(self, sock: zmq.asyncio.Socket | None) -> None:
@@ -66,6 +71,8 @@ class EventLog:
         Events go out through a plain shadow of the socket: a send that never waits needs
         none of the asyncio socket's futures (two events per run add up in a burst)."""
         self._sock = None if sock is None else zmq.Socket.shadow(sock.underlying)
+        self._xpub = self._sock is not None and self._sock.get(zmq.TYPE) == _XPUB
+        self._subscribed.clear()
 
     def emit(self, service: str, kind: str, detail: Mapping[str, object] | None = None, message: str = "") -> Event:
         """Record one event; returns it as published."""
@@ -86,16 +93,44 @@ class EventLog:
         for listener in self.listeners:
             listener(service, kind, detail)
         if self._sock is not None:
+            topic = f"{service}.{kind}".encode()
+            if not self._wanted(topic):
+                self.published += 1  # as a PUB socket drops it: sent, and nobody subscribed
+                return event
             body = pack(event)  # before the first frame goes: nothing may fail between the two sends
             try:
                 # Two frames, [topic, event]; sent as two sends with plain int flags, which spares
                 # send_multipart's checks and its enum arithmetic on every event (two per run).
-                self._sock.send(f"{service}.{kind}".encode(), _SNDMORE_NOBLOCK)
+                self._sock.send(topic, _SNDMORE_NOBLOCK)
                 self._sock.send(body, _NOBLOCK)
                 self.published += 1
             except zmq.ZMQError:
                 self.dropped += 1
         return event
+
+    def _wanted(self, topic: bytes) -> bool:
+        """Whether a subscriber would receive `topic` (always, on a plain PUB socket).
+
+        An XPUB socket hands its subscriptions (`\\x01` + prefix) and unsubscriptions (`\\x00` +
+        prefix; the last subscriber of it gone) to the application. They are read here before
+        each event: asking for the socket's EVENTS has libzmq apply what its subscribers sent
+        so far, as a send does before it filters, so an event is left out exactly when the
+        socket would have dropped it, and is never packed or sent to nobody.
+        """
+        if not self._xpub:
+            return True
+        sock = self._sock
+        assert sock is not None
+        while cast(int, sock.get(_EVENTS)) & _POLLIN:
+            try:
+                message = sock.recv(_NOBLOCK)
+            except zmq.ZMQError:
+                break
+            if message[:1] == b"\x01":
+                self._subscribed.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._subscribed.discard(message[1:])
+        return any(topic.startswith(prefix) for prefix in self._subscribed)
 
     @property
     def first_seq(self) -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -67,6 +69,9 @@ class PoolHooks:
     metrics: Callable[[str, int, Mapping[str, Any]], None]  # (name, incarnation, {counters, gauges})
     changed: Callable[[], None]  # a run process ended: wake whoever waits on a change
     command_env: Callable[[ServiceRuntime], Mapping[str, str]]  # more environment for a command's worker
+    # Held around each read of the channel: the run history's writer waits meanwhile, so the
+    # state changes of one read go to the store together (`QueuedStore.held`).
+    reading: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
 
 
 def worker_spawn_request(
@@ -140,7 +145,7 @@ class WorkerPool:
     def open(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket[bytes]) -> None:
         """Start reading the bound workers socket `sock` on `loop`."""
         self._loop = loop
-        self._channel = Inbox(loop, sock, self._on_message, min_gap_s=WORKER_READ_GAP_S)
+        self._channel = Inbox(loop, sock, self._on_message, min_gap_s=WORKER_READ_GAP_S, around=self._hooks.reading)
 
     def close(self) -> None:
         if self._channel is not None:

@@ -36,6 +36,7 @@ from supervise.supervisor.core.policies import (
 from supervise.supervisor.core.run_queue import RunQueue
 from supervise.supervisor.core.runs import FINAL, Run, RunOrigin, RunState, SkipReason, new_run, transition
 from supervise.supervisor.daemon.due_claims import DueClaims
+from supervise.supervisor.daemon.loop_posts import LoopPosts
 from supervise.supervisor.daemon.ports import HeldElsewhere
 from supervise.supervisor.daemon.processes import Worker
 from supervise.supervisor.store.base import ScheduleState, StoreError
@@ -127,6 +128,7 @@ class Scheduler:
         self._schedules: dict[str, Schedule] = {}
         self._unrecovered: dict[str, list[Run]] = {}  # runs left by a stopped supervisor, of services not back yet
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._posts: LoopPosts | None = None  # callbacks from the writer thread, run on the loop
         self._prune_timer: asyncio.TimerHandle | None = None
         self._window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
         self._window_timer: asyncio.TimerHandle | None = None
@@ -179,6 +181,7 @@ class Scheduler:
     def start(self) -> None:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
         self._loop = asyncio.get_running_loop()
+        self._posts = LoopPosts(self._loop)
         now = self._now()
         # In cluster mode other nodes' runs are in flight in this store: runs of a dead node are
         # the leader's to rescue, once their lease expires.
@@ -542,12 +545,13 @@ class Scheduler:
         return self._leases.epoch_of(run_id) if self._leases is not None else None
 
     def _on_loop(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """`callback`, to be called from another thread but run on the event loop."""
-        loop = self._loop
-        assert loop is not None
+        """`callback`, to be called from another thread but run on the event loop (the callbacks
+        the writer posts after one batch run in one wake-up of the loop)."""
+        posts = self._posts
+        assert posts is not None
 
         def post() -> None:
-            loop.call_soon_threadsafe(callback)
+            posts.post(callback)
 
         return post
 
@@ -1195,6 +1199,17 @@ class Scheduler:
         self._window_timer = self._window_timer_at = None
         now = self._now()
         due: set[str] = set()
+        with self._store.held():  # the writer takes the due runs' state changes together
+            self._take_due(now, due)
+        if due and self._due_claims is not None:
+            self._due_claims.due(due)
+        if self._window.wants_more:
+            self._schedule_refill()
+        self._arm_window()
+
+    def _take_due(self, now: datetime, due: set[str]) -> None:
+        """Admit the pending one-shots due by `now` (by FIRE_AHEAD_S later for a warm worker's);
+        cluster mode: add their services to `due` instead, to be claimed."""
         for run in self._window.take(now, now + timedelta(seconds=FIRE_AHEAD_S), self._fires_ahead):
             s = self._schedules.get(run.service)
             if s is None:
@@ -1212,11 +1227,6 @@ class Scheduler:
                 self._admit(s, run, stored=True)
             except StoreError as e:
                 log.error("%s: could not start one-shot run %s: %s", s.name, run.run_id, e)
-        if due and self._due_claims is not None:
-            self._due_claims.due(due)
-        if self._window.wants_more:
-            self._schedule_refill()
-        self._arm_window()
 
     def _room(self, name: str) -> int:
         """Cluster mode: free slots of service `name` for due one-shots (none while it has a queue)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import cast
 
 import zmq
@@ -43,7 +45,8 @@ class Inbox:
     `min_gap_s` batches a busy channel: a message that arrives within `min_gap_s`
     of the last drain waits (with the FD unwatched) until that gap has passed, so
     the loop wakes at most 1/min_gap_s times a second however many messages come;
-    a message on a quiet channel is read at once.
+    a message on a quiet channel is read at once. `around`, if given, is entered
+    around each drain (the run history's writer waits meanwhile: `QueuedStore.held`).
     """
 
     BATCH = 1000  # messages per callback before yielding to the rest of the loop
@@ -55,10 +58,12 @@ class Inbox:
         on_frames: Callable[[list[bytes]], None],
         *,
         min_gap_s: float = 0.0,
+        around: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._on_frames = on_frames
+        self._around = around or contextlib.nullcontext
         self._fd = cast(int, sock.getsockopt(zmq.FD))
         self._gap = min_gap_s
         self._last_drain = -math.inf
@@ -136,6 +141,10 @@ class Inbox:
 
     def _drain(self) -> int:
         """Read and hand over every waiting message (up to BATCH); how many there were."""
+        with self._around():
+            return self._drain_now()
+
+    def _drain_now(self) -> int:
         self._scheduled = False
         self._last_drain = self._loop.time()
         sock = self._sock

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import random
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -136,6 +138,7 @@ class Supervisor:
             metrics=self.observability.worker_metrics,
             changed=self.notify,
             command_env=self._command_env,
+            reading=self._writes_held,
         )
         self._pool = WorkerPool(
             self._services, config.supervisor, base_dir=config.base_dir, guard=self._guard, hooks=hooks
@@ -602,6 +605,12 @@ class Supervisor:
     def _on_worker_hello(self, name: str) -> None:
         if self.scheduler is not None:
             self.scheduler.on_worker_ready(name)
+
+    def _writes_held(self) -> AbstractContextManager[object]:
+        """While the worker channel is read: the history's writer waits, then takes the state
+        changes of the whole read at once (a run's `running` and final state, read together,
+        become one write)."""
+        return self.store.held() if self.store is not None else contextlib.nullcontext()
 
     def _on_run_message(self, name: str, kind: str, fields: Mapping[str, Any]) -> None:
         if self.scheduler is not None:

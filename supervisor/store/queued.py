@@ -87,6 +87,7 @@ class QueuedStore:
         self._merge = self._batch is not None and not shared  # several writes per transaction (SQLite)
         self._barriers = 0  # queued writes flagged `barrier`, not yet done
         self._holding = 0  # `together()` blocks open: the writer waits for them to close
+        self._held = 0  # `held()` blocks open: the writer waits for them to close too
         self._group = 0  # the group of the open `together()` block
         self._groups = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="supervise-store-writer", daemon=True)
@@ -173,7 +174,30 @@ class QueuedStore:
                 self._holding -= 1
                 if self._holding == 0:
                     self._group = 0
-                    self._wake.notify()
+                    if not self._held:  # else the held block's end wakes the writer
+                        self._wake.notify()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """The writer waits until this block ends, then takes what was queued inside in as few
+        batches as fit: updates of one run queued in the block are merged (a run that started and
+        finished within one read of the worker channel is written once), and the writer does not
+        compete with the event loop for the interpreter while the block runs. Unlike `together()`,
+        the writes are no group: each batch is one transaction, as without the block. A store
+        shared by several supervisors is not held: its writes go as they come, a few run updates
+        per transaction at most, so that rows stay locked briefly."""
+        if not self._merge:
+            yield
+            return
+        with self._wake:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._held -= 1
+                if self._held == 0:
+                    self._wake.notify_all()
 
     def put_schedule_state(self, service: str, state: ScheduleState) -> None:
         self._put(f"schedule state of {service}", lambda: self.store.put_schedule_state(service, state))
@@ -225,13 +249,14 @@ class QueuedStore:
             self._queue.append(_Write(what, write, then, updates, self._group, barrier, caused, atomic, decides))
             self._barriers += barrier
             self._enqueued += 1
-            self._wake.notify()
+            if not (self._held or self._holding):  # else the block's end wakes the writer
+                self._wake.notify()
 
     def _run(self) -> None:
         delay = RETRY_FIRST_S
         while True:
             with self._wake:
-                while (not self._queue or self._holding) and not self._closing:
+                while (not self._queue or self._holding or self._held) and not self._closing:
                     self._wake.wait()
                 if not self._queue:
                     return

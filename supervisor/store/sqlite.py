@@ -56,7 +56,7 @@ from supervise.supervisor.store.journal_marks import MARKS_SCHEMA_SQLITE, sqlite
 
 log = logging.getLogger("supervise.store")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _PRUNE_BATCH: Final = 5000
 
 _SCHEMA: Final = (
@@ -107,6 +107,14 @@ _MIGRATIONS: Final[Mapping[int, tuple[str, ...]]] = {
         "ALTER TABLE runs ADD COLUMN key TEXT",
         "CREATE INDEX runs_waiting ON runs (state, nominal_time, run_id)",
     ),
+    # The pending and the queued runs, each in an index of its own that holds only them: a run's
+    # later state changes (starting, running, its end) no longer rewrite an index entry of every
+    # run ever kept, as runs_waiting's did (half the cost of each UPDATE of a burst).
+    3: (
+        "DROP INDEX runs_waiting",
+        f"CREATE INDEX runs_pending ON runs (nominal_time, run_id) WHERE state = '{RunState.PENDING.value}'",
+        f"CREATE INDEX runs_queued ON runs (service, nominal_time, seq) WHERE state = '{RunState.QUEUED.value}'",
+    ),
 }
 """Statements that take the schema from version n-1 to n (user_version)."""
 
@@ -133,6 +141,8 @@ _OUTBOX_SCHEMA: Final = (
 )
 
 _T = TypeVar("_T")
+_PENDING: Final = f"state = '{RunState.PENDING.value}'"  # the WHERE terms of the partial indexes
+_QUEUED: Final = f"state = '{RunState.QUEUED.value}'"
 _UPDATE_RUN: Final = f"UPDATE runs SET {', '.join(f'{name} = ?' for name in RUN_UPDATABLE)} WHERE run_id = ?"  # nosec B608 # column names from the RUN_UPDATABLE constant; values are ? parameters
 
 
@@ -417,21 +427,24 @@ class SqliteStore:
         return self._select(f"WHERE state IN ({marks}) ORDER BY created_at, seq", [s.value for s in states])
 
     def pending_runs(self, after: tuple[datetime, str] | None, limit: int) -> list[Run]:
+        # The state is written in the statement, not bound: SQLite uses a partial index only
+        # for a query whose WHERE has the index's own term; and named, as the planner may
+        # otherwise walk every pending run by runs_by_state and sort them (a million one-shots).
         if after is None:
             return self._select(
-                "WHERE state = ? ORDER BY nominal_time, run_id LIMIT ?", [RunState.PENDING.value, limit]
+                f"INDEXED BY runs_pending WHERE {_PENDING} ORDER BY nominal_time, run_id LIMIT ?", [limit]
             )
         when = encode_time(after[0])
         return self._select(
-            "WHERE state = ? AND (nominal_time > ? OR (nominal_time = ? AND run_id > ?)) "
+            f"INDEXED BY runs_pending WHERE {_PENDING} AND (nominal_time > ? OR (nominal_time = ? AND run_id > ?)) "
             "ORDER BY nominal_time, run_id LIMIT ?",
-            [RunState.PENDING.value, when, when, after[1], limit],
+            [when, when, after[1], limit],
         )
 
     def queued_runs(self, service: str, limit: int) -> list[Run]:
         return self._select(
-            "WHERE state = ? AND service = ? ORDER BY nominal_time, seq LIMIT ?",
-            [RunState.QUEUED.value, service, limit],
+            f"INDEXED BY runs_queued WHERE {_QUEUED} AND service = ? ORDER BY nominal_time, seq LIMIT ?",
+            [service, limit],
         )
 
     def count_runs(self, service: str, states: set[RunState] | frozenset[RunState]) -> int:

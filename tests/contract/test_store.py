@@ -440,8 +440,43 @@ def test_sqlite_uses_wal_normal_sync_and_incremental_vacuum(tmp_path: Path) -> N
         conn = sqlite3.connect(tmp_path / "h.db")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         conn.close()
+
+
+def test_a_version_2_database_is_migrated_and_reads_its_waiting_runs_through_partial_indexes(tmp_path: Path) -> None:
+    """Version 3 keeps the pending and the queued runs in indexes of their own (a run's later
+    state changes leave them alone); a version 2 file is migrated in place, its rows kept."""
+    from supervise.supervisor.store.sqlite import _MIGRATIONS
+
+    path = tmp_path / "h.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL")
+    for version in (1, 2):
+        for statement in _MIGRATIONS[version]:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 2")
+    old.close()
+    later, sooner = oneshot("hook", T0 + timedelta(minutes=2)), oneshot("hook", T0 + timedelta(minutes=1))
+    queued = [transition(due("hook", m), RunState.QUEUED, at=T0) for m in (3, 1)]
+    with SqliteStore(path) as store:
+        store.insert_runs([later, sooner, *queued])
+    with SqliteStore(path) as store:
+        assert [r.run_id for r in store.pending_runs(None, 10)] == [sooner.run_id, later.run_id]
+        assert [r.run_id for r in store.queued_runs("hook", 10)] == [queued[1].run_id, queued[0].run_id]
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"runs_pending", "runs_queued"} <= names and "runs_waiting" not in names
+        conn.close()
+        plans: list[str] = []
+        store._read_conn.set_trace_callback(plans.append)  # type: ignore[union-attr]
+        store.pending_runs((T0, ""), 10)
+        store.queued_runs("hook", 10)
+        store._read_conn.set_trace_callback(None)  # type: ignore[union-attr]
+        for sql, index in zip(plans, ("runs_pending", "runs_queued"), strict=True):
+            plan = " ".join(row[3] for row in store._read_conn.execute("EXPLAIN QUERY PLAN " + sql))  # type: ignore[union-attr]
+            assert f"USING INDEX {index}" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_sqlite_write_waits_for_an_exclusive_lock_then_raises_a_clear_error(tmp_path: Path) -> None:

@@ -191,3 +191,47 @@ def test_on_a_shared_store_run_updates_are_merged_and_a_larger_group_is_one_tran
         elif transactions and text.startswith("INSERT OR REPLACE INTO schedules"):
             transactions[-1].append("schedule state")
     assert transactions == [["UPDATE", "UPDATE"], ["schedule state"], ["UPDATE", "UPDATE"], ["UPDATE", "INSERT"]]
+
+
+def test_writes_queued_while_held_wait_for_the_block_and_one_runs_updates_merge(tmp_path: Path) -> None:
+    """A read of the worker channel holds the writer: a run that started and finished within
+    it reaches the database once, in its final state, after the block."""
+    path = tmp_path / "history.db"
+    SqliteStore(path).open().close()
+    _count_updates(path)
+    sqlite = SqliteStore(path).open()
+    queued = QueuedStore(sqlite, shared=False)
+    try:
+        run = transition(new_run("a", at=T0, nominal_time=T0, origin=RunOrigin.ONESHOT), RunState.STARTING, at=T0)
+        queued.insert_run(run)
+        assert queued.wait_written(10)
+        with queued.held():
+            running = transition(run, RunState.RUNNING, at=T0)
+            queued.update_run(running)
+            queued.update_run(transition(running, RunState.SUCCEEDED, at=T0 + timedelta(seconds=1)))
+            assert not queued.wait_written(0.2), "written while the block was open"
+            stored = sqlite.get_run(run.run_id)
+            assert stored is not None and stored.state is RunState.STARTING
+        assert queued.wait_written(10)
+        stored = sqlite.get_run(run.run_id)
+        assert stored is not None and stored.state is RunState.SUCCEEDED and stored.started_at == T0
+    finally:
+        queued.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT run_id, state FROM updates").fetchall() == [(run.run_id, "succeeded")]
+    db.close()
+
+
+def test_a_shared_store_is_not_held(tmp_path: Path) -> None:
+    """A store other supervisors share is not held: its writes go as they come, a few run
+    updates per transaction at most, so that rows stay locked briefly."""
+    sqlite = SqliteStore(tmp_path / "history.db").open()
+    queued = QueuedStore(sqlite, shared=True)
+    try:
+        run = new_run("a", at=T0, nominal_time=None, origin=RunOrigin.MANUAL)
+        sqlite.insert_run(run)
+        with queued.held():
+            queued.update_run(transition(run, RunState.STARTING, at=T0))
+            assert queued.wait_written(10)
+    finally:
+        queued.close()
