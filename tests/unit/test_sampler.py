@@ -38,8 +38,13 @@ def _until(probe: Callable[[], T | None], what: str, timeout_s: float = 10.0) ->
 
 
 @contextmanager
-def _process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+def _process(argv: list[str], *, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """`argv` in a group of its own, killed with it at the end; its stdout is a pipe, or with
+    `stdin` its stdin is (a process that blocks on a line of it before it does anything)."""
+    if stdin:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True, start_new_session=True)
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         yield proc
     finally:
@@ -48,8 +53,9 @@ def _process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
         except ProcessLookupError:
             pass
         proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+        for end in (proc.stdin, proc.stdout):
+            if end is not None:
+                end.close()
 
 
 def test_a_shell_and_its_two_children_are_one_service() -> None:
@@ -169,22 +175,6 @@ def test_no_file_is_kept_while_the_rest_take_over_half_the_open_files_limit() ->
         assert _own_fds() == before, "kept again once the limit leaves room"
 
 
-@contextmanager
-def _waiting_on_stdin(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """A process that blocks on a line of stdin before it does anything (single-threaded)."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        assert proc.stdin is not None
-        proc.stdin.close()
-
-
 def _same_twice(sampler: Sampler, roots: dict[str, int], name: str) -> object:
     """Sample until two passes in a row hand back the very same figures (the process is idle)."""
     last: list[object] = [None]
@@ -198,7 +188,7 @@ def _same_twice(sampler: Sampler, roots: dict[str, int], name: str) -> object:
 
 
 def test_an_idle_process_keeps_its_figures_until_it_runs_again() -> None:
-    with _waiting_on_stdin([sys.executable, "-c", "import sys\nsys.stdin.readline()\nwhile True: pass"]) as py:
+    with _process([sys.executable, "-c", "import sys\nsys.stdin.readline()\nwhile True: pass"], stdin=True) as py:
         sampler = Sampler()
         roots = {"py": py.pid}
         idle = _same_twice(sampler, roots, "py")
@@ -210,7 +200,7 @@ def test_an_idle_process_keeps_its_figures_until_it_runs_again() -> None:
 
 
 def test_an_idle_process_that_starts_a_child_is_seen_with_it() -> None:
-    with _waiting_on_stdin(["sh", "-c", "read line; sleep 60 & wait"]) as shell:
+    with _process(["sh", "-c", "read line; sleep 60 & wait"], stdin=True) as shell:
         sampler = Sampler()
         roots = {"sh": shell.pid}
         idle = _same_twice(sampler, roots, "sh")
