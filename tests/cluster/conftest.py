@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import Daemon, toml_value
 from tests.contract.conftest import drop_schema, postgres_dsn
+from tests.integration.test_notifications import Receiver, webhook
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -72,6 +73,16 @@ def write_cluster_config(
         lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
     path = folder / "supervise.toml"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def notifying_cluster_config(
+    folder: Path, db: ClusterDb, receiver: Receiver, name: str, services: dict[str, dict[str, object]]
+) -> Path:
+    """`write_cluster_config` for node `name`, with a `chat` webhook channel to `receiver`."""
+    path = write_cluster_config(folder, db, services, node=name)
+    lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in webhook(receiver).items())]
+    path.write_text(path.read_text() + "\n".join(lines) + "\n")
     return path
 
 

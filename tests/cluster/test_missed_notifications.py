@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.cluster.conftest import ClusterDb, query, write_cluster_config
-from tests.conftest import Daemon, stop_daemon, toml_value, wait_for
-from tests.integration.test_notifications import Receiver, verify, webhook
+from tests.cluster.conftest import ClusterDb, notifying_cluster_config, query
+from tests.conftest import Daemon, stop_daemon, wait_for
+from tests.integration.test_notifications import Receiver, verify
 
 
 def hourly() -> dict[str, object]:
@@ -39,19 +39,14 @@ def execute(db: ClusterDb, text: str) -> None:
         conn.execute(sql.SQL(text).format(s=sql.Identifier(db.schema)))  # type: ignore[arg-type]
 
 
-def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str, job: dict[str, object]) -> Path:
-    path = write_cluster_config(folder, db, {"report": job}, node=name)
-    lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in webhook(receiver).items())]
-    path.write_text(path.read_text() + "\n".join(lines) + "\n")
-    return path
-
-
 def test_a_missed_occurrence_is_one_skipped_row_with_its_notification_written_atomically(
     launch: Callable[[Path], Daemon], short_dir: Path, cluster_db: ClusterDb, hook: Receiver
 ) -> None:
     hook.start()
     job = hourly()
-    first = launch(node_config(short_dir / "boot", cluster_db, hook, "boot", job))  # creates the schema
+    first = launch(
+        notifying_cluster_config(short_dir / "boot", cluster_db, hook, "boot", {"report": job})
+    )  # creates the schema
     stop_daemon(first)
     # The job last fired 65 minutes ago: its next time, 5 minutes ago, is outside the catch-up window.
     execute(
@@ -61,7 +56,10 @@ def test_a_missed_occurrence_is_one_skipped_row_with_its_notification_written_at
     )
     for statement in REFUSE.strip().split(";\n"):
         execute(cluster_db, statement)
-    nodes = [launch(node_config(short_dir / name, cluster_db, hook, name, job)) for name in ("a", "b")]
+    nodes = [
+        launch(notifying_cluster_config(short_dir / name, cluster_db, hook, name, {"report": job}))
+        for name in ("a", "b")
+    ]
 
     wait_for(
         lambda: any("outbox refused by the test" in d.log() for d in nodes),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cluster.conftest import ClusterDb, query, write_cluster_config
-from tests.conftest import Daemon, toml_value, wait_for
-from tests.integration.test_notifications import Receiver, verify, webhook
+from tests.cluster.conftest import ClusterDb, notifying_cluster_config, query
+from tests.conftest import Daemon, wait_for
+from tests.integration.test_notifications import Receiver, verify
 
 FAILING = {
     "command": ["sh", "-c", "exit 3"],
@@ -16,20 +16,12 @@ FAILING = {
 }
 
 
-def node_config(folder: Path, db: ClusterDb, receiver: Receiver, name: str) -> Path:
-    path = write_cluster_config(folder, db, {"report": FAILING}, node=name)
-    channel = webhook(receiver)
-    lines = ["", "[notify.chat]", *(f"{k} = {toml_value(v)}" for k, v in channel.items())]
-    path.write_text(path.read_text() + "\n".join(lines) + "\n")
-    return path
-
-
 def test_two_nodes_running_one_failing_job_send_one_episodes_messages(
     launch: Callable[[Path], Daemon], short_dir: Path, cluster_db: ClusterDb, hook: Receiver
 ) -> None:
     hook.start()
     for name in ("a", "b"):
-        launch(node_config(short_dir / name, cluster_db, hook, name))
+        launch(notifying_cluster_config(short_dir / name, cluster_db, hook, name, {"report": FAILING}))
 
     def failed_on_both() -> bool:
         rows = query(cluster_db, "SELECT node, count(*) AS n FROM {s}.runs WHERE state = 'failed' GROUP BY node")
