@@ -310,7 +310,11 @@ def _new_session(addresses: AddressPolicy, trusted: Origin | None) -> aiohttp.Cl
     # No timeouts of aiohttp's own (its defaults: 300 s in all, 30 s to connect): `send` holds
     # every call to one deadline, request_timeout, which also bounds connecting. Without them
     # a call arms one timer, not three.
-    return aiohttp.ClientSession(connector=connector, trust_env=False, timeout=_NO_TIMEOUT)
+    # No cookie jar: each run is a request of its own, and a cookie one receiver set must not
+    # ride along on the next run's call (another task's, perhaps another tenant's).
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, timeout=_NO_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 _NO_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)

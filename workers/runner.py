@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import gc
 import json
 import os
 import queue
@@ -295,6 +296,15 @@ class Channel:
         threading.Timer(2.0, os._exit, args=(EXIT_SUPERVISOR_GONE,)).start()
 
 
+def _freeze_loaded_objects() -> None:
+    """Move what loading the target made (modules, the http client's classes and tables) out
+    of the cyclic collector's view: it stays for the worker's life, and a full collection
+    would otherwise walk all of it again and again while runs are in flight (15 to 40 ms a
+    pass under an http burst, every run waiting). No collection first: it would delay the
+    worker's `hello` by as much, and what it could free is a few import-time cycles."""
+    gc.freeze()
+
+
 def main() -> int:
     """Entry point of `python -m supervise.workers`; returns the process exit code."""
     env = WorkerEnv.from_environ(os.environ)
@@ -329,11 +339,13 @@ def main() -> int:
             leases = RunLeases(cancel=runs.expire, running=runs.has)
             channel.on_run, channel.on_cancel = _leased(runs.start, leases), runs.cancel
             channel.on_lease = leases.renew
+            _freeze_loaded_objects()
             channel.send("hello", pid=os.getpid())
             ctx.wait_cancelled()
             leases.close()
             runs.close()
             return EXIT_SUPERVISOR_GONE if channel.supervisor_lost.is_set() else 0
+        _freeze_loaded_objects()
         channel.send("hello", pid=os.getpid())
         try:
             call_target(target, ctx, {})

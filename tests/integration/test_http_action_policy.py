@@ -46,6 +46,8 @@ class Server:
                     return
                 body = f"hello from {host}".encode()
                 self.send_response(200)
+                if self.path.startswith("/set-cookie"):
+                    self.send_header("Set-Cookie", "session=from-an-earlier-run; Path=/")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -323,3 +325,26 @@ def test_a_run_through_the_daemon_may_not_redirect_the_action(
     ok = finished(d.client.call("run", name="hook")["run_id"])
     assert ok["state"] == "succeeded"
     assert [path for _, path, _ in server.seen] == ["/configured"]  # the configured call only
+
+
+def test_a_cookie_one_run_received_is_not_sent_by_the_next(
+    daemon_factory: Callable[..., Any], servers: Callable[[str], Server]
+) -> None:
+    from tests.conftest import wait_for
+
+    server = servers("127.0.0.1")
+    url = f"http://localhost:{server.port}/set-cookie"  # a host name: no jar keeps a cookie set by an IP address
+    d = daemon_factory({"hook": {"action": "http", "url": url}})
+    d.wait_running_pid("hook")
+
+    def succeeded(run_id: str) -> None:
+        def look() -> bool:
+            runs = d.client.call("runs", name="hook", limit=10)["runs"]
+            return any(r["run_id"] == run_id and r["state"] == "succeeded" for r in runs)
+
+        wait_for(look, what=f"run {run_id} to succeed")
+
+    succeeded(d.client.call("run", name="hook")["run_id"])
+    succeeded(d.client.call("run", name="hook")["run_id"])
+    assert [path for _, path, _ in server.seen] == ["/set-cookie", "/set-cookie"]
+    assert "Cookie" not in server.seen[-1][2]  # the worker's pool keeps no cookie jar
