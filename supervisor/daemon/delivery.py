@@ -24,14 +24,10 @@ import hmac
 import ipaddress
 import json
 import logging
-import smtplib
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin, refusal_error
@@ -45,6 +41,8 @@ from supervise.supervisor.config.notify import (
 from supervise.supervisor.store.base import Notification, NotificationStore
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     import aiohttp
     import jinja2
 
@@ -318,6 +316,11 @@ class Deliverer:
         return session
 
     async def _send_email(self, channel: EmailChannel, n: Notification) -> None:
+        # At the first email: a daemon with no email channel never holds the email package and smtplib.
+        import smtplib
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
         subject = " ".join(self._render(channel.subject, n.payload).split())[:200]
         body = self._render(channel.body, n.payload) if channel.body is not None else str(n.payload.get("text", ""))
         message = EmailMessage()
@@ -370,6 +373,9 @@ async def in_daemon_thread(call: Callable[..., object], *args: object) -> None:
 
 def send_smtp(channel: EmailChannel, message: EmailMessage) -> None:
     """Send one message (blocking: called on the SMTP thread)."""
+    import smtplib
+    import ssl
+
     timeout = channel.timeout_ms / 1000
     context = ssl.create_default_context()
     smtp: smtplib.SMTP
