@@ -128,9 +128,9 @@ def parse_start(args: list[str]) -> dict[str, str] | None:
     target: str | None = None
     rest = iter(args[1:])
     for arg in rest:
-        key, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        key, sep, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if key in choices:
-            value = inline if inline else next(rest, None)
+            value = inline if sep else next(rest, None)
             if value not in choices[key] or key in opts:
                 return None
             opts[key] = value

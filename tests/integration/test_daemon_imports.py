@@ -89,6 +89,7 @@ def test_a_daemon_that_cannot_start_says_what_the_click_command_says(short_dir: 
         ["start", "x.toml", "y.toml"],
         ["start", "x.toml", "--log-level", "loud"],
         ["start", "x.toml", "--log-level"],
+        ["start", "x.toml", "--log-level=", "debug"],
         ["start", "x.toml", "--log-level", "info", "--log-level", "debug"],
         ["start", "--", "x.toml"],
         [],
