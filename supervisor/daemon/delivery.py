@@ -19,8 +19,6 @@ redirect, as the tasks' own calls do.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -74,6 +72,9 @@ class DeliveryError(Exception):
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header's value: `sha256=` and the HMAC-SHA256 of `timestamp + "." + body`."""
+    import hashlib  # at the first signed webhook: `hashlib` and `hmac` initialise OpenSSL's digests
+    import hmac
+
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 

@@ -1,7 +1,8 @@
 """`supervise start CONFIG` runs the daemon without click, and the daemon holds only what it uses.
 
 A daemon keeps every module it imports for as long as it runs: the click command
-line, the email package (notifications by email) and difflib (did-you-mean hints)
+line, the email package (notifications by email), difflib (did-you-mean hints) and
+hashlib/hmac (which initialise OpenSSL's digests: signed webhooks, schedule jitter)
 stay out of one that does not need them.
 """
 
@@ -21,7 +22,7 @@ from tests.conftest import wait_for, write_config
 
 CLICK = "import sys; from supervise.supervisor.cli.main import main; sys.exit(main())"
 FAST = "import sys; from supervise.supervisor.cli.fast import main; sys.exit(main())"
-NOT_IN_A_DAEMON = ("click", "email", "smtplib", "difflib")
+NOT_IN_A_DAEMON = ("click", "email", "smtplib", "difflib", "hashlib", "_hashlib", "hmac", "secrets")
 
 
 def _imported(importtime_stderr: str) -> set[str]:
@@ -33,7 +34,7 @@ def _imported(importtime_stderr: str) -> set[str]:
     }
 
 
-def test_a_daemon_without_notification_channels_imports_neither_click_nor_email(short_dir: Path) -> None:
+def test_a_plain_daemon_imports_no_click_email_difflib_or_hashlib(short_dir: Path) -> None:
     config = write_config(short_dir, {"web": {"command": ["sleep", "1000"]}})
     err_path = short_dir / "daemon.err"
     with open(err_path, "wb") as err:
