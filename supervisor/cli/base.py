@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from enum import IntEnum
 from typing import Any
 
 import click
 
 from supervise.protocol.version import VERSION
+from supervise.supervisor.cli.exits import Exit as Exit  # re-exported: every command module takes it from here
 
 DEFAULT_CONFIG = "supervise.toml"
-
-
-class Exit(IntEnum):
-    OK = 0
-    FAILED = 1  # the command was refused, or a config is invalid (`check`)
-    USAGE = 2  # bad command line (click's own code)
-    UNREACHABLE = 3  # no supervisor answered at the endpoint
-    CONFIG = 78  # EX_CONFIG: the daemon cannot start with this config; don't restart it in a loop
 
 
 class CliError(click.ClickException):

@@ -1,4 +1,4 @@
-"""The `supervise` entry point: `status` answered before click and the other commands load.
+"""The `supervise` entry point: `status` and the daemon's `start` run before click and the other commands load.
 
 Monitoring runs `supervise status` over and over, and most of its time went to
 importing: click, every command module, the config loader. Here a plain
@@ -7,6 +7,10 @@ the client and the table renderer, makes one round trip and prints exactly what
 the click command prints. Anything else (another command, `--help`, CURVE keys,
 a tcp:// endpoint, an option this parser does not know, a config it cannot read
 cheaply) goes to the click command line, unchanged.
+
+`start CONFIG.toml` (the daemon, with at most `--log-level` and `--log-format`)
+is read here too, and the daemon runs without click ever imported
+(`cli.serve`): a daemon keeps what it imports for as long as it runs.
 """
 
 from __future__ import annotations
@@ -110,9 +114,62 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def parse_start(args: list[str]) -> dict[str, str] | None:
+    """The options of `start ARGS` when they run the daemon and this parser is sure of them; None to leave
+    them to click (a service of a running daemon, `--help`, an option it does not know, a bad value)."""
+    from supervise.supervisor.cli.serve import LOG_FORMATS, LOG_LEVELS
+
+    if not args or args[0] != "start":
+        return None
+    if os.environ.get("SUPERVISE_CURVE_KEY") or os.environ.get("SUPERVISE_SERVER_KEY"):
+        return None  # click checks their files
+    choices = {"--log-level": LOG_LEVELS, "--log-format": LOG_FORMATS}
+    opts: dict[str, str] = {}
+    target: str | None = None
+    rest = iter(args[1:])
+    for arg in rest:
+        key, sep, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if key in choices:
+            value = inline if sep else next(rest, None)
+            if value not in choices[key] or key in opts:
+                return None
+            opts[key] = value
+        elif arg.startswith("-") or target is not None:
+            return None
+        else:
+            target = arg
+    # As the click command decides: a TOML file (or any existing file) is a config; anything else a service.
+    if target is not None and not (target.endswith(".toml") or os.path.isfile(target)):
+        return None
+    return {
+        "path": target or DEFAULT_CONFIG,
+        "log_level": opts.get("--log-level", "info"),
+        "log_format": opts.get("--log-format", "text"),
+    }
+
+
+def fast_start(args: list[str]) -> int | None:
+    """Run the daemon of `supervise start ...` here (it returns only on an error, with its exit code),
+    or None when click must handle the command line."""
+    opts = parse_start(args)
+    if opts is None:
+        return None
+    from supervise.supervisor.cli.serve import StartFailed, run_daemon
+
+    try:
+        run_daemon(opts["path"], opts["log_level"], opts["log_format"])
+    except StartFailed as e:
+        return _error(e.message, e.code)
+    except (EOFError, KeyboardInterrupt):  # as click: ^C before the daemon handles its signals
+        sys.stderr.write("\nAborted!\n")
+        return FAILED
+
+
 def main() -> None:
-    """`supervise`: `status` at once, everything else through click (`cli.main.main`)."""
+    """`supervise`: `status` and the daemon at once, everything else through click (`cli.main.main`)."""
     code = fast_status(sys.argv[1:])
+    if code is None:
+        code = fast_start(sys.argv[1:])
     if code is not None:
         sys.exit(code)
     from supervise.supervisor.cli.main import main as click_main

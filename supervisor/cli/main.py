@@ -7,9 +7,6 @@ exit code from `Exit`, in one place (`main`).
 
 from __future__ import annotations
 
-import gc
-import logging
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,15 +24,16 @@ from supervise.supervisor.cli.base import (
     client_options,
     json_option,
 )
+from supervise.supervisor.cli.serve import LOG_FORMATS, LOG_LEVELS, StartFailed, run_daemon, serve
 
 
 @cli.command()
 @click.argument("target", required=False)
 @click.option("--all", "all_", is_flag=True, help="start every service of a running supervisor")
 @client_options
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="info", type=click.Choice(LOG_LEVELS))
 @click.option(
-    "--log-format", default="text", type=click.Choice(["text", "json"]), help="the daemon's own log: text or JSON lines"
+    "--log-format", default="text", type=click.Choice(LOG_FORMATS), help="the daemon's own log: text or JSON lines"
 )
 @json_option
 def start(
@@ -66,83 +64,24 @@ def start(
 
 
 def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn:
-    from supervise.supervisor.config.loader import load_config
-    from supervise.supervisor.core.errors import ConfigError
-
-    # Start-up builds what the daemon keeps (the config, each service and its worker) and frees
-    # little: the cyclic collector would walk the growing heap again and again for nothing (4 %
-    # of a cold start of 2 000 services). It is on again once start-up is frozen (`_serve`).
-    gc.disable()
     try:
-        config = load_config(path)
-    except ConfigError as e:
-        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
-    _serve(config, log_level, log_format)
+        run_daemon(path, log_level, log_format)
+    except StartFailed as e:
+        raise CliError(e.message, e.code) from None
 
 
 def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
     """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
-    import asyncio
-
-    from supervise.supervisor.core.errors import AlreadyRunning, ConfigError
-    from supervise.supervisor.daemon.descriptors import raise_open_files_limit
-    from supervise.supervisor.daemon.logformat import configure_logging
-    from supervise.supervisor.daemon.manager_notify import ManagerNotifier
-    from supervise.supervisor.daemon.supervisor import Supervisor
-    from supervise.supervisor.store.base import NodeNameTaken, StoreError
-
-    configure_logging(log_level, log_format)
-    for problem in config.warnings:
-        logging.getLogger("supervise").warning("%s", problem.render(config.source))
-    before, after = raise_open_files_limit()  # connections cost descriptors; docs/security.md
-    if after != before:
-        logging.getLogger("supervise").debug("open files limit raised from %d to %d", before, after)
-    supervisor = Supervisor(config, handle_signals=True)
-    manager = ManagerNotifier.from_environ()  # under systemd (Type=notify): before any worker inherits it
-
-    def running_status() -> str:
-        services: Any = supervisor.status()["services"]
-        states = [s["state"] for s in services]
-        return f"{states.count('RUNNING')} of {len(states)} services running"
-
-    async def run() -> None:
-        try:
-            await supervisor.start()
-        except BaseException:
-            gc.enable()
-            raise
-        # What start-up built (modules, config, services) lives as long as the daemon: moved out
-        # of the cyclic collector's sight, a full collection no longer walks it (40 ms with 2 000
-        # services, in the middle of a `status`). The daemon only: an embedding program decides its own.
-        gc.collect()
-        gc.freeze()
-        gc.enable()
-        told = None
-        if manager is not None:
-            told = asyncio.create_task(manager.serve(supervisor.startup_settled, running_status))
-        try:
-            await supervisor.serve_forever()
-        finally:
-            if told is not None:
-                told.cancel()
-
     try:
-        asyncio.run(run())
-    except AlreadyRunning as e:
-        raise CliError(str(e)) from None
-    except ConfigError as e:
-        raise CliError(f"config error:\n{e}", Exit.CONFIG) from None
-    except NodeNameTaken as e:
-        raise CliError(str(e), Exit.CONFIG) from None
-    except StoreError as e:  # the history or cluster database cannot be opened
-        raise CliError(f"cannot start: {e}") from None
-    sys.exit(Exit.FAILED if supervisor.forced_stop else Exit.OK)
+        serve(config, log_level, log_format)
+    except StartFailed as e:
+        raise CliError(e.message, e.code) from None
 
 
 @cli.command(name="run-service")
 @click.argument("name")
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=DEFAULT_CONFIG, show_default=True)
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="info", type=click.Choice(LOG_LEVELS))
 def run_service(name: str, config: str, log_level: str) -> None:
     """Run exactly one service of a config in the foreground, with its own supervisor.
 

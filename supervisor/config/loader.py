@@ -10,7 +10,6 @@ is docs/config.md.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
@@ -475,6 +474,8 @@ def _check_security(table: Mapping[str, object], values: dict[str, Any], path: K
 
 
 def _unknown_key(key: str, known: Sequence[str] | Mapping[str, object]) -> str:
+    import difflib  # only for this message: not held by every daemon
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f'unknown key; did you mean "{close[0]}"?' if close else "unknown key"
 

@@ -8,7 +8,6 @@ Pure: no I/O, no clock. Every datetime returned is aware and in UTC.
 
 from __future__ import annotations
 
-import difflib
 import heapq
 import re
 from collections.abc import Callable, Iterator
@@ -134,6 +133,8 @@ def load_zone(name: str) -> ZoneInfo:
         pass
     known = available_timezones()
     folded = {k.lower(): k for k in known}
+    import difflib  # only for this message: not held by every daemon
+
     guess = folded.get(name.lower()) or next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)
     hint = f'; did you mean "{guess}"?' if guess else ' (use an IANA name such as "Europe/Berlin" or "UTC")'
     raise ValueError(f'unknown time zone "{name}"{hint}')

@@ -6,7 +6,6 @@ Pure: no I/O, no clock; `now` is an argument and jitter is a hash, not a dice ro
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -211,6 +210,8 @@ def jitter_ms(
     bound = jitter_ms if cap_ms is None else min(jitter_ms, cap_ms)
     if bound <= 0:
         return 0
+    import hashlib  # here, not at the top: `hashlib` initialises OpenSSL, and few schedules have jitter
+
     when = "fixed" if mode is JitterMode.FIXED else str((nominal - _EPOCH) // timedelta(microseconds=1))
     digest = hashlib.blake2b(f"{schedule_id}\x00{when}".encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "big") * bound) >> 64

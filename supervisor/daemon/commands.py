@@ -8,7 +8,6 @@ docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +107,8 @@ def _wire_type(value: object) -> str:
 
 
 def _did_you_mean(word: str, choices: Mapping[str, object] | list[str]) -> str:
+    import difflib  # only for this message: not held by every daemon
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f'; did you mean "{close[0]}"?' if close else ""
 

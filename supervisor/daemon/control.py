@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
@@ -218,7 +218,7 @@ class ControlServer:
         except SuperviseError as e:
             reply = self._error_reply(e, request_id)
         except Exception:
-            ref = secrets.token_hex(3)
+            ref = os.urandom(3).hex()
             log.exception("internal error (ref %s) in command %s", ref, command.name)
             reply = encode_error(request_id, ErrorCode.INTERNAL, f"internal error (ref {ref}); see supervise log")
         self._send(envelope, reply)

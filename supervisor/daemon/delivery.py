@@ -19,19 +19,13 @@ redirect, as the tasks' own calls do.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
-import smtplib
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any
 
 from supervise.protocol.url_policy import AddressPolicy, UrlRefused, check_url, origin, refusal_error
@@ -45,6 +39,8 @@ from supervise.supervisor.config.notify import (
 from supervise.supervisor.store.base import Notification, NotificationStore
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     import aiohttp
     import jinja2
 
@@ -76,6 +72,9 @@ class DeliveryError(Exception):
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header's value: `sha256=` and the HMAC-SHA256 of `timestamp + "." + body`."""
+    import hashlib  # at the first signed webhook: `hashlib` and `hmac` initialise OpenSSL's digests
+    import hmac
+
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
@@ -318,6 +317,11 @@ class Deliverer:
         return session
 
     async def _send_email(self, channel: EmailChannel, n: Notification) -> None:
+        # At the first email: a daemon with no email channel never holds the email package and smtplib.
+        import smtplib
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
         subject = " ".join(self._render(channel.subject, n.payload).split())[:200]
         body = self._render(channel.body, n.payload) if channel.body is not None else str(n.payload.get("text", ""))
         message = EmailMessage()
@@ -370,6 +374,9 @@ async def in_daemon_thread(call: Callable[..., object], *args: object) -> None:
 
 def send_smtp(channel: EmailChannel, message: EmailMessage) -> None:
     """Send one message (blocking: called on the SMTP thread)."""
+    import smtplib
+    import ssl
+
     timeout = channel.timeout_ms / 1000
     context = ssl.create_default_context()
     smtp: smtplib.SMTP

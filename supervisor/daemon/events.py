@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import secrets
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -54,7 +54,7 @@ class EventLog:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.instance = secrets.token_hex(4)  # tells a subscriber that seq restarted with a new supervisor
+        self.instance = os.urandom(4).hex()  # tells a subscriber that seq restarted with a new supervisor
         self.seq = 0
         self.published = 0
         self.dropped = 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ class ObservationJournal:
         self.directory = directory
         # Named so that the names sort as the starts came (the time first), whatever the file system's
         # timestamp resolution: two starts within one tick of it must not swap.
-        self.journal = f"{time.time_ns():016x}-{secrets.token_hex(4)}"
+        self.journal = f"{time.time_ns():016x}-{os.urandom(4).hex()}"
         self.path = directory / f"notify-{self.journal}.journal"
         self._fd: int | None = None
         self._seq = 0

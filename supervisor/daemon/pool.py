@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -132,7 +131,7 @@ class WorkerPool:
         self._base_dir = base_dir
         self._guard = guard
         self._hooks = hooks
-        self._instance = secrets.token_hex(8)  # this supervisor incarnation, told to its workers
+        self._instance = os.urandom(8).hex()  # this supervisor incarnation, told to its workers
         self._environ = EnvironCopy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: Inbox | None = None
@@ -170,7 +169,7 @@ class WorkerPool:
     def spawn(self, svc: ServiceRuntime, incarnation: int) -> core.Event:
         """Start `svc`'s worker; the event to feed its state machine (spawned, or the spawn failed)."""
         assert self._loop is not None
-        svc.token = secrets.token_hex(16)
+        svc.token = os.urandom(16).hex()
         svc.worker_id = f"{svc.name}/{incarnation}"
         svc.worker_id_bytes = svc.worker_id.encode()
         svc.heartbeat_frame = encode_worker_message("heartbeat", token=svc.token)
@@ -192,7 +191,7 @@ class WorkerPool:
         `fence_until`, the orphan guard kills its process group at that time (a leased run)."""
         assert self._loop is not None
         svc = self._services[name]
-        svc.token = svc.token or secrets.token_hex(16)
+        svc.token = svc.token or os.urandom(16).hex()
         svc.worker_id = svc.worker_id or f"{name}/run"
         request = self._request(svc)
         request = replace(request, env={**request.env, **env})
