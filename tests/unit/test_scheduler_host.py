@@ -241,7 +241,7 @@ def test_the_pending_window_refills_while_the_writer_is_busy_with_other_writes(
         assert await scheduler.written()
         s = scheduler._schedules["job"]
         with store.store._lock:  # the writer stalls on the runs' state changes from here on
-            scheduler._arm_window()
+            scheduler._oneshots.arm()
             await until(lambda: len(s.active) + s.queue.depth == count, "every pending run, the store's too, to fire")
             assert store.pending > 0
 
