@@ -1,13 +1,12 @@
-"""The shell part of scheduling: one timer per schedule, and the commands on schedules.
+"""The scheduler: the schedules of the supervisor's scheduled services, and the commands on them.
 
-Decisions come from the pure modules (`triggers`, `policies`, `runs`); this
-class reads the wall clock, arms one timer per schedule, fires its occurrences
-(catching up on times missed) and answers the commands. It composes the parts
-that do the rest: `RunDispatcher` takes each occurrence to its final state
-(run_dispatch.py), `PendingOneshots` holds the window of pending one-shots
-(oneshots.py), `LostRuns` decides what becomes of lost runs (lost_runs.py),
-`RunLeases` claims runs in cluster mode (run_leases.py), and `run_views.py`
-is what is read of a schedule.
+What the rest of the daemon calls (the control commands, the worker channel,
+the cluster agent). It composes the parts that do the work: `Firing` arms one
+timer per schedule and fires its occurrences (firing.py), `RunDispatcher` takes
+each to its final state (run_dispatch.py), `PendingOneshots` holds the window of
+pending one-shots (oneshots.py), `LostRuns` decides what becomes of lost runs
+(lost_runs.py), `RunLeases` claims runs in cluster mode (run_leases.py), and
+`run_views.py` is what is read of a schedule. Decisions come from the pure core.
 """
 
 from __future__ import annotations
@@ -22,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 from supervise.protocol.errors import ErrorCode, ProtocolError
 from supervise.supervisor.config.schedule import ScheduleConfig
 from supervise.supervisor.core.lateness import LatenessHistogram
-from supervise.supervisor.core.policies import decide_catchup, jitter_ms
-from supervise.supervisor.core.runs import Run, RunOrigin, RunState, SkipReason, new_run, transition
+from supervise.supervisor.core.runs import Run, RunOrigin, RunState, new_run, transition
 from supervise.supervisor.daemon import run_leases, run_views
+from supervise.supervisor.daemon.firing import Firing
 from supervise.supervisor.daemon.lost_runs import LostRuns
 from supervise.supervisor.daemon.oneshots import PendingOneshots, new_oneshot
 from supervise.supervisor.daemon.ports import HeldElsewhere
 from supervise.supervisor.daemon.run_dispatch import RunDispatcher
 from supervise.supervisor.daemon.run_leases import RunLeases
 from supervise.supervisor.daemon.run_views import run_to_dict
-from supervise.supervisor.daemon.schedules import FIRE_AHEAD_S, IN_FLIGHT, MAX_TIMER_S, WAITING, Schedule
+from supervise.supervisor.daemon.schedules import IN_FLIGHT, WAITING, Schedule
 from supervise.supervisor.store.base import StoreError
 from supervise.supervisor.store.queued import QueuedStore
 
@@ -44,11 +43,8 @@ log = logging.getLogger("supervise.scheduler")
 PRUNE_EVERY_S = 3600.0
 WRITE_BACKLOG = 5000  # queued store writes beyond which `schedule` waits for the writer
 BACKLOG_WAIT_S = 30.0
-SKIPPED_LOOKED_AT = 50  # a skip refused as a duplicate: the latest skipped rows searched for the same occurrence
-OCCURRENCE_RETRIES = 6  # cluster mode: an occurrence the store refused is tried again 6 times (0.5 s .. 16 s)
-OCCURRENCE_RETRY_S = 0.5
 
-__all__ = ["FIRE_AHEAD_S", "Scheduler", "run_to_dict"]  # run_to_dict: where the composition root imports it
+__all__ = ["Scheduler", "run_to_dict"]  # run_to_dict: where the composition root imports it
 
 
 class Scheduler:
@@ -79,9 +75,10 @@ class Scheduler:
             self._schedules,
             leases=RunLeases(leases) if leases is not None else None,
             lost=self._lost,
-            rearm=self._arm,
+            rearm=lambda s: self._firing.arm(s),
             room_freed=lambda name: self._oneshots.room_freed(name),
         )
+        self._firing = Firing(host, store, self._runs, self._schedules, clustered=leases is not None)
         self._oneshots = PendingOneshots(self._runs, store, leases=leases)
         self.lateness: dict[str, LatenessHistogram] = self._runs.lateness  # per service: how late its runs started
 
@@ -99,7 +96,7 @@ class Scheduler:
         s = self._schedules[name]
         for run in self._unrecovered.pop(name, []):
             self._lost.recover(s, run, self._now())
-        self._arm(s)
+        self._firing.arm(s)
         if self._loop is not None:
             self._runs.refill_queue(s)
             self._runs.drain(s)
@@ -124,6 +121,7 @@ class Scheduler:
         """Recover runs lost with a previous supervisor, catch up, and arm every schedule."""
         self._loop = asyncio.get_running_loop()
         self._runs.start(self._loop)
+        self._firing.start(self._loop)
         self._oneshots.start(self._loop)
         now = self._now()
         # In cluster mode other nodes' runs are in flight in this store: runs of a dead node are
@@ -140,8 +138,8 @@ class Scheduler:
             if s.config.trigger.kind == "on_start":
                 s.state = replace(s.state, runs_so_far=0, last_fired=None)  # once per supervisor start
             elif not s.state.paused:
-                self._catch_up(s, now)
-            self._arm(s)
+                self._firing.catch_up(s, now)
+            self._firing.arm(s)
             self._runs.drain(s)
         self._prune()
 
@@ -162,145 +160,13 @@ class Scheduler:
         if self._prune_timer is not None:
             self._prune_timer.cancel()
         self._oneshots.close()
-        for s in self._schedules.values():
-            if s.timer is not None:
-                s.timer.cancel()
+        self._firing.close()
         self._runs.close()
 
     def _now(self) -> datetime:
         return self._host.wall()
 
     # -- firing -------------------------------------------------------------
-
-    def _catch_up(self, s: Schedule, now: datetime) -> None:
-        last = s.state.last_fired
-        if last is not None:
-            self._decide_missed(s, self._due_after(s, last, now), now)
-
-    def _due_after(self, s: Schedule, after: datetime, now: datetime) -> list[datetime]:
-        """The schedule's times in (after, now]."""
-        return [t for t in s.config.trigger.fires_between(after, now, 1000) if after < t <= now]
-
-    def _decide_missed(self, s: Schedule, missed: list[datetime], now: datetime) -> None:
-        """Times that passed without firing: the catch-up policy runs some and records the rest skipped."""
-        if not missed:
-            return
-        decision = decide_catchup(
-            missed,
-            now=now,
-            policy=s.config.catchup,
-            window_ms=s.config.catchup_window_ms,
-            max_catchup=s.config.max_catchup,
-        )
-        for nominal, reason in decision.skipped:
-            self._record_skip(s, nominal, RunOrigin.CATCHUP, reason, now)
-        for nominal in decision.run:
-            self._runs.occur(s, nominal, RunOrigin.CATCHUP)
-        self._remember_fired(s, missed[-1])
-
-    def _arm(self, s: Schedule) -> None:
-        if s.timer is not None:
-            s.timer.cancel()
-            s.timer = None
-        if s.state.paused or self._loop is None:
-            s.next_nominal = s.next_at = None
-            return
-        now = self._now()
-        after = max(now, s.state.last_fired) if s.state.last_fired else now
-        nominal = s.config.trigger.next_fire(after, runs_so_far=s.state.runs_so_far, last_finished=s.last_finished)
-        if nominal is not None and s.state.last_fired is None and nominal < now:
-            nominal = None
-        s.next_nominal = nominal
-        if nominal is None:
-            s.next_at = None
-            return
-        s.next_at = nominal + timedelta(milliseconds=self._jitter(s, nominal))
-        ahead = FIRE_AHEAD_S if s.python else 0.0
-        delay = min(MAX_TIMER_S, max(0.0, (s.next_at - now).total_seconds() - ahead))
-        s.timer = self._loop.call_later(delay, self._on_timer, s)
-
-    def _jitter(self, s: Schedule, nominal: datetime) -> int:
-        if s.config.jitter_ms <= 0:
-            return 0
-        return jitter_ms(s.name, nominal, s.config.jitter_ms, None)
-
-    def _on_timer(self, s: Schedule) -> None:
-        s.timer = None
-        now = self._now()
-        early = FIRE_AHEAD_S if s.python else 0.0
-        if s.next_at is None or s.next_nominal is None or now < s.next_at - timedelta(seconds=early):
-            self._arm(s)  # woke early (the timer is capped) or the clock moved: look again
-            return
-        if now < s.next_at and (s.active or s.queue.depth or s.buffered):
-            # Ahead of time, but the overlap policy must see what is still running at the time itself.
-            assert self._loop is not None
-            s.timer = self._loop.call_later((s.next_at - now).total_seconds(), self._on_timer, s)
-            return
-        nominal = s.next_nominal
-        # Woken after later times too (a starved event loop, a suspended host): those were
-        # missed, and the catch-up policy decides them as after a restart, so each time gets a
-        # row; in cluster mode each row is unique per time, whichever node writes it first.
-        overdue = self._due_after(s, nominal, now) if now > nominal else []
-        try:
-            if s.state.skip_next:
-                self._remember_fired(s, nominal)
-                s.state = replace(s.state, skip_next=False)
-                self._store.put_schedule_state(s.name, s.state)
-                self._record_skip(s, nominal, RunOrigin.SCHEDULE, SkipReason.USER_SKIP, now)
-                self._decide_missed(s, overdue, now)
-            elif overdue:
-                self._decide_missed(s, [nominal, *overdue], now)
-            else:
-                self._remember_fired(s, nominal)
-                self._runs.occur(s, nominal, RunOrigin.SCHEDULE)
-        except StoreError as e:
-            if self._leases is not None:  # cluster mode: try again; whichever node gets through inserts it once
-                self._retry_occurrence(s, nominal, 1, e)
-            else:  # a shared store unreachable: this occurrence is lost, the next ones are not
-                log.error("%s: could not record the occurrence at %s: %s", s.name, nominal.isoformat(), e)
-        finally:
-            self._arm(s)
-
-    def _retry_occurrence(self, s: Schedule, nominal: datetime, tries: int, error: StoreError) -> None:
-        """Cluster mode: the store was unreachable when `nominal` fired; insert it again in
-        OCCURRENCE_RETRY_S, doubling, OCCURRENCE_RETRIES times (the occurrence is unique, so a
-        node that got through first makes this a no-op)."""
-        if tries > OCCURRENCE_RETRIES or self._loop is None or s.name not in self._schedules:
-            log.error("%s: could not record the occurrence at %s: %s; given up", s.name, nominal.isoformat(), error)
-            return
-        log.warning("%s: could not record the occurrence at %s (%s); trying again", s.name, nominal.isoformat(), error)
-
-        def again() -> None:
-            try:
-                self._runs.occur(s, nominal, RunOrigin.SCHEDULE)
-            except StoreError as e:
-                self._retry_occurrence(s, nominal, tries + 1, e)
-
-        self._loop.call_later(OCCURRENCE_RETRY_S * 2 ** (tries - 1), again)
-
-    def _remember_fired(self, s: Schedule, nominal: datetime) -> None:
-        s.state = replace(s.state, last_fired=nominal)
-        self._store.put_schedule_state(s.name, s.state)
-
-    def _record_skip(
-        self, s: Schedule, nominal: datetime | None, origin: RunOrigin, reason: SkipReason, now: datetime
-    ) -> Run:
-        run = new_run(s.name, at=now, nominal_time=nominal, origin=origin)
-        run = transition(run, RunState.SKIPPED, at=now, reason=str(reason))
-        detail = {"run_id": run.run_id, "reason": str(reason)}
-        if not self._store.shared or self._loop is None:
-            with self._store.together():
-                if self._store.insert_run(run):
-                    self._host.publish(s.name, "run_skipped", detail)
-            return run
-        # On a shared store another supervisor may have recorded this occurrence first: the row,
-        # its notifications and its event are the winner's (docs/notifications.md).
-        with self._store.together():
-            self._store.insert_first(
-                run, won=self._runs.on_loop(lambda: self._host.publish(s.name, "run_skipped", detail))
-            )
-            self._host.notice(s.name, "run_skipped", detail)
-        return run
 
     # -- what the worker channel and the supervisor tell us ----------------------
 
@@ -443,47 +309,16 @@ class Scheduler:
         return run
 
     def pause(self, name: str) -> None:
-        s = self._require(name)
-        s.state = replace(s.state, paused=True)
-        self._store.put_schedule_state(name, s.state)
-        self._arm(s)
+        """No more fires of `name` until `resume` (runs in flight go on)."""
+        self._firing.pause(self._require(name))
 
     def resume(self, name: str) -> None:
-        s = self._require(name)
-        # Times missed while paused are not run (resume: skip_missed): fire from now on.
-        s.state = replace(s.state, paused=False, last_fired=self._now())
-        self._store.put_schedule_state(name, s.state)
-        self._arm(s)
+        """Fire `name` again, from now on: times missed while paused are not run."""
+        self._firing.resume(self._require(name))
 
     def skip_next(self, name: str) -> str | None:
-        s = self._require(name)
-        if self._store.shared and s.next_nominal is not None:
-            return self._skip_shared(s, s.next_nominal)
-        s.state = replace(s.state, skip_next=True)
-        self._store.put_schedule_state(name, s.state)
-        return s.next_nominal.isoformat() if s.next_nominal else None
-
-    def _skip_shared(self, s: Schedule, nominal: datetime) -> str:
-        """On a shared store (cluster mode): the occurrence is recorded `skipped` now, under its
-        unique key, so whichever supervisor fires it finds it taken and does not run it."""
-        now = self._now()
-        run = transition(
-            new_run(s.name, at=now, nominal_time=nominal, origin=RunOrigin.SCHEDULE),
-            RunState.SKIPPED,
-            at=now,
-            reason=str(SkipReason.USER_SKIP),
-        )
-        if self._store.insert_run(run):
-            self._host.publish(s.name, "run_skipped", {"run_id": run.run_id, "reason": str(SkipReason.USER_SKIP)})
-            return nominal.isoformat()
-        skipped = self._store.list_runs(s.name, states={RunState.SKIPPED}, limit=SKIPPED_LOOKED_AT)
-        if any(r.nominal_time == nominal and r.reason == str(SkipReason.USER_SKIP) for r in skipped):
-            return nominal.isoformat()  # skipped already (through this node or another)
-        raise ProtocolError(
-            ErrorCode.CONFLICT,
-            f"skip: the occurrence of {s.name} at {nominal.isoformat()} is already recorded (fired by a supervisor "
-            "sharing the store); nothing skipped",
-        )
+        """Skip the next occurrence of `name`; returns its time (ISO 8601), if it has one."""
+        return self._firing.skip_next(self._require(name))
 
     def next_fires(self, name: str, count: int) -> list[str]:
         """The next `count` fire times of `name` by its trigger (ISO 8601)."""
