@@ -210,8 +210,7 @@ class Firing:
         self.arm(s)
 
     def resume(self, s: Schedule) -> None:
-        """Fire `s` again, from now on."""
-        # Times missed while paused are not run (resume: skip_missed): fire from now on.
+        """Fire `s` again. Times missed while paused are not run (resume: skip_missed): fire from now on."""
         s.state = replace(s.state, paused=False, last_fired=self._now())
         self._store.put_schedule_state(s.name, s.state)
         self.arm(s)

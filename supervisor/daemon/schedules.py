@@ -1,6 +1,6 @@
 """A scheduled service as the scheduler holds it: its timer, its runs in flight, its queue.
 
-The data the scheduler's parts share (firing in `scheduler.py`, runs in
+The data the scheduler's parts share (firing in `firing.py`, runs in
 `run_dispatch.py`, the read-only views in `run_views.py`); the decisions about it
 come from the pure core.
 """
