@@ -88,7 +88,7 @@ class PendingOneshots:
         self._store = store
         self._leases = leases
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
+        self._window = PendingWindow()  # the soonest pending one-shots; the rest are store rows
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: datetime | None = None
         self._refill_timer: asyncio.Handle | None = None
@@ -117,23 +117,20 @@ class PendingOneshots:
         joins the window if it is among the soonest."""
         if not self._store.insert_run(run, barrier=True):
             raise ProtocolError(ErrorCode.CONFLICT, f"run {run.run_id} exists already")
-        if self.window.add(run):
+        if self._window.add(run):
             self.arm()
         elif self._reading:
             self._missed.append(run)
 
     async def add_many(self, runs: list[Run]) -> None:
-        """Several new one-shots. In cluster mode they are inserted with one statement, in a
-        thread: the event loop (and with it the node's renewals) goes on meanwhile."""
-        if self._leases is None:
-            for run in runs:
-                self.add(run)
-            return
+        """Cluster mode: several new one-shots, inserted with one statement, in a thread: the
+        event loop (and with it the node's renewals) goes on meanwhile. ProtocolError if one exists."""
+        assert self._leases is not None, "without a cluster, one-shots are added one by one (`add`)"
         inserted = await asyncio.to_thread(self._leases.insert_waiting, runs)
         clash = next((run.run_id for run in runs if run.run_id not in inserted), None)
         if clash is not None:
             raise ProtocolError(ErrorCode.CONFLICT, f"run {clash} exists already")
-        kept = [self.window.add(run) for run in runs]
+        kept = [self._window.add(run) for run in runs]
         if self._reading:
             self._missed += [run for run, here in zip(runs, kept, strict=True) if not here]
         if any(kept):
@@ -141,11 +138,11 @@ class PendingOneshots:
 
     def get(self, run_id: str) -> Run | None:
         """A one-shot held in the window, or None."""
-        return self.window.get(run_id)
+        return self._window.get(run_id)
 
     def remove(self, run_id: str) -> Run | None:
         """Take a one-shot out of the window (it is being cancelled); None if not held there."""
-        return self.window.remove(run_id)
+        return self._window.remove(run_id)
 
     def room_freed(self, service: str) -> None:
         """A slot of `service` is free and it has no queue: cluster mode claims its due one-shots."""
@@ -154,8 +151,8 @@ class PendingOneshots:
 
     def poll(self) -> None:
         """Cluster mode: read one-shots added through other nodes, and claim those due."""
-        if not len(self.window) and not self._store.pending:
-            self.window.horizon = None
+        if not len(self._window) and not self._store.pending:
+            self._window.horizon = None
             self.load()
         if self._due_claims is not None:
             self._due_claims.poll()
@@ -163,7 +160,7 @@ class PendingOneshots:
     def arm(self) -> None:
         """One timer for the soonest pending run (re-armed when a sooner one is added): at its
         time, or `FIRE_AHEAD_S` before it when a warm worker will start it."""
-        soonest = self.window.soonest
+        soonest = self._window.soonest
         if self._loop is None or soonest is None:
             return
         assert soonest.nominal_time is not None
@@ -185,7 +182,7 @@ class PendingOneshots:
             self._take_due(now, due)
         if due and self._due_claims is not None:
             self._due_claims.due(due)
-        if self.window.wants_more:
+        if self._window.wants_more:
             self._schedule_refill()
         self.arm()
 
@@ -193,7 +190,7 @@ class PendingOneshots:
         """Admit the pending one-shots due by `now` (by FIRE_AHEAD_S later for a warm worker's);
         cluster mode: add their services to `due` instead, to be claimed."""
         ahead_until = now + timedelta(seconds=FIRE_AHEAD_S)
-        for run in self.window.take(now, ahead_until, lambda r: self._host.fires_ahead(r.service)):
+        for run in self._window.take(now, ahead_until, lambda r: self._host.fires_ahead(r.service)):
             if not self._host.has(run.service):
                 continue  # its service is gone: the row stays pending, for when it comes back
             if self._due_claims is not None:
@@ -225,7 +222,7 @@ class PendingOneshots:
         cancel such rows (`unsettled`), not for the stream of state changes of a burst.
         """
         self._refill_timer = None
-        if not self.window.wants_more:
+        if not self._window.wants_more:
             return
         if self._store.unsettled:
             if self._loop is not None:
@@ -235,13 +232,13 @@ class PendingOneshots:
 
     def load(self) -> None:
         """Read the soonest pending runs the window has room for from the store, and arm its timer."""
-        asked = self.window.room
+        asked = self._window.room
         if asked == 0:
             return
         if self._due_claims is not None and self._loop is not None:
             self._load_off_loop(asked)
             return
-        self.window.load(self._store.pending_runs(self.window.horizon, asked), asked)
+        self._window.load(self._store.pending_runs(self._window.horizon, asked), asked)
         self.arm()
 
     def _load_off_loop(self, asked: int) -> None:
@@ -252,7 +249,7 @@ class PendingOneshots:
         if self._reading:
             return
         self._reading = True
-        horizon = self.window.horizon
+        horizon = self._window.horizon
         assert self._loop is not None
 
         async def read() -> None:
@@ -264,12 +261,12 @@ class PendingOneshots:
             finally:
                 self._reading = False
                 missed, self._missed = self._missed, []
-            if self.window.horizon == horizon:
-                self.window.load(runs, asked)
+            if self._window.horizon == horizon:
+                self._window.load(runs, asked)
             for run in missed:
-                self.window.add(run)
+                self._window.add(run)
             self.arm()
-            if self.window.wants_more:
+            if self._window.wants_more:
                 self._schedule_refill()
 
         self._loop.create_task(read())
