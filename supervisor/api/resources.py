@@ -54,7 +54,7 @@ from supervise.supervisor.core.errors import ServiceNotFound
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.commands import resolve
 from supervise.supervisor.daemon.http_guard import IDLE_TIMEOUT_S
-from supervise.supervisor.daemon.scheduler import run_to_dict
+from supervise.supervisor.daemon.run_views import run_to_dict
 from supervise.supervisor.store.routed import RoutedStore
 
 TRIGGER_KINDS = ("every", "cron", "at", "manual")

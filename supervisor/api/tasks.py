@@ -23,7 +23,7 @@ from supervise.supervisor.api.server import PREFIX, ApiError, Call, Reply, not_f
 from supervise.supervisor.api.store import ApiStore, TaskRow, TenantQuotas
 from supervise.supervisor.api.task_notify import TaskNotifier
 from supervise.supervisor.core.runs import FINAL, RunState
-from supervise.supervisor.daemon.scheduler import run_to_dict
+from supervise.supervisor.daemon.run_views import run_to_dict
 
 
 class Core(Protocol):

@@ -287,7 +287,7 @@ def _services(stores: list[Store], names: list[str]) -> list[dict[str, Any]]:
 
 
 def _runs(own: Store | None, shared: Store, names: list[str]) -> list[dict[str, Any]]:
-    from supervise.supervisor.daemon.scheduler import run_to_dict
+    from supervise.supervisor.daemon.run_views import run_to_dict
 
     runs = {run.run_id: run for n in names for run in shared.list_runs(n, limit=_ALL)}
     if own is not None:

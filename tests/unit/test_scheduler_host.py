@@ -20,7 +20,8 @@ from supervise.supervisor.core.pending import PendingWindow
 from supervise.supervisor.core.runs import RunState
 from supervise.supervisor.daemon.ports import ExitCallback, SchedulerHost
 from supervise.supervisor.daemon.processes import Worker
-from supervise.supervisor.daemon.scheduler import FIRE_AHEAD_S, Scheduler
+from supervise.supervisor.daemon.scheduler import Scheduler
+from supervise.supervisor.daemon.schedules import FIRE_AHEAD_S
 from supervise.supervisor.store.queued import QueuedStore
 from supervise.supervisor.store.sqlite import SqliteStore
 
@@ -202,7 +203,7 @@ def test_an_occurrence_is_fired_ahead_only_when_nothing_of_its_schedule_still_ru
         scheduler.on_worker_message("job", "run_started", {"run_id": first["run_id"]})
         clock.advance(1_000)  # inside the window of WALL0 + 2 s, and the first run still runs
         s = scheduler._schedules["job"]
-        scheduler._arm(s)
+        scheduler._firing.arm(s)
         early = s.timer
         # The early timer fires, sees the run in flight and arms another for the exact time.
         await until(lambda: s.timer is not early and s.timer is not None, "the early timer to hold back")
@@ -213,7 +214,7 @@ def test_an_occurrence_is_fired_ahead_only_when_nothing_of_its_schedule_still_ru
         )
         assert len(host.sent) == 1
         clock.advance(1_000 - int(FIRE_AHEAD_S * 1000))  # inside the window of WALL0 + 3 s; the run still runs
-        scheduler._arm(s)
+        scheduler._firing.arm(s)
         early = s.timer
         await until(lambda: s.timer is not early and s.timer is not None, "the early timer to hold back again")
         scheduler.on_worker_message("job", "run_finished", {"run_id": first["run_id"], "ok": True})  # ends in time
@@ -241,7 +242,7 @@ def test_the_pending_window_refills_while_the_writer_is_busy_with_other_writes(
         assert await scheduler.written()
         s = scheduler._schedules["job"]
         with store.store._lock:  # the writer stalls on the runs' state changes from here on
-            scheduler._arm_window()
+            scheduler._oneshots.arm()
             await until(lambda: len(s.active) + s.queue.depth == count, "every pending run, the store's too, to fire")
             assert store.pending > 0
 
@@ -312,7 +313,7 @@ def test_a_timer_woken_after_several_of_its_times_decides_each_by_the_catchup_po
         assert s.timer is not None and s.next_nominal == WALL0 + timedelta(seconds=1)
         s.timer.cancel()
         clock.advance(3_500)  # the loop wakes 2.5 s after the time it was armed for
-        scheduler._on_timer(s)
+        scheduler._firing._on_timer(s)
         assert await scheduler.written()
         runs = store.store.list_runs("job")
         outcome = {
