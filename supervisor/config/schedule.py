@@ -67,7 +67,9 @@ OVERRIDABLE: Final = ("url", "method", "headers", "body")
 SCHEDULE_KEYS: Final = TRIGGER_KEYS | POLICY_KEYS | HTTP_KEYS
 HTTP_TARGET: Final = "supervise.workers.http_action:call"
 DEFAULT_CONCURRENCY: Final = 10  # runs at once per worker (per service for commands)
-HTTP_CONCURRENCY: Final = 100  # the http action's calls are asynchronous: many at once cost no threads
+HTTP_CONCURRENCY: Final = 250  # the http action's calls are asynchronous: many at once cost no threads
+# (250, not 100: a run handed over ahead of its time holds its slot meanwhile, and at 2 000 due a
+# second 100 slots, doubled under on_lost = "retry", were at the edge; bench/README, 2026-12-08)
 ON_LOST: Final = ("retry", "abandon")
 
 
