@@ -103,6 +103,8 @@ class Firing:
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
+        if self._schedules.get(s.name) is not s:
+            return  # removed, or replaced by an update: a run of it that ends now must not arm it again
         if s.state.paused or self._loop is None:
             s.next_nominal = s.next_at = None
             return
@@ -127,6 +129,8 @@ class Firing:
 
     def _on_timer(self, s: Schedule) -> None:
         s.timer = None
+        if self._schedules.get(s.name) is not s:
+            return  # its service was removed or replaced since this timer was armed
         now = self._now()
         early = FIRE_AHEAD_S if s.python else 0.0
         if s.next_at is None or s.next_nominal is None or now < s.next_at - timedelta(seconds=early):

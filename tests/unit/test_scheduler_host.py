@@ -328,3 +328,20 @@ def test_a_timer_woken_after_several_of_its_times_decides_each_by_the_catchup_po
         scheduler.close()
 
     asyncio.run(scenario())
+
+
+def test_a_removed_schedule_is_not_armed_again_by_a_run_that_ends_after_its_removal(
+    parts: tuple[FakeClock, FakeHost, QueuedStore],
+) -> None:
+    clock, host, store = parts
+
+    async def scenario() -> None:
+        scheduler = scheduler_with(host, store, {"target": "m:f", "every": "1h", "after_finish": True})
+        scheduler.start()
+        removed = scheduler._schedules["job"]
+        scheduler.run_now("job", None)  # its row not written yet: removing the service ends it at once
+        scheduler.remove("job")
+        assert removed.timer is None  # no occurrence of a service that is gone (or replaced by an update)
+        scheduler.close()
+
+    asyncio.run(scenario())
