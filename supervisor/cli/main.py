@@ -7,8 +7,9 @@ exit code from `Exit`, in one place (`main`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
@@ -58,22 +59,16 @@ def start(
             raise CliError(
                 "start: --json is for starting services of a running supervisor (start NAME -c CONFIG)", Exit.USAGE
             )
-        _run_daemon(target or DEFAULT_CONFIG, log_level, log_format)
-        return
+        with _start_errors():
+            run_daemon(target or DEFAULT_CONFIG, log_level, log_format)
     service_commands.service_command("start", target, all_, _obj(config, endpoint, timeout), as_json)
 
 
-def _run_daemon(path: str, log_level: str, log_format: str = "text") -> NoReturn:
+@contextmanager
+def _start_errors() -> Iterator[None]:
+    """A daemon that cannot start (`cli.serve.StartFailed`) ends the command with its message and code."""
     try:
-        run_daemon(path, log_level, log_format)
-    except StartFailed as e:
-        raise CliError(e.message, e.code) from None
-
-
-def _serve(config: Any, log_level: str, log_format: str = "text") -> NoReturn:
-    """Run a supervisor for `config` in the foreground until SIGTERM/SIGINT or `shutdown`."""
-    try:
-        serve(config, log_level, log_format)
+        yield
     except StartFailed as e:
         raise CliError(e.message, e.code) from None
 
@@ -113,7 +108,8 @@ def run_service(name: str, config: str, log_level: str) -> None:
         events_endpoint=endpoints.events,
     )
     service = replace(cfg.services[name], requires=())
-    _serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
+    with _start_errors():
+        serve(replace(cfg, supervisor=supervisor, services={name: service}), log_level)
 
 
 def _add_commands() -> None:

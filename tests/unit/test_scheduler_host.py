@@ -333,7 +333,7 @@ def test_a_timer_woken_after_several_of_its_times_decides_each_by_the_catchup_po
 def test_a_removed_schedule_is_not_armed_again_by_a_run_that_ends_after_its_removal(
     parts: tuple[FakeClock, FakeHost, QueuedStore],
 ) -> None:
-    clock, host, store = parts
+    _, host, store = parts
 
     async def scenario() -> None:
         scheduler = scheduler_with(host, store, {"target": "m:f", "every": "1h", "after_finish": True})
